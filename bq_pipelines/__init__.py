@@ -1,0 +1,1 @@
+"""bq-pipelines: fills the Biodiversité Québec IO STAC catalog from public rasters."""

@@ -1,0 +1,1 @@
+"""Dagster-free core: fetch, convert, store, describe and publish rasters."""

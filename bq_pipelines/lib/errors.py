@@ -1,0 +1,40 @@
+"""Errors of the core library: each names what failed, where, and what to do about it."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error the core raises on bad input or a failed step."""
+
+
+class SourceError(PipelineError):
+    """A source could not be fetched (404, permission, TLS, size mismatch...). Not retried."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot fetch {url}: {reason}")
+
+
+class TransientSourceError(SourceError):
+    """A fetch failed in a way worth retrying (timeout, connection reset, 5xx, 429)."""
+
+
+class CogError(PipelineError):
+    """A raster could not be converted to a valid Cloud-Optimized GeoTIFF."""
+
+
+class StorageError(PipelineError):
+    """The object store refused or failed an operation."""
+
+
+class StacValidationError(PipelineError):
+    """A STAC item or collection does not validate against its JSON schemas."""
+
+
+class CatalogError(PipelineError):
+    """Publishing to a catalog (static or STAC API) failed."""
+
+
+class ConfigError(PipelineError):
+    """A setting or a dataset declaration is invalid; the message names the field."""

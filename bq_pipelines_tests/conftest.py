@@ -1,0 +1,8 @@
+"""Shared fixtures: generated rasters, a local HTTP host, and the real services."""
+
+from __future__ import annotations
+
+pytest_plugins = [
+    "bq_pipelines_tests.fixtures.http_server",
+    "bq_pipelines_tests.fixtures.services",
+]
