@@ -312,7 +312,7 @@ def _prepare_source(
 def _open_input(inp: RasterInput) -> Iterator[DatasetReader]:
     """Open an input, turning GDAL's failure into a CogError that names the input."""
     name = inp.gdal_name()
-    if inp.subdataset is None and not inp.path.exists():
+    if inp.subdataset is None and not Path(inp.path).exists():
         raise CogError(f"{name}: no such file")
     try:
         with warnings.catch_warnings():

@@ -1,0 +1,431 @@
+"""COG conversion: profiles, dtypes, CRSs, stacking, NetCDF subdatasets and errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+import rasterio
+import rasterio.warp
+from rasterio.crs import CRS
+from rio_cogeo.cogeo import cog_validate
+
+from bq_pipelines.lib.cog import (
+    COG_ALGORITHM_VERSION,
+    CogSettings,
+    RasterInput,
+    describe_cog,
+    to_cog,
+    validate_cog,
+)
+from bq_pipelines.lib.errors import CogError
+from bq_pipelines_tests.rasters import CUSTOM_LCC_WKT, RasterSpec, raster_values, write_raster
+
+NAN = float("nan")
+
+DTYPE_CASES = {
+    "uint8-categorical": (RasterSpec(dtype="uint8", nodata=0, categorical=True), True),
+    "uint8-categorical-255": (RasterSpec(dtype="uint8", nodata=255, categorical=True), True),
+    "int16": (RasterSpec(dtype="int16", nodata=-9999), False),
+    "float32-nan": (RasterSpec(dtype="float32", nodata=NAN), False),
+    "int16-3bands": (RasterSpec(dtype="int16", nodata=-9999, count=3), False),
+}
+CRS_CASES = {"epsg4326": "EPSG:4326", "epsg32198": "EPSG:32198", "custom-lcc": CUSTOM_LCC_WKT}
+EXPECTED_PREDICTOR = {"uint8": None, "int16": "2", "float32": "3"}  # categorical uint8: none
+
+
+def _same_nodata(actual: float | None, expected: float | None) -> bool:
+    if expected is None or actual is None:
+        return actual is expected
+    return (np.isnan(actual) and np.isnan(expected)) or actual == expected
+
+
+def _assert_cog_layout(path: Path, blocksize: int = 512) -> None:
+    is_valid, errors, _ = cog_validate(str(path), quiet=True)
+    assert is_valid, errors
+    assert validate_cog(path) == []
+    with rasterio.open(path) as src:
+        assert src.profile["compress"] == "deflate"
+        assert src.profile["tiled"]
+        assert src.block_shapes[0] == (blocksize, blocksize)
+
+
+@pytest.mark.parametrize("crs", CRS_CASES.values(), ids=CRS_CASES.keys())
+@pytest.mark.parametrize("case", DTYPE_CASES.values(), ids=DTYPE_CASES.keys())
+def test_raw_keeps_pixels_crs_grid_nodata(
+    tmp_path: Path, case: tuple[RasterSpec, bool], crs: str
+) -> None:
+    spec, categorical = case
+    spec = RasterSpec(**{**spec.__dict__, "crs": crs})
+    source = write_raster(tmp_path / "src.tif", spec)
+
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings(categorical=categorical))
+
+    _assert_cog_layout(info.path)
+    with rasterio.open(source) as src, rasterio.open(info.path) as out:
+        assert out.crs == src.crs
+        assert out.transform.almost_equals(src.transform)
+        assert out.dtypes == src.dtypes
+        assert _same_nodata(out.nodata, spec.nodata)
+        np.testing.assert_array_equal(out.read(), raster_values(spec))
+        assert out.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == EXPECTED_PREDICTOR[spec.dtype]
+        # Rule: halve until the smallest side fits in one block; 300x200 fits already.
+        assert out.overviews(1) == []
+    assert info.count == spec.count
+    assert (info.width, info.height) == (spec.width, spec.height)
+    if crs == CUSTOM_LCC_WKT:
+        assert info.epsg is None
+        assert CRS.from_wkt(info.crs) == CRS.from_wkt(CUSTOM_LCC_WKT)
+    else:
+        assert info.crs == crs
+
+
+@pytest.mark.parametrize(
+    ("spec", "categorical", "resampling"),
+    [
+        (
+            RasterSpec(dtype="uint8", nodata=255, categorical=True, width=2000, height=2000),
+            True,
+            "MODE",
+        ),
+        (RasterSpec(dtype="float32", nodata=NAN, width=2000, height=2000), False, "AVERAGE"),
+    ],
+    ids=["categorical", "continuous"],
+)
+def test_large_raster_gets_overviews(
+    tmp_path: Path, spec: RasterSpec, categorical: bool, resampling: str
+) -> None:
+    source = write_raster(tmp_path / "big.tif", spec)
+
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings(categorical=categorical))
+
+    _assert_cog_layout(info.path)
+    assert info.overview_levels == [2, 4]  # 2000 -> 1000 -> 500 (<= 512: stop)
+    with rasterio.open(info.path) as out:
+        assert out.tags()["OVERVIEW_RESAMPLING"] == resampling
+        overview = out.read(1, out_shape=(500, 500))  # served from the 4x overview
+        if categorical:
+            assert set(np.unique(overview)) <= set(np.unique(raster_values(spec)))
+        np.testing.assert_array_equal(out.read(), raster_values(spec))
+
+
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:32198", CUSTOM_LCC_WKT])
+def test_display_categorical_keeps_classes(tmp_path: Path, crs: str) -> None:
+    spec = RasterSpec(dtype="uint8", nodata=0, categorical=True, crs=crs)
+    source = write_raster(tmp_path / "src.tif", spec)
+
+    info = to_cog(
+        RasterInput(source), tmp_path / "out.tif", CogSettings("display", categorical=True)
+    )
+
+    _assert_cog_layout(info.path)
+    assert info.crs == "EPSG:3857"
+    with rasterio.open(info.path) as out:
+        values = out.read(1)
+        assert out.nodata == 0
+    assert set(np.unique(values)) <= set(np.unique(raster_values(spec)))
+    assert (values == 0).any() and (values != 0).any()
+
+
+def test_display_continuous_stays_in_range(tmp_path: Path) -> None:
+    spec = RasterSpec(dtype="float32", nodata=NAN, crs="EPSG:32198")
+    source = write_raster(tmp_path / "src.tif", spec)
+
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings("display"))
+
+    _assert_cog_layout(info.path)
+    assert info.epsg == 3857
+    expected = raster_values(spec)
+    with rasterio.open(info.path) as out:
+        values = out.read(1)
+        assert np.isnan(out.nodata)
+    valid = values[~np.isnan(values)]
+    assert valid.size > 0
+    assert np.nanmin(expected) <= valid.min() and valid.max() <= np.nanmax(expected)
+    w, s, e, n = info.bbox_wgs84
+    with rasterio.open(source) as src:
+        sw, ss, se, sn = _wgs84_bbox(src)
+    assert abs(w - sw) < 0.05 and abs(n - sn) < 0.05 and abs(e - se) < 0.05 and abs(s - ss) < 0.05
+
+
+def _wgs84_bbox(src: rasterio.io.DatasetReader) -> tuple[float, float, float, float]:
+    """The WGS84 bbox of an open dataset, as describe_cog computes it."""
+    return rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
+
+
+def test_display_of_global_raster_is_clipped_to_web_mercator(tmp_path: Path) -> None:
+    spec = RasterSpec(
+        dtype="uint8",
+        nodata=0,
+        categorical=True,
+        width=360,
+        height=180,
+        origin=(-180.0, 90.0),
+        resolution=1.0,
+    )
+    source = write_raster(tmp_path / "global.tif", spec)
+
+    info = to_cog(
+        RasterInput(source), tmp_path / "out.tif", CogSettings("display", categorical=True)
+    )
+
+    assert info.bbox_wgs84[0] == pytest.approx(-180, abs=1e-6)
+    assert info.bbox_wgs84[3] == pytest.approx(85.0511, abs=1e-3)
+    assert info.width < 2 * 360 and info.height < 4 * 180  # not an absurd suggested grid
+
+
+def test_stacking_three_files_gives_three_bands(tmp_path: Path) -> None:
+    # Different seeds, so that the band order is checked.
+    specs = [RasterSpec(dtype="float32", nodata=NAN, seed=i) for i in range(3)]
+    inputs = [RasterInput(write_raster(tmp_path / f"f{i}.tif", s)) for i, s in enumerate(specs)]
+
+    info = to_cog(inputs, tmp_path / "stack.tif", CogSettings())
+
+    _assert_cog_layout(info.path)
+    assert info.count == 3
+    with rasterio.open(info.path) as out, rasterio.open(inputs[0].path) as first:
+        assert out.crs == first.crs and out.transform == first.transform
+        assert np.isnan(out.nodata)
+        for band, spec in enumerate(specs, start=1):
+            np.testing.assert_array_equal(out.read(band), raster_values(spec)[0])
+
+
+def test_stacking_selected_bands(tmp_path: Path) -> None:
+    spec = RasterSpec(dtype="int16", nodata=-9999, count=3)
+    source = write_raster(tmp_path / "three.tif", spec)
+
+    info = to_cog(
+        [RasterInput(source, bands=(3,)), RasterInput(source, bands=(1,))],
+        tmp_path / "out.tif",
+        CogSettings(),
+    )
+
+    with rasterio.open(info.path) as out:
+        np.testing.assert_array_equal(out.read(), raster_values(spec)[[2, 0]])
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        RasterSpec(dtype="int16", nodata=-9999, width=301),
+        RasterSpec(dtype="int16", nodata=-9999, crs="EPSG:32198"),
+        RasterSpec(dtype="int16", nodata=-9999, origin=(-74.0, 50.0)),
+        RasterSpec(dtype="int32", nodata=-9999),
+    ],
+    ids=["size", "crs", "transform", "dtype"],
+)
+def test_stacking_mismatched_grids_names_the_input(tmp_path: Path, other: RasterSpec) -> None:
+    first = write_raster(tmp_path / "first.tif", RasterSpec(dtype="int16", nodata=-9999))
+    second = write_raster(tmp_path / "second.tif", other)
+
+    with pytest.raises(CogError, match=r"second\.tif"):
+        to_cog([RasterInput(first), RasterInput(second)], tmp_path / "out.tif", CogSettings())
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_band_selection(tmp_path: Path) -> None:
+    spec = RasterSpec(dtype="int16", nodata=-9999, count=3)
+    source = write_raster(tmp_path / "three.tif", spec)
+
+    info = to_cog(RasterInput(source, bands=(3,)), tmp_path / "out.tif", CogSettings())
+
+    assert info.count == 1
+    with rasterio.open(info.path) as out:
+        np.testing.assert_array_equal(out.read(1), raster_values(spec)[2])
+
+
+# --- NetCDF ----------------------------------------------------------------------------------
+
+LAT = 50.0 - 0.1 * np.arange(20) - 0.05  # north-up: what GDAL reads without flipping
+LON = -75.0 + 0.1 * np.arange(30) + 0.05
+EXPECTED_TRANSFORM = (0.1, 0.0, -75.0, 0.0, -0.1, 50.0)
+
+
+def _write_netcdf_grid(ds: netCDF4.Dataset, with_crs: bool) -> None:
+    ds.Conventions = "CF-1.8"
+    ds.createDimension("lat", LAT.size)
+    ds.createDimension("lon", LON.size)
+    lat = ds.createVariable("lat", "f8", ("lat",))
+    lat[:], lat.units, lat.standard_name = LAT, "degrees_north", "latitude"
+    lon = ds.createVariable("lon", "f8", ("lon",))
+    lon[:], lon.units, lon.standard_name = LON, "degrees_east", "longitude"
+    if with_crs:
+        crs = ds.createVariable("crs", "i4")
+        crs.grid_mapping_name = "latitude_longitude"
+        crs.semi_major_axis, crs.inverse_flattening = 6378137.0, 298.257223563
+        crs.spatial_ref = CRS.from_epsg(4326).to_wkt()
+        # GDAL's netCDF driver does not look for coordinate variables outside a variable's own
+        # group; EBV cubes (variables in /scenario_n/metric_n) carry the grid here instead.
+        crs.GeoTransform = "-75 0.1 0 50 0 -0.1"
+
+
+def write_land_cover_nc(path: Path, with_crs: bool = True) -> np.ndarray:
+    """An ESA-CCI-like NetCDF with a uint8 `lccs_class` and a second variable."""
+    values = (np.arange(600).reshape(20, 30) % 11 + 1).astype("uint8")
+    values[:2, :3] = 0
+    with netCDF4.Dataset(path, "w") as ds:
+        _write_netcdf_grid(ds, with_crs)
+        lccs = ds.createVariable("lccs_class", "u1", ("lat", "lon"), fill_value=0)
+        lccs[:] = values
+        other = ds.createVariable("processed_flag", "u1", ("lat", "lon"))
+        other[:] = 1
+        if with_crs:
+            lccs.grid_mapping = other.grid_mapping = "crs"
+    return values
+
+
+def write_ebv_nc(path: Path) -> np.ndarray:
+    """An EBV-style cube: /scenario_1/metric_1/ebv_cube(entity, time, lat, lon)."""
+    values = np.arange(2 * 3 * 600, dtype="float32").reshape(2, 3, 20, 30)
+    with netCDF4.Dataset(path, "w") as ds:
+        _write_netcdf_grid(ds, with_crs=True)
+        ds.createDimension("entity", 2)
+        ds.createDimension("time", 3)
+        metric = ds.createGroup("scenario_1").createGroup("metric_1")
+        cube = metric.createVariable(
+            "ebv_cube", "f4", ("entity", "time", "lat", "lon"), fill_value=-3.4e38
+        )
+        cube[:] = values
+        cube.grid_mapping = "/crs"
+    return values
+
+
+def test_netcdf_subdataset(tmp_path: Path) -> None:
+    values = write_land_cover_nc(tmp_path / "lc.nc")
+
+    info = to_cog(
+        RasterInput(tmp_path / "lc.nc", subdataset="lccs_class"),
+        tmp_path / "out.tif",
+        CogSettings(categorical=True),
+    )
+
+    _assert_cog_layout(info.path)
+    assert info.crs == "EPSG:4326" and info.dtype == "uint8" and info.nodata == 0
+    with rasterio.open(info.path) as out:
+        assert out.transform.almost_equals(EXPECTED_TRANSFORM)
+        np.testing.assert_array_equal(out.read(1), values)
+
+
+def test_netcdf_without_grid_mapping_needs_assign_crs(tmp_path: Path) -> None:
+    values = write_land_cover_nc(tmp_path / "lc.nc", with_crs=False)
+    source = RasterInput(tmp_path / "lc.nc", subdataset="lccs_class")
+
+    with pytest.raises(CogError, match=r"lc\.nc.*has no CRS; set assign_crs"):
+        to_cog(source, tmp_path / "out.tif", CogSettings(categorical=True))
+
+    info = to_cog(
+        source, tmp_path / "out.tif", CogSettings(categorical=True, assign_crs="EPSG:4326")
+    )
+    assert info.crs == "EPSG:4326"
+    with rasterio.open(info.path) as out:
+        np.testing.assert_array_equal(out.read(1), values)
+
+
+def test_ebv_group_subdataset_band(tmp_path: Path) -> None:
+    values = write_ebv_nc(tmp_path / "ebv.nc")
+    # GDAL flattens (entity, time) into bands, time varying fastest: entity 1, time 2 -> band 5.
+    source = RasterInput(tmp_path / "ebv.nc", "/scenario_1/metric_1/ebv_cube", bands=(5,))
+    assert source.gdal_name() == f'NETCDF:"{tmp_path / "ebv.nc"}":/scenario_1/metric_1/ebv_cube'
+
+    info = to_cog(source, tmp_path / "out.tif", CogSettings())
+
+    _assert_cog_layout(info.path)
+    assert info.crs == "EPSG:4326" and info.count == 1
+    with rasterio.open(info.path) as out:
+        assert out.transform.almost_equals(EXPECTED_TRANSFORM)
+        np.testing.assert_array_equal(out.read(1), values[1, 1])
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CogError, match=r"nothere\.tif"):
+        to_cog(RasterInput(tmp_path / "nothere.tif"), tmp_path / "out.tif", CogSettings())
+
+
+def test_corrupt_file_names_path_and_reason(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+
+    with pytest.raises(CogError, match=r"corrupt\.tif: cannot read raster: .+"):
+        to_cog(RasterInput(corrupt), tmp_path / "out.tif", CogSettings())
+    assert list(tmp_path.iterdir()) == [corrupt]  # no temp file left behind
+
+
+def test_no_crs(tmp_path: Path) -> None:
+    source = tmp_path / "nocrs.tif"
+    with rasterio.open(
+        source,
+        "w",
+        driver="GTiff",
+        width=10,
+        height=10,
+        count=1,
+        dtype="uint8",
+        transform=rasterio.transform.from_origin(0, 10, 1, 1),
+    ) as dst:
+        dst.write(np.ones((1, 10, 10), "uint8"))
+
+    with pytest.raises(CogError, match=r"nocrs\.tif: has no CRS; set assign_crs"):
+        to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings())
+
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings(assign_crs="EPSG:32198"))
+    assert info.crs == "EPSG:32198"
+
+
+def test_missing_band(tmp_path: Path) -> None:
+    source = write_raster(tmp_path / "one.tif", RasterSpec())
+    with pytest.raises(CogError, match=r"one\.tif: band 2 does not exist"):
+        to_cog(RasterInput(source, bands=(2,)), tmp_path / "out.tif", CogSettings())
+
+
+def test_nodata_override(tmp_path: Path) -> None:
+    spec = RasterSpec(dtype="int16", nodata=None)
+    source = write_raster(tmp_path / "src.tif", spec)
+
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings(nodata=-1))
+
+    assert info.nodata == -1
+    with rasterio.open(info.path) as out:
+        np.testing.assert_array_equal(out.read(), raster_values(spec))
+
+
+def test_validate_cog_reports_plain_tiff(tmp_path: Path) -> None:
+    plain = write_raster(tmp_path / "plain.tif", RasterSpec(width=1200, height=1100))
+    assert validate_cog(plain) != []
+
+
+def test_describe_cog(tmp_path: Path) -> None:
+    source = write_raster(tmp_path / "src.tif", RasterSpec(crs="EPSG:32198", nodata=NAN))
+    to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings())
+
+    info = describe_cog(tmp_path / "out.tif", "raw")
+
+    assert info.size == (tmp_path / "out.tif").stat().st_size
+    assert len(info.sha256) == 64
+    assert info.epsg == 32198 and info.crs == "EPSG:32198"
+    assert info.bounds == (-300_000.0, 300_000.0, 0.0, 500_000.0)
+    west, south, east, north = info.bbox_wgs84
+    assert -80 < west < east < -60 and 40 < south < north < 55
+    assert info.dtype == "float32" and np.isnan(info.nodata)
+
+
+def test_fingerprint_is_stable_and_follows_settings() -> None:
+    base = CogSettings()
+    assert base.fingerprint() == CogSettings().fingerprint()
+    assert CogSettings(nodata=NAN).fingerprint() == CogSettings(nodata=NAN).fingerprint()
+    variants = [
+        CogSettings(profile="display"),
+        CogSettings(categorical=True),
+        CogSettings(assign_crs="EPSG:4326"),
+        CogSettings(nodata=0),
+        CogSettings(nodata=NAN),
+        CogSettings(blocksize=256),
+        CogSettings(deflate_level=9),
+    ]
+    fingerprints = {base.fingerprint(), *(v.fingerprint() for v in variants)}
+    assert len(fingerprints) == len(variants) + 1
+    assert COG_ALGORITHM_VERSION  # part of the hash: bumping it changes every fingerprint
