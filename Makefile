@@ -1,0 +1,73 @@
+# bq-pipelines: the two set-up commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
+# Offline STAC validation: the published extension schemas, when this checkout sits beside them.
+SHARED_SCHEMAS := $(abspath $(CURDIR)/../shared/stac-schemas)
+ifneq ($(wildcard $(SHARED_SCHEMAS)),)
+export BQ_STAC_SCHEMAS_DIR ?= $(SHARED_SCHEMAS)
+endif
+
+.PHONY: install install-dev demo test pytest services services-down dev lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Reproducible installs: every package pinned in requirements.lock.
+$(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock
+	$(BIN)/pip install -q -c requirements.lock -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+## Generate the demo rasters and materialize every demo partition on the embedded defaults
+## (or on the services, after `. .bq/services.env`).
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/bq-pipelines demo-data
+	$(BIN)/bq-pipelines materialize demo
+
+## Install test dependencies, start the services, run the tests, stop the services.
+test: install-dev
+	$(BIN)/python scripts/services.py up
+	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+	  $(BIN)/python scripts/services.py down; exit $$status
+
+pytest: install-dev
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## PostGIS + pgstac + stac-fastapi-pgstac and a moto S3 server on 127.0.0.1; writes .bq/services.env
+services: install-dev
+	$(BIN)/python scripts/services.py up
+
+services-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/services.py down; fi
+
+## The Dagster UI on http://127.0.0.1:3000
+dev: install-dev $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install-dev
+	$(BIN)/python bench/bench_cog.py
+
+clean: services-down
+	rm -rf .bq

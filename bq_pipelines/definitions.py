@@ -1,0 +1,20 @@
+"""The code location: every dataset declaration turned into assets, with configured resources."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from bq_pipelines.declarations import load_declarations
+from bq_pipelines.factory import build_dataset
+from bq_pipelines.resources import resources_for
+from bq_pipelines.settings import Settings
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    datasets = [build_dataset(declaration) for declaration in load_declarations()]
+    return dg.Definitions.merge(
+        *datasets, dg.Definitions(resources=resources_for(Settings.from_env(os.environ)))
+    )

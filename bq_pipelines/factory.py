@@ -1,0 +1,390 @@
+"""The one factory: a dataset declaration -> partitioned assets, checks, job and collection.
+
+Per dataset: `<id>/raw`, `<id>/cog`, `<id>/object`, `<id>/stac_item` (partitioned) and
+`<id>/collection`. The four partitioned assets are one multi-asset step: download, conversion,
+upload and publication of a partition happen on one worker's disk, so a multi-worker executor
+never needs a shared file system between steps. A run processes a batch of partitions
+(BackfillPolicy); one failing partition does not stop the others.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from bq_pipelines.declarations import Declaration, Partitions, next_period
+from bq_pipelines.lib import stac
+from bq_pipelines.lib.errors import CogError, PipelineError, StacValidationError
+from bq_pipelines.lib.pipeline import (
+    ItemPlan,
+    PartitionResult,
+    Services,
+    Step,
+    fingerprint,
+    probe_sources,
+    run_items,
+)
+from bq_pipelines.plans import SourceLocations, collection_for, plan_partition
+from bq_pipelines.resources import (
+    CatalogResource,
+    ObjectStoreResource,
+    SourcesResource,
+    services_for,
+)
+
+PARTITION_STEPS = ("raw", "cog", "object", "stac_item")
+COG_VALID_CHECK = "cog_valid"
+ITEM_VALID_CHECK = "stac_item_valid"
+MAX_LISTED_ITEMS = 25
+
+
+def op_name(dataset_id: str, suffix: str) -> str:
+    return f"{dataset_id.replace('-', '_')}_{suffix}"
+
+
+@dataclass(frozen=True)
+class DatasetKeys:
+    dataset_id: str
+
+    def step(self, name: str) -> dg.AssetKey:
+        return dg.AssetKey([self.dataset_id, name])
+
+    @property
+    def partitioned(self) -> list[dg.AssetKey]:
+        return [self.step(name) for name in PARTITION_STEPS]
+
+    @property
+    def collection(self) -> dg.AssetKey:
+        return self.step("collection")
+
+
+def partitions_definition(partitions: Partitions) -> dg.PartitionsDefinition:
+    """Time and/or static partitions; static dimensions are combined into one."""
+    static = dg.StaticPartitionsDefinition(partitions.static_keys()) if partitions.static else None
+    time = partitions.time
+    if time is None:
+        assert static is not None
+        return static
+    cron = {"yearly": "0 0 1 1 *", "monthly": "0 0 1 * *", "daily": "0 0 * * *"}[time.cadence]
+    time_def = dg.TimeWindowPartitionsDefinition(
+        cron_schedule=cron, fmt=time.key_format, timezone="UTC",
+        start=time.start.strftime(time.key_format),
+        end=next_period(time.end, time.cadence).strftime(time.key_format),
+    )
+    if static is None:
+        return time_def
+    return dg.MultiPartitionsDefinition(
+        {time.name: time_def, partitions.static_dimension_name: static}
+    )
+
+
+def keys_by_dimension(
+    declaration: Declaration, partitions_def: dg.PartitionsDefinition, partition_key: str
+) -> dict[str, str]:
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        return dict(partitions_def.get_partition_key_from_str(partition_key).keys_by_dimension)
+    if declaration.partitions.time is not None:
+        return {declaration.partitions.time.name: partition_key}
+    return {declaration.partitions.static_dimension_name: partition_key}
+
+
+@dataclass
+class PartitionOutcome:
+    """What one partition produced, as Dagster metadata per asset."""
+
+    metadata: dict[dg.AssetKey, dict[str, Any]] = field(default_factory=dict)
+    items: int = 0
+    skipped: bool = False
+
+
+def _previous_fingerprint(
+    context: dg.AssetExecutionContext, item_key: dg.AssetKey, partition_key: str
+) -> str | None:
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=item_key, asset_partitions=[partition_key]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get("fingerprint")
+    return value.value if value is not None else None  # type: ignore[return-value]
+
+
+def _still_published(plans: Sequence[ItemPlan], services: Services) -> bool:
+    """A skip is only safe while the catalog still holds every planned item."""
+    return all(services.publisher.get_item(p.collection_id, p.item_id) for p in plans)
+
+
+def _skipped_outcome(keys: DatasetKeys, token: str, plans: Sequence[ItemPlan]) -> PartitionOutcome:
+    reason = "source files and COG settings unchanged since the last materialization"
+    common = {"skipped": True, "skip_reason": reason}
+    outcome = PartitionOutcome(items=len(plans), skipped=True)
+    for key in keys.partitioned:
+        outcome.metadata[key] = dict(common)
+    outcome.metadata[keys.step("stac_item")] |= {
+        "fingerprint": token, "item_ids": [p.item_id for p in plans[:MAX_LISTED_ITEMS]],
+        "items": len(plans),
+    }
+    return outcome
+
+
+def _bbox_text(bbox: Sequence[float]) -> str:
+    return ", ".join(f"{v:.6f}" for v in bbox)
+
+
+def _result_outcome(keys: DatasetKeys, token: str, result: PartitionResult) -> PartitionOutcome:
+    first = result.items[0]
+    outcome = PartitionOutcome(items=len(result.items))
+    outcome.metadata[keys.step("raw")] = {
+        "source_urls": dg.MetadataValue.md("\n".join(f"- {f.url}" for f in result.fetched)),
+        "bytes": sum(f.size for f in result.fetched),
+        "sha256": first_fetched_sha(result),
+        "etag": result.fetched[0].fingerprint.etag or "",
+        "last_modified": result.fetched[0].fingerprint.last_modified or "",
+        "skipped": False,
+    }
+    outcome.metadata[keys.step("cog")] = {
+        "bytes": sum(r.cog.size for r in result.items),
+        "sha256": first.cog.sha256,
+        "crs": first.cog.crs,
+        "bbox_wgs84": _bbox_text(first.cog.bbox_wgs84),
+        "dtype": first.cog.dtype,
+        "bands": first.cog.count,
+        "size_px": f"{first.cog.width} x {first.cog.height}",
+        "nodata": str(first.cog.nodata),
+        "overview_levels": str(first.cog.overview_levels),
+        "profile": first.cog.profile,
+        "cogs": len(result.items),
+        "skipped": False,
+    }
+    outcome.metadata[keys.step("object")] = {
+        "href": dg.MetadataValue.url(first.stored.href),
+        "key": first.stored.key,
+        "bytes": sum(r.stored.size for r in result.items),
+        "uploaded": sum(1 for r in result.items if r.stored.uploaded),
+        "unchanged": sum(1 for r in result.items if not r.stored.uploaded),
+        "skipped": False,
+    }
+    outcome.metadata[keys.step("stac_item")] = {
+        "fingerprint": token,
+        "items": len(result.items),
+        "item_ids": [r.item["id"] for r in result.items[:MAX_LISTED_ITEMS]],
+        "created": sum(1 for r in result.items if r.outcome == "created"),
+        "updated": sum(1 for r in result.items if r.outcome == "updated"),
+        "unchanged": sum(1 for r in result.items if r.outcome == "unchanged"),
+        "item": dg.MetadataValue.json(first.item),
+        "skipped": False,
+    }
+    return outcome
+
+
+def first_fetched_sha(result: PartitionResult) -> str:
+    return result.fetched[0].sha256 if result.fetched else ""
+
+
+def process_partition(
+    context: dg.AssetExecutionContext,
+    declaration: Declaration,
+    keys: DatasetKeys,
+    partition_key: str,
+    dimension_keys: Mapping[str, str],
+    services: Services,
+    locations: SourceLocations,
+) -> PartitionOutcome:
+    """Plan, skip if unchanged, else fetch/convert/store/publish one partition."""
+    plans = plan_partition(declaration, dimension_keys, locations)
+    urls = list(dict.fromkeys(s.url for p in plans for s in p.sources))
+    token = fingerprint(plans, [f.token() for f in probe_sources(urls, services)])
+    previous = _previous_fingerprint(context, keys.step("stac_item"), partition_key)
+    if previous == token and _still_published(plans, services):
+        context.log.info(f"{declaration.id} [{partition_key}]: unchanged, skipped")
+        return _skipped_outcome(keys, token, plans)
+
+    def log_step(step: Step, detail: str) -> None:
+        context.log.debug(f"{declaration.id} [{partition_key}] {step}: {detail}")
+
+    result = run_items(plans, services, f"{declaration.id}-{partition_key}", log_step)
+    return _result_outcome(keys, token, result)
+
+
+def _failure_reason(error: BaseException) -> str:
+    if isinstance(error, PipelineError):
+        return str(error)
+    # An unexpected error: keep the last frames so the reason is actionable.
+    frames = "".join(traceback.format_exception(error, limit=-3)).strip()
+    return f"{type(error).__name__}: {error}\n{frames}"
+
+
+def _check_results(
+    keys: DatasetKeys, processed: int, failures: Mapping[str, BaseException]
+) -> Iterator[dg.AssetCheckResult]:
+    invalid_cogs = {k: str(e) for k, e in failures.items() if isinstance(e, CogError)}
+    invalid_items = {k: str(e) for k, e in failures.items() if isinstance(e, StacValidationError)}
+    for check, asset, invalid in (
+        (COG_VALID_CHECK, keys.step("cog"), invalid_cogs),
+        (ITEM_VALID_CHECK, keys.step("stac_item"), invalid_items),
+    ):
+        yield dg.AssetCheckResult(
+            asset_key=asset, check_name=check, passed=not invalid,
+            metadata={"partitions_checked": processed, "invalid": dg.MetadataValue.json(invalid)},
+        )
+
+
+def materialize_partitions(
+    context: dg.AssetExecutionContext,
+    declaration: Declaration,
+    partitions_def: dg.PartitionsDefinition,
+    services: Services,
+    locations: SourceLocations,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Process every partition of the run; report successes even when some fail."""
+    keys = DatasetKeys(declaration.id)
+    services.publisher.ensure_collection(collection_for(declaration, []))
+    outcomes: dict[str, PartitionOutcome] = {}
+    failures: dict[str, BaseException] = {}
+    for partition_key in context.partition_keys:
+        dimension_keys = keys_by_dimension(declaration, partitions_def, partition_key)
+        try:
+            outcomes[partition_key] = process_partition(
+                context, declaration, keys, partition_key, dimension_keys, services, locations
+            )
+        except Exception as error:
+            failures[partition_key] = error
+            context.log.error(
+                f"{declaration.id} [{partition_key}] failed: {_failure_reason(error)}"
+            )
+    yield from _check_results(keys, len(outcomes) + len(failures), failures)
+    if failures:
+        _record_successes(context, outcomes)
+        raise dg.Failure(
+            description=(
+                f"{declaration.id}: {len(failures)} of {len(context.partition_keys)} partitions "
+                f"failed; the others were published.\n"
+                + "\n".join(f"- {k}: {_failure_reason(e)}" for k, e in failures.items())
+            ),
+            metadata={
+                "failed_partitions": dg.MetadataValue.json(
+                    {k: _failure_reason(e) for k, e in failures.items()}
+                ),
+                "succeeded_partitions": len(outcomes),
+            },
+        )
+    for partition_key, outcome in outcomes.items():
+        for asset_key, metadata in outcome.metadata.items():
+            context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=partition_key)
+    summary = {
+        "partitions": len(outcomes),
+        "skipped_partitions": sum(1 for o in outcomes.values() if o.skipped),
+        "items": sum(o.items for o in outcomes.values()),
+    }
+    for asset_key in keys.partitioned:
+        yield dg.MaterializeResult(asset_key=asset_key, metadata=summary)
+
+
+def _record_successes(
+    context: dg.AssetExecutionContext, outcomes: Mapping[str, PartitionOutcome]
+) -> None:
+    # The step is about to fail, so Dagster would record none of the run's partitions: record
+    # the ones that succeeded, so that "re-execute failed" only retries the failed ones.
+    for partition_key, outcome in outcomes.items():
+        for asset_key, metadata in outcome.metadata.items():
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=asset_key, partition=partition_key, metadata=metadata
+                )
+            )
+
+
+def _extent_metadata(collection: dict[str, Any]) -> dict[str, Any]:
+    extent = collection.get("extent", {})
+    return {
+        "spatial_extent": str(extent.get("spatial", {}).get("bbox")),
+        "temporal_extent": str(extent.get("temporal", {}).get("interval")),
+    }
+
+
+def build_dataset(declaration: Declaration) -> dg.Definitions:
+    """Assets, checks and job of one dataset."""
+    keys = DatasetKeys(declaration.id)
+    partitions_def = partitions_definition(declaration.partitions)
+    group = op_name(declaration.id, "dataset")
+    descriptions = {
+        "raw": "Source files of the partition, fetched into staging (streamed, checksummed).",
+        "cog": "Cloud-Optimized GeoTIFFs converted from the sources and validated.",
+        "object": "The COGs in the object store under <prefix>/<folder>/<file>.",
+        "stac_item": "STAC items describing the COGs, validated and published.",
+    }
+    specs = []
+    previous: dg.AssetKey | None = None
+    for name in PARTITION_STEPS:
+        specs.append(
+            dg.AssetSpec(
+                key=keys.step(name), deps=[previous] if previous else [], group_name=group,
+                description=f"{declaration.title}: {descriptions[name]}",
+                kinds={"stac"} if name == "stac_item" else {"cog"} if name == "cog" else None,
+                metadata={"dataset": declaration.id, "collection_id": declaration.id},
+                partitions_def=partitions_def,
+            )
+        )
+        previous = keys.step(name)
+
+    @dg.multi_asset(
+        name=op_name(declaration.id, "partitions"),
+        specs=specs,
+        check_specs=[
+            dg.AssetCheckSpec(COG_VALID_CHECK, asset=keys.step("cog"), blocking=True,
+                              description="Every COG passes rio-cogeo's cog_validate."),
+            dg.AssetCheckSpec(ITEM_VALID_CHECK, asset=keys.step("stac_item"), blocking=True,
+                              description="Every item validates against the STAC schemas."),
+        ],
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.multi_run(declaration.partitions.batch_size),
+        can_subset=False,
+    )
+    def partition_assets(
+        context: dg.AssetExecutionContext,
+        object_store: ObjectStoreResource,
+        catalog: CatalogResource,
+        sources: SourcesResource,
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        services = services_for(object_store, catalog, sources)
+        yield from materialize_partitions(
+            context, declaration, partitions_def, services, sources.locations()
+        )
+
+    @dg.asset(
+        key=keys.collection, deps=[keys.step("stac_item")], group_name=group, kinds={"stac"},
+        description=f"{declaration.title}: the STAC collection, its extent and summaries "
+        "recomputed from the published items.",
+    )
+    def collection(
+        context: dg.AssetExecutionContext, catalog: CatalogResource, sources: SourcesResource
+    ) -> dg.MaterializeResult:
+        publisher = catalog.publisher()
+        items = list(publisher.iter_items(declaration.id))
+        built = collection_for(declaration, items)
+        schemas = sources.stac_schemas_dir
+        stac.validate(built, Path(schemas) if schemas else None)
+        outcome = publisher.upsert_collection(built)
+        as_dict = built.to_dict(include_self_link=False)
+        context.log.info(f"collection {declaration.id}: {outcome}, {len(items)} items")
+        return dg.MaterializeResult(
+            metadata={
+                "items": len(items), "outcome": outcome, **_extent_metadata(as_dict),
+                "collection": dg.MetadataValue.json(as_dict),
+                "updated_at": datetime.now().isoformat(timespec="seconds"),
+            }
+        )
+
+    job = dg.define_asset_job(
+        op_name(declaration.id, "job"),
+        selection=dg.AssetSelection.assets(*keys.partitioned, keys.collection),
+        partitions_def=partitions_def,
+        description=f"Materialize {declaration.title}: partitions, then the collection.",
+    )
+    return dg.Definitions(assets=[partition_assets, collection], jobs=[job])

@@ -1,0 +1,217 @@
+"""The ingestion steps, chained: fetch -> COG -> check -> item -> check -> store -> publish.
+
+Dagster-free, so the dataset assets and the ingestion API run the very same code. Nothing is
+published unless the COG and the item validate; the object is uploaded only after both checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pystac
+
+from bq_pipelines.lib import cog, sources, stac
+from bq_pipelines.lib.catalog import PublishOutcome, Publisher
+from bq_pipelines.lib.errors import CogError, PipelineError
+from bq_pipelines.lib.retry import RetryPolicy
+from bq_pipelines.lib.storage import ObjectStore, StoredObject, object_key
+
+logger = logging.getLogger(__name__)
+
+# Bump when a change here alters what a partition produces: it invalidates skip-unchanged.
+PIPELINE_VERSION = "1"
+
+
+class Step(StrEnum):
+    """Steps in order; the ingestion API reports them."""
+
+    FETCH = "fetch"
+    CONVERT = "convert"
+    DESCRIBE = "describe"
+    STORE = "store"
+    PUBLISH = "publish"
+    CLEANUP = "cleanup"
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """One input file of an item, and what to read from it."""
+
+    url: str
+    subdataset: str | None = None
+    bands: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ItemPlan:
+    """Everything needed to produce and publish one item: the unit of work."""
+
+    collection_id: str
+    item_id: str
+    folder: str
+    file_name: str
+    sources: tuple[SourceRef, ...]
+    cog: cog.CogSettings
+    datetime: datetime | None = None
+    start_datetime: datetime | None = None
+    end_datetime: datetime | None = None
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    title: str | None = None
+
+    def fingerprint_payload(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection_id, "item": self.item_id, "folder": self.folder,
+            "file": self.file_name, "cog": self.cog.fingerprint(),
+            "sources": [[s.url, s.subdataset, list(s.bands or ())] for s in self.sources],
+            "datetime": [str(self.datetime), str(self.start_datetime), str(self.end_datetime)],
+            "properties": dict(self.properties), "title": self.title,
+        }
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    plan: ItemPlan
+    cog: cog.CogInfo
+    stored: StoredObject
+    item: dict[str, Any]
+    outcome: PublishOutcome
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where things go: the object store, the catalog, a staging folder, retry policy."""
+
+    store: ObjectStore
+    publisher: Publisher
+    work_dir: Path
+    object_prefix: str = "io"
+    retry: RetryPolicy = RetryPolicy()
+    s3_endpoint_url: str | None = None
+    stac_schemas_dir: Path | None = None
+
+
+StepCallback = Callable[[Step, str], None]
+
+
+def _no_callback(step: Step, detail: str) -> None:
+    logger.debug("%s: %s", step, detail)
+
+
+def fingerprint(plans: Sequence[ItemPlan], source_tokens: Sequence[str]) -> str:
+    """Changes whenever a source, a setting or the code that turns them into items changes."""
+    payload = {
+        "pipeline": PIPELINE_VERSION, "cog": cog.COG_ALGORITHM_VERSION,
+        "sources": sorted(source_tokens), "items": [p.fingerprint_payload() for p in plans],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def probe_sources(urls: Sequence[str], services: Services) -> list[sources.SourceFingerprint]:
+    return [
+        sources.probe(url, retry=services.retry, s3_endpoint_url=services.s3_endpoint_url)
+        for url in urls
+    ]
+
+
+def fetch_sources(
+    urls: Sequence[str], staging: Path, services: Services
+) -> dict[str, sources.FetchedFile]:
+    """Download each distinct URL once into `staging` (names kept unique by an index)."""
+    fetched: dict[str, sources.FetchedFile] = {}
+    for index, url in enumerate(dict.fromkeys(urls)):
+        name = f"{index:03d}-{Path(url.split('?')[0]).name or 'source'}"
+        fetched[url] = sources.fetch(
+            url, staging, file_name=name, retry=services.retry,
+            s3_endpoint_url=services.s3_endpoint_url,
+        )
+    return fetched
+
+
+def convert(plan: ItemPlan, fetched: Mapping[str, sources.FetchedFile], staging: Path) -> cog.CogInfo:
+    inputs = [
+        cog.RasterInput(path=fetched[s.url].path, subdataset=s.subdataset, bands=s.bands)
+        for s in plan.sources
+    ]
+    info = cog.to_cog(inputs if len(inputs) > 1 else inputs[0], staging / plan.file_name, plan.cog)
+    problems = cog.validate_cog(info.path)
+    if problems:
+        raise CogError(f"{plan.item_id}: output is not a valid COG: {'; '.join(problems)}")
+    return info
+
+
+def describe(plan: ItemPlan, info: cog.CogInfo, href: str, services: Services) -> pystac.Item:
+    item = stac.build_item(
+        info.path, item_id=plan.item_id, collection_id=plan.collection_id,
+        datetime_=plan.datetime, start_datetime=plan.start_datetime,
+        end_datetime=plan.end_datetime, properties=plan.properties,
+        asset=stac.ItemAssetSpec(href=href, title=plan.title or plan.file_name),
+        file_size=info.size, file_sha256=info.sha256,
+    )
+    stac.validate(item, services.stac_schemas_dir)
+    return item
+
+
+def produce_item(
+    plan: ItemPlan,
+    fetched: Mapping[str, sources.FetchedFile],
+    staging: Path,
+    services: Services,
+    on_step: StepCallback = _no_callback,
+) -> ItemResult:
+    """Convert, check, upload and publish one item whose sources are already fetched."""
+    on_step(Step.CONVERT, plan.item_id)
+    info = convert(plan, fetched, staging)
+    key = object_key(services.object_prefix, plan.folder, plan.file_name)
+    on_step(Step.DESCRIBE, plan.item_id)
+    item = describe(plan, info, services.store.href(key), services)
+    on_step(Step.STORE, key)
+    stored = services.store.put_file(info.path, key, sha256=info.sha256)
+    on_step(Step.PUBLISH, plan.item_id)
+    outcome = services.publisher.upsert_item(item)
+    info.path.unlink(missing_ok=True)
+    return ItemResult(plan=plan, cog=info, stored=stored, item=item.to_dict(), outcome=outcome)
+
+
+@dataclass
+class PartitionResult:
+    items: list[ItemResult]
+    fetched: list[sources.FetchedFile]
+
+
+def run_items(
+    plans: Sequence[ItemPlan],
+    services: Services,
+    staging_name: str,
+    on_step: StepCallback = _no_callback,
+) -> PartitionResult:
+    """Fetch every source once, then produce each item; the staging folder is always removed.
+
+    The first failing item stops the partition: items already published stay published (they
+    are complete and valid), and a rerun republishes them unchanged.
+    """
+    if not plans:
+        raise PipelineError(f"{staging_name}: nothing to produce (no items planned)")
+    staging = services.work_dir / _safe_name(staging_name)
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        urls = [source.url for plan in plans for source in plan.sources]
+        on_step(Step.FETCH, ", ".join(dict.fromkeys(urls)))
+        fetched = fetch_sources(urls, staging, services)
+        results = [produce_item(plan, fetched, staging, services, on_step) for plan in plans]
+        return PartitionResult(items=results, fetched=list(fetched.values()))
+    finally:
+        on_step(Step.CLEANUP, str(staging))
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:150]

@@ -1,0 +1,174 @@
+"""Turn a dataset declaration and one partition into item plans (what to fetch and publish).
+
+Dagster-free: the factory passes the partition's dimension values, the settings give the base
+URL of each source host and the local data root.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pystac
+
+from bq_pipelines.declarations import (
+    STATIC_KEY_SEPARATOR,
+    Declaration,
+    DimensionValue,
+    Source,
+    period_end,
+    render,
+)
+from bq_pipelines.lib import stac
+from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.lib.pipeline import ItemPlan, SourceRef
+
+
+@dataclass(frozen=True)
+class SourceLocations:
+    """Where sources are read from: mirrors of the declared hosts and the local data root."""
+
+    base_urls: Mapping[str, str]
+    local_root: Path
+
+    def resolve(self, source: Source, rendered: str) -> str:
+        if source.local is not None:
+            return str((self.local_root / rendered).absolute())
+        if source.url is not None:
+            return rendered
+        base = self.base_urls.get(source.host or "", source.base_url or "")
+        return f"{base.rstrip('/')}/{rendered.lstrip('/')}"
+
+
+def split_partition_key(declaration: Declaration, keys_by_dimension: Mapping[str, str]) -> dict:
+    """Template variables of one partition: dimension values, their extra vars, time parts."""
+    partitions = declaration.partitions
+    variables: dict[str, Any] = {"collection": declaration.id}
+    if partitions.time is not None:
+        key = keys_by_dimension[partitions.time.name]
+        start = datetime.strptime(key, partitions.time.key_format).date()
+        variables |= {
+            partitions.time.name: key, "year": start.year, "month": start.month,
+            "day": start.day, "date": start.isoformat(),
+        }
+    if partitions.static:
+        values = keys_by_dimension[partitions.static_dimension_name].split(STATIC_KEY_SEPARATOR)
+        for dimension, value in zip(partitions.static, values, strict=True):
+            chosen = _dimension_value(dimension.values, value, dimension.name)
+            variables[dimension.name] = chosen.value
+            variables |= chosen.vars
+    return variables
+
+
+def _dimension_value(values: list[DimensionValue], key: str, name: str) -> DimensionValue:
+    for value in values:
+        if value.value == key:
+            return value
+    raise ConfigError(f"partition {name}={key!r}: not a declared value")
+
+
+def _render_value(template: Any, variables: Mapping[str, Any], field: str) -> Any:
+    """Render strings; a template that is exactly one `{var}` keeps the variable's type."""
+    if not isinstance(template, str):
+        return template
+    parsed = list(string.Formatter().parse(template))
+    if len(parsed) == 1 and parsed[0][0] == "" and parsed[0][1] and not parsed[0][2]:
+        name = parsed[0][1]
+        if name in variables:
+            return variables[name]
+    return render(template, variables, field)
+
+
+def _parse_datetime(text: str, field: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as error:
+        raise ConfigError(f"{field}: {text!r} is not an ISO date/time: {error}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _cog_settings(declaration: Declaration, keys_by_dimension: Mapping[str, str]):
+    options = declaration.cog.model_dump()
+    if declaration.partitions.static:
+        values = keys_by_dimension[declaration.partitions.static_dimension_name]
+        for dimension, value in zip(
+            declaration.partitions.static, values.split(STATIC_KEY_SEPARATOR), strict=True
+        ):
+            chosen = _dimension_value(dimension.values, value, dimension.name)
+            if chosen.cog is not None:
+                options |= chosen.cog.model_dump(exclude_none=True)
+    return type(declaration.cog)(**options).settings()
+
+
+def plan_partition(
+    declaration: Declaration, keys_by_dimension: Mapping[str, str], locations: SourceLocations
+) -> list[ItemPlan]:
+    """Item plans of one partition."""
+    variables = split_partition_key(declaration, keys_by_dimension)
+    item = declaration.item
+    refs = []
+    for index, source in enumerate([declaration.source, *declaration.sources]):
+        label = "source" if index == 0 else f"sources[{index - 1}]"
+        rendered = render(source.template, variables, f"{label} of {declaration.id}")
+        subdataset = render(source.subdataset, variables, label) if source.subdataset else None
+        refs.append(
+            SourceRef(
+                url=locations.resolve(source, rendered), subdataset=subdataset,
+                bands=tuple(source.bands) if source.bands else None,
+            )
+        )
+    item_id = render(item.id, variables, "item.id")
+    when = _item_datetimes(declaration, variables)
+    properties = {
+        key: _render_value(value, variables, f"item.properties.{key}")
+        for key, value in item.properties.items()
+    }
+    return [
+        ItemPlan(
+            collection_id=declaration.id, item_id=item_id, folder=declaration.folder,
+            file_name=render(item.file_name, variables, "item.file_name")
+            if item.file_name else f"{item_id}.tif",
+            sources=tuple(refs), cog=_cog_settings(declaration, keys_by_dimension),
+            datetime=when[0], start_datetime=when[1], end_datetime=when[2],
+            properties=properties,
+            title=render(item.title, variables, "item.title") if item.title else None,
+        )
+    ]
+
+
+def _item_datetimes(
+    declaration: Declaration, variables: Mapping[str, Any]
+) -> tuple[datetime | None, datetime | None, datetime | None]:
+    item = declaration.item
+    start = end = None
+    if item.start_datetime and item.end_datetime:
+        start = _parse_datetime(render(item.start_datetime, variables, "item.start_datetime"),
+                                "item.start_datetime")
+        end = _parse_datetime(render(item.end_datetime, variables, "item.end_datetime"),
+                              "item.end_datetime")
+    if item.datetime:
+        moment = _parse_datetime(render(item.datetime, variables, "item.datetime"),
+                                 "item.datetime")
+        return moment, start, end
+    time = declaration.partitions.time
+    if time is not None:
+        first = date.fromisoformat(variables["date"])
+        moment = datetime(first.year, first.month, first.day, tzinfo=timezone.utc)
+        return moment, start or moment, end or period_end(first, time.cadence)
+    return None, start, end
+
+
+def collection_for(declaration: Declaration, items: list[Any]) -> pystac.Collection:
+    """The declared collection, its extent and summaries computed from `items`."""
+    return stac.build_collection(
+        collection_id=declaration.id, title=declaration.title,
+        description=declaration.description, license_=declaration.license, items=items,
+        providers=[p.model_dump(exclude_none=True) for p in declaration.providers],
+        keywords=declaration.keywords, summaries=declaration.summaries or None,
+        item_assets=declaration.item_assets or None,
+        extra_fields=declaration.extra_fields or None,
+    )

@@ -1,0 +1,151 @@
+"""Dagster resources: thin ConfigurableResource wrappers around the core library.
+
+Each resource is an interface with real implementations picked by configuration
+(`resources_for(settings)`), never by branching inside assets. Secrets come from EnvVar.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from pathlib import Path
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from bq_pipelines.lib.catalog import Publisher, StacApiPublisher, StaticCatalogPublisher
+from bq_pipelines.lib.pipeline import Services
+from bq_pipelines.lib.retry import RetryPolicy
+from bq_pipelines.lib.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+from bq_pipelines.plans import SourceLocations
+from bq_pipelines.settings import Settings
+
+
+class ObjectStoreResource(dg.ConfigurableResource):
+    """Where COGs are stored; `prefix` is the legacy `io/` key prefix."""
+
+    prefix: str = "io"
+
+    @abstractmethod
+    def store(self) -> ObjectStore: ...
+
+
+class LocalObjectStoreResource(ObjectStoreResource):
+    root: str
+    public_base_url: str | None = None
+
+    def store(self) -> ObjectStore:
+        return LocalObjectStore(Path(self.root).absolute(), base_url=self.public_base_url)
+
+
+class S3ObjectStoreResource(ObjectStoreResource):
+    """An S3 (or S3-compatible) bucket through dagster-aws; credentials via EnvVar."""
+
+    s3: dg.ResourceDependency[S3Resource]
+    bucket: str
+    public_base_url: str | None = None
+    public_read: bool = False
+
+    def store(self) -> ObjectStore:
+        return S3ObjectStore(
+            self.s3.get_client(), self.bucket, base_url=self.public_base_url,
+            public_read=self.public_read,
+        )
+
+
+class CatalogResource(dg.ConfigurableResource):
+    """Where STAC collections and items are published."""
+
+    @abstractmethod
+    def publisher(self) -> Publisher: ...
+
+
+class StaticCatalogResource(CatalogResource):
+    root: str
+
+    def publisher(self) -> Publisher:
+        return StaticCatalogPublisher(Path(self.root).absolute())
+
+
+class StacApiCatalogResource(CatalogResource):
+    """A STAC API with the Transactions extension (stac-fastapi-pgstac)."""
+
+    url: str
+    token: str | None = None  # bearer token, from EnvVar("BQ_STAC_API_TOKEN") when set
+    timeout_seconds: float = 60.0
+
+    def publisher(self) -> Publisher:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        return StacApiPublisher(
+            self.url, headers=headers, retry=RetryPolicy(), timeout=self.timeout_seconds
+        )
+
+
+class SourcesResource(dg.ConfigurableResource):
+    """Where sources are read from and staged, and how patiently they are retried."""
+
+    work_dir: str
+    local_data_root: str
+    base_urls: dict[str, str] = {}
+    s3_endpoint_url: str | None = None
+    retry_attempts: int = 4
+    retry_backoff_seconds: float = 2.0
+    stac_schemas_dir: str | None = None
+
+    def locations(self) -> SourceLocations:
+        return SourceLocations(base_urls=self.base_urls, local_root=Path(self.local_data_root))
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=self.retry_attempts, backoff_seconds=self.retry_backoff_seconds)
+
+
+def services_for(
+    object_store: ObjectStoreResource, catalog: CatalogResource, sources: SourcesResource
+) -> Services:
+    """The core library's view of the configured resources."""
+    return Services(
+        store=object_store.store(), publisher=catalog.publisher(),
+        work_dir=Path(sources.work_dir).absolute(), object_prefix=object_store.prefix,
+        retry=sources.retry_policy(), s3_endpoint_url=sources.s3_endpoint_url,
+        stac_schemas_dir=Path(sources.stac_schemas_dir) if sources.stac_schemas_dir else None,
+    )
+
+
+def _env_or_none(name: str) -> dg.EnvVar | None:
+    # Only reference a secret that is set: an absent one means "use the default chain"
+    # (instance role, ~/.aws), which boto3 handles itself.
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The implementations chosen by the settings (see settings.py for every variable)."""
+    object_store: ObjectStoreResource
+    if settings.object_store == "s3":
+        s3 = S3Resource(
+            endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+            aws_access_key_id=_env_or_none("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=_env_or_none("AWS_SECRET_ACCESS_KEY"),
+        )
+        object_store = S3ObjectStoreResource(
+            s3=s3, bucket=settings.s3_bucket or "", prefix=settings.object_prefix,
+            public_base_url=settings.public_base_url, public_read=settings.s3_public_read,
+        )
+    else:
+        object_store = LocalObjectStoreResource(
+            root=str(settings.objects_dir.absolute()), prefix=settings.object_prefix,
+            public_base_url=settings.public_base_url,
+        )
+    catalog: CatalogResource
+    if settings.catalog == "stac-api":
+        catalog = StacApiCatalogResource(
+            url=settings.stac_api_url or "", token=_env_or_none("BQ_STAC_API_TOKEN")
+        )
+    else:
+        catalog = StaticCatalogResource(root=str(settings.catalog_dir.absolute()))
+    sources = SourcesResource(
+        work_dir=str(settings.work_dir.absolute()),
+        local_data_root=str(settings.local_data_root.absolute()),
+        base_urls=dict(settings.source_base_urls), s3_endpoint_url=settings.s3_endpoint_url,
+        stac_schemas_dir=str(settings.stac_schemas_dir) if settings.stac_schemas_dir else None,
+    )
+    return {"object_store": object_store, "catalog": catalog, "sources": sources}

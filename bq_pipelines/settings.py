@@ -1,0 +1,124 @@
+"""Project settings from environment variables (BQ_*), validated with errors naming the variable.
+
+Defaults are the embedded ones: objects in a local folder, a static catalog on disk, everything
+under `.bq/`. `. .bq/services.env` (written by `make services`) points them at real services.
+Secrets (AWS keys, the STAC API token) are never read here: Dagster's EnvVar reads them at run
+time so they never appear in configuration, logs or errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from bq_pipelines.lib.errors import ConfigError
+
+ObjectStoreKind = Literal["local", "s3"]
+CatalogKind = Literal["static", "stac-api"]
+SOURCE_SCHEMES = ("http", "https", "ftp", "file", "s3")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path(".bq")
+    object_store: ObjectStoreKind = "local"
+    objects_dir: Path = Path(".bq/objects")
+    object_prefix: str = "io"
+    public_base_url: str | None = None
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_public_read: bool = False
+    catalog: CatalogKind = "static"
+    catalog_dir: Path = Path(".bq/catalog")
+    stac_api_url: str | None = None
+    work_dir: Path = Path(".bq/work")
+    local_data_root: Path = Path(".bq/sources")
+    source_base_urls: Mapping[str, str] = field(default_factory=dict)
+    stac_schemas_dir: Path | None = None
+    pgstac_dsn: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read BQ_* variables; ConfigError names the variable and the reason."""
+        home = Path(env.get("BQ_HOME", ".bq"))
+        settings = cls(
+            home=home,
+            object_store=_choice(env, "BQ_OBJECT_STORE", ("local", "s3"), "local"),
+            objects_dir=Path(env.get("BQ_OBJECTS_DIR", home / "objects")),
+            object_prefix=env.get("BQ_S3_PREFIX", "io").strip("/"),
+            public_base_url=_url(env, "BQ_PUBLIC_BASE_URL"),
+            s3_bucket=env.get("BQ_S3_BUCKET") or None,
+            s3_endpoint_url=_url(env, "BQ_S3_ENDPOINT_URL"),
+            s3_region=env.get("BQ_S3_REGION", "us-east-1"),
+            s3_public_read=_boolean(env, "BQ_S3_PUBLIC_READ", False),
+            catalog=_choice(env, "BQ_CATALOG", ("static", "stac-api"), "static"),
+            catalog_dir=Path(env.get("BQ_CATALOG_DIR", home / "catalog")),
+            stac_api_url=_url(env, "BQ_STAC_API_URL"),
+            work_dir=Path(env.get("BQ_WORK_DIR", home / "work")),
+            local_data_root=Path(env.get("BQ_LOCAL_DATA_ROOT", home / "sources")),
+            source_base_urls=_host_map(env, "BQ_SOURCE_BASE_URLS"),
+            stac_schemas_dir=_existing_dir(env, "BQ_STAC_SCHEMAS_DIR"),
+            pgstac_dsn=env.get("BQ_PGSTAC_DSN") or None,
+        )
+        if settings.object_store == "s3" and not settings.s3_bucket:
+            raise ConfigError("BQ_S3_BUCKET: required when BQ_OBJECT_STORE=s3")
+        if settings.catalog == "stac-api" and not settings.stac_api_url:
+            raise ConfigError("BQ_STAC_API_URL: required when BQ_CATALOG=stac-api")
+        return settings
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str):
+    value = env.get(name, default) or default
+    if value not in allowed:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: {value!r} is not a boolean (true/false)")
+
+
+def _url(
+    env: Mapping[str, str], name: str, schemes: tuple[str, ...] = ("http", "https")
+) -> str | None:
+    value = env.get(name) or None
+    if value is None:
+        return None
+    parsed = urlparse(value)
+    if parsed.scheme not in schemes or not (parsed.netloc or parsed.scheme == "file"):
+        raise ConfigError(f"{name}: {value!r} is not a URL of scheme {'/'.join(schemes)}")
+    return value.rstrip("/")
+
+
+def _host_map(env: Mapping[str, str], name: str) -> dict[str, str]:
+    """`host=url,host=url` -> mapping; each URL checked like any other URL setting."""
+    raw = env.get(name, "").strip()
+    mapping: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        host, sep, url = entry.partition("=")
+        if not sep or not host:
+            raise ConfigError(f"{name}: {entry!r} is not host=url")
+        label = f"{name}[{host.strip()}]"
+        mapping[host.strip()] = _url({label: url.strip()}, label, SOURCE_SCHEMES) or ""
+    return mapping
+
+
+def _existing_dir(env: Mapping[str, str], name: str) -> Path | None:
+    value = env.get(name) or None
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"{name}: {value!r} is not a directory")
+    return path
