@@ -360,6 +360,7 @@ class StacApiPublisher(Publisher):
         page_size: int = 500,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._shown_url = _redact(httpx.URL(self.base_url))  # for messages: no userinfo
         self.retry = retry or RetryPolicy()
         self.page_size = page_size
         self._client = httpx.Client(
@@ -395,12 +396,12 @@ class StacApiPublisher(Publisher):
             )
         except _ServerError as error:
             raise CatalogError(
-                f"STAC API {self.base_url} failed on {what}: {method} -> "
+                f"STAC API {self._shown_url} failed on {what}: {method} -> "
                 f"HTTP {error.response.status_code}: {_body_excerpt(error.response)}"
             ) from error
         except httpx.TransportError as error:
             raise CatalogError(
-                f"STAC API {self.base_url} unreachable on {what} ({method}): "
+                f"STAC API {self._shown_url} unreachable on {what} ({method}): "
                 f"{type(error).__name__}: {error}"
             ) from error
 
@@ -441,7 +442,7 @@ class StacApiPublisher(Publisher):
             if response.is_error:
                 raise self._refused(response, what)
             return "created" if method == "POST" else "updated"
-        raise CatalogError(f"STAC API {self.base_url}: {what} neither created nor replaced")
+        raise CatalogError(f"STAC API {self._shown_url}: {what} neither created nor replaced")
 
     # collections -----------------------------------------------------------------
 
@@ -464,7 +465,7 @@ class StacApiPublisher(Publisher):
                 what,
                 exists=existing is not None,
             )
-        logger.info("STAC API %s: %s %s", self.base_url, what, outcome)
+        logger.info("STAC API %s: %s %s", self._shown_url, what, outcome)
         return outcome
 
     def upsert_collection(self, collection: pystac.Collection) -> PublishOutcome:
@@ -509,7 +510,7 @@ class StacApiPublisher(Publisher):
                 what,
                 exists=existing is not None,
             )
-        logger.debug("STAC API %s: %s %s", self.base_url, what, outcome)
+        logger.debug("STAC API %s: %s %s", self._shown_url, what, outcome)
         return outcome
 
     def bulk_upsert_items(
@@ -547,7 +548,7 @@ class StacApiPublisher(Publisher):
         )
         if response.is_error:
             raise self._refused(response, what)
-        logger.info("STAC API %s: %s done", self.base_url, what)
+        logger.info("STAC API %s: %s done", self._shown_url, what)
         return len(ids)
 
     def iter_items(self, collection_id: str) -> Iterator[dict[str, Any]]:

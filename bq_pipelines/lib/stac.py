@@ -10,6 +10,7 @@ import functools
 import importlib.resources
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 import jsonschema
 import jsonschema.exceptions
 import jsonschema.validators
+import numpy as np
 import pystac
 import pystac.validation
 import rasterio
@@ -116,10 +118,41 @@ def _projection_properties(cog_path: Path, rio_properties: Mapping[str, Any]) ->
     return fields
 
 
-def _raster_bands(asset: pystac.Asset) -> list[dict[str, Any]]:
+def _sample_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
+    """The decimated shape rio-stac reads statistics from (same rule as get_raster_info)."""
+    if not max_size or max(width, height) <= max_size:
+        return height, width
+    ratio = height / width
+    if ratio > 1:
+        return max_size, math.ceil(max_size / ratio)
+    return math.ceil(max_size * ratio), max_size
+
+
+def _valid_percents(cog_path: Path, max_size: int) -> list[float]:
+    """Percent of valid pixels per band.
+
+    rio-stac 0.12 counts `~mask` of a masked array whose mask is the scalar `nomask` when no
+    pixel is masked, reporting one valid pixel (0.0017%) for rasters without nodata.
+    """
+    with rasterio.open(cog_path) as src:
+        shape = _sample_shape(src.height, src.width, max_size)
+        percents = []
+        for band in src.indexes:
+            values = np.ma.fix_invalid(src.read(band, out_shape=shape, masked=True))
+            valid = np.count_nonzero(~np.ma.getmaskarray(values))
+            percents.append(float(valid / values.size * 100))
+    return percents
+
+
+def _raster_bands(asset: pystac.Asset, valid_percents: Sequence[float]) -> list[dict[str, Any]]:
     # Histograms are dropped: nobody reads them and they would weigh on 200k-item collections.
     bands = asset.extra_fields.get("raster:bands", [])
-    return [{k: v for k, v in band.items() if k != "histogram"} for band in bands]
+    cleaned = []
+    for band, valid_percent in zip(bands, valid_percents, strict=True):
+        band = {k: v for k, v in band.items() if k != "histogram"}
+        band["statistics"] = {**band.get("statistics", {}), "valid_percent": valid_percent}
+        cleaned.append(band)
+    return cleaned
 
 
 def build_item(
@@ -188,7 +221,9 @@ def build_item(
             title=asset.title,
             media_type=asset.media_type,
             roles=list(asset.roles),
-            extra_fields={"raster:bands": _raster_bands(rio_asset)},
+            extra_fields={
+                "raster:bands": _raster_bands(rio_asset, _valid_percents(cog_path, raster_max_size))
+            },
         ),
     )
     # The core item schema requires a `collection` link whenever `collection` is set.

@@ -1,0 +1,291 @@
+"""Publishing to a static catalog on disk and to the real stac-fastapi-pgstac service."""
+
+from __future__ import annotations
+
+import copy
+import json
+import multiprocessing
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pystac
+import pytest
+from pystac_client import Client
+
+from bq_pipelines.lib.catalog import StacApiPublisher, StaticCatalogPublisher
+from bq_pipelines.lib.errors import CatalogError
+from bq_pipelines.lib.retry import RetryPolicy
+from bq_pipelines.lib.stac import build_collection, validate
+from bq_pipelines_tests.lib.test_stac import SPECS, item_for, make_cog, schemas_dir
+from bq_pipelines_tests.rasters import RasterSpec
+
+__all__ = ["schemas_dir"]  # the fixture, re-used from the item tests
+
+FAST_RETRY = RetryPolicy(attempts=2, backoff_seconds=0.01, max_backoff_seconds=0.01)
+
+
+@pytest.fixture(scope="module")
+def item_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real item (custom CRS, NaN nodata), as a dict to clone under other ids."""
+    cog = make_cog(tmp_path_factory.mktemp("template"), SPECS["float32-nan-custom-lcc"])
+    return item_for(cog).to_dict(include_self_link=False, transform_hrefs=False)
+
+
+def clone(template: dict[str, Any], collection_id: str, item_id: str, **props: Any) -> pystac.Item:
+    document = copy.deepcopy(template)
+    document["id"] = item_id
+    document["collection"] = collection_id
+    document["properties"].update(props)
+    document["assets"]["data"]["href"] = f"https://object-store.example/bq-io/io/{item_id}.tif"
+    return pystac.Item.from_dict(document)
+
+
+def collection_for(collection_id: str, items: list[pystac.Item], description: str = "Test"):
+    return build_collection(
+        collection_id=collection_id,
+        title=f"Collection {collection_id}",
+        description=description,
+        license_="CC-BY-4.0",
+        items=items,
+    )
+
+
+# ----------------------------------------------------------------------- static catalog
+
+
+def test_static_catalog_round_trip(tmp_path: Path, schemas_dir: Path) -> None:
+    cogs = [
+        make_cog(tmp_path / "cogs", SPECS["int16-32198"], "a"),
+        make_cog(tmp_path / "cogs", RasterSpec(origin=(-70.0, 47.0)), "b"),
+    ]
+    items = [item_for(cog, item_id=cog.path.stem) for cog in cogs]
+    publisher = StaticCatalogPublisher(tmp_path / "catalog")
+
+    assert publisher.ensure_collection(collection_for("chelsa-monthly", items)) == "created"
+    assert [publisher.upsert_item(item) for item in items] == ["created", "created"]
+
+    catalog = pystac.Catalog.from_file(str(tmp_path / "catalog" / "catalog.json"))
+    collection = catalog.get_child("chelsa-monthly")
+    assert isinstance(collection, pystac.Collection)
+    loaded = sorted(collection.get_items(), key=lambda item: item.id)
+    assert [item.id for item in loaded] == ["a", "b"]
+    for item in loaded:
+        assert item.get_root().id == "bq-io"
+        assert (
+            item.assets["data"].href
+            == f"https://object-store.example/bq-io/io/chelsa/{item.id}.tif"
+        )
+        assert item.to_dict(include_self_link=False)["properties"]["variable"] == "tas"
+    for path in (tmp_path / "catalog").rglob("*.json"):
+        validate(_load(path), schemas_dir)
+    assert sorted(item["id"] for item in publisher.iter_items("chelsa-monthly")) == ["a", "b"]
+    assert publisher.get_item("chelsa-monthly", "a")["links"][0]["href"] == "../../catalog.json"
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*.json")}
+
+
+def test_static_catalog_is_idempotent(tmp_path: Path, item_template: dict[str, Any]) -> None:
+    publisher = StaticCatalogPublisher(tmp_path)
+    items = [clone(item_template, "stressors_qc", f"layer-{n}") for n in range(3)]
+    collection = collection_for("stressors_qc", items)
+    publisher.upsert_collection(collection)
+    for item in items:
+        publisher.upsert_item(item)
+    before = _snapshot(tmp_path)
+
+    assert publisher.upsert_collection(collection) == "unchanged"
+    assert publisher.ensure_collection(collection) == "unchanged"
+    assert [publisher.upsert_item(item) for item in items] == ["unchanged"] * 3
+    assert _snapshot(tmp_path) == before
+    links = publisher.get_collection("stressors_qc")["links"]
+    assert Counter(link["href"] for link in links if link["rel"] == "item") == {
+        f"./layer-{n}/layer-{n}.json": 1 for n in range(3)
+    }
+
+    changed = clone(item_template, "stressors_qc", "layer-0", variable="pr")
+    assert publisher.upsert_item(changed) == "updated"
+    assert publisher.get_item("stressors_qc", "layer-0")["properties"]["variable"] == "pr"
+    # A new extent rewrites the collection and keeps its item links.
+    assert publisher.upsert_collection(collection_for("stressors_qc", [], "New")) == "updated"
+    assert (
+        len([ln for ln in publisher.get_collection("stressors_qc")["links"] if ln["rel"] == "item"])
+        == 3
+    )
+
+    publisher.delete_item("stressors_qc", "layer-1")
+    assert publisher.get_item("stressors_qc", "layer-1") is None
+    assert sorted(i["id"] for i in publisher.iter_items("stressors_qc")) == ["layer-0", "layer-2"]
+
+
+def test_static_catalog_refuses_bad_input(tmp_path: Path, item_template: dict[str, Any]) -> None:
+    publisher = StaticCatalogPublisher(tmp_path)
+    with pytest.raises(CatalogError, match="'orphans' does not exist"):
+        publisher.upsert_item(clone(item_template, "orphans", "x"))
+    with pytest.raises(CatalogError, match=r"\.\./escape"):
+        publisher.upsert_item(clone(item_template, "ok", "../escape"))
+
+
+def _publish_batch(root: str, documents: list[dict[str, Any]]) -> None:
+    publisher = StaticCatalogPublisher(Path(root))
+    for document in documents:
+        collection_id = document["collection"]
+        publisher.ensure_collection(collection_for(collection_id, []))
+        publisher.upsert_item(pystac.Item.from_dict(document))
+
+
+def test_static_catalog_concurrent_writers(tmp_path: Path, item_template: dict[str, Any]) -> None:
+    batches = [
+        [
+            clone(item_template, f"collection-{(p + n) % 2}", f"p{p}-i{n}").to_dict(
+                include_self_link=False, transform_hrefs=False
+            )
+            for n in range(10)
+        ]
+        for p in range(4)
+    ]
+    # spawn, not fork: GDAL and pytest state do not survive a fork cleanly.
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_publish_batch, args=(str(tmp_path), batch)) for batch in batches
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+
+    catalog = _load(tmp_path / "catalog.json")
+    children = [link["href"] for link in catalog["links"] if link["rel"] == "child"]
+    assert sorted(children) == ["./collection-0/collection.json", "./collection-1/collection.json"]
+    expected = {document["id"] for batch in batches for document in batch}
+    seen: Counter[str] = Counter()
+    for collection_id in ("collection-0", "collection-1"):
+        links = StaticCatalogPublisher(tmp_path).get_collection(collection_id)["links"]
+        seen.update(link["href"].split("/")[1] for link in links if link["rel"] == "item")
+    assert seen == dict.fromkeys(expected, 1)
+    loaded = pystac.Catalog.from_file(str(tmp_path / "catalog.json"))
+    assert {item.id for item in loaded.get_items(recursive=True)} == expected
+    assert not list(tmp_path.rglob("*.tmp")), "a temporary file was left behind"
+
+
+# ---------------------------------------------------------------------------- STAC API
+
+
+@pytest.fixture
+def api(stac_api_url: str) -> Iterator[StacApiPublisher]:
+    headers = {"Authorization": "Bearer very-secret-token"}
+    with StacApiPublisher(stac_api_url, headers=headers, retry=FAST_RETRY, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def api_collection_id(api: StacApiPublisher, unique_id: str) -> Iterator[str]:
+    collection_id = f"test-catalog-{unique_id}"
+    yield collection_id
+    api.delete_collection(collection_id)
+
+
+def search_ids(url: str, collection_id: str) -> list[str]:
+    return [item.id for item in Client.open(url).search(collections=[collection_id]).items()]
+
+
+def test_api_publish_is_idempotent(
+    api: StacApiPublisher,
+    api_collection_id: str,
+    stac_api_url: str,
+    item_template: dict[str, Any],
+    schemas_dir: Path,
+) -> None:
+    item = clone(item_template, api_collection_id, "tas_2001_03")
+    collection = collection_for(api_collection_id, [item])
+    assert api.ensure_collection(collection) == "created"
+    assert api.upsert_item(item) == "created"
+
+    assert search_ids(stac_api_url, api_collection_id) == ["tas_2001_03"]
+    stored = api.get_item(api_collection_id, "tas_2001_03")
+    validate(stored, schemas_dir)
+    assert (
+        stored["assets"]["data"]["file:checksum"]
+        == item.assets["data"].extra_fields["file:checksum"]
+    )
+
+    assert api.upsert_item(item) == "unchanged"
+    assert api.upsert_collection(collection) == "unchanged"
+    assert api.ensure_collection(collection_for(api_collection_id, [], "Other")) == "unchanged"
+    assert search_ids(stac_api_url, api_collection_id) == ["tas_2001_03"]
+    assert api.get_item(api_collection_id, "tas_2001_03") == stored
+
+    changed = clone(item_template, api_collection_id, "tas_2001_03", variable="pr")
+    assert api.upsert_item(changed) == "updated"
+    assert api.get_item(api_collection_id, "tas_2001_03")["properties"]["variable"] == "pr"
+    assert search_ids(stac_api_url, api_collection_id) == ["tas_2001_03"]
+    assert api.upsert_collection(collection_for(api_collection_id, [item], "New")) == "updated"
+    assert api.get_collection(api_collection_id)["description"] == "New"
+
+    api.delete_item(api_collection_id, "tas_2001_03")
+    api.delete_item(api_collection_id, "tas_2001_03")  # already gone: still fine
+    assert api.get_item(api_collection_id, "tas_2001_03") is None
+
+
+def test_api_refusal_names_the_item(
+    api: StacApiPublisher, api_collection_id: str, item_template: dict[str, Any]
+) -> None:
+    api.ensure_collection(collection_for(api_collection_id, []))
+    broken = clone(item_template, api_collection_id, "no-geometry")
+    broken.geometry = None
+    broken.bbox = None
+    with pytest.raises(CatalogError) as caught:
+        api.upsert_item(broken)
+    message = str(caught.value)
+    assert "'no-geometry'" in message
+    assert api_collection_id in message
+    assert "400" in message
+    assert "geometry" in message.lower()  # the server's own explanation
+    assert "very-secret-token" not in message
+
+
+def test_api_paging_and_bulk_upsert(
+    api: StacApiPublisher,
+    api_collection_id: str,
+    stac_api_url: str,
+    item_template: dict[str, Any],
+) -> None:
+    api.ensure_collection(collection_for(api_collection_id, []))
+    items = [clone(item_template, api_collection_id, f"tile-{n:02d}") for n in range(12)]
+    assert api.bulk_upsert_items(api_collection_id, items, chunk_size=5) == 12
+    assert api.bulk_upsert_items(api_collection_id, items, chunk_size=5) == 12  # idempotent
+
+    api.page_size = 5  # 12 items over 3 pages
+    ids = [item["id"] for item in api.iter_items(api_collection_id)]
+    assert sorted(ids) == [f"tile-{n:02d}" for n in range(12)]
+    assert sorted(search_ids(stac_api_url, api_collection_id)) == sorted(ids)
+    assert [api.upsert_item(item) for item in items[:2]] == ["unchanged", "unchanged"]
+
+    renamed = clone(item_template, "elsewhere", "tile-99")
+    with pytest.raises(CatalogError, match="'elsewhere'"):
+        api.bulk_upsert_items(api_collection_id, [renamed])
+
+
+def test_api_unreachable_is_a_catalog_error(item_template: dict[str, Any]) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    publisher = StacApiPublisher(
+        f"http://user:hunter2@127.0.0.1:{port}",
+        headers={"Authorization": "Bearer very-secret-token"},
+        retry=FAST_RETRY,
+        timeout=2,
+    )
+    with pytest.raises(CatalogError, match="unreachable") as caught:
+        publisher.upsert_item(clone(item_template, "c", "i"))
+    assert "very-secret-token" not in str(caught.value)
+    assert "hunter2" not in str(caught.value)

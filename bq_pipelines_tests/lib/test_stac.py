@@ -1,0 +1,344 @@
+"""STAC items and collections built from real COGs, every one validated offline."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from rasterio.warp import transform_geom
+from rio_cogeo.cogeo import cog_translate
+from rio_cogeo.profiles import cog_profiles
+
+from bq_pipelines.lib.errors import StacValidationError
+from bq_pipelines.lib.stac import (
+    FILE_SCHEMA,
+    ITEM_ASSETS_SCHEMA,
+    PROJECTION_SCHEMA,
+    RASTER_SCHEMA,
+    ItemAssetSpec,
+    build_collection,
+    build_item,
+    multihash_sha256,
+    validate,
+)
+from bq_pipelines_tests.rasters import CUSTOM_LCC_WKT, RasterSpec, write_raster
+
+LEGACY_PROPERTIES = {"variable": "tas", "year": 2001, "month": 3, "version": "2.1"}
+
+
+@pytest.fixture(scope="session")
+def schemas_dir() -> Path:
+    """The shared offline copy of the extension schemas, beside the project (never copied)."""
+    folder = (Path(__file__).resolve().parents[2] / ".." / "shared" / "stac-schemas").resolve()
+    assert (folder / "projection").is_dir(), f"STAC schemas not found at {folder}"
+    return folder
+
+
+@dataclass(frozen=True)
+class Cog:
+    path: Path
+    spec: RasterSpec
+    size: int
+    sha256: str
+
+
+def make_cog(folder: Path, spec: RasterSpec, name: str = "layer") -> Cog:
+    """A deflate COG made by rio-cogeo from a generated raster."""
+    source = write_raster(folder / f"{name}-source.tif", spec)
+    cog_path = folder / f"{name}.tif"
+    cog_translate(str(source), str(cog_path), cog_profiles.get("deflate"), quiet=True)
+    data = cog_path.read_bytes()
+    return Cog(cog_path, spec, len(data), hashlib.sha256(data).hexdigest())
+
+
+def item_for(cog: Cog, item_id: str = "tas_2001_03", **overrides: Any) -> pystac.Item:
+    arguments: dict[str, Any] = {
+        "item_id": item_id,
+        "collection_id": "chelsa-monthly",
+        "datetime_": datetime(2001, 3, 1, tzinfo=UTC),
+        "asset": ItemAssetSpec(
+            href=f"https://object-store.example/bq-io/io/chelsa/{item_id}.tif", title="tas"
+        ),
+        "properties": LEGACY_PROPERTIES,
+        "file_size": cog.size,
+        "file_sha256": cog.sha256,
+    }
+    arguments.update(overrides)
+    return build_item(cog.path, **arguments)
+
+
+SPECS = {
+    "uint8-nodata-4326": RasterSpec(dtype="uint8", nodata=255, categorical=True),
+    "int16-32198": RasterSpec(dtype="int16", crs="EPSG:32198", nodata=-9999),
+    "float32-nan-custom-lcc": RasterSpec(dtype="float32", crs=CUSTOM_LCC_WKT, nodata=float("nan")),
+    "float32-3-bands-32198": RasterSpec(dtype="float32", crs="EPSG:32198", count=3),
+    "int16-no-nodata-4326": RasterSpec(dtype="int16"),
+}
+
+
+@pytest.fixture(params=list(SPECS), scope="module")
+def cog(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Cog:
+    return make_cog(tmp_path_factory.mktemp(request.param), SPECS[request.param])
+
+
+def footprint_wgs84(path: Path) -> list[tuple[float, float]]:
+    """The raster's outline, densified, in WGS84: the truth the item's bbox must contain."""
+    with rasterio.open(path) as src:
+        left, bottom, right, top = src.bounds
+        steps = np.linspace(0.0, 1.0, 50)
+        outline = [
+            *[(left + (right - left) * t, top) for t in steps],
+            *[(right, top - (top - bottom) * t) for t in steps],
+            *[(right - (right - left) * t, bottom) for t in steps],
+            *[(left, bottom + (top - bottom) * t) for t in steps],
+        ]
+        geometry = transform_geom(
+            src.crs, "EPSG:4326", {"type": "LineString", "coordinates": outline}
+        )
+    return [tuple(point) for point in geometry["coordinates"]]
+
+
+# ------------------------------------------------------------------------------ items
+
+
+def test_item_is_valid_and_complete(cog: Cog, schemas_dir: Path) -> None:
+    item = item_for(cog)
+
+    west, south, east, north = item.bbox
+    tolerance = 1e-9
+    for lon, lat in footprint_wgs84(cog.path):
+        assert west - tolerance <= lon <= east + tolerance
+        assert south - tolerance <= lat <= north + tolerance
+    assert item.geometry["type"] == "Polygon"
+
+    assert set(item.stac_extensions) == {PROJECTION_SCHEMA, RASTER_SCHEMA, FILE_SCHEMA}
+    props = item.properties
+    with rasterio.open(cog.path) as src:
+        assert props["proj:shape"] == [src.height, src.width]
+        assert props["proj:transform"][:6] == list(src.transform)[:6]
+        epsg = src.crs.to_epsg() if src.crs.is_epsg_code else None
+        dtypes, count = src.dtypes, src.count
+    if epsg:
+        assert props["proj:code"] == f"EPSG:{epsg}"
+        assert "proj:wkt2" not in props
+    else:
+        assert props["proj:code"] is None
+        assert props["proj:wkt2"].startswith("PROJCRS[")
+        assert props["proj:projjson"]["type"] == "ProjectedCRS"
+    assert "proj:epsg" not in props
+
+    asset = item.assets["data"]
+    assert asset.href.startswith("https://object-store.example/")
+    assert asset.media_type == "image/tiff; application=geotiff; profile=cloud-optimized"
+    assert asset.roles == ["data"]
+    assert asset.title == "tas"
+    bands = asset.extra_fields["raster:bands"]
+    assert len(bands) == count
+    for band, dtype in zip(bands, dtypes, strict=True):
+        assert band["data_type"] == dtype
+        assert "histogram" not in band
+        stats = band["statistics"]
+        assert stats["minimum"] <= stats["mean"] <= stats["maximum"]
+        nodata = cog.spec.nodata
+        if nodata is None:
+            assert "nodata" not in band
+            assert stats["valid_percent"] == 100.0
+        else:
+            assert band["nodata"] == ("nan" if math.isnan(nodata) else nodata)
+            assert stats["valid_percent"] < 100.0
+    assert asset.extra_fields["file:size"] == cog.path.stat().st_size
+    sha256 = hashlib.sha256(cog.path.read_bytes()).hexdigest()
+    assert asset.extra_fields["file:checksum"] == "1220" + sha256
+
+    for key, value in LEGACY_PROPERTIES.items():
+        assert props[key] == value
+    assert item.collection_id == "chelsa-monthly"
+    assert item.to_dict()["properties"]["datetime"] == "2001-03-01T00:00:00Z"
+    assert item.to_dict()["links"], "STAC APIs refuse items without links"
+    validate(item, schemas_dir)
+
+
+def test_item_is_deterministic(cog: Cog, schemas_dir: Path) -> None:
+    first, second = item_for(cog), item_for(cog)
+    assert first.to_dict() == second.to_dict()
+    assert "created" not in first.properties
+    validate(second, schemas_dir)
+
+
+def test_item_with_a_date_range(tmp_path: Path, schemas_dir: Path) -> None:
+    cog = make_cog(tmp_path, RasterSpec())
+    start = datetime(1981, 1, 1, tzinfo=UTC)
+    end = datetime(2010, 12, 31, 23, 59, 59, tzinfo=UTC)
+    item = item_for(
+        cog,
+        datetime_=None,
+        start_datetime=start,
+        end_datetime=end,
+        properties={"variable": "bio1", "datetime": "ignored: comes from the arguments"},
+    )
+    assert item.datetime is None
+    assert item.to_dict()["properties"]["datetime"] is None
+    assert item.properties["start_datetime"] == "1981-01-01T00:00:00Z"
+    assert item.properties["end_datetime"] == "2010-12-31T23:59:59Z"
+    assert item.properties["variable"] == "bio1"
+    validate(item, schemas_dir)
+
+
+def test_item_needs_a_datetime(tmp_path: Path) -> None:
+    cog = make_cog(tmp_path, RasterSpec())
+    with pytest.raises(ValueError, match="start_datetime"):
+        item_for(cog, datetime_=None)
+
+
+def test_multihash_sha256() -> None:
+    digest = hashlib.sha256(b"bq").hexdigest()
+    assert multihash_sha256(digest) == "1220" + digest
+    assert multihash_sha256(digest.upper()) == "1220" + digest
+    with pytest.raises(ValueError, match="sha256"):
+        multihash_sha256("abc")
+
+
+# ------------------------------------------------------------------------- validation
+
+
+@pytest.fixture(scope="module")
+def valid_item_dict(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cog = make_cog(tmp_path_factory.mktemp("valid"), SPECS["float32-nan-custom-lcc"])
+    return item_for(cog).to_dict(include_self_link=False, transform_hrefs=False)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("properties", "proj:code"), 32198, "proj:code"),
+        (("properties", "proj:shape"), [200.5, 300], "proj:shape"),
+        (("properties", "datetime"), "the first of March", "datetime"),
+        (("assets", "data", "file:checksum"), "not hex!", "file:checksum"),
+        (("assets", "data", "raster:bands"), "not a list", "raster:bands"),
+        (("properties", "proj:projjson"), {"type": "NotACRS"}, "proj:projjson"),
+    ],
+)
+def test_invalid_item_names_the_field(
+    valid_item_dict: dict[str, Any],
+    schemas_dir: Path,
+    path: tuple[str, ...],
+    value: Any,
+    expected: str,
+) -> None:
+    broken = copy.deepcopy(valid_item_dict)
+    target = broken
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(StacValidationError, match=expected) as caught:
+        validate(broken, schemas_dir)
+    message = str(caught.value)
+    assert "tas_2001_03" in message
+    assert "schema.json" in message or "item.json" in message
+
+
+def test_null_datetime_without_range_is_invalid(
+    valid_item_dict: dict[str, Any], schemas_dir: Path
+) -> None:
+    broken = copy.deepcopy(valid_item_dict)
+    broken["properties"]["datetime"] = None
+    with pytest.raises(StacValidationError, match=r"item\.json"):
+        validate(broken, schemas_dir)
+
+
+def test_unknown_extension_names_schema_and_folder(
+    valid_item_dict: dict[str, Any], schemas_dir: Path
+) -> None:
+    unknown = "https://stac-extensions.github.io/scientific/v1.0.0/schema.json"
+    item = copy.deepcopy(valid_item_dict)
+    item["stac_extensions"].append(unknown)
+    with pytest.raises(StacValidationError) as caught:
+        validate(item, schemas_dir)
+    assert unknown in str(caught.value)
+    assert str(schemas_dir) in str(caught.value)
+
+
+def test_schemas_dir_from_environment(
+    valid_item_dict: dict[str, Any], schemas_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BQ_STAC_SCHEMAS_DIR", str(schemas_dir))
+    validate(valid_item_dict)
+    broken = copy.deepcopy(valid_item_dict)
+    broken["properties"]["proj:code"] = 4326
+    with pytest.raises(StacValidationError, match="proj:code"):
+        validate(broken)
+
+
+# ------------------------------------------------------------------------ collections
+
+
+def test_collection_extent_is_the_union_of_items(tmp_path: Path, schemas_dir: Path) -> None:
+    east_cog = make_cog(tmp_path, RasterSpec(origin=(-70.0, 47.0)), "east")
+    west_cog = make_cog(tmp_path, RasterSpec(crs="EPSG:32198"), "west")
+    first = item_for(east_cog, "a", datetime_=datetime(2001, 3, 1, tzinfo=UTC))
+    second = item_for(
+        west_cog,
+        "b",
+        datetime_=None,
+        start_datetime=datetime(1990, 1, 1, tzinfo=UTC),
+        end_datetime=datetime(2005, 1, 1, tzinfo=UTC),
+    )
+    # Items come as pystac objects or as dicts a STAC API returned.
+    items = [first, second.to_dict(include_self_link=False, transform_hrefs=False)]
+    collection = build_collection(
+        collection_id="chelsa-monthly",
+        title="CHELSA monthly timeseries",
+        description="Monthly climate",
+        license_="CC-BY-4.0",
+        items=items,
+        providers=[
+            {"name": "WSL", "roles": ["producer", "licensor"], "url": "https://chelsa-climate.org"}
+        ],
+        keywords=["climate"],
+        summaries={"variable": ["tas"], "proj:code": ["EPSG:4326", "EPSG:32198"]},
+        item_assets={
+            "data": {
+                "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                "roles": ["data"],
+                "raster:bands": [{"data_type": "float32"}],
+            }
+        },
+    )
+    bbox = collection.extent.spatial.bboxes[0]
+    assert bbox == [
+        min(first.bbox[0], second.bbox[0]),
+        min(first.bbox[1], second.bbox[1]),
+        max(first.bbox[2], second.bbox[2]),
+        max(first.bbox[3], second.bbox[3]),
+    ]
+    start, end = collection.extent.temporal.intervals[0]
+    assert start == datetime(1990, 1, 1, tzinfo=UTC)
+    assert end == datetime(2005, 1, 1, tzinfo=UTC)
+    assert set(collection.stac_extensions) == {PROJECTION_SCHEMA, RASTER_SCHEMA, ITEM_ASSETS_SCHEMA}
+    as_dict = collection.to_dict()
+    assert as_dict["providers"][0]["name"] == "WSL"
+    assert as_dict["keywords"] == ["climate"]
+    assert as_dict["item_assets"]["data"]["roles"] == ["data"]
+    validate(collection, schemas_dir)
+
+
+def test_empty_collection_has_a_global_open_extent(schemas_dir: Path) -> None:
+    collection = build_collection(
+        collection_id="empty",
+        title="Empty",
+        description="Nothing yet",
+        license_="proprietary",
+        items=[],
+    )
+    assert collection.extent.spatial.bboxes == [[-180.0, -90.0, 180.0, 90.0]]
+    assert collection.extent.temporal.intervals == [[None, None]]
+    validate(collection, schemas_dir)
