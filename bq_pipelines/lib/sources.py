@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -109,11 +110,11 @@ def probe(
     if scheme == "file":
         return _file_fingerprint(url, _local_path(url))
     if scheme in ("http", "https"):
-        operation: Callable[[], SourceFingerprint] = lambda: _http_probe(url, timeout)  # noqa: E731
+        operation: Callable[[], SourceFingerprint] = partial(_http_probe, url, timeout)
     elif scheme == "ftp":
-        operation = lambda: _ftp_probe(url, timeout)  # noqa: E731
+        operation = partial(_ftp_probe, url, timeout)
     else:
-        operation = lambda: _s3_probe(url, timeout, s3_endpoint_url)  # noqa: E731
+        operation = partial(_s3_probe, url, timeout, s3_endpoint_url)
     return _retrying(operation, retry, f"probe {redact_url(url)}")
 
 
@@ -299,9 +300,9 @@ def _download(
         if scheme in ("http", "https"):
             return _http_fetch(url, staged, retry, timeout)
         if scheme == "ftp":
-            operation = lambda: _ftp_fetch(url, staged, timeout)  # noqa: E731
+            operation: Callable[[], FetchedFile] = partial(_ftp_fetch, url, staged, timeout)
         else:
-            operation = lambda: _s3_fetch(url, staged, timeout, s3_endpoint_url)  # noqa: E731
+            operation = partial(_s3_fetch, url, staged, timeout, s3_endpoint_url)
         return _retrying(operation, retry, f"fetch {redact_url(url)}")
     finally:
         staged.discard()
