@@ -2,20 +2,124 @@
 
 Keys follow the legacy layout `<prefix>/<collection folder>/<file name>`; an upload whose
 sha256 is already stored under the same key is skipped.
+
+Hrefs (what STAC items point at):
+- with a `base_url`, both stores give `<base_url>/<url-quoted key>`;
+- without one, the local store gives the absolute file path (static catalogs on disk accept
+  absolute paths, and pystac can relativise them when saving a self-contained catalog), and the
+  S3 store gives `s3://<bucket>/<key>` (unambiguous whatever the endpoint; set a base URL for
+  anything a browser must open).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+from boto3.exceptions import Boto3Error
+from boto3.s3.transfer import TransferConfig
+from botocore.client import BaseClient
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bq_pipelines.lib.errors import StorageError
+
+logger = logging.getLogger(__name__)
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+MIB = 1024 * 1024
+# S3 refuses multipart parts below 5 MiB (except the last one).
+S3_MIN_PART_BYTES = 5 * MIB
+DEFAULT_MULTIPART_THRESHOLD_BYTES = 64 * MIB
+DEFAULT_MULTIPART_CHUNK_BYTES = 16 * MIB
+DEFAULT_MAX_ATTEMPTS = 5
+SHA256_SUFFIX = ".sha256"
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+def _key_segments(field: str, value: str, *, allow_empty: bool, allow_slash: bool) -> list[str]:
+    """The `/`-separated segments of one key part, rejecting anything that could escape a root."""
+    if "\\" in value:
+        raise StorageError(f"invalid object key {field}={value!r}: backslashes are not allowed")
+    if _CONTROL_CHARS_RE.search(value):
+        raise StorageError(f"invalid object key {field}={value!r}: control characters")
+    stripped = value.strip("/")
+    if not stripped:
+        if allow_empty:
+            return []
+        raise StorageError(f"invalid object key {field}={value!r}: must not be empty")
+    segments = stripped.split("/")
+    if not allow_slash and len(segments) > 1:
+        raise StorageError(f"invalid object key {field}={value!r}: must not contain '/'")
+    for segment in segments:
+        if segment == "" or segment.strip() == "":
+            raise StorageError(f"invalid object key {field}={value!r}: empty path segment")
+        if segment in (".", ".."):
+            raise StorageError(f"invalid object key {field}={value!r}: '{segment}' segment")
+    return segments
 
 
 def object_key(prefix: str, folder: str, file_name: str) -> str:
-    """`<prefix>/<folder>/<file_name>` without empty or duplicate slashes."""
-    raise NotImplementedError
+    """`<prefix>/<folder>/<file_name>` without empty or duplicate slashes.
+
+    `prefix` may be empty (no prefix); `prefix` and `folder` may hold several segments
+    (`io/chelsa`); outer slashes are dropped. Raises StorageError naming the bad field for
+    `..`/`.` segments, empty segments, backslashes or control characters.
+    """
+    segments = [
+        *_key_segments("prefix", prefix, allow_empty=True, allow_slash=True),
+        *_key_segments("folder", folder, allow_empty=False, allow_slash=True),
+        *_key_segments("file_name", file_name, allow_empty=False, allow_slash=False),
+    ]
+    return "/".join(segments)
+
+
+def validate_key(key: str) -> str:
+    """`key` itself, if it is a clean relative key (the rules of `object_key`, outer slashes
+    included: a key given whole must already be normalised)."""
+    if key != key.strip("/"):
+        raise StorageError(f"invalid object key key={key!r}: leading or trailing '/'")
+    _key_segments("key", key, allow_empty=False, allow_slash=True)
+    return key
+
+
+def validate_sha256(sha256: str) -> str:
+    if not _SHA256_RE.fullmatch(sha256):
+        raise StorageError(f"invalid sha256 {sha256!r}: expected 64 lowercase hex digits")
+    return sha256
+
+
+def file_sha256(path: Path, chunk_bytes: int = MIB) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def url_join(base_url: str, key: str) -> str:
+    return f"{base_url.rstrip('/')}/{quote(key, safe='/')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Interface
 
 
 @dataclass(frozen=True)
@@ -23,7 +127,7 @@ class StoredObject:
     key: str
     href: str  # public href (base URL + key), what STAC items point at
     size: int
-    sha256: str
+    sha256: str  # "" when the object carries no recorded checksum (written by something else)
     uploaded: bool  # False when skipped because the same checksum was already stored
 
 
@@ -31,18 +135,22 @@ class ObjectStore(ABC):
     """Where COGs live. Implementations are idempotent: same file + key -> same object."""
 
     @abstractmethod
-    def put_file(self, path: Path, key: str, *, sha256: str,
-                 content_type: str = COG_MEDIA_TYPE) -> StoredObject: ...
+    def put_file(
+        self, path: Path, key: str, *, sha256: str, content_type: str = COG_MEDIA_TYPE
+    ) -> StoredObject:
+        """Store `path` under `key` unless an object with the same sha256 is already there."""
 
     @abstractmethod
     def stat(self, key: str) -> StoredObject | None:
         """The stored object (with its recorded sha256) or None."""
 
     @abstractmethod
-    def list_keys(self, prefix: str) -> list[str]: ...
+    def list_keys(self, prefix: str) -> list[str]:
+        """Keys starting with `prefix` (a string prefix, as in S3), sorted."""
 
     @abstractmethod
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Remove `key` (and its checksum); no error when it does not exist."""
 
     @abstractmethod
     def href(self, key: str) -> str:
@@ -51,3 +159,327 @@ class ObjectStore(ABC):
     @abstractmethod
     def gdal_path(self, key: str) -> str:
         """A path rasterio/GDAL can open (local path or /vsis3/...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Local folder
+
+
+class LocalObjectStore(ObjectStore):
+    """Files under `root/<key>`, each with a `<file>.sha256` sidecar in `sha256sum` format.
+
+    The sidecar makes `stat` cheap and lets `sha256sum -c` verify a copied tree. Content types
+    are not stored (a filesystem has none); the file extension carries it.
+    """
+
+    def __init__(self, root: Path, base_url: str | None = None) -> None:
+        self.root = Path(root).absolute()
+        self.base_url = base_url
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    @staticmethod
+    def _sidecar(path: Path) -> Path:
+        return path.with_name(path.name + SHA256_SUFFIX)
+
+    def _recorded_sha256(self, path: Path) -> str | None:
+        try:
+            text = self._sidecar(path).read_text()
+        except FileNotFoundError:
+            return None
+        recorded = text.split(maxsplit=1)[0] if text.strip() else ""
+        return recorded if _SHA256_RE.fullmatch(recorded) else None
+
+    def _record_sha256(self, path: Path, sha256: str) -> None:
+        _write_text_atomically(self._sidecar(path), f"{sha256}  {path.name}\n")
+
+    def put_file(
+        self, path: Path, key: str, *, sha256: str, content_type: str = COG_MEDIA_TYPE
+    ) -> StoredObject:
+        validate_sha256(sha256)
+        dest = self._path(key)
+        try:
+            size = path.stat().st_size
+            if (
+                dest.is_file()
+                and dest.stat().st_size == size
+                and self._recorded_sha256(dest) == sha256
+            ):
+                logger.debug("skip %s: same sha256 already stored", dest)
+                return StoredObject(key, self.href(key), size, sha256, uploaded=False)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            # Drop the old checksum first: a crash between the two writes must not leave a
+            # sidecar that vouches for content it does not describe.
+            self._sidecar(dest).unlink(missing_ok=True)
+            _copy_atomically(path, dest)
+            self._record_sha256(dest, sha256)
+        except OSError as exc:
+            raise StorageError(f"cannot store {path} as {dest}: {exc.strerror or exc}") from exc
+        logger.info("stored %s (%d bytes)", dest, size)
+        return StoredObject(key, self.href(key), size, sha256, uploaded=True)
+
+    def stat(self, key: str) -> StoredObject | None:
+        path = self._path(key)
+        try:
+            size = path.stat().st_size
+            sha256 = self._recorded_sha256(path)
+            if sha256 is None:
+                # Written by hand or interrupted before its sidecar: hash once and record it.
+                sha256 = file_sha256(path)
+                self._record_sha256(path, sha256)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot stat {path}: {exc.strerror or exc}") from exc
+        return StoredObject(key, self.href(key), size, sha256, uploaded=False)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        # Walk only the deepest folder the prefix names, then filter as a string prefix.
+        start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not start.is_dir():
+            return []
+        keys = []
+        for path in start.rglob("*"):
+            if not path.is_file() or path.name.endswith(SHA256_SUFFIX) or _is_temp(path):
+                continue
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix):
+                keys.append(key)
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+            self._sidecar(path).unlink(missing_ok=True)
+            _remove_empty_parents(path.parent, self.root)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path}: {exc.strerror or exc}") from exc
+
+    def href(self, key: str) -> str:
+        if self.base_url:
+            return url_join(self.base_url, validate_key(key))
+        return str(self._path(key))
+
+    def gdal_path(self, key: str) -> str:
+        return str(self._path(key))
+
+
+_TEMP_PREFIX = ".bq-tmp-"
+
+
+def _is_temp(path: Path) -> bool:
+    return path.name.startswith(_TEMP_PREFIX)
+
+
+def _copy_atomically(source: Path, dest: Path) -> None:
+    """Copy to a temporary file beside `dest`, fsync, then rename over it (same filesystem)."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{_TEMP_PREFIX}{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+            shutil.copyfileobj(src, out, length=MIB)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_text_atomically(dest: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{_TEMP_PREFIX}{dest.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _remove_empty_parents(folder: Path, root: Path) -> None:
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone): stop climbing
+            return
+        folder = folder.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# S3
+
+
+def s3_client(
+    endpoint_url: str | None,
+    region: str | None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> BaseClient:
+    """A boto3 S3 client with botocore's standard retry mode (backoff on throttling, 5xx).
+
+    `max_attempts` counts every attempt, the first included (botocore's `total_max_attempts`).
+
+    Keys left None use boto3's credential chain (environment, profile, instance role).
+    A custom endpoint (moto, MinIO...) gets path-style addressing: its hostname has no
+    per-bucket DNS.
+    """
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        config=config,
+    )
+
+
+def _s3_reason(exc: Exception) -> str:
+    """What S3 said, without request details: ClientError carries code + message only."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "?")
+        message = error.get("Message") or exc.response.get("ResponseMetadata", {}).get(
+            "HTTPStatusCode", ""
+        )
+        return f"{code}: {message}"
+    if isinstance(exc, Boto3Error) and isinstance(exc.__context__, ClientError):
+        return _s3_reason(exc.__context__)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _is_not_found(exc: ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    # head_object has no body: a missing key is a bare 404 (code "404"), but a missing bucket
+    # is a 404 too; only the former means "no such object".
+    return error.get("Code") in ("404", "NoSuchKey", "NotFound") and status == 404
+
+
+class S3ObjectStore(ObjectStore):
+    """Objects in one bucket; keys are used as given (the prefix is part of each key).
+
+    The sha256 is stored as object metadata (`x-amz-meta-sha256`), so `stat` is one HEAD.
+    Retries are the client's job (see `s3_client`); upload uses boto3's managed transfer,
+    multipart above `multipart_threshold_bytes`.
+    """
+
+    def __init__(
+        self,
+        client: BaseClient,
+        bucket: str,
+        base_url: str | None = None,
+        *,
+        public_read: bool = False,
+        multipart_threshold_bytes: int = DEFAULT_MULTIPART_THRESHOLD_BYTES,
+        multipart_chunk_bytes: int = DEFAULT_MULTIPART_CHUNK_BYTES,
+    ) -> None:
+        if multipart_chunk_bytes < S3_MIN_PART_BYTES:
+            raise StorageError(
+                f"multipart_chunk_bytes={multipart_chunk_bytes}: S3 parts must be at least "
+                f"{S3_MIN_PART_BYTES} bytes"
+            )
+        self.client = client
+        self.bucket = bucket
+        self.base_url = base_url
+        self.public_read = public_read
+        self.transfer_config = TransferConfig(
+            multipart_threshold=multipart_threshold_bytes,
+            multipart_chunksize=multipart_chunk_bytes,
+        )
+
+    def _error(self, action: str, key: str, exc: Exception) -> StorageError:
+        return StorageError(f"S3 {action} s3://{self.bucket}/{key} failed: {_s3_reason(exc)}")
+
+    def put_file(
+        self, path: Path, key: str, *, sha256: str, content_type: str = COG_MEDIA_TYPE
+    ) -> StoredObject:
+        validate_key(key)
+        validate_sha256(sha256)
+        existing = self.stat(key)
+        if existing is not None and existing.sha256 == sha256:
+            logger.debug("skip s3://%s/%s: same sha256 already stored", self.bucket, key)
+            return existing
+        extra_args: dict[str, Any] = {"ContentType": content_type, "Metadata": {"sha256": sha256}}
+        if self.public_read:
+            extra_args["ACL"] = "public-read"
+        try:
+            size = path.stat().st_size
+            self.client.upload_file(
+                str(path), self.bucket, key, ExtraArgs=extra_args, Config=self.transfer_config
+            )
+        except OSError as exc:
+            raise StorageError(
+                f"S3 upload of {path} to s3://{self.bucket}/{key} failed: {exc.strerror or exc}"
+            ) from exc
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise self._error("upload", key, exc) from exc
+        logger.info("uploaded s3://%s/%s (%d bytes)", self.bucket, key, size)
+        return StoredObject(key, self.href(key), size, sha256, uploaded=True)
+
+    def stat(self, key: str) -> StoredObject | None:
+        validate_key(key)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if not _is_not_found(exc):
+                raise self._error("head", key, exc) from exc
+            if not self._bucket_exists():
+                raise StorageError(
+                    f"S3 head s3://{self.bucket}/{key} failed: NoSuchBucket: bucket "
+                    f"{self.bucket!r} does not exist (check the bucket name and endpoint)"
+                ) from exc
+            return None
+        except BotoCoreError as exc:
+            raise self._error("head", key, exc) from exc
+        sha256 = head.get("Metadata", {}).get("sha256", "")
+        return StoredObject(key, self.href(key), head["ContentLength"], sha256, uploaded=False)
+
+    def _bucket_exists(self) -> bool:
+        """Tells "no such key" from "no such bucket" after a body-less 404 on HEAD."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return False
+            raise self._error("head bucket", "", exc) from exc
+        except BotoCoreError as exc:
+            raise self._error("head bucket", "", exc) from exc
+        return True
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("list", f"{prefix}*", exc) from exc
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        validate_key(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("delete", key, exc) from exc
+
+    def href(self, key: str) -> str:
+        validate_key(key)
+        if self.base_url:
+            return url_join(self.base_url, key)
+        return f"s3://{self.bucket}/{key}"
+
+    def gdal_path(self, key: str) -> str:
+        return f"/vsis3/{self.bucket}/{validate_key(key)}"

@@ -1,0 +1,460 @@
+"""Object stores against real backends: a tmp folder, and the local moto S3 server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.session import AWSSession
+
+from bq_pipelines.lib.errors import StorageError
+from bq_pipelines.lib.storage import (
+    COG_MEDIA_TYPE,
+    MIB,
+    LocalObjectStore,
+    S3ObjectStore,
+    StoredObject,
+    file_sha256,
+    object_key,
+    s3_client,
+)
+from bq_pipelines_tests.rasters import RasterSpec, raster_values, write_raster
+
+ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
+
+
+def write_bytes(path: Path, data: bytes) -> tuple[Path, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path, file_sha256(path)
+
+
+def error_chain_text(exc: BaseException) -> str:
+    """Message and repr of an exception and everything it chains, as a log would show them."""
+    parts = []
+    current: BaseException | None = exc
+    while current is not None:
+        parts += [str(current), repr(current)]
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="session")
+def store_client(services_env: dict[str, str]):
+    """A client built by our own helper (standard retries, path addressing) on moto."""
+    return s3_client(
+        services_env["BQ_S3_ENDPOINT_URL"],
+        services_env["BQ_S3_REGION"],
+        services_env["AWS_ACCESS_KEY_ID"],
+        services_env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+@pytest.fixture
+def write_requests(store_client) -> Iterator[list[str]]:
+    """Names of the S3 write operations `store_client` sends (observed, not intercepted)."""
+    seen: list[str] = []
+
+    def record(model, **_: object) -> None:
+        seen.append(model.name)
+
+    events = [
+        f"before-call.s3.{op}"
+        for op in ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
+    ]
+    for event in events:
+        store_client.meta.events.register(event, record)
+    yield seen
+    for event in events:
+        store_client.meta.events.unregister(event, record)
+
+
+def rasterio_s3_env(gdal_s3_env: dict[str, str]) -> rasterio.Env:
+    """`rasterio.Env` for the local endpoint.
+
+    rasterio 1.4 refuses AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY as Env options (EnvError:
+    "credentials are handled exclusively by boto3"), so `rasterio.Env(**gdal_s3_env)` fails:
+    the keys and endpoint go through an AWSSession, the other options stay GDAL options.
+    """
+    options = dict(gdal_s3_env)
+    session = AWSSession(
+        aws_access_key_id=options.pop("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=options.pop("AWS_SECRET_ACCESS_KEY"),
+        endpoint_url=options.pop("AWS_S3_ENDPOINT"),
+    )
+    return rasterio.Env(session=session, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+@pytest.mark.parametrize(
+    ("prefix", "folder", "file_name", "expected"),
+    [
+        ("io", "chelsa", "tas_2020.tif", "io/chelsa/tas_2020.tif"),
+        ("io/", "/chelsa/", "tas.tif", "io/chelsa/tas.tif"),
+        ("", "chelsa", "tas.tif", "chelsa/tas.tif"),
+        ("/", "chelsa", "tas.tif", "chelsa/tas.tif"),
+        ("io/v2", "chelsa/monthly", "tas 01.tif", "io/v2/chelsa/monthly/tas 01.tif"),
+        ("io", "forêt", "carte..finale.tif", "io/forêt/carte..finale.tif"),
+    ],
+)
+def test_object_key(prefix: str, folder: str, file_name: str, expected: str) -> None:
+    assert object_key(prefix, folder, file_name) == expected
+
+
+@pytest.mark.parametrize(
+    ("prefix", "folder", "file_name", "field"),
+    [
+        ("io", "..", "a.tif", "folder"),
+        ("io", "a/../b", "a.tif", "folder"),
+        ("../io", "a", "a.tif", "prefix"),
+        ("io", "a", "..", "file_name"),
+        ("io", "a", ".", "file_name"),
+        ("io", "", "a.tif", "folder"),
+        ("io", "/", "a.tif", "folder"),
+        ("io", "a", "", "file_name"),
+        ("io//x", "a", "a.tif", "prefix"),
+        ("io", "a//b", "a.tif", "folder"),
+        ("io", "a", "sub/a.tif", "file_name"),
+        ("io", "a\\b", "a.tif", "folder"),
+        ("io", "a", "a\\b.tif", "file_name"),
+        ("io", "a", "a\nb.tif", "file_name"),
+        ("io", " ", "a.tif", "folder"),
+    ],
+)
+def test_object_key_rejects(prefix: str, folder: str, file_name: str, field: str) -> None:
+    with pytest.raises(StorageError, match=rf"invalid object key {field}="):
+        object_key(prefix, folder, file_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local store
+
+
+def test_local_put_then_stat(tmp_path: Path) -> None:
+    source, sha = write_bytes(tmp_path / "src" / "a.tif", b"cog bytes")
+    store = LocalObjectStore(tmp_path / "store")
+
+    stored = store.put_file(source, "io/col/a.tif", sha256=sha)
+
+    target = tmp_path / "store" / "io" / "col" / "a.tif"
+    assert stored == StoredObject("io/col/a.tif", str(target), 9, sha, uploaded=True)
+    assert target.read_bytes() == b"cog bytes"
+    assert store.stat("io/col/a.tif") == StoredObject(
+        "io/col/a.tif", str(target), 9, sha, uploaded=False
+    )
+    assert store.stat("io/col/missing.tif") is None
+    assert store.gdal_path("io/col/a.tif") == str(target)
+
+
+def test_local_sidecar_is_sha256sum_format(tmp_path: Path) -> None:
+    source, sha = write_bytes(tmp_path / "a.tif", b"abc")
+    store = LocalObjectStore(tmp_path / "store")
+    store.put_file(source, "io/col/a.tif", sha256=sha)
+
+    folder = tmp_path / "store" / "io" / "col"
+    assert (folder / "a.tif.sha256").read_text() == f"{sha}  a.tif\n"
+    subprocess.run(["sha256sum", "--check", "--quiet", "a.tif.sha256"], cwd=folder, check=True)
+
+
+def test_local_same_checksum_is_skipped(tmp_path: Path) -> None:
+    source, sha = write_bytes(tmp_path / "a.tif", b"v1")
+    store = LocalObjectStore(tmp_path / "store")
+    store.put_file(source, "io/a.tif", sha256=sha)
+    before = os.stat(tmp_path / "store" / "io" / "a.tif")
+
+    again = store.put_file(source, "io/a.tif", sha256=sha)
+
+    after = os.stat(tmp_path / "store" / "io" / "a.tif")
+    assert again.uploaded is False
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_local_changed_content_is_rewritten(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path / "store")
+    first, sha1 = write_bytes(tmp_path / "v1.tif", b"version one")
+    second, sha2 = write_bytes(tmp_path / "v2.tif", b"version two!")
+    store.put_file(first, "io/a.tif", sha256=sha1)
+
+    stored = store.put_file(second, "io/a.tif", sha256=sha2)
+
+    assert stored.uploaded is True
+    assert (tmp_path / "store" / "io" / "a.tif").read_bytes() == b"version two!"
+    assert store.stat("io/a.tif").sha256 == sha2  # type: ignore[union-attr]
+
+
+def test_local_stat_records_missing_sidecar(tmp_path: Path) -> None:
+    """A file put there by hand (or a crash before the sidecar) is hashed once, then cheap."""
+    hand_made = tmp_path / "store" / "io" / "a.tif"
+    hand_made.parent.mkdir(parents=True)
+    hand_made.write_bytes(b"by hand")
+
+    stored = LocalObjectStore(tmp_path / "store").stat("io/a.tif")
+
+    assert stored is not None and stored.sha256 == file_sha256(hand_made)
+    assert hand_made.with_name("a.tif.sha256").exists()
+
+
+def test_local_list_and_delete(tmp_path: Path) -> None:
+    source, sha = write_bytes(tmp_path / "a.tif", b"x")
+    store = LocalObjectStore(tmp_path / "store")
+    keys = ["io/a/1.tif", "io/a/2.tif", "io/ab/3.tif", "other/4.tif"]
+    for key in keys:
+        store.put_file(source, key, sha256=sha)
+    (tmp_path / "store" / "io" / "a" / ".bq-tmp-5.tif.x").write_bytes(b"partial")
+
+    assert store.list_keys("io/a/") == ["io/a/1.tif", "io/a/2.tif"]
+    assert store.list_keys("io/a") == ["io/a/1.tif", "io/a/2.tif", "io/ab/3.tif"]
+    assert store.list_keys("") == keys
+    assert store.list_keys("nothing/here") == []
+
+    store.delete("io/ab/3.tif")
+    store.delete("io/ab/3.tif")  # idempotent, like S3
+
+    assert store.list_keys("io/") == ["io/a/1.tif", "io/a/2.tif"]
+    assert not (tmp_path / "store" / "io" / "ab").exists()  # empty folders go too
+    assert store.stat("io/ab/3.tif") is None
+
+
+def test_local_href_with_base_url(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path, base_url="https://example.org/data/")
+    assert store.href("io/col/tas 01.tif") == "https://example.org/data/io/col/tas%2001.tif"
+    assert LocalObjectStore(tmp_path).href("io/a.tif") == str(tmp_path / "io" / "a.tif")
+
+
+@pytest.mark.parametrize("key", ["../escape.tif", "io/../../escape.tif", "/abs.tif", "a\\b.tif"])
+def test_local_rejects_keys_escaping_root(tmp_path: Path, key: str) -> None:
+    source, sha = write_bytes(tmp_path / "a.tif", b"x")
+    store = LocalObjectStore(tmp_path / "store")
+    with pytest.raises(StorageError, match="invalid object key"):
+        store.put_file(source, key, sha256=sha)
+    assert not (tmp_path / "escape.tif").exists()
+
+
+def test_local_rejects_bad_sha256(tmp_path: Path) -> None:
+    source, _ = write_bytes(tmp_path / "a.tif", b"x")
+    with pytest.raises(StorageError, match="invalid sha256"):
+        LocalObjectStore(tmp_path / "store").put_file(source, "io/a.tif", sha256="ABC")
+
+
+def test_local_raster_opens_at_gdal_path(tmp_path: Path) -> None:
+    spec = RasterSpec(dtype="int16", nodata=-9999)
+    source = write_raster(tmp_path / "src.tif", spec)
+    store = LocalObjectStore(tmp_path / "store")
+    store.put_file(source, "io/col/r.tif", sha256=file_sha256(source))
+
+    with rasterio.open(store.gdal_path("io/col/r.tif")) as src:
+        np.testing.assert_array_equal(src.read(), raster_values(spec))
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 store (moto)
+
+
+def test_s3_put_then_stat(store_client, s3_bucket: str, tmp_path: Path) -> None:
+    source, sha = write_bytes(tmp_path / "a.tif", b"cog bytes")
+    store = S3ObjectStore(store_client, s3_bucket)
+
+    stored = store.put_file(source, "io/col/a.tif", sha256=sha)
+
+    expected_href = f"s3://{s3_bucket}/io/col/a.tif"
+    assert stored == StoredObject("io/col/a.tif", expected_href, 9, sha, uploaded=True)
+    assert store.stat("io/col/a.tif") == StoredObject(
+        "io/col/a.tif", expected_href, 9, sha, uploaded=False
+    )
+    assert store.stat("io/col/missing.tif") is None
+    head = store_client.head_object(Bucket=s3_bucket, Key="io/col/a.tif")
+    assert head["ContentType"] == COG_MEDIA_TYPE
+    assert head["Metadata"] == {"sha256": sha}
+    body = store_client.get_object(Bucket=s3_bucket, Key="io/col/a.tif")["Body"].read()
+    assert body == b"cog bytes"
+
+
+def test_s3_same_checksum_is_not_uploaded_again(
+    store_client, s3_bucket: str, tmp_path: Path, write_requests: list[str]
+) -> None:
+    source, sha = write_bytes(tmp_path / "a.tif", b"v1")
+    store = S3ObjectStore(store_client, s3_bucket)
+    store.put_file(source, "io/a.tif", sha256=sha)
+    before = store_client.head_object(Bucket=s3_bucket, Key="io/a.tif")
+    assert write_requests == ["PutObject"]
+
+    again = store.put_file(source, "io/a.tif", sha256=sha)
+
+    after = store_client.head_object(Bucket=s3_bucket, Key="io/a.tif")
+    assert again.uploaded is False
+    assert write_requests == ["PutObject"]  # no second write request at all
+    assert (after["ETag"], after["LastModified"]) == (before["ETag"], before["LastModified"])
+
+
+def test_s3_changed_content_is_uploaded_again(
+    store_client, s3_bucket: str, tmp_path: Path, write_requests: list[str]
+) -> None:
+    store = S3ObjectStore(store_client, s3_bucket)
+    first, sha1 = write_bytes(tmp_path / "v1.tif", b"version one")
+    second, sha2 = write_bytes(tmp_path / "v2.tif", b"version two!")
+    store.put_file(first, "io/a.tif", sha256=sha1)
+
+    stored = store.put_file(second, "io/a.tif", sha256=sha2)
+
+    assert stored.uploaded is True
+    assert write_requests == ["PutObject", "PutObject"]
+    body = store_client.get_object(Bucket=s3_bucket, Key="io/a.tif")["Body"].read()
+    assert body == b"version two!"
+    assert store.stat("io/a.tif").sha256 == sha2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("public_read", [True, False])
+def test_s3_public_read_acl(
+    store_client, s3_bucket: str, tmp_path: Path, public_read: bool
+) -> None:
+    source, sha = write_bytes(tmp_path / "a.tif", b"x")
+    S3ObjectStore(store_client, s3_bucket, public_read=public_read).put_file(
+        source, "io/a.tif", sha256=sha
+    )
+
+    grants = store_client.get_object_acl(Bucket=s3_bucket, Key="io/a.tif")["Grants"]
+    public = {g["Permission"] for g in grants if g["Grantee"].get("URI") == ALL_USERS}
+    assert public == ({"READ"} if public_read else set())
+
+
+def test_s3_multipart_above_threshold(
+    store_client, s3_bucket: str, tmp_path: Path, write_requests: list[str]
+) -> None:
+    source, sha = write_bytes(tmp_path / "big.tif", os.urandom(6 * MIB))
+    store = S3ObjectStore(
+        store_client, s3_bucket, multipart_threshold_bytes=5 * MIB, multipart_chunk_bytes=5 * MIB
+    )
+
+    stored = store.put_file(source, "io/big.tif", sha256=sha)
+
+    assert stored.uploaded and stored.size == 6 * MIB
+    assert sorted(write_requests) == sorted(
+        ["CreateMultipartUpload", "UploadPart", "UploadPart", "CompleteMultipartUpload"]
+    )
+    head = store_client.head_object(Bucket=s3_bucket, Key="io/big.tif")
+    assert head["ETag"].strip('"').endswith("-2")  # S3's multipart ETag: md5-of-md5s + part count
+    assert head["Metadata"] == {"sha256": sha}
+    assert head["ContentType"] == COG_MEDIA_TYPE
+    body = store_client.get_object(Bucket=s3_bucket, Key="io/big.tif")["Body"].read()
+    assert body == source.read_bytes()
+
+
+def test_s3_below_threshold_is_single_put(
+    store_client, s3_bucket: str, tmp_path: Path, write_requests: list[str]
+) -> None:
+    source, sha = write_bytes(tmp_path / "small.tif", os.urandom(MIB))
+    store = S3ObjectStore(store_client, s3_bucket, multipart_threshold_bytes=5 * MIB)
+    store.put_file(source, "io/small.tif", sha256=sha)
+    assert write_requests == ["PutObject"]
+
+
+def test_s3_list_and_delete(store_client, s3_bucket: str, tmp_path: Path) -> None:
+    source, sha = write_bytes(tmp_path / "a.tif", b"x")
+    store = S3ObjectStore(store_client, s3_bucket)
+    keys = ["io/a/1.tif", "io/a/2.tif", "io/ab/3.tif", "other/4.tif"]
+    for key in keys:
+        store.put_file(source, key, sha256=sha)
+
+    assert store.list_keys("io/a/") == ["io/a/1.tif", "io/a/2.tif"]
+    assert store.list_keys("io/a") == ["io/a/1.tif", "io/a/2.tif", "io/ab/3.tif"]
+    assert store.list_keys("") == keys
+
+    store.delete("io/ab/3.tif")
+    store.delete("io/ab/3.tif")  # idempotent
+
+    assert store.list_keys("io/") == ["io/a/1.tif", "io/a/2.tif"]
+    assert store.stat("io/ab/3.tif") is None
+
+
+def test_s3_list_paginates(store_client, s3_bucket: str) -> None:
+    keys = sorted(f"io/p/{i:04d}.tif" for i in range(1005))  # list_objects_v2 pages at 1000
+
+    def put(key: str) -> None:
+        store_client.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+
+    with ThreadPoolExecutor(max_workers=16) as pool:  # boto3 clients are thread-safe
+        list(pool.map(put, keys))
+
+    assert S3ObjectStore(store_client, s3_bucket).list_keys("io/p/") == keys
+    # Batch cleanup (2 requests) instead of the fixture's 1005 single deletes.
+    for start in range(0, len(keys), 1000):
+        batch = [{"Key": key} for key in keys[start : start + 1000]]
+        store_client.delete_objects(Bucket=s3_bucket, Delete={"Objects": batch})
+
+
+def test_s3_href_and_gdal_path(store_client) -> None:
+    store = S3ObjectStore(store_client, "bq-io", base_url="http://127.0.0.1:9010/bq-io")
+    assert store.href("io/c/tas 01.tif") == "http://127.0.0.1:9010/bq-io/io/c/tas%2001.tif"
+    assert store.gdal_path("io/c/tas.tif") == "/vsis3/bq-io/io/c/tas.tif"
+    assert S3ObjectStore(store_client, "bq-io").href("io/a.tif") == "s3://bq-io/io/a.tif"
+
+
+@pytest.mark.parametrize("key", ["../a.tif", "io//a.tif", "/io/a.tif", "io/a\\b.tif"])
+def test_s3_rejects_bad_keys(store_client, s3_bucket: str, tmp_path: Path, key: str) -> None:
+    source, sha = write_bytes(tmp_path / "a.tif", b"x")
+    with pytest.raises(StorageError, match="invalid object key"):
+        S3ObjectStore(store_client, s3_bucket).put_file(source, key, sha256=sha)
+
+
+def test_s3_missing_bucket_error_names_bucket_not_secret(
+    store_client, services_env: dict[str, str], tmp_path: Path
+) -> None:
+    source, sha = write_bytes(tmp_path / "a.tif", b"x")
+    store = S3ObjectStore(store_client, "bq-no-such-bucket")
+    secret = services_env["AWS_SECRET_ACCESS_KEY"]
+    operations = [
+        lambda: store.put_file(source, "io/a.tif", sha256=sha),
+        lambda: store.stat("io/a.tif"),
+        lambda: store.list_keys("io/"),
+        lambda: store.delete("io/a.tif"),
+    ]
+    for operation in operations:
+        with pytest.raises(StorageError) as caught:
+            operation()
+        assert "s3://bq-no-such-bucket/" in str(caught.value)
+        assert "NoSuchBucket" in str(caught.value)
+        assert secret not in error_chain_text(caught.value)
+
+
+def test_s3_unreachable_endpoint_error(tmp_path: Path, services_env: dict[str, str]) -> None:
+    secret = services_env["AWS_SECRET_ACCESS_KEY"]
+    # Port 9 (discard) is closed on loopback: connection refused at once; one attempt only.
+    client = s3_client("http://127.0.0.1:9", "us-east-1", "bq-local-test", secret, max_attempts=1)
+    with pytest.raises(StorageError, match=r"s3://bq-io/io/a\.tif.*EndpointConnectionError") as e:
+        S3ObjectStore(client, "bq-io").stat("io/a.tif")
+    assert secret not in error_chain_text(e.value)
+
+
+def test_s3_missing_local_file(store_client, s3_bucket: str, tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=rf"s3://{s3_bucket}/io/a\.tif.*No such file"):
+        S3ObjectStore(store_client, s3_bucket).put_file(
+            tmp_path / "absent.tif", "io/a.tif", sha256="0" * 64
+        )
+
+
+def test_s3_client_retry_config(store_client) -> None:
+    retries = store_client.meta.config.retries
+    assert retries["mode"] == "standard"
+    assert retries["total_max_attempts"] == 5
+
+
+def test_s3_raster_opens_through_gdal(
+    store_client, s3_bucket: str, tmp_path: Path, gdal_s3_env: dict[str, str]
+) -> None:
+    spec = RasterSpec(dtype="float32", crs="EPSG:32198", count=2, nodata=-9999.0)
+    source = write_raster(tmp_path / "r.tif", spec)
+    store = S3ObjectStore(store_client, s3_bucket)
+    store.put_file(source, "io/col/r.tif", sha256=file_sha256(source))
+
+    with rasterio_s3_env(gdal_s3_env), rasterio.open(store.gdal_path("io/col/r.tif")) as src:
+        assert src.crs.to_epsg() == 32198
+        np.testing.assert_array_equal(src.read(), raster_values(spec))
