@@ -368,6 +368,7 @@ def _core_schemas() -> dict[str, dict[str, Any]]:
     return get_local_schema_cache()
 
 
+@functools.cache
 def _registry(schemas_dir: Path) -> Registry:
     def retrieve(uri: str) -> Resource[Any]:
         try:
@@ -397,14 +398,18 @@ def _schema(uri: str, schemas_dir: Path) -> dict[str, Any]:
     return _read_json(_local_schema_path(uri, schemas_dir))
 
 
-def _check_against(
-    stac_dict: Mapping[str, Any], uri: str, schemas_dir: Path, registry: Registry
-) -> None:
+@functools.cache
+def _validator(uri: str, schemas_dir: Path) -> Any:
+    # Built once per schema: re-creating validators was most of the cost of a validation.
     schema = _schema(uri, schemas_dir)
     validator_cls = jsonschema.validators.validator_for(schema)
-    validator = validator_cls(
-        schema, registry=registry, format_checker=validator_cls.FORMAT_CHECKER
+    return validator_cls(
+        schema, registry=_registry(schemas_dir), format_checker=validator_cls.FORMAT_CHECKER
     )
+
+
+def _check_against(stac_dict: Mapping[str, Any], uri: str, schemas_dir: Path) -> None:
+    validator = _validator(uri, schemas_dir)
     try:
         error = jsonschema.exceptions.best_match(validator.iter_errors(stac_dict))
     except Unresolvable as unresolvable:
@@ -446,7 +451,6 @@ def validate(
         return
     if not folder.is_dir():
         raise StacValidationError(f"STAC schemas folder {folder} does not exist")
-    registry = _registry(folder.resolve())
     for uri in [_core_schema_uri(stac_dict), *stac_dict.get("stac_extensions", [])]:
-        _check_against(stac_dict, uri, folder, registry)
+        _check_against(stac_dict, uri, folder.resolve())
     logger.debug("%s %r is valid", stac_dict.get("type"), stac_dict.get("id"))
