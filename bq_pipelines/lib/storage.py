@@ -235,6 +235,8 @@ class LocalObjectStore(ObjectStore):
         return StoredObject(key, self.href(key), size, sha256, uploaded=False)
 
     def list_keys(self, prefix: str) -> list[str]:
+        # A prefix with `..` would walk outside root.
+        _key_segments("prefix", prefix, allow_empty=True, allow_slash=True)
         # Walk only the deepest folder the prefix names, then filter as a string prefix.
         start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not start.is_dir():

@@ -239,6 +239,11 @@ def test_local_rejects_keys_escaping_root(tmp_path: Path, key: str) -> None:
     assert not (tmp_path / "escape.tif").exists()
 
 
+def test_local_list_rejects_prefix_escaping_root(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="invalid object key prefix="):
+        LocalObjectStore(tmp_path / "store").list_keys("../")
+
+
 def test_local_rejects_bad_sha256(tmp_path: Path) -> None:
     source, _ = write_bytes(tmp_path / "a.tif", b"x")
     with pytest.raises(StorageError, match="invalid sha256"):
