@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -329,6 +331,30 @@ def test_s3_public_read_acl(
     grants = store_client.get_object_acl(Bucket=s3_bucket, Key="io/a.tif")["Grants"]
     public = {g["Permission"] for g in grants if g["Grantee"].get("URI") == ALL_USERS}
     assert public == ({"READ"} if public_read else set())
+
+
+@pytest.mark.parametrize(("public_read", "status"), [(True, 200), (False, 403)])
+def test_s3_public_href_anonymous_get(
+    store_client,
+    services_env: dict[str, str],
+    s3_bucket: str,
+    tmp_path: Path,
+    public_read: bool,
+    status: int,
+) -> None:
+    """The href a STAC item carries opens without credentials only for public-read objects."""
+    source, sha = write_bytes(tmp_path / "a.tif", b"public bytes")
+    base_url = f"{services_env['BQ_S3_ENDPOINT_URL']}/{s3_bucket}"
+    store = S3ObjectStore(store_client, s3_bucket, base_url, public_read=public_read)
+    href = store.put_file(source, "io/a.tif", sha256=sha).href
+
+    try:
+        with urllib.request.urlopen(href, timeout=10) as response:
+            got = response.status
+            assert response.read() == b"public bytes"
+    except urllib.error.HTTPError as exc:
+        got = exc.code
+    assert got == status
 
 
 def test_s3_multipart_above_threshold(
