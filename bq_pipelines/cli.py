@@ -23,6 +23,7 @@ from bq_pipelines.settings import Settings
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def partition_ranges(
@@ -37,20 +38,30 @@ def partition_ranges(
     wanted = set(keys)
     if isinstance(partitions_def, dg.MultiPartitionsDefinition):
         lines: dict[str, list[str]] = {}
-        time_dim = next(d for d in partitions_def.partitions_defs
-                        if isinstance(d.partitions_def, dg.TimeWindowPartitionsDefinition))
+        time_dim = next(
+            d
+            for d in partitions_def.partitions_defs
+            if isinstance(d.partitions_def, dg.TimeWindowPartitionsDefinition)
+        )
         for key in all_keys:
             if key in wanted:
                 parts = partitions_def.get_partition_key_from_str(key).keys_by_dimension
                 other = {k: v for k, v in parts.items() if k != time_dim.name}
                 lines.setdefault(json.dumps(other, sort_keys=True), []).append(key)
-        return [r for line in lines.values() for r in _contiguous_chunks(line, all_keys,
-                                                                          batch_size, time_dim)]
+        return [
+            r
+            for line in lines.values()
+            for r in _contiguous_chunks(line, all_keys, batch_size, time_dim)
+        ]
     return _contiguous_chunks([k for k in all_keys if k in wanted], all_keys, batch_size, None)
 
 
-def _contiguous_chunks(keys: list[str], all_keys: list[str], batch_size: int,
-                       time_dim: dg.PartitionDimensionDefinition | None) -> list[tuple[str, str]]:
+def _contiguous_chunks(
+    keys: list[str],
+    all_keys: list[str],
+    batch_size: int,
+    time_dim: dg.PartitionDimensionDefinition | None,
+) -> list[tuple[str, str]]:
     position = {key: index for index, key in enumerate(all_keys)}
     stride = 1
     if time_dim is not None and len(keys) > 1:
@@ -74,8 +85,12 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.ephemeral()
 
 
-def materialize(declaration: Declaration, defs: dg.Definitions, partition_keys: Sequence[str],
-                instance: dg.DagsterInstance) -> bool:
+def materialize(
+    declaration: Declaration,
+    defs: dg.Definitions,
+    partition_keys: Sequence[str],
+    instance: dg.DagsterInstance,
+) -> bool:
     """Run the dataset's job over `partition_keys` in batches, then its collection asset."""
     job = defs.resolve_job_def(op_name(declaration.id, "job"))
     keys = DatasetKeys(declaration.id)
@@ -85,7 +100,9 @@ def materialize(declaration: Declaration, defs: dg.Definitions, partition_keys: 
     ok = True
     for start, end in ranges:
         result = job.execute_in_process(
-            instance=instance, raise_on_error=False,
+            instance=instance,
+            raise_on_error=False,
+            run_config=QUIET_LOGS,
             tags={RANGE_START_TAG: start, RANGE_END_TAG: end},
             asset_selection=keys.partitioned,
         )
@@ -95,23 +112,33 @@ def materialize(declaration: Declaration, defs: dg.Definitions, partition_keys: 
         if not result.success:
             for event in result.all_events:
                 if event.is_step_failure and event.step_failure_data:
-                    print(event.step_failure_data.error.message if event.step_failure_data.error
-                          else event.message, file=sys.stderr)
+                    print(
+                        event.step_failure_data.error.message
+                        if event.step_failure_data.error
+                        else event.message,
+                        file=sys.stderr,
+                    )
     result = dg.materialize(
-        [defs.resolve_assets_def(keys.collection)], instance=instance,
-        resources=defs.resources, raise_on_error=False,
+        # The resolved asset already carries the code location's resources.
+        [defs.resolve_assets_def(keys.collection)],
+        instance=instance,
+        raise_on_error=False,
+        run_config=QUIET_LOGS,
     )
     print(f"run {result.run_id[:8]} [collection]: {'ok' if result.success else 'FAILED'}")
     return ok and result.success
 
 
 def _print_catalog(declaration: Declaration, settings: Settings) -> None:
-    from bq_pipelines.resources import resources_for  # noqa: PLC0415  (CLI-only import)
+    from bq_pipelines.resources import resources_for
 
     publisher = resources_for(settings)["catalog"].publisher()  # type: ignore[attr-defined]
     items = list(publisher.iter_items(declaration.id))
-    where = settings.stac_api_url if settings.catalog == "stac-api" else (
-        settings.catalog_dir.absolute() / "catalog.json")
+    where = (
+        settings.stac_api_url
+        if settings.catalog == "stac-api"
+        else (settings.catalog_dir.absolute() / "catalog.json")
+    )
     print(f"\ncollection {declaration.id}: {len(items)} items in {where}")
     for item in items:
         asset = next(iter(item["assets"].values()))
@@ -140,9 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{declaration.id:32} {declaration.title}")
             return 0
         if args.dataset not in declarations:
-            raise ConfigError(f"dataset {args.dataset!r}: not declared; see `bq-pipelines datasets`")
+            raise ConfigError(
+                f"dataset {args.dataset!r}: not declared; see `bq-pipelines datasets`"
+            )
         declaration = declarations[args.dataset]
-        from bq_pipelines.definitions import defs  # noqa: PLC0415  (loads every dataset)
+        from bq_pipelines.definitions import defs
 
         definitions = defs()
         job = definitions.resolve_job_def(op_name(declaration.id, "job"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import calendar
 import string
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -48,8 +48,10 @@ class CogOptions(_Strict):
 
     def settings(self) -> CogSettings:
         return CogSettings(
-            profile=self.profile, categorical=self.categorical,
-            assign_crs=self.assign_crs, nodata=self.nodata,
+            profile=self.profile,
+            categorical=self.categorical,
+            assign_crs=self.assign_crs,
+            nodata=self.nodata,
         )
 
 
@@ -133,14 +135,16 @@ def period_end(start: date, cadence: Cadence) -> datetime:
         last = date(start.year, start.month, calendar.monthrange(start.year, start.month)[1])
     else:
         last = start
-    return datetime(last.year, last.month, last.day, 23, 59, 59, tzinfo=timezone.utc)
+    return datetime(last.year, last.month, last.day, 23, 59, 59, tzinfo=UTC)
 
 
 class StaticDimension(_Strict):
     name: str
     values: Annotated[list[DimensionValue], Field(min_length=1)]
 
-    _coerce = field_validator("values", mode="before")(classmethod(lambda cls, v: _coerce_values(v)))
+    _coerce = field_validator("values", mode="before")(
+        classmethod(lambda cls, v: _coerce_values(v))
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> StaticDimension:
@@ -178,7 +182,7 @@ class Partitions(_Strict):
     def static_keys(self) -> list[str]:
         combos: list[list[str]] = [[]]
         for dim in self.static:
-            combos = [c + [v.value] for c in combos for v in dim.values]
+            combos = [[*c, v.value] for c in combos for v in dim.values]
         return [STATIC_KEY_SEPARATOR.join(c) for c in combos]
 
 
@@ -251,8 +255,10 @@ class Declaration(_Strict):
                         f"{field}: unknown template variable {{{name}}}; "
                         f"known: {', '.join(sorted(known))}"
                     )
-        if self.partitions.time is None and self.item.datetime is None and not (
-            self.item.start_datetime and self.item.end_datetime
+        if (
+            self.partitions.time is None
+            and self.item.datetime is None
+            and not (self.item.start_datetime and self.item.end_datetime)
         ):
             raise ValueError("item.datetime: required when there is no time partition")
         return self
@@ -260,8 +266,9 @@ class Declaration(_Strict):
     def _templates(self) -> Iterator[tuple[str, str]]:
         for index, source in enumerate([self.source, *self.sources]):
             label = "source" if index == 0 else f"sources[{index - 1}]"
-            yield f"{label}.{'path' if source.path else 'url' if source.url else 'local'}", (
-                source.template
+            yield (
+                f"{label}.{'path' if source.path else 'url' if source.url else 'local'}",
+                (source.template),
             )
             if source.subdataset:
                 yield f"{label}.subdataset", source.subdataset

@@ -23,12 +23,25 @@ def _smooth_field(shape: tuple[int, int], seed: int) -> np.ndarray:
     return (surface - surface.min()) / np.ptp(surface)
 
 
-def _write(path: Path, data: np.ndarray, crs: str, origin: tuple[float, float],
-           resolution: float, nodata: float) -> None:
+def _write(
+    path: Path,
+    data: np.ndarray,
+    crs: str,
+    origin: tuple[float, float],
+    resolution: float,
+    nodata: float,
+) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}.tif")
     with rasterio.open(
-        tmp, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
-        dtype=data.dtype, crs=crs, nodata=nodata,
+        tmp,
+        "w",
+        driver="GTiff",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype=data.dtype,
+        crs=crs,
+        nodata=nodata,
         transform=from_origin(*origin, resolution, resolution),
     ) as dst:
         dst.write(data, 1)

@@ -7,8 +7,6 @@ never needs a shared file system between steps. A run processes a batch of parti
 (BackfillPolicy); one failing partition does not stop the others.
 """
 
-from __future__ import annotations
-
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +71,9 @@ def partitions_definition(partitions: Partitions) -> dg.PartitionsDefinition:
         return static
     cron = {"yearly": "0 0 1 1 *", "monthly": "0 0 1 * *", "daily": "0 0 * * *"}[time.cadence]
     time_def = dg.TimeWindowPartitionsDefinition(
-        cron_schedule=cron, fmt=time.key_format, timezone="UTC",
+        cron_schedule=cron,
+        fmt=time.key_format,
+        timezone="UTC",
         start=time.start.strftime(time.key_format),
         end=next_period(time.end, time.cadence).strftime(time.key_format),
     )
@@ -127,7 +127,8 @@ def _skipped_outcome(keys: DatasetKeys, token: str, plans: Sequence[ItemPlan]) -
     for key in keys.partitioned:
         outcome.metadata[key] = dict(common)
     outcome.metadata[keys.step("stac_item")] |= {
-        "fingerprint": token, "item_ids": [p.item_id for p in plans[:MAX_LISTED_ITEMS]],
+        "fingerprint": token,
+        "item_ids": [p.item_id for p in plans[:MAX_LISTED_ITEMS]],
         "items": len(plans),
     }
     return outcome
@@ -230,7 +231,9 @@ def _check_results(
         (ITEM_VALID_CHECK, keys.step("stac_item"), invalid_items),
     ):
         yield dg.AssetCheckResult(
-            asset_key=asset, check_name=check, passed=not invalid,
+            asset_key=asset,
+            check_name=check,
+            passed=not invalid,
             metadata={"partitions_checked": processed, "invalid": dg.MetadataValue.json(invalid)},
         )
 
@@ -324,7 +327,9 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
     for name in PARTITION_STEPS:
         specs.append(
             dg.AssetSpec(
-                key=keys.step(name), deps=[previous] if previous else [], group_name=group,
+                key=keys.step(name),
+                deps=[previous] if previous else [],
+                group_name=group,
                 description=f"{declaration.title}: {descriptions[name]}",
                 kinds={"stac"} if name == "stac_item" else {"cog"} if name == "cog" else None,
                 metadata={"dataset": declaration.id, "collection_id": declaration.id},
@@ -337,10 +342,18 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
         name=op_name(declaration.id, "partitions"),
         specs=specs,
         check_specs=[
-            dg.AssetCheckSpec(COG_VALID_CHECK, asset=keys.step("cog"), blocking=True,
-                              description="Every COG passes rio-cogeo's cog_validate."),
-            dg.AssetCheckSpec(ITEM_VALID_CHECK, asset=keys.step("stac_item"), blocking=True,
-                              description="Every item validates against the STAC schemas."),
+            dg.AssetCheckSpec(
+                COG_VALID_CHECK,
+                asset=keys.step("cog"),
+                blocking=True,
+                description="Every COG passes rio-cogeo's cog_validate.",
+            ),
+            dg.AssetCheckSpec(
+                ITEM_VALID_CHECK,
+                asset=keys.step("stac_item"),
+                blocking=True,
+                description="Every item validates against the STAC schemas.",
+            ),
         ],
         partitions_def=partitions_def,
         backfill_policy=dg.BackfillPolicy.multi_run(declaration.partitions.batch_size),
@@ -358,7 +371,10 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
         )
 
     @dg.asset(
-        key=keys.collection, deps=[keys.step("stac_item")], group_name=group, kinds={"stac"},
+        key=keys.collection,
+        deps=[keys.step("stac_item")],
+        group_name=group,
+        kinds={"stac"},
         description=f"{declaration.title}: the STAC collection, its extent and summaries "
         "recomputed from the published items.",
     )
@@ -375,7 +391,9 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
         context.log.info(f"collection {declaration.id}: {outcome}, {len(items)} items")
         return dg.MaterializeResult(
             metadata={
-                "items": len(items), "outcome": outcome, **_extent_metadata(as_dict),
+                "items": len(items),
+                "outcome": outcome,
+                **_extent_metadata(as_dict),
                 "collection": dg.MetadataValue.json(as_dict),
                 "updated_at": datetime.now().isoformat(timespec="seconds"),
             }

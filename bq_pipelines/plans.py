@@ -9,7 +9,7 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,11 @@ def split_partition_key(declaration: Declaration, keys_by_dimension: Mapping[str
         key = keys_by_dimension[partitions.time.name]
         start = datetime.strptime(key, partitions.time.key_format).date()
         variables |= {
-            partitions.time.name: key, "year": start.year, "month": start.month,
-            "day": start.day, "date": start.isoformat(),
+            partitions.time.name: key,
+            "year": start.year,
+            "month": start.month,
+            "day": start.day,
+            "date": start.isoformat(),
         }
     if partitions.static:
         values = keys_by_dimension[partitions.static_dimension_name].split(STATIC_KEY_SEPARATOR)
@@ -88,7 +91,7 @@ def _parse_datetime(text: str, field: str) -> datetime:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as error:
         raise ConfigError(f"{field}: {text!r} is not an ISO date/time: {error}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _cog_settings(declaration: Declaration, keys_by_dimension: Mapping[str, str]):
@@ -117,7 +120,8 @@ def plan_partition(
         subdataset = render(source.subdataset, variables, label) if source.subdataset else None
         refs.append(
             SourceRef(
-                url=locations.resolve(source, rendered), subdataset=subdataset,
+                url=locations.resolve(source, rendered),
+                subdataset=subdataset,
                 bands=tuple(source.bands) if source.bands else None,
             )
         )
@@ -129,11 +133,17 @@ def plan_partition(
     }
     return [
         ItemPlan(
-            collection_id=declaration.id, item_id=item_id, folder=declaration.folder,
+            collection_id=declaration.id,
+            item_id=item_id,
+            folder=declaration.folder,
             file_name=render(item.file_name, variables, "item.file_name")
-            if item.file_name else f"{item_id}.tif",
-            sources=tuple(refs), cog=_cog_settings(declaration, keys_by_dimension),
-            datetime=when[0], start_datetime=when[1], end_datetime=when[2],
+            if item.file_name
+            else f"{item_id}.tif",
+            sources=tuple(refs),
+            cog=_cog_settings(declaration, keys_by_dimension),
+            datetime=when[0],
+            start_datetime=when[1],
+            end_datetime=when[2],
             properties=properties,
             title=render(item.title, variables, "item.title") if item.title else None,
         )
@@ -146,18 +156,19 @@ def _item_datetimes(
     item = declaration.item
     start = end = None
     if item.start_datetime and item.end_datetime:
-        start = _parse_datetime(render(item.start_datetime, variables, "item.start_datetime"),
-                                "item.start_datetime")
-        end = _parse_datetime(render(item.end_datetime, variables, "item.end_datetime"),
-                              "item.end_datetime")
+        start = _parse_datetime(
+            render(item.start_datetime, variables, "item.start_datetime"), "item.start_datetime"
+        )
+        end = _parse_datetime(
+            render(item.end_datetime, variables, "item.end_datetime"), "item.end_datetime"
+        )
     if item.datetime:
-        moment = _parse_datetime(render(item.datetime, variables, "item.datetime"),
-                                 "item.datetime")
+        moment = _parse_datetime(render(item.datetime, variables, "item.datetime"), "item.datetime")
         return moment, start, end
     time = declaration.partitions.time
     if time is not None:
         first = date.fromisoformat(variables["date"])
-        moment = datetime(first.year, first.month, first.day, tzinfo=timezone.utc)
+        moment = datetime(first.year, first.month, first.day, tzinfo=UTC)
         return moment, start or moment, end or period_end(first, time.cadence)
     return None, start, end
 
@@ -165,10 +176,14 @@ def _item_datetimes(
 def collection_for(declaration: Declaration, items: list[Any]) -> pystac.Collection:
     """The declared collection, its extent and summaries computed from `items`."""
     return stac.build_collection(
-        collection_id=declaration.id, title=declaration.title,
-        description=declaration.description, license_=declaration.license, items=items,
+        collection_id=declaration.id,
+        title=declaration.title,
+        description=declaration.description,
+        license_=declaration.license,
+        items=items,
         providers=[p.model_dump(exclude_none=True) for p in declaration.providers],
-        keywords=declaration.keywords, summaries=declaration.summaries or None,
+        keywords=declaration.keywords,
+        summaries=declaration.summaries or None,
         item_assets=declaration.item_assets or None,
         extra_fields=declaration.extra_fields or None,
     )

@@ -4,8 +4,6 @@ Each resource is an interface with real implementations picked by configuration
 (`resources_for(settings)`), never by branching inside assets. Secrets come from EnvVar.
 """
 
-from __future__ import annotations
-
 import os
 from abc import abstractmethod
 from pathlib import Path
@@ -41,14 +39,16 @@ class LocalObjectStoreResource(ObjectStoreResource):
 class S3ObjectStoreResource(ObjectStoreResource):
     """An S3 (or S3-compatible) bucket through dagster-aws; credentials via EnvVar."""
 
-    s3: dg.ResourceDependency[S3Resource]
+    s3: S3Resource
     bucket: str
     public_base_url: str | None = None
     public_read: bool = False
 
     def store(self) -> ObjectStore:
         return S3ObjectStore(
-            self.s3.get_client(), self.bucket, base_url=self.public_base_url,
+            self.s3.get_client(),
+            self.bucket,
+            base_url=self.public_base_url,
             public_read=self.public_read,
         )
 
@@ -104,9 +104,12 @@ def services_for(
 ) -> Services:
     """The core library's view of the configured resources."""
     return Services(
-        store=object_store.store(), publisher=catalog.publisher(),
-        work_dir=Path(sources.work_dir).absolute(), object_prefix=object_store.prefix,
-        retry=sources.retry_policy(), s3_endpoint_url=sources.s3_endpoint_url,
+        store=object_store.store(),
+        publisher=catalog.publisher(),
+        work_dir=Path(sources.work_dir).absolute(),
+        object_prefix=object_store.prefix,
+        retry=sources.retry_policy(),
+        s3_endpoint_url=sources.s3_endpoint_url,
         stac_schemas_dir=Path(sources.stac_schemas_dir) if sources.stac_schemas_dir else None,
     )
 
@@ -122,17 +125,22 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     object_store: ObjectStoreResource
     if settings.object_store == "s3":
         s3 = S3Resource(
-            endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
             aws_access_key_id=_env_or_none("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=_env_or_none("AWS_SECRET_ACCESS_KEY"),
         )
         object_store = S3ObjectStoreResource(
-            s3=s3, bucket=settings.s3_bucket or "", prefix=settings.object_prefix,
-            public_base_url=settings.public_base_url, public_read=settings.s3_public_read,
+            s3=s3,
+            bucket=settings.s3_bucket or "",
+            prefix=settings.object_prefix,
+            public_base_url=settings.public_base_url,
+            public_read=settings.s3_public_read,
         )
     else:
         object_store = LocalObjectStoreResource(
-            root=str(settings.objects_dir.absolute()), prefix=settings.object_prefix,
+            root=str(settings.objects_dir.absolute()),
+            prefix=settings.object_prefix,
             public_base_url=settings.public_base_url,
         )
     catalog: CatalogResource
@@ -145,7 +153,8 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     sources = SourcesResource(
         work_dir=str(settings.work_dir.absolute()),
         local_data_root=str(settings.local_data_root.absolute()),
-        base_urls=dict(settings.source_base_urls), s3_endpoint_url=settings.s3_endpoint_url,
+        base_urls=dict(settings.source_base_urls),
+        s3_endpoint_url=settings.s3_endpoint_url,
         stac_schemas_dir=str(settings.stac_schemas_dir) if settings.stac_schemas_dir else None,
     )
     return {"object_store": object_store, "catalog": catalog, "sources": sources}

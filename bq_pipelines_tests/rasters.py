@@ -75,8 +75,15 @@ def write_raster(path: Path, spec: RasterSpec = RasterSpec(), driver: str = "GTi
     resolution = spec.resolution or default_res
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(
-        path, "w", driver=driver, width=spec.width, height=spec.height, count=spec.count,
-        dtype=spec.dtype, crs=crs, transform=from_origin(*origin, resolution, resolution),
+        path,
+        "w",
+        driver=driver,
+        width=spec.width,
+        height=spec.height,
+        count=spec.count,
+        dtype=spec.dtype,
+        crs=crs,
+        transform=from_origin(*origin, resolution, resolution),
         nodata=spec.nodata,
     ) as dst:
         dst.write(raster_values(spec))

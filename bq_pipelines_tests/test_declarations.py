@@ -102,14 +102,14 @@ def test_bad_declarations_name_the_field(data, expected):
 def test_file_name_must_match_id(tmp_path):
     path = tmp_path / "other.yaml"
     path.write_text(yaml.safe_dump(VALID))
-    with pytest.raises(ConfigError, match="other.yaml: id: 'example' must match the file name"):
+    with pytest.raises(ConfigError, match=r"other\.yaml: id: 'example' must match the file name"):
         load_declaration_file(path)
 
 
 def test_invalid_yaml_names_the_file(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("id: [unclosed")
-    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
         load_declaration_file(path)
 
 

@@ -19,15 +19,23 @@ def test_defaults_are_embedded_and_local():
 
 
 def test_services_settings(tmp_path):
-    settings = Settings.from_env({
-        "BQ_OBJECT_STORE": "s3", "BQ_S3_BUCKET": "bq-io", "BQ_S3_ENDPOINT_URL": "http://127.0.0.1:9010",
-        "BQ_CATALOG": "stac-api", "BQ_STAC_API_URL": "http://127.0.0.1:8082/",
-        "BQ_SOURCE_BASE_URLS": "chelsa=http://127.0.0.1:1/chelsa, esa=ftp://127.0.0.1:2/cci",
-        "BQ_STAC_SCHEMAS_DIR": str(tmp_path), "BQ_S3_PUBLIC_READ": "true",
-    })
+    settings = Settings.from_env(
+        {
+            "BQ_OBJECT_STORE": "s3",
+            "BQ_S3_BUCKET": "bq-io",
+            "BQ_S3_ENDPOINT_URL": "http://127.0.0.1:9010",
+            "BQ_CATALOG": "stac-api",
+            "BQ_STAC_API_URL": "http://127.0.0.1:8082/",
+            "BQ_SOURCE_BASE_URLS": "chelsa=http://127.0.0.1:1/chelsa, esa=ftp://127.0.0.1:2/cci",
+            "BQ_STAC_SCHEMAS_DIR": str(tmp_path),
+            "BQ_S3_PUBLIC_READ": "true",
+        }
+    )
     assert settings.stac_api_url == "http://127.0.0.1:8082"
-    assert settings.source_base_urls == {"chelsa": "http://127.0.0.1:1/chelsa",
-                                         "esa": "ftp://127.0.0.1:2/cci"}
+    assert settings.source_base_urls == {
+        "chelsa": "http://127.0.0.1:1/chelsa",
+        "esa": "ftp://127.0.0.1:2/cci",
+    }
     assert settings.s3_public_read is True
 
 

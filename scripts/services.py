@@ -172,6 +172,8 @@ def services_env_lines(s3_port: int, stac_port: int) -> list[tuple[str, str]]:
         ("BQ_S3_ENDPOINT_URL", endpoint),
         ("BQ_S3_REGION", S3_REGION),
         ("BQ_PUBLIC_BASE_URL", f"{endpoint}/{S3_BUCKET}"),
+        # Items point at the public URL, which answers anonymous GETs only for public objects.
+        ("BQ_S3_PUBLIC_READ", "true"),
         ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY_ID),
         ("AWS_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY),
         ("AWS_DEFAULT_REGION", S3_REGION),

@@ -20,7 +20,7 @@ from typing import Any
 import pystac
 
 from bq_pipelines.lib import cog, sources, stac
-from bq_pipelines.lib.catalog import PublishOutcome, Publisher
+from bq_pipelines.lib.catalog import Publisher, PublishOutcome
 from bq_pipelines.lib.errors import CogError, PipelineError
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.storage import ObjectStore, StoredObject, object_key
@@ -69,11 +69,15 @@ class ItemPlan:
 
     def fingerprint_payload(self) -> dict[str, Any]:
         return {
-            "collection": self.collection_id, "item": self.item_id, "folder": self.folder,
-            "file": self.file_name, "cog": self.cog.fingerprint(),
+            "collection": self.collection_id,
+            "item": self.item_id,
+            "folder": self.folder,
+            "file": self.file_name,
+            "cog": self.cog.fingerprint(),
             "sources": [[s.url, s.subdataset, list(s.bands or ())] for s in self.sources],
             "datetime": [str(self.datetime), str(self.start_datetime), str(self.end_datetime)],
-            "properties": dict(self.properties), "title": self.title,
+            "properties": dict(self.properties),
+            "title": self.title,
         }
 
 
@@ -94,7 +98,7 @@ class Services:
     publisher: Publisher
     work_dir: Path
     object_prefix: str = "io"
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     s3_endpoint_url: str | None = None
     stac_schemas_dir: Path | None = None
 
@@ -109,8 +113,10 @@ def _no_callback(step: Step, detail: str) -> None:
 def fingerprint(plans: Sequence[ItemPlan], source_tokens: Sequence[str]) -> str:
     """Changes whenever a source, a setting or the code that turns them into items changes."""
     payload = {
-        "pipeline": PIPELINE_VERSION, "cog": cog.COG_ALGORITHM_VERSION,
-        "sources": sorted(source_tokens), "items": [p.fingerprint_payload() for p in plans],
+        "pipeline": PIPELINE_VERSION,
+        "cog": cog.COG_ALGORITHM_VERSION,
+        "sources": sorted(source_tokens),
+        "items": [p.fingerprint_payload() for p in plans],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -130,13 +136,18 @@ def fetch_sources(
     for index, url in enumerate(dict.fromkeys(urls)):
         name = f"{index:03d}-{Path(url.split('?')[0]).name or 'source'}"
         fetched[url] = sources.fetch(
-            url, staging, file_name=name, retry=services.retry,
+            url,
+            staging,
+            file_name=name,
+            retry=services.retry,
             s3_endpoint_url=services.s3_endpoint_url,
         )
     return fetched
 
 
-def convert(plan: ItemPlan, fetched: Mapping[str, sources.FetchedFile], staging: Path) -> cog.CogInfo:
+def convert(
+    plan: ItemPlan, fetched: Mapping[str, sources.FetchedFile], staging: Path
+) -> cog.CogInfo:
     inputs = [
         cog.RasterInput(path=fetched[s.url].path, subdataset=s.subdataset, bands=s.bands)
         for s in plan.sources
@@ -150,11 +161,16 @@ def convert(plan: ItemPlan, fetched: Mapping[str, sources.FetchedFile], staging:
 
 def describe(plan: ItemPlan, info: cog.CogInfo, href: str, services: Services) -> pystac.Item:
     item = stac.build_item(
-        info.path, item_id=plan.item_id, collection_id=plan.collection_id,
-        datetime_=plan.datetime, start_datetime=plan.start_datetime,
-        end_datetime=plan.end_datetime, properties=plan.properties,
+        info.path,
+        item_id=plan.item_id,
+        collection_id=plan.collection_id,
+        datetime_=plan.datetime,
+        start_datetime=plan.start_datetime,
+        end_datetime=plan.end_datetime,
+        properties=plan.properties,
         asset=stac.ItemAssetSpec(href=href, title=plan.title or plan.file_name),
-        file_size=info.size, file_sha256=info.sha256,
+        file_size=info.size,
+        file_sha256=info.sha256,
     )
     stac.validate(item, services.stac_schemas_dir)
     return item

@@ -44,7 +44,11 @@ def with_retries(
             wait = policy.delay(attempt)
             logger.warning(
                 "%s failed (attempt %d/%d): %s; retrying in %.1fs",
-                describe, attempt, policy.attempts, error, wait,
+                describe,
+                attempt,
+                policy.attempts,
+                error,
+                wait,
             )
             time.sleep(wait)
     raise AssertionError("unreachable")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.session import AWSSession
 
 from bq_pipelines.lib.errors import StorageError
 from bq_pipelines.lib.storage import (
@@ -26,6 +25,7 @@ from bq_pipelines.lib.storage import (
     object_key,
     s3_client,
 )
+from bq_pipelines_tests.fixtures.services import rasterio_s3_env
 from bq_pipelines_tests.rasters import RasterSpec, raster_values, write_raster
 
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
@@ -75,22 +75,6 @@ def write_requests(store_client) -> Iterator[list[str]]:
     yield seen
     for event in events:
         store_client.meta.events.unregister(event, record)
-
-
-def rasterio_s3_env(gdal_s3_env: dict[str, str]) -> rasterio.Env:
-    """`rasterio.Env` for the local endpoint.
-
-    rasterio 1.4 refuses AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY as Env options (EnvError:
-    "credentials are handled exclusively by boto3"), so `rasterio.Env(**gdal_s3_env)` fails:
-    the keys and endpoint go through an AWSSession, the other options stay GDAL options.
-    """
-    options = dict(gdal_s3_env)
-    session = AWSSession(
-        aws_access_key_id=options.pop("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=options.pop("AWS_SECRET_ACCESS_KEY"),
-        endpoint_url=options.pop("AWS_S3_ENDPOINT"),
-    )
-    return rasterio.Env(session=session, **options)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,69 @@
+"""The whole code location loads and lists what users see in the Dagster UI."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from bq_pipelines.declarations import load_declarations
+from bq_pipelines.definitions import defs
+from bq_pipelines.factory import COG_VALID_CHECK, ITEM_VALID_CHECK, PARTITION_STEPS, op_name
+from bq_pipelines.lib.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def definitions() -> dg.Definitions:
+    loaded = defs()
+    loaded.validate_loadable(loaded)
+    return loaded
+
+
+def test_every_dataset_has_its_assets_checks_and_job(definitions: dg.Definitions):
+    asset_keys = {key.to_user_string() for key in definitions.resolve_all_asset_keys()}
+    check_keys = {
+        (key.asset_key.to_user_string(), key.name)
+        for key in definitions.resolve_asset_graph().asset_check_keys
+    }
+    job_names = {job.name for job in definitions.resolve_all_job_defs()}
+    for declaration in load_declarations():
+        for step in (*PARTITION_STEPS, "collection"):
+            assert f"{declaration.id}/{step}" in asset_keys
+        assert (f"{declaration.id}/cog", COG_VALID_CHECK) in check_keys
+        assert (f"{declaration.id}/stac_item", ITEM_VALID_CHECK) in check_keys
+        assert op_name(declaration.id, "job") in job_names
+
+
+def test_demo_is_partitioned_by_layer_with_a_batched_backfill_policy(definitions):
+    assets_def = definitions.resolve_assets_def(dg.AssetKey(["demo", "stac_item"]))
+    assert assets_def.partitions_def.get_partition_keys() == [
+        "landcover",
+        "elevation",
+        "temperature",
+    ]
+    assert assets_def.backfill_policy == dg.BackfillPolicy.multi_run(3)
+    checks = {spec.name: spec.blocking for spec in assets_def.check_specs}
+    assert checks == {COG_VALID_CHECK: True, ITEM_VALID_CHECK: True}
+
+
+def test_schedules_and_sensors_are_listed(definitions):
+    # Every schedule and sensor resolves (none may point at a missing job).
+    for schedule in definitions.schedules or []:
+        assert definitions.resolve_schedule_def(schedule.name)
+    for sensor in definitions.sensors or []:
+        assert definitions.resolve_sensor_def(sensor.name)
+
+
+def test_resources_follow_the_settings(monkeypatch):
+    monkeypatch.setenv("BQ_OBJECT_STORE", "s3")
+    monkeypatch.setenv("BQ_S3_BUCKET", "bq-io")
+    monkeypatch.setenv("BQ_CATALOG", "stac-api")
+    monkeypatch.setenv("BQ_STAC_API_URL", "http://127.0.0.1:8082")
+    resources = defs().resources
+    assert type(resources["object_store"]).__name__ == "S3ObjectStoreResource"
+    assert type(resources["catalog"]).__name__ == "StacApiCatalogResource"
+
+
+def test_a_bad_setting_fails_the_load_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("BQ_CATALOG", "ftp")
+    with pytest.raises(ConfigError, match="BQ_CATALOG: 'ftp' is not one of static, stac-api"):
+        defs()

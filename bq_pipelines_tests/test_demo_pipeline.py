@@ -1,0 +1,197 @@
+"""The demo dataset end to end: on the embedded defaults, and on the real services
+(moto S3 + stac-fastapi-pgstac), found again with pystac-client and read back with rasterio."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pystac
+import pystac_client
+import pytest
+import rasterio
+import yaml
+
+from bq_pipelines.cli import materialize
+from bq_pipelines.declarations import Declaration, builtin_declaration_files, parse_declaration
+from bq_pipelines.demo import DEMO_LAYERS, write_demo_rasters
+from bq_pipelines.factory import DatasetKeys, build_dataset
+from bq_pipelines.lib import cog, stac
+from bq_pipelines.resources import resources_for
+from bq_pipelines.settings import Settings
+from bq_pipelines_tests.fixtures.services import rasterio_s3_env
+
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "shared" / "stac-schemas"
+
+
+def demo_declaration(dataset_id: str) -> Declaration:
+    """The built-in demo declaration under another id, so tests never share a collection."""
+    [path] = [p for p in builtin_declaration_files() if p.stem == "demo"]
+    data = yaml.safe_load(path.read_text())
+    return parse_declaration({**data, "id": dataset_id, "folder": dataset_id}, path.name)
+
+
+def run_dataset(
+    declaration: Declaration,
+    settings: Settings,
+    instance: dg.DagsterInstance,
+    partitions: list[str] | None = None,
+) -> bool:
+    defs = dg.Definitions.merge(
+        build_dataset(declaration), dg.Definitions(resources=resources_for(settings))
+    )
+    job = defs.resolve_job_def(f"{declaration.id.replace('-', '_')}_job")
+    keys = partitions or list(job.partitions_def.get_partition_keys())
+    return materialize(declaration, defs, keys, instance)
+
+
+def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict:
+    [record] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+
+@pytest.fixture
+def demo_sources(tmp_path: Path) -> Path:
+    root = tmp_path / "sources"
+    write_demo_rasters(root)
+    return root
+
+
+@pytest.fixture
+def local_settings(tmp_path: Path, demo_sources: Path) -> Settings:
+    return Settings.from_env(
+        {
+            "BQ_HOME": str(tmp_path / "bq"),
+            "BQ_LOCAL_DATA_ROOT": str(demo_sources),
+            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
+        }
+    )
+
+
+@pytest.fixture
+def service_settings(tmp_path, demo_sources, services_env, s3_bucket, monkeypatch) -> Settings:
+    # Secrets reach the S3 resource through the environment only (EnvVar).
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, services_env[name])
+    return Settings.from_env(
+        {
+            **services_env,
+            "BQ_HOME": str(tmp_path / "bq"),
+            "BQ_S3_BUCKET": s3_bucket,
+            "BQ_PUBLIC_BASE_URL": f"{services_env['BQ_S3_ENDPOINT_URL']}/{s3_bucket}",
+            "BQ_LOCAL_DATA_ROOT": str(demo_sources),
+            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
+        }
+    )
+
+
+def read_pixels(path: str, env: dict[str, str] | None = None) -> tuple[np.ndarray, dict]:
+    with rasterio_s3_env(env) if env else rasterio.Env(), rasterio.open(path) as src:
+        return src.read(), {
+            "crs": src.crs,
+            "transform": src.transform,
+            "nodata": src.nodata,
+            "dtype": src.dtypes[0],
+        }
+
+
+def assert_same_raster(cog_path: str, source: Path, env: dict[str, str] | None = None) -> None:
+    pixels, profile = read_pixels(cog_path, env)
+    expected, expected_profile = read_pixels(str(source))
+    np.testing.assert_array_equal(pixels, expected)  # NaN == NaN here: raw keeps every pixel
+    np.testing.assert_equal(profile, expected_profile)  # nodata may be NaN
+
+
+def test_demo_on_embedded_defaults_writes_a_valid_static_catalog(local_settings, demo_sources):
+    declaration = demo_declaration("demo-local")
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_dataset(declaration, local_settings, instance)
+
+    catalog = pystac.Catalog.from_file(str(local_settings.catalog_dir / "catalog.json"))
+    collection = catalog.get_child("demo-local")
+    items = {item.id: item for item in collection.get_items()}
+    assert set(items) == {f"demo_{layer}" for layer in DEMO_LAYERS}
+    stac.validate(collection, SCHEMAS_DIR)
+    for layer in DEMO_LAYERS:
+        item = items[f"demo_{layer}"]
+        stac.validate(item, SCHEMAS_DIR)
+        href = item.assets["data"].href
+        assert href.startswith(str(local_settings.objects_dir.absolute() / "io" / "demo-local"))
+        assert cog.validate_cog(Path(href)) == []
+        assert_same_raster(href, demo_sources / "demo" / f"{layer}.tif")
+        assert item.properties["layer"] == layer
+    # The collection extent covers every item.
+    bbox = collection.extent.spatial.bboxes[0]
+    for item in items.values():
+        assert bbox[0] <= item.bbox[0] and bbox[1] <= item.bbox[1]
+        assert bbox[2] >= item.bbox[2] and bbox[3] >= item.bbox[3]
+
+
+def test_demo_on_services_is_searchable_and_readable_from_s3(
+    service_settings, demo_sources, stac_api_url, s3_client, s3_bucket, gdal_s3_env, unique_id
+):
+    declaration = demo_declaration(f"demo-{unique_id}")
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_dataset(declaration, service_settings, instance)
+
+    search = pystac_client.Client.open(stac_api_url).search(collections=[declaration.id])
+    items = {item.id: item for item in search.items()}
+    assert set(items) == {f"demo_{layer}" for layer in DEMO_LAYERS}
+    for layer in DEMO_LAYERS:
+        item = items[f"demo_{layer}"]
+        key = f"io/{declaration.id}/demo_{layer}.tif"
+        assert item.assets["data"].href == f"{service_settings.public_base_url}/{key}"
+        head = s3_client.head_object(Bucket=s3_bucket, Key=key)
+        assert head["ContentType"] == "image/tiff; application=geotiff; profile=cloud-optimized"
+        assert_same_raster(
+            f"s3://{s3_bucket}/{key}", demo_sources / "demo" / f"{layer}.tif", gdal_s3_env
+        )
+        assert item.assets["data"].extra_fields["file:size"] == head["ContentLength"]
+
+    collection = pystac_client.Client.open(stac_api_url).get_collection(declaration.id)
+    assert collection.extent.temporal.intervals[0][0].year == 2020
+
+    # Materializing again: same items, no new objects, and the partitions say they were skipped.
+    before = s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]
+    assert run_dataset(declaration, service_settings, instance)
+    after = s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]
+    assert [(o["Key"], o["ETag"], o["LastModified"]) for o in after] == [
+        (o["Key"], o["ETag"], o["LastModified"]) for o in before
+    ]
+    again = {
+        i.id: i
+        for i in pystac_client.Client.open(stac_api_url)
+        .search(collections=[declaration.id])
+        .items()
+    }
+    for item_id, item in items.items():
+        assert json.dumps(again[item_id].properties, sort_keys=True) == json.dumps(
+            item.properties, sort_keys=True
+        )
+        assert again[item_id].assets["data"].to_dict() == item.assets["data"].to_dict()
+    metadata = latest_metadata(instance, DatasetKeys(declaration.id).step("stac_item"), "elevation")
+    assert metadata["skipped"] is True
+
+
+def test_second_run_without_history_republishes_identically(
+    service_settings, stac_api_url, s3_client, s3_bucket, unique_id
+):
+    # A fresh Dagster instance has no fingerprint to compare: the partition is redone, and
+    # the object upload is skipped by checksum and the item is left unchanged.
+    declaration = demo_declaration(f"demo-{unique_id}")
+    assert run_dataset(declaration, service_settings, dg.DagsterInstance.ephemeral(), ["landcover"])
+    first = s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_dataset(declaration, service_settings, instance, ["landcover"])
+    assert s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"] == first
+    metadata = latest_metadata(instance, DatasetKeys(declaration.id).step("stac_item"), "landcover")
+    assert metadata["skipped"] is False
+    assert metadata["unchanged"] == 1 and metadata["created"] == 0
+    object_metadata = latest_metadata(
+        instance, DatasetKeys(declaration.id).step("object"), "landcover"
+    )
+    assert object_metadata["uploaded"] == 0
