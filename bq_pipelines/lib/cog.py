@@ -50,7 +50,8 @@ _WEB_MERCATOR_MAX_LAT = 85.0511287798066
 
 # GDAL's block cache defaults to 5% of RAM; a fixed cap keeps the peak memory of a conversion
 # independent of the machine and of the raster size (cog_translate streams by blocks anyway).
-_GDAL_CONFIG: dict[str, Any] = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS"}
+# No GDAL_NUM_THREADS: on 2 cores, threaded DEFLATE was not faster (bench/RESULTS.md).
+_GDAL_CONFIG: dict[str, Any] = {"GDAL_CACHEMAX": 256}
 
 # VRT dataType names (rasterio keeps its own mapping private).
 _GDAL_DTYPES = {
@@ -228,7 +229,7 @@ def predictor_for(dtype: str, categorical: bool) -> int:
 
     Categorical rasters get no predictor: differencing class codes produces as many distinct
     symbols as there are class boundaries, and DEFLATE then compresses worse than on the raw codes
-    (measured on a patchy 11-class uint8 raster, 4000x4000: predictor 2 is 13% larger, see
+    (measured on a patchy 11-class uint8 raster, 4000x4000: predictor 2 is 8% larger, see
     bench/RESULTS.md).
     """
     kind = np.dtype(dtype).kind
