@@ -195,3 +195,60 @@ def test_second_run_without_history_republishes_identically(
         instance, DatasetKeys(declaration.id).step("object"), "landcover"
     )
     assert object_metadata["uploaded"] == 0
+
+
+def failure_descriptions(instance: dg.DagsterInstance) -> str:
+    """Every step-failure message recorded in `instance`, joined."""
+    records = instance.get_records_for_run(
+        run_id=instance.get_runs(limit=2)[-1].run_id,
+        of_type=dg.DagsterEventType.STEP_FAILURE,
+    ).records
+    return "\n".join(
+        r.event_log_entry.dagster_event.step_failure_data.error.message for r in records
+    )
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        ("missing", "sources/demo/elevation.tif: file not found"),
+        ("corrupt", "sources/demo/elevation.tif: "),
+        ("no_crs", "has no CRS"),
+    ],
+)
+def test_bad_input_fails_only_its_partition_and_publishes_nothing(
+    local_settings, demo_sources, breakage, expected
+):
+    broken = demo_sources / "demo" / "elevation.tif"
+    if breakage == "missing":
+        broken.unlink()
+    elif breakage == "corrupt":
+        broken.write_bytes(b"II*\x00" + bytes(range(256)) * 40)
+    else:
+        with rasterio.open(broken) as src:
+            data, profile = src.read(), src.profile
+        profile.pop("crs")
+        with rasterio.open(broken, "w", **profile) as dst:
+            dst.write(data)
+    declaration = demo_declaration("demo-broken")
+    instance = dg.DagsterInstance.ephemeral()
+    assert not run_dataset(declaration, local_settings, instance)
+
+    message = failure_descriptions(instance)
+    assert "1 of 3 partitions failed" in message
+    assert "elevation" in message and expected in message
+    publisher = resources_for(local_settings)["catalog"].publisher()
+    assert publisher.get_item("demo-broken", "demo_elevation") is None
+    assert not (local_settings.objects_dir / "io" / "demo-broken" / "demo_elevation.tif").exists()
+    # The other partitions were published and are recorded as materialized.
+    for layer in ("landcover", "temperature"):
+        assert publisher.get_item("demo-broken", f"demo_{layer}") is not None
+        metadata = latest_metadata(instance, DatasetKeys("demo-broken").step("stac_item"), layer)
+        assert metadata["items"] == 1
+    status = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=DatasetKeys("demo-broken").step("stac_item"), asset_partitions=["elevation"]
+        ),
+        limit=1,
+    ).records
+    assert status == []

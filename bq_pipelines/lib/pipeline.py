@@ -152,7 +152,14 @@ def convert(
         cog.RasterInput(path=fetched[s.url].path, subdataset=s.subdataset, bands=s.bands)
         for s in plan.sources
     ]
-    info = cog.to_cog(inputs if len(inputs) > 1 else inputs[0], staging / plan.file_name, plan.cog)
+    try:
+        info = cog.to_cog(
+            inputs if len(inputs) > 1 else inputs[0], staging / plan.file_name, plan.cog
+        )
+    except CogError as error:
+        # Name the source, not the staging copy: that is what a user can go and fix.
+        sources_text = ", ".join(s.url for s in plan.sources)
+        raise CogError(f"item {plan.item_id} from {sources_text}: {error}") from error
     problems = cog.validate_cog(info.path)
     if problems:
         raise CogError(f"{plan.item_id}: output is not a valid COG: {'; '.join(problems)}")
