@@ -23,6 +23,7 @@ from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import ConfigError
 
 STATIC_KEY_SEPARATOR = "__"
+FILES_DIMENSION = "file"
 TIME_VARIABLES = ("year", "month", "day", "date")
 Cadence = Literal["yearly", "monthly", "daily"]
 
@@ -87,11 +88,11 @@ class TimeDimension(_Strict):
     name: str = "date"
     cadence: Cadence
     start: date
-    end: date  # inclusive: the last period's first day
+    end: date | None = None  # inclusive: the last period's first day; None: up to today
 
     @model_validator(mode="after")
     def _ordered(self) -> TimeDimension:
-        if self.end < self.start:
+        if self.end is not None and self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}")
         return self
 
@@ -109,7 +110,8 @@ class TimeDimension(_Strict):
     def period_starts(self) -> list[date]:
         """Every period's first day, start to end inclusive."""
         starts, current = [], self.start
-        while current <= self.end:
+        last = self.end or date.today()
+        while current <= last:
             starts.append(current)
             current = next_period(current, self.cadence)
         return starts
@@ -155,16 +157,35 @@ class StaticDimension(_Strict):
         return self
 
 
+class FilesDimension(_Strict):
+    """One partition per file matching `glob` under the local data root, found by a sensor
+    (Dagster dynamic partitions). Template variables: `{file}` (the stem), `{file_name}`."""
+
+    glob: str
+
+    @field_validator("glob")
+    @classmethod
+    def _relative(cls, glob: str) -> str:
+        if glob.startswith("/") or ".." in Path(glob).parts:
+            raise ValueError(f"{glob!r}: must be relative to the local data root, without '..'")
+        return glob
+
+
 class Partitions(_Strict):
-    """A time dimension, static dimensions, or both. Several static dimensions are combined
-    into one Dagster dimension whose keys join the values with '__'."""
+    """A time dimension, static dimensions, or both; or the files of a folder. Several static
+    dimensions are combined into one Dagster dimension whose keys join the values with '__'."""
 
     time: TimeDimension | None = None
     static: list[StaticDimension] = Field(default_factory=list)
+    files: FilesDimension | None = None
     batch_size: int = Field(default=10, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _some_dimension(self) -> Partitions:
+        if self.files is not None:
+            if self.time is not None or self.static:
+                raise ValueError("files partitions cannot be combined with time or static")
+            return self
         if self.time is None and not self.static:
             raise ValueError("declare a time dimension, static dimensions, or both")
         names = [d.name for d in self.static] + ([self.time.name] if self.time else [])
@@ -216,14 +237,57 @@ class Source(_Strict):
         return self.path or self.url or self.local or ""
 
 
+class ItemExpansion(_Strict):
+    """Many items from one partition: item `i` (start..start+count-1) reads band
+    `first_band + (i - start) * stride` of the source (e.g. one species of an EBV cube)."""
+
+    variable: str
+    start: int = 1
+    count: int = Field(ge=1, le=1_000_000)
+    first_band: str = "1"  # a template rendering to an integer, e.g. "{band_offset}"
+    stride: int = Field(default=1, ge=1)
+
+
 class ItemTemplate(_Strict):
     id: str
+    expand: ItemExpansion | None = None
     file_name: str | None = None  # COG file name; default "<item id>.tif"
     title: str | None = None
     datetime: str | None = None  # ISO template; default: the time partition's start
     start_datetime: str | None = None
     end_datetime: str | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class Condition(_Strict):
+    """A range of an integer template variable (inclusive bounds)."""
+
+    min: int | None = None
+    max: int | None = None
+
+
+class Variant(_Strict):
+    """Partitions matching `when` read another source and/or with other COG settings (e.g.
+    ESA CCI land cover: GeoTIFF up to 2015, NetCDF from 2016)."""
+
+    when: dict[str, str | int | list[str | int] | Condition]
+    source: Source | None = None
+    cog: CogOverrides | None = None
+
+    def matches(self, variables: Mapping[str, Any]) -> bool:
+        return all(_matches(variables.get(name), test) for name, test in self.when.items())
+
+
+def _matches(value: Any, test: Any) -> bool:
+    if isinstance(test, Condition):
+        return (
+            isinstance(value, int)
+            and (test.min is None or value >= test.min)
+            and (test.max is None or value <= test.max)
+        )
+    if isinstance(test, list):
+        return str(value) in {str(t) for t in test}
+    return str(value) == str(test)
 
 
 class Declaration(_Strict):
@@ -241,6 +305,7 @@ class Declaration(_Strict):
     partitions: Partitions
     item: ItemTemplate
     cog: CogOptions = CogOptions()
+    variants: list[Variant] = Field(default_factory=list)
     item_assets: dict[str, Any] = Field(default_factory=dict)
     summaries: dict[str, Any] = Field(default_factory=dict)
     extra_fields: dict[str, Any] = Field(default_factory=dict)
@@ -255,6 +320,18 @@ class Declaration(_Strict):
                         f"{field}: unknown template variable {{{name}}}; "
                         f"known: {', '.join(sorted(known))}"
                     )
+        for index, variant in enumerate(self.variants):
+            unknown = sorted(set(variant.when) - known)
+            if unknown:
+                raise ValueError(f"variants[{index}].when: unknown template variables {unknown}")
+        expand = self.item.expand
+        if expand is not None:
+            if expand.variable in known - {expand.variable} or expand.variable in self._dims:
+                raise ValueError(f"item.expand.variable: {expand.variable!r} is already a variable")
+            if expand.variable not in _template_fields(self.item.id, "item.id"):
+                raise ValueError(
+                    f"item.id: must use {{{expand.variable}}}, or expanded items share one id"
+                )
         if (
             self.partitions.time is None
             and self.item.datetime is None
@@ -264,14 +341,22 @@ class Declaration(_Strict):
         return self
 
     def _templates(self) -> Iterator[tuple[str, str]]:
-        for index, source in enumerate([self.source, *self.sources]):
-            label = "source" if index == 0 else f"sources[{index - 1}]"
+        labelled = [("source", self.source)]
+        labelled += [(f"sources[{i}]", source) for i, source in enumerate(self.sources)]
+        labelled += [
+            (f"variants[{i}].source", variant.source)
+            for i, variant in enumerate(self.variants)
+            if variant.source is not None
+        ]
+        for label, source in labelled:
             yield (
                 f"{label}.{'path' if source.path else 'url' if source.url else 'local'}",
                 (source.template),
             )
             if source.subdataset:
                 yield f"{label}.subdataset", source.subdataset
+        if self.item.expand is not None:
+            yield "item.expand.first_band", self.item.expand.first_band
         for name in ("id", "file_name", "title", "datetime", "start_datetime", "end_datetime"):
             value = getattr(self.item, name)
             if value:
@@ -280,9 +365,19 @@ class Declaration(_Strict):
             if isinstance(value, str):
                 yield f"item.properties.{key}", value
 
+    @property
+    def _dims(self) -> set[str]:
+        return {d.name for d in self.partitions.static} | (
+            {self.partitions.time.name} if self.partitions.time else set()
+        )
+
     @cached_property
     def template_variables(self) -> set[str]:
         names = {"collection"}
+        if self.partitions.files:
+            names |= {"file", "file_name"}
+        if self.item.expand is not None:
+            names.add(self.item.expand.variable)
         if self.partitions.time:
             names |= {*TIME_VARIABLES, self.partitions.time.name}
         for dim in self.partitions.static:

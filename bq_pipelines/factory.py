@@ -16,7 +16,7 @@ from typing import Any
 
 import dagster as dg
 
-from bq_pipelines.declarations import Declaration, Partitions, next_period
+from bq_pipelines.declarations import FILES_DIMENSION, Declaration, Partitions, next_period
 from bq_pipelines.lib import stac
 from bq_pipelines.lib.errors import CogError, PipelineError, StacValidationError
 from bq_pipelines.lib.pipeline import (
@@ -62,8 +62,11 @@ class DatasetKeys:
         return self.step("collection")
 
 
-def partitions_definition(partitions: Partitions) -> dg.PartitionsDefinition:
-    """Time and/or static partitions; static dimensions are combined into one."""
+def partitions_definition(dataset_id: str, partitions: Partitions) -> dg.PartitionsDefinition:
+    """Time and/or static partitions (static dimensions combined into one), or dynamic
+    partitions filled with the files found by the dataset's discovery sensor."""
+    if partitions.files is not None:
+        return dg.DynamicPartitionsDefinition(name=op_name(dataset_id, "files"))
     static = dg.StaticPartitionsDefinition(partitions.static_keys()) if partitions.static else None
     time = partitions.time
     if time is None:
@@ -75,7 +78,7 @@ def partitions_definition(partitions: Partitions) -> dg.PartitionsDefinition:
         fmt=time.key_format,
         timezone="UTC",
         start=time.start.strftime(time.key_format),
-        end=next_period(time.end, time.cadence).strftime(time.key_format),
+        end=next_period(time.end, time.cadence).strftime(time.key_format) if time.end else None,
     )
     if static is None:
         return time_def
@@ -89,6 +92,8 @@ def keys_by_dimension(
 ) -> dict[str, str]:
     if isinstance(partitions_def, dg.MultiPartitionsDefinition):
         return dict(partitions_def.get_partition_key_from_str(partition_key).keys_by_dimension)
+    if declaration.partitions.files is not None:
+        return {FILES_DIMENSION: partition_key}
     if declaration.partitions.time is not None:
         return {declaration.partitions.time.name: partition_key}
     return {declaration.partitions.static_dimension_name: partition_key}
@@ -311,10 +316,46 @@ def _extent_metadata(collection: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def discover_files(declaration: Declaration, local_root: Path) -> list[str]:
+    """Partition keys (file names) of a files-partitioned dataset, sorted; names must be unique."""
+    assert declaration.partitions.files is not None
+    paths = sorted(p for p in local_root.glob(declaration.partitions.files.glob) if p.is_file())
+    names = [p.name for p in paths]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise PipelineError(
+            f"{declaration.id}: files with the same name under {local_root}: {duplicates}"
+        )
+    return names
+
+
+def files_discovery_sensor(
+    declaration: Declaration, partitions_def: dg.DynamicPartitionsDefinition
+) -> dg.SensorDefinition:
+    """Adds a partition for each new file matching the dataset's glob (runs are not started:
+    materialize them from the UI or with a backfill)."""
+
+    @dg.sensor(
+        name=op_name(declaration.id, "files_sensor"),
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Finds the files of {declaration.id} under the local data root.",
+    )
+    def discover(context: dg.SensorEvaluationContext, sources: SourcesResource):
+        found = discover_files(declaration, Path(sources.local_data_root))
+        known = set(context.instance.get_dynamic_partitions(partitions_def.name or ""))
+        new = [name for name in found if name not in known]
+        if not new:
+            return dg.SkipReason(f"no new files among {len(found)}")
+        return dg.SensorResult(dynamic_partitions_requests=[partitions_def.build_add_request(new)])
+
+    return discover
+
+
 def build_dataset(declaration: Declaration) -> dg.Definitions:
     """Assets, checks and job of one dataset."""
     keys = DatasetKeys(declaration.id)
-    partitions_def = partitions_definition(declaration.partitions)
+    partitions_def = partitions_definition(declaration.id, declaration.partitions)
     group = op_name(declaration.id, "dataset")
     descriptions = {
         "raw": "Source files of the partition, fetched into staging (streamed, checksummed).",
@@ -405,4 +446,7 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
         partitions_def=partitions_def,
         description=f"Materialize {declaration.title}: partitions, then the collection.",
     )
-    return dg.Definitions(assets=[partition_assets, collection], jobs=[job])
+    sensors = []
+    if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
+        sensors.append(files_discovery_sensor(declaration, partitions_def))
+    return dg.Definitions(assets=[partition_assets, collection], jobs=[job], sensors=sensors)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -16,14 +16,18 @@ from typing import Any
 import pystac
 
 from bq_pipelines.declarations import (
+    FILES_DIMENSION,
     STATIC_KEY_SEPARATOR,
+    CogOptions,
     Declaration,
     DimensionValue,
     Source,
+    Variant,
     period_end,
     render,
 )
 from bq_pipelines.lib import stac
+from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.lib.pipeline import ItemPlan, SourceRef
 
@@ -48,6 +52,9 @@ def split_partition_key(declaration: Declaration, keys_by_dimension: Mapping[str
     """Template variables of one partition: dimension values, their extra vars, time parts."""
     partitions = declaration.partitions
     variables: dict[str, Any] = {"collection": declaration.id}
+    if partitions.files is not None:
+        file_name = keys_by_dimension[FILES_DIMENSION]
+        return variables | {"file_name": file_name, "file": Path(file_name).stem}
     if partitions.time is not None:
         key = keys_by_dimension[partitions.time.name]
         start = datetime.strptime(key, partitions.time.key_format).date()
@@ -94,27 +101,42 @@ def _parse_datetime(text: str, field: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _cog_settings(declaration: Declaration, keys_by_dimension: Mapping[str, str]):
-    options = declaration.cog.model_dump()
-    if declaration.partitions.static:
-        values = keys_by_dimension[declaration.partitions.static_dimension_name]
+def _chosen_values(
+    declaration: Declaration, keys_by_dimension: Mapping[str, str]
+) -> list[DimensionValue]:
+    if not declaration.partitions.static:
+        return []
+    values = keys_by_dimension[declaration.partitions.static_dimension_name]
+    return [
+        _dimension_value(dimension.values, value, dimension.name)
         for dimension, value in zip(
             declaration.partitions.static, values.split(STATIC_KEY_SEPARATOR), strict=True
-        ):
-            chosen = _dimension_value(dimension.values, value, dimension.name)
-            if chosen.cog is not None:
-                options |= chosen.cog.model_dump(exclude_none=True)
-    return type(declaration.cog)(**options).settings()
+        )
+    ]
 
 
-def plan_partition(
-    declaration: Declaration, keys_by_dimension: Mapping[str, str], locations: SourceLocations
-) -> list[ItemPlan]:
-    """Item plans of one partition."""
-    variables = split_partition_key(declaration, keys_by_dimension)
-    item = declaration.item
+def _cog_settings(
+    declaration: Declaration, chosen: list[DimensionValue], variant: Variant | None
+) -> CogSettings:
+    """Dataset settings, then each chosen dimension value's overrides, then the variant's."""
+    options = declaration.cog.model_dump()
+    for value in chosen:
+        if value.cog is not None:
+            options |= value.cog.model_dump(exclude_none=True)
+    if variant is not None and variant.cog is not None:
+        options |= variant.cog.model_dump(exclude_none=True)
+    return CogOptions(**options).settings()
+
+
+def _source_refs(
+    declaration: Declaration,
+    variables: Mapping[str, Any],
+    variant: Variant | None,
+    locations: SourceLocations,
+) -> list[SourceRef]:
+    primary = variant.source if variant is not None and variant.source else declaration.source
     refs = []
-    for index, source in enumerate([declaration.source, *declaration.sources]):
+    for index, source in enumerate([primary, *declaration.sources]):
         label = "source" if index == 0 else f"sources[{index - 1}]"
         rendered = render(source.template, variables, f"{label} of {declaration.id}")
         subdataset = render(source.subdataset, variables, label) if source.subdataset else None
@@ -125,29 +147,59 @@ def plan_partition(
                 bands=tuple(source.bands) if source.bands else None,
             )
         )
-    item_id = render(item.id, variables, "item.id")
-    when = _item_datetimes(declaration, variables)
-    properties = {
-        key: _render_value(value, variables, f"item.properties.{key}")
-        for key, value in item.properties.items()
-    }
-    return [
-        ItemPlan(
-            collection_id=declaration.id,
-            item_id=item_id,
-            folder=declaration.folder,
-            file_name=render(item.file_name, variables, "item.file_name")
-            if item.file_name
-            else f"{item_id}.tif",
-            sources=tuple(refs),
-            cog=_cog_settings(declaration, keys_by_dimension),
-            datetime=when[0],
-            start_datetime=when[1],
-            end_datetime=when[2],
-            properties=properties,
-            title=render(item.title, variables, "item.title") if item.title else None,
+    return refs
+
+
+def _expansions(declaration: Declaration, variables: Mapping[str, Any]):
+    """(variables, band) of each item of the partition; band None when not expanded."""
+    expand = declaration.item.expand
+    if expand is None:
+        yield variables, None
+        return
+    first_band = render(expand.first_band, variables, "item.expand.first_band")
+    try:
+        first = int(first_band)
+    except ValueError:
+        raise ConfigError(f"item.expand.first_band: {first_band!r} is not an integer") from None
+    for index in range(expand.start, expand.start + expand.count):
+        yield {**variables, expand.variable: index}, first + (index - expand.start) * expand.stride
+
+
+def plan_partition(
+    declaration: Declaration, keys_by_dimension: Mapping[str, str], locations: SourceLocations
+) -> list[ItemPlan]:
+    """Item plans of one partition: one, or `item.expand.count` reading one band each."""
+    variables = split_partition_key(declaration, keys_by_dimension)
+    variant = next((v for v in declaration.variants if v.matches(variables)), None)
+    refs = _source_refs(declaration, variables, variant, locations)
+    settings = _cog_settings(declaration, _chosen_values(declaration, keys_by_dimension), variant)
+    item = declaration.item
+    plans = []
+    for item_variables, band in _expansions(declaration, variables):
+        item_refs = refs if band is None else [replace(refs[0], bands=(band,)), *refs[1:]]
+        item_id = render(item.id, item_variables, "item.id")
+        when = _item_datetimes(declaration, item_variables)
+        plans.append(
+            ItemPlan(
+                collection_id=declaration.id,
+                item_id=item_id,
+                folder=declaration.folder,
+                file_name=render(item.file_name, item_variables, "item.file_name")
+                if item.file_name
+                else f"{item_id}.tif",
+                sources=tuple(item_refs),
+                cog=settings,
+                datetime=when[0],
+                start_datetime=when[1],
+                end_datetime=when[2],
+                properties={
+                    key: _render_value(value, item_variables, f"item.properties.{key}")
+                    for key, value in item.properties.items()
+                },
+                title=render(item.title, item_variables, "item.title") if item.title else None,
+            )
         )
-    ]
+    return plans
 
 
 def _item_datetimes(

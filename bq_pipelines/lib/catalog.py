@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +23,8 @@ from bq_pipelines.lib.retry import RetryPolicy, with_retries
 
 logger = logging.getLogger(__name__)
 
-PublishOutcome = Literal["created", "updated", "unchanged"]
+BULK_THRESHOLD = 20
+PublishOutcome = Literal["created", "updated", "unchanged", "upserted"]
 
 # Links a publisher owns: rewritten on every write, never copied from the object given.
 _STRUCTURAL_RELS = frozenset({"self", "root", "parent", "child", "item", "collection", "items"})
@@ -40,6 +41,11 @@ class Publisher(ABC):
 
     @abstractmethod
     def upsert_item(self, item: pystac.Item) -> PublishOutcome: ...
+
+    def upsert_items(self, items: Sequence[pystac.Item]) -> list[PublishOutcome]:
+        """Publish many items of one collection; outcomes in order ("upserted" when the
+        backend does not tell which were new)."""
+        return [self.upsert_item(item) for item in items]
 
     @abstractmethod
     def get_collection(self, collection_id: str) -> dict[str, Any] | None: ...
@@ -533,6 +539,13 @@ class StacApiPublisher(Publisher):
         if chunk:
             sent += self._post_bulk(collection_id, chunk)
         return sent
+
+    def upsert_items(self, items: Sequence[pystac.Item]) -> list[PublishOutcome]:
+        # One request per item is what made the legacy loads take days: bulk above a handful.
+        if len(items) <= BULK_THRESHOLD:
+            return super().upsert_items(items)
+        self.bulk_upsert_items(items[0].collection_id or "", items)
+        return ["upserted"] * len(items)
 
     def _post_bulk(self, collection_id: str, chunk: dict[str, dict[str, Any]]) -> int:
         ids = list(chunk)

@@ -189,8 +189,8 @@ def produce_item(
     staging: Path,
     services: Services,
     on_step: StepCallback = _no_callback,
-) -> ItemResult:
-    """Convert, check, upload and publish one item whose sources are already fetched."""
+) -> tuple[pystac.Item, cog.CogInfo, StoredObject]:
+    """Convert, check and upload one item whose sources are already fetched (not published)."""
     on_step(Step.CONVERT, plan.item_id)
     info = convert(plan, fetched, staging)
     key = object_key(services.object_prefix, plan.folder, plan.file_name)
@@ -198,10 +198,8 @@ def produce_item(
     item = describe(plan, info, services.store.href(key), services)
     on_step(Step.STORE, key)
     stored = services.store.put_file(info.path, key, sha256=info.sha256)
-    on_step(Step.PUBLISH, plan.item_id)
-    outcome = services.publisher.upsert_item(item)
     info.path.unlink(missing_ok=True)
-    return ItemResult(plan=plan, cog=info, stored=stored, item=item.to_dict(), outcome=outcome)
+    return item, info, stored
 
 
 @dataclass
@@ -216,10 +214,10 @@ def run_items(
     staging_name: str,
     on_step: StepCallback = _no_callback,
 ) -> PartitionResult:
-    """Fetch every source once, then produce each item; the staging folder is always removed.
-
-    The first failing item stops the partition: items already published stay published (they
-    are complete and valid), and a rerun republishes them unchanged.
+    """Fetch every source once, produce each item, then publish them all together (in bulk
+    when the catalog supports it). A failing item stops the partition before anything is
+    published; objects already uploaded are simply overwritten by the rerun. The staging
+    folder is always removed.
     """
     if not plans:
         raise PipelineError(f"{staging_name}: nothing to produce (no items planned)")
@@ -229,7 +227,13 @@ def run_items(
         urls = [source.url for plan in plans for source in plan.sources]
         on_step(Step.FETCH, ", ".join(dict.fromkeys(urls)))
         fetched = fetch_sources(urls, staging, services)
-        results = [produce_item(plan, fetched, staging, services, on_step) for plan in plans]
+        produced = [produce_item(plan, fetched, staging, services, on_step) for plan in plans]
+        on_step(Step.PUBLISH, f"{len(produced)} items")
+        outcomes = services.publisher.upsert_items([item for item, _, _ in produced])
+        results = [
+            ItemResult(plan=plan, cog=info, stored=stored, item=item.to_dict(), outcome=outcome)
+            for plan, (item, info, stored), outcome in zip(plans, produced, outcomes, strict=True)
+        ]
         return PartitionResult(items=results, fetched=list(fetched.values()))
     finally:
         on_step(Step.CLEANUP, str(staging))
