@@ -14,14 +14,14 @@ import pytest
 import rasterio
 import yaml
 
-from bq_pipelines.cli import materialize
 from bq_pipelines.declarations import Declaration, builtin_declaration_files, parse_declaration
 from bq_pipelines.demo import DEMO_LAYERS, write_demo_rasters
-from bq_pipelines.factory import DatasetKeys, build_dataset
+from bq_pipelines.factory import DatasetKeys
 from bq_pipelines.lib import cog, stac
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.services import rasterio_s3_env
+from bq_pipelines_tests.runs import failure_messages, latest_metadata, run_dataset
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "shared" / "stac-schemas"
 
@@ -31,27 +31,6 @@ def demo_declaration(dataset_id: str) -> Declaration:
     [path] = [p for p in builtin_declaration_files() if p.stem == "demo"]
     data = yaml.safe_load(path.read_text())
     return parse_declaration({**data, "id": dataset_id, "folder": dataset_id}, path.name)
-
-
-def run_dataset(
-    declaration: Declaration,
-    settings: Settings,
-    instance: dg.DagsterInstance,
-    partitions: list[str] | None = None,
-) -> bool:
-    defs = dg.Definitions.merge(
-        build_dataset(declaration), dg.Definitions(resources=resources_for(settings))
-    )
-    job = defs.resolve_job_def(f"{declaration.id.replace('-', '_')}_job")
-    keys = partitions or list(job.partitions_def.get_partition_keys())
-    return materialize(declaration, defs, keys, instance)
-
-
-def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict:
-    [record] = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
-    ).records
-    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
 @pytest.fixture
@@ -197,17 +176,6 @@ def test_second_run_without_history_republishes_identically(
     assert object_metadata["uploaded"] == 0
 
 
-def failure_descriptions(instance: dg.DagsterInstance) -> str:
-    """Every step-failure message recorded in `instance`, joined."""
-    records = instance.get_records_for_run(
-        run_id=instance.get_runs(limit=2)[-1].run_id,
-        of_type=dg.DagsterEventType.STEP_FAILURE,
-    ).records
-    return "\n".join(
-        r.event_log_entry.dagster_event.step_failure_data.error.message for r in records
-    )
-
-
 @pytest.mark.parametrize(
     ("breakage", "expected"),
     [
@@ -234,7 +202,7 @@ def test_bad_input_fails_only_its_partition_and_publishes_nothing(
     instance = dg.DagsterInstance.ephemeral()
     assert not run_dataset(declaration, local_settings, instance)
 
-    message = failure_descriptions(instance)
+    message = failure_messages(instance)
     assert "1 of 3 partitions failed" in message
     assert "elevation" in message and expected in message
     publisher = resources_for(local_settings)["catalog"].publisher()
