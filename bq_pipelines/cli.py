@@ -17,7 +17,7 @@ import dagster as dg
 
 from bq_pipelines.declarations import Declaration, load_declarations
 from bq_pipelines.demo import write_demo_rasters
-from bq_pipelines.factory import DatasetKeys, op_name
+from bq_pipelines.factory import DatasetKeys, discover_files, op_name
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.settings import Settings
 
@@ -27,14 +27,17 @@ QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def partition_ranges(
-    partitions_def: dg.PartitionsDefinition, keys: Sequence[str], batch_size: int
+    partitions_def: dg.PartitionsDefinition,
+    keys: Sequence[str],
+    batch_size: int,
+    instance: dg.DagsterInstance | None = None,
 ) -> list[tuple[str, str]]:
     """Split `keys` into ranges of at most `batch_size` partitions each, one range per run.
 
     Multi-partitions: a range is a box, so ranges run along the time dimension for one value
     of the static dimension.
     """
-    all_keys = list(partitions_def.get_partition_keys())
+    all_keys = list(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
     wanted = set(keys)
     if isinstance(partitions_def, dg.MultiPartitionsDefinition):
         lines: dict[str, list[str]] = {}
@@ -96,7 +99,9 @@ def materialize(
     keys = DatasetKeys(declaration.id)
     partitions_def = job.partitions_def
     assert partitions_def is not None
-    ranges = partition_ranges(partitions_def, partition_keys, declaration.partitions.batch_size)
+    ranges = partition_ranges(
+        partitions_def, partition_keys, declaration.partitions.batch_size, instance
+    )
     ok = True
     for start, end in ranges:
         result = job.execute_in_process(
@@ -176,8 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         definitions = defs()
         job = definitions.resolve_job_def(op_name(declaration.id, "job"))
         assert job.partitions_def is not None
-        keys = args.partition or list(job.partitions_def.get_partition_keys())
-        ok = materialize(declaration, definitions, keys, _instance())
+        instance = _instance()
+        if isinstance(job.partitions_def, dg.DynamicPartitionsDefinition):
+            found = discover_files(declaration, settings.local_data_root)
+            instance.add_dynamic_partitions(job.partitions_def.name or "", found)
+        every = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+        ok = materialize(declaration, definitions, args.partition or list(every), instance)
         _print_catalog(declaration, settings)
         return 0 if ok else 1
     except ConfigError as error:
