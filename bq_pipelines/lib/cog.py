@@ -269,6 +269,7 @@ def _translate(
             nodata=settings.nodata,
             add_mask=False,
             overview_resampling=_overview_resampling(settings),  # type: ignore[arg-type]
+            overview_level=overview_level_for(source, settings.blocksize),
             resampling=_warp_resampling(settings),  # type: ignore[arg-type]
             # Never in memory: a 43200x20880 float CHELSA layer is 3.6 GB; the intermediate
             # tiled file goes beside `tmp` (rio-cogeo puts it in the destination folder).
@@ -279,6 +280,24 @@ def _translate(
         )
     except (RasterioError, ValueError) as exc:
         raise CogError(f"{source_name(source)}: conversion to COG failed: {exc}") from exc
+
+
+def overview_level_for(source: str | DatasetReader | WarpedVRT, blocksize: int) -> int:
+    """Halvings until the largest side fits in one block, as GDAL's COG driver does.
+
+    rio-cogeo's default stops on the smallest side, leaving e.g. a 600x400 raster without
+    overviews, which cog_validate then warns about.
+    """
+    if isinstance(source, str):
+        with rasterio.open(source) as dataset:
+            largest = max(dataset.width, dataset.height)
+    else:
+        largest = max(source.width, source.height)
+    levels = 0
+    while largest > blocksize:
+        largest = math.ceil(largest / 2)
+        levels += 1
+    return levels
 
 
 def source_name(source: str | DatasetReader | WarpedVRT) -> str:

@@ -111,6 +111,19 @@ def test_large_raster_gets_overviews(
         np.testing.assert_array_equal(out.read(), raster_values(spec))
 
 
+@pytest.mark.parametrize(("width", "height", "levels"), [(600, 400, [2]), (520, 1100, [2, 4])])
+def test_overviews_until_the_largest_side_fits_one_block(
+    tmp_path: Path, width: int, height: int, levels: list[int]
+) -> None:
+    # Like GDAL's COG driver (OVERVIEWS=AUTO), and what cog_validate expects: a side over
+    # 512 px without overviews is reported as a warning.
+    source = write_raster(tmp_path / "in.tif", RasterSpec(width=width, height=height))
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings())
+    assert info.overview_levels == levels
+    is_valid, errors, warnings_ = cog_validate(str(info.path), quiet=True)
+    assert is_valid and errors == [] and warnings_ == []
+
+
 @pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:32198", CUSTOM_LCC_WKT])
 def test_display_categorical_keeps_classes(tmp_path: Path, crs: str) -> None:
     spec = RasterSpec(dtype="uint8", nodata=0, categorical=True, crs=crs)
