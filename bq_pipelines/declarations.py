@@ -308,6 +308,7 @@ class Declaration(_Strict):
     variants: list[Variant] = Field(default_factory=list)
     item_assets: dict[str, Any] = Field(default_factory=dict)
     summaries: dict[str, Any] = Field(default_factory=dict)
+    summarize: list[str] = Field(default_factory=list)  # item properties summarized from items
     extra_fields: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

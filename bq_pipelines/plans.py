@@ -227,6 +227,10 @@ def _item_datetimes(
 
 def collection_for(declaration: Declaration, items: list[Any]) -> pystac.Collection:
     """The declared collection, its extent and summaries computed from `items`."""
+    summaries = {
+        **stac.summarize_properties(items, declaration.summarize),
+        **declaration.summaries,
+    }
     return stac.build_collection(
         collection_id=declaration.id,
         title=declaration.title,
@@ -235,7 +239,7 @@ def collection_for(declaration: Declaration, items: list[Any]) -> pystac.Collect
         items=items,
         providers=[p.model_dump(exclude_none=True) for p in declaration.providers],
         keywords=declaration.keywords,
-        summaries=declaration.summaries or None,
+        summaries=summaries or None,
         item_assets=declaration.item_assets or None,
         extra_fields=declaration.extra_fields or None,
     )

@@ -103,6 +103,7 @@ def test_demo_on_embedded_defaults_writes_a_valid_static_catalog(local_settings,
         assert cog.validate_cog(Path(href)) == []
         assert_same_raster(href, demo_sources / "demo" / f"{layer}.tif")
         assert item.properties["layer"] == layer
+    assert collection.summaries.get_list("layer") == sorted(DEMO_LAYERS)
     # The collection extent covers every item.
     bbox = collection.extent.spatial.bboxes[0]
     for item in items.values():

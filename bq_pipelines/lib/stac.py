@@ -323,6 +323,26 @@ def build_collection(
     )
 
 
+def summarize_properties(
+    items: Iterable[pystac.Item | Mapping[str, Any]], names: Sequence[str]
+) -> dict[str, Any]:
+    """STAC summaries of item properties: a range for numbers, sorted distinct values else."""
+    seen: dict[str, set[Any]] = {name: set() for name in names}
+    for item in items:
+        properties = item.properties if isinstance(item, pystac.Item) else item["properties"]
+        for name in names:
+            value = properties.get(name)
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                seen[name].add(value)
+    summaries: dict[str, Any] = {}
+    for name, values in seen.items():
+        if values and all(isinstance(v, int | float) for v in values):
+            summaries[name] = {"minimum": min(values), "maximum": max(values)}
+        elif values:
+            summaries[name] = sorted(values, key=str)
+    return summaries
+
+
 # ----------------------------------------------------------------------- validation
 
 
