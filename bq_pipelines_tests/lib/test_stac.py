@@ -342,3 +342,17 @@ def test_empty_collection_has_a_global_open_extent(schemas_dir: Path) -> None:
     assert collection.extent.spatial.bboxes == [[-180.0, -90.0, 180.0, 90.0]]
     assert collection.extent.temporal.intervals == [[None, None]]
     validate(collection, schemas_dir)
+
+
+def test_summaries_are_ranges_for_numbers_and_distinct_values_otherwise() -> None:
+    from bq_pipelines.lib.stac import summarize_properties
+
+    items = [
+        {"properties": {"variable": "tas", "year": 1980}},
+        {"properties": {"variable": "pr", "year": 1979}},
+        {"properties": {"variable": "tas", "year": 2019, "flag": True}},
+    ]
+    assert summarize_properties(items, ["variable", "year", "flag", "absent"]) == {
+        "variable": ["pr", "tas"],
+        "year": {"minimum": 1979, "maximum": 2019},
+    }
