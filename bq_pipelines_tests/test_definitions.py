@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
@@ -67,3 +73,27 @@ def test_a_bad_setting_fails_the_load_naming_the_variable(monkeypatch):
     monkeypatch.setenv("BQ_CATALOG", "ftp")
     with pytest.raises(ConfigError, match="BQ_CATALOG: 'ftp' is not one of static, stac-api"):
         defs()
+
+
+def test_workspace_yaml_loads_the_code_location(tmp_path):
+    # What `make dev` and a deployment load: the workspace file, through Dagster's own CLI.
+    root = Path(__file__).resolve().parents[1]
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(root / "dagster.yaml", home / "dagster.yaml")
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            str(root / "workspace.yaml"),
+        ],
+        cwd=root,
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
