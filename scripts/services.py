@@ -20,13 +20,14 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from bq_pipelines.lib.files import write_text_atomically
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = PROJECT_ROOT / ".bq"
@@ -348,24 +349,9 @@ def adopt_orphan(service: Service) -> int | None:
     """
     for pid in sorted(listener_pids(service.port)):
         if is_ours(pid, service):
-            write_atomically(service.pid_file, f"{pid}\n")
+            write_text_atomically(service.pid_file, f"{pid}\n")
             return pid
     return None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -439,7 +425,7 @@ def spawn(service: Service) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    write_atomically(service.pid_file, f"{process.pid}\n")
+    write_text_atomically(service.pid_file, f"{process.pid}\n")
     return process
 
 
@@ -615,7 +601,7 @@ def write_services_env(s3_port: int, stac_port: int) -> None:
         f"export {key}={shlex.quote(value)}"
         for key, value in services_env_lines(s3_port, stac_port)
     ]
-    write_atomically(ENV_FILE, "\n".join(header + body) + "\n")
+    write_text_atomically(ENV_FILE, "\n".join(header + body) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

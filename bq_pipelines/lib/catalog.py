@@ -7,9 +7,7 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
 import re
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ import httpx
 import pystac
 
 from bq_pipelines.lib.errors import CatalogError
+from bq_pipelines.lib.files import write_text_atomically
 from bq_pipelines.lib.retry import RetryPolicy, with_retries
 
 logger = logging.getLogger(__name__)
@@ -93,19 +92,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
     """Write through a temporary file and rename, so readers never see half a document."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    write_text_atomically(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
 class StaticCatalogPublisher(Publisher):

@@ -13,13 +13,9 @@ Hrefs (what STAC items point at):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 import re
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +30,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bq_pipelines.lib.errors import StorageError
+from bq_pipelines.lib.files import copy_atomically, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +189,7 @@ class LocalObjectStore(ObjectStore):
         return recorded if _SHA256_RE.fullmatch(recorded) else None
 
     def _record_sha256(self, path: Path, sha256: str) -> None:
-        _write_text_atomically(self._sidecar(path), f"{sha256}  {path.name}\n")
+        write_text_atomically(self._sidecar(path), f"{sha256}  {path.name}\n", _TEMP_PREFIX)
 
     def put_file(
         self, path: Path, key: str, *, sha256: str, content_type: str = COG_MEDIA_TYPE
@@ -212,7 +209,7 @@ class LocalObjectStore(ObjectStore):
             # Drop the old checksum first: a crash between the two writes must not leave a
             # sidecar that vouches for content it does not describe.
             self._sidecar(dest).unlink(missing_ok=True)
-            _copy_atomically(path, dest)
+            copy_atomically(path, dest, _TEMP_PREFIX)
             self._record_sha256(dest, sha256)
         except OSError as exc:
             raise StorageError(f"cannot store {path} as {dest}: {exc.strerror or exc}") from exc
@@ -273,33 +270,6 @@ _TEMP_PREFIX = ".bq-tmp-"
 
 def _is_temp(path: Path) -> bool:
     return path.name.startswith(_TEMP_PREFIX)
-
-
-def _copy_atomically(source: Path, dest: Path) -> None:
-    """Copy to a temporary file beside `dest`, fsync, then rename over it (same filesystem)."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{_TEMP_PREFIX}{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-            shutil.copyfileobj(src, out, length=MIB)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text_atomically(dest: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{_TEMP_PREFIX}{dest.name}.")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _remove_empty_parents(folder: Path, root: Path) -> None:

@@ -1,0 +1,45 @@
+"""Atomic file writes: readers (and crashed writers) never leave or see half a file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+COPY_CHUNK_BYTES = 1024 * 1024
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None], temp_prefix: str = ".") -> None:
+    """Call `write` on a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    The temporary file is on the same filesystem (so the rename is atomic) and is removed if
+    anything fails; its name starts with `temp_prefix` + the file name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{temp_prefix}{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomically(path: Path, text: str, temp_prefix: str = ".") -> None:
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")), temp_prefix)
+
+
+def copy_atomically(source: Path, path: Path, temp_prefix: str = ".") -> None:
+    def copy(handle: BinaryIO) -> None:
+        with source.open("rb") as src:
+            shutil.copyfileobj(src, handle, length=COPY_CHUNK_BYTES)
+
+    write_atomically(path, copy, temp_prefix)
