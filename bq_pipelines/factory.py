@@ -122,7 +122,10 @@ def _previous_fingerprint(
 
 def _still_published(plans: Sequence[ItemPlan], services: Services) -> bool:
     """A skip is only safe while the catalog still holds every planned item."""
-    return all(services.publisher.get_item(p.collection_id, p.item_id) for p in plans)
+    if not plans:
+        return False
+    ids = [p.item_id for p in plans]
+    return not services.publisher.missing_item_ids(plans[0].collection_id, ids)
 
 
 def _skipped_outcome(keys: DatasetKeys, token: str, plans: Sequence[ItemPlan]) -> PartitionOutcome:

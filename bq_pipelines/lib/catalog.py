@@ -56,6 +56,10 @@ class Publisher(ABC):
     def iter_items(self, collection_id: str) -> Iterator[dict[str, Any]]:
         """Every item of a collection, as dicts (paged for STAC APIs)."""
 
+    def missing_item_ids(self, collection_id: str, item_ids: Sequence[str]) -> list[str]:
+        """Which of `item_ids` the catalog does not hold."""
+        return [i for i in item_ids if self.get_item(collection_id, i) is None]
+
     @abstractmethod
     def delete_item(self, collection_id: str, item_id: str) -> None: ...
 
@@ -485,6 +489,28 @@ class StacApiPublisher(Publisher):
             f"collections/{collection_id}/items/{item_id}",
             self._item_what(collection_id, item_id),
         )
+
+    def missing_item_ids(self, collection_id: str, item_ids: Sequence[str]) -> list[str]:
+        # One search per page of ids instead of one GET per item (5,090 items a partition).
+        found: set[str] = set()
+        for start in range(0, len(item_ids), self.page_size):
+            page = list(item_ids[start : start + self.page_size])
+            what = f"search of {len(page)} items in collection {collection_id!r}"
+            response = self._send(
+                "POST",
+                "search",
+                what=what,
+                json={
+                    "collections": [collection_id],
+                    "ids": page,
+                    "limit": len(page),
+                    "fields": {"include": ["id"], "exclude": []},
+                },
+            )
+            if response.is_error:
+                raise self._refused(response, what)
+            found.update(feature["id"] for feature in response.json().get("features", []))
+        return [i for i in item_ids if i not in found]
 
     def upsert_item(self, item: pystac.Item) -> PublishOutcome:
         collection_id = item.collection_id

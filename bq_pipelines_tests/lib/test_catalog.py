@@ -289,3 +289,19 @@ def test_api_unreachable_is_a_catalog_error(item_template: dict[str, Any]) -> No
         publisher.upsert_item(clone(item_template, "c", "i"))
     assert "very-secret-token" not in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+def test_missing_item_ids_pages_through_search(
+    api: StacApiPublisher, api_collection_id: str, item_template: dict[str, Any], tmp_path: Path
+) -> None:
+    api.ensure_collection(collection_for(api_collection_id, []))
+    items = [clone(item_template, api_collection_id, f"sp-{n:03d}") for n in range(30)]
+    assert api.upsert_items(items) == ["upserted"] * 30  # above the bulk threshold
+    api.page_size = 7
+    wanted = [f"sp-{n:03d}" for n in range(25, 35)]
+    assert api.missing_item_ids(api_collection_id, wanted) == [f"sp-{n:03d}" for n in range(30, 35)]
+
+    static = StaticCatalogPublisher(tmp_path / "catalog")
+    static.ensure_collection(collection_for(api_collection_id, []))
+    assert static.upsert_items(items[:3]) == ["created"] * 3
+    assert static.missing_item_ids(api_collection_id, ["sp-000", "sp-003"]) == ["sp-003"]
