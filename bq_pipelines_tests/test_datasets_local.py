@@ -1,0 +1,422 @@
+"""The legacy datasets read from local files (and gbif_heatmaps, from the object store), and
+global-mammals (one EBV cube, one item per species): declarations load with the legacy partition
+counts, and one partition of each runs end to end on the real services (moto S3 +
+stac-fastapi-pgstac) from generated sources, found again with pystac-client, pixels read back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pystac_client
+import pytest
+import rasterio
+import yaml
+
+from bq_pipelines.declarations import (
+    Declaration,
+    builtin_declaration_files,
+    load_declaration_file,
+    parse_declaration,
+)
+from bq_pipelines.factory import discover_files, op_name, partitions_definition
+from bq_pipelines.lib import stac
+from bq_pipelines.plans import SourceLocations, plan_partition, split_partition_key
+from bq_pipelines.resources import resources_for
+from bq_pipelines.settings import Settings
+from bq_pipelines_tests.fixtures.local_sources import write_ebv_cube
+from bq_pipelines_tests.fixtures.services import rasterio_s3_env
+from bq_pipelines_tests.rasters import RasterSpec, write_raster
+from bq_pipelines_tests.runs import dataset_definitions, failure_messages, run_dataset
+
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "shared" / "stac-schemas"
+MAMMAL_YEARS = [str(year) for year in range(2015, 2056, 5)]
+SMALL = {"width": 64, "height": 48}
+
+PARTITION_COUNTS = {
+    "ghmts": 1,
+    "accessibility_to_cities": 1,
+    "gbif_heatmaps": 7,
+    "silvis": 15,
+    "colombia-lc": 4,
+    "colombia_forests": 12,
+    "global-mammals": 45,
+}
+FILES_DATASETS = {"stressors_qc": 11, "qc_pilot_env": 30}  # files the legacy loaded
+
+
+def builtin_path(dataset_id: str) -> Path:
+    [path] = [p for p in builtin_declaration_files() if p.stem == dataset_id]
+    return path
+
+
+def declaration_as(dataset_id: str, new_id: str, **changes: Any) -> Declaration:
+    """A built-in declaration under another id and folder, so tests never share a collection;
+    `changes` are set by dotted path, e.g. `{"item.expand.count": 6}`."""
+    path = builtin_path(dataset_id)
+    data = yaml.safe_load(path.read_text())
+    data |= {"id": new_id, "folder": new_id}
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = data
+        for name in parents:
+            node = node[name]
+        node[last] = value
+    return parse_declaration(data, path.name)
+
+
+@pytest.fixture
+def sources_root(tmp_path: Path) -> Path:
+    root = tmp_path / "sources"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def service_settings(tmp_path, sources_root, services_env, s3_bucket, monkeypatch) -> Settings:
+    # Secrets reach S3 (our store, and the store gbif_heatmaps reads) through the environment.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, services_env[name])
+    return Settings.from_env(
+        {
+            **services_env,
+            "BQ_HOME": str(tmp_path / "bq"),
+            "BQ_S3_BUCKET": s3_bucket,
+            "BQ_PUBLIC_BASE_URL": f"{services_env['BQ_S3_ENDPOINT_URL']}/{s3_bucket}",
+            "BQ_LOCAL_DATA_ROOT": str(sources_root),
+            # The legacy maps of gbif_heatmaps are "already in storage": here, the test bucket.
+            "BQ_SOURCE_BASE_URLS": f"bq-io-storage=s3://{s3_bucket}/legacy",
+            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
+        }
+    )
+
+
+# --- declarations ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("dataset_id", "count"), sorted(PARTITION_COUNTS.items()))
+def test_declaration_has_the_legacy_partition_count(dataset_id: str, count: int):
+    declaration = load_declaration_file(builtin_path(dataset_id))
+    keys = partitions_definition(declaration.id, declaration.partitions).get_partition_keys()
+    assert len(keys) == count
+    if dataset_id == "global-mammals":
+        return  # 229,050 items: planned separately below
+    # Every partition plans, and item ids (and so object keys) are unique across the dataset.
+    locations = SourceLocations(base_urls={}, local_root=Path("/data"))
+    plans = [
+        plan
+        for key in keys
+        for plan in plan_partition(declaration, _dimension_keys(declaration, key), locations)
+    ]
+    assert len({p.item_id for p in plans}) == len({p.file_name for p in plans}) == count
+
+
+def _dimension_keys(declaration: Declaration, key: str) -> dict[str, str]:
+    return {declaration.partitions.static_dimension_name: key}
+
+
+@pytest.mark.parametrize(("dataset_id", "count"), sorted(FILES_DATASETS.items()))
+def test_files_datasets_find_the_tifs_of_their_folder(
+    dataset_id: str, count: int, sources_root: Path
+):
+    declaration = load_declaration_file(builtin_path(dataset_id))
+    folder = sources_root / dataset_id
+    folder.mkdir()
+    for index in range(count):
+        (folder / f"layer_{index:02d}.tif").touch()  # only globbed here, never read
+    (folder / "layers.csv").touch()
+    (sources_root / "other").mkdir()
+    (sources_root / "other" / "elsewhere.tif").touch()
+    found = discover_files(declaration, sources_root)
+    assert len(found) == count and all(name.endswith(".tif") for name in found)
+    [plan] = plan_partition(
+        declaration, {"file": "layer_03.tif"}, SourceLocations({}, sources_root)
+    )
+    assert plan.item_id == "layer_03"
+    assert plan.sources[0].url == str((folder / "layer_03.tif").absolute())
+
+
+def test_gbif_heatmaps_read_the_legacy_bucket_unless_overridden():
+    declaration = load_declaration_file(builtin_path("gbif_heatmaps"))
+    keys = {"group": "birds"}
+    [default] = plan_partition(declaration, keys, SourceLocations({}, Path("/data")))
+    assert default.sources[0].url == "s3://bq-io/io/gbif_heatmaps/birds.tif"
+    mirror = SourceLocations({"bq-io-storage": "https://mirror.example/bq-io/io"}, Path("/"))
+    [mirrored] = plan_partition(declaration, keys, mirror)
+    assert mirrored.sources[0].url == "https://mirror.example/bq-io/io/gbif_heatmaps/birds.tif"
+    # The COG is not named like its source: same bucket, the legacy map is never overwritten.
+    assert mirrored.file_name != "birds.tif"
+
+
+def test_global_mammals_plans_5090_species_per_scenario_year_on_the_right_bands():
+    declaration = load_declaration_file(builtin_path("global-mammals"))
+    locations = SourceLocations({}, Path("/data"))
+    # GDAL numbers the bands of (entity, time, lat, lon) with time fastest (checked on a
+    # generated cube in the end-to-end test): species k, year index t -> (k - 1) * 9 + t.
+    for scenario, year_index in (("1", 1), ("5", 9), ("3", 4)):
+        year = MAMMAL_YEARS[year_index - 1]
+        plans = plan_partition(
+            declaration, _dimension_keys(declaration, f"{scenario}__{year}"), locations
+        )
+        assert len(plans) == 5090
+        for species in (1, 2, 5090):
+            plan = plans[species - 1]
+            assert plan.item_id == f"scenario{scenario}_{year}_{species:04d}"
+            assert plan.sources[0].bands == ((species - 1) * 9 + year_index,)
+            assert plan.sources[0].subdataset == f"/scenario_{scenario}/metric_1/ebv_cube"
+            assert plan.datetime == datetime(int(year), 1, 1, tzinfo=UTC)
+    last = plan_partition(declaration, {"scenario__time": "2__2055"}, locations)[-1]
+    assert last.sources[0].bands == (5090 * 9,)  # the last band of the cube
+
+
+# --- end to end, one partition per dataset -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One partition of a dataset, the source file it reads and the item it must publish."""
+
+    dataset_id: str
+    partition: str
+    source: str  # relative to the local data root, or to the bucket for gbif_heatmaps
+    spec: RasterSpec
+    item_id: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    start: datetime | None = None
+    end: datetime | None = None
+    datetime: datetime | None = None
+    files: bool = False  # a files (dynamic) partition: add it to the instance first
+    in_bucket: bool = False
+
+
+def _utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)
+
+
+CASES = [
+    Case(
+        "ghmts",
+        "gHM",
+        "ghmts/gHM.tif",
+        RasterSpec(dtype="float32", nodata=float("nan"), **SMALL),
+        "ghm",
+        {"layer": "gHM"},
+        datetime=_utc(2016, 1, 1),
+    ),
+    Case(
+        "accessibility_to_cities",
+        "travel_time",
+        "accessibility_to_cities/2015_accessibility_to_cities_v1.0.tif",
+        RasterSpec(dtype="int32", nodata=-9999, **SMALL),
+        "accessibility_to_cities_2015",
+        {"year": 2015, "layer": "travel_time"},
+        datetime=_utc(2015, 1, 1),
+    ),
+    Case(
+        "gbif_heatmaps",
+        "birds",
+        "legacy/gbif_heatmaps/birds.tif",
+        RasterSpec(dtype="float32", crs="EPSG:3857", nodata=0, seed=3, **SMALL),
+        "gbif_heatmap_birds",
+        {"taxon_group": "birds", "description": "Birds"},
+        datetime=_utc(2022, 1, 1),  # a placeholder, see the YAML
+        in_bucket=True,
+    ),
+    Case(
+        "silvis",
+        "GPP8__seasonality",
+        "silvis/DHI_GPP8_seasonality.tif",
+        RasterSpec(dtype="int16", nodata=-32768, crs="EPSG:32198", **SMALL),
+        "dhi_GPP8_seasonality",
+        {"index": "GPP8", "statistic": "seasonality"},
+        start=_utc(2003, 1, 1),
+        end=_utc(2014, 12, 31, 23, 59, 59),
+    ),
+    Case(
+        "stressors_qc",
+        "routes.tif",
+        "stressors_qc/routes.tif",
+        RasterSpec(dtype="uint8", nodata=255, categorical=True, crs="EPSG:32198", **SMALL),
+        "routes",
+        {"source_file": "routes.tif"},
+        datetime=_utc(2020, 1, 1),  # a placeholder, see the YAML
+        files=True,
+    ),
+    Case(
+        "colombia-lc",
+        "2010-2012",
+        "colombia-lc/colombia_lc_2010-2012.tif",
+        RasterSpec(dtype="uint8", nodata=0, categorical=True, origin=(-79.0, 12.0), **SMALL),
+        "colombia_lc_2010-2012",
+        {"period": "2010-2012"},
+        start=_utc(2010, 1, 1),
+        end=_utc(2012, 12, 31, 23, 59, 59),
+    ),
+    Case(
+        "colombia_forests",
+        "2015-2016",
+        "colombia_forests/colombia_forest_change_2015-2016.tif",
+        RasterSpec(dtype="uint8", nodata=0, categorical=True, origin=(-79.0, 12.0), **SMALL),
+        "colombia_forest_change_2015-2016",
+        {"period": "2015-2016"},
+        start=_utc(2015, 1, 1),
+        end=_utc(2016, 12, 31, 23, 59, 59),
+    ),
+]
+
+
+def read_pixels(path: str, env: dict[str, str] | None = None) -> tuple[np.ndarray, dict]:
+    with rasterio_s3_env(env) if env else rasterio.Env(), rasterio.open(path) as src:
+        profile = {"crs": src.crs, "transform": src.transform, "nodata": src.nodata}
+        return src.read(), profile | {"dtype": src.dtypes[0]}
+
+
+def cog_key(declaration: Declaration, item_id: str) -> str:
+    return f"io/{declaration.folder}/{item_id}.tif"
+
+
+def search_items(stac_api_url: str, collection_id: str) -> dict[str, Any]:
+    search = pystac_client.Client.open(stac_api_url).search(collections=[collection_id])
+    return {item.id: item for item in search.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.dataset_id for c in CASES])
+def test_one_partition_end_to_end(
+    case: Case,
+    service_settings,
+    sources_root,
+    stac_api_url,
+    s3_client,
+    s3_bucket,
+    gdal_s3_env,
+    unique_id,
+    tmp_path,
+):
+    source = write_raster(
+        (tmp_path / "bucket" if case.in_bucket else sources_root) / case.source, case.spec
+    )
+    if case.in_bucket:
+        s3_client.upload_file(str(source), s3_bucket, case.source)
+    declaration = declaration_as(case.dataset_id, f"{case.dataset_id.lower()}-{unique_id}")
+    instance = dg.DagsterInstance.ephemeral()
+    if case.files:
+        partitions_def = partitions_definition(declaration.id, declaration.partitions)
+        instance.add_dynamic_partitions(partitions_def.name, [case.partition])
+
+    assert run_dataset(declaration, service_settings, instance, [case.partition]), failure_messages(
+        instance
+    )
+
+    items = search_items(stac_api_url, declaration.id)
+    assert set(items) == {case.item_id}
+    item = items[case.item_id]
+    stac.validate(item, SCHEMAS_DIR)
+    assert item.properties.items() >= case.properties.items()
+    assert item.datetime == case.datetime
+    if case.start is not None:
+        assert item.common_metadata.start_datetime == case.start
+        assert item.common_metadata.end_datetime == case.end
+    key = cog_key(declaration, case.item_id)
+    assert item.assets["data"].href == f"{service_settings.public_base_url}/{key}"
+    pixels, profile = read_pixels(f"s3://{s3_bucket}/{key}", gdal_s3_env)
+    expected, expected_profile = read_pixels(str(source))
+    np.testing.assert_array_equal(pixels, expected)
+    np.testing.assert_equal(profile, expected_profile)  # nodata may be NaN
+
+
+# --- qc_pilot_env: files discovered by the sensor ---------------------------------------------
+
+
+def test_qc_pilot_env_sensor_adds_new_files_and_a_file_materializes(
+    service_settings, sources_root, stac_api_url, s3_bucket, gdal_s3_env, unique_id
+):
+    declaration = declaration_as("qc_pilot_env", f"qc_pilot_env-{unique_id}")
+    folder = sources_root / "qc_pilot_env"
+    spec = RasterSpec(dtype="float32", nodata=-9999, crs="EPSG:4326", origin=(-84.0, 63.5))
+    for name in ("slope.tif", "tmean.tif"):
+        write_raster(folder / name, RasterSpec(**{**spec.__dict__, **SMALL}))
+    assert discover_files(declaration, sources_root) == ["slope.tif", "tmean.tif"]
+
+    instance = dg.DagsterInstance.ephemeral()
+    defs = dataset_definitions(declaration, service_settings)
+    sensor = defs.resolve_sensor_def(op_name(declaration.id, "files_sensor"))
+    partitions_name = op_name(declaration.id, "files")
+    resources = {"sources": resources_for(service_settings)["sources"]}
+
+    def evaluate() -> list[str] | str:
+        """Run the sensor once and apply what it asks, as the daemon would."""
+        result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        if isinstance(result, dg.SkipReason):
+            return result.skip_message or ""
+        added = [key for r in result.dynamic_partitions_requests for key in r.partition_keys]
+        instance.add_dynamic_partitions(partitions_name, added)
+        return added
+
+    assert evaluate() == ["slope.tif", "tmean.tif"]
+    water = write_raster(folder / "water.tif", RasterSpec(**{**spec.__dict__, **SMALL, "seed": 7}))
+    assert evaluate() == ["water.tif"]  # only the new file
+    assert "no new files among 3" in evaluate()
+    assert instance.get_dynamic_partitions(partitions_name) == [
+        "slope.tif",
+        "tmean.tif",
+        "water.tif",
+    ]
+
+    assert run_dataset(declaration, service_settings, instance, ["water.tif"]), failure_messages(
+        instance
+    )
+    items = search_items(stac_api_url, declaration.id)
+    assert set(items) == {"water"}
+    assert items["water"].properties["source_file"] == "water.tif"
+    pixels, _ = read_pixels(f"s3://{s3_bucket}/{cog_key(declaration, 'water')}", gdal_s3_env)
+    np.testing.assert_array_equal(pixels, read_pixels(str(water))[0])
+
+
+# --- global-mammals: one scenario-year of a 6-species cube --------------------------------------
+
+
+def test_global_mammals_partition_publishes_one_item_per_species_band(
+    service_settings, sources_root, stac_api_url, s3_bucket, gdal_s3_env, unique_id
+):
+    species, scenario, year = 6, 3, "2025"
+    year_index = MAMMAL_YEARS.index(year)
+    declaration = declaration_as(
+        "global-mammals", f"global-mammals-{unique_id}", **{"item.expand.count": species}
+    )
+    cube_path = sources_root / declaration.source.local
+    # Two scenarios, so that reading the wrong group shows; all 9 years, as in the real cube.
+    cubes = write_ebv_cube(cube_path, [1, scenario], species, len(MAMMAL_YEARS))
+
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_dataset(declaration, service_settings, instance, [f"{scenario}__{year}"]), (
+        failure_messages(instance)
+    )
+
+    items = search_items(stac_api_url, declaration.id)
+    assert sorted(items) == [f"scenario{scenario}_{year}_{k:04d}" for k in range(1, species + 1)]
+    for k in range(1, species + 1):
+        item = items[f"scenario{scenario}_{year}_{k:04d}"]
+        stac.validate(item, SCHEMAS_DIR)
+        assert item.properties["species"] == k
+        assert item.properties["scenario"] == str(scenario)
+        assert item.properties["year"] == year
+        assert item.datetime == _utc(int(year), 1, 1)
+        key = cog_key(declaration, item.id)
+        pixels, profile = read_pixels(f"s3://{s3_bucket}/{key}", gdal_s3_env)
+        # The array written to the cube, not what GDAL reads from it, is the reference.
+        np.testing.assert_array_equal(pixels[0], cubes[scenario][k - 1, year_index])
+        assert profile["crs"] == "EPSG:4326"
+
+    collection = pystac_client.Client.open(stac_api_url).get_collection(declaration.id)
+    west, south, east, north = collection.extent.spatial.bboxes[0]
+    for item in items.values():
+        assert west <= item.bbox[0] and south <= item.bbox[1]
+        assert east >= item.bbox[2] and north >= item.bbox[3]
+    [[start, end]] = collection.extent.temporal.intervals
+    assert start <= _utc(int(year), 1, 1) <= end
+    variables = split_partition_key(declaration, {"scenario__time": f"{scenario}__{year}"})
+    assert variables["year_band"] == str(year_index + 1)
