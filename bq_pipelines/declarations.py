@@ -67,7 +67,7 @@ class DimensionValue(_Strict):
     """One value of a static dimension, with extra template variables and COG overrides."""
 
     value: str
-    vars: dict[str, str] = Field(default_factory=dict)
+    vars: dict[str, str | int | float] = Field(default_factory=dict)
     cog: CogOverrides | None = None
 
     @field_validator("value")
@@ -309,6 +309,7 @@ class Declaration(_Strict):
     item_assets: dict[str, Any] = Field(default_factory=dict)
     summaries: dict[str, Any] = Field(default_factory=dict)
     summarize: list[str] = Field(default_factory=list)  # item properties summarized from items
+    links: list[dict[str, Any]] = Field(default_factory=list)  # e.g. {rel: license, href: ...}
     extra_fields: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

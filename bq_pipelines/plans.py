@@ -231,7 +231,7 @@ def collection_for(declaration: Declaration, items: list[Any]) -> pystac.Collect
         **stac.summarize_properties(items, declaration.summarize),
         **declaration.summaries,
     }
-    return stac.build_collection(
+    collection = stac.build_collection(
         collection_id=declaration.id,
         title=declaration.title,
         description=declaration.description,
@@ -243,3 +243,6 @@ def collection_for(declaration: Declaration, items: list[Any]) -> pystac.Collect
         item_assets=declaration.item_assets or None,
         extra_fields=declaration.extra_fields or None,
     )
+    for link in declaration.links:
+        collection.add_link(pystac.Link.from_dict(link))
+    return collection
