@@ -25,7 +25,6 @@ from bq_pipelines.declarations import (
 )
 from bq_pipelines.factory import discover_files, op_name, partitions_definition
 from bq_pipelines.lib import cog, stac
-from bq_pipelines.lib.errors import CogError
 from bq_pipelines.plans import SourceLocations, plan_partition, split_partition_key
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
@@ -174,13 +173,6 @@ def test_global_mammals_plans_5090_species_per_scenario_year_on_the_right_bands(
     assert last.sources[0].bands == (5090 * 9,)  # the last band of the cube
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CogError,
-    reason="GDAL's netCDF driver exposes at most GDAL_MAX_BAND_COUNT (32768) bands and "
-    "lib/cog.py does not raise that limit: species past ~3,640 of each scenario-year cannot "
-    "be read from a 5,090 x 9 cube. Remove this mark once lib/cog.py sets the option.",
-)
 def test_global_mammals_last_species_of_a_full_size_cube_is_readable(tmp_path: Path):
     declaration = load_declaration_file(builtin_path("global-mammals"))
     # Full band count (45,810 per scenario) on a tiny grid: the band count is what matters.

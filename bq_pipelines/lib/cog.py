@@ -15,7 +15,7 @@ import os
 import tempfile
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +51,9 @@ _WEB_MERCATOR_MAX_LAT = 85.0511287798066
 # GDAL's block cache defaults to 5% of RAM; a fixed cap keeps the peak memory of a conversion
 # independent of the machine and of the raster size (cog_translate streams by blocks anyway).
 # No GDAL_NUM_THREADS: on 2 cores, threaded DEFLATE was not faster (bench/RESULTS.md).
-_GDAL_CONFIG: dict[str, Any] = {"GDAL_CACHEMAX": 256}
+# EBV cubes flatten (entity, time) into bands: global-mammals has 45,810 per scenario, beyond
+# GDAL's default cap of 32,768 (the netCDF driver would drop the rest).
+_GDAL_CONFIG: dict[str, Any] = {"GDAL_CACHEMAX": 256, "GDAL_MAX_BAND_COUNT": 1_000_000}
 
 # VRT dataType names (rasterio keeps its own mapping private).
 _GDAL_DTYPES = {
@@ -154,6 +156,7 @@ def to_cog(inputs: RasterInput | list[RasterInput], dst: Path, settings: CogSett
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
+        stack.enter_context(rasterio.Env(**_GDAL_CONFIG))  # inspection opens the inputs too
         source, indexes, dtype = _prepare_source(inputs, settings, stack, work_dir=dst.parent)
         tmp = _temp_path_beside(dst)
         try:
@@ -166,6 +169,51 @@ def to_cog(inputs: RasterInput | list[RasterInput], dst: Path, settings: CogSett
             tmp.unlink(missing_ok=True)
     log.info("wrote COG %s (%s profile) from %s", dst, settings.profile, _names(inputs))
     return describe_cog(dst, settings.profile)
+
+
+@contextmanager
+def band_extractor(
+    source: RasterInput, settings: CogSettings, work_dir: Path
+) -> Iterator[Callable[[int], RasterInput]]:
+    """Open a many-band source once; `extract(band)` copies one band, block by block, into a
+    plain one-band GeoTIFF under `work_dir` and returns it as an input for `to_cog`.
+
+    Opening a 45,810-band EBV cube takes seconds: once per partition instead of once per item
+    (measured 11.4 s -> 0.15 s an item).
+    """
+    whole = dataclasses.replace(source, bands=None)
+    with rasterio.Env(**_GDAL_CONFIG):
+        grid = _inspect(whole, settings)
+        with _open_input(whole) as src:
+
+            def extract(band: int) -> RasterInput:
+                if not 1 <= band <= src.count:
+                    raise CogError(
+                        f"{whole.gdal_name()}: band {band} does not exist ({src.count} bands)"
+                    )
+                path = work_dir / f"band-{band:06d}.tif"
+                with rasterio.open(
+                    path,
+                    "w",
+                    driver="GTiff",
+                    width=src.width,
+                    height=src.height,
+                    count=1,
+                    dtype=src.dtypes[band - 1],
+                    crs=grid.crs,
+                    transform=src.transform,
+                    nodata=src.nodatavals[band - 1],
+                    tiled=True,
+                    blockxsize=256,
+                    blockysize=256,
+                ) as out:
+                    for _, window in out.block_windows(1):
+                        out.write(src.read(band, window=window), 1, window=window)
+                    if src.descriptions[band - 1]:
+                        out.set_band_description(1, src.descriptions[band - 1])
+                return RasterInput(path)
+
+            yield extract
 
 
 def validate_cog(path: Path) -> list[str]:

@@ -131,9 +131,13 @@ def probe_sources(urls: Sequence[str], services: Services) -> list[sources.Sourc
 def fetch_sources(
     urls: Sequence[str], staging: Path, services: Services
 ) -> dict[str, sources.FetchedFile]:
-    """Download each distinct URL once into `staging` (names kept unique by an index)."""
+    """Download each distinct URL once into `staging` (names kept unique by an index); local
+    files are read where they are."""
     fetched: dict[str, sources.FetchedFile] = {}
     for index, url in enumerate(dict.fromkeys(urls)):
+        if sources.is_local(url):
+            fetched[url] = sources.describe_local(url)
+            continue
         name = f"{index:03d}-{Path(url.split('?')[0]).name or 'source'}"
         fetched[url] = sources.fetch(
             url,
@@ -146,12 +150,20 @@ def fetch_sources(
 
 
 def convert(
-    plan: ItemPlan, fetched: Mapping[str, sources.FetchedFile], staging: Path
+    plan: ItemPlan,
+    fetched: Mapping[str, sources.FetchedFile],
+    staging: Path,
+    prepared: cog.RasterInput | None = None,
 ) -> cog.CogInfo:
-    inputs = [
-        cog.RasterInput(path=fetched[s.url].path, subdataset=s.subdataset, bands=s.bands)
-        for s in plan.sources
-    ]
+    """The plan's COG, from its fetched sources (or from an input already `prepared`)."""
+    inputs = (
+        [prepared]
+        if prepared is not None
+        else [
+            cog.RasterInput(path=fetched[s.url].path, subdataset=s.subdataset, bands=s.bands)
+            for s in plan.sources
+        ]
+    )
     try:
         info = cog.to_cog(
             inputs if len(inputs) > 1 else inputs[0], staging / plan.file_name, plan.cog
@@ -189,10 +201,11 @@ def produce_item(
     staging: Path,
     services: Services,
     on_step: StepCallback = _no_callback,
+    prepared: cog.RasterInput | None = None,
 ) -> tuple[pystac.Item, cog.CogInfo, StoredObject]:
     """Convert, check and upload one item whose sources are already fetched (not published)."""
     on_step(Step.CONVERT, plan.item_id)
-    info = convert(plan, fetched, staging)
+    info = convert(plan, fetched, staging, prepared)
     key = object_key(services.object_prefix, plan.folder, plan.file_name)
     on_step(Step.DESCRIBE, plan.item_id)
     item = describe(plan, info, services.store.href(key), services)
@@ -227,7 +240,7 @@ def run_items(
         urls = [source.url for plan in plans for source in plan.sources]
         on_step(Step.FETCH, ", ".join(dict.fromkeys(urls)))
         fetched = fetch_sources(urls, staging, services)
-        produced = [produce_item(plan, fetched, staging, services, on_step) for plan in plans]
+        produced = _produce_all(plans, fetched, staging, services, on_step)
         on_step(Step.PUBLISH, f"{len(produced)} items")
         outcomes = services.publisher.upsert_items([item for item, _, _ in produced])
         results = [
@@ -238,6 +251,46 @@ def run_items(
     finally:
         on_step(Step.CLEANUP, str(staging))
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _one_band_of_one_source(plans: Sequence[ItemPlan]) -> bool:
+    """Items that each read one band of the same single source (e.g. species of a cube)."""
+    first = plans[0].sources
+    return len(plans) > 1 and all(
+        len(p.sources) == 1
+        and (p.sources[0].url, p.sources[0].subdataset) == (first[0].url, first[0].subdataset)
+        and p.sources[0].bands is not None
+        and len(p.sources[0].bands) == 1
+        for p in plans
+    )
+
+
+def _produce_all(
+    plans: Sequence[ItemPlan],
+    fetched: Mapping[str, sources.FetchedFile],
+    staging: Path,
+    services: Services,
+    on_step: StepCallback,
+) -> list[tuple[pystac.Item, cog.CogInfo, StoredObject]]:
+    if not _one_band_of_one_source(plans):
+        return [produce_item(plan, fetched, staging, services, on_step) for plan in plans]
+    ref = plans[0].sources[0]
+    whole = cog.RasterInput(path=fetched[ref.url].path, subdataset=ref.subdataset)
+    produced = []
+    with cog.band_extractor(whole, plans[0].cog, staging) as extract:
+        for plan in plans:
+            band = _extract_band(extract, plan)
+            produced.append(produce_item(plan, fetched, staging, services, on_step, band))
+            band.path.unlink(missing_ok=True)
+    return produced
+
+
+def _extract_band(extract: Callable[[int], cog.RasterInput], plan: ItemPlan) -> cog.RasterInput:
+    ref = plan.sources[0]
+    try:
+        return extract(ref.bands[0])  # type: ignore[index]
+    except CogError as error:
+        raise CogError(f"item {plan.item_id} from {ref.url}: {error}") from error
 
 
 def _safe_name(name: str) -> str:

@@ -160,6 +160,17 @@ def fetch(
     return fetched
 
 
+def is_local(url: str) -> bool:
+    """A plain path or a file:// URL."""
+    return _scheme(url) == "file"
+
+
+def describe_local(url: str) -> FetchedFile:
+    """A local source as a FetchedFile read where it lies (hashed, never copied): a multi-GB
+    cube is read by every partition of its dataset."""
+    return _describe_in_place(url, _local_path(url))
+
+
 def redact_url(url: str) -> str:
     """`url` without `user:password@`, safe to log, raise or store."""
     parts = urlsplit(url)

@@ -16,6 +16,7 @@ from bq_pipelines.lib.cog import (
     COG_ALGORITHM_VERSION,
     CogSettings,
     RasterInput,
+    band_extractor,
     describe_cog,
     to_cog,
     validate_cog,
@@ -442,3 +443,18 @@ def test_fingerprint_is_stable_and_follows_settings() -> None:
     fingerprints = {base.fingerprint(), *(v.fingerprint() for v in variants)}
     assert len(fingerprints) == len(variants) + 1
     assert COG_ALGORITHM_VERSION  # part of the hash: bumping it changes every fingerprint
+
+
+def test_band_extractor_copies_one_band_at_a_time(tmp_path: Path) -> None:
+    spec = RasterSpec(dtype="int16", count=5, nodata=-9999, crs="EPSG:32198")
+    source = write_raster(tmp_path / "cube.tif", spec)
+    work = tmp_path / "work"
+    work.mkdir()
+    with band_extractor(RasterInput(source), CogSettings(), work) as extract:
+        third = extract(3)
+        info = to_cog(third, tmp_path / "b3.tif", CogSettings())
+        with pytest.raises(CogError, match="band 6 does not exist"):
+            extract(6)
+    with rasterio.open(info.path) as out:
+        np.testing.assert_array_equal(out.read(1), raster_values(spec)[2])
+        assert out.nodata == -9999 and out.crs.to_epsg() == 32198
