@@ -80,7 +80,14 @@ class DimensionValue(_Strict):
 
 def _coerce_values(raw: Any) -> Any:
     if isinstance(raw, list):
-        return [{"value": str(v)} if isinstance(v, str | int | float) else v for v in raw]
+        return [
+            {"value": str(v)}
+            if isinstance(v, str | int | float)
+            else {**v, "value": str(v["value"])}
+            if isinstance(v, dict) and isinstance(v.get("value"), int | float)
+            else v
+            for v in raw
+        ]
     return raw
 
 
@@ -191,9 +198,17 @@ class Partitions(_Strict):
         names = [d.name for d in self.static] + ([self.time.name] if self.time else [])
         if len(set(names)) != len(names):
             raise ValueError(f"dimension names must be unique, got {names}")
-        clash = set(names) & set(TIME_VARIABLES) - ({self.time.name} if self.time else set())
+        # year/month/day/date are only set by a time dimension.
+        clash = set(names) & set(TIME_VARIABLES) - {self.time.name} if self.time else set()
         if clash:
             raise ValueError(f"dimension names {sorted(clash)} are reserved time variables")
+        for dim in self.static:
+            for value in dim.values:
+                shadowed = sorted(set(value.vars) & set(names))
+                if shadowed:
+                    raise ValueError(
+                        f"{dim.name}={value.value}: vars {shadowed} would hide a dimension"
+                    )
         return self
 
     @property

@@ -119,3 +119,27 @@ def test_duplicate_ids_are_refused(tmp_path):
         (tmp_path / name / "example.yaml").write_text(yaml.safe_dump(VALID))
     with pytest.raises(ConfigError, match="declared twice"):
         load_declarations([tmp_path / "a" / "example.yaml", tmp_path / "b" / "example.yaml"])
+
+
+def test_dimension_values_may_be_numbers_and_year_is_free_without_time():
+    data = _with(
+        "partitions",
+        {
+            "static": [
+                {"name": "year", "values": [2015, {"value": 2020, "vars": {"label": "late"}}]}
+            ]
+        },
+    )
+    data["item"] = {"id": "x_{year}", "datetime": "{year}-01-01T00:00:00Z"}
+    data["source"] = {"local": "x/{year}.tif"}
+    declaration = parse_declaration(data, "example.yaml")
+    assert declaration.partitions.static_keys() == ["2015", "2020"]
+
+
+def test_vars_may_not_hide_a_dimension():
+    data = _with(
+        "partitions.static",
+        [{"name": "variable", "values": [{"value": "tas", "vars": {"variable": "pr"}}]}],
+    )
+    with pytest.raises(ConfigError, match=r"variable=tas: vars \['variable'\] would hide"):
+        parse_declaration(data, "example.yaml")
