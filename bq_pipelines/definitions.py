@@ -9,6 +9,7 @@ import dagster as dg
 from bq_pipelines.declarations import load_declarations
 from bq_pipelines.factory import build_dataset
 from bq_pipelines.resources import resources_for
+from bq_pipelines.sensors import automation_sensor
 from bq_pipelines.settings import Settings
 
 
@@ -16,5 +17,10 @@ from bq_pipelines.settings import Settings
 def defs() -> dg.Definitions:
     datasets = [build_dataset(declaration) for declaration in load_declarations()]
     return dg.Definitions.merge(
-        *datasets, dg.Definitions(resources=resources_for(Settings.from_env(os.environ)))
+        *datasets,
+        dg.Definitions(
+            # One sensor for every collection: automation sensors may not overlap.
+            sensors=[automation_sensor()],
+            resources=resources_for(Settings.from_env(os.environ)),
+        ),
     )

@@ -35,6 +35,11 @@ from bq_pipelines.resources import (
     SourcesResource,
     services_for,
 )
+from bq_pipelines.sensors import (
+    collection_automation_condition,
+    reads_remote_sources,
+    upstream_sensor,
+)
 
 PARTITION_STEPS = ("raw", "cog", "object", "stac_item")
 COG_VALID_CHECK = "cog_valid"
@@ -419,6 +424,7 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
         deps=[keys.step("stac_item")],
         group_name=group,
         kinds={"stac"},
+        automation_condition=collection_automation_condition(),
         description=f"{declaration.title}: the STAC collection, its extent and summaries "
         "recomputed from the published items.",
     )
@@ -452,4 +458,6 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
     sensors = []
     if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
         sensors.append(files_discovery_sensor(declaration, partitions_def))
+    elif reads_remote_sources(declaration):
+        sensors.append(upstream_sensor(declaration, partitions_def, job))
     return dg.Definitions(assets=[partition_assets, collection], jobs=[job], sensors=sensors)

@@ -51,6 +51,16 @@ def test_demo_is_partitioned_by_layer_with_a_batched_backfill_policy(definitions
     assert checks == {COG_VALID_CHECK: True, ITEM_VALID_CHECK: True}
 
 
+def test_sensors_are_listed_with_their_default_status(definitions):
+    sensors = {sensor.name: sensor.default_status for sensor in definitions.sensors}
+    stopped, running = dg.DefaultSensorStatus.STOPPED, dg.DefaultSensorStatus.RUNNING
+    assert sensors["chelsa_monthly_upstream_sensor"] == stopped  # off by default
+    assert sensors["gfw_lossyear_upstream_sensor"] == stopped
+    assert sensors["qc_pilot_env_files_sensor"] == running  # only adds partitions
+    assert sensors["collections_automation_sensor"] == running
+    assert "demo_upstream_sensor" not in sensors  # local sources do not grow by themselves
+
+
 def test_schedules_and_sensors_are_listed(definitions):
     # Every schedule and sensor resolves (none may point at a missing job).
     for schedule in definitions.schedules or []:
