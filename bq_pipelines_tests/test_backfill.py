@@ -1,0 +1,395 @@
+"""Backfills of a chelsa-monthly-like dataset (`backfill_location.py`).
+
+Done when: "a backfill of 120 partitions of one variable of chelsa-monthly runs in at most
+ceil(120 / batch size) runs; a corrupt file fails only its partition, with its URL in the error".
+
+- `test_daemon_backfill_...`: a real asset backfill, launched through the webserver's GraphQL API
+  and executed by `dagster-daemon` (queued run coordinator, one run subprocess per batch),
+  on a SQLite instance in a temporary DAGSTER_HOME.
+- `test_in_process_...`: the same declaration through our batched in-process runs, then the
+  retry of the failed partition and the skip of an unchanged one (HEAD only, no GET).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import httpx
+import pystac
+import pytest
+
+from bq_pipelines.cli import RANGE_START_TAG
+from bq_pipelines.factory import DatasetKeys
+from bq_pipelines.resources import resources_for
+from bq_pipelines.settings import Settings
+from bq_pipelines_tests import backfill_location as location
+from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
+from bq_pipelines_tests.rasters import RasterSpec, write_raster
+from bq_pipelines_tests.runs import failure_messages, latest_metadata, run_dataset
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS_DIR = PROJECT_ROOT.parent / "shared" / "stac-schemas"
+BIN = Path(sys.executable).parent
+MIRROR_PREFIX = "chelsa"  # the local host serves the CHELSA tree under /chelsa/
+TINY = RasterSpec(width=16, height=16, resolution=0.5)
+CORRUPT = b"II*\x00" + bytes(range(256)) * 8  # a TIFF signature, then garbage
+STARTUP_TIMEOUT = 60.0
+BACKFILL_TIMEOUT = 150.0
+
+
+def serve_sources(
+    http_host: LocalHttpHost, months: int, variables: tuple[str, ...]
+) -> dict[str, str]:
+    """Tiny float32 EPSG:4326 rasters for every partition; returns partition key -> URL."""
+    urls = {}
+    for variable in variables:
+        for index in range(months):
+            path = f"{MIRROR_PREFIX}/{location.source_path(index, variable)}"
+            spec = RasterSpec(**{**TINY.__dict__, "seed": index})
+            write_raster(http_host.root / path, spec)
+            urls[location.partition_key(index, variable)] = http_host.url(path)
+    return urls
+
+
+def bq_env(tmp_path: Path, http_host: LocalHttpHost) -> dict[str, str]:
+    """The BQ_* settings of the tests: embedded defaults under tmp, CHELSA host mirrored."""
+    return {
+        "BQ_HOME": str(tmp_path / "bq"),
+        "BQ_LOCAL_DATA_ROOT": str(tmp_path / "bq" / "sources"),
+        "BQ_SOURCE_BASE_URLS": f"{location.CHELSA_HOST}={http_host.url(MIRROR_PREFIX)}",
+        "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
+    }
+
+
+# --- a real Dagster deployment: webserver + daemon -------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _default_sigint() -> None:
+    # A background shell may hand us SIGINT ignored; Dagster copies that onto SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@dataclass
+class Deployment:
+    """Dagster processes started by a test, each in its own process group."""
+
+    env: dict[str, str]
+    workspace: Path
+    logs: Path
+    port: int = field(default_factory=free_port)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def graphql_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/graphql"
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            [str(BIN / name), *args],
+            env=self.env,
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
+        log.close()
+        self.processes.append(process)
+        return process
+
+    def start_webserver(self) -> None:
+        self.start(
+            "dagster-webserver", "-w", str(self.workspace), "-h", "127.0.0.1", "-p", str(self.port)
+        )
+
+    def start_daemon(self) -> None:
+        self.start("dagster-daemon", "run", "-w", str(self.workspace))
+
+    def stop(self) -> None:
+        """SIGTERM each process group (code servers and run workers included), then SIGKILL."""
+        for process in self.processes:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            _signal_group(process, signal.SIGKILL)  # leftovers of the group, if any
+            process.wait(timeout=5)
+
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        response = httpx.post(
+            self.graphql_url, json={"query": query, "variables": variables}, timeout=30
+        )
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def log_tail(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n" + path.read_text(errors="replace")[-3000:]
+            for path in sorted(self.logs.glob("*.log"))
+        )
+
+    def wait_until_loaded(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                assert process.poll() is None, f"{process.args[0]} exited\n{self.log_tail()}"
+            try:
+                data = self.graphql(WORKSPACE_QUERY)
+            except (httpx.HTTPError, ValueError):
+                time.sleep(0.3)
+                continue
+            entries = data["workspaceOrError"].get("locationEntries") or []
+            for entry in entries:
+                loaded = entry["locationOrLoadError"] or {}
+                assert loaded.get("__typename") != "PythonError", loaded.get("message")
+                if entry["loadStatus"] == "LOADED" and loaded["__typename"] == "RepositoryLocation":
+                    return
+            time.sleep(0.3)
+        raise AssertionError(f"webserver not ready in {STARTUP_TIMEOUT} s\n{self.log_tail()}")
+
+
+def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+WORKSPACE_QUERY = """
+{ workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
+    locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+
+LAUNCH_BACKFILL = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}
+"""
+
+BACKFILL_STATUS = """
+query ($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      status
+      error { message }
+      assetBackfillData { assetBackfillStatuses { __typename
+        ... on AssetPartitionsStatusCounts { assetKey { path } numPartitionsTargeted
+          numPartitionsInProgress numPartitionsMaterialized numPartitionsFailed } } }
+    }
+    ... on PythonError { message }
+  }
+}
+"""
+
+FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, http_host: LocalHttpHost) -> Iterator[Deployment]:
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n"
+        "  - python_module:\n"
+        "      module_name: bq_pipelines_tests.backfill_location\n"
+        f"      working_directory: {PROJECT_ROOT}\n"
+        "      location_name: chelsa_backfill\n"
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # Code servers listen on sockets under TMPDIR: keep the path short (108-byte limit).
+    short_tmp = Path(tempfile.mkdtemp(prefix="bqbf-"))
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("BQ_", "DAGSTER_"))}
+    env = {
+        **inherited,
+        **bq_env(tmp_path, http_host),
+        "BQ_TEST_DATASET_ID": location.DEFAULT_ID,
+        "BQ_TEST_MONTHS": str(location.DEFAULT_MONTHS),
+        "BQ_TEST_BATCH_SIZE": str(location.DEFAULT_BATCH_SIZE),
+        "DAGSTER_HOME": str(dagster_home),
+        "TMPDIR": str(short_tmp),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    deployment = Deployment(env=env, workspace=workspace, logs=logs)
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+        shutil.rmtree(short_tmp, ignore_errors=True)
+
+
+def test_daemon_backfill_of_120_months_runs_in_batches_and_fails_only_the_corrupt_partition(
+    tmp_path: Path, http_host: LocalHttpHost, deployment: Deployment
+):
+    variable, months, batch_size = "tas", location.DEFAULT_MONTHS, location.DEFAULT_BATCH_SIZE
+    dataset_id = location.DEFAULT_ID
+    urls = serve_sources(http_host, months, (variable,))  # the other variable is not served
+    corrupt_key = location.partition_key(months // 2, variable)
+    (http_host.root / urls[corrupt_key].removeprefix(http_host.base_url).lstrip("/")).write_bytes(
+        CORRUPT
+    )
+    keys = [location.partition_key(i, variable) for i in range(months)]
+    dataset = DatasetKeys(dataset_id)
+    started = time.monotonic()
+
+    deployment.start_webserver()
+    deployment.wait_until_loaded()
+    launched = deployment.graphql(
+        LAUNCH_BACKFILL,
+        params={
+            "partitionNames": keys,
+            "assetSelection": [{"path": key.path} for key in dataset.partitioned],
+            "title": "chelsa tas 1979-1988",
+        },
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+    # Started after the launch: the daemon's first backfill iteration picks the backfill up at
+    # once instead of 30 s later (its fixed interval).
+    deployment.start_daemon()
+
+    deadline = time.monotonic() + BACKFILL_TIMEOUT
+    while True:
+        backfill = deployment.graphql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
+        assert backfill["__typename"] == "PartitionBackfill", backfill
+        if backfill["status"] in FINISHED:
+            break
+        assert time.monotonic() < deadline, f"backfill still {backfill}\n{deployment.log_tail()}"
+        for process in deployment.processes:
+            assert process.poll() is None, f"{process.args[0]} exited\n{deployment.log_tail()}"
+        time.sleep(1)
+    elapsed = time.monotonic() - started
+    print(f"backfill {backfill_id}: {backfill['status']} in {elapsed:.1f} s")
+    assert backfill["status"] in ("COMPLETED_FAILED", "FAILED"), backfill
+
+    # Dagster's own accounting of the backfill: 119 materialized, 1 failed, for each asset.
+    counts = {
+        "/".join(s["assetKey"]["path"]): s
+        for s in backfill["assetBackfillData"]["assetBackfillStatuses"]
+    }
+    assert set(counts) == {key.to_user_string() for key in dataset.partitioned}
+    for status in counts.values():
+        assert status["numPartitionsTargeted"] == months
+        assert status["numPartitionsMaterialized"] == months - 1, status
+        assert status["numPartitionsFailed"] == 1, status
+        assert status["numPartitionsInProgress"] == 0, status
+
+    instance = dg.DagsterInstance.from_config(deployment.env["DAGSTER_HOME"])
+    try:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        assert len(runs) == math.ceil(months / batch_size), [r.tags for r in runs]
+        statuses = sorted(run.status.value for run in runs)
+        assert statuses == ["FAILURE"] + ["SUCCESS"] * (len(runs) - 1)
+
+        stac_item = dataset.step("stac_item")
+        materialized = instance.get_materialized_partitions(stac_item)
+        assert materialized == set(keys) - {corrupt_key}
+        for key in (keys[0], keys[-1]):
+            metadata = latest_metadata(instance, stac_item, key)
+            assert metadata["skipped"] is False and metadata["created"] == 1
+
+        [failed_run] = [run for run in runs if run.status == dg.DagsterRunStatus.FAILURE]
+        failures = instance.get_records_for_run(
+            run_id=failed_run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
+        ).records
+        [message] = [
+            r.event_log_entry.dagster_event.step_failure_data.error.message for r in failures
+        ]
+        assert f"1 of {batch_size} partitions failed" in message
+        assert corrupt_key in message and urls[corrupt_key] in message, message
+    finally:
+        instance.dispose()
+
+    # The published items are in the static catalog; the corrupt partition's is not.
+    settings = Settings.from_env(bq_env(tmp_path, http_host))
+    catalog = pystac.Catalog.from_file(str(settings.catalog_dir / "catalog.json"))
+    collection = catalog.get_child(dataset_id)
+    assert collection is not None
+    published = {item.id for item in collection.get_items()}
+    expected = {location.item_id(i, variable) for i in range(months)}
+    corrupt_item = location.item_id(months // 2, variable)
+    assert published == expected - {corrupt_item}
+    assert not (settings.objects_dir / "io" / dataset_id / f"{corrupt_item}.tif").exists()
+
+
+# --- in-process: batched runs, retry of the failed partition, skip of unchanged ones ----------
+
+
+def test_in_process_batches_fail_only_the_corrupt_partition_then_retry_and_skip(
+    tmp_path: Path, http_host: LocalHttpHost
+):
+    months, batch_size = 15, 10
+    declaration = location.chelsa_like("chelsa-monthly-inproc", months, batch_size)
+    urls = serve_sources(http_host, months, location.VARIABLES)
+    assert len(urls) == 30
+    broken_key = location.partition_key(7, "tas")
+    broken_path = urls[broken_key].removeprefix(http_host.base_url).lstrip("/")
+    good_bytes = (http_host.root / broken_path).read_bytes()
+    (http_host.root / broken_path).write_bytes(CORRUPT)
+    settings = Settings.from_env(bq_env(tmp_path, http_host))
+    publisher = resources_for(settings)["catalog"].publisher()
+    stac_item = DatasetKeys(declaration.id).step("stac_item")
+    instance = dg.DagsterInstance.ephemeral()
+
+    assert not run_dataset(declaration, settings, instance)
+
+    # 30 partitions in runs of at most 10 along the time dimension, per variable: 2 x 2 runs,
+    # plus the collection run.
+    partition_runs = [r for r in instance.get_runs() if RANGE_START_TAG in r.tags]
+    assert len(partition_runs) == 2 * math.ceil(months / batch_size)
+    message = failure_messages(instance)
+    assert f"1 of {batch_size} partitions failed" in message
+    assert broken_key in message and urls[broken_key] in message, message
+    published = {item["id"] for item in publisher.iter_items(declaration.id)}
+    broken_item = location.item_id(7, "tas")
+    assert published == {
+        location.item_id(i, v) for i in range(months) for v in location.VARIABLES
+    } - {broken_item}
+    assert instance.get_materialized_partitions(stac_item) == set(urls) - {broken_key}
+
+    # Fixed at the source: re-running only the failed partition publishes it.
+    (http_host.root / broken_path).write_bytes(good_bytes)
+    http_host.reset()
+    assert run_dataset(declaration, settings, instance, [broken_key])
+    assert publisher.get_item(declaration.id, broken_item) is not None
+    assert latest_metadata(instance, stac_item, broken_key)["created"] == 1
+    assert http_host.count("GET", broken_path) == 1
+
+    # An unchanged partition is skipped: its source is probed (HEAD), never downloaded.
+    good_key = location.partition_key(3, "pr")
+    http_host.reset()
+    assert run_dataset(declaration, settings, instance, [good_key])
+    metadata = latest_metadata(instance, stac_item, good_key)
+    assert metadata["skipped"] is True, metadata
+    assert http_host.count("HEAD") >= 1
+    assert http_host.count("GET") == 0, [r for r in http_host.requests if r.method == "GET"]
