@@ -164,11 +164,22 @@ class StaticDimension(_Strict):
         return self
 
 
+class FilesMetadata(_Strict):
+    """A CSV under the local data root with one row per file (like the legacy stressors_qc
+    list): its `columns` become template variables of the file's partition."""
+
+    csv: str
+    key: str = "filename"  # the column holding the file name
+    columns: Annotated[list[str], Field(min_length=1)]
+
+
 class FilesDimension(_Strict):
     """One partition per file matching `glob` under the local data root, found by a sensor
-    (Dagster dynamic partitions). Template variables: `{file}` (the stem), `{file_name}`."""
+    (Dagster dynamic partitions). Template variables: `{file}` (the stem), `{file_name}`, and
+    the `metadata` CSV's columns."""
 
     glob: str
+    metadata: FilesMetadata | None = None
 
     @field_validator("glob")
     @classmethod
@@ -393,6 +404,8 @@ class Declaration(_Strict):
         names = {"collection"}
         if self.partitions.files:
             names |= {"file", "file_name"}
+            if self.partitions.files.metadata is not None:
+                names |= set(self.partitions.files.metadata.columns)
         if self.item.expand is not None:
             names.add(self.item.expand.variable)
         if self.partitions.time:

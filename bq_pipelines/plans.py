@@ -6,6 +6,7 @@ URL of each source host and the local data root.
 
 from __future__ import annotations
 
+import csv
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -72,6 +73,27 @@ def split_partition_key(declaration: Declaration, keys_by_dimension: Mapping[str
             variables[dimension.name] = chosen.value
             variables |= chosen.vars
     return variables
+
+
+def file_metadata(declaration: Declaration, file_name: str, local_root: Path) -> dict[str, str]:
+    """The metadata CSV's row for `file_name` (its declared columns), if the dataset has one."""
+    files = declaration.partitions.files
+    if files is None or files.metadata is None:
+        return {}
+    metadata = files.metadata
+    path = local_root / metadata.csv
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise ConfigError(f"{declaration.id}: metadata CSV {path}: {error.strerror}") from None
+    missing = [c for c in [metadata.key, *metadata.columns] if rows and c not in rows[0]]
+    if missing:
+        raise ConfigError(f"{declaration.id}: metadata CSV {path}: no column(s) {missing}")
+    for row in rows:
+        if row[metadata.key] == file_name:
+            return {column: row[column] for column in metadata.columns}
+    raise ConfigError(f"{declaration.id}: metadata CSV {path} has no row for {file_name!r}")
 
 
 def _dimension_value(values: list[DimensionValue], key: str, name: str) -> DimensionValue:
@@ -170,6 +192,8 @@ def plan_partition(
 ) -> list[ItemPlan]:
     """Item plans of one partition: one, or `item.expand.count` reading one band each."""
     variables = split_partition_key(declaration, keys_by_dimension)
+    if declaration.partitions.files is not None:
+        variables |= file_metadata(declaration, variables["file_name"], locations.local_root)
     variant = next((v for v in declaration.variants if v.matches(variables)), None)
     refs = _source_refs(declaration, variables, variant, locations)
     settings = _cog_settings(declaration, _chosen_values(declaration, keys_by_dimension), variant)

@@ -25,6 +25,7 @@ from bq_pipelines.declarations import (
 )
 from bq_pipelines.factory import discover_files, op_name, partitions_definition
 from bq_pipelines.lib import cog, stac
+from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.plans import SourceLocations, plan_partition, split_partition_key
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
@@ -128,7 +129,9 @@ def test_files_datasets_find_the_tifs_of_their_folder(
     folder.mkdir()
     for index in range(count):
         (folder / f"layer_{index:02d}.tif").touch()  # only globbed here, never read
-    (folder / "layers.csv").touch()
+    (folder / "layers.csv").write_text(
+        "filename,id,title,year,datatype\nlayer_03.tif,couche_03,Couche trois,2019,Byte\n"
+    )
     (sources_root / "other").mkdir()
     (sources_root / "other" / "elsewhere.tif").touch()
     found = discover_files(declaration, sources_root)
@@ -136,7 +139,12 @@ def test_files_datasets_find_the_tifs_of_their_folder(
     [plan] = plan_partition(
         declaration, {"file": "layer_03.tif"}, SourceLocations({}, sources_root)
     )
-    assert plan.item_id == "layer_03"
+    with_csv = declaration.partitions.files.metadata is not None
+    assert plan.item_id == ("couche_03" if with_csv else "layer_03")
+    if with_csv:
+        assert plan.title == "Couche trois" and plan.datetime.year == 2019
+        with pytest.raises(ConfigError, match=r"layers\.csv has no row for 'layer_04\.tif'"):
+            plan_partition(declaration, {"file": "layer_04.tif"}, SourceLocations({}, sources_root))
     assert plan.sources[0].url == str((folder / "layer_03.tif").absolute())
 
 
@@ -209,6 +217,7 @@ class Case:
     datetime: datetime | None = None
     files: bool = False  # a files (dynamic) partition: add it to the instance first
     in_bucket: bool = False
+    extra_files: dict[str, str] = field(default_factory=dict)  # path under the root -> text
 
 
 def _utc(*parts: int) -> datetime:
@@ -259,10 +268,14 @@ CASES = [
         "routes.tif",
         "stressors_qc/routes.tif",
         RasterSpec(dtype="uint8", nodata=255, categorical=True, crs="EPSG:32198", **SMALL),
-        "routes",
-        {"source_file": "routes.tif"},
-        datetime=_utc(2020, 1, 1),  # a placeholder, see the YAML
+        "routes_principales",
+        {"source_file": "routes.tif", "year": "2018", "datatype": "Byte"},
+        datetime=_utc(2018, 1, 1),
         files=True,
+        extra_files={
+            "stressors_qc/layers.csv": "filename,id,title,year,datatype\n"
+            "routes.tif,routes_principales,Routes principales,2018,Byte\n"
+        },
     ),
     Case(
         "colombia-lc",
@@ -319,6 +332,8 @@ def test_one_partition_end_to_end(
     )
     if case.in_bucket:
         s3_client.upload_file(str(source), s3_bucket, case.source)
+    for path, text in case.extra_files.items():
+        (sources_root / path).write_text(text, encoding="utf-8")
     declaration = declaration_as(case.dataset_id, f"{case.dataset_id.lower()}-{unique_id}")
     instance = dg.DagsterInstance.ephemeral()
     if case.files:
