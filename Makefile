@@ -66,8 +66,10 @@ format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## Benchmarks (ratios against a baseline measured in the same run); see bench/RESULTS.md
 bench: install-dev
 	$(BIN)/python bench/bench_cog.py
+	$(BIN)/python bench/bench_backfill.py
 
 clean: services-down
 	rm -rf .bq
