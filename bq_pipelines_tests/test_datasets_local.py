@@ -30,11 +30,10 @@ from bq_pipelines.plans import SourceLocations, plan_partition, split_partition_
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.local_sources import write_ebv_cube
-from bq_pipelines_tests.fixtures.services import rasterio_s3_env
+from bq_pipelines_tests.fixtures.services import SCHEMAS_DIR, rasterio_s3_env, services_settings
 from bq_pipelines_tests.rasters import RasterSpec, write_raster
 from bq_pipelines_tests.runs import dataset_definitions, failure_messages, run_dataset
 
-SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "shared" / "stac-schemas"
 MAMMAL_YEARS = [str(year) for year in range(2015, 2056, 5)]
 SMALL = {"width": 64, "height": 48}
 
@@ -79,20 +78,14 @@ def sources_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def service_settings(tmp_path, sources_root, services_env, s3_bucket, monkeypatch) -> Settings:
-    # Secrets reach S3 (our store, and the store gbif_heatmaps reads) through the environment.
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, services_env[name])
-    return Settings.from_env(
-        {
-            **services_env,
-            "BQ_HOME": str(tmp_path / "bq"),
-            "BQ_S3_BUCKET": s3_bucket,
-            "BQ_PUBLIC_BASE_URL": f"{services_env['BQ_S3_ENDPOINT_URL']}/{s3_bucket}",
-            "BQ_LOCAL_DATA_ROOT": str(sources_root),
-            # The legacy maps of gbif_heatmaps are "already in storage": here, the test bucket.
-            "BQ_SOURCE_BASE_URLS": f"bq-io-storage=s3://{s3_bucket}/legacy",
-            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
-        }
+    # The legacy maps of gbif_heatmaps are "already in storage": here, the test bucket.
+    return services_settings(
+        services_env,
+        s3_bucket,
+        tmp_path / "bq",
+        sources_root,
+        monkeypatch,
+        BQ_SOURCE_BASE_URLS=f"bq-io-storage=s3://{s3_bucket}/legacy",
     )
 
 

@@ -28,10 +28,9 @@ from bq_pipelines_tests.fixtures.legacy_mirror import (
     put_legacy_raster,
     write_c3s_land_cover_nc,
 )
+from bq_pipelines_tests.fixtures.services import SCHEMAS_DIR, services_settings
 from bq_pipelines_tests.rasters import RasterSpec
 from bq_pipelines_tests.runs import failure_messages, run_dataset
-
-SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "shared" / "stac-schemas"
 
 CHELSA = "https://os.zhdk.cloud.switch.ch/envicloud/chelsa/chelsa_V2/GLOBAL"
 GFW = "https://storage.googleapis.com/earthenginepartners-hansen/GFC-2020-v1.8"
@@ -208,20 +207,14 @@ def mirror_settings(
     tmp_path, local_root, http_host, services_env, s3_bucket, monkeypatch
 ) -> Settings:
     """The real services, with every declared remote host served by `http_host`."""
-    # Secrets reach the S3 resource through the environment only (EnvVar).
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, services_env[name])
     declarations = [builtin_declaration(name) for name in REMOTE_DATASETS]
-    return Settings.from_env(
-        {
-            **services_env,
-            "BQ_HOME": str(tmp_path / "bq"),
-            "BQ_S3_BUCKET": s3_bucket,
-            "BQ_PUBLIC_BASE_URL": f"{services_env['BQ_S3_ENDPOINT_URL']}/{s3_bucket}",
-            "BQ_LOCAL_DATA_ROOT": str(local_root),
-            "BQ_SOURCE_BASE_URLS": mirror_base_urls(http_host, declarations),
-            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
-        }
+    return services_settings(
+        services_env,
+        s3_bucket,
+        tmp_path / "bq",
+        local_root,
+        monkeypatch,
+        BQ_SOURCE_BASE_URLS=mirror_base_urls(http_host, declarations),
     )
 
 

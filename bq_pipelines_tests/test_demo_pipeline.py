@@ -20,10 +20,8 @@ from bq_pipelines.factory import DatasetKeys
 from bq_pipelines.lib import cog, stac
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.fixtures.services import rasterio_s3_env
+from bq_pipelines_tests.fixtures.services import SCHEMAS_DIR, rasterio_s3_env, services_settings
 from bq_pipelines_tests.runs import failure_messages, latest_metadata, run_dataset
-
-SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "shared" / "stac-schemas"
 
 
 def demo_declaration(dataset_id: str) -> Declaration:
@@ -53,19 +51,7 @@ def local_settings(tmp_path: Path, demo_sources: Path) -> Settings:
 
 @pytest.fixture
 def service_settings(tmp_path, demo_sources, services_env, s3_bucket, monkeypatch) -> Settings:
-    # Secrets reach the S3 resource through the environment only (EnvVar).
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, services_env[name])
-    return Settings.from_env(
-        {
-            **services_env,
-            "BQ_HOME": str(tmp_path / "bq"),
-            "BQ_S3_BUCKET": s3_bucket,
-            "BQ_PUBLIC_BASE_URL": f"{services_env['BQ_S3_ENDPOINT_URL']}/{s3_bucket}",
-            "BQ_LOCAL_DATA_ROOT": str(demo_sources),
-            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
-        }
-    )
+    return services_settings(services_env, s3_bucket, tmp_path / "bq", demo_sources, monkeypatch)
 
 
 def read_pixels(path: str, env: dict[str, str] | None = None) -> tuple[np.ndarray, dict]:
