@@ -31,8 +31,6 @@ TICK_BUDGET_SECONDS = 40.0
 SINGLE_ATTEMPT = RetryPolicy(attempts=1)
 # SourceError reasons meaning "the host does not serve this file (yet)", per scheme
 # (HTTP, S3/FTP, local file); see lib/sources.py.
-NOT_PUBLISHED_REASONS = ("HTTP 404", "HTTP 410", "not found", "file not found")
-
 AUTOMATION_SENSOR_NAME = "collections_automation_sensor"
 # DatasetKeys names every collection `<dataset id>/collection`.
 COLLECTION_SELECTION = 'key:"*/collection"'
@@ -49,7 +47,7 @@ def reads_remote_sources(declaration: Declaration) -> bool:
 
 
 def is_not_published(error: SourceError) -> bool:
-    return error.reason.startswith(NOT_PUBLISHED_REASONS)
+    return error.not_found
 
 
 def upstream_fingerprint(

@@ -10,9 +10,10 @@ class PipelineError(Exception):
 class SourceError(PipelineError):
     """A source could not be fetched (404, permission, TLS, size mismatch...). Not retried."""
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, *, not_found: bool = False) -> None:
         self.url = url
         self.reason = reason
+        self.not_found = not_found  # the file does not exist (yet): 404/410, FTP 550, NoSuchKey
         super().__init__(f"cannot fetch {url}: {reason}")
 
 

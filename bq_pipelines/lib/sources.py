@@ -215,9 +215,11 @@ def _scrub(text: str, url: str) -> str:
     return text
 
 
-def _error(url: str, reason: str, *, transient: bool = False) -> SourceError:
+def _error(
+    url: str, reason: str, *, transient: bool = False, not_found: bool = False
+) -> SourceError:
     kind = TransientSourceError if transient else SourceError
-    return kind(redact_url(url), _scrub(reason, url))
+    return kind(redact_url(url), _scrub(reason, url), not_found=not_found)
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -403,7 +405,7 @@ def _file_fingerprint(url: str, path: Path) -> SourceFingerprint:
     try:
         stat = path.stat()
     except FileNotFoundError:
-        raise SourceError(str(path), "file not found") from None
+        raise SourceError(str(path), "file not found", not_found=True) from None
     except OSError as error:
         raise SourceError(str(path), f"cannot stat: {error.strerror}") from error
     if not path.is_file():
@@ -513,7 +515,7 @@ def _raise_for_status(url: str, response: httpx.Response, state: _HttpAttemptSta
     transient = status >= 500 or status in TRANSIENT_HTTP_STATUSES
     if status == 429:
         state.retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-    raise _error(url, reason, transient=transient)
+    raise _error(url, reason, transient=transient, not_found=status in (404, 410))
 
 
 def _http_fingerprint(url: str, response: httpx.Response) -> SourceFingerprint:
@@ -625,7 +627,7 @@ def _ftp_errors(url: str) -> Iterator[None]:
     except ftplib.error_perm as error:
         message = str(error)
         if message.startswith("550"):
-            raise _error(url, f"not found ({message})") from error
+            raise _error(url, f"not found ({message})", not_found=True) from error
         if message.startswith("530"):
             raise _error(url, f"login refused ({message})") from error
         raise _error(url, f"FTP refused: {message}") from error
@@ -686,7 +688,7 @@ def _s3_errors(url: str) -> Iterator[None]:
         code = str(error.response.get("Error", {}).get("Code", ""))
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
-            raise _error(url, f"not found ({code})") from error
+            raise _error(url, f"not found ({code})", not_found=True) from error
         transient = status >= 500 or status == 429 or code in ("SlowDown", "Throttling")
         raise _error(url, f"S3 {code or status}: {error}", transient=transient) from error
     except botocore.exceptions.NoCredentialsError as error:

@@ -130,6 +130,7 @@ def test_http_404_fails_at_once_naming_the_url(http_host: LocalHttpHost, tmp_pat
     assert not isinstance(caught.value, TransientSourceError)
     assert url in str(caught.value)
     assert "HTTP 404 Not Found" in str(caught.value)
+    assert caught.value.not_found  # what the upstream sensor reads as "not published yet"
     assert http_host.count("GET") == 1
     assert leftovers(tmp_path) == []
 
@@ -142,6 +143,7 @@ def test_http_client_errors_are_not_retried(
     with pytest.raises(SourceError, match=f"HTTP {status}") as caught:
         fetch(served, tmp_path, retry=FAST)
     assert not isinstance(caught.value, TransientSourceError)
+    assert caught.value.not_found is (status == 410)
     assert http_host.count("GET") == 1
 
 
