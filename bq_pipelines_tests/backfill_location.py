@@ -1,4 +1,4 @@
-"""Test code location: a chelsa-monthly-like dataset built from a declaration dict.
+"""Test code location: chelsa-monthly (its YAML, under another id, cut to a few years).
 
 Monthly time dimension x static `variable` (2 values), sources on the CHELSA host, which
 `BQ_SOURCE_BASE_URLS` points at a local HTTP server. Loaded by `dagster-webserver` /
@@ -14,14 +14,14 @@ import os
 from datetime import date
 
 import dagster as dg
+import yaml
 
-from bq_pipelines.declarations import Declaration, parse_declaration
+from bq_pipelines.declarations import Declaration, builtin_declaration_files, parse_declaration
 from bq_pipelines.factory import build_dataset
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
 
-CHELSA_HOST = "os.zhdk.cloud.switch.ch"
-CHELSA_BASE_URL = "https://os.zhdk.cloud.switch.ch/envicloud/chelsa/chelsa_V2/GLOBAL"
+CHELSA_HOST = "chelsa"  # the source host name in chelsa-monthly.yaml
 CHELSA_PATH = "monthly/{variable}/CHELSA_{variable}_{month:02d}_{year}_V.2.1.tif"
 VARIABLES = ("tas", "pr")
 START = date(1979, 1, 1)
@@ -49,7 +49,7 @@ def source_path(index: int, variable: str) -> str:
 
 def item_id(index: int, variable: str) -> str:
     day = month_start(index)
-    return f"chelsa_{variable}_{day.year}_{day.month:02d}"
+    return f"{variable}_{day.month:02d}_{day.year}"
 
 
 def chelsa_like(
@@ -57,37 +57,16 @@ def chelsa_like(
     months: int = DEFAULT_MONTHS,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Declaration:
-    """A declaration shaped like chelsa-monthly: `months` months x VARIABLES."""
-    return parse_declaration(
-        {
-            "id": dataset_id,
-            "title": "CHELSA monthly timeseries (test)",
-            "description": "Monthly climate rasters, one file per variable and month.",
-            "license": "CC-BY-SA-4.0",
-            "keywords": ["climate", "CHELSA"],
-            "folder": dataset_id,
-            "source": {"host": CHELSA_HOST, "base_url": CHELSA_BASE_URL, "path": CHELSA_PATH},
-            "partitions": {
-                "time": {
-                    "cadence": "monthly",
-                    "start": f"{START:%Y-%m}",
-                    "end": f"{month_start(months - 1):%Y-%m}",
-                },
-                "static": [{"name": "variable", "values": list(VARIABLES)}],
-                "batch_size": batch_size,
-            },
-            "item": {
-                "id": "chelsa_{variable}_{year}_{month:02d}",
-                "properties": {
-                    "variable": "{variable}",
-                    "year": "{year}",
-                    "month": "{month}",
-                    "version": "2.1",
-                },
-            },
-        },
-        f"{dataset_id} (test declaration)",
-    )
+    """The real chelsa-monthly declaration under another id, cut to `months` months of
+    VARIABLES: same source host and path templates, item ids and properties."""
+    [path] = [p for p in builtin_declaration_files() if p.stem == "chelsa-monthly"]
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["id"] = data["folder"] = dataset_id
+    data["partitions"]["time"]["end"] = f"{month_start(months - 1):%Y-%m}"
+    data["partitions"]["batch_size"] = batch_size
+    [variables] = data["partitions"]["static"]
+    variables["values"] = [v for v in variables["values"] if v["value"] in VARIABLES]
+    return parse_declaration(data, f"{dataset_id} (chelsa-monthly.yaml, cut)")
 
 
 def declaration_from_env(env: dict[str, str] | os._Environ[str]) -> Declaration:
