@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 from bq_pipelines.declarations import Declaration, load_declarations
+from bq_pipelines.definitions import defs
 from bq_pipelines.demo import write_demo_rasters
 from bq_pipelines.factory import DatasetKeys, discover_files, op_name
 from bq_pipelines.lib.errors import ConfigError
@@ -134,10 +135,8 @@ def materialize(
     return ok and result.success
 
 
-def _print_catalog(declaration: Declaration, settings: Settings) -> None:
-    from bq_pipelines.resources import resources_for
-
-    publisher = resources_for(settings)["catalog"].publisher()  # type: ignore[attr-defined]
+def _print_catalog(declaration: Declaration, defs: dg.Definitions, settings: Settings) -> None:
+    publisher = defs.resources["catalog"].publisher()
     items = list(publisher.iter_items(declaration.id))
     where = (
         settings.stac_api_url
@@ -176,8 +175,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"dataset {args.dataset!r}: not declared; see `bq-pipelines datasets`"
             )
         declaration = declarations[args.dataset]
-        from bq_pipelines.definitions import defs
-
         definitions = defs()
         job = definitions.resolve_job_def(op_name(declaration.id, "job"))
         assert job.partitions_def is not None
@@ -187,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             instance.add_dynamic_partitions(job.partitions_def.name or "", found)
         every = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
         ok = materialize(declaration, definitions, args.partition or list(every), instance)
-        _print_catalog(declaration, settings)
+        _print_catalog(declaration, definitions, settings)
         return 0 if ok else 1
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -159,7 +159,7 @@ def _result_outcome(keys: DatasetKeys, token: str, result: PartitionResult) -> P
     outcome.metadata[keys.step("raw")] = {
         "source_urls": dg.MetadataValue.md("\n".join(f"- {f.url}" for f in result.fetched)),
         "bytes": sum(f.size for f in result.fetched),
-        "sha256": first_fetched_sha(result),
+        "sha256": result.fetched[0].sha256,
         "etag": result.fetched[0].fingerprint.etag or "",
         "last_modified": result.fetched[0].fingerprint.last_modified or "",
         "skipped": False,
@@ -197,10 +197,6 @@ def _result_outcome(keys: DatasetKeys, token: str, result: PartitionResult) -> P
         "skipped": False,
     }
     return outcome
-
-
-def first_fetched_sha(result: PartitionResult) -> str:
-    return result.fetched[0].sha256 if result.fetched else ""
 
 
 def process_partition(
