@@ -529,13 +529,18 @@ def ensure_postgis_package() -> str:
     ):
         # Wait for the dpkg lock instead of failing when another apt run holds it.
         argv[1:1] = ["-o", f"DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}"]
-        result = subprocess.run(argv, env=apt_env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise ServicesError(
-                f"{shlex.join(argv)} failed ({result.returncode}):\n"
-                f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
-            )
+        run_checked(argv, env=apt_env)
     return f"{POSTGIS_PACKAGE}: installed now"
+
+
+def run_checked(argv: list[str], **options: object) -> None:
+    """Run a command; ServicesError with the tail of its output when it fails."""
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, **options)
+    if result.returncode != 0:
+        raise ServicesError(
+            f"{shlex.join(argv)} failed ({result.returncode}):\n"
+            f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
 
 
 def ensure_catalog_database() -> str:
@@ -566,13 +571,7 @@ def ensure_catalog_database() -> str:
 
 
 def migrate_pgstac() -> str:
-    argv = [venv_executable("pypgstac"), "migrate", "--dsn", CATALOG_DSN]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=RUN_DIR)
-    if result.returncode != 0:
-        raise ServicesError(
-            f"{shlex.join(argv)} failed ({result.returncode}):\n"
-            f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
-        )
+    run_checked([venv_executable("pypgstac"), "migrate", "--dsn", CATALOG_DSN], cwd=RUN_DIR)
     return f"pgstac: migrated ({pgstac_version() or 'version unknown'})"
 
 
