@@ -41,7 +41,9 @@ VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
-CATALOG_DB = "bq_catalog"
+# One database per checkout when several share this PostgreSQL (BQ_CATALOG_DB): each checkout's
+# services and tests then never see another's catalog.
+CATALOG_DB = os.environ.get("BQ_CATALOG_DB") or "bq_catalog"
 ADMIN_DSN = f"postgresql://{PG_USER}@{HOST}:{PG_PORT}/postgres"
 CATALOG_DSN = f"postgresql://{PG_USER}@{HOST}:{PG_PORT}/{CATALOG_DB}"
 PG_EXTENSIONS = ("postgis", "btree_gist", "unaccent")
