@@ -35,7 +35,6 @@ from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
 from bq_pipelines_tests.runs import dataset_definitions  # noqa: E402
 
 VARIABLE = "tas"
-SCHEMAS_DIR = ROOT.parent / "shared" / "stac-schemas"
 
 
 def serve(host: LocalHttpHost, months: int, size: int) -> None:
@@ -50,8 +49,6 @@ def run_once(host: LocalHttpHost, months: int, batch_size: int, work: Path) -> t
         "BQ_HOME": str(work / "bq"),
         "BQ_SOURCE_BASE_URLS": f"{location.CHELSA_HOST}={host.url('chelsa')}",
     }
-    if SCHEMAS_DIR.is_dir():
-        env["BQ_STAC_SCHEMAS_DIR"] = str(SCHEMAS_DIR)
     settings = Settings.from_env(env)
     declaration = location.chelsa_like(f"bench-b{batch_size}", months, batch_size)
     defs = dataset_definitions(declaration, settings)

@@ -20,7 +20,7 @@ from bq_pipelines.factory import DatasetKeys
 from bq_pipelines.lib import cog, stac
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.fixtures.services import SCHEMAS_DIR, rasterio_s3_env, services_settings
+from bq_pipelines_tests.fixtures.services import rasterio_s3_env, services_settings
 from bq_pipelines_tests.runs import failure_messages, latest_metadata, run_dataset
 
 
@@ -44,7 +44,6 @@ def local_settings(tmp_path: Path, demo_sources: Path) -> Settings:
         {
             "BQ_HOME": str(tmp_path / "bq"),
             "BQ_LOCAL_DATA_ROOT": str(demo_sources),
-            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
         }
     )
 
@@ -80,10 +79,10 @@ def test_demo_on_embedded_defaults_writes_a_valid_static_catalog(local_settings,
     collection = catalog.get_child("demo-local")
     items = {item.id: item for item in collection.get_items()}
     assert set(items) == {f"demo_{layer}" for layer in DEMO_LAYERS}
-    stac.validate(collection, SCHEMAS_DIR)
+    stac.validate(collection)
     for layer in DEMO_LAYERS:
         item = items[f"demo_{layer}"]
-        stac.validate(item, SCHEMAS_DIR)
+        stac.validate(item)
         href = item.assets["data"].href
         assert href.startswith(str(local_settings.objects_dir.absolute() / "io" / "demo-local"))
         assert cog.validate_cog(Path(href)) == []

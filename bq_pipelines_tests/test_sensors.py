@@ -25,7 +25,7 @@ from bq_pipelines.sensors import (
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.rasters import RasterSpec, write_raster
-from bq_pipelines_tests.test_demo_pipeline import SCHEMAS_DIR, demo_declaration
+from bq_pipelines_tests.test_demo_pipeline import demo_declaration
 
 HOST = "upstream-host"
 MONTHLY = {
@@ -77,7 +77,6 @@ def settings(tmp_path: Path, http_host: LocalHttpHost) -> Settings:
         {
             "BQ_HOME": str(tmp_path / "bq"),
             "BQ_SOURCE_BASE_URLS": f"{HOST}={http_host.base_url}",
-            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
         }
     )
 
@@ -322,7 +321,6 @@ def local_settings(tmp_path: Path) -> Settings:
         {
             "BQ_HOME": str(tmp_path / "bq"),
             "BQ_LOCAL_DATA_ROOT": str(root),
-            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
         }
     )
 
