@@ -65,6 +65,7 @@ format: install-dev
 bench: install-dev
 	$(BIN)/python bench/bench_cog.py
 	$(BIN)/python bench/bench_backfill.py
+	$(BIN)/python bench/bench_validation.py
 
 clean: services-down
 	rm -rf .bq

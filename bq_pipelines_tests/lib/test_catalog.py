@@ -6,6 +6,7 @@ import copy
 import json
 import multiprocessing
 import socket
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +82,20 @@ def test_static_catalog_round_trip(tmp_path: Path) -> None:
         validate(_load(path))
     assert sorted(item["id"] for item in publisher.iter_items("chelsa-monthly")) == ["a", "b"]
     assert publisher.get_item("chelsa-monthly", "a")["links"][0]["href"] == "../../catalog.json"
+
+
+def test_static_catalog_files_are_world_readable(
+    tmp_path: Path, item_template: dict[str, Any]
+) -> None:
+    publisher = StaticCatalogPublisher(tmp_path / "catalog")
+    item = clone(item_template, "chelsa-monthly", "tas_2001_03")
+    publisher.ensure_collection(collection_for("chelsa-monthly", [item]))
+    publisher.upsert_item(item)
+
+    files = sorted((tmp_path / "catalog").rglob("*.json"))
+    assert [f.name for f in files] == ["catalog.json", "collection.json", "tas_2001_03.json"]
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
 def _load(path: Path) -> dict[str, Any]:
