@@ -32,8 +32,8 @@ import httpx
 import pystac
 import pytest
 
-from bq_pipelines.cli import RANGE_START_TAG
 from bq_pipelines.factory import DatasetKeys
+from bq_pipelines.launch import RANGE_START_TAG
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests import backfill_location as location

@@ -10,10 +10,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bq_pipelines.cli import QUIET_LOGS, RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.declarations import Declaration, parse_declaration
 from bq_pipelines.demo import write_demo_rasters
 from bq_pipelines.factory import DatasetKeys, build_dataset, op_name, partitions_definition
+from bq_pipelines.launch import QUIET_LOGS, RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.resources import SourcesResource, resources_for
 from bq_pipelines.sensors import (
     AUTOMATION_SENSOR_NAME,
