@@ -137,8 +137,10 @@ class InProcessLauncher:
 def immediate_launch_config(config: Mapping[str, Any], dagster_home: Path) -> dict[str, Any]:
     """The instance configuration `config` (of `dagster_home`) with runs launched at once.
 
-    The run queue is the daemon's: a CLI run would wait in it forever without one. Same storage
-    (defaults spelled out, they would otherwise follow DAGSTER_HOME), same run launcher.
+    The run queue is the daemon's: a CLI run would wait in it forever without one (`make demo`
+    starts none). The CLI launches one run at a time, so going around the queue adds at most one
+    run to what it allows. Same storage (defaults spelled out, they would otherwise follow
+    DAGSTER_HOME), same run launcher.
     """
     launch = copy.deepcopy(dict(config))
     for key in ("run_coordinator", "run_queue"):
@@ -177,7 +179,9 @@ class CodeLocationLauncher:
 
     `launch_home` holds a workspace file and the instance configuration of DAGSTER_HOME with
     runs launched at once (see immediate_launch_config). The run executes in a process of its
-    own; this waits for it to finish.
+    own; this waits for it to finish. A run process killed mid-run (out of memory, say) leaves
+    its run STARTED, as it would for the UI without the daemon's run monitoring: interrupt the
+    wait, the run is in the UI.
     """
 
     defs: dg.Definitions

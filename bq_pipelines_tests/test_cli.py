@@ -18,7 +18,7 @@ import yaml
 
 from bq_pipelines.cli import closest_keys, main
 from bq_pipelines.demo import DEMO_LAYERS
-from bq_pipelines.launch import CODE_LOCATION, DEFINITIONS_MODULE
+from bq_pipelines.launch import CODE_LOCATION, DEFINITIONS_MODULE, immediate_launch_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -137,6 +137,32 @@ JOB_RUNS = """query JobRuns($params: PipelineSelector!) {
     ... on Pipeline { runs { runId status repositoryOrigin { repositoryLocationName } } }
   }
 }"""
+
+
+def test_cli_launches_at_once_on_the_same_storage(tmp_path: Path) -> None:
+    project = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    launch = immediate_launch_config(project, tmp_path)
+    # The project's run queue needs the daemon; pools and the rest are kept.
+    assert launch["run_coordinator"]["class"] == "DefaultRunCoordinator"
+    assert "runs" not in launch["concurrency"] and launch["concurrency"]["pools"]
+    assert project["concurrency"]["runs"]  # the project's own configuration is left alone
+    assert launch["storage"] == {"sqlite": {"base_dir": str(tmp_path)}}
+    assert launch["compute_logs"]["config"] == {"base_dir": str(tmp_path / "storage")}
+    assert launch["telemetry"] == project["telemetry"]
+    # A deployment's own storage and launcher are used as they are.
+    postgres = {"postgres_url": {"env": "DAGSTER_PG_URL"}}
+    deployed = {
+        "storage": {"postgres": postgres},
+        "run_launcher": {"module": "dagster_celery", "class": "CeleryRunLauncher"},
+        "run_coordinator": {
+            "module": "dagster.core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+        },
+    }
+    launch = immediate_launch_config(deployed, tmp_path)
+    assert launch["storage"] == {"postgres": postgres}
+    assert launch["run_launcher"] == deployed["run_launcher"]
+    assert launch["run_coordinator"]["class"] == "DefaultRunCoordinator"
 
 
 def test_the_code_location_the_cli_launches_is_the_workspace_one() -> None:
