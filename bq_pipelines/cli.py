@@ -22,13 +22,12 @@ from bq_pipelines.definitions import defs
 from bq_pipelines.demo import write_demo_rasters
 from bq_pipelines.factory import discover_files, op_name
 from bq_pipelines.launch import (
-    LaunchError,
     Materialization,
     RunReport,
     code_location_launcher,
     materialize,
 )
-from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.lib.errors import ConfigError, PipelineError
 from bq_pipelines.settings import Settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -221,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except LaunchError as error:
+    except PipelineError as error:  # a launch that failed, files that cannot be partitions...
         print(f"error: {error}", file=sys.stderr)
         return 1
 
