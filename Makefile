@@ -4,11 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
-# Offline STAC validation: the published extension schemas, when this checkout sits beside them.
-SHARED_SCHEMAS := $(abspath $(CURDIR)/../shared/stac-schemas)
-ifneq ($(wildcard $(SHARED_SCHEMAS)),)
-export BQ_STAC_SCHEMAS_DIR ?= $(SHARED_SCHEMAS)
-endif
 
 .PHONY: install install-dev demo test pytest services services-down dev lint format bench clean
 
@@ -70,6 +65,7 @@ format: install-dev
 bench: install-dev
 	$(BIN)/python bench/bench_cog.py
 	$(BIN)/python bench/bench_backfill.py
+	$(BIN)/python bench/bench_validation.py
 
 clean: services-down
 	rm -rf .bq

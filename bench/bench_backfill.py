@@ -6,7 +6,7 @@ Run from the project root: `.venv/bin/python bench/bench_backfill.py [--partitio
 A chelsa-monthly-like dataset (`bq_pipelines_tests/backfill_location.py`: monthly x variable,
 one variable here) reads `--partitions` generated float32 EPSG:4326 rasters from a local HTTP
 server standing in for the CHELSA host, and is materialized through our CLI's `materialize` path
-(one `execute_in_process` run per batch of partitions, then the collection run) on a fresh SQLite
+(one `execute_in_process` run per batch of partitions, the collection in the last) on a fresh SQLite
 Dagster instance and a fresh static catalog / local object store per batch size, so nothing is
 skipped. Prints wall seconds, seconds per partition and the ratio to the first batch size.
 """
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import dagster as dg  # noqa: E402
 
-from bq_pipelines.cli import materialize  # noqa: E402
+from bq_pipelines.launch import materialize  # noqa: E402
 from bq_pipelines.settings import Settings  # noqa: E402
 from bq_pipelines_tests import backfill_location as location  # noqa: E402
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost  # noqa: E402
@@ -35,7 +35,6 @@ from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
 from bq_pipelines_tests.runs import dataset_definitions  # noqa: E402
 
 VARIABLE = "tas"
-SCHEMAS_DIR = ROOT.parent / "shared" / "stac-schemas"
 
 
 def serve(host: LocalHttpHost, months: int, size: int) -> None:
@@ -50,8 +49,6 @@ def run_once(host: LocalHttpHost, months: int, batch_size: int, work: Path) -> t
         "BQ_HOME": str(work / "bq"),
         "BQ_SOURCE_BASE_URLS": f"{location.CHELSA_HOST}={host.url('chelsa')}",
     }
-    if SCHEMAS_DIR.is_dir():
-        env["BQ_STAC_SCHEMAS_DIR"] = str(SCHEMAS_DIR)
     settings = Settings.from_env(env)
     declaration = location.chelsa_like(f"bench-b{batch_size}", months, batch_size)
     defs = dataset_definitions(declaration, settings)
@@ -62,7 +59,7 @@ def run_once(host: LocalHttpHost, months: int, batch_size: int, work: Path) -> t
     ) as instance:
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
-            ok = materialize(declaration, defs, keys, instance)
+            ok = materialize(declaration, defs, keys, instance).ok
         elapsed = time.perf_counter() - started
         runs = len(instance.get_runs())
     if not ok:
@@ -93,7 +90,7 @@ def main() -> None:
                 elapsed, runs = run_once(
                     host, args.partitions, batch_size, Path(tmp) / f"b{batch_size}"
                 )
-                assert runs == math.ceil(args.partitions / batch_size) + 1  # + collection
+                assert runs == math.ceil(args.partitions / batch_size)  # collection in the last
                 per = elapsed / args.partitions
                 first = first or per
                 print(

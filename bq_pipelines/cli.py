@@ -1,16 +1,18 @@
-"""Command line: generate demo data, list datasets, materialize a dataset in batched runs.
+"""Command line: demo data, datasets and their partitions, materializing a dataset.
 
-`bq-pipelines materialize demo` is what `make demo` runs. Runs are recorded in the Dagster
-instance of DAGSTER_HOME (SQLite under .bq/dagster by default), so `make dev` shows them.
+`bq-pipelines materialize demo` is what `make demo` runs. With DAGSTER_HOME set (the Makefile
+sets it to .bq/dagster), runs are launched through the code location into that instance, so
+the UI (`make dev`) lists them under the dataset's job; without it they run in-process on a
+temporary instance.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import difflib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -18,125 +20,122 @@ import dagster as dg
 from bq_pipelines.declarations import Declaration, load_declarations
 from bq_pipelines.definitions import defs
 from bq_pipelines.demo import write_demo_rasters
-from bq_pipelines.factory import DatasetKeys, discover_files, op_name
-from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.factory import discover_files, op_name
+from bq_pipelines.launch import (
+    Materialization,
+    RunReport,
+    code_location_launcher,
+    materialize,
+)
+from bq_pipelines.lib.errors import ConfigError, PipelineError
 from bq_pipelines.settings import Settings
 
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+Command = Callable[[argparse.Namespace, Settings], int]
+SUGGESTIONS = 5
 
 
-def partition_ranges(
-    partitions_def: dg.PartitionsDefinition,
-    keys: Sequence[str],
-    batch_size: int,
-    instance: dg.DagsterInstance | None = None,
-) -> list[tuple[str, str]]:
-    """Split `keys` into ranges of at most `batch_size` partitions each, one range per run.
+# ------------------------------------------------------------------------------ helpers
 
-    Multi-partitions: a range is a box, so ranges run along the time dimension for one value
-    of the static dimension.
-    """
-    all_keys = list(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
-    wanted = set(keys)
-    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
-        lines: dict[str, list[str]] = {}
-        time_dim = next(
-            d
-            for d in partitions_def.partitions_defs
-            if isinstance(d.partitions_def, dg.TimeWindowPartitionsDefinition)
+
+def _declaration(dataset_id: str) -> Declaration:
+    declarations = {d.id: d for d in load_declarations()}
+    if dataset_id not in declarations:
+        close = difflib.get_close_matches(dataset_id, list(declarations), n=SUGGESTIONS)
+        hint = f"closest: {', '.join(close)}; " if close else ""
+        raise ConfigError(
+            f"dataset {dataset_id!r}: not declared ({hint}see `bq-pipelines datasets`)"
         )
-        for key in all_keys:
-            if key in wanted:
-                parts = partitions_def.get_partition_key_from_str(key).keys_by_dimension
-                other = {k: v for k, v in parts.items() if k != time_dim.name}
-                lines.setdefault(json.dumps(other, sort_keys=True), []).append(key)
-        return [
-            r
-            for line in lines.values()
-            for r in _contiguous_chunks(line, all_keys, batch_size, time_dim)
-        ]
-    return _contiguous_chunks([k for k in all_keys if k in wanted], all_keys, batch_size, None)
-
-
-def _contiguous_chunks(
-    keys: list[str],
-    all_keys: list[str],
-    batch_size: int,
-    time_dim: dg.PartitionDimensionDefinition | None,
-) -> list[tuple[str, str]]:
-    position = {key: index for index, key in enumerate(all_keys)}
-    stride = 1
-    if time_dim is not None and len(keys) > 1:
-        stride = position[keys[1]] - position[keys[0]]  # keys of one line are evenly spaced
-    ranges: list[tuple[str, str]] = []
-    chunk: list[str] = []
-    for key in keys:
-        if chunk and (len(chunk) == batch_size or position[key] - position[chunk[-1]] != stride):
-            ranges.append((chunk[0], chunk[-1]))
-            chunk = []
-        chunk.append(key)
-    if chunk:
-        ranges.append((chunk[0], chunk[-1]))
-    return ranges
+    return declarations[dataset_id]
 
 
 def _instance() -> dg.DagsterInstance:
     if os.environ.get("DAGSTER_HOME"):
         return dg.DagsterInstance.get()
-    print("DAGSTER_HOME is not set: runs go to a temporary instance (not visible in the UI)")
+    print(
+        "DAGSTER_HOME is not set: runs go to a temporary instance (not visible in the UI)",
+        file=sys.stderr,
+    )
     return dg.DagsterInstance.ephemeral()
 
 
-def materialize(
+def partition_keys(
     declaration: Declaration,
-    defs: dg.Definitions,
-    partition_keys: Sequence[str],
+    definitions: dg.Definitions,
     instance: dg.DagsterInstance,
-) -> bool:
-    """Run the dataset's job over `partition_keys` in batches, then its collection asset."""
-    job = defs.resolve_job_def(op_name(declaration.id, "job"))
-    keys = DatasetKeys(declaration.id)
-    partitions_def = job.partitions_def
+    settings: Settings,
+) -> list[str]:
+    """Every partition key of the dataset; file partitions are discovered (and added to the
+    instance, as the files sensor would) first."""
+    partitions_def = definitions.resolve_job_def(op_name(declaration.id, "job")).partitions_def
     assert partitions_def is not None
-    ranges = partition_ranges(
-        partitions_def, partition_keys, declaration.partitions.batch_size, instance
-    )
-    ok = True
-    for start, end in ranges:
-        result = job.execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            run_config=QUIET_LOGS,
-            tags={RANGE_START_TAG: start, RANGE_END_TAG: end},
-            asset_selection=keys.partitioned,
+    if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
+        found = discover_files(declaration, settings.local_data_root)
+        instance.add_dynamic_partitions(partitions_def.name or "", found)
+    return list(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
+
+
+def closest_keys(key: str, valid: Sequence[str], count: int = SUGGESTIONS) -> list[str]:
+    """Valid keys closest to `key`: the same dimension values in another order first (`pet|1985-07`
+    for `1985-07|pet`), then by similarity."""
+    parts = sorted(key.split("|"))
+    reordered = [k for k in valid if k != key and sorted(k.split("|")) == parts]
+    similar = difflib.get_close_matches(key, valid, n=count, cutoff=0.0)
+    return list(dict.fromkeys([*reordered, *similar]))[:count]
+
+
+def check_partitions(dataset_id: str, wanted: Sequence[str], valid: Sequence[str]) -> None:
+    """ConfigError listing each unknown key with the closest valid ones."""
+    known = set(valid)
+    unknown = [key for key in wanted if key not in known]
+    if unknown:
+        lines = [
+            f"  {key!r}: closest valid keys: {', '.join(closest_keys(key, valid))}"
+            for key in unknown
+        ]
+        raise ConfigError(
+            f"dataset {dataset_id!r}: unknown partition key(s) (`bq-pipelines partitions "
+            f"{dataset_id}` lists them all):\n" + "\n".join(lines)
         )
-        label = start if start == end else f"{start} .. {end}"
-        print(f"run {result.run_id[:8]} [{label}]: {'ok' if result.success else 'FAILED'}")
-        ok &= result.success
-        if not result.success:
-            for event in result.all_events:
-                if event.is_step_failure and event.step_failure_data:
-                    print(
-                        event.step_failure_data.error.message
-                        if event.step_failure_data.error
-                        else event.message,
-                        file=sys.stderr,
-                    )
-    result = dg.materialize(
-        # The resolved asset already carries the code location's resources.
-        [defs.resolve_assets_def(keys.collection)],
-        instance=instance,
-        raise_on_error=False,
-        run_config=QUIET_LOGS,
+
+
+def _run_line(report: RunReport) -> str:
+    if report.partitions:
+        first, last = report.partitions[0], report.partitions[-1]
+        label = first if first == last else f"{first} .. {last}"
+        if report.collection_published is not None:
+            label += " + collection"
+    else:
+        label = "collection"
+    line = f"run {report.run_id[:8]} [{label}]: {'ok' if report.success else 'FAILED'}"
+    if report.partitions:
+        line += f", {report.published} published, {report.skipped} skipped, {report.failed} failed"
+    if report.collection_published is False:
+        line += ", collection not published"
+    return line
+
+
+def print_run(report: RunReport) -> None:
+    print(_run_line(report), flush=True)
+    for message in report.failures:
+        print(message, file=sys.stderr, flush=True)
+
+
+def print_totals(done: Materialization) -> None:
+    partitions = done.published + done.skipped + done.failed
+    print(
+        f"total: {partitions} partitions, {done.published} published, {done.skipped} skipped, "
+        f"{done.failed} failed"
     )
-    print(f"run {result.run_id[:8]} [collection]: {'ok' if result.success else 'FAILED'}")
-    return ok and result.success
+    if not done.collection_published:
+        succeeded = done.published + done.skipped
+        reason = "no partition succeeded" if not succeeded else "its run failed, see above"
+        print(f"collection {done.dataset_id}: not published ({reason})")
 
 
-def _print_catalog(declaration: Declaration, defs: dg.Definitions, settings: Settings) -> None:
-    publisher = defs.resources["catalog"].publisher()
+def _print_catalog(
+    declaration: Declaration, definitions: dg.Definitions, settings: Settings
+) -> None:
+    publisher = definitions.resources["catalog"].publisher()
     items = list(publisher.iter_items(declaration.id))
     where = (
         settings.stac_api_url
@@ -149,46 +148,81 @@ def _print_catalog(declaration: Declaration, defs: dg.Definitions, settings: Set
         print(f"  {item['id']}: {asset['href']}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# ---------------------------------------------------------------------------- commands
+
+
+def demo_data_command(args: argparse.Namespace, settings: Settings) -> int:
+    for path, written in write_demo_rasters(args.root or settings.local_data_root):
+        print(f"{path} ({'written' if written else 'unchanged'})")
+    return 0
+
+
+def datasets_command(args: argparse.Namespace, settings: Settings) -> int:
+    for declaration in load_declarations():
+        print(f"{declaration.id:32} {declaration.title}")
+    return 0
+
+
+def partitions_command(args: argparse.Namespace, settings: Settings) -> int:
+    declaration = _declaration(args.dataset)
+    for key in partition_keys(declaration, defs(), _instance(), settings):
+        print(key)
+    return 0
+
+
+def materialize_command(args: argparse.Namespace, settings: Settings) -> int:
+    declaration = _declaration(args.dataset)
+    definitions = defs()
+    instance = _instance()
+    valid = partition_keys(declaration, definitions, instance, settings)
+    check_partitions(declaration.id, args.partition or [], valid)
+    wanted = args.partition or valid
+    if not wanted:
+        raise ConfigError(f"dataset {declaration.id!r}: no partitions to materialize")
+    if os.environ.get("DAGSTER_HOME"):
+        with code_location_launcher(definitions, instance) as launcher:
+            done = materialize(declaration, definitions, wanted, instance, launcher, print_run)
+    else:
+        done = materialize(declaration, definitions, wanted, instance, on_run=print_run)
+    print_totals(done)
+    _print_catalog(declaration, definitions, settings)
+    return 0 if done.ok else 1
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     parser = argparse.ArgumentParser(prog="bq-pipelines", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo-data", help="generate the demo dataset's rasters")
+    demo = commands.add_parser("demo-data", help="write the demo dataset's rasters if missing")
     demo.add_argument("--root", type=Path, help="local data root (default BQ_LOCAL_DATA_ROOT)")
     commands.add_parser("datasets", help="list the declared datasets")
+    listing = commands.add_parser("partitions", help="list a dataset's partition keys")
+    listing.add_argument("dataset")
     run = commands.add_parser("materialize", help="materialize a dataset's partitions")
     run.add_argument("dataset")
     run.add_argument("--partition", action="append", help="a partition key (default: all)")
+    handlers: dict[str, Command] = {
+        "demo-data": demo_data_command,
+        "datasets": datasets_command,
+        "partitions": partitions_command,
+        "materialize": materialize_command,
+    }
+    return parser, handlers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, handlers = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = Settings.from_env(os.environ)
-        if args.command == "demo-data":
-            for path in write_demo_rasters(args.root or settings.local_data_root):
-                print(path)
-            return 0
-        declarations = {d.id: d for d in load_declarations()}
-        if args.command == "datasets":
-            for declaration in declarations.values():
-                print(f"{declaration.id:32} {declaration.title}")
-            return 0
-        if args.dataset not in declarations:
-            raise ConfigError(
-                f"dataset {args.dataset!r}: not declared; see `bq-pipelines datasets`"
-            )
-        declaration = declarations[args.dataset]
-        definitions = defs()
-        job = definitions.resolve_job_def(op_name(declaration.id, "job"))
-        assert job.partitions_def is not None
-        instance = _instance()
-        if isinstance(job.partitions_def, dg.DynamicPartitionsDefinition):
-            found = discover_files(declaration, settings.local_data_root)
-            instance.add_dynamic_partitions(job.partitions_def.name or "", found)
-        every = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
-        ok = materialize(declaration, definitions, args.partition or list(every), instance)
-        _print_catalog(declaration, definitions, settings)
-        return 0 if ok else 1
+        return handlers[args.command](args, Settings.from_env(os.environ))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except PipelineError as error:  # a launch that failed, files that cannot be partitions...
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

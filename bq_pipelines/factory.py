@@ -222,7 +222,13 @@ def process_partition(
         # global-mammals partition. The partition's summary below goes to the event log.
         logger.debug("%s [%s] %s: %s", declaration.id, partition_key, step, detail)
 
-    result = run_items(plans, services, f"{declaration.id}-{partition_key}", log_step)
+    result = run_items(
+        plans,
+        services,
+        f"{declaration.id}-{partition_key}",
+        log_step,
+        collection=collection_for(declaration, []),
+    )
     context.log.info(
         f"{declaration.id} [{partition_key}]: {len(result.items)} items published "
         f"from {len(result.fetched)} source files"
@@ -264,7 +270,6 @@ def materialize_partitions(
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Process every partition of the run; report successes even when some fail."""
     keys = DatasetKeys(declaration.id)
-    services.publisher.ensure_collection(collection_for(declaration, []))
     outcomes: dict[str, PartitionOutcome] = {}
     failures: dict[str, BaseException] = {}
     for partition_key in context.partition_keys:
@@ -284,7 +289,7 @@ def materialize_partitions(
         raise dg.Failure(
             description=(
                 f"{declaration.id}: {len(failures)} of {len(context.partition_keys)} partitions "
-                f"failed; the others were published.\n"
+                f"failed{'; the others were published' if outcomes else ''}.\n"
                 + "\n".join(f"- {k}: {_failure_reason(e)}" for k, e in failures.items())
             ),
             metadata={
@@ -297,13 +302,14 @@ def materialize_partitions(
     for partition_key, outcome in outcomes.items():
         for asset_key, metadata in outcome.metadata.items():
             context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=partition_key)
-    summary = {
-        "partitions": len(outcomes),
-        "skipped_partitions": sum(1 for o in outcomes.values() if o.skipped),
-        "items": sum(o.items for o in outcomes.values()),
-    }
+    # Batch totals belong to the run, not to each partition's materialization.
+    skipped = sum(1 for o in outcomes.values() if o.skipped)
+    context.log.info(
+        f"{declaration.id}: {len(outcomes) - skipped} partitions published, {skipped} skipped, "
+        f"{sum(o.items for o in outcomes.values())} items"
+    )
     for asset_key in keys.partitioned:
-        yield dg.MaterializeResult(asset_key=asset_key, metadata=summary)
+        yield dg.MaterializeResult(asset_key=asset_key)
 
 
 def _record_successes(
@@ -430,20 +436,26 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
         kinds={"stac"},
         automation_condition=collection_automation_condition(),
         description=f"{declaration.title}: the STAC collection, its extent and summaries "
-        "recomputed from the published items.",
+        "recomputed from the published items (not published while it has none).",
+        output_required=False,
     )
     def collection(
         context: dg.AssetExecutionContext, catalog: CatalogResource, sources: SourcesResource
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult]:
         publisher = catalog.publisher()
         items = list(publisher.iter_items(declaration.id))
+        if not items:
+            # An empty collection would advertise a dataset with nothing in it (a failed first
+            # run): the collection appears with its first published items.
+            context.log.warning(f"collection {declaration.id}: no published items, not published")
+            return
         built = collection_for(declaration, items)
         schemas = sources.stac_schemas_dir
         stac.validate(built, Path(schemas) if schemas else None)
         outcome = publisher.upsert_collection(built)
         as_dict = built.to_dict(include_self_link=False)
         context.log.info(f"collection {declaration.id}: {outcome}, {len(items)} items")
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "items": len(items),
                 "outcome": outcome,

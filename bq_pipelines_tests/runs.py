@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from bq_pipelines.cli import materialize
 from bq_pipelines.declarations import Declaration
 from bq_pipelines.factory import build_dataset, op_name
+from bq_pipelines.launch import Materialization, materialize
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
 
@@ -18,19 +18,29 @@ def dataset_definitions(declaration: Declaration, settings: Settings) -> dg.Defi
     )
 
 
-def run_dataset(
+def materialize_dataset(
     declaration: Declaration,
     settings: Settings,
     instance: dg.DagsterInstance,
     partitions: list[str] | None = None,
-) -> bool:
-    """Materialize `partitions` (default: all) in batched runs, then the collection."""
+) -> Materialization:
+    """Materialize `partitions` (default: all) in batched in-process runs, the collection last."""
     defs = dataset_definitions(declaration, settings)
     job = defs.resolve_job_def(op_name(declaration.id, "job"))
     keys = partitions or list(
         job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
     )
     return materialize(declaration, defs, keys, instance)
+
+
+def run_dataset(
+    declaration: Declaration,
+    settings: Settings,
+    instance: dg.DagsterInstance,
+    partitions: list[str] | None = None,
+) -> bool:
+    """Whether every run of `materialize_dataset` succeeded."""
+    return materialize_dataset(declaration, settings, instance, partitions).ok
 
 
 def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict:

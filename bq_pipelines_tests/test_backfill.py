@@ -32,8 +32,8 @@ import httpx
 import pystac
 import pytest
 
-from bq_pipelines.cli import RANGE_START_TAG
 from bq_pipelines.factory import DatasetKeys
+from bq_pipelines.launch import RANGE_START_TAG
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests import backfill_location as location
@@ -42,7 +42,6 @@ from bq_pipelines_tests.rasters import RasterSpec, write_raster
 from bq_pipelines_tests.runs import failure_messages, latest_metadata, run_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS_DIR = PROJECT_ROOT.parent / "shared" / "stac-schemas"
 BIN = Path(sys.executable).parent
 MIRROR_PREFIX = "chelsa"  # the local host serves the CHELSA tree under /chelsa/
 TINY = RasterSpec(width=16, height=16, resolution=0.5)
@@ -71,7 +70,6 @@ def bq_env(tmp_path: Path, http_host: LocalHttpHost) -> dict[str, str]:
         "BQ_HOME": str(tmp_path / "bq"),
         "BQ_LOCAL_DATA_ROOT": str(tmp_path / "bq" / "sources"),
         "BQ_SOURCE_BASE_URLS": f"{location.CHELSA_HOST}={http_host.url(MIRROR_PREFIX)}",
-        "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
     }
 
 

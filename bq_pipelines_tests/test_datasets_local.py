@@ -30,7 +30,7 @@ from bq_pipelines.plans import SourceLocations, plan_partition, split_partition_
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.local_sources import write_ebv_cube
-from bq_pipelines_tests.fixtures.services import SCHEMAS_DIR, rasterio_s3_env, services_settings
+from bq_pipelines_tests.fixtures.services import rasterio_s3_env, services_settings
 from bq_pipelines_tests.rasters import RasterSpec, write_raster
 from bq_pipelines_tests.runs import dataset_definitions, failure_messages, run_dataset
 
@@ -340,7 +340,7 @@ def test_one_partition_end_to_end(
     items = search_items(stac_api_url, declaration.id)
     assert set(items) == {case.item_id}
     item = items[case.item_id]
-    stac.validate(item, SCHEMAS_DIR)
+    stac.validate(item)
     assert item.properties.items() >= case.properties.items()
     assert item.datetime == case.datetime
     if case.start is not None:
@@ -426,7 +426,7 @@ def test_global_mammals_partition_publishes_one_item_per_species_band(
     assert sorted(items) == [f"scenario{scenario}_{year}_{k:04d}" for k in range(1, species + 1)]
     for k in range(1, species + 1):
         item = items[f"scenario{scenario}_{year}_{k:04d}"]
-        stac.validate(item, SCHEMAS_DIR)
+        stac.validate(item)
         assert item.properties["species"] == k
         assert item.properties["scenario"] == scenario
         assert item.properties["year"] == int(year)

@@ -28,7 +28,7 @@ from bq_pipelines_tests.fixtures.legacy_mirror import (
     put_legacy_raster,
     write_c3s_land_cover_nc,
 )
-from bq_pipelines_tests.fixtures.services import SCHEMAS_DIR, services_settings
+from bq_pipelines_tests.fixtures.services import services_settings
 from bq_pipelines_tests.rasters import RasterSpec
 from bq_pipelines_tests.runs import failure_messages, run_dataset
 
@@ -243,10 +243,10 @@ def _published_cog(
     """Check the collection, the item the API returns for `case` and its object; return a copy
     of its COG."""
     client = pystac_client.Client.open(stac_api_url)
-    stac.validate(client.get_collection(collection_id), SCHEMAS_DIR)
+    stac.validate(client.get_collection(collection_id))
     search = client.search(collections=[collection_id], ids=[case.item_id])
     [item] = list(search.items())
-    stac.validate(item, SCHEMAS_DIR)
+    stac.validate(item)
     assert {k: item.properties.get(k) for k in case.properties} == case.properties
     assert item.datetime == case.datetime
     key = f"io/{collection_id}/{case.file_name}"

@@ -16,12 +16,19 @@ import yaml
 
 from bq_pipelines.declarations import Declaration, builtin_declaration_files, parse_declaration
 from bq_pipelines.demo import DEMO_LAYERS, write_demo_rasters
-from bq_pipelines.factory import DatasetKeys
+from bq_pipelines.factory import DatasetKeys, op_name
+from bq_pipelines.launch import RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.lib import cog, stac
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.fixtures.services import SCHEMAS_DIR, rasterio_s3_env, services_settings
-from bq_pipelines_tests.runs import failure_messages, latest_metadata, run_dataset
+from bq_pipelines_tests.fixtures.services import rasterio_s3_env, services_settings
+from bq_pipelines_tests.runs import (
+    dataset_definitions,
+    failure_messages,
+    latest_metadata,
+    materialize_dataset,
+    run_dataset,
+)
 
 
 def demo_declaration(dataset_id: str) -> Declaration:
@@ -44,7 +51,6 @@ def local_settings(tmp_path: Path, demo_sources: Path) -> Settings:
         {
             "BQ_HOME": str(tmp_path / "bq"),
             "BQ_LOCAL_DATA_ROOT": str(demo_sources),
-            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
         }
     )
 
@@ -79,11 +85,24 @@ def test_demo_on_embedded_defaults_writes_a_valid_static_catalog(local_settings,
     catalog = pystac.Catalog.from_file(str(local_settings.catalog_dir / "catalog.json"))
     collection = catalog.get_child("demo-local")
     items = {item.id: item for item in collection.get_items()}
+    # Each partition's materializations hold that partition's facts, no batch totals.
+    keys = DatasetKeys("demo-local")
+    for layer in DEMO_LAYERS:
+        for asset_key in keys.partitioned:
+            metadata = latest_metadata(instance, asset_key, layer)
+            assert not {"partitions", "skipped_partitions"} & metadata.keys(), metadata
+            assert metadata["skipped"] is False
+        item_metadata = latest_metadata(instance, keys.step("stac_item"), layer)
+        assert item_metadata["item_ids"] == [f"demo_{layer}"]
+        assert item_metadata["items"] == 1 and item_metadata["created"] == 1
+        assert item_metadata["item"]["id"] == f"demo_{layer}"
+        cog_metadata = latest_metadata(instance, keys.step("cog"), layer)
+        assert cog_metadata["cogs"] == 1
     assert set(items) == {f"demo_{layer}" for layer in DEMO_LAYERS}
-    stac.validate(collection, SCHEMAS_DIR)
+    stac.validate(collection)
     for layer in DEMO_LAYERS:
         item = items[f"demo_{layer}"]
-        stac.validate(item, SCHEMAS_DIR)
+        stac.validate(item)
         href = item.assets["data"].href
         assert href.startswith(str(local_settings.objects_dir.absolute() / "io" / "demo-local"))
         assert cog.validate_cog(Path(href)) == []
@@ -187,7 +206,15 @@ def test_bad_input_fails_only_its_partition_and_publishes_nothing(
             dst.write(data)
     declaration = demo_declaration("demo-broken")
     instance = dg.DagsterInstance.ephemeral()
-    assert not run_dataset(declaration, local_settings, instance)
+    done = materialize_dataset(declaration, local_settings, instance)
+    assert not done.ok
+    assert (done.published, done.skipped, done.failed) == (2, 0, 1)
+    # The failed batch kept Dagster from building the collection after it: a run of its own
+    # did, with the two published items.
+    batch, collection_run = done.runs
+    assert batch.collection_published is False and not batch.success
+    assert collection_run.partitions == () and collection_run.collection_published
+    assert collection_run.success
 
     message = failure_messages(instance)
     assert "1 of 3 partitions failed" in message
@@ -195,6 +222,12 @@ def test_bad_input_fails_only_its_partition_and_publishes_nothing(
     publisher = resources_for(local_settings)["catalog"].publisher()
     assert publisher.get_item("demo-broken", "demo_elevation") is None
     assert not (local_settings.objects_dir / "io" / "demo-broken" / "demo_elevation.tif").exists()
+    collection = publisher.get_collection("demo-broken")
+    assert collection is not None
+    assert sorted(link["href"] for link in collection["links"] if link["rel"] == "item") == [
+        "./demo_landcover/demo_landcover.json",
+        "./demo_temperature/demo_temperature.json",
+    ]
     # The other partitions were published and are recorded as materialized.
     for layer in ("landcover", "temperature"):
         assert publisher.get_item("demo-broken", f"demo_{layer}") is not None
@@ -207,3 +240,50 @@ def test_bad_input_fails_only_its_partition_and_publishes_nothing(
         limit=1,
     ).records
     assert status == []
+
+
+def test_a_job_run_where_every_partition_fails_publishes_no_collection(
+    local_settings, demo_sources
+):
+    # The job as the UI or a sensor launches it: partitions, then the collection.
+    for layer in DEMO_LAYERS:
+        (demo_sources / "demo" / f"{layer}.tif").unlink()
+    declaration = demo_declaration("demo-all-failed")
+    keys = DatasetKeys(declaration.id)
+    defs = dataset_definitions(declaration, local_settings)
+    instance = dg.DagsterInstance.ephemeral()
+    job = defs.resolve_job_def(op_name(declaration.id, "job"))
+    result = job.execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        tags={RANGE_START_TAG: DEMO_LAYERS[0], RANGE_END_TAG: DEMO_LAYERS[-1]},
+    )
+    assert not result.success
+    assert "3 of 3 partitions failed." in failure_messages(instance)
+    publisher = resources_for(local_settings)["catalog"].publisher()
+    assert publisher.get_collection(declaration.id) is None
+    assert instance.fetch_materializations(keys.collection, limit=1).records == []
+
+    # Materialized on its own (by hand, or by automation) it still publishes nothing.
+    collection = dg.materialize([defs.resolve_assets_def(keys.collection)], instance=instance)
+    assert collection.success
+    assert publisher.get_collection(declaration.id) is None
+    assert instance.fetch_materializations(keys.collection, limit=1).records == []
+
+
+def test_demo_rasters_are_written_only_when_missing_or_different(tmp_path: Path):
+    first = write_demo_rasters(tmp_path)
+    assert [written for _, written in first] == [True, True, True]
+    paths = [path for path, _ in first]
+    before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in paths}
+
+    again = write_demo_rasters(tmp_path)
+    assert again == [(path, False) for path in paths]
+    assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in paths} == before
+
+    changed = paths[1]
+    changed.write_bytes(changed.read_bytes()[:-1])
+    third = write_demo_rasters(tmp_path)
+    assert [written for _, written in third] == [False, True, False]
+    assert changed.read_bytes() == before[changed][1]
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == sorted(p.name for p in paths)

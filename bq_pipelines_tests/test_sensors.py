@@ -10,10 +10,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bq_pipelines.cli import QUIET_LOGS, RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.declarations import Declaration, parse_declaration
 from bq_pipelines.demo import write_demo_rasters
 from bq_pipelines.factory import DatasetKeys, build_dataset, op_name, partitions_definition
+from bq_pipelines.launch import QUIET_LOGS, RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.resources import SourcesResource, resources_for
 from bq_pipelines.sensors import (
     AUTOMATION_SENSOR_NAME,
@@ -25,7 +25,7 @@ from bq_pipelines.sensors import (
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.rasters import RasterSpec, write_raster
-from bq_pipelines_tests.test_demo_pipeline import SCHEMAS_DIR, demo_declaration
+from bq_pipelines_tests.test_demo_pipeline import demo_declaration
 
 HOST = "upstream-host"
 MONTHLY = {
@@ -77,7 +77,6 @@ def settings(tmp_path: Path, http_host: LocalHttpHost) -> Settings:
         {
             "BQ_HOME": str(tmp_path / "bq"),
             "BQ_SOURCE_BASE_URLS": f"{HOST}={http_host.base_url}",
-            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
         }
     )
 
@@ -322,7 +321,6 @@ def local_settings(tmp_path: Path) -> Settings:
         {
             "BQ_HOME": str(tmp_path / "bq"),
             "BQ_LOCAL_DATA_ROOT": str(root),
-            "BQ_STAC_SCHEMAS_DIR": str(SCHEMAS_DIR),
         }
     )
 

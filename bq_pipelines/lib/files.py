@@ -11,17 +11,21 @@ from pathlib import Path
 from typing import BinaryIO
 
 COPY_CHUNK_BYTES = 1024 * 1024
+# What a file published to the object store or the catalog needs: readable by a web server or a
+# reader running as another user. mkstemp creates files 0600.
+PUBLISHED_FILE_MODE = 0o644
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None], temp_prefix: str = ".") -> None:
     """Call `write` on a temporary file beside `path`, fsync it, then rename it over `path`.
 
     The temporary file is on the same filesystem (so the rename is atomic) and is removed if
-    anything fails; its name starts with `temp_prefix` + the file name.
+    anything fails; its name starts with `temp_prefix` + the file name. The file ends up 0644.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{temp_prefix}{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, PUBLISHED_FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

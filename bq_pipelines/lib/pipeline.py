@@ -223,11 +223,15 @@ def run_items(
     services: Services,
     staging_name: str,
     on_step: StepCallback = _no_callback,
+    collection: pystac.Collection | None = None,
 ) -> PartitionResult:
     """Fetch every source once, produce each item, then publish them all together (in bulk
     when the catalog supports it). A failing item stops the partition before anything is
     published; objects already uploaded are simply overwritten by the rerun. The staging
     folder is always removed.
+
+    `collection` is created, if the catalog lacks it, right before the items: a partition that
+    fails earlier leaves no empty collection behind.
     """
     if not plans:
         raise PipelineError(f"{staging_name}: nothing to produce (no items planned)")
@@ -239,6 +243,8 @@ def run_items(
         fetched = fetch_sources(urls, staging, services)
         produced = _produce_all(plans, fetched, staging, services, on_step)
         on_step(Step.PUBLISH, f"{len(produced)} items")
+        if collection is not None:
+            services.publisher.ensure_collection(collection)
         outcomes = services.publisher.upsert_items([item for item, _, _ in produced])
         results = [
             ItemResult(plan=plan, cog=info, stored=stored, item=item.to_dict(), outcome=outcome)

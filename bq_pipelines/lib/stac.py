@@ -1,7 +1,7 @@
 """STAC items and collections: built with rio-stac and pystac, validated offline.
 
-Validation reads extension schemas from a local folder when one is configured
-(BQ_STAC_SCHEMAS_DIR, laid out `<name>/<version>/schema.json`) and falls back to fetching.
+Validation is always offline: the schemas ship in the package (`stac_schemas/`, see its README);
+a folder given by the caller (BQ_STAC_SCHEMAS_DIR) adds to them. Compiled with jsonschema-rs.
 """
 
 from __future__ import annotations
@@ -11,34 +11,27 @@ import importlib.resources
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from importlib.resources.abc import Traversable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-import jsonschema
-import jsonschema.exceptions
-import jsonschema.validators
+import jsonschema_rs
 import numpy as np
 import pystac
-import pystac.validation
 import rasterio
 from pystac.extensions.file import FileExtension
 from pystac.utils import datetime_to_str, str_to_datetime
 from pystac.validation.local_validator import get_local_schema_cache
 from pystac.validation.schema_uri_map import DefaultSchemaUriMap
-from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource, Unresolvable
 from rio_stac import create_stac_item
 
 from bq_pipelines.lib.errors import StacValidationError
 
 logger = logging.getLogger(__name__)
-
-SCHEMAS_DIR_ENV = "BQ_STAC_SCHEMAS_DIR"
 
 # Versions pinned to what pystac 1.15 writes and what the offline schema folder holds.
 # Projection v2.0.0 replaced proj:epsg by proj:code ("EPSG:4326"); rio-stac 0.12 still writes
@@ -57,10 +50,6 @@ _PREFIX_SCHEMAS = {
     "eo": EO_SCHEMA,
 }
 
-_EXTENSION_URL = re.compile(
-    r"^https://stac-extensions\.github\.io/(?P<name>[\w-]+)/(?P<version>v[\w.-]+)/schema\.json$"
-)
-_PROJJSON_URL = re.compile(r"^https://proj\.org/schemas/v[\d.]+/projjson\.schema\.json$")
 # The legacy API fills these from its own arguments; here they come from build_item's.
 _TEMPORAL_KEYS = ("datetime", "start_datetime", "end_datetime")
 GLOBAL_BBOX = [-180.0, -90.0, 180.0, 90.0]
@@ -346,58 +335,101 @@ def summarize_properties(
 # ----------------------------------------------------------------------- validation
 
 
+# Schemas shipped inside the package (see stac_schemas/README.md), laid out like the override
+# folder: `<name>/<version>/schema.json`, and PROJ's `proj/<version>/projjson.schema.json`.
+SHIPPED_SCHEMAS = "stac_schemas"
+_PROJJSON_FILE = "projjson.schema.json"
+_PROJJSON_SHIPPED_VERSION = "v0.7"
+_MAX_MESSAGE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class _SchemaSet:
+    """Every schema validation may use, by URL, and the compiled-reference registry over them."""
+
+    schemas: Mapping[str, dict[str, Any]]
+    registry: jsonschema_rs.Registry
+    origin: str  # where they come from, for error messages
+
+
+def _schema_url(relative: PurePosixPath) -> str | None:
+    """The published URL of a schema file, from its path in a schemas folder."""
+    parts = relative.parts
+    if len(parts) != 3:
+        return None
+    name, version, file_name = parts
+    if name == "proj" and file_name == _PROJJSON_FILE:
+        return f"https://proj.org/schemas/{version}/{_PROJJSON_FILE}"
+    if file_name == "schema.json":
+        return f"https://stac-extensions.github.io/{name}/{version}/schema.json"
+    return None
+
+
+def _folder_schemas(folder: Traversable) -> dict[str, dict[str, Any]]:
+    """Every schema file of a folder laid out `<name>/<version>/<file>`, by published URL."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for name in folder.iterdir():
+        if not name.is_dir():
+            continue
+        for version in name.iterdir():
+            if not version.is_dir():
+                continue
+            for file in version.iterdir():
+                url = _schema_url(PurePosixPath(name.name, version.name, file.name))
+                if url is None or not file.is_file():
+                    continue
+                try:
+                    schemas[url] = json.loads(file.read_text(encoding="utf-8"))
+                except ValueError as error:
+                    raise StacValidationError(f"STAC schema {file} is not JSON: {error}") from error
+    return schemas
+
+
+def _projjson_aliases(schemas: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    # The projection extension's versions cite PROJJSON v0.2 to v0.7; PROJ publishes only its
+    # newest schema, a superset of the older ones for what GDAL writes.
+    newest = schemas[f"https://proj.org/schemas/{_PROJJSON_SHIPPED_VERSION}/{_PROJJSON_FILE}"]
+    return {
+        f"https://proj.org/schemas/v0.{minor}/{_PROJJSON_FILE}": newest for minor in range(2, 7)
+    }
+
+
+def _offline_only(uri: str) -> Any:
+    raise LookupError(f"{uri} is not among the offline STAC schemas")
+
+
 @functools.cache
-def _read_json(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as handle:
-        return json.load(handle)
+def _schema_set(override: Path | None) -> _SchemaSet:
+    """Core schemas (pystac's), the shipped ones, then the override folder's on top."""
+    shipped = _folder_schemas(importlib.resources.files("bq_pipelines.lib") / SHIPPED_SCHEMAS)
+    schemas = {**get_local_schema_cache(), **_projjson_aliases(shipped), **shipped}
+    origin = "the schemas shipped in bq_pipelines/lib/stac_schemas"
+    if override is not None:
+        schemas.update(_folder_schemas(override))
+        origin += f" and {override}"
+    try:
+        registry = jsonschema_rs.Registry(list(schemas.items()), retriever=_offline_only)
+    except ValueError as error:
+        raise StacValidationError(f"STAC schemas ({origin}): {error}") from error
+    return _SchemaSet(schemas, registry, origin)
 
 
-def _projjson_schema_path() -> Path:
-    # PROJ's schema ships in rasterio's wheel; a source build of rasterio reads PROJ's data dir.
-    bundled = importlib.resources.files("rasterio") / "proj_data" / "projjson.schema.json"
-    if bundled.is_file():
-        return Path(str(bundled))
-    from pyproj.datadir import get_data_dir  # only present when rasterio isn't a wheel
-
-    return Path(get_data_dir()) / "projjson.schema.json"
-
-
-def _local_schema_path(uri: str, schemas_dir: Path) -> Path:
-    """Where the offline copy of `uri` lives; StacValidationError when there is none."""
-    if _PROJJSON_URL.match(uri):
-        # The projection schemas cite PROJJSON v0.2-v0.7; PROJ ships only its newest, a
-        # superset of the older ones for what GDAL writes.
-        return _projjson_schema_path()
-    match = _EXTENSION_URL.match(uri)
-    if match is None:
+@functools.cache
+def _validator(uri: str, override: Path | None) -> jsonschema_rs.Validator:
+    # Compiled once per schema: compilation costs far more than a validation.
+    schema_set = _schema_set(override)
+    schema = schema_set.schemas.get(uri)
+    if schema is None:
         raise StacValidationError(
-            f"schema {uri} is not a stac-extensions.github.io schema and cannot be resolved "
-            f"offline from {schemas_dir}"
+            f"schema {uri} is not available offline (looked in {schema_set.origin}); put it in "
+            "BQ_STAC_SCHEMAS_DIR as <name>/<version>/schema.json, or drop the extension"
         )
-    path = schemas_dir / match["name"] / match["version"] / "schema.json"
-    if not path.is_file():
-        raise StacValidationError(
-            f"schema {uri} not found offline: expected {path} in {schemas_dir}; add "
-            f"{match['name']}/{match['version']}/schema.json there or drop the extension"
+    try:
+        return jsonschema_rs.validator_for(
+            schema, registry=schema_set.registry, validate_formats=True, offline=True
         )
-    return path
-
-
-@functools.cache
-def _core_schemas() -> dict[str, dict[str, Any]]:
-    return get_local_schema_cache()
-
-
-@functools.cache
-def _registry(schemas_dir: Path) -> Registry:
-    def retrieve(uri: str) -> Resource[Any]:
-        try:
-            return Resource.from_contents(_read_json(_local_schema_path(uri, schemas_dir)))
-        except StacValidationError as error:
-            raise NoSuchResource(ref=uri) from error
-
-    core = [(uri, Resource.from_contents(schema)) for uri, schema in _core_schemas().items()]
-    return Registry(retrieve=retrieve).with_resources(core)  # type: ignore[call-arg]
+    except ValueError as error:
+        raise StacValidationError(f"schema {uri} cannot be compiled offline: {error}") from error
 
 
 def _core_schema_uri(stac_dict: Mapping[str, Any]) -> str:
@@ -411,66 +443,62 @@ def _core_schema_uri(stac_dict: Mapping[str, Any]) -> str:
     return uri
 
 
-def _schema(uri: str, schemas_dir: Path) -> dict[str, Any]:
-    core = _core_schemas()
-    if uri in core:
-        return core[uri]
-    return _read_json(_local_schema_path(uri, schemas_dir))
+def _most_specific(error: jsonschema_rs.ValidationError) -> jsonschema_rs.ValidationError:
+    """The deepest error under anyOf/oneOf branches.
+
+    Extension schemas are `oneOf` an item shape and a collection shape: the error worth reading
+    is the failing field inside the branch that matched the object's type, which is the one
+    deepest in the instance.
+    """
+    branches = getattr(error.kind, "context", None) or []
+    candidates = [_most_specific(inner) for branch in branches for inner in branch]
+    if not candidates:
+        return error
+    return max(candidates, key=lambda inner: len(inner.instance_path))
 
 
-@functools.cache
-def _validator(uri: str, schemas_dir: Path) -> Any:
-    # Built once per schema: re-creating validators was most of the cost of a validation.
-    schema = _schema(uri, schemas_dir)
-    validator_cls = jsonschema.validators.validator_for(schema)
-    return validator_cls(
-        schema, registry=_registry(schemas_dir), format_checker=validator_cls.FORMAT_CHECKER
-    )
+def _field_path(error: jsonschema_rs.ValidationError) -> str:
+    return "/" + "/".join(str(part) for part in error.instance_path)
 
 
-def _check_against(stac_dict: Mapping[str, Any], uri: str, schemas_dir: Path) -> None:
-    validator = _validator(uri, schemas_dir)
+def _check_against(stac_dict: Mapping[str, Any], uri: str, override: Path | None) -> None:
     try:
-        error = jsonschema.exceptions.best_match(validator.iter_errors(stac_dict))
-    except Unresolvable as unresolvable:
+        validator = _validator(uri, override)
+    except StacValidationError as error:
         raise StacValidationError(
-            f"{stac_dict.get('id')!r}: schema {uri} references a schema not found offline in "
-            f"{schemas_dir}: {unresolvable}"
-        ) from unresolvable
-    if error is not None:
-        raise StacValidationError(
-            f"{stac_dict.get('type')} {stac_dict.get('id')!r} fails schema {uri} at "
-            f"{error.json_path}: {error.message}"
+            f"{stac_dict.get('type')} {stac_dict.get('id')!r}: {error}"
         ) from error
-
-
-def _validate_online(stac_dict: dict[str, Any]) -> None:
-    try:
-        pystac.validation.validate_dict(stac_dict)
-    except pystac.STACValidationError as error:
-        raise StacValidationError(f"{stac_dict.get('id')!r}: {error}") from error
+    error = next(validator.iter_errors(stac_dict), None)
+    if error is None:
+        return
+    specific = _most_specific(error)
+    message = specific.message
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = message[:_MAX_MESSAGE_CHARS] + "..."
+    raise StacValidationError(
+        f"{stac_dict.get('type')} {stac_dict.get('id')!r} fails schema {uri} at "
+        f"{_field_path(specific)}: {message}"
+    )
 
 
 def validate(
     stac_object: pystac.STACObject | Mapping[str, Any], schemas_dir: Path | None = None
 ) -> None:
-    """Validate against core + every extension schema used; raise StacValidationError naming
-    the object id, the schema and the failing field. Offline when `schemas_dir` is given (or
-    BQ_STAC_SCHEMAS_DIR is set)."""
+    """Validate against the core schema and every extension schema the object declares, offline.
+
+    Raises StacValidationError naming the object id, the schema, the failing field and the
+    reason. `schemas_dir` (BQ_STAC_SCHEMAS_DIR) adds schemas to the shipped ones, or replaces
+    them; it is read once per process. A schema found nowhere is an error, never a download.
+    """
     if isinstance(stac_object, pystac.STACObject):
         raw: Any = stac_object.to_dict(include_self_link=False, transform_hrefs=False)
     else:
         raw = stac_object
     # A JSON round trip turns tuples into arrays, as a reader of the file would see them.
     stac_dict: dict[str, Any] = json.loads(json.dumps(raw))
-    folder = schemas_dir or (
-        Path(os.environ[SCHEMAS_DIR_ENV]) if os.environ.get(SCHEMAS_DIR_ENV) else None
-    )
-    if folder is None:
-        _validate_online(stac_dict)
-        return
-    if not folder.is_dir():
-        raise StacValidationError(f"STAC schemas folder {folder} does not exist")
+    if schemas_dir is not None and not schemas_dir.is_dir():
+        raise StacValidationError(f"STAC schemas folder {schemas_dir} does not exist")
+    override = schemas_dir.resolve() if schemas_dir is not None else None
     for uri in [_core_schema_uri(stac_dict), *stac_dict.get("stac_extensions", [])]:
-        _check_against(stac_dict, uri, folder.resolve())
+        _check_against(stac_dict, uri, override)
     logger.debug("%s %r is valid", stac_dict.get("type"), stac_dict.get("id"))

@@ -6,6 +6,7 @@ import copy
 import json
 import multiprocessing
 import socket
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,8 @@ from bq_pipelines.lib.catalog import StacApiPublisher, StaticCatalogPublisher
 from bq_pipelines.lib.errors import CatalogError
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.stac import build_collection, validate
-from bq_pipelines_tests.lib.test_stac import SPECS, item_for, make_cog, schemas_dir
+from bq_pipelines_tests.lib.test_stac import SPECS, item_for, make_cog
 from bq_pipelines_tests.rasters import RasterSpec
-
-__all__ = ["schemas_dir"]  # the fixture, re-used from the item tests
 
 FAST_RETRY = RetryPolicy(attempts=2, backoff_seconds=0.01, max_backoff_seconds=0.01)
 
@@ -56,7 +55,7 @@ def collection_for(collection_id: str, items: list[pystac.Item], description: st
 # ----------------------------------------------------------------------- static catalog
 
 
-def test_static_catalog_round_trip(tmp_path: Path, schemas_dir: Path) -> None:
+def test_static_catalog_round_trip(tmp_path: Path) -> None:
     cogs = [
         make_cog(tmp_path / "cogs", SPECS["int16-32198"], "a"),
         make_cog(tmp_path / "cogs", RasterSpec(origin=(-70.0, 47.0)), "b"),
@@ -80,9 +79,23 @@ def test_static_catalog_round_trip(tmp_path: Path, schemas_dir: Path) -> None:
         )
         assert item.to_dict(include_self_link=False)["properties"]["variable"] == "tas"
     for path in (tmp_path / "catalog").rglob("*.json"):
-        validate(_load(path), schemas_dir)
+        validate(_load(path))
     assert sorted(item["id"] for item in publisher.iter_items("chelsa-monthly")) == ["a", "b"]
     assert publisher.get_item("chelsa-monthly", "a")["links"][0]["href"] == "../../catalog.json"
+
+
+def test_static_catalog_files_are_world_readable(
+    tmp_path: Path, item_template: dict[str, Any]
+) -> None:
+    publisher = StaticCatalogPublisher(tmp_path / "catalog")
+    item = clone(item_template, "chelsa-monthly", "tas_2001_03")
+    publisher.ensure_collection(collection_for("chelsa-monthly", [item]))
+    publisher.upsert_item(item)
+
+    files = sorted((tmp_path / "catalog").rglob("*.json"))
+    assert [f.name for f in files] == ["catalog.json", "collection.json", "tas_2001_03.json"]
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -203,7 +216,6 @@ def test_api_publish_is_idempotent(
     api_collection_id: str,
     stac_api_url: str,
     item_template: dict[str, Any],
-    schemas_dir: Path,
 ) -> None:
     item = clone(item_template, api_collection_id, "tas_2001_03")
     collection = collection_for(api_collection_id, [item])
@@ -212,7 +224,7 @@ def test_api_publish_is_idempotent(
 
     assert search_ids(stac_api_url, api_collection_id) == ["tas_2001_03"]
     stored = api.get_item(api_collection_id, "tas_2001_03")
-    validate(stored, schemas_dir)
+    validate(stored)
     assert (
         stored["assets"]["data"]["file:checksum"]
         == item.assets["data"].extra_fields["file:checksum"]

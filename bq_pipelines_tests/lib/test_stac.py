@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.resources
+import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +23,7 @@ from rio_cogeo.profiles import cog_profiles
 
 from bq_pipelines.lib.errors import StacValidationError
 from bq_pipelines.lib.stac import (
+    EO_SCHEMA,
     FILE_SCHEMA,
     ITEM_ASSETS_SCHEMA,
     PROJECTION_SCHEMA,
@@ -33,14 +37,6 @@ from bq_pipelines.lib.stac import (
 from bq_pipelines_tests.rasters import CUSTOM_LCC_WKT, RasterSpec, write_raster
 
 LEGACY_PROPERTIES = {"variable": "tas", "year": 2001, "month": 3, "version": "2.1"}
-
-
-@pytest.fixture(scope="session")
-def schemas_dir() -> Path:
-    """The shared offline copy of the extension schemas, beside the project (never copied)."""
-    folder = (Path(__file__).resolve().parents[2] / ".." / "shared" / "stac-schemas").resolve()
-    assert (folder / "projection").is_dir(), f"STAC schemas not found at {folder}"
-    return folder
 
 
 @dataclass(frozen=True)
@@ -110,7 +106,7 @@ def footprint_wgs84(path: Path) -> list[tuple[float, float]]:
 # ------------------------------------------------------------------------------ items
 
 
-def test_item_is_valid_and_complete(cog: Cog, schemas_dir: Path) -> None:
+def test_item_is_valid_and_complete(cog: Cog) -> None:
     item = item_for(cog)
 
     west, south, east, north = item.bbox
@@ -164,17 +160,17 @@ def test_item_is_valid_and_complete(cog: Cog, schemas_dir: Path) -> None:
     assert item.collection_id == "chelsa-monthly"
     assert item.to_dict()["properties"]["datetime"] == "2001-03-01T00:00:00Z"
     assert item.to_dict()["links"], "STAC APIs refuse items without links"
-    validate(item, schemas_dir)
+    validate(item)
 
 
-def test_item_is_deterministic(cog: Cog, schemas_dir: Path) -> None:
+def test_item_is_deterministic(cog: Cog) -> None:
     first, second = item_for(cog), item_for(cog)
     assert first.to_dict() == second.to_dict()
     assert "created" not in first.properties
-    validate(second, schemas_dir)
+    validate(second)
 
 
-def test_item_with_a_date_range(tmp_path: Path, schemas_dir: Path) -> None:
+def test_item_with_a_date_range(tmp_path: Path) -> None:
     cog = make_cog(tmp_path, RasterSpec())
     start = datetime(1981, 1, 1, tzinfo=UTC)
     end = datetime(2010, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -190,7 +186,7 @@ def test_item_with_a_date_range(tmp_path: Path, schemas_dir: Path) -> None:
     assert item.properties["start_datetime"] == "1981-01-01T00:00:00Z"
     assert item.properties["end_datetime"] == "2010-12-31T23:59:59Z"
     assert item.properties["variable"] == "bio1"
-    validate(item, schemas_dir)
+    validate(item)
 
 
 def test_item_needs_a_datetime(tmp_path: Path) -> None:
@@ -229,7 +225,6 @@ def valid_item_dict(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 )
 def test_invalid_item_names_the_field(
     valid_item_dict: dict[str, Any],
-    schemas_dir: Path,
     path: tuple[str, ...],
     value: Any,
     expected: str,
@@ -240,48 +235,160 @@ def test_invalid_item_names_the_field(
         target = target[key]
     target[path[-1]] = value
     with pytest.raises(StacValidationError, match=expected) as caught:
-        validate(broken, schemas_dir)
+        validate(broken)
     message = str(caught.value)
     assert "tas_2001_03" in message
     assert "schema.json" in message or "item.json" in message
+    # The failing field's path, not the whole object the oneOf of an extension schema saw.
+    assert "/" + "/".join(path) in message
+    assert len(message) < 600
 
 
-def test_null_datetime_without_range_is_invalid(
-    valid_item_dict: dict[str, Any], schemas_dir: Path
-) -> None:
+def test_null_datetime_without_range_is_invalid(valid_item_dict: dict[str, Any]) -> None:
     broken = copy.deepcopy(valid_item_dict)
     broken["properties"]["datetime"] = None
-    with pytest.raises(StacValidationError, match=r"item\.json"):
-        validate(broken, schemas_dir)
-
-
-def test_unknown_extension_names_schema_and_folder(
-    valid_item_dict: dict[str, Any], schemas_dir: Path
-) -> None:
-    unknown = "https://stac-extensions.github.io/scientific/v1.0.0/schema.json"
-    item = copy.deepcopy(valid_item_dict)
-    item["stac_extensions"].append(unknown)
-    with pytest.raises(StacValidationError) as caught:
-        validate(item, schemas_dir)
-    assert unknown in str(caught.value)
-    assert str(schemas_dir) in str(caught.value)
-
-
-def test_schemas_dir_from_environment(
-    valid_item_dict: dict[str, Any], schemas_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("BQ_STAC_SCHEMAS_DIR", str(schemas_dir))
-    validate(valid_item_dict)
-    broken = copy.deepcopy(valid_item_dict)
-    broken["properties"]["proj:code"] = 4326
-    with pytest.raises(StacValidationError, match="proj:code"):
+    with pytest.raises(StacValidationError, match=r"item\.json at /properties/datetime"):
         validate(broken)
+
+
+SCIENTIFIC = "https://stac-extensions.github.io/scientific/v1.0.0/schema.json"
+
+
+def test_unknown_extension_is_an_error_naming_it_never_a_download(
+    valid_item_dict: dict[str, Any],
+) -> None:
+    item = copy.deepcopy(valid_item_dict)
+    item["stac_extensions"].append(SCIENTIFIC)
+    with pytest.raises(StacValidationError) as caught:
+        validate(item)
+    message = str(caught.value)
+    assert SCIENTIFIC in message and "tas_2001_03" in message
+    assert "not available offline" in message and "BQ_STAC_SCHEMAS_DIR" in message
+
+
+def shipped_schema_urls() -> list[str]:
+    folder = importlib.resources.files("bq_pipelines.lib") / "stac_schemas"
+    return sorted(
+        f"https://stac-extensions.github.io/{name.name}/{version.name}/schema.json"
+        for name in folder.iterdir()
+        if name.is_dir() and name.name != "proj"
+        for version in name.iterdir()
+        if (version / "schema.json").is_file()
+    )
+
+
+def test_every_extension_version_the_project_writes_is_shipped() -> None:
+    shipped = set(shipped_schema_urls())
+    written = {PROJECTION_SCHEMA, RASTER_SCHEMA, FILE_SCHEMA, EO_SCHEMA, ITEM_ASSETS_SCHEMA}
+    assert written <= shipped
+    assert "https://stac-extensions.github.io/classification/v1.1.0/schema.json" in shipped
+
+
+@pytest.mark.parametrize("url", shipped_schema_urls())
+def test_every_shipped_schema_resolves_its_references_offline(
+    valid_item_dict: dict[str, Any], url: str
+) -> None:
+    # Whatever the verdict on this item, it must come from the schema itself: a reference to
+    # PROJJSON, GeoJSON or the core schemas that could not be resolved offline fails differently.
+    item = copy.deepcopy(valid_item_dict)
+    item["stac_extensions"] = [url]
+    try:
+        validate(item)
+    except StacValidationError as error:
+        assert f"fails schema {url} at " in str(error)
+
+
+def test_classification_classes_validate(valid_item_dict: dict[str, Any]) -> None:
+    classification = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
+    item = copy.deepcopy(valid_item_dict)
+    item["stac_extensions"].append(classification)
+    band = item["assets"]["data"]["raster:bands"][0]
+    band["classification:classes"] = [
+        {"value": 1, "name": "water", "description": "Open water"},
+        {"value": 2, "name": "forest", "description": "Closed forest"},
+    ]
+    validate(item)
+    band["classification:classes"][1]["value"] = "two"
+    with pytest.raises(StacValidationError, match="classification:classes/1/value"):
+        validate(item)
+
+
+def write_schema(folder: Path, name: str, version: str, schema: dict[str, Any]) -> None:
+    path = folder / name / version / "schema.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(schema))
+
+
+def requiring(url: str, field: str) -> dict[str, Any]:
+    """A schema, published at `url`, requiring a string property `field`."""
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$id": url,
+        "type": "object",
+        "required": ["properties"],
+        "properties": {
+            "properties": {
+                "type": "object",
+                "required": [field],
+                "properties": {field: {"type": "string"}},
+            }
+        },
+    }
+
+
+def test_schemas_folder_adds_and_overrides_shipped_schemas(
+    valid_item_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    added = tmp_path / "added"
+    write_schema(added, "scientific", "v1.0.0", requiring(SCIENTIFIC, "sci:doi"))
+    item = copy.deepcopy(valid_item_dict)
+    item["stac_extensions"].append(SCIENTIFIC)
+    item["properties"]["sci:doi"] = "10.5061/dryad.s2v81"
+    validate(item, added)
+    item["properties"]["sci:doi"] = 10
+    with pytest.raises(StacValidationError, match="/properties/sci:doi"):
+        validate(item, added)
+
+    # A file of the folder takes precedence over the shipped one of the same URL.
+    replaced = tmp_path / "replaced"
+    write_schema(replaced, "projection", "v2.0.0", requiring(PROJECTION_SCHEMA, "proj:centroid"))
+    validate(valid_item_dict)
+    with pytest.raises(StacValidationError, match=f"fails schema {PROJECTION_SCHEMA}"):
+        validate(valid_item_dict, replaced)
+
+
+def test_unresolvable_reference_in_a_schema_is_an_error_naming_it(
+    valid_item_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    elsewhere = "https://schemas.example.org/elsewhere/v1.0.0/schema.json"
+    schema = {**requiring(SCIENTIFIC, "sci:doi"), "allOf": [{"$ref": elsewhere}]}
+    write_schema(tmp_path, "scientific", "v1.0.0", schema)
+    item = copy.deepcopy(valid_item_dict)
+    item["stac_extensions"].append(SCIENTIFIC)
+    with pytest.raises(StacValidationError, match=re.escape(elsewhere)) as caught:
+        validate(item, tmp_path)
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_missing_schemas_folder_is_an_error(
+    valid_item_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    with pytest.raises(StacValidationError, match="does not exist"):
+        validate(valid_item_dict, tmp_path / "nowhere")
+
+
+def test_validation_reads_no_environment_variable(
+    valid_item_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Settings pass the folder explicitly; a variable that names no folder changes nothing.
+    monkeypatch.setenv("BQ_STAC_SCHEMAS_DIR", "/nonexistent/schemas")
+    validate(valid_item_dict)
 
 
 # ------------------------------------------------------------------------ collections
 
 
-def test_collection_extent_is_the_union_of_items(tmp_path: Path, schemas_dir: Path) -> None:
+def test_collection_extent_is_the_union_of_items(tmp_path: Path) -> None:
     east_cog = make_cog(tmp_path, RasterSpec(origin=(-70.0, 47.0)), "east")
     west_cog = make_cog(tmp_path, RasterSpec(crs="EPSG:32198"), "west")
     first = item_for(east_cog, "a", datetime_=datetime(2001, 3, 1, tzinfo=UTC))
@@ -328,10 +435,10 @@ def test_collection_extent_is_the_union_of_items(tmp_path: Path, schemas_dir: Pa
     assert as_dict["providers"][0]["name"] == "WSL"
     assert as_dict["keywords"] == ["climate"]
     assert as_dict["item_assets"]["data"]["roles"] == ["data"]
-    validate(collection, schemas_dir)
+    validate(collection)
 
 
-def test_empty_collection_has_a_global_open_extent(schemas_dir: Path) -> None:
+def test_empty_collection_has_a_global_open_extent() -> None:
     collection = build_collection(
         collection_id="empty",
         title="Empty",
@@ -341,7 +448,7 @@ def test_empty_collection_has_a_global_open_extent(schemas_dir: Path) -> None:
     )
     assert collection.extent.spatial.bboxes == [[-180.0, -90.0, 180.0, 90.0]]
     assert collection.extent.temporal.intervals == [[None, None]]
-    validate(collection, schemas_dir)
+    validate(collection)
 
 
 def test_summaries_are_ranges_for_numbers_and_distinct_values_otherwise() -> None:

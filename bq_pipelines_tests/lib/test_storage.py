@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import urllib.error
 import urllib.request
@@ -139,6 +140,17 @@ def test_local_put_then_stat(tmp_path: Path) -> None:
     )
     assert store.stat("io/col/missing.tif") is None
     assert store.gdal_path("io/col/a.tif") == str(target)
+
+
+def test_local_objects_are_world_readable(tmp_path: Path) -> None:
+    # Served by a web server or read by another user: not mkstemp's 0600, nor the source's mode.
+    source, sha = write_bytes(tmp_path / "src" / "a.tif", b"cog bytes")
+    source.chmod(0o600)
+    LocalObjectStore(tmp_path / "store").put_file(source, "io/col/a.tif", sha256=sha)
+
+    folder = tmp_path / "store" / "io" / "col"
+    for path in (folder / "a.tif", folder / "a.tif.sha256"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
 def test_local_sidecar_is_sha256sum_format(tmp_path: Path) -> None:

@@ -1,0 +1,232 @@
+"""The command line: partition keys checked and listed, counts per run, skip on a second run,
+runs attributed to the dataset's job in the UI, nothing published when nothing succeeded."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from bq_pipelines.cli import closest_keys, main
+from bq_pipelines.demo import DEMO_LAYERS
+from bq_pipelines.launch import CODE_LOCATION, DEFINITIONS_MODULE, immediate_launch_config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+REPOSITORY = "__repository__"  # the repository name Dagster gives a Definitions object
+RUN_LINE = re.compile(
+    r"^run (?P<run>[0-9a-f]{8}) \[(?P<label>[^\]]+)\]: (?P<status>ok|FAILED)"
+    r"(, (?P<published>\d+) published, (?P<skipped>\d+) skipped, (?P<failed>\d+) failed)?",
+    re.MULTILINE,
+)
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Embedded defaults under tmp, no DAGSTER_HOME (in-process runs); returns BQ_HOME."""
+    for name in list(os.environ):
+        if name.startswith("BQ_"):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("BQ_HOME", str(tmp_path / "bq"))
+    return tmp_path / "bq"
+
+
+# ------------------------------------------------------------------------ partition keys
+
+
+def test_swapped_dimensions_are_suggested_first() -> None:
+    valid = [
+        f"{month}|{variable}" for month in ("1985-06", "1985-07") for variable in ("pet", "pr")
+    ]
+    assert closest_keys("pet|1985-07", valid)[0] == "1985-07|pet"
+    assert closest_keys("1985-07|pre", valid)[0] == "1985-07|pr"
+
+
+def test_unknown_partition_is_an_error_listing_the_closest_keys(cli_env: Path, capsys) -> None:
+    assert main(["materialize", "demo", "--partition", "landcovr"]) == 2
+    error = capsys.readouterr().err
+    assert "dataset 'demo': unknown partition key(s)" in error
+    assert "'landcovr': closest valid keys: landcover" in error
+    assert "bq-pipelines partitions demo" in error
+    assert not (cli_env / "catalog").exists()  # nothing ran
+
+
+def test_swapped_dimensions_of_a_monthly_dataset_are_an_error(cli_env: Path, capsys) -> None:
+    assert main(["materialize", "chelsa-monthly", "--partition", "pet|1985-07"]) == 2
+    error = capsys.readouterr().err
+    assert "'pet|1985-07': closest valid keys: 1985-07|pet" in error
+
+
+def test_unknown_dataset_suggests_a_declared_one(cli_env: Path, capsys) -> None:
+    assert main(["partitions", "chelsa-monthy"]) == 2
+    assert "closest: chelsa-monthly" in capsys.readouterr().err
+
+
+def test_partitions_lists_keys(cli_env: Path, capsys) -> None:
+    assert main(["partitions", "demo"]) == 0
+    assert capsys.readouterr().out.split() == list(DEMO_LAYERS)
+    assert main(["partitions", "chelsa-monthly"]) == 0
+    keys = capsys.readouterr().out.split()
+    assert len(keys) == 492 * 10 and "1985-07|pet" in keys
+
+
+def test_partitions_discovers_file_partitions_first(cli_env: Path, capsys) -> None:
+    folder = cli_env / "sources" / "stressors_qc"
+    folder.mkdir(parents=True)
+    for name in ("roads.tif", "mines.tif"):
+        (folder / name).write_bytes(b"")
+    assert main(["partitions", "stressors_qc"]) == 0
+    assert capsys.readouterr().out.split() == ["mines.tif", "roads.tif"]
+
+
+# ------------------------------------------------------------------------ runs and counts
+
+
+def test_no_successful_partition_publishes_no_collection(cli_env: Path, capsys) -> None:
+    # No `demo-data`: every source is missing.
+    assert main(["materialize", "demo"]) == 1
+    captured = capsys.readouterr()
+    [run] = list(RUN_LINE.finditer(captured.out))
+    assert run["label"] == "landcover .. temperature + collection" and run["status"] == "FAILED"
+    assert (run["published"], run["skipped"], run["failed"]) == ("0", "0", "3")
+    assert "total: 3 partitions, 0 published, 0 skipped, 3 failed" in captured.out
+    assert "collection demo: not published (no partition succeeded)" in captured.out
+    assert "3 of 3 partitions failed" in captured.err
+    assert not (cli_env / "catalog" / "demo").exists()
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "bq-pipelines"), *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def graphql(query: str, variables: dict, env: dict[str, str], output: Path) -> dict:
+    """A query answered as the UI's webserver would, on the project's workspace."""
+    command = [str(BIN / "dagster-graphql"), "-w", "workspace.yaml", "-t", query]
+    result = subprocess.run(
+        [*command, "-v", json.dumps(variables), "-o", str(output)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(output.read_text())["data"]
+
+
+JOB_RUNS = """query JobRuns($params: PipelineSelector!) {
+  pipelineOrError(params: $params) {
+    __typename
+    ... on Pipeline { runs { runId status repositoryOrigin { repositoryLocationName } } }
+  }
+}"""
+
+
+def test_cli_launches_at_once_on_the_same_storage(tmp_path: Path) -> None:
+    project = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    launch = immediate_launch_config(project, tmp_path)
+    # The project's run queue needs the daemon; pools and the rest are kept.
+    assert launch["run_coordinator"]["class"] == "DefaultRunCoordinator"
+    assert "runs" not in launch["concurrency"] and launch["concurrency"]["pools"]
+    assert project["concurrency"]["runs"]  # the project's own configuration is left alone
+    assert launch["storage"] == {"sqlite": {"base_dir": str(tmp_path)}}
+    assert launch["compute_logs"]["config"] == {"base_dir": str(tmp_path / "storage")}
+    assert launch["telemetry"] == project["telemetry"]
+    # A deployment's own storage and launcher are used as they are.
+    postgres = {"postgres_url": {"env": "DAGSTER_PG_URL"}}
+    deployed = {
+        "storage": {"postgres": postgres},
+        "run_launcher": {"module": "dagster_celery", "class": "CeleryRunLauncher"},
+        "run_coordinator": {
+            "module": "dagster.core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+        },
+    }
+    launch = immediate_launch_config(deployed, tmp_path)
+    assert launch["storage"] == {"postgres": postgres}
+    assert launch["run_launcher"] == deployed["run_launcher"]
+    assert launch["run_coordinator"]["class"] == "DefaultRunCoordinator"
+
+
+def test_the_code_location_the_cli_launches_is_the_workspace_one() -> None:
+    workspace = yaml.safe_load((PROJECT_ROOT / "workspace.yaml").read_text())
+    assert workspace["load_from"] == [
+        {"python_module": {"module_name": DEFINITIONS_MODULE, "location_name": CODE_LOCATION}}
+    ]
+
+
+def test_cli_runs_are_the_jobs_runs_counted_then_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "dagster"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    bq_home = tmp_path / "bq"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BQ_")}
+    env |= {"DAGSTER_HOME": str(home), "BQ_HOME": str(bq_home)}
+
+    generated = run_cli("demo-data", env=env)
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.count("(written)") == 3
+    first = run_cli("materialize", "demo", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    [run] = list(RUN_LINE.finditer(first.stdout))
+    assert run["label"] == "landcover .. temperature + collection" and run["status"] == "ok"
+    assert (run["published"], run["skipped"], run["failed"]) == ("3", "0", "0")
+    assert "total: 3 partitions, 3 published, 0 skipped, 0 failed" in first.stdout
+
+    # What `make demo` does again: the rasters are left alone, every partition is skipped.
+    sources = sorted((bq_home / "sources" / "demo").glob("*.tif"))
+    before = [(p.stat().st_mtime_ns, p.read_bytes()) for p in sources]
+    regenerated = run_cli("demo-data", env=env)
+    assert regenerated.stdout.count("(unchanged)") == 3, regenerated.stdout
+    assert [(p.stat().st_mtime_ns, p.read_bytes()) for p in sources] == before
+    second = run_cli("materialize", "demo", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    [again] = list(RUN_LINE.finditer(second.stdout))
+    assert (again["published"], again["skipped"], again["failed"]) == ("0", "3", "0")
+    assert "total: 3 partitions, 0 published, 3 skipped, 0 failed" in second.stdout
+
+    # The UI's job page lists both runs, from the code location: no "No runs found", and
+    # "Re-execute" finds the job where the run came from.
+    selector = {
+        "repositoryLocationName": CODE_LOCATION,
+        "repositoryName": REPOSITORY,
+        "pipelineName": "demo_job",
+    }
+    job = graphql(JOB_RUNS, {"params": selector}, env, tmp_path / "graphql.json")
+    job = job["pipelineOrError"]
+    assert job["__typename"] == "Pipeline"
+    listed = {r["runId"][:8]: r for r in job["runs"]}
+    assert set(listed) == {run["run"], again["run"]}
+    for entry in listed.values():
+        assert entry["status"] == "SUCCESS"
+        assert entry["repositoryOrigin"] == {"repositoryLocationName": CODE_LOCATION}
+
+    # Published files are readable by anyone (a web server serving the catalog, say).
+    published = [*(bq_home / "objects").rglob("*.tif"), *(bq_home / "catalog").rglob("*.json")]
+    assert len(published) == 3 + 1 + 1 + 3
+    for path in published:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+    assert {r.run_id[:8] for r in runs} == set(listed)
+    assert all(r.job_name == "demo_job" and r.remote_job_origin is not None for r in runs)
