@@ -193,8 +193,12 @@ SMALL_CASES = {
         "float32": {"dtype": "float32", "nodata": float("nan")},
     }.items()
     for size in (64, 256, 500)
-    for suffix, crs in (("", "EPSG:32198"), (" custom LCC", CUSTOM_LCC_WKT))
-    if not suffix or size == 256
+    for suffix, crs in (
+        (" EPSG:4326", "EPSG:4326"),
+        (" EPSG:32198", "EPSG:32198"),
+        (" custom LCC", CUSTOM_LCC_WKT),
+    )
+    if suffix != " custom LCC" or size == 256
 }
 
 

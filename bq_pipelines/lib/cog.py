@@ -5,7 +5,7 @@ predictor fitting the dtype, 512 px tiles, internal overviews, and everything GD
 source: dtype, nodata and masks, units, descriptions, scale/offset, colour tables, dataset and band
 tags. Category names and raster attribute tables, which a TIFF cannot hold (GDAL would put them in
 an .aux.xml beside the file, which the object store never sees), become band metadata items of the
-COG (`CLASSES_TAG`, `RAT_TAG`), read back by the STAC item.
+COG (see `categories`), read back by the STAC item.
 
 How: GDAL serializes each input as a VRT (so nothing it knows about the input is dropped); the VRT
 is edited here (band selection, stacking, assigned CRS, nodata, classes), warped for the display
@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import re
 import struct
 import uuid
 import warnings
@@ -41,14 +40,14 @@ from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.io import DatasetReader, MemoryFile
+from rasterio.io import DatasetReader
 from rasterio.transform import from_gcps
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
-from bq_pipelines.lib import georef
+from bq_pipelines.lib import categories, georef, vrt
 from bq_pipelines.lib.errors import CogError
 
 log = logging.getLogger(__name__)
@@ -60,12 +59,6 @@ CogProfileName = Literal["raw", "display"]
 # 2: GDAL's COG driver; display keeps dtypes and masks and marks invented pixels; category
 #    names, attribute tables and CF flags become CLASSES_TAG/RAT_TAG; metadata kept on every path.
 COG_ALGORITHM_VERSION = "2"
-
-# Band metadata items of our COGs: the band's classes as a JSON list of STAC classification
-# class objects ({"value", "description", "name"?, "color_hint"?}), and GDAL's XML of the
-# source's raster attribute table, kept whole.
-CLASSES_TAG = "CLASSIFICATION_CLASSES"
-RAT_TAG = "RASTER_ATTRIBUTE_TABLE"
 
 WEB_MERCATOR = "EPSG:3857"
 # Web Mercator is undefined at the poles; a global source is clipped to the latitudes that
@@ -84,31 +77,8 @@ _GDAL_CONFIG: dict[str, Any] = {"GDAL_CACHEMAX": 256, "GDAL_MAX_BAND_COUNT": 1_0
 _NOT_TILED = "The file is greater than 512xH or 512xW, but is not tiled"
 _TIFF_TILE_TAGS = {322, 323, 324}  # TileWidth, TileLength, TileOffsets
 
-# GDAL data type names (rasterio keeps its own mapping private).
-_NUMPY_DTYPES = {
-    "Byte": "uint8",
-    "Int8": "int8",
-    "UInt16": "uint16",
-    "Int16": "int16",
-    "UInt32": "uint32",
-    "Int32": "int32",
-    "UInt64": "uint64",
-    "Int64": "int64",
-    "Float32": "float32",
-    "Float64": "float64",
-    "CInt16": "complex_int16",
-    "CInt32": "complex_int32",
-    "CFloat32": "complex64",
-    "CFloat64": "complex128",
-}
-
 # Bytes read at once when scanning a source for its value range (display profile).
 _SCAN_BYTES = 64 << 20
-
-# GDAL raster attribute table field usages (GDALRATFieldUsage) and types.
-_RAT_NAME, _RAT_MIN, _RAT_MINMAX = 2, 3, 5
-_RAT_RED, _RAT_GREEN, _RAT_BLUE = 6, 7, 8
-_RAT_REAL = 1
 
 
 @dataclass(frozen=True)
@@ -203,7 +173,7 @@ def to_cog(inputs: RasterInput | list[RasterInput], dst: Path, settings: CogSett
         source, dtype = _prepare_source(inputs, settings, stack)
         tmp = _temp_path_beside(dst)
         try:
-            _write_cog(source, tmp, dtype, settings)
+            _write_cog(source, tmp, dst, dtype, settings)
             with rasterio.open(tmp) as out:  # one open to check and describe
                 errors = _cog_errors(out, tmp)
                 if errors:
@@ -231,7 +201,7 @@ def band_extractor(
     whole = dataclasses.replace(source, bands=None)
     with rasterio.Env(**_GDAL_CONFIG), _open_input(whole) as src:
         grid = _grid(whole, _layout_of_dataset(src), settings)
-        classes = _classification_tags_by_band(src)
+        classes = categories.classification_tags_by_band(src)
 
         def extract(band: int) -> RasterInput:
             if not 1 <= band <= src.count:
@@ -336,7 +306,8 @@ def _gdal_layout_errors(src: DatasetReader, path: Path) -> tuple[list[str], list
     ]
     if data != sorted(data, reverse=True):
         errors.append(f"image data does not start with the smallest overview: {data}")
-    if min(offset for offset in data if offset) < max(ifds):
+    written = [offset for offset in data if offset]  # 0: a sparse file's missing block
+    if written and min(written) < max(ifds):
         errors.append("image data comes before an IFD")
     return errors, cog_warnings
 
@@ -387,13 +358,13 @@ def _warp_resampling(settings: CogSettings) -> Resampling:
     return Resampling.nearest if settings.categorical else Resampling.bilinear
 
 
-def _write_cog(source: str, tmp: Path, dtype: str, settings: CogSettings) -> None:
+def _write_cog(source: str, tmp: Path, dst: Path, dtype: str, settings: CogSettings) -> None:
     try:
         rasterio.shutil.copy(
             source, str(tmp), driver="COG", **cog_creation_options(dtype, settings)
         )
     except Exception as exc:  # rasterio raises GDAL's CPLE_* classes, which it does not export
-        raise CogError(f"conversion to COG failed: {exc}") from exc
+        raise CogError(f"{dst}: conversion to COG failed: {exc}") from exc
 
 
 def _first_ifd_is_tiled(path: Path) -> bool:
@@ -430,8 +401,7 @@ def _first_ifd_is_tiled(path: Path) -> bool:
 def _open_input(inp: RasterInput) -> Iterator[DatasetReader]:
     """Open an input, turning GDAL's failure into a CogError that names the input."""
     name = inp.gdal_name()
-    if inp.subdataset is None and not Path(inp.path).exists():
-        raise CogError(f"{name}: no such file")
+    _require_file(inp)
     try:
         with warnings.catch_warnings():
             # A raster without geotransform is reported below as an error of ours.
@@ -488,7 +458,7 @@ def _layout_of_vrt(root: ET.Element) -> _Layout:
         width=int(root.get("rasterXSize", "0")),
         height=int(root.get("rasterYSize", "0")),
         count=len(bands),
-        dtype=_numpy_dtype(bands[0].get("dataType", "Byte")) if bands else "uint8",
+        dtype=vrt.numpy_dtype(bands[0].get("dataType", "Byte")) if bands else "uint8",
         crs=CRS.from_wkt(srs) if srs else None,
         transform=None if transform is None or transform.is_identity else transform,
         gcps=gcps,
@@ -520,55 +490,21 @@ def _grid(inp: RasterInput, layout: _Layout, settings: CogSettings) -> _Grid:
         log.warning("%s: has a CRS, assign_crs=%s ignored", name, settings.assign_crs)
     transform = from_gcps(layout.gcps) if layout.transform is None else layout.transform
     try:
-        georef.footprint_wgs84(crs, transform, layout.width, layout.height)
+        georef.require_wgs84(crs, transform, layout.width, layout.height)
     except georef.GeorefError as error:
         raise CogError(f"{name}: {error}") from None
     return _Grid(crs, transform, layout.width, layout.height, layout.dtype, assigned, gcps_only)
 
 
-@contextmanager
-def _serialized(source: str | DatasetReader | WarpedVRT) -> Iterator[MemoryFile]:
-    """GDAL's own VRT of a dataset (a name or an open one), in memory: its bands with every
-    piece of metadata GDAL knows (including category names and attribute tables, which rasterio
-    does not expose).
-
-    In memory (/vsimem/): on this kind of disk each file created and removed costs ~1-3 ms, as
-    much as converting a small raster. Given a name, GDAL opens it without rasterio's dataset
-    set-up, the cheapest way to learn everything about an input.
-    """
-    name = source if isinstance(source, str) else source.name
-    with MemoryFile(ext=".vrt") as memory:
-        try:
-            rasterio.shutil.copy(source, memory.name, driver="VRT")
-        except Exception as exc:  # GDAL's CPLE_* classes, which rasterio does not export
-            raise CogError(f"{name}: cannot read raster: {exc}") from exc
-        memory.seek(0)
-        yield memory
-
-
-def _serialize(source: str | DatasetReader | WarpedVRT) -> ET.Element:
-    with _serialized(source) as memory:
-        return ET.fromstring(memory.read())
-
-
 def _input_vrt(inp: RasterInput) -> ET.Element:
     """GDAL's VRT of an input; CogError naming it when it is missing or unreadable."""
+    _require_file(inp)
+    return vrt.serialize(inp.gdal_name())
+
+
+def _require_file(inp: RasterInput) -> None:
     if inp.subdataset is None and not Path(inp.path).exists():
         raise CogError(f"{inp.gdal_name()}: no such file")
-    return _serialize(inp.gdal_name())
-
-
-def _in_memory(root: ET.Element, stack: ExitStack) -> str:
-    """The /vsimem/ name of a VRT written from `root`, alive as long as `stack`."""
-    memory = stack.enter_context(MemoryFile(ET.tostring(root, encoding="utf-8"), ext=".vrt"))
-    return str(memory.name)
-
-
-def _numpy_dtype(gdal_type: str) -> str:
-    try:
-        return _NUMPY_DTYPES[gdal_type]
-    except KeyError:
-        raise CogError(f"GDAL data type {gdal_type} is not supported") from None
 
 
 def _check_same_grid(inputs: list[RasterInput], grids: list[_Grid]) -> None:
@@ -610,7 +546,7 @@ def _prepare_source(
         source = _warped_vrt(source, CRS.from_user_input(WEB_MERCATOR), settings, stack)
     elif grids[0].gcps_only:
         source = _warped_vrt(source, grids[0].crs, settings, stack)
-    return _in_memory(source, stack), grids[0].dtype
+    return vrt.in_memory(source, stack), grids[0].dtype
 
 
 def _source_vrt(
@@ -628,13 +564,13 @@ def _source_vrt(
             root.append(copy.deepcopy(element))
     metadata = _merged_dataset_metadata(roots)
     metadata["OVERVIEW_RESAMPLING"] = _overview_resampling(settings)
-    root.append(_metadata_element(metadata))
+    root.append(vrt.metadata_element(metadata))
     for inp, source_root in zip(inputs, roots, strict=True):
         bands = {int(band.get("band", "0")): band for band in source_root.findall("VRTRasterBand")}
         for number in inp.bands or sorted(bands):
             band = copy.deepcopy(bands[number])
             band.set("band", str(len(root.findall("VRTRasterBand")) + 1))
-            _move_classes_to_metadata(band)
+            categories.move_classes_to_metadata(band)
             root.append(band)
     _apply_nodata(root, inputs, settings)
     masks = [mask for mask in (r.find("MaskBand") for r in roots) if mask is not None]
@@ -652,7 +588,7 @@ def _merged_dataset_metadata(roots: list[ET.Element]) -> dict[str, str]:
     """Default-domain dataset tags of every input; the first input wins on a shared key."""
     merged: dict[str, str] = {}
     for root in reversed(roots):
-        merged.update(_metadata_items(root))
+        merged.update(vrt.metadata_items(root))
     return merged
 
 
@@ -662,7 +598,7 @@ def _apply_nodata(root: ET.Element, inputs: list[RasterInput], settings: CogSett
     bands = root.findall("VRTRasterBand")
     if settings.nodata is not None:
         for band in bands:
-            _set_child_text(band, "NoDataValue", _nodata_text(settings.nodata))
+            vrt.set_child_text(band, "NoDataValue", _nodata_text(settings.nodata))
         return
     values = {_nodata_key(band.findtext("NoDataValue")) for band in bands}
     if len(values) > 1:
@@ -696,7 +632,7 @@ def _warped_vrt(
     floats); else by an internal mask, which also keeps a source mask.
     """
     # The warped VRT names its source: it must stay readable until the COG is written.
-    with rasterio.open(_in_memory(source, stack)) as src:
+    with rasterio.open(vrt.in_memory(source, stack)) as src:
         nodata, mask = _display_validity(src)
         options: dict[str, Any] = {
             "crs": crs,
@@ -712,10 +648,10 @@ def _warped_vrt(
             grid = _web_mercator_grid(src)
             if grid is not None:
                 options.update(transform=grid[0], width=grid[1], height=grid[2])
-        with WarpedVRT(src, **options) as vrt:
-            warped = _serialize(vrt)
+        with WarpedVRT(src, **options) as warp:
+            warped = vrt.serialize(warp)
         count = src.count
-    target = _mask_from_alpha(warped, _in_memory(warped, stack), count) if mask else warped
+    target = _mask_from_alpha(warped, vrt.in_memory(warped, stack), count) if mask else warped
     _copy_band_metadata(source, target)
     return target
 
@@ -785,25 +721,18 @@ def _mask_from_alpha(warped_root: ET.Element, warped_name: str, count: int) -> E
             dataType=warped_bands[number - 1].get("dataType", "Byte"),
             band=str(number),
         )
-        _add_source(band, "SimpleSource", warped_name, str(number))
+        vrt.add_source(band, "SimpleSource", warped_name, str(number))
     mask_band = ET.SubElement(ET.SubElement(root, "MaskBand"), "VRTRasterBand", dataType="Byte")
     # Any alpha above 0 is a pixel with source data (alpha is partial at bilinear edges).
-    source = _add_source(mask_band, "ComplexSource", warped_name, str(count + 1))
+    source = vrt.add_source(mask_band, "ComplexSource", warped_name, str(count + 1))
     ET.SubElement(source, "LUT").text = "0:0,1:255,1e30:255"
     return root
-
-
-def _add_source(band: ET.Element, kind: str, filename: str, source_band: str) -> ET.Element:
-    source = ET.SubElement(band, kind)
-    ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = filename
-    ET.SubElement(source, "SourceBand").text = source_band
-    return source
 
 
 def _copy_band_metadata(source_root: ET.Element, target_root: ET.Element) -> None:
     """Carry dataset tags and each band's metadata (tags, description, unit, scale/offset,
     colour table) from the source VRT onto the warped bands, which GDAL leaves bare."""
-    target_root.append(_metadata_element(_metadata_items(source_root)))
+    target_root.append(vrt.metadata_element(vrt.metadata_items(source_root)))
     targets = target_root.findall("VRTRasterBand")
     for source_band, target_band in zip(
         source_root.findall("VRTRasterBand"), targets, strict=False
@@ -813,8 +742,8 @@ def _copy_band_metadata(source_root: ET.Element, target_root: ET.Element) -> Non
             if element is not None:
                 target_band.append(copy.deepcopy(element))
         if source_band.findtext("ColorInterp") == "Palette":
-            _set_child_text(target_band, "ColorInterp", "Palette")
-        target_band.append(_metadata_element(_metadata_items(source_band)))
+            vrt.set_child_text(target_band, "ColorInterp", "Palette")
+        target_band.append(vrt.metadata_element(vrt.metadata_items(source_band)))
 
 
 def _web_mercator_grid(src: DatasetReader) -> tuple[Affine, int, int] | None:
@@ -839,155 +768,6 @@ def _web_mercator_grid(src: DatasetReader) -> tuple[Affine, int, int] | None:
     width = max(1, round((right - left) / res))
     height = max(1, round((top - bottom) / res))
     return Affine(res, 0.0, left, 0.0, -res, top), width, height
-
-
-# --- classes: category names, attribute tables, CF flags --------------------------------------
-
-
-def _move_classes_to_metadata(band: ET.Element) -> None:
-    """Turn a band's category names / attribute table / CF flags into CLASSES_TAG and RAT_TAG
-    items of its metadata, and drop the elements a TIFF cannot hold."""
-    tags = _classification_tags(band)
-    for tag in ("CategoryNames", "GDALRasterAttributeTable"):
-        for element in band.findall(tag):
-            band.remove(element)
-    if tags:
-        items = _metadata_items(band)
-        items.update(tags)
-        for element in _default_metadata_elements(band):
-            band.remove(element)
-        band.append(_metadata_element(items))
-
-
-def _classification_tags(band: ET.Element) -> dict[str, str]:
-    """CLASSES_TAG (and RAT_TAG when there is a table) for a band of a GDAL VRT; empty when
-    the band has no classes of its own."""
-    colours = _colour_table(band)
-    tags: dict[str, str] = {}
-    classes: list[dict[str, Any]] = []
-    rat = band.find("GDALRasterAttributeTable")
-    if rat is not None:
-        tags[RAT_TAG] = ET.tostring(rat, encoding="unicode")
-        classes = _rat_classes(rat, colours)
-    names = band.find("CategoryNames")
-    if not classes and names is not None:
-        categories = [(element.text or "").strip() for element in names.findall("Category")]
-        classes = [
-            _class(value, text, colours.get(value)) for value, text in enumerate(categories) if text
-        ]
-    if not classes:
-        classes = _cf_flag_classes(_metadata_items(band))
-    if classes:
-        tags[CLASSES_TAG] = json.dumps(classes, ensure_ascii=False)
-    return tags
-
-
-def _class(value: int, text: str, colour: str | None) -> dict[str, Any]:
-    """A STAC classification class object (v1.1: value and description required)."""
-    item: dict[str, Any] = {"value": value, "description": text}
-    name = re.sub(r"[^0-9A-Za-z_-]+", "_", text).strip("_")
-    if name:
-        item["name"] = name  # v2.0 requires it, with this pattern
-    if colour:
-        item["color_hint"] = colour
-    return item
-
-
-def _colour_table(band: ET.Element) -> dict[int, str]:
-    table = band.find("ColorTable")
-    if table is None:
-        return {}
-    return {
-        index: "".join(f"{int(entry.get(c, '0')):02X}" for c in ("c1", "c2", "c3"))
-        for index, entry in enumerate(table.findall("Entry"))
-    }
-
-
-def _rat_classes(rat: ET.Element, colours: dict[int, str]) -> list[dict[str, Any]]:
-    """Classes of a thematic attribute table: one per row with a name and an integer value."""
-    fields = [
-        (
-            (field_.findtext("Name") or "").strip(),
-            int(field_.findtext("Type") or 0),
-            int(field_.findtext("Usage") or 0),
-        )
-        for field_ in rat.findall("FieldDefn")
-    ]
-    usages = {usage: index for index, (_, _, usage) in reversed(list(enumerate(fields)))}
-    value_column = usages.get(_RAT_MINMAX, usages.get(_RAT_MIN))
-    if value_column is None:
-        value_column = next((i for i, f in enumerate(fields) if f[0].lower() == "value"), None)
-    name_column = usages.get(_RAT_NAME)
-    if name_column is None:
-        strings = [i for i, f in enumerate(fields) if f[1] == 2]
-        named = [i for i in strings if re.search("class|name|label|categor", fields[i][0], re.I)]
-        name_column = (named or strings or [None])[0]
-    if name_column is None:
-        return []
-    rgb = [usages.get(usage) for usage in (_RAT_RED, _RAT_GREEN, _RAT_BLUE)]
-    row0 = float(rat.get("Row0Min", "0"))
-    bin_size = float(rat.get("BinSize", "1"))
-    classes: dict[int, dict[str, Any]] = {}
-    for row in rat.findall("Row"):
-        cells = [cell.text or "" for cell in row.findall("F")]
-        index = int(row.get("index", "0"))
-        raw = cells[value_column] if value_column is not None else row0 + index * bin_size
-        try:
-            number = float(raw)
-        except ValueError:
-            continue
-        text = cells[name_column].strip() if name_column < len(cells) else ""
-        if not text or not number.is_integer() or int(number) in classes:
-            continue
-        value = int(number)
-        colour = _rat_colour(cells, rgb, fields) or colours.get(value)
-        classes[value] = _class(value, text, colour)
-    return list(classes.values())
-
-
-def _rat_colour(
-    cells: list[str], rgb: list[int | None], fields: list[tuple[str, int, int]]
-) -> str | None:
-    if any(column is None or column >= len(cells) for column in rgb):
-        return None
-    levels = []
-    for column in rgb:
-        level = float(cells[column])  # type: ignore[index]
-        # Real colour columns (e.g. ERDAS Imagine's) are 0-1, integer ones 0-255.
-        if fields[column][1] == _RAT_REAL:  # type: ignore[index]
-            level *= 255
-        levels.append(min(255, max(0, round(level))))
-    return "".join(f"{level:02X}" for level in levels)
-
-
-def _cf_flag_classes(metadata: dict[str, str]) -> list[dict[str, Any]]:
-    """Classes from CF `flag_values` / `flag_meanings` (/ `flag_colors`), as the netCDF driver
-    reports a variable's attributes (e.g. ESA CCI land cover's lccs_class)."""
-    values = [int(v) for v in re.findall(r"-?\d+", metadata.get("flag_values", ""))]
-    meanings = metadata.get("flag_meanings", "").split()
-    if not values or len(values) != len(meanings):
-        return []
-    colours = [c.lstrip("#") for c in metadata.get("flag_colors", "").split()]
-    if len(colours) != len(values) or not all(re.fullmatch("[0-9A-Fa-f]{6}", c) for c in colours):
-        colours = [""] * len(values)
-    return [
-        _class(value, meaning.replace("_", " "), colour.upper() or None)
-        for value, meaning, colour in zip(values, meanings, colours, strict=True)
-    ]
-
-
-def _classification_tags_by_band(src: DatasetReader) -> dict[int, dict[str, str]]:
-    """CLASSES_TAG/RAT_TAG per band of a (possibly huge) source, from GDAL's VRT of it, parsed
-    band by band so that a 45,810-band cube is never held as an element tree."""
-    found: dict[int, dict[str, str]] = {}
-    with _serialized(src) as memory:
-        for _, element in ET.iterparse(memory):
-            if element.tag == "VRTRasterBand":
-                tags = _classification_tags(element)
-                if tags:
-                    found[int(element.get("band", "0"))] = tags
-                element.clear()
-    return found
 
 
 def _copy_band(
@@ -1026,36 +806,6 @@ def _copy_band(
             out.write_colormap(1, src.colormap(band))
 
 
-# --- VRT metadata helpers ---------------------------------------------------------------------
-
-
-def _default_metadata_elements(element: ET.Element) -> list[ET.Element]:
-    return [m for m in element.findall("Metadata") if m.get("domain", "") == ""]
-
-
-def _metadata_items(element: ET.Element) -> dict[str, str]:
-    """Default-domain metadata (MDI key/value) of a VRT dataset or band element."""
-    return {
-        item.get("key", ""): item.text or ""
-        for metadata in _default_metadata_elements(element)
-        for item in metadata.findall("MDI")
-    }
-
-
-def _metadata_element(items: dict[str, str]) -> ET.Element:
-    metadata = ET.Element("Metadata")
-    for key, value in items.items():
-        ET.SubElement(metadata, "MDI", key=key).text = value
-    return metadata
-
-
-def _set_child_text(element: ET.Element, tag: str, text: str) -> None:
-    child = element.find(tag)
-    if child is None:
-        child = ET.SubElement(element, tag)
-    child.text = text
-
-
 # --- small helpers ----------------------------------------------------------------------------
 
 
@@ -1066,7 +816,7 @@ def _temp_path_beside(dst: Path) -> Path:
 
 
 def _pam_sidecar(path: Path) -> Path:
-    # Where GDAL would put what a TIFF cannot hold; nothing is left there (see CLASSES_TAG).
+    # Where GDAL would put what a TIFF cannot hold: nothing is left there (see `categories`).
     return path.with_name(path.name + ".aux.xml")
 
 

@@ -93,7 +93,26 @@ def footprint_wgs84(crs: CRS, transform: Affine, width: int, height: int) -> Foo
     """
     step = 1 if crs.is_geographic else _BBOX_REFINEMENT
     densify = 0 if crs.is_geographic else (DENSIFY_POINTS + 1) * step - 1
-    xs, ys = zip(*outline(transform, width, height, densify), strict=True)
+    lons, lats = _to_wgs84(crs, outline(transform, width, height, densify))
+    ring = list(zip(lons[::step], lats[::step], strict=True))
+    if _signed_area(ring) < 0:
+        ring.reverse()
+    geometry = {"type": "Polygon", "coordinates": [[list(point) for point in ring]]}
+    return Footprint(geometry, (min(lons), min(lats), max(lons), max(lats)))
+
+
+def _signed_area(ring: list[tuple[float, float]]) -> float:
+    return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in itertools.pairwise(ring)) / 2
+
+
+def require_wgs84(crs: CRS, transform: Affine, width: int, height: int) -> None:
+    """Raise GeorefError naming the CRS unless the grid's corners reach WGS84: the cheap check
+    made before any conversion."""
+    _to_wgs84(crs, outline(transform, width, height, densify=0))
+
+
+def _to_wgs84(crs: CRS, points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    xs, ys = zip(*points, strict=True)
     try:
         lons, lats = transform_points(crs, WGS84, list(xs), list(ys))
     except Exception:  # rasterio raises GDAL's CPLE_* classes, which it does not export
@@ -104,12 +123,4 @@ def footprint_wgs84(crs: CRS, transform: Affine, width: int, height: int) -> Foo
         ) from None
     if not all(math.isfinite(v) for v in (*lons, *lats)):
         raise GeorefError(f"CRS {crs_label(crs)} gives no WGS84 coordinates for this grid")
-    ring = list(zip(lons[::step], lats[::step], strict=True))
-    if _signed_area(ring) < 0:
-        ring.reverse()
-    geometry = {"type": "Polygon", "coordinates": [[list(point) for point in ring]]}
-    return Footprint(geometry, (min(lons), min(lats), max(lons), max(lats)))
-
-
-def _signed_area(ring: list[tuple[float, float]]) -> float:
-    return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in itertools.pairwise(ring)) / 2
+    return lons, lats

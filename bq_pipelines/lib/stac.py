@@ -35,7 +35,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 
 from bq_pipelines.lib import georef
-from bq_pipelines.lib.cog import CLASSES_TAG
+from bq_pipelines.lib.categories import CLASSES_TAG
 from bq_pipelines.lib.errors import StacValidationError
 
 logger = logging.getLogger(__name__)

@@ -13,14 +13,14 @@ import pytest
 import rasterio
 import rasterio.shutil
 import rasterio.warp
+from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rio_cogeo.cogeo import cog_validate
 
+from bq_pipelines.lib.categories import CLASSES_TAG, RAT_TAG
 from bq_pipelines.lib.cog import (
-    CLASSES_TAG,
     COG_ALGORITHM_VERSION,
-    RAT_TAG,
     CogInfo,
     CogSettings,
     RasterInput,
@@ -854,3 +854,24 @@ def test_stacking_with_an_engineering_crs_fails_naming_the_input(tmp_path: Path)
     first = write_raster(tmp_path / "first.tif", RasterSpec(crs=ENGINEERING_WKT))
     with pytest.raises(CogError, match=r"first\.tif: CRS \"Site grid\""):
         to_cog([RasterInput(first), RasterInput(first)], tmp_path / "out.tif", CogSettings())
+
+
+def test_a_source_placed_by_ground_control_points_is_rectified(tmp_path: Path) -> None:
+    gcps = [
+        GroundControlPoint(row, col, -75.0 + col * 0.01, 50.0 - row * 0.01)
+        for row, col in [(0, 0), (0, 300), (200, 0), (200, 300)]
+    ]
+    source = tmp_path / "gcps.tif"
+    spec = RasterSpec(dtype="int16", nodata=-9999)
+    with rasterio.open(
+        source, "w", driver="GTiff", width=300, height=200, count=1, dtype="int16",
+        nodata=-9999, gcps=gcps, crs="EPSG:4326",
+    ) as dst:  # fmt: skip
+        dst.write(raster_values(spec))
+
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings(categorical=True))
+
+    assert info.crs == "EPSG:4326"
+    with rasterio.open(info.path) as out:
+        assert out.transform.almost_equals(rasterio.transform.from_origin(-75, 50, 0.01, 0.01))
+        np.testing.assert_array_equal(out.read(), raster_values(spec))
