@@ -1,18 +1,29 @@
-"""Cloud-Optimized GeoTIFF conversion and validation (rio-cogeo), with the legacy profiles.
+"""Cloud-Optimized GeoTIFF conversion and validation, with the legacy profiles.
 
 Profile `raw` keeps CRS and resolution; `display` warps to EPSG:3857. Both: DEFLATE with a
-predictor fitting the dtype, 512 px tiles, internal overviews, nodata kept.
+predictor fitting the dtype, 512 px tiles, internal overviews, and everything GDAL knows about the
+source: dtype, nodata and masks, units, descriptions, scale/offset, colour tables, dataset and band
+tags. Category names and raster attribute tables, which a TIFF cannot hold (GDAL would put them in
+an .aux.xml beside the file, which the object store never sees), become band metadata items of the
+COG (see `categories`), read back by the STAC item.
+
+How: GDAL serializes each input as a VRT (so nothing it knows about the input is dropped); the VRT
+is edited here (band selection, stacking, assigned CRS, nodata, classes), warped for the display
+profile, and written by GDAL's own COG driver.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
-import tempfile
+import struct
+import uuid
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -23,16 +34,20 @@ from typing import Any, Literal
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from affine import Affine
+from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
+from rasterio.transform import from_gcps
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
-from rio_cogeo.cogeo import cog_translate, cog_validate
-from rio_cogeo.profiles import cog_profiles
+from rasterio.windows import Window
+from rio_cogeo.cogeo import cog_validate
 
+from bq_pipelines.lib import categories, georef, vrt
 from bq_pipelines.lib.errors import CogError
 
 log = logging.getLogger(__name__)
@@ -41,7 +56,9 @@ CogProfileName = Literal["raw", "display"]
 
 # Part of every settings fingerprint: bump it whenever the conversion logic changes the bytes of
 # the output, so that already converted partitions are redone.
-COG_ALGORITHM_VERSION = "1"
+# 2: GDAL's COG driver; display keeps dtypes and masks and marks invented pixels; category
+#    names, attribute tables and CF flags become CLASSES_TAG/RAT_TAG; metadata kept on every path.
+COG_ALGORITHM_VERSION = "2"
 
 WEB_MERCATOR = "EPSG:3857"
 # Web Mercator is undefined at the poles; a global source is clipped to the latitudes that
@@ -49,25 +66,19 @@ WEB_MERCATOR = "EPSG:3857"
 _WEB_MERCATOR_MAX_LAT = 85.0511287798066
 
 # GDAL's block cache defaults to 5% of RAM; a fixed cap keeps the peak memory of a conversion
-# independent of the machine and of the raster size (cog_translate streams by blocks anyway).
+# independent of the machine and of the raster size (the COG driver streams by blocks anyway).
 # No GDAL_NUM_THREADS: on 2 cores, threaded DEFLATE was not faster (bench/RESULTS.md).
 # EBV cubes flatten (entity, time) into bands: global-mammals has 45,810 per scenario, beyond
 # GDAL's default cap of 32,768 (the netCDF driver would drop the rest).
 _GDAL_CONFIG: dict[str, Any] = {"GDAL_CACHEMAX": 256, "GDAL_MAX_BAND_COUNT": 1_000_000}
 
-# VRT dataType names (rasterio keeps its own mapping private).
-_GDAL_DTYPES = {
-    "uint8": "Byte",
-    "int8": "Int8",
-    "uint16": "UInt16",
-    "int16": "Int16",
-    "uint32": "UInt32",
-    "int32": "Int32",
-    "uint64": "UInt64",
-    "int64": "Int64",
-    "float32": "Float32",
-    "float64": "Float64",
-}
+# rio-cogeo's cog_validate judges tiling with rasterio's is_tiled, which is false whenever the
+# block is as wide as the raster: a correct 512-wide COG with 512x512 tiles is reported so.
+_NOT_TILED = "The file is greater than 512xH or 512xW, but is not tiled"
+_TIFF_TILE_TAGS = {322, 323, 324}  # TileWidth, TileLength, TileOffsets
+
+# Bytes read at once when scanning a source for its value range (display profile).
+_SCAN_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -119,10 +130,10 @@ class CogInfo:
     path: Path
     size: int
     sha256: str
-    crs: str  # "EPSG:xxxx" when it has a code, WKT otherwise
+    crs: str  # "EPSG:xxxx" when it is exactly that code, WKT otherwise
     epsg: int | None
     bounds: tuple[float, float, float, float]  # in the COG's CRS
-    bbox_wgs84: tuple[float, float, float, float]
+    bbox_wgs84: tuple[float, float, float, float]  # of the footprint (rotated grids included)
     width: int
     height: int
     count: int
@@ -142,13 +153,15 @@ class _Grid:
     height: int
     dtype: str
     crs_assigned: bool = False  # the CRS comes from CogSettings.assign_crs, not the source
+    gcps_only: bool = False  # placed by ground control points: rectified by a warp
 
 
 def to_cog(inputs: RasterInput | list[RasterInput], dst: Path, settings: CogSettings) -> CogInfo:
     """Convert one raster (or several, stacked as bands in order) into a validated COG at `dst`.
 
     Raises CogError naming the input when it is unreadable, has no CRS (and none is assigned),
-    or when the output does not validate. Writes atomically (temp file then rename).
+    or has a CRS that cannot be placed on WGS84 (all found before anything is written), or when
+    the output does not validate. Writes atomically (temp file then rename).
     """
     inputs = [inputs] if isinstance(inputs, RasterInput) else list(inputs)
     if not inputs:
@@ -156,19 +169,22 @@ def to_cog(inputs: RasterInput | list[RasterInput], dst: Path, settings: CogSett
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        stack.enter_context(rasterio.Env(**_GDAL_CONFIG))  # inspection opens the inputs too
-        source, indexes, dtype = _prepare_source(inputs, settings, stack, work_dir=dst.parent)
+        stack.enter_context(rasterio.Env(**_GDAL_CONFIG))
+        source, dtype = _prepare_source(inputs, settings, stack)
         tmp = _temp_path_beside(dst)
         try:
-            _translate(source, tmp, indexes, dtype, settings)
-            errors = validate_cog(tmp)
-            if errors:
-                raise CogError(f"{dst}: output is not a valid COG: {'; '.join(errors)}")
+            _write_cog(source, tmp, dst, dtype, settings)
+            with rasterio.open(tmp) as out:  # one open to check and describe
+                errors = _cog_errors(out, tmp)
+                if errors:
+                    raise CogError(f"{dst}: output is not a valid COG: {'; '.join(errors)}")
+                info = _describe(out, tmp, dst, settings.profile)
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
+            _pam_sidecar(tmp).unlink(missing_ok=True)
     log.info("wrote COG %s (%s profile) from %s", dst, settings.profile, _names(inputs))
-    return describe_cog(dst, settings.profile)
+    return info
 
 
 @contextmanager
@@ -178,50 +194,87 @@ def band_extractor(
     """Open a many-band source once; `extract(band)` copies one band, block by block, into a
     plain one-band GeoTIFF under `work_dir` and returns it as an input for `to_cog`.
 
-    Opening a 45,810-band EBV cube takes seconds: once per partition instead of once per item
-    (measured 11.4 s -> 0.15 s an item).
+    The copy keeps what the band says about itself (nodata, mask, description, unit,
+    scale/offset, colour table, tags, classes) and the dataset tags. Opening a 45,810-band EBV
+    cube takes seconds: once per partition instead of once per item (11.4 s -> 0.15 s an item).
     """
     whole = dataclasses.replace(source, bands=None)
-    with rasterio.Env(**_GDAL_CONFIG):
-        grid = _inspect(whole, settings)
-        with _open_input(whole) as src:
+    with rasterio.Env(**_GDAL_CONFIG), _open_input(whole) as src:
+        grid = _grid(whole, _layout_of_dataset(src), settings)
+        classes = categories.classification_tags_by_band(src)
 
-            def extract(band: int) -> RasterInput:
-                if not 1 <= band <= src.count:
-                    raise CogError(
-                        f"{whole.gdal_name()}: band {band} does not exist ({src.count} bands)"
-                    )
-                path = work_dir / f"band-{band:06d}.tif"
-                with rasterio.open(
-                    path,
-                    "w",
-                    driver="GTiff",
-                    width=src.width,
-                    height=src.height,
-                    count=1,
-                    dtype=src.dtypes[band - 1],
-                    crs=grid.crs,
-                    transform=src.transform,
-                    nodata=src.nodatavals[band - 1],
-                    tiled=True,
-                    blockxsize=256,
-                    blockysize=256,
-                ) as out:
-                    for _, window in out.block_windows(1):
-                        out.write(src.read(band, window=window), 1, window=window)
-                    if src.descriptions[band - 1]:
-                        out.set_band_description(1, src.descriptions[band - 1])
-                return RasterInput(path)
+        def extract(band: int) -> RasterInput:
+            if not 1 <= band <= src.count:
+                raise CogError(
+                    f"{whole.gdal_name()}: band {band} does not exist ({src.count} bands)"
+                )
+            path = work_dir / f"band-{band:06d}.tif"
+            _copy_band(src, band, grid, classes.get(band, {}), path)
+            return RasterInput(path)
 
-            yield extract
+        yield extract
 
 
 def validate_cog(path: Path) -> list[str]:
-    """Errors that make `path` not a valid COG (empty list when valid)."""
+    """Errors that make `path` not a valid COG (empty list when valid).
+
+    A file GDAL wrote in COG layout (and has not seen edited since) says so in its
+    IMAGE_STRUCTURE metadata; its tiling and IFD/data order are then checked from GDAL's own TIFF
+    metadata, on the one open dataset. Any other file goes through rio-cogeo's cog_validate,
+    except its tiling test, which fails a correct COG exactly one block wide: a file counts as
+    tiled when its first IFD has the TIFF tile tags, so stripped files still fail.
+    """
+    path = Path(path)
     try:
-        _, errors, cog_warnings = cog_validate(str(path), quiet=True, config=_GDAL_CONFIG)
+        with rasterio.Env(**_GDAL_CONFIG), rasterio.open(path) as src:
+            return _cog_errors(src, path)
     except RasterioError as exc:
         return [f"{path}: cannot open ({exc})"]
+
+
+def describe_cog(path: Path, profile: CogProfileName = "raw") -> CogInfo:
+    """Read CogInfo from an existing COG."""
+    path = Path(path)
+    with rasterio.Env(**_GDAL_CONFIG), rasterio.open(path) as src:
+        return _describe(src, path, path, profile)
+
+
+def _describe(src: DatasetReader, file: Path, path: Path, profile: CogProfileName) -> CogInfo:
+    """CogInfo of the open COG `src`, read from `file`, to be found at `path`."""
+    if src.crs is None:
+        raise CogError(f"{path}: COG has no CRS")
+    epsg = georef.exact_epsg(src.crs)
+    try:
+        footprint = georef.footprint_wgs84(src.crs, src.transform, src.width, src.height)
+    except georef.GeorefError as error:
+        raise CogError(f"{path}: {error}") from None
+    return CogInfo(
+        path=path,
+        size=file.stat().st_size,
+        sha256=_sha256(file),
+        crs=f"EPSG:{epsg}" if epsg is not None else src.crs.to_wkt(),
+        epsg=epsg,
+        bounds=tuple(src.bounds),  # type: ignore[arg-type]
+        bbox_wgs84=footprint.bbox,
+        width=src.width,
+        height=src.height,
+        count=src.count,
+        dtype=src.dtypes[0],
+        nodata=src.nodata,
+        overview_levels=list(src.overviews(1)),
+        profile=profile,
+    )
+
+
+def _cog_errors(src: DatasetReader, path: Path) -> list[str]:
+    if src.driver != "GTiff":
+        return [f"{path}: not a GeoTIFF (GDAL reads it as {src.driver})"]
+    if src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG":
+        errors, cog_warnings = _gdal_layout_errors(src, path)
+    else:
+        _, errors, cog_warnings = cog_validate(str(path), quiet=True, config=_GDAL_CONFIG)
+        if _NOT_TILED in errors and _first_ifd_is_tiled(path):
+            errors = [error for error in errors if error != _NOT_TILED]
     for warning in cog_warnings:
         # Warnings (e.g. a raster smaller than one block has no overviews) do not stop a
         # client from range-reading the file: keep them in the log, not in the errors.
@@ -229,47 +282,51 @@ def validate_cog(path: Path) -> list[str]:
     return list(errors)
 
 
-def describe_cog(path: Path, profile: CogProfileName = "raw") -> CogInfo:
-    """Read CogInfo from an existing COG."""
-    path = Path(path)
-    with rasterio.open(path) as src:
-        if src.crs is None:
-            raise CogError(f"{path}: COG has no CRS")
-        epsg = src.crs.to_epsg()
-        bounds = tuple(src.bounds)
-        # Densified so that the WGS84 box of a curved projected footprint covers every edge.
-        bbox = transform_bounds(src.crs, "EPSG:4326", *bounds, densify_pts=21)
-        return CogInfo(
-            path=path,
-            size=path.stat().st_size,
-            sha256=_sha256(path),
-            crs=f"EPSG:{epsg}" if epsg is not None else src.crs.to_wkt(),
-            epsg=epsg,
-            bounds=bounds,  # type: ignore[arg-type]
-            bbox_wgs84=tuple(bbox),  # type: ignore[arg-type]
-            width=src.width,
-            height=src.height,
-            count=src.count,
-            dtype=src.dtypes[0],
-            nodata=src.nodata,
-            overview_levels=list(src.overviews(1)),
-            profile=profile,
-        )
+def _gdal_layout_errors(src: DatasetReader, path: Path) -> tuple[list[str], list[str]]:
+    """The checks of GDAL's validate_cloud_optimized_geotiff.py that its layout claim does not
+    already settle: internal tiled overviews, IFDs before data, smallest overview's data first."""
+    errors, cog_warnings = [], []
+    if any(name.endswith(".ovr") for name in src.files):
+        errors.append("Overviews found in external .ovr file. They should be internal")
+    if max(src.width, src.height) > 512:
+        if not _first_ifd_is_tiled(path):
+            errors.append(_NOT_TILED)
+        if not src.overviews(1):
+            cog_warnings.append(
+                "The file is greater than 512xH or 512xW, it is recommended "
+                "to include internal overviews"
+            )
+    levels = [None, *range(len(src.overviews(1)))]  # the full resolution, then each overview
+    ifds = [int(src.get_tag_item("IFD_OFFSET", "TIFF", bidx=1, ovr=level)) for level in levels]
+    if ifds != sorted(ifds):
+        errors.append(f"IFDs are not in the order full resolution, overviews: {ifds}")
+    data = [
+        int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1, ovr=level) or 0)
+        for level in levels
+    ]
+    if data != sorted(data, reverse=True):
+        errors.append(f"image data does not start with the smallest overview: {data}")
+    written = [offset for offset in data if offset]  # 0: a sparse file's missing block
+    if written and min(written) < max(ifds):
+        errors.append("image data comes before an IFD")
+    return errors, cog_warnings
 
 
-# --- conversion steps -------------------------------------------------------------------------
+# --- COG writing ------------------------------------------------------------------------------
 
 
 def cog_creation_options(dtype: str, settings: CogSettings) -> dict[str, Any]:
-    """GTiff creation options of the final COG: rio-cogeo's deflate profile, tuned per dtype."""
-    options = dict(cog_profiles.get("deflate"))
-    options.update(
-        blockxsize=settings.blocksize,
-        blockysize=settings.blocksize,
-        zlevel=settings.deflate_level,
-        predictor=predictor_for(dtype, settings.categorical),
-    )
-    return options
+    """Creation options of GDAL's COG driver for the final COG."""
+    return {
+        "COMPRESS": "DEFLATE",
+        "LEVEL": settings.deflate_level,
+        "PREDICTOR": {1: "NO", 2: "STANDARD", 3: "FLOATING_POINT"}[
+            predictor_for(dtype, settings.categorical)
+        ],
+        "BLOCKSIZE": settings.blocksize,
+        # Halvings until the largest side fits in one block (OVERVIEWS=AUTO).
+        "OVERVIEW_RESAMPLING": _overview_resampling(settings),
+    }
 
 
 def predictor_for(dtype: str, categorical: bool) -> int:
@@ -293,95 +350,58 @@ def predictor_for(dtype: str, categorical: bool) -> int:
 def _overview_resampling(settings: CogSettings) -> str:
     # `mode` keeps the majority class of each block (nearest would pick an arbitrary pixel and
     # alias thin classes away); `average` is the faithful summary of a continuous field.
-    return "mode" if settings.categorical else "average"
+    return "MODE" if settings.categorical else "AVERAGE"
 
 
-def _warp_resampling(settings: CogSettings) -> str:
+def _warp_resampling(settings: CogSettings) -> Resampling:
     # Classes must stay classes: never interpolate categorical codes.
-    return "nearest" if settings.categorical else "bilinear"
+    return Resampling.nearest if settings.categorical else Resampling.bilinear
 
 
-def _translate(
-    source: str | DatasetReader | WarpedVRT,
-    tmp: Path,
-    indexes: tuple[int, ...] | None,
-    dtype: str,
-    settings: CogSettings,
-) -> None:
+def _write_cog(source: str, tmp: Path, dst: Path, dtype: str, settings: CogSettings) -> None:
     try:
-        cog_translate(
-            source,
-            str(tmp),
-            cog_creation_options(dtype, settings),
-            indexes=list(indexes) if indexes else None,
-            nodata=settings.nodata,
-            add_mask=False,
-            overview_resampling=_overview_resampling(settings),  # type: ignore[arg-type]
-            overview_level=overview_level_for(source, settings.blocksize),
-            resampling=_warp_resampling(settings),  # type: ignore[arg-type]
-            # Never in memory: a 43200x20880 float CHELSA layer is 3.6 GB; the intermediate
-            # tiled file goes beside `tmp` (rio-cogeo puts it in the destination folder).
-            in_memory=False,
-            config=_GDAL_CONFIG,
-            forward_band_tags=True,
-            quiet=True,
+        rasterio.shutil.copy(
+            source, str(tmp), driver="COG", **cog_creation_options(dtype, settings)
         )
-    except (RasterioError, ValueError) as exc:
-        raise CogError(f"{source_name(source)}: conversion to COG failed: {exc}") from exc
+    except Exception as exc:  # rasterio raises GDAL's CPLE_* classes, which it does not export
+        raise CogError(f"{dst}: conversion to COG failed: {exc}") from exc
 
 
-def overview_level_for(source: str | DatasetReader | WarpedVRT, blocksize: int) -> int:
-    """Halvings until the largest side fits in one block, as GDAL's COG driver does.
+def _first_ifd_is_tiled(path: Path) -> bool:
+    """Whether the first IFD of a (Big)TIFF has the tile tags, read from the file header."""
+    with path.open("rb") as stream:
+        header = stream.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(header[:2])
+        if order is None or len(header) < 16:
+            return False
+        version = struct.unpack(f"{order}H", header[2:4])[0]
+        if version == 42:  # classic TIFF: 2-byte entry count, 12-byte entries
+            (offset,) = struct.unpack(f"{order}I", header[4:8])
+            count_format, entry_size = "H", 12
+        elif version == 43:  # BigTIFF: 8-byte entry count, 20-byte entries
+            (offset,) = struct.unpack(f"{order}Q", header[8:16])
+            count_format, entry_size = "Q", 20
+        else:
+            return False
+        stream.seek(offset)
+        count_bytes = stream.read(struct.calcsize(count_format))
+        (count,) = struct.unpack(f"{order}{count_format}", count_bytes)
+        entries = stream.read(count * entry_size)
+    tags = {
+        struct.unpack(f"{order}H", entries[i : i + 2])[0]
+        for i in range(0, len(entries) - 1, entry_size)
+    }
+    return tags >= _TIFF_TILE_TAGS
 
-    rio-cogeo's default stops on the smallest side, leaving e.g. a 600x400 raster without
-    overviews, which cog_validate then warns about.
-    """
-    if isinstance(source, str):
-        with rasterio.open(source) as dataset:
-            largest = max(dataset.width, dataset.height)
-    else:
-        largest = max(source.width, source.height)
-    levels = 0
-    while largest > blocksize:
-        largest = math.ceil(largest / 2)
-        levels += 1
-    return levels
 
-
-def source_name(source: str | DatasetReader | WarpedVRT) -> str:
-    """A printable name of what cog_translate reads."""
-    return source if isinstance(source, str) else str(source.name)
-
-
-def _prepare_source(
-    inputs: list[RasterInput], settings: CogSettings, stack: ExitStack, work_dir: Path
-) -> tuple[str | DatasetReader | WarpedVRT, tuple[int, ...] | None, str]:
-    """What cog_translate should read, which of its bands, and their dtype.
-
-    A single georeferenced input is read directly (keeps its palette, tags and descriptions);
-    stacked inputs, or an input whose CRS must be assigned, go through a hand-written VRT.
-    """
-    grids = [_inspect(inp, settings) for inp in inputs]
-    if len(inputs) == 1 and not grids[0].crs_assigned:
-        source: str | DatasetReader | WarpedVRT = inputs[0].gdal_name()
-        indexes = inputs[0].bands
-    else:
-        _check_same_grid(inputs, grids)
-        vrt_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=work_dir)))
-        source = str(_write_stack_vrt(inputs, grids[0], vrt_dir / "stack.vrt"))
-        indexes = None
-    if settings.profile == "display":
-        src = stack.enter_context(rasterio.open(source))
-        source = stack.enter_context(_web_mercator_vrt(src, settings))
-    return source, indexes, grids[0].dtype
+# --- inputs -----------------------------------------------------------------------------------
 
 
 @contextmanager
 def _open_input(inp: RasterInput) -> Iterator[DatasetReader]:
     """Open an input, turning GDAL's failure into a CogError that names the input."""
     name = inp.gdal_name()
-    if inp.subdataset is None and not Path(inp.path).exists():
-        raise CogError(f"{name}: no such file")
+    _require_file(inp)
     try:
         with warnings.catch_warnings():
             # A raster without geotransform is reported below as an error of ours.
@@ -393,28 +413,98 @@ def _open_input(inp: RasterInput) -> Iterator[DatasetReader]:
         yield src
 
 
-def _inspect(inp: RasterInput, settings: CogSettings) -> _Grid:
-    """Check an input is usable (readable, georeferenced, bands exist) and return its grid."""
+@dataclass(frozen=True)
+class _Layout:
+    """What GDAL says about an input's grid, read from an open dataset or from its VRT."""
+
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: Affine | None  # None when the input has no geotransform
+    gcps: list[GroundControlPoint]
+    gcps_crs: CRS | None
+
+
+def _layout_of_dataset(src: DatasetReader) -> _Layout:
+    gcps, gcps_crs = src.gcps
+    transform = None if src.transform.is_identity else src.transform
+    return _Layout(
+        src.width, src.height, src.count, src.dtypes[0], src.crs, transform, gcps, gcps_crs
+    )
+
+
+def _layout_of_vrt(root: ET.Element) -> _Layout:
+    bands = root.findall("VRTRasterBand")
+    geotransform = root.findtext("GeoTransform")
+    transform = (
+        Affine.from_gdal(*(float(v) for v in geotransform.split(","))) if geotransform else None
+    )
+    srs = root.findtext("SRS")
+    gcp_list = root.find("GCPList")
+    gcps = [
+        GroundControlPoint(
+            row=float(gcp.get("Line", "0")),
+            col=float(gcp.get("Pixel", "0")),
+            x=float(gcp.get("X", "0")),
+            y=float(gcp.get("Y", "0")),
+            z=float(gcp.get("Z", "0")),
+        )
+        for gcp in (gcp_list.findall("GCP") if gcp_list is not None else [])
+    ]
+    gcps_srs = gcp_list.get("Projection") if gcp_list is not None else None
+    return _Layout(
+        width=int(root.get("rasterXSize", "0")),
+        height=int(root.get("rasterYSize", "0")),
+        count=len(bands),
+        dtype=vrt.numpy_dtype(bands[0].get("dataType", "Byte")) if bands else "uint8",
+        crs=CRS.from_wkt(srs) if srs else None,
+        transform=None if transform is None or transform.is_identity else transform,
+        gcps=gcps,
+        gcps_crs=CRS.from_wkt(gcps_srs) if gcps_srs else None,
+    )
+
+
+def _grid(inp: RasterInput, layout: _Layout, settings: CogSettings) -> _Grid:
+    """Check an input is usable (georeferenced, bands exist, its CRS reaches WGS84) and return
+    its grid."""
     name = inp.gdal_name()
-    with _open_input(inp) as src:
-        if src.transform.is_identity and not src.gcps[0]:
+    if layout.transform is None and not layout.gcps:
+        raise CogError(
+            f"{name}: has no geotransform (GDAL found no coordinates); for a NetCDF variable "
+            "in a group, the grid mapping variable needs a GeoTransform attribute"
+        )
+    for band in inp.bands or ():
+        if not 1 <= band <= layout.count:
+            raise CogError(f"{name}: band {band} does not exist (it has {layout.count} bands)")
+    gcps_only = layout.transform is None
+    crs, assigned = layout.gcps_crs if gcps_only else layout.crs, False
+    if crs is None:
+        if settings.assign_crs is None:
             raise CogError(
-                f"{name}: has no geotransform (GDAL found no coordinates); for a NetCDF variable "
-                "in a group, the grid mapping variable needs a GeoTransform attribute"
+                f"{name}: has no CRS; set assign_crs (e.g. 'EPSG:4326') in the COG settings"
             )
-        for band in inp.bands or ():
-            if not 1 <= band <= src.count:
-                raise CogError(f"{name}: band {band} does not exist (it has {src.count} bands)")
-        crs, assigned = src.crs, False
-        if crs is None:
-            if settings.assign_crs is None:
-                raise CogError(
-                    f"{name}: has no CRS; set assign_crs (e.g. 'EPSG:4326') in the COG settings"
-                )
-            crs, assigned = CRS.from_user_input(settings.assign_crs), True
-        elif settings.assign_crs is not None:
-            log.warning("%s: has a CRS, assign_crs=%s ignored", name, settings.assign_crs)
-        return _Grid(crs, src.transform, src.width, src.height, src.dtypes[0], assigned)
+        crs, assigned = CRS.from_user_input(settings.assign_crs), True
+    elif settings.assign_crs is not None:
+        log.warning("%s: has a CRS, assign_crs=%s ignored", name, settings.assign_crs)
+    transform = from_gcps(layout.gcps) if layout.transform is None else layout.transform
+    try:
+        georef.require_wgs84(crs, transform, layout.width, layout.height)
+    except georef.GeorefError as error:
+        raise CogError(f"{name}: {error}") from None
+    return _Grid(crs, transform, layout.width, layout.height, layout.dtype, assigned, gcps_only)
+
+
+def _input_vrt(inp: RasterInput) -> ET.Element:
+    """GDAL's VRT of an input; CogError naming it when it is missing or unreadable."""
+    _require_file(inp)
+    return vrt.serialize(inp.gdal_name())
+
+
+def _require_file(inp: RasterInput) -> None:
+    if inp.subdataset is None and not Path(inp.path).exists():
+        raise CogError(f"{inp.gdal_name()}: no such file")
 
 
 def _check_same_grid(inputs: list[RasterInput], grids: list[_Grid]) -> None:
@@ -438,82 +528,222 @@ def _check_same_grid(inputs: list[RasterInput], grids: list[_Grid]) -> None:
             )
 
 
-def _write_stack_vrt(inputs: list[RasterInput], grid: _Grid, vrt_path: Path) -> Path:
-    """Write a VRT whose bands are the selected bands of `inputs`, in order.
+# --- the source VRT ---------------------------------------------------------------------------
 
-    rasterio has no buildvrt; a VRT of SimpleSources is a pass-through (no resampling), and its
-    SRS element is also how a CRS is assigned to a source that has none.
-    """
+
+def _prepare_source(
+    inputs: list[RasterInput], settings: CogSettings, stack: ExitStack
+) -> tuple[str, str]:
+    """The VRT the COG driver reads (selected/stacked bands, metadata, warp), in memory for as
+    long as `stack`, and its dtype."""
+    roots = [_input_vrt(inp) for inp in inputs]
+    grids = [
+        _grid(inp, _layout_of_vrt(root), settings) for inp, root in zip(inputs, roots, strict=True)
+    ]
+    _check_same_grid(inputs, grids)
+    source = _source_vrt(inputs, grids[0], roots, settings)
+    if settings.profile == "display":
+        source = _warped_vrt(source, CRS.from_user_input(WEB_MERCATOR), settings, stack)
+    elif grids[0].gcps_only:
+        source = _warped_vrt(source, grids[0].crs, settings, stack)
+    return vrt.in_memory(source, stack), grids[0].dtype
+
+
+def _source_vrt(
+    inputs: list[RasterInput], grid: _Grid, roots: list[ET.Element], settings: CogSettings
+) -> ET.Element:
+    """One VRT whose bands are the selected bands of `inputs`, in order, each carrying its own
+    metadata, with the first input's georeferencing (or the assigned CRS) and dataset tags."""
+    first = roots[0]
     root = ET.Element("VRTDataset", rasterXSize=str(grid.width), rasterYSize=str(grid.height))
-    ET.SubElement(root, "SRS").text = grid.crs.to_wkt()
-    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(v) for v in grid.transform.to_gdal())
-    nodata_values: set[str] = set()
-    band_number = 0
-    for inp in inputs:
-        with _open_input(inp) as src:
-            for src_band in inp.bands or src.indexes:
-                band_number += 1
-                nodata = src.nodatavals[src_band - 1]
-                nodata_values.add(repr(nodata))
-                _add_vrt_band(root, band_number, src, src_band, inp.gdal_name(), nodata)
-    if len(nodata_values) > 1:
-        # A GeoTIFF has one nodata value for all its bands.
+    if grid.crs_assigned:
+        ET.SubElement(root, "SRS").text = grid.crs.to_wkt()
+    for tag in ("SRS", "GeoTransform", "GCPList"):
+        element = first.find(tag)
+        if element is not None and not (tag == "SRS" and grid.crs_assigned):
+            root.append(copy.deepcopy(element))
+    metadata = _merged_dataset_metadata(roots)
+    metadata["OVERVIEW_RESAMPLING"] = _overview_resampling(settings)
+    root.append(vrt.metadata_element(metadata))
+    for inp, source_root in zip(inputs, roots, strict=True):
+        bands = {int(band.get("band", "0")): band for band in source_root.findall("VRTRasterBand")}
+        for number in inp.bands or sorted(bands):
+            band = copy.deepcopy(bands[number])
+            band.set("band", str(len(root.findall("VRTRasterBand")) + 1))
+            categories.move_classes_to_metadata(band)
+            root.append(band)
+    _apply_nodata(root, inputs, settings)
+    masks = [mask for mask in (r.find("MaskBand") for r in roots) if mask is not None]
+    if masks and len(inputs) > 1:
         raise CogError(
-            f"{_names(inputs)}: inputs have different nodata values {sorted(nodata_values)}; "
-            "set CogSettings.nodata"
+            f"{_names(inputs)}: cannot stack inputs that carry an internal mask; "
+            "set CogSettings.nodata or convert the masks to nodata first"
         )
-    ET.ElementTree(root).write(vrt_path, encoding="utf-8")
-    return vrt_path
+    if masks:
+        root.append(copy.deepcopy(masks[0]))
+    return root
 
 
-def _add_vrt_band(
-    root: ET.Element,
-    band_number: int,
-    src: DatasetReader,
-    src_band: int,
-    name: str,
-    nodata: float | None,
-) -> None:
-    band = ET.SubElement(
-        root, "VRTRasterBand", dataType=_gdal_dtype(src.dtypes[0]), band=str(band_number)
-    )
-    if nodata is not None:
-        ET.SubElement(band, "NoDataValue").text = "nan" if math.isnan(nodata) else repr(nodata)
-    description = src.descriptions[src_band - 1]
-    if description:
-        ET.SubElement(band, "Description").text = description
-    ET.SubElement(band, "Offset").text = repr(src.offsets[src_band - 1])
-    ET.SubElement(band, "Scale").text = repr(src.scales[src_band - 1])
-    source = ET.SubElement(band, "SimpleSource")
-    ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = name
-    ET.SubElement(source, "SourceBand").text = str(src_band)
-    full = {"xOff": "0", "yOff": "0", "xSize": str(src.width), "ySize": str(src.height)}
-    ET.SubElement(source, "SrcRect", full)
-    ET.SubElement(source, "DstRect", full)
+def _merged_dataset_metadata(roots: list[ET.Element]) -> dict[str, str]:
+    """Default-domain dataset tags of every input; the first input wins on a shared key."""
+    merged: dict[str, str] = {}
+    for root in reversed(roots):
+        merged.update(vrt.metadata_items(root))
+    return merged
 
 
-def _gdal_dtype(dtype: str) -> str:
-    try:
-        return _GDAL_DTYPES[dtype]
-    except KeyError:
-        raise CogError(f"cannot stack rasters of dtype {dtype}") from None
-
-
-@contextmanager
-def _web_mercator_vrt(src: DatasetReader, settings: CogSettings) -> Iterator[WarpedVRT]:
-    """A warped view of `src` in EPSG:3857, clipped to Web Mercator's latitudes."""
-    options: dict[str, Any] = {"crs": WEB_MERCATOR, "resampling": _warp_resampling_enum(settings)}
+def _apply_nodata(root: ET.Element, inputs: list[RasterInput], settings: CogSettings) -> None:
+    """Override every band's nodata, or check that the stacked bands share one (a GeoTIFF has a
+    single nodata value for all its bands)."""
+    bands = root.findall("VRTRasterBand")
     if settings.nodata is not None:
-        options.update(src_nodata=settings.nodata, nodata=settings.nodata)
-    grid = _web_mercator_grid(src)
-    if grid is not None:
-        options.update(transform=grid[0], width=grid[1], height=grid[2])
-    with WarpedVRT(src, **options) as vrt:
-        yield vrt
+        for band in bands:
+            vrt.set_child_text(band, "NoDataValue", _nodata_text(settings.nodata))
+        return
+    values = {_nodata_key(band.findtext("NoDataValue")) for band in bands}
+    if len(values) > 1:
+        raise CogError(
+            f"{_names(inputs)}: inputs have different nodata values "
+            f"{sorted(values, key=str)}; set CogSettings.nodata"
+        )
 
 
-def _warp_resampling_enum(settings: CogSettings) -> Resampling:
-    return Resampling[_warp_resampling(settings)]
+def _nodata_key(text: str | None) -> float | str | None:
+    if text is None:
+        return None
+    value = float(text)
+    return "nan" if math.isnan(value) else value
+
+
+def _nodata_text(value: float) -> str:
+    return "nan" if math.isnan(value) else repr(value)
+
+
+# --- the display warp -------------------------------------------------------------------------
+
+
+def _warped_vrt(
+    source: ET.Element, crs: CRS, settings: CogSettings, stack: ExitStack
+) -> ET.Element:
+    """A warped VRT of `source` in `crs`, with the source's metadata on its bands.
+
+    Every pixel the warp invents (outside the source's footprint) is marked: by the source's
+    nodata; else, for a source without mask, by a nodata chosen outside its values (NaN for
+    floats); else by an internal mask, which also keeps a source mask.
+    """
+    # The warped VRT names its source: it must stay readable until the COG is written.
+    with rasterio.open(vrt.in_memory(source, stack)) as src:
+        nodata, mask = _display_validity(src)
+        options: dict[str, Any] = {
+            "crs": crs,
+            "resampling": _warp_resampling(settings),
+            # rasterio's default working type turns int8 into int16.
+            "dtype": src.dtypes[0],
+        }
+        if nodata is not None:
+            options["nodata"] = nodata
+        if mask:
+            options["add_alpha"] = True
+        if crs == CRS.from_user_input(WEB_MERCATOR):
+            grid = _web_mercator_grid(src)
+            if grid is not None:
+                options.update(transform=grid[0], width=grid[1], height=grid[2])
+        with WarpedVRT(src, **options) as warp:
+            warped = vrt.serialize(warp)
+        count = src.count
+    target = _mask_from_alpha(warped, vrt.in_memory(warped, stack), count) if mask else warped
+    _copy_band_metadata(source, target)
+    return target
+
+
+def _display_validity(src: DatasetReader) -> tuple[float | None, bool]:
+    """(nodata of the warped raster, whether it needs an internal mask) for a source."""
+    if src.nodata is not None:
+        return src.nodata, False
+    flags = src.mask_flag_enums[0]
+    if MaskFlags.alpha in flags:
+        return None, False  # the warp carries the source's alpha band over
+    if MaskFlags.per_dataset in flags:
+        return None, True
+    spare = _spare_nodata(src)
+    return spare, spare is None
+
+
+def _spare_nodata(src: DatasetReader) -> float | None:
+    """A value no pixel of `src` has, to mark invented pixels: NaN for floats; for integers
+    the dtype's minimum or maximum when the data do not reach it; None when the data use the
+    whole range (or for complex types)."""
+    dtype = np.dtype(src.dtypes[0])
+    if dtype.kind == "f":
+        return math.nan
+    if dtype.kind not in "iu":
+        return None
+    low, high = _value_range(src)
+    info = np.iinfo(dtype)
+    if low > info.min:
+        return float(info.min)
+    if high < info.max:
+        return float(info.max)
+    return None
+
+
+def _value_range(src: DatasetReader) -> tuple[int, int]:
+    """Minimum and maximum over every band, read in strips of bounded size."""
+    row_bytes = src.width * src.count * np.dtype(src.dtypes[0]).itemsize
+    rows = max(1, _SCAN_BYTES // max(1, row_bytes))
+    low, high = None, None
+    for top in range(0, src.height, rows):
+        window = Window(0, top, src.width, min(rows, src.height - top))
+        values = src.read(window=window)
+        low = values.min() if low is None else min(low, values.min())
+        high = values.max() if high is None else max(high, values.max())
+    return int(low), int(high)  # type: ignore[arg-type]
+
+
+def _mask_from_alpha(warped_root: ET.Element, warped_name: str, count: int) -> ET.Element:
+    """A VRT of the warped bands 1..count whose internal mask is the warp's alpha band.
+
+    The COG driver would write an alpha band as one more band; a mask band keeps the band count
+    and is what GDAL writes as the TIFF's internal mask.
+    """
+    root = ET.Element(
+        "VRTDataset", {k: warped_root.get(k, "") for k in ("rasterXSize", "rasterYSize")}
+    )
+    for tag in ("SRS", "GeoTransform"):
+        element = warped_root.find(tag)
+        if element is not None:
+            root.append(copy.deepcopy(element))
+    warped_bands = warped_root.findall("VRTRasterBand")
+    for number in range(1, count + 1):
+        band = ET.SubElement(
+            root,
+            "VRTRasterBand",
+            dataType=warped_bands[number - 1].get("dataType", "Byte"),
+            band=str(number),
+        )
+        vrt.add_source(band, "SimpleSource", warped_name, str(number))
+    mask_band = ET.SubElement(ET.SubElement(root, "MaskBand"), "VRTRasterBand", dataType="Byte")
+    # Any alpha above 0 is a pixel with source data (alpha is partial at bilinear edges).
+    source = vrt.add_source(mask_band, "ComplexSource", warped_name, str(count + 1))
+    ET.SubElement(source, "LUT").text = "0:0,1:255,1e30:255"
+    return root
+
+
+def _copy_band_metadata(source_root: ET.Element, target_root: ET.Element) -> None:
+    """Carry dataset tags and each band's metadata (tags, description, unit, scale/offset,
+    colour table) from the source VRT onto the warped bands, which GDAL leaves bare."""
+    target_root.append(vrt.metadata_element(vrt.metadata_items(source_root)))
+    targets = target_root.findall("VRTRasterBand")
+    for source_band, target_band in zip(
+        source_root.findall("VRTRasterBand"), targets, strict=False
+    ):
+        for tag in ("Description", "UnitType", "Offset", "Scale", "ColorTable"):
+            element = source_band.find(tag)
+            if element is not None:
+                target_band.append(copy.deepcopy(element))
+        if source_band.findtext("ColorInterp") == "Palette":
+            vrt.set_child_text(target_band, "ColorInterp", "Palette")
+        target_band.append(vrt.metadata_element(vrt.metadata_items(source_band)))
 
 
 def _web_mercator_grid(src: DatasetReader) -> tuple[Affine, int, int] | None:
@@ -540,14 +770,54 @@ def _web_mercator_grid(src: DatasetReader) -> tuple[Affine, int, int] | None:
     return Affine(res, 0.0, left, 0.0, -res, top), width, height
 
 
+def _copy_band(
+    src: DatasetReader, band: int, grid: _Grid, classes: dict[str, str], path: Path
+) -> None:
+    """Write band `band` of `src` as a tiled one-band GeoTIFF with its metadata and mask."""
+    has_mask = MaskFlags.per_dataset in src.mask_flag_enums[band - 1]
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=src.width,
+        height=src.height,
+        count=1,
+        dtype=src.dtypes[band - 1],
+        crs=grid.crs,
+        transform=src.transform,
+        nodata=src.nodatavals[band - 1],
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    ) as out:
+        for _, window in out.block_windows(1):
+            out.write(src.read(band, window=window), 1, window=window)
+            if has_mask:
+                out.write_mask(src.read_masks(band, window=window), window=window)
+        out.update_tags(**src.tags())
+        out.update_tags(1, **{**src.tags(band), **classes})
+        if src.descriptions[band - 1]:
+            out.set_band_description(1, src.descriptions[band - 1])
+        if src.units[band - 1]:
+            out.set_band_unit(1, src.units[band - 1])
+        out.scales = (src.scales[band - 1],)
+        out.offsets = (src.offsets[band - 1],)
+        with contextlib.suppress(ValueError):  # raised when the band has no colour table
+            out.write_colormap(1, src.colormap(band))
+
+
 # --- small helpers ----------------------------------------------------------------------------
 
 
 def _temp_path_beside(dst: Path) -> Path:
-    # Same folder as dst so that os.replace is an atomic rename on the same filesystem.
-    handle, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp.tif", dir=dst.parent)
-    os.close(handle)
-    return Path(name)
+    # Same folder as dst so that os.replace is an atomic rename on the same filesystem. A unique
+    # name, not a file: GDAL creates it (and first probes any existing file with every driver).
+    return dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp.tif")
+
+
+def _pam_sidecar(path: Path) -> Path:
+    # Where GDAL would put what a TIFF cannot hold: nothing is left there (see `categories`).
+    return path.with_name(path.name + ".aux.xml")
 
 
 def _sha256(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -1,4 +1,4 @@
-"""STAC items and collections: built with rio-stac and pystac, validated offline.
+"""STAC items and collections: built with rasterio and pystac, validated offline.
 
 Validation is always offline: the schemas ship in the package (`stac_schemas/`, see its README);
 a folder given by the caller (BQ_STAC_SCHEMAS_DIR) adds to them. Compiled with jsonschema-rs.
@@ -27,19 +27,24 @@ from pystac.extensions.file import FileExtension
 from pystac.utils import datetime_to_str, str_to_datetime
 from pystac.validation.local_validator import get_local_schema_cache
 from pystac.validation.schema_uri_map import DefaultSchemaUriMap
-from rio_stac import create_stac_item
+from rasterio.io import DatasetReader
 
+from bq_pipelines.lib import georef
+from bq_pipelines.lib.categories import CLASSES_TAG
 from bq_pipelines.lib.errors import StacValidationError
 
 logger = logging.getLogger(__name__)
 
 # Versions pinned to what pystac 1.15 writes and what the offline schema folder holds.
-# Projection v2.0.0 replaced proj:epsg by proj:code ("EPSG:4326"); rio-stac 0.12 still writes
-# v1.1.0, so its output is upgraded below. Raster stays at v1.1.0: v2.0.0 drops raster:bands.
+# Projection v2.0.0 replaced proj:epsg by proj:code ("EPSG:4326"). Raster stays at v1.1.0:
+# v2.0.0 drops raster:bands.
 PROJECTION_SCHEMA = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 RASTER_SCHEMA = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 EO_SCHEMA = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
+# Category names of classified rasters. v1.1.0: v2.0.0 requires a `name` matching
+# ^[0-9A-Za-z-_]+$ in every class, which free-text GDAL category names do not guarantee.
+CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
 ITEM_ASSETS_SCHEMA = "https://stac-extensions.github.io/item-assets/v1.0.0/schema.json"
 
 # Field prefix -> extension schema, to declare the extensions a collection's fields use.
@@ -48,6 +53,14 @@ _PREFIX_SCHEMAS = {
     "raster": RASTER_SCHEMA,
     "file": FILE_SCHEMA,
     "eo": EO_SCHEMA,
+    "classification": CLASSIFICATION_SCHEMA,
+}
+
+# raster v1.1 names of numpy's complex types (the real ones are the same).
+_RASTER_DATA_TYPES = {
+    "complex_int16": "cint16",
+    "complex64": "cfloat32",
+    "complex128": "cfloat64",
 }
 
 # The legacy API fills these from its own arguments; here they come from build_item's.
@@ -88,27 +101,29 @@ def _temporal_properties(
     return {key: datetime_to_str(value) for key, value in values.items() if value is not None}
 
 
-def _projection_properties(cog_path: Path, rio_properties: Mapping[str, Any]) -> dict[str, Any]:
-    """rio-stac's projection v1.1 fields rewritten for projection v2.0.
-
-    rio-stac writes GDAL's WKT1 under `proj:wkt2`; a CRS without an EPSG code gets a real WKT2
-    and PROJJSON instead, so clients can still reconstruct it.
-    """
-    fields = {k: v for k, v in rio_properties.items() if k.startswith("proj:")}
-    epsg = fields.pop("proj:epsg", None)
-    fields.pop("proj:wkt2", None)
-    fields.pop("proj:projjson", None)
-    fields["proj:code"] = f"EPSG:{epsg}" if epsg else None
-    if not epsg:
-        with rasterio.open(cog_path) as src:
-            if src.crs is not None:
-                fields["proj:wkt2"] = src.crs.to_wkt(version="WKT2_2019")
-                fields["proj:projjson"] = src.crs.to_dict(projjson=True)
+def _projection_properties(src: DatasetReader) -> dict[str, Any]:
+    """Projection v2.0 fields. `proj:code` only for an exact EPSG match; any other CRS gets a
+    null code with WKT2 and PROJJSON, so clients can still reconstruct it."""
+    epsg = georef.exact_epsg(src.crs)
+    fields: dict[str, Any] = {"proj:code": f"EPSG:{epsg}" if epsg is not None else None}
+    if epsg is None:
+        fields["proj:wkt2"] = src.crs.to_wkt(version="WKT2_2019")
+        fields["proj:projjson"] = src.crs.to_dict(projjson=True)
+    corners = georef.outline(src.transform, src.width, src.height, densify=0)
+    fields.update(
+        {
+            "proj:bbox": list(src.bounds),
+            # The grid's own quadrilateral: a rotated grid is not its envelope.
+            "proj:geometry": {"type": "Polygon", "coordinates": [[list(p) for p in corners]]},
+            "proj:shape": [src.height, src.width],
+            "proj:transform": list(src.transform),
+        }
+    )
     return fields
 
 
 def _sample_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
-    """The decimated shape rio-stac reads statistics from (same rule as get_raster_info)."""
+    """The decimated shape statistics are read from (rio-stac's rule)."""
     if not max_size or max(width, height) <= max_size:
         return height, width
     ratio = height / width
@@ -117,31 +132,97 @@ def _sample_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
     return math.ceil(max_size * ratio), max_size
 
 
-def _valid_percents(cog_path: Path, max_size: int) -> list[float]:
-    """Percent of valid pixels per band.
+def _statistics(values: np.ma.MaskedArray) -> dict[str, float]:
+    """Statistics of the valid pixels: nodata, masked and NaN/inf pixels are not counted, so a
+    warped raster's filled margins never weigh in valid_percent or the mean."""
+    valid = np.ma.fix_invalid(values)
+    count = int(valid.count())
+    statistics: dict[str, float] = {"valid_percent": count / valid.size * 100 if valid.size else 0}
+    if count:
+        statistics.update(
+            minimum=valid.min().item(),
+            maximum=valid.max().item(),
+            mean=float(valid.mean()),
+            stddev=float(valid.std()),
+        )
+    return statistics
 
-    rio-stac 0.12 counts `~mask` of a masked array whose mask is the scalar `nomask` when no
-    pixel is masked, reporting one valid pixel (0.0017%) for rasters without nodata.
-    """
-    with rasterio.open(cog_path) as src:
-        shape = _sample_shape(src.height, src.width, max_size)
-        percents = []
-        for band in src.indexes:
-            values = np.ma.fix_invalid(src.read(band, out_shape=shape, masked=True))
-            valid = np.count_nonzero(~np.ma.getmaskarray(values))
-            percents.append(float(valid / values.size * 100))
-    return percents
+
+def _nodata_value(nodata: float, dtype: str) -> float | int | str:
+    if math.isnan(nodata):
+        return "nan"
+    if math.isinf(nodata):
+        return "inf" if nodata > 0 else "-inf"
+    return int(nodata) if np.dtype(dtype).kind in "iu" else nodata
 
 
-def _raster_bands(asset: pystac.Asset, valid_percents: Sequence[float]) -> list[dict[str, Any]]:
-    # Histograms are dropped: nobody reads them and they would weigh on 200k-item collections.
-    bands = asset.extra_fields.get("raster:bands", [])
-    cleaned = []
-    for band, valid_percent in zip(bands, valid_percents, strict=True):
-        band = {k: v for k, v in band.items() if k != "histogram"}
-        band["statistics"] = {**band.get("statistics", {}), "valid_percent": valid_percent}
-        cleaned.append(band)
-    return cleaned
+def _band_classes(src: DatasetReader, band: int) -> list[dict[str, Any]]:
+    """The band's classification classes, as to_cog stored them (CLASSES_TAG)."""
+    text = src.tags(band).get(CLASSES_TAG)
+    if not text:
+        return []
+    try:
+        classes = json.loads(text)
+    except json.JSONDecodeError:
+        logger.warning("%s band %d: %s is not JSON, classes ignored", src.name, band, CLASSES_TAG)
+        return []
+    if not isinstance(classes, list) or not all(
+        isinstance(c, dict)
+        and isinstance(c.get("value"), int)
+        and isinstance(c.get("description"), str)
+        for c in classes
+    ):
+        logger.warning(
+            "%s band %d: %s is not a list of classes, ignored", src.name, band, CLASSES_TAG
+        )
+        return []
+    return classes
+
+
+def _is_class(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("value"), int)
+        and isinstance(value.get("description"), str)
+    )
+
+
+def _raster_bands(src: DatasetReader, max_size: int) -> list[dict[str, Any]]:
+    """raster:bands (v1.1): data type, nodata, unit, scale/offset, statistics of the valid
+    pixels of a decimated read, and the classes of categorical bands. No histograms: nobody reads
+    them and they would weigh on 200k-item collections."""
+    shape = _sample_shape(src.height, src.width, max_size)
+    sampling = src.tags().get("AREA_OR_POINT", "").lower()
+    bands = []
+    for index, dtype in zip(src.indexes, src.dtypes, strict=True):
+        band: dict[str, Any] = {
+            "data_type": _RASTER_DATA_TYPES.get(dtype, dtype),
+            "scale": src.scales[index - 1],
+            "offset": src.offsets[index - 1],
+        }
+        if sampling in ("area", "point"):
+            band["sampling"] = sampling
+        nodata = src.nodatavals[index - 1]
+        if nodata is not None:
+            band["nodata"] = _nodata_value(nodata, dtype)
+        if src.units[index - 1]:
+            band["unit"] = src.units[index - 1]
+        band["statistics"] = _statistics(src.read(index, out_shape=shape, masked=True))
+        classes = _band_classes(src, index)
+        if classes:
+            band["classification:classes"] = classes
+        bands.append(band)
+    return bands
+
+
+def _band_objects(src: DatasetReader) -> list[dict[str, str]]:
+    """STAC 1.1 `bands` with each band's description, when the raster describes its bands."""
+    if not any(src.descriptions):
+        return []
+    return [
+        {"name": f"b{index}", **({"description": text} if text else {})}
+        for index, text in zip(src.indexes, src.descriptions, strict=True)
+    ]
 
 
 def build_item(
@@ -159,8 +240,10 @@ def build_item(
     raster_max_size: int = 1024,
     collection_href: str = "../collection.json",
 ) -> pystac.Item:
-    """Item for one COG: geometry/bbox in WGS84, projection, raster (with statistics and
-    histogram-free band info), file:size and file:checksum on the asset, `properties` merged.
+    """Item for one COG: the grid's footprint in WGS84 as geometry (densified, rotated grids
+    included) and its bbox, projection, raster (statistics of valid pixels, unit, scale/offset,
+    classification classes), band descriptions, file:size and file:checksum on the asset,
+    `properties` merged.
 
     Deterministic: the same COG and arguments give the same item (no `created` timestamp).
     Legacy `properties` are kept verbatim, except datetime keys, which come from the arguments.
@@ -168,41 +251,33 @@ def build_item(
     rewrite item links anyway.
     """
     temporal = _temporal_properties(datetime_, start_datetime, end_datetime)
-    # rio-stac falls back to the TIFF date tag or now() when no datetime is given: passing
-    # start/end here keeps a range item free of both.
-    rio_item = create_stac_item(
-        str(cog_path),
-        input_datetime=datetime_,
-        id=item_id,
-        collection=collection_id,
-        properties=dict(temporal),
-        asset_name=asset.key,
-        asset_href=asset.href,
-        asset_roles=list(asset.roles),
-        asset_media_type=asset.media_type,
-        with_proj=True,
-        with_raster=True,
-        with_eo=False,
-        raster_max_size=raster_max_size,
-        # GDAL's own choice: edges of projected rasters curve in WGS84, corners alone would
-        # give a bbox smaller than the footprint.
-        geom_densify_pts=21,
-    )
-    rio_asset = rio_item.assets[asset.key]
+    with rasterio.open(cog_path) as src:
+        if src.crs is None:
+            raise ValueError(f"{cog_path}: the COG has no CRS, an item needs a footprint")
+        footprint = georef.footprint_wgs84(src.crs, src.transform, src.width, src.height)
+        projection = _projection_properties(src)
+        raster_bands = _raster_bands(src, raster_max_size)
+        band_objects = _band_objects(src)
     item_properties: dict[str, Any] = {
-        **_projection_properties(cog_path, rio_item.properties),
+        **projection,
         **temporal,
         **{k: v for k, v in (properties or {}).items() if k not in _TEMPORAL_KEYS},
     }
+    extensions = [PROJECTION_SCHEMA, RASTER_SCHEMA]
+    if any("classification:classes" in band for band in raster_bands):
+        extensions.append(CLASSIFICATION_SCHEMA)
     item = pystac.Item(
         id=item_id,
-        geometry=rio_item.geometry,
-        bbox=rio_item.bbox,
+        geometry=footprint.geometry,
+        bbox=list(footprint.bbox),
         datetime=datetime_,
         properties=item_properties,
-        stac_extensions=[PROJECTION_SCHEMA, RASTER_SCHEMA],
+        stac_extensions=extensions,
         collection=collection_id,
     )
+    asset_fields: dict[str, Any] = {"raster:bands": raster_bands}
+    if band_objects:
+        asset_fields["bands"] = band_objects
     item.add_asset(
         asset.key,
         pystac.Asset(
@@ -210,9 +285,7 @@ def build_item(
             title=asset.title,
             media_type=asset.media_type,
             roles=list(asset.roles),
-            extra_fields={
-                "raster:bands": _raster_bands(rio_asset, _valid_percents(cog_path, raster_max_size))
-            },
+            extra_fields=asset_fields,
         ),
     )
     # The core item schema requires a `collection` link whenever `collection` is set.

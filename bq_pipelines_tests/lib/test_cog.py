@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import netCDF4
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 import rasterio.warp
+from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 from rio_cogeo.cogeo import cog_validate
 
+from bq_pipelines.lib.categories import CLASSES_TAG, RAT_TAG
 from bq_pipelines.lib.cog import (
     COG_ALGORITHM_VERSION,
+    CogInfo,
     CogSettings,
     RasterInput,
     band_extractor,
@@ -22,7 +30,17 @@ from bq_pipelines.lib.cog import (
     validate_cog,
 )
 from bq_pipelines.lib.errors import CogError
-from bq_pipelines_tests.rasters import CUSTOM_LCC_WKT, RasterSpec, raster_values, write_raster
+from bq_pipelines_tests.rasters import (
+    CUSTOM_LCC_WKT,
+    CUSTOM_UTM25S_WKT,
+    ENGINEERING_WKT,
+    BandMetadata,
+    RasterSpec,
+    raster_transform,
+    raster_valid,
+    raster_values,
+    write_raster,
+)
 
 NAN = float("nan")
 
@@ -458,3 +476,402 @@ def test_band_extractor_copies_one_band_at_a_time(tmp_path: Path) -> None:
     with rasterio.open(info.path) as out:
         np.testing.assert_array_equal(out.read(1), raster_values(spec)[2])
         assert out.nodata == -9999 and out.crs.to_epsg() == 32198
+
+
+# --- validity: every valid COG passes, stripped files never do ---------------------------------
+
+
+@pytest.mark.parametrize(("width", "height"), [(512, 1100), (1100, 512), (512, 1600)])
+def test_a_cog_exactly_one_block_wide_or_tall_is_valid(
+    tmp_path: Path, width: int, height: int
+) -> None:
+    source = write_raster(tmp_path / "in.tif", RasterSpec(width=width, height=height))
+    gdal_cog = tmp_path / "gdal.tif"
+    rasterio.shutil.copy(str(source), str(gdal_cog), driver="COG", BLOCKSIZE=512)
+
+    info = to_cog(RasterInput(source), tmp_path / "ours.tif", CogSettings())
+
+    for path in (info.path, gdal_cog):
+        assert validate_cog(path) == []
+        with rasterio.open(path) as cog:
+            assert cog.block_shapes[0] == (512, 512) and cog.overviews(1)
+    if width == 512:  # what the issue saw: rio-cogeo calls even GDAL's own COG "not tiled"
+        _, errors, _ = cog_validate(str(gdal_cog), quiet=True)
+        assert any("not tiled" in error for error in errors)
+
+
+def test_a_valid_cog_without_gdal_layout_claim_is_judged_by_its_structure(tmp_path: Path) -> None:
+    source = write_raster(tmp_path / "in.tif", RasterSpec(width=512, height=1100))
+    gdal_cog = tmp_path / "gdal.tif"
+    rasterio.shutil.copy(str(source), str(gdal_cog), driver="COG", BLOCKSIZE=512)
+    # As if another tool wrote the same bytes: GDAL no longer recognises its own layout note.
+    data = gdal_cog.read_bytes()
+    assert b"LAYOUT=IFDS_BEFORE_DATA" in data
+    unclaimed = tmp_path / "unclaimed.tif"
+    unclaimed.write_bytes(data.replace(b"LAYOUT=IFDS_BEFORE_DATA", b"LAYOUT=IFDS_BEFORE_DATX", 1))
+    with rasterio.open(unclaimed) as src:
+        assert "LAYOUT" not in src.tags(ns="IMAGE_STRUCTURE")
+
+    assert validate_cog(unclaimed) == []
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "rows_per_strip"), [(1200, 1100, 1), (512, 1100, 512), (512, 1100, 16)]
+)
+def test_stripped_tiffs_are_not_cogs(
+    tmp_path: Path, width: int, height: int, rows_per_strip: int
+) -> None:
+    # 512-wide strips of 512 rows have the block shape of 512x512 tiles: only the TIFF tags
+    # tell them apart.
+    path = tmp_path / "strips.tif"
+    spec = RasterSpec(width=width, height=height)
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
+        crs="EPSG:4326", transform=rasterio.transform.from_origin(-75, 50, 0.01, 0.01),
+        tiled=False, blockysize=rows_per_strip,
+    ) as dst:  # fmt: skip
+        dst.write(raster_values(spec))
+    with rasterio.open(path) as src:
+        assert src.block_shapes[0] == (rows_per_strip, width)
+
+    assert any("not tiled" in error for error in validate_cog(path))
+
+
+# --- display profile: invented pixels, masks, dtypes -----------------------------------------
+
+DISPLAY_NODATA = {"uint8": 255, "int8": -128, "int16": -9999, "uint16": 65535, "float32": NAN}
+
+
+def _source_coverage(
+    out: rasterio.io.DatasetReader, spec: RasterSpec, margin: float = 2.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inside, outside) per output pixel: its centre falls on valid source data, or off the
+    source grid or into its invalid corner, by more than `margin` source pixels either way."""
+    rows, cols = np.mgrid[0 : out.height, 0 : out.width]
+    xs, ys = rasterio.transform.xy(out.transform, rows.ravel(), cols.ravel())
+    sx, sy = rasterio.warp.transform(out.crs, CRS.from_user_input(spec.crs), xs, ys)
+    col, row = ~raster_transform(spec) * (np.asarray(sx), np.asarray(sy))
+    col, row = col.reshape(rows.shape), row.reshape(rows.shape)
+    corner_w, corner_h = spec.width // 10, spec.height // 10
+    has_corner = spec.nodata is not None or spec.mask
+
+    def on_grid(m: float) -> np.ndarray:
+        return (col >= m) & (col <= spec.width - m) & (row >= m) & (row <= spec.height - m)
+
+    def in_corner(m: float) -> np.ndarray:
+        return has_corner & (col <= corner_w + m) & (row <= corner_h + m)
+
+    inside = on_grid(margin) & ~in_corner(margin)
+    outside = ~on_grid(-margin) | (on_grid(margin) & in_corner(-margin))
+    return inside, outside
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32198", CUSTOM_LCC_WKT], ids=["epsg32198", "custom-lcc"])
+@pytest.mark.parametrize("validity", ["nodata", "no-nodata", "mask"])
+@pytest.mark.parametrize("dtype", list(DISPLAY_NODATA))
+def test_display_marks_invented_pixels_keeps_masks_and_dtype(
+    tmp_path: Path, dtype: str, validity: str, crs: str
+) -> None:
+    spec = RasterSpec(
+        dtype=dtype,
+        crs=crs,
+        nodata=DISPLAY_NODATA[dtype] if validity == "nodata" else None,
+        mask=validity == "mask",
+        rotation=20.0,  # more invented pixels: the corners of the warped grid
+    )
+    source = write_raster(tmp_path / "src.tif", spec)
+
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings("display"))
+
+    assert validate_cog(info.path) == []
+    with rasterio.open(info.path) as out:
+        assert out.crs == CRS.from_epsg(3857)
+        assert out.dtypes == (dtype,)  # int8 stays int8
+        valid = out.dataset_mask() > 0
+        inside, outside = _source_coverage(out, spec)
+        assert outside.sum() > 0.1 * outside.size and inside.sum() > 0.3 * inside.size
+        assert not valid[outside].any(), "an invented or masked pixel reads as data"
+        assert valid[inside].all(), "a pixel with source data is marked invalid"
+        values = out.read(1, masked=True)
+        flags = out.mask_flag_enums[0]
+    expected = np.ma.masked_invalid(raster_values(spec)[0])
+    expected = np.ma.masked_where(~raster_valid(spec), expected)
+    assert expected.min() <= values.min() and values.max() <= expected.max()
+    if validity == "nodata":
+        assert _same_nodata(info.nodata, spec.nodata)
+    elif validity == "mask":
+        assert info.nodata is None and MaskFlags.per_dataset in flags  # the mask stays a mask
+    elif dtype == "float32":
+        assert info.nodata is not None and np.isnan(info.nodata)
+    else:  # a value outside the data: the dtype's minimum (or maximum)
+        assert info.nodata in (np.iinfo(dtype).min, np.iinfo(dtype).max)
+        assert not expected.min() <= info.nodata <= expected.max()
+
+
+def test_display_of_integers_using_every_value_marks_invented_pixels_with_a_mask(
+    tmp_path: Path,
+) -> None:
+    spec = RasterSpec(dtype="uint8", crs="EPSG:32198", rotation=20.0)
+    source = write_raster(tmp_path / "src.tif", spec)
+    every_value = (np.arange(spec.width * spec.height) % 256).reshape(1, spec.height, spec.width)
+    with rasterio.open(source, "r+") as dst:
+        dst.write(every_value.astype("uint8"))  # no value is left to mean nodata
+
+    # Nearest neighbour, so that the data keep both ends of the range.
+    settings = CogSettings("display", categorical=True)
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", settings)
+
+    with rasterio.open(info.path) as out:
+        assert out.nodata is None and MaskFlags.per_dataset in out.mask_flag_enums[0]
+        valid = out.dataset_mask() > 0
+        inside, outside = _source_coverage(out, spec)
+        assert not valid[outside].any() and valid[inside].all()
+        assert set(np.unique(out.read(1)[inside])) > {0, 255}
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "float32"])
+def test_raw_keeps_the_internal_mask_and_dtype(tmp_path: Path, dtype: str) -> None:
+    spec = RasterSpec(dtype=dtype, crs="EPSG:32198", mask=True)
+    source = write_raster(tmp_path / "src.tif", spec)
+
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings())
+
+    _assert_cog_layout(info.path)
+    with rasterio.open(info.path) as out:
+        assert out.dtypes == (dtype,) and out.nodata is None
+        assert MaskFlags.per_dataset in out.mask_flag_enums[0]
+        np.testing.assert_array_equal(out.dataset_mask() > 0, raster_valid(spec))
+        np.testing.assert_array_equal(out.read(), raster_values(spec))
+
+
+# --- metadata on every path ------------------------------------------------------------------
+
+CONTINUOUS = BandMetadata(
+    unit="m",
+    description="elevation",
+    scale=0.1,
+    offset=-5.0,
+    band_tags={"VARIABLE": "dem"},
+    dataset_tags={"PRODUCER": "bq tests"},
+)
+CATEGORY_NAMES = dataclasses.replace(
+    CONTINUOUS,
+    unit="class",
+    description="land cover",
+    scale=1.0,
+    offset=0.0,
+    colormap={0: (0, 0, 0, 0), 1: (0, 0, 255, 255), 2: (0, 128, 0, 255), 3: (160, 82, 45, 255)},
+    category_names=("", "Open water", "Forest", "Wetland / bog"),
+)
+ATTRIBUTE_TABLE = dataclasses.replace(
+    CATEGORY_NAMES,
+    colormap={},
+    category_names=(),
+    attribute_table=(
+        (1, "water", (0, 0, 255)),
+        (5, "urban", (255, 0, 0)),
+        (11, "bare", (200,) * 3),
+    ),
+)
+METADATA_CASES = {
+    "continuous": (CONTINUOUS, None),
+    "category-names": (
+        CATEGORY_NAMES,
+        [
+            {"value": 1, "description": "Open water", "name": "Open_water", "color_hint": "0000FF"},
+            {"value": 2, "description": "Forest", "name": "Forest", "color_hint": "008000"},
+            {
+                "value": 3,
+                "description": "Wetland / bog",
+                "name": "Wetland_bog",
+                "color_hint": "A0522D",
+            },
+        ],
+    ),
+    "attribute-table": (
+        ATTRIBUTE_TABLE,
+        [
+            {"value": 1, "description": "water", "name": "water", "color_hint": "0000FF"},
+            {"value": 5, "description": "urban", "name": "urban", "color_hint": "FF0000"},
+            {"value": 11, "description": "bare", "name": "bare", "color_hint": "C8C8C8"},
+        ],
+    ),
+}
+METADATA_PATHS = ["raw", "display", "band-selection", "stack", "assign-crs", "band-extractor"]
+
+
+def convert_by_path(
+    path_kind: str, folder: Path, metadata: BandMetadata, categorical: bool
+) -> tuple[CogInfo, int]:
+    """Convert a generated raster with `metadata` along one of to_cog's paths; returns the COG
+    and the source band its band 1 comes from."""
+    spec = RasterSpec(
+        dtype="uint8" if categorical else "float32",
+        nodata=0 if categorical else NAN,
+        categorical=categorical,
+        crs="EPSG:32198",
+        count=3 if path_kind in ("band-selection", "band-extractor") else 1,
+        metadata=metadata,
+    )
+    settings = CogSettings(categorical=categorical)
+    source = write_raster(folder / "src.tif", spec)
+    out = folder / "out.tif"
+    if path_kind == "raw":
+        return to_cog(RasterInput(source), out, settings), 1
+    if path_kind == "display":
+        return to_cog(RasterInput(source), out, dataclasses.replace(settings, profile="display")), 1
+    if path_kind == "band-selection":
+        return to_cog(RasterInput(source, bands=(2,)), out, settings), 2
+    if path_kind == "stack":
+        other = write_raster(folder / "other.tif", dataclasses.replace(spec, seed=1))
+        return to_cog([RasterInput(source), RasterInput(other)], out, settings), 1
+    if path_kind == "assign-crs":
+        no_crs = write_raster(folder / "no-crs.tif", dataclasses.replace(spec, crs=None))
+        settings = dataclasses.replace(settings, assign_crs="EPSG:4326")
+        return to_cog(RasterInput(no_crs), out, settings), 1
+    work = folder / "work"
+    work.mkdir()
+    with band_extractor(RasterInput(source), settings, work) as extract:
+        return to_cog(extract(2), out, settings), 2
+
+
+@pytest.mark.parametrize("path_kind", METADATA_PATHS)
+@pytest.mark.parametrize("case", list(METADATA_CASES))
+def test_band_metadata_survives_every_path(tmp_path: Path, case: str, path_kind: str) -> None:
+    metadata, classes = METADATA_CASES[case]
+
+    info, band = convert_by_path(path_kind, tmp_path, metadata, categorical=classes is not None)
+
+    _assert_cog_layout(info.path)
+    assert not Path(f"{info.path}.aux.xml").exists(), "nothing may live beside the COG"
+    with rasterio.open(info.path) as out:
+        assert out.units[0] == metadata.unit
+        assert out.descriptions[0] == metadata.descriptions(3 if band == 2 else 1)[band - 1]
+        assert (out.scales[0], out.offsets[0]) == (metadata.scale, metadata.offset)
+        assert out.tags(1)["VARIABLE"] == "dem"
+        assert out.tags()["PRODUCER"] == "bq tests"
+        band_tags = out.tags(1)
+        if classes is None:
+            assert CLASSES_TAG not in band_tags
+        elif band == 1 or metadata.attribute_table:
+            assert json.loads(band_tags[CLASSES_TAG]) == classes
+        else:  # GeoTIFF colour tables are for band 1 only: no colour hints for band 2
+            assert json.loads(band_tags[CLASSES_TAG]) == [
+                {k: v for k, v in c.items() if k != "color_hint"} for c in classes
+            ]
+        # GeoTIFF palettes are for band 1 of one-band files.
+        if metadata.colormap and out.count == 1 and band == 1:
+            colormap = out.colormap(1)
+            assert all(colormap[k] == v for k, v in metadata.colormap.items())
+        if metadata.attribute_table:
+            table = ET.fromstring(band_tags[RAT_TAG])
+            assert [row.findtext("F[2]") for row in table.iter("Row")] == ["water", "urban", "bare"]
+
+
+def test_cf_flags_of_a_netcdf_variable_become_classes(tmp_path: Path) -> None:
+    path = tmp_path / "lc.nc"
+    with netCDF4.Dataset(path, "w") as ds:
+        _write_netcdf_grid(ds, with_crs=True)
+        lc = ds.createVariable("lc", "u1", ("lat", "lon"), fill_value=0)
+        lc[:] = (np.arange(600).reshape(20, 30) % 3 + 1).astype("uint8")
+        lc.flag_values = np.array([1, 2, 3], dtype="u1")
+        lc.flag_meanings = "tree_cover water bare_areas"
+        lc.flag_colors = "#00a000 #0046c8 #fff5d7"
+        lc.units = "1"
+        lc.grid_mapping = "crs"
+
+    info = to_cog(
+        RasterInput(path, subdataset="lc"), tmp_path / "out.tif", CogSettings(categorical=True)
+    )
+
+    with rasterio.open(info.path) as out:
+        assert json.loads(out.tags(1)[CLASSES_TAG]) == [
+            {"value": 1, "description": "tree cover", "name": "tree_cover", "color_hint": "00A000"},
+            {"value": 2, "description": "water", "name": "water", "color_hint": "0046C8"},
+            {"value": 3, "description": "bare areas", "name": "bare_areas", "color_hint": "FFF5D7"},
+        ]
+        assert out.units == ("1",)
+
+
+# --- CRSs: exact codes, rotated grids, CRSs without a way to WGS84 ----------------------------
+
+
+def test_a_crs_without_exact_epsg_code_is_described_by_its_wkt(tmp_path: Path) -> None:
+    assert CRS.from_wkt(CUSTOM_UTM25S_WKT).to_epsg() == 32000  # PROJ's fuzzy guess
+    spec = RasterSpec(crs=CUSTOM_UTM25S_WKT, origin=(485_000.0, 9_000_000.0), resolution=100.0)
+    source = write_raster(tmp_path / "utm.tif", spec)
+
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings())
+
+    assert info.epsg is None
+    assert CRS.from_wkt(info.crs) == CRS.from_wkt(CUSTOM_UTM25S_WKT)
+
+
+@pytest.mark.parametrize("profile", ["raw", "display"])
+def test_a_rotated_grid_keeps_its_rotation_and_footprint(tmp_path: Path, profile: str) -> None:
+    spec = RasterSpec(crs="EPSG:32198", rotation=30.0, nodata=-9999, dtype="int16")
+    source = write_raster(tmp_path / "rotated.tif", spec)
+
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings(profile))
+
+    with rasterio.open(info.path) as out:
+        if profile == "raw":
+            assert out.transform.almost_equals(raster_transform(spec))
+            np.testing.assert_array_equal(out.read(), raster_values(spec))
+        else:
+            assert out.transform.is_rectilinear
+    corners = [
+        raster_transform(spec) * corner for corner in [(0, 0), (300, 0), (300, 200), (0, 200)]
+    ]
+    lons, lats = rasterio.warp.transform(spec.crs, "EPSG:4326", *zip(*corners, strict=True))
+    west, south, east, north = info.bbox_wgs84
+    # GDAL sizes the warped grid from sampled edges: it may miss a corner by under a pixel.
+    tolerance = 1e-9 if profile == "raw" else 0.015
+    assert west - tolerance <= min(lons) and max(lons) <= east + tolerance
+    assert south - tolerance <= min(lats) and max(lats) <= north + tolerance
+    assert west == pytest.approx(min(lons), abs=0.02) and north == pytest.approx(
+        max(lats), abs=0.02
+    )
+
+
+@pytest.mark.parametrize("profile", ["raw", "display"])
+def test_a_crs_without_a_way_to_wgs84_fails_before_anything_is_written(
+    tmp_path: Path, profile: str
+) -> None:
+    source = write_raster(tmp_path / "site.tif", RasterSpec(crs=ENGINEERING_WKT))
+    out_dir = tmp_path / "out"
+
+    with pytest.raises(CogError) as caught:
+        to_cog(RasterInput(source), out_dir / "site.tif", CogSettings(profile))
+
+    message = str(caught.value)
+    assert message.startswith(f'{source}: CRS "Site grid" has no transformation to WGS84')
+    assert "Traceback" not in message and "projjson" not in message.lower()
+    assert list(out_dir.iterdir()) == []
+
+
+def test_stacking_with_an_engineering_crs_fails_naming_the_input(tmp_path: Path) -> None:
+    first = write_raster(tmp_path / "first.tif", RasterSpec(crs=ENGINEERING_WKT))
+    with pytest.raises(CogError, match=r"first\.tif: CRS \"Site grid\""):
+        to_cog([RasterInput(first), RasterInput(first)], tmp_path / "out.tif", CogSettings())
+
+
+def test_a_source_placed_by_ground_control_points_is_rectified(tmp_path: Path) -> None:
+    gcps = [
+        GroundControlPoint(row, col, -75.0 + col * 0.01, 50.0 - row * 0.01)
+        for row, col in [(0, 0), (0, 300), (200, 0), (200, 300)]
+    ]
+    source = tmp_path / "gcps.tif"
+    spec = RasterSpec(dtype="int16", nodata=-9999)
+    with rasterio.open(
+        source, "w", driver="GTiff", width=300, height=200, count=1, dtype="int16",
+        nodata=-9999, gcps=gcps, crs="EPSG:4326",
+    ) as dst:  # fmt: skip
+        dst.write(raster_values(spec))
+
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings(categorical=True))
+
+    assert info.crs == "EPSG:4326"
+    with rasterio.open(info.path) as out:
+        assert out.transform.almost_equals(rasterio.transform.from_origin(-75, 50, 0.01, 0.01))
+        np.testing.assert_array_equal(out.read(), raster_values(spec))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.resources
+import itertools
 import json
 import math
 import re
@@ -17,12 +18,16 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
+import rasterio.warp
+from rasterio.crs import CRS
 from rasterio.warp import transform_geom
 from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
 
+from bq_pipelines.lib.cog import CogInfo, CogSettings, RasterInput, to_cog
 from bq_pipelines.lib.errors import StacValidationError
 from bq_pipelines.lib.stac import (
+    CLASSIFICATION_SCHEMA,
     EO_SCHEMA,
     FILE_SCHEMA,
     ITEM_ASSETS_SCHEMA,
@@ -34,7 +39,14 @@ from bq_pipelines.lib.stac import (
     multihash_sha256,
     validate,
 )
-from bq_pipelines_tests.rasters import CUSTOM_LCC_WKT, RasterSpec, write_raster
+from bq_pipelines_tests.lib.test_cog import METADATA_CASES, METADATA_PATHS, convert_by_path
+from bq_pipelines_tests.rasters import (
+    CUSTOM_LCC_WKT,
+    CUSTOM_UTM25S_WKT,
+    RasterSpec,
+    raster_transform,
+    write_raster,
+)
 
 LEGACY_PROPERTIES = {"variable": "tas", "year": 2001, "month": 3, "version": "2.1"}
 
@@ -87,16 +99,18 @@ def cog(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 
 def footprint_wgs84(path: Path) -> list[tuple[float, float]]:
-    """The raster's outline, densified, in WGS84: the truth the item's bbox must contain."""
+    """The grid's outline, densified along its four edges (rotated or not), in WGS84: the truth
+    the item's bbox must contain."""
     with rasterio.open(path) as src:
-        left, bottom, right, top = src.bounds
         steps = np.linspace(0.0, 1.0, 50)
-        outline = [
-            *[(left + (right - left) * t, top) for t in steps],
-            *[(right, top - (top - bottom) * t) for t in steps],
-            *[(right - (right - left) * t, bottom) for t in steps],
-            *[(left, bottom + (top - bottom) * t) for t in steps],
+        w, h = src.width, src.height
+        pixels = [
+            *[(w * t, 0.0) for t in steps],
+            *[(w, h * t) for t in steps],
+            *[(w * (1 - t), h) for t in steps],
+            *[(0.0, h * (1 - t)) for t in steps],
         ]
+        outline = [src.transform * pixel for pixel in pixels]
         geometry = transform_geom(
             src.crs, "EPSG:4326", {"type": "LineString", "coordinates": outline}
         )
@@ -463,3 +477,140 @@ def test_summaries_are_ranges_for_numbers_and_distinct_values_otherwise() -> Non
         "variable": ["pr", "tas"],
         "year": {"minimum": 1979, "maximum": 2019},
     }
+
+
+# ------------------------------------------------------------------------ fidelity
+
+
+def cog_of(info: CogInfo, spec: RasterSpec | None = None) -> Cog:
+    """A Cog record for a COG made by to_cog."""
+    return Cog(info.path, spec or RasterSpec(), info.size, info.sha256)
+
+
+def _area(ring: list[list[float]]) -> float:
+    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in itertools.pairwise(ring))) / 2
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32198", CUSTOM_LCC_WKT], ids=["epsg32198", "custom-lcc"])
+@pytest.mark.parametrize("validity", ["nodata", "no-nodata", "mask"])
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "float32"])
+def test_display_item_statistics_count_only_real_pixels(
+    tmp_path: Path, dtype: str, validity: str, crs: str
+) -> None:
+    nodata = {"uint8": 255, "int8": -128, "float32": float("nan")}[dtype]
+    spec = RasterSpec(
+        dtype=dtype,
+        crs=crs,
+        nodata=nodata if validity == "nodata" else None,
+        mask=validity == "mask",
+        rotation=20.0,
+    )
+    source = write_raster(tmp_path / "src.tif", spec)
+    info = to_cog(RasterInput(source), tmp_path / "display.tif", CogSettings("display"))
+
+    item = item_for(cog_of(info, spec))
+
+    [band] = item.assets["data"].extra_fields["raster:bands"]
+    with rasterio.open(info.path) as out:
+        valid = out.dataset_mask() > 0
+        values = np.ma.masked_invalid(out.read(1, masked=True))
+    assert band["data_type"] == dtype
+    stats = band["statistics"]
+    assert stats["valid_percent"] == pytest.approx(100 * valid.mean())
+    assert 40 < stats["valid_percent"] < 95  # the warp's margins are not data
+    assert stats["minimum"] == values.min() and stats["maximum"] == values.max()
+    assert stats["mean"] == pytest.approx(float(values.mean()), rel=1e-6)
+    validate(item)
+
+
+@pytest.mark.parametrize("path_kind", METADATA_PATHS)
+@pytest.mark.parametrize("case", list(METADATA_CASES))
+def test_item_carries_units_scale_offset_classes_and_descriptions(
+    tmp_path: Path, case: str, path_kind: str
+) -> None:
+    metadata, classes = METADATA_CASES[case]
+    info, band_number = convert_by_path(
+        path_kind, tmp_path, metadata, categorical=classes is not None
+    )
+
+    item = item_for(cog_of(info))
+
+    asset = item.assets["data"]
+    band = asset.extra_fields["raster:bands"][0]
+    assert band["unit"] == metadata.unit
+    assert (band["scale"], band["offset"]) == (metadata.scale, metadata.offset)
+    count = 3 if band_number == 2 else 1
+    description = metadata.descriptions(count)[band_number - 1]
+    assert asset.extra_fields["bands"][0] == {"name": "b1", "description": description}
+    if classes is None:
+        assert "classification:classes" not in band
+        assert CLASSIFICATION_SCHEMA not in item.stac_extensions
+    else:
+        expected = [
+            c if band_number == 1 or metadata.attribute_table else _without_colour(c)
+            for c in classes
+        ]
+        assert band["classification:classes"] == expected
+        assert CLASSIFICATION_SCHEMA in item.stac_extensions
+    validate(item)
+
+
+def _without_colour(item_class: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item_class.items() if k != "color_hint"}
+
+
+@pytest.mark.parametrize(
+    ("crs", "code"),
+    [
+        ("EPSG:32198", "EPSG:32198"),
+        ("EPSG:4326", "EPSG:4326"),
+        (CUSTOM_UTM25S_WKT, None),
+        (CUSTOM_LCC_WKT, None),
+    ],
+    ids=["epsg32198", "epsg4326", "custom-utm25s", "custom-lcc"],
+)
+def test_proj_code_only_from_an_exact_epsg_match(
+    tmp_path: Path, crs: str, code: str | None
+) -> None:
+    origin = (485_000.0, 9_000_000.0) if crs == CUSTOM_UTM25S_WKT else None
+    spec = RasterSpec(crs=crs, origin=origin, resolution=100.0 if origin else None)
+    source = write_raster(tmp_path / "src.tif", spec)
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings())
+
+    item = item_for(cog_of(info, spec))
+
+    props = item.properties
+    assert props["proj:code"] == code
+    if code is None:
+        # Published as itself: WKT2 and PROJJSON give back the same CRS.
+        assert CRS.from_wkt(props["proj:wkt2"]) == CRS.from_user_input(crs)
+        assert CRS.from_dict(props["proj:projjson"]) == CRS.from_user_input(crs)
+    else:
+        assert "proj:wkt2" not in props and "proj:projjson" not in props
+    validate(item)
+
+
+def test_a_rotated_grid_gets_its_true_footprint(tmp_path: Path) -> None:
+    spec = RasterSpec(crs="EPSG:32198", rotation=30.0, width=300, height=100)
+    source = write_raster(tmp_path / "rotated.tif", spec)
+    info = to_cog(RasterInput(source), tmp_path / "out.tif", CogSettings())
+
+    item = item_for(cog_of(info, spec))
+
+    ring = item.geometry["coordinates"][0]
+    transform = raster_transform(spec)
+    corners = [transform * pixel for pixel in [(0, 0), (300, 0), (300, 100), (0, 100)]]
+    lons, lats = rasterio.warp.transform(spec.crs, "EPSG:4326", *zip(*corners, strict=True))
+    for corner in zip(lons, lats, strict=True):
+        assert min(math.dist(corner, vertex) for vertex in ring) < 1e-9
+    quad = [*zip(lons, lats, strict=True), (lons[0], lats[0])]
+    west, south, east, north = item.bbox
+    assert _area(ring) == pytest.approx(_area(quad), rel=1e-3)  # not the envelope
+    assert _area(ring) < 0.6 * (east - west) * (north - south)
+    for lon, lat in footprint_wgs84(info.path):
+        assert west - 1e-9 <= lon <= east + 1e-9 and south - 1e-9 <= lat <= north + 1e-9
+    assert tuple(item.bbox) == info.bbox_wgs84
+    native = item.properties["proj:geometry"]["coordinates"][0]
+    expected_native = [corners[0], corners[3], corners[2], corners[1], corners[0]]
+    assert np.allclose(native, expected_native)  # the rotated quadrilateral, closed
+    validate(item)
