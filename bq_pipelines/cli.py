@@ -1,4 +1,5 @@
-"""Command line: generate demo data, list datasets, materialize a dataset in batched runs.
+"""Command line: generate demo data, list datasets, materialize a dataset in batched runs,
+list and restore catalog backups.
 
 `bq-pipelines materialize demo` is what `make demo` runs. Runs are recorded in the Dagster
 instance of DAGSTER_HOME (SQLite under .bq/dagster by default), so `make dev` shows them.
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from bq_pipelines.backup import cli as backup_cli
+from bq_pipelines.backup_assets import run_backup_command
 from bq_pipelines.declarations import Declaration, load_declarations
 from bq_pipelines.definitions import defs
 from bq_pipelines.demo import write_demo_rasters
@@ -158,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("materialize", help="materialize a dataset's partitions")
     run.add_argument("dataset")
     run.add_argument("--partition", action="append", help="a partition key (default: all)")
+    backup_cli.add_commands(commands)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(os.environ)
@@ -165,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in write_demo_rasters(args.root or settings.local_data_root):
                 print(path)
             return 0
+        if args.command in backup_cli.COMMANDS:
+            return run_backup_command(args, defs())
         declarations = {d.id: d for d in load_declarations()}
         if args.command == "datasets":
             for declaration in declarations.values():
