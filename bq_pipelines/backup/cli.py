@@ -58,10 +58,12 @@ def run(
     backend: CatalogBackend,
     work_dir: Path,
     *,
-    stdin: TextIO = sys.stdin,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    stdin: TextIO | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
+    # Looked up at call time: tests and callers may have replaced the standard streams.
+    stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
     try:
         if args.command == "backups":
             return _list(store, backend, out, every=args.all)
