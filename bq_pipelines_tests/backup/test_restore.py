@@ -189,6 +189,7 @@ def test_a_restore_that_does_not_match_is_not_swapped_and_says_how_to_finish(
     assert manifest is not None
     claimed = catalog_state(2, [("demo", f"demo_{i:04d}") for i in range(4)])
     write_manifest(store, replace(manifest, state=claimed))
+    fill_catalog(dsn, {"later": 2})
     live = PgstacCatalog(dsn).state(database)
 
     code, _, err = cli(["restore", "--date", key.day.isoformat(), "--yes"], capsys)
@@ -198,9 +199,28 @@ def test_a_restore_that_does_not_match_is_not_swapped_and_says_how_to_finish(
     assert f"{database} was not touched" in err
     [copy] = pgstac_databases.leftovers(database)  # kept for inspection, named in the message
     assert copy.startswith(f"{database}_restore_")
-    assert f'ALTER DATABASE "{copy}" RENAME TO "{database}"' in err  # how to finish by hand
-    assert f'DROP DATABASE "{copy}"' in err  # or how to discard it
+    assert f'DROP DATABASE "{copy}"' in err  # how to discard it
     assert PgstacCatalog(dsn).state(database) == live
+
+    # The steps printed to finish by hand, then to roll back, work as printed.
+    swap_by_hand, rest = err.split("To swap by hand", 1)[1].split("To discard", 1)
+    roll_back = rest.split("To roll a swap back", 1)[1]
+    run_sql(pgstac_databases, swap_by_hand)
+    restored = PgstacCatalog(dsn).state(database)  # the restored copy is the target now
+    assert (restored.collections, restored.items) == (1, 3)
+    assert pgstac_databases.names(f"{database}_before_%") != []
+    run_sql(pgstac_databases, roll_back)
+    assert PgstacCatalog(dsn).state(database) == live
+    assert pgstac_databases.leftovers(database) == [copy]
+
+
+def run_sql(databases: PgstacDatabases, printed: str) -> None:
+    """Run the SQL lines of a message as a user would paste them into psql."""
+    statements = "\n".join(line for line in printed.splitlines() if line.startswith("  "))
+    assert statements
+    with databases.server.admin() as conn:
+        for statement in filter(None, (s.strip() for s in statements.split(";"))):
+            conn.execute(statement)
 
 
 def test_a_dry_run_restores_verifies_and_drops_its_copy(
