@@ -185,7 +185,8 @@ def backup_definitions(settings: Settings) -> dg.Definitions:
 
 def run_backup_command(args: argparse.Namespace, definitions: dg.Definitions) -> int:
     """`bq-pipelines backups|restore` with the code location's resources (EnvVars resolved)."""
-    resources = {name: definitions.resources[name] for name in ("object_store", "backup")}
+    available = definitions.resources or {}
+    resources = {name: available[name] for name in ("object_store", "backup")}
     with dg.build_resources(resources) as built:
         return backup_cli.run(
             args, built.object_store.store(), built.backup.backend(), Path(built.backup.work_dir)

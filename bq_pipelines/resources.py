@@ -7,6 +7,7 @@ Each resource is an interface with real implementations picked by configuration
 import os
 from abc import abstractmethod
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -202,7 +203,7 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         s3_endpoint_url=settings.s3_endpoint_url,
         stac_schemas_dir=str(settings.stac_schemas_dir) if settings.stac_schemas_dir else None,
     )
-    policy = {
+    policy: dict[str, Any] = {
         "work_dir": str(settings.work_dir.absolute()),
         "retention_days": settings.backup_retention_days,
         "keep_last": settings.backup_keep_last,

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from bq_pipelines.backup.manifest import BackupKind, CatalogState
+from bq_pipelines.lib.storage import ByteStream
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def log_progress(message: str) -> None:
 class Dump:
     """A dump being produced: read `stream` to the end (it raises there if the dump failed)."""
 
-    stream: BinaryIO
+    stream: ByteStream
     state: CatalogState  # what the dump holds, counted in the dump's own snapshot
     versions: dict[str, str] = field(default_factory=dict)
 

@@ -14,14 +14,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO
 
 import psycopg
 
 from bq_pipelines.backup import postgres
 from bq_pipelines.backup.backend import CatalogBackend, Dump, Progress, log_progress
 from bq_pipelines.backup.manifest import CatalogState, catalog_state
-from bq_pipelines.backup.postgres import PgTools, Server, Version
+from bq_pipelines.backup.postgres import PgTools, Server, Version, parse_dsn
 from bq_pipelines.lib.errors import BackupError
 
 SEARCH_PATH_LINE = b"SELECT pg_catalog.set_config('search_path', '', false);\n"
@@ -38,8 +38,8 @@ class PgstacCatalog(CatalogBackend):
     content_type = "application/vnd.postgresql.custom-dump"
 
     def __init__(self, dsn: str, tools: PgTools | None = None) -> None:
+        parse_dsn(dsn)  # a bad DSN fails here, not half-way through a backup
         self.server = Server(dsn)
-        self.server.params  # noqa: B018 - a bad DSN fails here, not half-way through a dump
         self.tools = tools or PgTools()
 
     @property
@@ -254,7 +254,7 @@ class _CheckedOutput:
 
     def __init__(self, process: subprocess.Popen[bytes], stderr: IO[bytes], what: str) -> None:
         assert process.stdout is not None
-        self._stdout: BinaryIO = process.stdout  # type: ignore[assignment]
+        self._stdout = process.stdout
         self._process = process
         self._stderr = stderr
         self._what = what

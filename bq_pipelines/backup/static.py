@@ -59,7 +59,7 @@ class StaticCatalog(CatalogBackend):
                     for relative in files:
                         tar.add(self.root / relative, arcname=relative.as_posix())
             archive.seek(0)
-            yield Dump(stream=archive, state=state, versions={"format": "tar.gz"})  # type: ignore[arg-type]
+            yield Dump(stream=archive, state=state, versions={"format": "tar.gz"})
 
     def restore_copy(
         self,

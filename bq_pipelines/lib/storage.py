@@ -21,7 +21,7 @@ import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 import boto3
@@ -121,6 +121,12 @@ def url_join(base_url: str, key: str) -> str:
 # Interface
 
 
+class ByteStream(Protocol):
+    """What `put_stream` reads: a file, a pipe, or any reader of bytes."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class StoredObject:
     key: str
@@ -141,7 +147,7 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def put_stream(
-        self, stream: BinaryIO, key: str, *, content_type: str, private: bool = False
+        self, stream: ByteStream, key: str, *, content_type: str, private: bool = False
     ) -> StoredObject:
         """Store what `stream` yields until EOF under `key`, read in chunks (never whole in
         memory) and hashed on the way; the sha256 is recorded beside it as `<key>.sha256`
@@ -237,7 +243,7 @@ class LocalObjectStore(ObjectStore):
         return StoredObject(key, self.href(key), size, sha256, uploaded=True)
 
     def put_stream(
-        self, stream: BinaryIO, key: str, *, content_type: str, private: bool = False
+        self, stream: ByteStream, key: str, *, content_type: str, private: bool = False
     ) -> StoredObject:
         dest = self._path(key)
         reader = _HashingReader(stream)
@@ -327,7 +333,7 @@ _TEMP_PREFIX = ".bq-tmp-"
 class _HashingReader:
     """A file-like reader that hashes and counts what passes through it."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: ByteStream) -> None:
         self._stream = stream
         self._digest = hashlib.sha256()
         self.size = 0
@@ -503,7 +509,7 @@ class S3ObjectStore(ObjectStore):
         return recorded if _SHA256_RE.fullmatch(recorded) else ""
 
     def put_stream(
-        self, stream: BinaryIO, key: str, *, content_type: str, private: bool = False
+        self, stream: ByteStream, key: str, *, content_type: str, private: bool = False
     ) -> StoredObject:
         validate_key(key)
         sidecar = key + SHA256_SUFFIX

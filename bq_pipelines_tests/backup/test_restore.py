@@ -243,6 +243,35 @@ def test_a_dry_run_restores_verifies_and_drops_its_copy(
     assert pgstac_databases.leftovers(database_of(dsn)) == []
 
 
+def test_restore_into_another_database_creates_it(
+    test_db_env: dict[str, str],
+    pgstac_databases: PgstacDatabases,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dsn = test_db_env["BQ_PGSTAC_DSN"]
+    database = database_of(dsn)
+    fill_catalog(dsn, {"demo": 3})
+    key = verified_backup(test_db_env, tmp_path)
+    copy = f"{database}_copy"  # beside the test database, dropped with it
+
+    code, out, err = cli(["restore", "--key", key.key, "--target", copy, "--yes"], capsys)
+
+    assert code == 0, err
+    assert "kept as" not in out  # nothing was replaced
+    assert PgstacCatalog(dsn).state(copy) == PgstacCatalog(dsn).state(database)
+    assert pgstac_databases.leftovers(database) == [copy]
+
+
+def test_restore_refuses_to_replace_a_database_that_is_not_pgstac(
+    test_db_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = verified_backup(test_db_env, tmp_path)
+    code, _, err = cli(["restore", "--key", key.key, "--target", "postgres", "--yes"], capsys)
+    assert code == 1
+    assert "127.0.0.1:5432/postgres is not a pgstac database" in err
+
+
 def test_restore_asks_first_and_refuses_without_a_terminal(
     test_db_env: dict[str, str], pgstac_databases: PgstacDatabases, tmp_path: Path, capsys
 ) -> None:
@@ -255,6 +284,37 @@ def test_restore_asks_first_and_refuses_without_a_terminal(
     assert code == 1
     assert "confirm with --yes" in err
     assert pgstac_databases.leftovers(database_of(dsn)) == []
+
+
+class Terminal(io.StringIO):
+    """Typed answers, as from a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_restore_asks_before_replacing_and_no_means_no(
+    test_db_env: dict[str, str],
+    pgstac_databases: PgstacDatabases,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dsn = test_db_env["BQ_PGSTAC_DSN"]
+    database = database_of(dsn)
+    fill_catalog(dsn, {"demo": 3})
+    key = verified_backup(test_db_env, tmp_path)
+    fill_catalog(dsn, {"later": 2})
+    live = PgstacCatalog(dsn).state(database)
+    monkeypatch.setattr("sys.stdin", Terminal("no\n"))
+
+    code, out, err = cli(["restore", "--date", key.day.isoformat()], capsys)
+
+    assert code == 1
+    assert f"(2 collections, 5 items) with the backup of {key.day} (1 collections, 3 items)" in out
+    assert "restore cancelled" in err
+    assert PgstacCatalog(dsn).state(database) == live
+    assert pgstac_databases.leftovers(database) == []
 
 
 def test_backups_lists_date_size_and_counts(
