@@ -57,7 +57,8 @@ class PgstacCatalog(CatalogBackend):
 
     @contextmanager
     def open_dump(self) -> Iterator[Dump]:
-        # Autocommit: the checks leave no transaction open, so the snapshot's can be set up.
+        # Autocommit: the checks leave no transaction open, so the snapshot's transaction
+        # below can still be given its isolation level.
         with self.server.connect(autocommit=True) as conn:
             server = postgres.server_version(conn)
             pg_dump, pg_dump_version = self.tools.require(
