@@ -49,9 +49,11 @@ services: install-dev
 services-down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/services.py down; fi
 
-## The Dagster UI on http://127.0.0.1:3000
+## The Dagster UI on http://127.0.0.1:3000 (the daily catalog backup's schedule off unless
+## BQ_BACKUP_SCHEDULE_ENABLED=true)
 dev: install-dev $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	BQ_BACKUP_SCHEDULE_ENABLED=$${BQ_BACKUP_SCHEDULE_ENABLED:-false} \
+	  $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: install-dev
 	$(BIN)/ruff check .

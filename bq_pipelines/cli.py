@@ -1,4 +1,5 @@
-"""Command line: demo data, datasets and their partitions, materializing a dataset.
+"""Command line: demo data, datasets and their partitions, materializing a dataset, catalog
+backups and restores.
 
 `bq-pipelines materialize demo` is what `make demo` runs. With DAGSTER_HOME set (the Makefile
 sets it to .bq/dagster), runs are launched through the code location into that instance, so
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from bq_pipelines.backup import cli as backup_cli
+from bq_pipelines.backup_assets import run_backup_command
 from bq_pipelines.declarations import Declaration, load_declarations
 from bq_pipelines.definitions import defs
 from bq_pipelines.demo import write_demo_rasters
@@ -189,6 +192,10 @@ def materialize_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if done.ok else 1
 
 
+def backup_command(args: argparse.Namespace, settings: Settings) -> int:
+    return run_backup_command(args, defs())
+
+
 # -------------------------------------------------------------------------------- main
 
 
@@ -203,11 +210,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     run = commands.add_parser("materialize", help="materialize a dataset's partitions")
     run.add_argument("dataset")
     run.add_argument("--partition", action="append", help="a partition key (default: all)")
+    backup_cli.add_commands(commands)
     handlers: dict[str, Command] = {
         "demo-data": demo_data_command,
         "datasets": datasets_command,
         "partitions": partitions_command,
         "materialize": materialize_command,
+        **dict.fromkeys(backup_cli.COMMANDS, backup_command),
     }
     return parser, handlers
 

@@ -6,6 +6,7 @@ import os
 
 import dagster as dg
 
+from bq_pipelines.backup_assets import backup_definitions
 from bq_pipelines.declarations import load_declarations
 from bq_pipelines.factory import build_dataset
 from bq_pipelines.resources import resources_for
@@ -15,12 +16,14 @@ from bq_pipelines.settings import Settings
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    settings = Settings.from_env(os.environ)
     datasets = [build_dataset(declaration) for declaration in load_declarations()]
     return dg.Definitions.merge(
         *datasets,
+        backup_definitions(settings),
         dg.Definitions(
             # One sensor for every collection: automation sensors may not overlap.
             sensors=[automation_sensor()],
-            resources=resources_for(Settings.from_env(os.environ)),
+            resources=resources_for(settings),
         ),
     )

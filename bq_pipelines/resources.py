@@ -7,11 +7,18 @@ Each resource is an interface with real implementations picked by configuration
 import os
 from abc import abstractmethod
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from bq_pipelines.backup.backend import CatalogBackend
+from bq_pipelines.backup.pgstac import PgstacCatalog
+from bq_pipelines.backup.postgres import PgTools
+from bq_pipelines.backup.retention import RetentionPolicy
+from bq_pipelines.backup.static import StaticCatalog
 from bq_pipelines.lib.catalog import Publisher, StacApiPublisher, StaticCatalogPublisher
+from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.lib.pipeline import Services
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.storage import LocalObjectStore, ObjectStore, S3ObjectStore
@@ -99,6 +106,45 @@ class SourcesResource(dg.ConfigurableResource):
         return RetryPolicy(attempts=self.retry_attempts, backoff_seconds=self.retry_backoff_seconds)
 
 
+class CatalogBackupResource(dg.ConfigurableResource):
+    """What the daily backup dumps, where it stages downloads, and how long backups are kept."""
+
+    work_dir: str
+    retention_days: int = 30
+    keep_last: int = 7
+    retention_dry_run: bool = False
+
+    @abstractmethod
+    def backend(self) -> CatalogBackend: ...
+
+    def retention(self) -> RetentionPolicy:
+        return RetentionPolicy(self.retention_days, self.keep_last, self.retention_dry_run)
+
+
+class PgstacBackupResource(CatalogBackupResource):
+    """The pgstac database the STAC API serves, dumped with the PostgreSQL client tools."""
+
+    dsn: str | None = None  # from EnvVar("BQ_PGSTAC_DSN"): it may hold a password
+    pg_bin_dir: str | None = None
+
+    def backend(self) -> CatalogBackend:
+        if not self.dsn:
+            raise ConfigError(
+                "BQ_PGSTAC_DSN: required to back up the catalog of a STAC API "
+                "(BQ_CATALOG=stac-api): the connection string of the database it serves"
+            )
+        return PgstacCatalog(self.dsn, PgTools(Path(self.pg_bin_dir) if self.pg_bin_dir else None))
+
+
+class StaticCatalogBackupResource(CatalogBackupResource):
+    """The static catalog folder (the embedded default), archived as tar.gz."""
+
+    root: str
+
+    def backend(self) -> CatalogBackend:
+        return StaticCatalog(Path(self.root), Path(self.work_dir))
+
+
 def services_for(
     object_store: ObjectStoreResource, catalog: CatalogResource, sources: SourcesResource
 ) -> Services:
@@ -157,4 +203,24 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         s3_endpoint_url=settings.s3_endpoint_url,
         stac_schemas_dir=str(settings.stac_schemas_dir) if settings.stac_schemas_dir else None,
     )
-    return {"object_store": object_store, "catalog": catalog, "sources": sources}
+    policy: dict[str, Any] = {
+        "work_dir": str(settings.work_dir.absolute()),
+        "retention_days": settings.backup_retention_days,
+        "keep_last": settings.backup_keep_last,
+        "retention_dry_run": settings.backup_retention_dry_run,
+    }
+    backup: CatalogBackupResource
+    if settings.pgstac_dsn or settings.catalog == "stac-api":
+        backup = PgstacBackupResource(
+            dsn=_env_or_none("BQ_PGSTAC_DSN"),
+            pg_bin_dir=str(settings.pg_bin_dir) if settings.pg_bin_dir else None,
+            **policy,
+        )
+    else:
+        backup = StaticCatalogBackupResource(root=str(settings.catalog_dir.absolute()), **policy)
+    return {
+        "object_store": object_store,
+        "catalog": catalog,
+        "sources": sources,
+        "backup": backup,
+    }

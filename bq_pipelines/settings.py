@@ -8,12 +8,14 @@ time so they never appear in configuration, logs or errors.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
+from bq_pipelines.backup.postgres import parse_dsn
 from bq_pipelines.lib.errors import ConfigError
 
 ObjectStoreKind = Literal["local", "s3"]
@@ -39,7 +41,13 @@ class Settings:
     local_data_root: Path = Path(".bq/sources")
     source_base_urls: Mapping[str, str] = field(default_factory=dict)
     stac_schemas_dir: Path | None = None
-    pgstac_dsn: str | None = None
+    pgstac_dsn: str | None = field(default=None, repr=False)  # may hold a password
+    pg_bin_dir: Path | None = None
+    backup_time: tuple[int, int] = (4, 0)  # (hour, minute), UTC
+    backup_schedule_enabled: bool = True
+    backup_retention_days: int = 30
+    backup_keep_last: int = 7
+    backup_retention_dry_run: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -62,7 +70,13 @@ class Settings:
             local_data_root=Path(env.get("BQ_LOCAL_DATA_ROOT", home / "sources")),
             source_base_urls=_host_map(env, "BQ_SOURCE_BASE_URLS"),
             stac_schemas_dir=_existing_dir(env, "BQ_STAC_SCHEMAS_DIR"),
-            pgstac_dsn=env.get("BQ_PGSTAC_DSN") or None,
+            pgstac_dsn=_dsn(env, "BQ_PGSTAC_DSN"),
+            pg_bin_dir=_existing_dir(env, "BQ_PG_BIN_DIR"),
+            backup_time=_time_of_day(env, "BQ_BACKUP_TIME", (4, 0)),
+            backup_schedule_enabled=_boolean(env, "BQ_BACKUP_SCHEDULE_ENABLED", True),
+            backup_retention_days=_integer(env, "BQ_BACKUP_RETENTION_DAYS", 30, minimum=1),
+            backup_keep_last=_integer(env, "BQ_BACKUP_KEEP_LAST", 7, minimum=1),
+            backup_retention_dry_run=_boolean(env, "BQ_BACKUP_RETENTION_DRY_RUN", False),
         )
         if settings.object_store == "s3" and not settings.s3_bucket:
             raise ConfigError("BQ_S3_BUCKET: required when BQ_OBJECT_STORE=s3")
@@ -87,6 +101,36 @@ def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name}: {value!r} is not a boolean (true/false)")
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not a whole number") from None
+    if number < minimum:
+        raise ConfigError(f"{name}: {number} is below the minimum {minimum}")
+    return number
+
+
+def _time_of_day(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[int, int]:
+    value = (env.get(name) or "").strip()
+    if not value:
+        return default
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", value)
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        raise ConfigError(f"{name}: {value!r} is not a time of day HH:MM (UTC, 00:00 to 23:59)")
+    return int(match[1]), int(match[2])
+
+
+def _dsn(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name) or None
+    if value is not None:
+        parse_dsn(value, name)  # the error never echoes the value: it may hold a password
+    return value
 
 
 def _url(

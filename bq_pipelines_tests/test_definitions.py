@@ -11,6 +11,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from bq_pipelines.backup_assets import (
+    BACKUP_ASSET,
+    BACKUP_GROUP,
+    BACKUP_JOB,
+    BACKUP_SCHEDULE,
+    RESTORABLE_CHECK,
+)
 from bq_pipelines.declarations import load_declarations
 from bq_pipelines.definitions import defs
 from bq_pipelines.factory import COG_VALID_CHECK, ITEM_VALID_CHECK, PARTITION_STEPS, op_name
@@ -107,3 +114,44 @@ def test_workspace_yaml_loads_the_code_location(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+def test_the_catalog_backup_asset_check_job_and_schedule(monkeypatch):
+    monkeypatch.setenv("BQ_PGSTAC_DSN", "postgresql://postgres@127.0.0.1:5432/bq_catalog")
+    definitions = defs()
+    assets_def = definitions.resolve_assets_def(BACKUP_ASSET)
+    spec = assets_def.specs_by_key[BACKUP_ASSET]
+    assert (spec.group_name, spec.kinds) == (BACKUP_GROUP, {"postgres"})
+    assert isinstance(assets_def.partitions_def, dg.DailyPartitionsDefinition)
+    assert {spec.name: spec.blocking for spec in assets_def.check_specs} == {RESTORABLE_CHECK: True}
+    assert definitions.resolve_job_def(BACKUP_JOB).partitions_def == assets_def.partitions_def
+    schedule = definitions.resolve_schedule_def(BACKUP_SCHEDULE)
+    assert (schedule.job_name, schedule.cron_schedule) == (BACKUP_JOB, "0 4 * * *")
+    assert type(definitions.resources["backup"]).__name__ == "PgstacBackupResource"
+
+
+def test_dagsters_cli_lists_the_backup_asset_and_schedule(tmp_path):
+    # What the UI and the daemon see: `make dev` turns the schedule off, production leaves it on.
+    root = Path(__file__).resolve().parents[1]
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(root / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "BQ_BACKUP_SCHEDULE_ENABLED": "false"}
+    dagster = str(Path(sys.executable).parent / "dagster")
+    listed = {}
+    for what, location in (
+        ("asset", ["-m", "bq_pipelines.definitions"]),  # `asset list` takes no workspace
+        ("schedule", ["-w", str(root / "workspace.yaml")]),
+    ):
+        result = subprocess.run(
+            [dagster, what, "list", *location],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        listed[what] = result.stdout
+    assert "catalog_backup" in listed["asset"].split()
+    assert "Schedule: catalog_backup_schedule [STOPPED]" in listed["schedule"]

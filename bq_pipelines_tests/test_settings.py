@@ -50,6 +50,15 @@ def test_services_settings(tmp_path):
         ({"BQ_SOURCE_BASE_URLS": "chelsa"}, "BQ_SOURCE_BASE_URLS: 'chelsa' is not host=url"),
         ({"BQ_SOURCE_BASE_URLS": "chelsa=gopher://x"}, "BQ_SOURCE_BASE_URLS[chelsa]"),
         ({"BQ_STAC_SCHEMAS_DIR": "/nonexistent/schemas"}, "BQ_STAC_SCHEMAS_DIR: '/nonexistent"),
+        ({"BQ_BACKUP_TIME": "4h"}, "BQ_BACKUP_TIME: '4h' is not a time of day HH:MM"),
+        ({"BQ_BACKUP_TIME": "24:00"}, "BQ_BACKUP_TIME: '24:00' is not a time of day"),
+        ({"BQ_BACKUP_RETENTION_DAYS": "a month"}, "BQ_BACKUP_RETENTION_DAYS: 'a month' is not a"),
+        ({"BQ_BACKUP_RETENTION_DAYS": "0"}, "BQ_BACKUP_RETENTION_DAYS: 0 is below the minimum 1"),
+        ({"BQ_BACKUP_KEEP_LAST": "-1"}, "BQ_BACKUP_KEEP_LAST: -1 is below the minimum 1"),
+        ({"BQ_BACKUP_SCHEDULE_ENABLED": "sometimes"}, "BQ_BACKUP_SCHEDULE_ENABLED: 'sometimes'"),
+        ({"BQ_BACKUP_RETENTION_DRY_RUN": "perhaps"}, "BQ_BACKUP_RETENTION_DRY_RUN: 'perhaps'"),
+        ({"BQ_PG_BIN_DIR": "/nonexistent/bin"}, "BQ_PG_BIN_DIR: '/nonexistent/bin' is not a dir"),
+        ({"BQ_PGSTAC_DSN": "postgresql://u:pw@h"}, "BQ_PGSTAC_DSN: names no database"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message):
@@ -62,3 +71,15 @@ def test_secret_values_never_appear_in_errors():
     with pytest.raises(ConfigError) as error:
         Settings.from_env({"BQ_OBJECT_STORE": "s3", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
     assert "s3cr3t-value" not in str(error.value)
+
+
+def test_backup_defaults_and_a_dsn_kept_out_of_reprs():
+    settings = Settings.from_env({"BQ_PGSTAC_DSN": "postgresql://u:s3cret@db:5432/catalog"})
+    assert settings.backup_time == (4, 0)
+    assert settings.backup_schedule_enabled is True
+    assert (settings.backup_retention_days, settings.backup_keep_last) == (30, 7)
+    assert settings.backup_retention_dry_run is False
+    assert settings.pgstac_dsn == "postgresql://u:s3cret@db:5432/catalog"
+    assert "s3cret" not in repr(settings)
+    later = Settings.from_env({"BQ_BACKUP_TIME": "23:05", "BQ_BACKUP_KEEP_LAST": "3"})
+    assert (later.backup_time, later.backup_keep_last) == ((23, 5), 3)

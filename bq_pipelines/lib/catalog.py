@@ -134,6 +134,11 @@ class StaticCatalogPublisher(Publisher):
         item_id = _check_path_id("item", item_id)
         return folder / item_id / f"{item_id}.json"
 
+    def write_lock(self) -> contextlib.AbstractContextManager[None]:
+        """The lock every write takes: a reader that needs the whole catalog consistent at
+        one moment (a backup) holds it too."""
+        return self._locked()
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -39,3 +39,7 @@ class CatalogError(PipelineError):
 
 class ConfigError(PipelineError):
     """A setting or a dataset declaration is invalid; the message names the field."""
+
+
+class BackupError(PipelineError):
+    """A backup, its verification or a restore failed or was refused; says what was left."""

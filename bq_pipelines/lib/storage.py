@@ -1,7 +1,8 @@
 """Object storage for COGs: one interface, a local-folder store (default) and an S3 store.
 
 Keys follow the legacy layout `<prefix>/<collection folder>/<file name>`; an upload whose
-sha256 is already stored under the same key is skipped.
+sha256 is already stored under the same key is skipped. Streams (database dumps) are uploaded
+as they are produced, their sha256 recorded beside them as `<key>.sha256`.
 
 Hrefs (what STAC items point at):
 - with a `base_url`, both stores give `<base_url>/<url-quoted key>`;
@@ -16,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 import boto3
@@ -30,7 +32,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bq_pipelines.lib.errors import StorageError
-from bq_pipelines.lib.files import copy_atomically, write_text_atomically
+from bq_pipelines.lib.files import copy_atomically, write_atomically, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +121,12 @@ def url_join(base_url: str, key: str) -> str:
 # Interface
 
 
+class ByteStream(Protocol):
+    """What `put_stream` reads: a file, a pipe, or any reader of bytes."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class StoredObject:
     key: str
@@ -136,6 +144,24 @@ class ObjectStore(ABC):
         self, path: Path, key: str, *, sha256: str, content_type: str = COG_MEDIA_TYPE
     ) -> StoredObject:
         """Store `path` under `key` unless an object with the same sha256 is already there."""
+
+    @abstractmethod
+    def put_stream(
+        self, stream: ByteStream, key: str, *, content_type: str, private: bool = False
+    ) -> StoredObject:
+        """Store what `stream` yields until EOF under `key`, read in chunks (never whole in
+        memory) and hashed on the way; the sha256 is recorded beside it as `<key>.sha256`
+        (`sha256sum` format). For data whose size and checksum are known only at the end
+        (database dumps). If reading `stream` raises, nothing new is stored under `key`.
+        `private` refuses the store's public-read setting for this object."""
+
+    @abstractmethod
+    def download(self, key: str, path: Path) -> Path:
+        """Copy the object to `path`, atomically (ranged GETs on S3); StorageError if missing."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes | None:
+        """A small object's content (a manifest, a checksum file), or None when missing."""
 
     @abstractmethod
     def stat(self, key: str) -> StoredObject | None:
@@ -189,7 +215,7 @@ class LocalObjectStore(ObjectStore):
         return recorded if _SHA256_RE.fullmatch(recorded) else None
 
     def _record_sha256(self, path: Path, sha256: str) -> None:
-        write_text_atomically(self._sidecar(path), f"{sha256}  {path.name}\n", _TEMP_PREFIX)
+        write_text_atomically(self._sidecar(path), sha256_line(sha256, path.name), _TEMP_PREFIX)
 
     def put_file(
         self, path: Path, key: str, *, sha256: str, content_type: str = COG_MEDIA_TYPE
@@ -215,6 +241,42 @@ class LocalObjectStore(ObjectStore):
             raise StorageError(f"cannot store {path} as {dest}: {exc.strerror or exc}") from exc
         logger.info("stored %s (%d bytes)", dest, size)
         return StoredObject(key, self.href(key), size, sha256, uploaded=True)
+
+    def put_stream(
+        self, stream: ByteStream, key: str, *, content_type: str, private: bool = False
+    ) -> StoredObject:
+        dest = self._path(key)
+        reader = _HashingReader(stream)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._sidecar(dest).unlink(missing_ok=True)  # see put_file
+            write_atomically(
+                dest, lambda handle: shutil.copyfileobj(reader, handle, MIB), _TEMP_PREFIX
+            )
+            self._record_sha256(dest, reader.sha256)
+        except OSError as exc:
+            raise StorageError(f"cannot store a stream as {dest}: {exc.strerror or exc}") from exc
+        logger.info("stored %s (%d bytes)", dest, reader.size)
+        return StoredObject(key, self.href(key), reader.size, reader.sha256, uploaded=True)
+
+    def download(self, key: str, path: Path) -> Path:
+        source = self._path(key)
+        if not source.is_file():
+            raise StorageError(f"cannot download {source}: no such object")
+        try:
+            copy_atomically(source, path)
+        except OSError as exc:
+            raise StorageError(f"cannot copy {source} to {path}: {exc.strerror or exc}") from exc
+        return path
+
+    def get_bytes(self, key: str) -> bytes | None:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
     def stat(self, key: str) -> StoredObject | None:
         path = self._path(key)
@@ -266,6 +328,30 @@ class LocalObjectStore(ObjectStore):
 
 
 _TEMP_PREFIX = ".bq-tmp-"
+
+
+class _HashingReader:
+    """A file-like reader that hashes and counts what passes through it."""
+
+    def __init__(self, stream: ByteStream) -> None:
+        self._stream = stream
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._stream.read(size)
+        self._digest.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+
+def sha256_line(sha256: str, key: str) -> str:
+    """The `sha256sum` line recorded beside an object (checkable with `sha256sum -c`)."""
+    return f"{sha256}  {key.rsplit('/', 1)[-1]}\n"
 
 
 def _is_temp(path: Path) -> bool:
@@ -413,8 +499,76 @@ class S3ObjectStore(ObjectStore):
             return None
         except BotoCoreError as exc:
             raise self._error("head", key, exc) from exc
-        sha256 = head.get("Metadata", {}).get("sha256", "")
+        sha256 = head.get("Metadata", {}).get("sha256") or self._sidecar_sha256(key)
         return StoredObject(key, self.href(key), head["ContentLength"], sha256, uploaded=False)
+
+    def _sidecar_sha256(self, key: str) -> str:
+        """The checksum `put_stream` wrote beside `key` (metadata cannot hold it), or ""."""
+        text = (self.get_bytes(key + SHA256_SUFFIX) or b"").decode("ascii", "replace")
+        recorded = text.split(maxsplit=1)[0] if text.strip() else ""
+        return recorded if _SHA256_RE.fullmatch(recorded) else ""
+
+    def put_stream(
+        self, stream: ByteStream, key: str, *, content_type: str, private: bool = False
+    ) -> StoredObject:
+        validate_key(key)
+        sidecar = key + SHA256_SUFFIX
+        reader = _HashingReader(stream)
+        acl = {"ACL": "public-read"} if self.public_read and not private else {}
+        try:
+            # The old checksum stays until the new one replaces it: a failed stream keeps the
+            # previous object whole, and a crash in between leaves a checksum that mismatches
+            # (a reader refuses the object) rather than one that vouches for it.
+            # Multipart above the threshold; s3transfer reads a non-seekable stream chunk by
+            # chunk, so memory holds a few parts, never the whole object. A reader that raises
+            # aborts the upload: S3 then keeps no object (or the previous one) under `key`.
+            self.client.upload_fileobj(
+                reader,
+                self.bucket,
+                key,
+                ExtraArgs={"ContentType": content_type, **acl},
+                Config=self.transfer_config,
+            )
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=sidecar,
+                Body=sha256_line(reader.sha256, key).encode("ascii"),
+                ContentType="text/plain",
+                **acl,
+            )
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise self._error("upload", key, exc) from exc
+        logger.info("uploaded s3://%s/%s (%d bytes)", self.bucket, key, reader.size)
+        return StoredObject(key, self.href(key), reader.size, reader.sha256, uploaded=True)
+
+    def download(self, key: str, path: Path) -> Path:
+        validate_key(key)
+
+        def fetch(handle: BinaryIO) -> None:
+            self.client.download_fileobj(self.bucket, key, handle, Config=self.transfer_config)
+
+        try:
+            write_atomically(path, fetch)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                raise StorageError(
+                    f"S3 download s3://{self.bucket}/{key} failed: no such object"
+                ) from exc
+            raise self._error("download", key, exc) from exc
+        except (BotoCoreError, Boto3Error) as exc:
+            raise self._error("download", key, exc) from exc
+        return path
+
+    def get_bytes(self, key: str) -> bytes | None:
+        validate_key(key)
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise self._error("get", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._error("get", key, exc) from exc
 
     def _bucket_exists(self) -> bool:
         """Tells "no such key" from "no such bucket" after a body-less 404 on HEAD."""
@@ -442,10 +596,19 @@ class S3ObjectStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         validate_key(key)
+        objects = [{"Key": key}, {"Key": key + SHA256_SUFFIX}]  # put_stream's checksum too
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+            response = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+            )
         except (ClientError, BotoCoreError) as exc:
             raise self._error("delete", key, exc) from exc
+        if response.get("Errors"):
+            error = response["Errors"][0]
+            raise StorageError(
+                f"S3 delete s3://{self.bucket}/{error.get('Key')} failed: "
+                f"{error.get('Code')}: {error.get('Message')}"
+            )
 
     def href(self, key: str) -> str:
         validate_key(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import subprocess
@@ -20,6 +21,7 @@ from bq_pipelines.lib.storage import (
     COG_MEDIA_TYPE,
     MIB,
     LocalObjectStore,
+    ObjectStore,
     S3ObjectStore,
     StoredObject,
     file_sha256,
@@ -485,3 +487,173 @@ def test_s3_raster_opens_through_gdal(
     with rasterio_s3_env(gdal_s3_env), rasterio.open(store.gdal_path("io/col/r.tif")) as src:
         assert src.crs.to_epsg() == 32198
         np.testing.assert_array_equal(src.read(), raster_values(spec))
+
+
+# ---------------------------------------------------------------------------------------------
+# Streams, downloads, small reads (backups), on both stores
+
+
+class FailingStream:
+    """A stream whose producer dies after some bytes (a dump that fails half-way)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.data:
+            raise RuntimeError("producer failed")
+        chunk, self.data = self.data[: max(size, 1)], self.data[max(size, 1) :]
+        return chunk
+
+
+def piped(path: Path) -> subprocess.Popen:
+    """A real, non-seekable pipe yielding the file's bytes (as pg_dump's stdout would)."""
+    return subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE)
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, tmp_path: Path) -> ObjectStore:
+    if request.param == "local":
+        return LocalObjectStore(tmp_path / "store")
+    bucket = request.getfixturevalue("s3_bucket")
+    client = request.getfixturevalue("store_client")
+    # Public-read on: objects written with private=True must stay private anyway.
+    return S3ObjectStore(
+        client,
+        bucket,
+        public_read=True,
+        multipart_threshold_bytes=5 * MIB,
+        multipart_chunk_bytes=5 * MIB,
+    )
+
+
+def test_put_stream_from_a_pipe_records_the_checksum_beside(
+    any_store: ObjectStore, tmp_path: Path
+) -> None:
+    source, sha = write_bytes(tmp_path / "dump.bin", os.urandom(6 * MIB + 123))
+    process = piped(source)
+    assert process.stdout is not None
+
+    stored = any_store.put_stream(
+        process.stdout, "backups/db/2026-01-02.dump", content_type="application/octet-stream"
+    )
+    process.wait()
+
+    assert (stored.key, stored.size, stored.sha256) == (
+        "backups/db/2026-01-02.dump",
+        6 * MIB + 123,
+        sha,
+    )
+    assert any_store.stat("backups/db/2026-01-02.dump").sha256 == sha  # type: ignore[union-attr]
+    assert any_store.get_bytes("backups/db/2026-01-02.dump.sha256") == (
+        f"{sha}  2026-01-02.dump\n".encode()
+    )
+    copy = any_store.download("backups/db/2026-01-02.dump", tmp_path / "copy" / "2026-01-02.dump")
+    assert copy.read_bytes() == source.read_bytes()
+    # What a user downloads by hand checks with the usual tool.
+    (copy.parent / "2026-01-02.dump.sha256").write_bytes(
+        any_store.get_bytes("backups/db/2026-01-02.dump.sha256") or b""
+    )
+    subprocess.run(["sha256sum", "--check", "--quiet", "2026-01-02.dump.sha256"], cwd=copy.parent)
+
+
+def test_put_stream_failure_keeps_the_previous_object(
+    any_store: ObjectStore, tmp_path: Path
+) -> None:
+    key = "backups/db/2026-01-02.dump"
+    first = any_store.put_stream(io.BytesIO(b"good dump"), key, content_type="application/x")
+
+    with pytest.raises(RuntimeError, match="producer failed"):
+        any_store.put_stream(FailingStream(os.urandom(6 * MIB)), key, content_type="x")
+
+    assert any_store.get_bytes(key) == b"good dump"
+    assert any_store.stat(key).sha256 == first.sha256  # type: ignore[union-attr]
+
+
+def test_put_stream_failure_stores_nothing_new(any_store: ObjectStore) -> None:
+    with pytest.raises(RuntimeError, match="producer failed"):
+        any_store.put_stream(FailingStream(b"x" * 1000), "backups/db/a.dump", content_type="x")
+    assert any_store.stat("backups/db/a.dump") is None
+    assert any_store.list_keys("backups/") == []
+
+
+def test_download_and_get_bytes_of_a_missing_object(any_store: ObjectStore, tmp_path: Path) -> None:
+    assert any_store.get_bytes("backups/db/none.json") is None
+    with pytest.raises(StorageError, match="no such object"):
+        any_store.download("backups/db/none.dump", tmp_path / "none.dump")
+    assert not (tmp_path / "none.dump").exists()
+
+
+def test_delete_removes_the_streamed_checksum_too(any_store: ObjectStore) -> None:
+    any_store.put_stream(io.BytesIO(b"dump"), "backups/db/a.dump", content_type="x")
+    any_store.put_stream(io.BytesIO(b"other"), "backups/db/b.dump", content_type="x")
+
+    any_store.delete("backups/db/a.dump")
+
+    assert any_store.get_bytes("backups/db/a.dump.sha256") is None
+    assert any_store.stat("backups/db/a.dump") is None
+    assert any_store.stat("backups/db/b.dump") is not None
+
+
+def anonymous_get_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize(("private", "status"), [(True, 403), (False, 200)])
+def test_s3_put_stream_is_multipart_and_private_on_request(
+    store_client,
+    services_env: dict[str, str],
+    s3_bucket: str,
+    write_requests: list[str],
+    private: bool,
+    status: int,
+) -> None:
+    base_url = f"{services_env['BQ_S3_ENDPOINT_URL']}/{s3_bucket}"
+    store = S3ObjectStore(
+        store_client,
+        s3_bucket,
+        base_url,
+        public_read=True,
+        multipart_threshold_bytes=5 * MIB,
+        multipart_chunk_bytes=5 * MIB,
+    )
+    data = os.urandom(11 * MIB)
+    acl_requested: list[str | None] = []
+
+    def record_acl(params, **_: object) -> None:
+        acl_requested.append(params.get("ACL"))
+
+    store_client.meta.events.register("before-parameter-build.s3.CreateMultipartUpload", record_acl)
+    try:
+        stored = store.put_stream(
+            io.BufferedReader(io.BytesIO(data)),
+            "backups/db/a.dump",
+            content_type="x",
+            private=private,
+        )
+    finally:
+        store_client.meta.events.unregister(
+            "before-parameter-build.s3.CreateMultipartUpload", record_acl
+        )
+
+    assert write_requests.count("UploadPart") == 3
+    assert "CreateMultipartUpload" in write_requests and "CompleteMultipartUpload" in write_requests
+    assert store_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    # moto ignores the ACL of multipart uploads: check what was asked of S3 for the dump, and
+    # who may read the checksum (a single PUT) as a browser would.
+    assert acl_requested == [None if private else "public-read"]
+    assert anonymous_get_status(stored.href + ".sha256") == status
+    assert store.get_bytes("backups/db/a.dump") == data
+
+
+def test_s3_failed_stream_leaves_no_multipart_upload(store_client, s3_bucket: str) -> None:
+    store = S3ObjectStore(
+        store_client, s3_bucket, multipart_threshold_bytes=5 * MIB, multipart_chunk_bytes=5 * MIB
+    )
+    with pytest.raises(RuntimeError, match="producer failed"):
+        store.put_stream(FailingStream(os.urandom(12 * MIB)), "backups/db/a.dump", content_type="x")
+    assert store_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []

@@ -1,0 +1,150 @@
+"""Retention on both object stores: the right backups go, everything else stays."""
+
+from __future__ import annotations
+
+import io
+from datetime import date, timedelta
+
+import pytest
+
+from bq_pipelines.backup.dump import write_manifest
+from bq_pipelines.backup.manifest import BackupKey, BackupKind, Manifest, catalog_state
+from bq_pipelines.backup.retention import (
+    RetentionPolicy,
+    StoredBackup,
+    apply_retention,
+    list_backups,
+    plan_retention,
+)
+from bq_pipelines.lib.storage import ObjectStore
+
+TODAY = date(2026, 11, 27)
+NAME = "bq_catalog"
+
+
+def manifest_for(key: BackupKey, *, verified: bool | None = True) -> Manifest:
+    return Manifest(
+        key=key.key,
+        kind=key.kind,
+        catalog=f"127.0.0.1:5432/{key.name}",
+        size=4,
+        sha256="0" * 64,
+        state=catalog_state(1, [("c", "i")]),
+        started_at=f"{key.day.isoformat()}T04:00:00+00:00",
+        duration_seconds=0.1,
+        verified=verified,
+    )
+
+
+def store_backup(
+    store: ObjectStore,
+    day: date,
+    *,
+    name: str = NAME,
+    verified: bool | None = True,
+    kind: BackupKind = "pgstac",
+) -> BackupKey:
+    """A backup as the asset leaves it: the dump, its checksum, its manifest."""
+    key = BackupKey.of(name, day, kind)
+    store.put_stream(io.BytesIO(b"dump"), key.key, content_type="application/octet-stream")
+    write_manifest(store, manifest_for(key, verified=verified))
+    return key
+
+
+def store_foreign_objects(store: ObjectStore) -> list[str]:
+    """Objects that are not backups of NAME, some of them shaped very much like one."""
+    keys = [
+        f"backups/{NAME}/notes.txt",
+        f"backups/{NAME}/2025-01-01.dump.bak",
+        f"backups/{NAME}/manual.dump",
+        f"backups/{NAME}/2025-01-02.dump",  # backup-shaped, no manifest: not provably ours
+        "io/demo/2025-01-01.dump",
+    ]
+    for key in keys:
+        store.put_stream(io.BytesIO(b"not ours"), key, content_type="text/plain")
+    store_backup(store, date(2025, 1, 1), name="other_catalog")  # another catalog's own
+    return keys
+
+
+def days_back(first: int, count: int) -> list[date]:
+    return [TODAY - timedelta(days=first + n) for n in range(count)]
+
+
+def without(keys: list[str], deleted: list[str]) -> list[str]:
+    gone = set(deleted) | {f"{k}.sha256" for k in deleted}
+    return [k for k in keys if k not in gone]
+
+
+def test_forty_daily_backups_keep_the_last_thirty_days(backup_store: ObjectStore) -> None:
+    for day in days_back(0, 40):
+        store_backup(backup_store, day)
+    foreign = store_foreign_objects(backup_store)
+    before = backup_store.list_keys("")
+
+    plan = apply_retention(backup_store, NAME, TODAY, RetentionPolicy(days=30, keep_last=7))
+
+    deleted_days = days_back(31, 9)  # 31 to 39 days old
+    expected_deleted = [
+        k
+        for day in sorted(deleted_days)
+        for k in (
+            BackupKey.of(NAME, day, "pgstac").key,
+            BackupKey.of(NAME, day, "pgstac").manifest_key,
+        )
+    ]
+    assert plan.deleted_keys == expected_deleted
+    assert backup_store.list_keys("") == without(before, expected_deleted)
+    remaining = [b.key.day for b in list_backups(backup_store, NAME)]
+    assert remaining == sorted([*days_back(0, 31), date(2025, 1, 2)])
+    for key in foreign:
+        assert backup_store.get_bytes(key) == b"not ours"
+    assert [b.key.name for b in list_backups(backup_store, "other_catalog")] == ["other_catalog"]
+
+
+def test_the_newest_verified_backups_survive_whatever_their_age(
+    backup_store: ObjectStore,
+) -> None:
+    old_days = days_back(100, 40)  # all far older than the retention window
+    unverified = old_days[:3]  # the three newest failed their verification
+    for day in old_days:
+        store_backup(backup_store, day, verified=day not in unverified)
+    before = backup_store.list_keys("")
+
+    plan = apply_retention(backup_store, NAME, TODAY, RetentionPolicy(days=30, keep_last=7))
+
+    assert sorted(b.key.day for b in plan.keep) == sorted(old_days[3:10])
+    assert {b.key.day for b in plan.delete} == set(old_days) - set(old_days[3:10])
+    assert backup_store.list_keys("") == without(before, plan.deleted_keys)
+
+
+def test_dry_run_deletes_nothing_and_says_what_it_would(backup_store: ObjectStore) -> None:
+    for day in days_back(0, 40):
+        store_backup(backup_store, day)
+    before = backup_store.list_keys("")
+
+    plan = apply_retention(backup_store, NAME, TODAY, RetentionPolicy(30, 7, dry_run=True))
+
+    assert len(plan.delete) == 9
+    assert backup_store.list_keys("") == before
+
+
+def stored(day: date, verified: bool | None = True) -> StoredBackup:
+    key = BackupKey.of(NAME, day, "pgstac")
+    return StoredBackup(key, manifest_for(key, verified=verified))
+
+
+@pytest.mark.parametrize("days", [1, 30, 365])
+def test_the_window_boundary_is_inclusive(days: int) -> None:
+    edge, past = TODAY - timedelta(days=days), TODAY - timedelta(days=days + 1)
+    plan = plan_retention([stored(past), stored(edge)], TODAY, RetentionPolicy(days, keep_last=1))
+    assert [b.key.day for b in plan.keep] == [edge]
+    assert [b.key.day for b in plan.delete] == [past]
+
+
+def test_the_backup_just_taken_is_never_deleted() -> None:
+    # A backfill of an old day that did not verify is still not deleted by its own run.
+    old = stored(TODAY - timedelta(days=90), verified=False)
+    plan = plan_retention(
+        [old, stored(TODAY)], TODAY, RetentionPolicy(30, keep_last=1), protect=old.key
+    )
+    assert plan.delete == []
