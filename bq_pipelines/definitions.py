@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from bq_pipelines.declarations import load_declarations
+from bq_pipelines.executors import executor_for
 from bq_pipelines.factory import build_dataset
 from bq_pipelines.resources import resources_for
 from bq_pipelines.sensors import automation_sensor
@@ -16,11 +17,14 @@ from bq_pipelines.settings import Settings
 @dg.definitions
 def defs() -> dg.Definitions:
     datasets = [build_dataset(declaration) for declaration in load_declarations()]
+    settings = Settings.from_env(os.environ)
     return dg.Definitions.merge(
         *datasets,
         dg.Definitions(
             # One sensor for every collection: automation sensors may not overlap.
             sensors=[automation_sensor()],
-            resources=resources_for(Settings.from_env(os.environ)),
+            resources=resources_for(settings),
+            # Every job, the implicit asset job of backfills included.
+            executor=executor_for(settings),
         ),
     )

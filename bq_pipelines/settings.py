@@ -18,6 +18,11 @@ from bq_pipelines.lib.errors import ConfigError
 
 ObjectStoreKind = Literal["local", "s3"]
 CatalogKind = Literal["static", "stac-api"]
+ExecutorKind = Literal["multiprocess", "celery"]
+# The broker URL may carry a password: it is read by the executor through Dagster's `env`
+# config at run time, never stored here.
+CELERY_BROKER_ENV = "BQ_CELERY_BROKER_URL"
+CELERY_BACKEND_ENV = "BQ_CELERY_BACKEND_URL"
 SOURCE_SCHEMES = ("http", "https", "ftp", "file", "s3")
 
 
@@ -40,6 +45,10 @@ class Settings:
     source_base_urls: Mapping[str, str] = field(default_factory=dict)
     stac_schemas_dir: Path | None = None
     pgstac_dsn: str | None = None
+    executor: ExecutorKind = "multiprocess"
+    # Longer than any step (one batch of partitions): an unacknowledged step is handed to another
+    # worker after this long (a worker that died mid-step).
+    celery_visibility_timeout_s: int = 6 * 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -63,11 +72,19 @@ class Settings:
             source_base_urls=_host_map(env, "BQ_SOURCE_BASE_URLS"),
             stac_schemas_dir=_existing_dir(env, "BQ_STAC_SCHEMAS_DIR"),
             pgstac_dsn=env.get("BQ_PGSTAC_DSN") or None,
+            executor=_choice(env, "BQ_EXECUTOR", ("multiprocess", "celery"), "multiprocess"),
+            celery_visibility_timeout_s=_positive_int(
+                env, "BQ_CELERY_VISIBILITY_TIMEOUT", 6 * 3600
+            ),
         )
         if settings.object_store == "s3" and not settings.s3_bucket:
             raise ConfigError("BQ_S3_BUCKET: required when BQ_OBJECT_STORE=s3")
         if settings.catalog == "stac-api" and not settings.stac_api_url:
             raise ConfigError("BQ_STAC_API_URL: required when BQ_CATALOG=stac-api")
+        if settings.executor == "celery":
+            for name in (CELERY_BROKER_ENV, CELERY_BACKEND_ENV):
+                if not env.get(name):
+                    raise ConfigError(f"{name}: required when BQ_EXECUTOR=celery")
         return settings
 
 
@@ -87,6 +104,19 @@ def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name}: {value!r} is not a boolean (true/false)")
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not an integer") from None
+    if number <= 0:
+        raise ConfigError(f"{name}: {value!r} must be greater than 0")
+    return number
 
 
 def _url(
