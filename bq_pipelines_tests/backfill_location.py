@@ -4,9 +4,10 @@ Monthly time dimension x static `variable` (2 values), sources on the CHELSA hos
 `BQ_SOURCE_BASE_URLS` points at a local HTTP server. Loaded by `dagster-webserver` /
 `dagster-daemon` in `test_backfill.py` and `deploy/test_celery.py` (workspace `python_module`;
 with `BQ_EXECUTOR=celery` its steps go to Celery workers, as in the real code location), and
-imported by the in-process tests and `bench/bench_backfill.py`. Settings come from the environment, like the real code
-location: `BQ_HOME`, `BQ_SOURCE_BASE_URLS`, `BQ_STAC_SCHEMAS_DIR`, ...; the dataset id, the number
-of months and the batch size from `BQ_TEST_DATASET_ID`, `BQ_TEST_MONTHS`, `BQ_TEST_BATCH_SIZE`.
+imported by the in-process tests and `bench/bench_backfill.py`. Settings come from the environment,
+like the real code location: `BQ_HOME`, `BQ_SOURCE_BASE_URLS`, `BQ_STAC_SCHEMAS_DIR`, ...; the
+dataset id, the number of months and the batch size from `BQ_TEST_DATASET_ID`, `BQ_TEST_MONTHS`,
+`BQ_TEST_BATCH_SIZE`.
 """
 
 from __future__ import annotations
