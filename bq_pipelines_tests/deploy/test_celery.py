@@ -276,6 +276,16 @@ def test_backfill_runs_spread_over_two_celery_workers_and_publish_what_one_proce
         assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
         workers_by_run = {run.run_id: step_workers(instance, run.run_id) for run in runs}
         assert all(len(names) == 1 for names in workers_by_run.values()), workers_by_run
+        for record in instance.get_run_records(
+            dg.RunsFilter(tags={"dagster/backfill": backfill_id})
+        ):
+            stats = instance.get_run_stats(record.dagster_run.run_id)
+            print(  # for deploy/README.md's figures: run overhead around the batch's step
+                f"run {record.dagster_run.run_id[:8]}: launched->end "
+                f"{(record.end_time or 0) - (record.create_timestamp.timestamp()):.1f} s, "
+                f"start->end {(stats.end_time or 0) - (stats.start_time or 0):.1f} s, "
+                f"worker {workers_by_run[record.dagster_run.run_id]}"
+            )
         # Both workers executed batches.
         assert {names[0] for names in workers_by_run.values()} == set(WORKERS), workers_by_run
         stac_item = DatasetKeys(stack.dataset_id).step("stac_item")
