@@ -25,6 +25,18 @@ BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT = 60.0
 
 
+def write_workspace(path: Path, module_name: str, location_name: str) -> Path:
+    """A workspace.yaml loading `module_name` (importable from PROJECT_ROOT) as a code location."""
+    path.write_text(
+        "load_from:\n"
+        "  - python_module:\n"
+        f"      module_name: {module_name}\n"
+        f"      working_directory: {PROJECT_ROOT}\n"
+        f"      location_name: {location_name}\n"
+    )
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

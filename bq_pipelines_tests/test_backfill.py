@@ -34,6 +34,7 @@ from bq_pipelines_tests.dagster_processes import (
     FINISHED,
     LAUNCH_BACKFILL,
     Deployment,
+    write_workspace,
 )
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.rasters import RasterSpec, write_raster
@@ -76,13 +77,8 @@ def deployment(tmp_path: Path, http_host: LocalHttpHost) -> Iterator[Deployment]
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
-    workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n"
-        "  - python_module:\n"
-        "      module_name: bq_pipelines_tests.backfill_location\n"
-        f"      working_directory: {PROJECT_ROOT}\n"
-        "      location_name: chelsa_backfill\n"
+    workspace = write_workspace(
+        tmp_path / "workspace.yaml", "bq_pipelines_tests.backfill_location", "chelsa_backfill"
     )
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -50,6 +50,17 @@ def test_services_settings(tmp_path):
         ({"BQ_SOURCE_BASE_URLS": "chelsa"}, "BQ_SOURCE_BASE_URLS: 'chelsa' is not host=url"),
         ({"BQ_SOURCE_BASE_URLS": "chelsa=gopher://x"}, "BQ_SOURCE_BASE_URLS[chelsa]"),
         ({"BQ_STAC_SCHEMAS_DIR": "/nonexistent/schemas"}, "BQ_STAC_SCHEMAS_DIR: '/nonexistent"),
+        ({"BQ_EXECUTOR": "dask"}, "BQ_EXECUTOR: 'dask' is not one of multiprocess, celery"),
+        ({"BQ_EXECUTOR": "celery"}, "BQ_CELERY_BROKER_URL: required when BQ_EXECUTOR=celery"),
+        (
+            {"BQ_EXECUTOR": "celery", "BQ_CELERY_BROKER_URL": "redis://r:6379/0"},
+            "BQ_CELERY_BACKEND_URL: required when BQ_EXECUTOR=celery",
+        ),
+        ({"BQ_CELERY_VISIBILITY_TIMEOUT": "1h"}, "BQ_CELERY_VISIBILITY_TIMEOUT: '1h' is not an"),
+        (
+            {"BQ_CELERY_VISIBILITY_TIMEOUT": "0"},
+            "BQ_CELERY_VISIBILITY_TIMEOUT: '0' must be greater",
+        ),
     ],
 )
 def test_bad_settings_name_the_variable(env, message):

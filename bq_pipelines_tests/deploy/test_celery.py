@@ -34,6 +34,7 @@ from bq_pipelines_tests.dagster_processes import (
     FINISHED,
     LAUNCH_BACKFILL,
     Deployment,
+    write_workspace,
 )
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.fixtures.services import SCHEMAS_DIR
@@ -143,13 +144,8 @@ def celery_stack(
         "BQ_TEST_MONTHS": str(MONTHS),
         "BQ_TEST_BATCH_SIZE": str(BATCH_SIZE),
     }
-    workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n"
-        "  - python_module:\n"
-        "      module_name: bq_pipelines_tests.backfill_location\n"
-        f"      working_directory: {PROJECT_ROOT}\n"
-        "      location_name: chelsa_celery\n"
+    workspace = write_workspace(
+        tmp_path / "workspace.yaml", "bq_pipelines_tests.backfill_location", "chelsa_celery"
     )
     logs = tmp_path / "logs"
     logs.mkdir()
