@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
 
-.PHONY: install install-dev demo test pytest services services-down dev lint format bench clean
+.PHONY: install install-dev deploy-tools deploy-check demo test pytest services services-down dev lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,23 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/bq-pipelines demo-data
 	$(BIN)/bq-pipelines materialize demo
 
+## `docker-compose` (Debian's 1.29; PyPI's cannot live beside our pins) to validate
+## deploy/compose.yaml: no container engine is needed for `config`. Idempotent.
+deploy-tools:
+	@command -v docker-compose >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "run: sudo apt-get install -y docker-compose" >&2; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
+	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends docker-compose; }
+
+## The deploy/ checks alone: compose file, production instance on PostgreSQL, Celery workers.
+deploy-check: install-dev deploy-tools
+	$(BIN)/python scripts/services.py up
+	status=0; $(BIN)/pytest bq_pipelines_tests/deploy $(PYTEST_ARGS) || status=$$?; \
+	  $(BIN)/python scripts/services.py down; exit $$status
+
 ## Install test dependencies, start the services, run the tests, stop the services.
-test: install-dev
+test: install-dev deploy-tools
 	$(BIN)/python scripts/services.py up
 	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
 	  $(BIN)/python scripts/services.py down; exit $$status

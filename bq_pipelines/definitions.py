@@ -8,6 +8,7 @@ import dagster as dg
 
 from bq_pipelines.backup_assets import backup_definitions
 from bq_pipelines.declarations import load_declarations
+from bq_pipelines.executors import executor_for
 from bq_pipelines.factory import build_dataset
 from bq_pipelines.resources import resources_for
 from bq_pipelines.sensors import automation_sensor
@@ -18,6 +19,7 @@ from bq_pipelines.settings import Settings
 def defs() -> dg.Definitions:
     settings = Settings.from_env(os.environ)
     datasets = [build_dataset(declaration) for declaration in load_declarations()]
+    settings = Settings.from_env(os.environ)
     return dg.Definitions.merge(
         *datasets,
         backup_definitions(settings),
@@ -25,5 +27,7 @@ def defs() -> dg.Definitions:
             # One sensor for every collection: automation sensors may not overlap.
             sensors=[automation_sensor()],
             resources=resources_for(settings),
+            # Every job, the implicit asset job of backfills included.
+            executor=executor_for(settings),
         ),
     )

@@ -20,6 +20,11 @@ from bq_pipelines.lib.errors import ConfigError
 
 ObjectStoreKind = Literal["local", "s3"]
 CatalogKind = Literal["static", "stac-api"]
+ExecutorKind = Literal["multiprocess", "celery"]
+# The broker URL may carry a password: it is read by the executor through Dagster's `env`
+# config at run time, never stored here.
+CELERY_BROKER_ENV = "BQ_CELERY_BROKER_URL"
+CELERY_BACKEND_ENV = "BQ_CELERY_BACKEND_URL"
 SOURCE_SCHEMES = ("http", "https", "ftp", "file", "s3")
 
 
@@ -48,6 +53,10 @@ class Settings:
     backup_retention_days: int = 30
     backup_keep_last: int = 7
     backup_retention_dry_run: bool = False
+    executor: ExecutorKind = "multiprocess"
+    # Longer than any step (one batch of partitions): an unacknowledged step is handed to another
+    # worker after this long (a worker that died mid-step).
+    celery_visibility_timeout_s: int = 6 * 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -77,11 +86,19 @@ class Settings:
             backup_retention_days=_integer(env, "BQ_BACKUP_RETENTION_DAYS", 30, minimum=1),
             backup_keep_last=_integer(env, "BQ_BACKUP_KEEP_LAST", 7, minimum=1),
             backup_retention_dry_run=_boolean(env, "BQ_BACKUP_RETENTION_DRY_RUN", False),
+            executor=_choice(env, "BQ_EXECUTOR", ("multiprocess", "celery"), "multiprocess"),
+            celery_visibility_timeout_s=_integer(
+                env, "BQ_CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=1
+            ),
         )
         if settings.object_store == "s3" and not settings.s3_bucket:
             raise ConfigError("BQ_S3_BUCKET: required when BQ_OBJECT_STORE=s3")
         if settings.catalog == "stac-api" and not settings.stac_api_url:
             raise ConfigError("BQ_STAC_API_URL: required when BQ_CATALOG=stac-api")
+        if settings.executor == "celery":
+            for name in (CELERY_BROKER_ENV, CELERY_BACKEND_ENV):
+                if not env.get(name):
+                    raise ConfigError(f"{name}: required when BQ_EXECUTOR=celery")
         return settings
 
 

@@ -2,10 +2,12 @@
 
 Monthly time dimension x static `variable` (2 values), sources on the CHELSA host, which
 `BQ_SOURCE_BASE_URLS` points at a local HTTP server. Loaded by `dagster-webserver` /
-`dagster-daemon` in `test_backfill.py` (workspace `python_module`), and imported by the in-process
-tests and `bench/bench_backfill.py`. Settings come from the environment, like the real code
-location: `BQ_HOME`, `BQ_SOURCE_BASE_URLS`, ...; the dataset id, the number
-of months and the batch size from `BQ_TEST_DATASET_ID`, `BQ_TEST_MONTHS`, `BQ_TEST_BATCH_SIZE`.
+`dagster-daemon` in `test_backfill.py` and `deploy/test_celery.py` (workspace `python_module`;
+with `BQ_EXECUTOR=celery` its steps go to Celery workers, as in the real code location), and
+imported by the in-process tests and `bench/bench_backfill.py`. Settings come from the environment,
+like the real code location: `BQ_HOME`, `BQ_SOURCE_BASE_URLS`, ...; the
+dataset id, the number of months and the batch size from `BQ_TEST_DATASET_ID`, `BQ_TEST_MONTHS`,
+`BQ_TEST_BATCH_SIZE`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dagster as dg
 import yaml
 
 from bq_pipelines.declarations import Declaration, builtin_declaration_files, parse_declaration
+from bq_pipelines.executors import executor_for
 from bq_pipelines.factory import build_dataset
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
@@ -79,7 +82,8 @@ def declaration_from_env(env: dict[str, str] | os._Environ[str]) -> Declaration:
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    settings = Settings.from_env(os.environ)
     return dg.Definitions.merge(
         build_dataset(declaration_from_env(os.environ)),
-        dg.Definitions(resources=resources_for(Settings.from_env(os.environ))),
+        dg.Definitions(resources=resources_for(settings), executor=executor_for(settings)),
     )

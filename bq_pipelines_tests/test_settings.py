@@ -59,6 +59,20 @@ def test_services_settings(tmp_path):
         ({"BQ_BACKUP_RETENTION_DRY_RUN": "perhaps"}, "BQ_BACKUP_RETENTION_DRY_RUN: 'perhaps'"),
         ({"BQ_PG_BIN_DIR": "/nonexistent/bin"}, "BQ_PG_BIN_DIR: '/nonexistent/bin' is not a dir"),
         ({"BQ_PGSTAC_DSN": "postgresql://u:pw@h"}, "BQ_PGSTAC_DSN: names no database"),
+        ({"BQ_EXECUTOR": "dask"}, "BQ_EXECUTOR: 'dask' is not one of multiprocess, celery"),
+        ({"BQ_EXECUTOR": "celery"}, "BQ_CELERY_BROKER_URL: required when BQ_EXECUTOR=celery"),
+        (
+            {"BQ_EXECUTOR": "celery", "BQ_CELERY_BROKER_URL": "redis://r:6379/0"},
+            "BQ_CELERY_BACKEND_URL: required when BQ_EXECUTOR=celery",
+        ),
+        (
+            {"BQ_CELERY_VISIBILITY_TIMEOUT": "1h"},
+            "BQ_CELERY_VISIBILITY_TIMEOUT: '1h' is not a whole number",
+        ),
+        (
+            {"BQ_CELERY_VISIBILITY_TIMEOUT": "0"},
+            "BQ_CELERY_VISIBILITY_TIMEOUT: 0 is below the minimum 1",
+        ),
     ],
 )
 def test_bad_settings_name_the_variable(env, message):

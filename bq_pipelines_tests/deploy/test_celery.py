@@ -1,0 +1,343 @@
+"""Backfills spread over two real Celery workers (Redis db 5 as broker and result backend), run by
+a real webserver + daemon on the production instance (deploy/dagster.yaml on a fresh PostgreSQL
+database), publishing to the real services (moto S3, stac-fastapi-pgstac).
+
+Each worker has its own staging folder (`BQ_WORK_DIR`): nothing is shared on disk between them.
+- both workers execute batches, and the catalog equals a single-process run's;
+- a worker killed (SIGKILL, its whole process group) in the middle of a batch: the broker hands
+  the batch to the other worker once the visibility timeout has passed, the run and the backfill
+  finish, and every item is in the catalog once, none reported created twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import redis
+
+from bq_pipelines.executors import worker_app
+from bq_pipelines.factory import DatasetKeys
+from bq_pipelines.resources import resources_for
+from bq_pipelines.settings import Settings
+from bq_pipelines_tests import backfill_location as location
+from bq_pipelines_tests.dagster_processes import (
+    BACKFILL_STATUS,
+    FINISHED,
+    LAUNCH_BACKFILL,
+    Deployment,
+    write_workspace,
+)
+from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
+from bq_pipelines_tests.runs import run_dataset
+from bq_pipelines_tests.test_backfill import MIRROR_PREFIX, serve_sources
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = "redis://127.0.0.1:6379/5"  # this checkout's Redis database
+VARIABLE = "tas"
+MONTHS, BATCH_SIZE = 8, 2  # 4 runs of 2 partitions
+# Each source request waits this long, so a batch lasts seconds: two batches overlap on the two
+# workers, and a worker can be killed in the middle of one.
+SOURCE_DELAY_S = 1.5
+VISIBILITY_TIMEOUT_S = 20  # longer than a batch here (~6 s), short enough for a test
+WORKERS = ("worker-a", "worker-b")
+BACKFILL_TIMEOUT_S = 240.0
+
+
+@dataclass
+class CeleryStack:
+    deployment: Deployment
+    dataset_id: str
+    workers: dict[str, Any]  # name -> Popen
+    urls: dict[str, str]
+    settings: Settings
+
+    @property
+    def instance_home(self) -> str:
+        return self.deployment.env["DAGSTER_HOME"]
+
+    def keys(self) -> list[str]:
+        return [location.partition_key(i, VARIABLE) for i in range(MONTHS)]
+
+    def launch_backfill(self) -> str:
+        launched = self.deployment.graphql(
+            LAUNCH_BACKFILL,
+            params={
+                "partitionNames": self.keys(),
+                "assetSelection": [
+                    {"path": key.path} for key in DatasetKeys(self.dataset_id).partitioned
+                ],
+                "title": f"{self.dataset_id} over Celery",
+            },
+        )["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        return launched["backfillId"]
+
+    def backfill_status(self, backfill_id: str) -> dict[str, Any]:
+        backfill = self.deployment.graphql(BACKFILL_STATUS, id=backfill_id)
+        return backfill["partitionBackfillOrError"]
+
+    def wait_for_backfill(self, backfill_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + BACKFILL_TIMEOUT_S
+        while True:
+            backfill = self.backfill_status(backfill_id)
+            assert backfill["__typename"] == "PartitionBackfill", backfill
+            if backfill["status"] in FINISHED:
+                return backfill
+            assert time.monotonic() < deadline, f"{backfill}\n{self.deployment.log_tail()}"
+            time.sleep(1)
+
+
+def ping_workers(env: dict[str, str], names: tuple[str, ...], timeout: float = 90.0) -> None:
+    """Wait until every named worker answers a broadcast ping through the broker."""
+    app = worker_app(env)
+    deadline = time.monotonic() + timeout
+    answered: set[str] = set()
+    while time.monotonic() < deadline:
+        replies = app.control.ping(timeout=1.0) or []
+        answered = {name.split("@")[0] for reply in replies for name in reply}
+        if set(names) <= answered:
+            return
+    raise AssertionError(f"workers {set(names) - answered} did not answer in {timeout} s")
+
+
+@pytest.fixture
+def celery_stack(
+    tmp_path: Path,
+    http_host: LocalHttpHost,
+    production_instance_env: dict[str, str],
+    services_env: dict[str, str],
+    s3_bucket: str,
+    unique_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[CeleryStack]:
+    for name, value in production_instance_env.items():  # the test reads the instance too
+        monkeypatch.setenv(name, value)
+    # Redis db 5 is this checkout's: start without queued steps or results of an earlier run.
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    dataset_id = f"chelsa-celery-{unique_id}"
+    urls = serve_sources(http_host, MONTHS, (VARIABLE,))
+    for url in urls.values():
+        http_host.delay(url.removeprefix(http_host.base_url), SOURCE_DELAY_S, times=None)
+    bq = {
+        **{k: v for k, v in services_env.items() if k.startswith(("BQ_", "AWS_"))},
+        "BQ_HOME": str(tmp_path / "bq"),
+        "BQ_S3_BUCKET": s3_bucket,
+        "BQ_PUBLIC_BASE_URL": f"{services_env['BQ_S3_ENDPOINT_URL']}/{s3_bucket}",
+        "BQ_LOCAL_DATA_ROOT": str(tmp_path / "sources"),
+        "BQ_SOURCE_BASE_URLS": f"{location.CHELSA_HOST}={http_host.url(MIRROR_PREFIX)}",
+        "BQ_EXECUTOR": "celery",
+        "BQ_CELERY_BROKER_URL": REDIS_URL,
+        "BQ_CELERY_BACKEND_URL": REDIS_URL,
+        "BQ_CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
+        "BQ_TEST_DATASET_ID": dataset_id,
+        "BQ_TEST_MONTHS": str(MONTHS),
+        "BQ_TEST_BATCH_SIZE": str(BATCH_SIZE),
+    }
+    workspace = write_workspace(
+        tmp_path / "workspace.yaml", "bq_pipelines_tests.backfill_location", "chelsa_celery"
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    short_tmp = Path(tempfile.mkdtemp(prefix="bqcel-"))  # code server sockets: short paths
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("BQ_", "DAGSTER_"))}
+    env = {
+        **inherited,
+        **bq,
+        **production_instance_env,
+        "TMPDIR": str(short_tmp),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    deployment = Deployment(env=env, workspace=workspace, logs=logs)
+    try:
+        workers = {
+            name: deployment.start(
+                "celery",
+                *("-A", "bq_pipelines.celery_worker", "worker", "-Q", "dagster"),
+                *("--concurrency", "1", "--hostname", f"{name}@%h", "--loglevel", "INFO"),
+                log_name=name,
+                # Its own staging folder: the workers share no disk.
+                env={"BQ_WORK_DIR": str(tmp_path / name / "work")},
+            )
+            for name in WORKERS
+        }
+        deployment.start_webserver()
+        deployment.wait_until_loaded()
+        ping_workers(env, WORKERS)
+        yield CeleryStack(deployment, dataset_id, workers, urls, Settings.from_env(bq))
+    finally:
+        deployment.stop()
+
+
+def kill_process_group(process: Any) -> None:
+    """SIGKILL a worker and its pool processes, as when its machine goes away."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+# --- what the instance and the catalog recorded ---------------------------------------------
+
+
+def backfill_runs(instance: dg.DagsterInstance, backfill_id: str) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id})))
+
+
+def step_workers(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """Celery workers that started the run's step, in order (dagster-celery's engine event)."""
+    records = instance.get_records_for_run(
+        run_id=run_id, of_type=dg.DagsterEventType.ENGINE_EVENT
+    ).records
+    names = []
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        metadata = event.engine_event_data.metadata if event is not None else {}
+        if "Celery worker" not in metadata:
+            continue
+        names.append(str(metadata["Celery worker"].value).split("@")[0])
+    return names
+
+
+def normalized_items(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Items without what depends on where they were published (links, hrefs, collection)."""
+    normalized = {}
+    for item in items:
+        copy = {k: v for k, v in item.items() if k not in ("links", "collection")}
+        copy["assets"] = {
+            key: {k: v for k, v in asset.items() if k != "href"}
+            for key, asset in item["assets"].items()
+        }
+        normalized[item["id"]] = copy
+    return normalized
+
+
+def single_process_items(tmp_path: Path, stack: CeleryStack) -> dict[str, dict[str, Any]]:
+    """The same partitions materialized in this process into a static catalog."""
+    settings = Settings.from_env(
+        {
+            "BQ_HOME": str(tmp_path / "single"),
+            "BQ_SOURCE_BASE_URLS": stack.deployment.env["BQ_SOURCE_BASE_URLS"],
+        }
+    )
+    declaration = location.chelsa_like(stack.dataset_id, MONTHS, BATCH_SIZE)
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert run_dataset(declaration, settings, instance, stack.keys())
+    publisher = resources_for(settings)["catalog"].publisher()
+    return normalized_items(list(publisher.iter_items(stack.dataset_id)))
+
+
+def published_items(stack: CeleryStack) -> list[dict[str, Any]]:
+    publisher = resources_for(stack.settings)["catalog"].publisher()
+    return list(publisher.iter_items(stack.dataset_id))
+
+
+def item_outcomes(instance: dg.DagsterInstance, stack: CeleryStack) -> dict[str, int]:
+    """created/updated/unchanged summed over every materialization of every partition."""
+    key = DatasetKeys(stack.dataset_id).step("stac_item")
+    totals = {"created": 0, "updated": 0, "unchanged": 0}
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1000)
+    for record in records.records:
+        metadata = record.asset_materialization.metadata  # type: ignore[union-attr]
+        for outcome in totals:
+            totals[outcome] += int(metadata[outcome].value)  # type: ignore[arg-type]
+    return totals
+
+
+# --- the tests --------------------------------------------------------------------------------
+
+
+def test_backfill_runs_spread_over_two_celery_workers_and_publish_what_one_process_does(
+    tmp_path: Path, celery_stack: CeleryStack
+):
+    stack = celery_stack
+    backfill_id = stack.launch_backfill()
+    stack.deployment.start_daemon()
+    backfill = stack.wait_for_backfill(backfill_id)
+    assert backfill["status"] == "COMPLETED_SUCCESS", (backfill, stack.deployment.log_tail())
+
+    instance = dg.DagsterInstance.from_config(stack.instance_home)
+    try:
+        runs = backfill_runs(instance, backfill_id)
+        assert len(runs) == MONTHS // BATCH_SIZE
+        assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+        workers_by_run = {run.run_id: step_workers(instance, run.run_id) for run in runs}
+        assert all(len(names) == 1 for names in workers_by_run.values()), workers_by_run
+        for record in instance.get_run_records(
+            dg.RunsFilter(tags={"dagster/backfill": backfill_id})
+        ):
+            stats = instance.get_run_stats(record.dagster_run.run_id)
+            print(  # for deploy/README.md's figures: run overhead around the batch's step
+                f"run {record.dagster_run.run_id[:8]}: launched->end "
+                f"{(record.end_time or 0) - (record.create_timestamp.timestamp()):.1f} s, "
+                f"start->end {(stats.end_time or 0) - (stats.start_time or 0):.1f} s, "
+                f"worker {workers_by_run[record.dagster_run.run_id]}"
+            )
+        # Both workers executed batches.
+        assert {names[0] for names in workers_by_run.values()} == set(WORKERS), workers_by_run
+        stac_item = DatasetKeys(stack.dataset_id).step("stac_item")
+        assert instance.get_materialized_partitions(stac_item) == set(stack.keys())
+        assert item_outcomes(instance, stack) == {"created": MONTHS, "updated": 0, "unchanged": 0}
+    finally:
+        instance.dispose()
+
+    # Each worker staged its batches in its own folder (emptied after each partition); the
+    # default one, which a shared disk would have meant, was never used.
+    assert all((tmp_path / name / "work").is_dir() for name in WORKERS)
+    assert not (tmp_path / "bq" / "work").exists()
+
+    published = normalized_items(published_items(stack))
+    assert published == single_process_items(tmp_path, stack)
+
+
+def test_a_worker_killed_mid_batch_leaves_the_backfill_finished_by_the_other_without_duplicates(
+    celery_stack: CeleryStack,
+):
+    stack = celery_stack
+    backfill_id = stack.launch_backfill()
+    stack.deployment.start_daemon()
+
+    # Wait until worker-a is in the middle of a batch (its step started, not finished), kill it.
+    victim = WORKERS[0]
+    instance = dg.DagsterInstance.from_config(stack.instance_home)
+    try:
+        deadline = time.monotonic() + BACKFILL_TIMEOUT_S
+        killed_run = None
+        while killed_run is None:
+            assert time.monotonic() < deadline, stack.deployment.log_tail()
+            for run in backfill_runs(instance, backfill_id):
+                finished = instance.get_records_for_run(
+                    run_id=run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS
+                ).records
+                if step_workers(instance, run.run_id) == [victim] and not finished:
+                    kill_process_group(stack.workers[victim])
+                    killed_run = run.run_id
+                    break
+            time.sleep(0.2)
+
+        backfill = stack.wait_for_backfill(backfill_id)
+        assert backfill["status"] == "COMPLETED_SUCCESS", (backfill, stack.deployment.log_tail())
+        runs = backfill_runs(instance, backfill_id)
+        assert len(runs) == MONTHS // BATCH_SIZE  # recovered inside the run: no extra run
+        assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+        # The killed batch was handed over to the surviving worker, which finished it.
+        assert step_workers(instance, killed_run) == [victim, WORKERS[1]]
+        stac_item = DatasetKeys(stack.dataset_id).step("stac_item")
+        assert instance.get_materialized_partitions(stac_item) == set(stack.keys())
+        # Nothing published twice: items the killed worker had published before dying were
+        # found unchanged on the second attempt, never created again.
+        outcomes = item_outcomes(instance, stack)
+        assert outcomes["created"] + outcomes["unchanged"] == MONTHS, outcomes
+        assert outcomes["updated"] == 0, outcomes
+    finally:
+        instance.dispose()
+
+    published = published_items(stack)
+    ids = [item["id"] for item in published]
+    assert sorted(ids) == sorted({location.item_id(i, VARIABLE) for i in range(MONTHS)})

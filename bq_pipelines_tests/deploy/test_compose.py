@@ -1,0 +1,138 @@
+"""deploy/compose.yaml, read as an operator's tool would: every service runs an image it can
+build or pull, restarts by itself, is health-checked where it serves; every variable it reads is
+documented in .env.example, and no secret is written in it. `docker-compose config` (Debian's
+1.29, installed by `make deploy-tools`) validates it with a filled .env and refuses it, naming the
+variable, while a secret is empty. No container engine runs here: nothing is started.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bq_pipelines_tests.deploy.conftest import DEPLOY_DIR
+
+COMPOSE = DEPLOY_DIR / "compose.yaml"
+ENV_EXAMPLE = DEPLOY_DIR / ".env.example"
+VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")
+# Services that answer on a port (one-shot jobs do not).
+ONE_SHOT = {"pgstac-migrate", "ui-auth"}
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def env_example() -> dict[str, str]:
+    """KEY=value lines of .env.example (comments and blank lines skipped)."""
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f".env.example: {line!r} is not KEY=value"
+            values[key.strip()] = value.strip()
+    return values
+
+
+def test_every_service_has_an_image_a_restart_policy_and_a_healthcheck_where_it_serves():
+    services = compose()["services"]
+    assert {
+        "dagster-webserver",
+        "dagster-daemon",
+        "code-server",
+        "worker",
+        "redis",
+        "nginx",
+    } <= set(services)
+    for name, service in services.items():
+        assert service.get("image") or service.get("build"), f"{name}: no image nor build"
+        assert service.get("restart") in ("unless-stopped", "always", "on-failure"), name
+        if name not in ONE_SHOT:
+            assert service.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
+    # Only nginx is reachable from outside; Transactions of the STAC API stay inside.
+    assert [name for name, s in services.items() if s.get("ports")] == ["nginx"]
+
+
+def test_stateful_services_keep_their_data_in_named_volumes():
+    document = compose()
+    named = set(document["volumes"])
+    for name in ("dagster-postgres", "catalog-db", "redis"):
+        sources = {mount.split(":")[0] for mount in document["services"][name]["volumes"]}
+        assert sources & named, f"{name}: no named volume"
+
+
+def test_every_variable_is_documented_in_env_example_and_no_secret_is_committed():
+    used = set(VARIABLE.findall(COMPOSE.read_text()))
+    documented = env_example()
+    assert used, "compose.yaml reads no variable?"
+    assert used <= set(documented), f"not in .env.example: {sorted(used - set(documented))}"
+    # Every documented variable is used (no stale documentation).
+    assert set(documented) <= used, f"unused: {sorted(set(documented) - used)}"
+    for key, value in documented.items():
+        if SECRET_NAME.search(key):
+            assert value == "", f".env.example: {key} must be empty (a secret)"
+
+
+def test_no_secret_literal_in_the_deploy_files():
+    documents = [COMPOSE, DEPLOY_DIR / "dagster.yaml", DEPLOY_DIR / "helm" / "values.yaml"]
+    for path in documents:
+        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+            key, sep, value = line.strip().lstrip("- ").partition(":")
+            if line.lstrip().startswith("#") or not sep or not SECRET_NAME.search(key.upper()):
+                continue
+            value = value.strip().strip("'\"")
+            # A secret is read from the environment or a Kubernetes Secret, never written here.
+            reference = value.startswith(("${", "{env:")) or key.endswith("SecretName")
+            assert reference or value in ("", "true", "false"), f"{path.name}:{line_no}: {line}"
+    assert not (DEPLOY_DIR / ".env").exists() or ".env" in (DEPLOY_DIR / ".gitignore").read_text()
+    assert not list(DEPLOY_DIR.rglob("htpasswd*")), "an htpasswd file is generated, never committed"
+
+
+def filled_env(tmp_path: Path, **overrides: str) -> Path:
+    """.env.example with placeholder secrets, as an operator fills it."""
+    values = env_example()
+    for key, value in values.items():
+        if not value:
+            values[key] = f"test-{key.lower().replace('_', '-')}"
+    values["BQ_S3_ENDPOINT_URL"] = "https://s3.example.org"
+    values.update(overrides)
+    path = tmp_path / ".env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return path
+
+
+def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("docker-compose")
+    if executable is None:
+        pytest.fail("docker-compose is not installed: run `make deploy-tools`")
+    return subprocess.run(
+        [executable, "-f", str(COMPOSE), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_docker_compose_validates_the_file_with_a_filled_env(tmp_path: Path):
+    env = filled_env(tmp_path)
+    result = docker_compose("--env-file", str(env), "config")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    worker = resolved["services"]["worker"]["environment"]
+    assert worker["BQ_EXECUTOR"] == "celery"
+    assert worker["BQ_CELERY_BROKER_URL"] == "redis://:test-redis-password@redis:6379/0"
+
+
+def test_docker_compose_refuses_an_empty_secret_and_names_it(tmp_path: Path):
+    env = filled_env(tmp_path, REDIS_PASSWORD="")
+    result = docker_compose("--env-file", str(env), "config")
+    assert result.returncode != 0
+    assert "set REDIS_PASSWORD in deploy/.env" in result.stderr
