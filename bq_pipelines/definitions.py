@@ -8,16 +8,19 @@ import dagster as dg
 
 from bq_pipelines.declarations import load_declarations
 from bq_pipelines.factory import build_dataset
+from bq_pipelines.ingestion import ingestion_definitions
 from bq_pipelines.resources import resources_for
 from bq_pipelines.sensors import automation_sensor
-from bq_pipelines.settings import Settings
+from bq_pipelines.settings import ApiSettings, Settings
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    datasets = [build_dataset(declaration) for declaration in load_declarations()]
+    declarations = load_declarations()
+    datasets = [build_dataset(declaration) for declaration in declarations]
     return dg.Definitions.merge(
         *datasets,
+        ingestion_definitions(declarations, ApiSettings.from_env(os.environ)),
         dg.Definitions(
             # One sensor for every collection: automation sensors may not overlap.
             sensors=[automation_sensor()],

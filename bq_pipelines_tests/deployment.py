@@ -1,0 +1,132 @@
+"""Real Dagster processes for tests: webserver, daemon (and other servers), each in its own
+process group, stopped with everything they started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STARTUP_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _default_sigint() -> None:
+    # A background shell may hand us SIGINT ignored; Dagster copies that onto SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@dataclass
+class Deployment:
+    """Dagster processes started by a test, each in its own process group."""
+
+    env: dict[str, str]
+    workspace: Path
+    logs: Path
+    port: int = field(default_factory=free_port)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def graphql_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/graphql"
+
+    def start(self, name: str, *args: str, log_name: str | None = None) -> subprocess.Popen:
+        """`<venv bin>/name args...`, logging to `<logs>/<log_name or name>.log` (appended)."""
+        log = (self.logs / f"{log_name or name}.log").open("ab")
+        process = subprocess.Popen(
+            [str(BIN / name), *args],
+            env=self.env,
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
+        log.close()
+        self.processes.append(process)
+        return process
+
+    def start_webserver(self) -> None:
+        self.start(
+            "dagster-webserver", "-w", str(self.workspace), "-h", "127.0.0.1", "-p", str(self.port)
+        )
+
+    def start_daemon(self) -> None:
+        self.start("dagster-daemon", "run", "-w", str(self.workspace))
+
+    def kill(self, process: subprocess.Popen) -> None:
+        """kill -9 of that process only: what it started lives on (stop() ends them)."""
+        process.kill()
+        process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM each process group (code servers and run workers included), then SIGKILL."""
+        for process in self.processes:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            _signal_group(process, signal.SIGKILL)  # leftovers of the group, if any
+            process.wait(timeout=5)
+
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        response = httpx.post(
+            self.graphql_url, json={"query": query, "variables": variables}, timeout=30
+        )
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def log_tail(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n" + path.read_text(errors="replace")[-3000:]
+            for path in sorted(self.logs.glob("*.log"))
+        )
+
+    def wait_until_loaded(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                assert process.poll() is None, f"{process.args[0]} exited\n{self.log_tail()}"
+            try:
+                data = self.graphql(WORKSPACE_QUERY)
+            except (httpx.HTTPError, ValueError):
+                time.sleep(0.3)
+                continue
+            entries = data["workspaceOrError"].get("locationEntries") or []
+            for entry in entries:
+                loaded = entry["locationOrLoadError"] or {}
+                assert loaded.get("__typename") != "PythonError", loaded.get("message")
+                if entry["loadStatus"] == "LOADED" and loaded["__typename"] == "RepositoryLocation":
+                    return
+            time.sleep(0.3)
+        raise AssertionError(f"webserver not ready in {STARTUP_TIMEOUT} s\n{self.log_tail()}")
+
+
+def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+WORKSPACE_QUERY = """
+{ workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
+    locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
