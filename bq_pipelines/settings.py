@@ -140,6 +140,7 @@ class ApiSettings:
 
     host: str = "127.0.0.1"
     port: int = 8083
+    workers: int = 1
     database_url: str = field(default="sqlite:///.bq/api/requests.sqlite", repr=False)
     database_from_env: bool = False
     public_status: bool = False
@@ -173,6 +174,7 @@ class ApiSettings:
         return cls(
             host=env.get("BQ_API_HOST") or "127.0.0.1",
             port=int(_number(env, "BQ_API_PORT", 8083, 1, 65535)),
+            workers=int(_number(env, "BQ_API_WORKERS", 1, 1, 64)),
             database_url=database_url or f"sqlite:///{(home / 'api' / 'requests.sqlite')}",
             database_from_env=database_url is not None,
             public_status=_boolean(env, "BQ_API_PUBLIC_STATUS", False),

@@ -22,12 +22,16 @@ from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.settings import ApiSettings, Settings, api_token
 
 DAEMON_STOP_SECONDS = 15
+DAEMON_NICENESS = 10
 
 
-def _default_sigint() -> None:
+def _prepare_daemon() -> None:
     # Started from a non-interactive shell, SIGINT may be ignored; Dagster copies that onto
     # SIGTERM, and then it could not be stopped.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Answering a request is interactive, processing it is not: on a shared machine the
+    # daemon and its runs yield the CPU to the API.
+    os.nice(DAEMON_NICENESS)
 
 
 @contextlib.contextmanager
@@ -39,7 +43,7 @@ def dagster_daemon(workspace: Path) -> Iterator[subprocess.Popen]:
     process = subprocess.Popen(
         [str(executable), "run", "-w", str(workspace)],
         start_new_session=True,
-        preexec_fn=_default_sigint,
+        preexec_fn=_prepare_daemon,
     )
     try:
         yield process
@@ -81,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 factory=True,
                 host=settings.host,
                 port=settings.port,
+                workers=settings.workers,
                 log_level="info",
             )
     except ConfigError as error:

@@ -9,6 +9,9 @@ certificate against the host name (httpcore sends SNI and checks the name given 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import ssl
 import typing
 from collections.abc import Callable, Iterator, Sequence
 
@@ -33,6 +36,14 @@ _ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
     (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
     (httpcore.ProxyError, httpx.ProxyError),
 )
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(verify: bool, cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    # Building a context loads the CA bundle (~70 ms here): one per settings, shared by every
+    # connection (contexts are safe to share once configured). httpx reads SSL_CERT_FILE and
+    # SSL_CERT_DIR itself; they are in the key so that a change takes effect.
+    return httpx.create_ssl_context(verify=verify)
 
 
 @contextlib.contextmanager
@@ -107,7 +118,9 @@ class GuardedTransport(httpx.BaseTransport):
 
     def __init__(self, resolve: AddressResolver, *, verify: bool = True) -> None:
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
+            ssl_context=_ssl_context(
+                verify, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+            ),
             network_backend=_PinnedBackend(resolve),
         )
 
