@@ -22,6 +22,7 @@ import asyncio
 import collections
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -187,6 +188,7 @@ def main() -> int:
                 return run(stack, args, collection_id, mirror, services, database_url)
     finally:
         mirror.stop()
+        shutil.rmtree(work, ignore_errors=True)
         publisher.delete_collection(collection_id)
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for item in page.get("Contents", []):
