@@ -22,7 +22,6 @@ import asyncio
 import collections
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,20 +33,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import boto3  # noqa: E402
 import dagster as dg  # noqa: E402
 
 from bq_pipelines.api.store import RequestStore  # noqa: E402
 from bq_pipelines.ingestion import JOB_NAME  # noqa: E402
-from bq_pipelines.lib.catalog import StacApiPublisher  # noqa: E402
 from bq_pipelines_tests.api.stack import (  # noqa: E402
     TOKEN,
+    ApiStack,
     api_stack,
-    ensure_collection,
     legacy_example,
-    request_database,
+    on_services,
+    temporary_collection,
 )
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost  # noqa: E402
+from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving  # noqa: E402
 from bq_pipelines_tests.fixtures.services import SERVICES_ENV, parse_env_file  # noqa: E402
 from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
 
@@ -145,58 +143,34 @@ def main() -> int:
         print(up.stdout, up.stderr, file=sys.stderr)
         return 1
     services = parse_env_file(SERVICES_ENV)
-    suffix = uuid.uuid4().hex[:8]
-    collection_id, bucket = f"bench-api-{suffix}", f"bench-api-{suffix}"
-    publisher = StacApiPublisher(services["BQ_STAC_API_URL"])
-    ensure_collection(publisher, collection_id)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=services["BQ_S3_ENDPOINT_URL"],
-        region_name=services["BQ_S3_REGION"],
-        aws_access_key_id=services["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=services["AWS_SECRET_ACCESS_KEY"],
-    )
-    s3.create_bucket(Bucket=bucket)
-    work = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    mirror = LocalHttpHost(work / "mirror")
-    mirror.start()
-    write_raster(mirror.root / "data" / "filename.tif", RasterSpec(width=64, height=48))
+    collection_id = f"bench-api-{uuid.uuid4().hex[:8]}"
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}, nproc {os.cpu_count()}, {args.requests} POSTs, "
         f"{args.clients} clients, store {args.store}, API workers {args.workers}, "
         f"daemon: {args.process}"
     )
-    try:
-        with request_database() as postgres_url:
-            database_url = (
-                postgres_url
-                if args.store == "postgresql"
-                else f"sqlite:///{work / 'requests.sqlite'}"
-            )
-            bq = {
-                **{k: v for k, v in services.items() if k.startswith(("BQ_", "AWS_"))},
-                "BQ_HOME": str(work / "bq"),
-                "BQ_S3_BUCKET": bucket,
-                "BQ_PUBLIC_BASE_URL": f"{services['BQ_S3_ENDPOINT_URL']}/{bucket}",
-                "BQ_API_DATABASE_URL": database_url,
-                "BQ_API_ALLOWED_SOURCES": f"{mirror.base_url}/data/",
-                "BQ_API_WORKERS": str(args.workers),
-            }
-            with api_stack(work, bq) as stack:
-                # What `make api` runs: the API, and a daemon at a lower CPU priority.
-                stack.start_api(*(["--with-daemon"] if args.process == "during" else []))
-                return run(stack, args, collection_id, mirror, services, database_url)
-    finally:
-        mirror.stop()
-        shutil.rmtree(work, ignore_errors=True)
-        publisher.delete_collection(collection_id)
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for item in page.get("Contents", []):
-                s3.delete_object(Bucket=bucket, Key=item["Key"])
-        s3.delete_bucket(Bucket=bucket)
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as folder:
+        work = Path(folder)
+        with (
+            serving(work / "mirror") as mirror,
+            temporary_collection(services["BQ_STAC_API_URL"], collection_id),
+            on_services(services, work / "bq", f"{mirror.base_url}/data/", args.store) as bq,
+            api_stack(work, {**bq, "BQ_API_WORKERS": str(args.workers)}) as stack,
+        ):
+            write_raster(mirror.root / "data" / "filename.tif", RasterSpec(width=64, height=48))
+            # What `make api` runs: the API, and a daemon at a lower CPU priority.
+            stack.start_api(*(["--with-daemon"] if args.process == "during" else []))
+            return run(stack, args, collection_id, mirror, services, bq["BQ_API_DATABASE_URL"])
 
 
-def run(stack, args, collection_id, mirror, services, database_url) -> int:  # type: ignore[no-untyped-def]
+def run(
+    stack: ApiStack,
+    args: argparse.Namespace,
+    collection_id: str,
+    mirror: LocalHttpHost,
+    services: dict[str, str],
+    database_url: str,
+) -> int:
     stac_api = services["BQ_STAC_API_URL"]
     posts = [
         (

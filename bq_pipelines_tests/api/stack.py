@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import dagster as dg
 import httpx
 import psycopg
 
-from bq_pipelines.lib.catalog import Publisher
+from bq_pipelines.lib.catalog import Publisher, StacApiPublisher
 from bq_pipelines.lib.stac import build_collection
 from bq_pipelines_tests.deployment import PROJECT_ROOT, Deployment, free_port
 
@@ -60,6 +61,51 @@ def ensure_collection(publisher: Publisher, collection_id: str) -> None:
             items=[],
         )
     )
+
+
+@contextlib.contextmanager
+def temporary_collection(stac_api_url: str, collection_id: str) -> Iterator[StacApiPublisher]:
+    """A collection in the STAC API, deleted (with its items) on exit."""
+    publisher = StacApiPublisher(stac_api_url)
+    ensure_collection(publisher, collection_id)
+    try:
+        yield publisher
+    finally:
+        publisher.delete_collection(collection_id)
+
+
+@contextlib.contextmanager
+def on_services(
+    services_env: Mapping[str, str], home: Path, allowed_sources: str, store: str = "postgresql"
+) -> Iterator[dict[str, str]]:
+    """BQ_* settings of an API stack on the real services, with a bucket and a request database
+    (PostgreSQL, or SQLite under `home`) of its own, deleted on exit."""
+    bucket = f"bq-api-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=services_env["BQ_S3_ENDPOINT_URL"],
+        region_name=services_env["BQ_S3_REGION"],
+        aws_access_key_id=services_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=services_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    s3.create_bucket(Bucket=bucket)
+    try:
+        with request_database() as postgres_url:
+            yield {
+                **{k: v for k, v in services_env.items() if k.startswith(("BQ_", "AWS_"))},
+                "BQ_HOME": str(home),
+                "BQ_S3_BUCKET": bucket,
+                "BQ_PUBLIC_BASE_URL": f"{services_env['BQ_S3_ENDPOINT_URL']}/{bucket}",
+                "BQ_API_DATABASE_URL": postgres_url
+                if store == "postgresql"
+                else f"sqlite:///{home / 'requests.sqlite'}",
+                "BQ_API_ALLOWED_SOURCES": allowed_sources,
+            }
+    finally:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=item["Key"])
+        s3.delete_bucket(Bucket=bucket)
 
 
 @contextlib.contextmanager

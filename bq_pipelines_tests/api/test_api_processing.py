@@ -6,12 +6,12 @@ sources (explicitly allowlisted)."""
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import dagster as dg
 import httpx
 import pystac_client
@@ -21,17 +21,16 @@ from rio_cogeo.cogeo import cog_validate
 
 from bq_pipelines.declarations import load_declarations
 from bq_pipelines.ingestion import ASSET_KEY, JOB_NAME, REQUEST_TAG
-from bq_pipelines.lib.catalog import StacApiPublisher
 from bq_pipelines.lib.stac import multihash_sha256
 from bq_pipelines.plans import collection_for
 from bq_pipelines_tests.api.stack import (
     ApiStack,
     api_stack,
-    ensure_collection,
     legacy_example,
-    request_database,
+    on_services,
+    temporary_collection,
 )
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
+from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
 from bq_pipelines_tests.rasters import RasterSpec, write_raster
 
 DECLARED_CATEGORICAL = "gfw-lossyear"  # declared with `cog: {categorical: true}`
@@ -51,45 +50,19 @@ def services(
     tmp_path_factory: pytest.TempPathFactory, services_env: dict[str, str]
 ) -> Iterator[Services]:
     tmp_path = tmp_path_factory.mktemp("api_processing")
-    suffix = uuid.uuid4().hex[:8]
-    bucket = f"bq-api-{suffix}"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=services_env["BQ_S3_ENDPOINT_URL"],
-        region_name=services_env["BQ_S3_REGION"],
-        aws_access_key_id=services_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=services_env["AWS_SECRET_ACCESS_KEY"],
-    )
-    s3.create_bucket(Bucket=bucket)
     stac_api_url = services_env["BQ_STAC_API_URL"]
-    publisher = StacApiPublisher(stac_api_url)
-    collection_id = f"api-test-{suffix}"
-    ensure_collection(publisher, collection_id)
+    collection_id = f"api-test-{uuid.uuid4().hex[:8]}"
     [declared] = [d for d in load_declarations() if d.id == DECLARED_CATEGORICAL]
-    publisher.ensure_collection(collection_for(declared, []))
-    mirror = LocalHttpHost(tmp_path / "mirror")
-    mirror.start()
-    try:
-        with request_database() as database_url:
-            bq = {
-                **{k: v for k, v in services_env.items() if k.startswith(("BQ_", "AWS_"))},
-                "BQ_HOME": str(tmp_path / "bq"),
-                "BQ_S3_BUCKET": bucket,
-                "BQ_PUBLIC_BASE_URL": f"{services_env['BQ_S3_ENDPOINT_URL']}/{bucket}",
-                "BQ_API_DATABASE_URL": database_url,
-                "BQ_API_ALLOWED_SOURCES": f"{mirror.base_url}/data/",
-            }
-            with api_stack(tmp_path, bq) as stack:
-                stack.start_api()
-                stack.start_daemon()
-                yield Services(stack, mirror, stac_api_url, bucket, collection_id)
-    finally:
-        mirror.stop()
-        publisher.delete_collection(collection_id)
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for item in page.get("Contents", []):
-                s3.delete_object(Bucket=bucket, Key=item["Key"])
-        s3.delete_bucket(Bucket=bucket)
+    with (
+        serving(tmp_path / "mirror") as mirror,
+        temporary_collection(stac_api_url, collection_id) as publisher,
+        on_services(services_env, tmp_path / "bq", f"{mirror.base_url}/data/") as bq,
+        api_stack(tmp_path, bq) as stack,
+    ):
+        publisher.ensure_collection(collection_for(declared, []))
+        stack.start_api()
+        stack.start_daemon()
+        yield Services(stack, mirror, stac_api_url, bq["BQ_S3_BUCKET"], collection_id)
 
 
 def the_only_run(stack: ApiStack, request_id: str) -> dg.DagsterRun:
@@ -236,3 +209,46 @@ def test_failing_sources_end_in_error_with_the_reason(services: Services):
         run = the_only_run(stack, request_id)
         assert run.status == dg.DagsterRunStatus.FAILURE
         assert status["_run_id"] == run.run_id
+
+
+REEXECUTE = """
+mutation ($params: ReexecutionParams!) {
+  launchRunReexecution(reexecutionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on Error { message }
+  }
+}
+"""
+
+
+def test_a_failed_request_is_processed_when_its_run_is_re_executed_from_the_ui(
+    services: Services,
+):
+    stack, mirror = services.stack, services.mirror
+    name = f"retried-{uuid.uuid4().hex[:8]}"
+    body = legacy_example(services.collection_id, name, mirror.url("data/retry"), None)
+    request_id = stack.accepted(body)
+    assert stack.wait_done([request_id])[request_id]["_status"] == "error"  # not there yet
+    [failed_run] = stack.runs_of(request_id)
+
+    write_raster(mirror.root / "data/retry/filename.tif", RasterSpec())
+    # What the UI's "Re-execute" button sends to the webserver.
+    stack.deployment.start_webserver()
+    stack.deployment.wait_until_loaded()
+    launched = stack.deployment.graphql(
+        REEXECUTE, params={"parentRunId": failed_run.run_id, "strategy": "ALL_STEPS"}
+    )["launchRunReexecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    new_run_id = launched["run"]["runId"]
+
+    deadline = time.monotonic() + 180
+    while (status := stack.status(request_id))["_run_id"] != new_run_id or status["_state"] not in (
+        "finished",
+        "failed",
+    ):
+        assert time.monotonic() < deadline, f"{status}\n{stack.deployment.log_tail()}"
+        time.sleep(1)
+    assert status["_operation"] == "PROCESS FINISHED", status
+    assert httpx.get(status["_item_url"]).json()["id"] == name

@@ -20,7 +20,7 @@ import pytest
 
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines_tests.api.stack import AUTH, TOKEN, ApiStack, api_stack, ensure_collection
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
+from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
 
 COLLECTION = "api-known-collection"
 MAX_BODY = 8192
@@ -62,41 +62,34 @@ DROP = object()
 @pytest.fixture(scope="module")
 def context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
     tmp_path = tmp_path_factory.mktemp("api_requests")
-    mirror = LocalHttpHost(tmp_path / "mirror")
-    other = LocalHttpHost(tmp_path / "other")
-    mirror.start()
-    other.start()
     home = tmp_path / "bq"
     ensure_collection(StaticCatalogPublisher(home / "catalog"), COLLECTION)
-    mirror.put("allowed/x.tif", b"II*\x00" + bytes(1000))
-    mirror.put("allowed/big.tif", bytes(MAX_DOWNLOAD + 1))
-    mirror.put("secret/x.tif", b"secret")
-    other.put("x.tif", b"secret")
-    port = mirror.base_url.rsplit(":", 1)[1]
-    redirects = {
-        "to-metadata.tif": "http://169.254.169.254/latest/meta-data/iam/",
-        "to-other-port.tif": other.url("x.tif"),
-        "to-localhost.tif": f"http://localhost:{port}/allowed/x.tif",
-        "to-outside.tif": "/secret/x.tif",
-        "to-file.tif": "file:///etc/passwd",
-        "to-ipv6-loopback.tif": f"http://[::1]:{port}/allowed/x.tif",
-    }
-    for name, location in redirects.items():
-        mirror.fail(f"allowed/{name}", status=302, times=None, headers={"Location": location})
-    bq = {
-        "BQ_HOME": str(home),
-        "BQ_API_ALLOWED_SOURCES": f"{mirror.base_url}/allowed/,https://,http://",
-        "BQ_API_STAC_API_ALIASES": STAC_API,
-        "BQ_API_MAX_BODY_BYTES": str(MAX_BODY),
-        "BQ_API_MAX_DOWNLOAD_BYTES": str(MAX_DOWNLOAD),
-    }
-    try:
+    with serving(tmp_path / "mirror") as mirror, serving(tmp_path / "other") as other:
+        mirror.put("allowed/x.tif", b"II*\x00" + bytes(1000))
+        mirror.put("allowed/big.tif", bytes(MAX_DOWNLOAD + 1))
+        mirror.put("secret/x.tif", b"secret")
+        other.put("x.tif", b"secret")
+        port = mirror.base_url.rsplit(":", 1)[1]
+        redirects = {
+            "to-metadata.tif": "http://169.254.169.254/latest/meta-data/iam/",
+            "to-other-port.tif": other.url("x.tif"),
+            "to-localhost.tif": f"http://localhost:{port}/allowed/x.tif",
+            "to-outside.tif": "/secret/x.tif",
+            "to-file.tif": "file:///etc/passwd",
+            "to-ipv6-loopback.tif": f"http://[::1]:{port}/allowed/x.tif",
+        }
+        for name, location in redirects.items():
+            mirror.fail(f"allowed/{name}", status=302, times=None, headers={"Location": location})
+        bq = {
+            "BQ_HOME": str(home),
+            "BQ_API_ALLOWED_SOURCES": f"{mirror.base_url}/allowed/,https://,http://",
+            "BQ_API_STAC_API_ALIASES": STAC_API,
+            "BQ_API_MAX_BODY_BYTES": str(MAX_BODY),
+            "BQ_API_MAX_DOWNLOAD_BYTES": str(MAX_DOWNLOAD),
+        }
         with api_stack(tmp_path, bq) as stack:
             stack.start_api()
             yield Context(stack, mirror, other)
-    finally:
-        mirror.stop()
-        other.stop()
 
 
 # ------------------------------------------------------------------ what legacy clients get

@@ -13,31 +13,29 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import dagster as dg
 import httpx
 import pytest
 from rio_cogeo.cogeo import cog_validate
 
-from bq_pipelines.lib.catalog import StacApiPublisher, StaticCatalogPublisher
+from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines_tests.api.stack import (
     ApiStack,
     api_stack,
     ensure_collection,
     legacy_example,
-    request_database,
+    on_services,
+    temporary_collection,
 )
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
+from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
 from bq_pipelines_tests.rasters import RasterSpec, write_raster
 
 
 @pytest.fixture
 def mirror(tmp_path: Path) -> Iterator[LocalHttpHost]:
-    host = LocalHttpHost(tmp_path / "mirror")
-    host.start()
-    write_raster(host.root / "data/filename.tif", RasterSpec(width=64, height=48))
-    yield host
-    host.stop()
+    with serving(tmp_path / "mirror") as host:
+        write_raster(host.root / "data/filename.tif", RasterSpec(width=64, height=48))
+        yield host
 
 
 @pytest.fixture
@@ -46,35 +44,12 @@ def stack(
 ) -> Iterator[tuple[ApiStack, str]]:
     """An API stack on the services (nothing started yet) and a fresh collection."""
     collection_id = f"api-restart-{uuid.uuid4().hex[:8]}"
-    publisher = StacApiPublisher(services_env["BQ_STAC_API_URL"])
-    ensure_collection(publisher, collection_id)
-    bucket = f"bq-api-{uuid.uuid4().hex[:8]}"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=services_env["BQ_S3_ENDPOINT_URL"],
-        region_name=services_env["BQ_S3_REGION"],
-        aws_access_key_id=services_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=services_env["AWS_SECRET_ACCESS_KEY"],
-    )
-    s3.create_bucket(Bucket=bucket)
-    try:
-        with request_database() as database_url:
-            bq = {
-                **{k: v for k, v in services_env.items() if k.startswith(("BQ_", "AWS_"))},
-                "BQ_HOME": str(tmp_path / "bq"),
-                "BQ_S3_BUCKET": bucket,
-                "BQ_PUBLIC_BASE_URL": f"{services_env['BQ_S3_ENDPOINT_URL']}/{bucket}",
-                "BQ_API_DATABASE_URL": database_url,
-                "BQ_API_ALLOWED_SOURCES": f"{mirror.base_url}/data/",
-            }
-            with api_stack(tmp_path, bq) as api:
-                yield api, collection_id
-    finally:
-        publisher.delete_collection(collection_id)
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for item in page.get("Contents", []):
-                s3.delete_object(Bucket=bucket, Key=item["Key"])
-        s3.delete_bucket(Bucket=bucket)
+    with (
+        temporary_collection(services_env["BQ_STAC_API_URL"], collection_id),
+        on_services(services_env, tmp_path / "bq", f"{mirror.base_url}/data/") as bq,
+        api_stack(tmp_path, bq) as api,
+    ):
+        yield api, collection_id
 
 
 def body(collection_id: str, mirror: LocalHttpHost, stac_api: str) -> dict:

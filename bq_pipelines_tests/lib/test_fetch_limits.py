@@ -4,23 +4,17 @@ still verified against the host name), size and time limits, a check of the file
 
 from __future__ import annotations
 
-import datetime as dt
 import http.server
-import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from bq_pipelines.lib.errors import SourceError, SourceRefused
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.sources import FetchLimits, fetch, probe
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
+from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
+from bq_pipelines_tests.fixtures.tls import https_server, self_signed_certificate
 
 FAST = RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05)
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
@@ -50,10 +44,8 @@ class NamedHosts:
 @pytest.fixture
 def other_host(tmp_path: Path) -> Iterator[LocalHttpHost]:
     """A second local server: what a redirect must not reach."""
-    host = LocalHttpHost(tmp_path / "other_root")
-    host.start()
-    yield host
-    host.stop()
+    with serving(tmp_path / "other_root") as host:
+        yield host
 
 
 def test_every_redirect_hop_is_checked_and_a_refused_one_is_never_contacted(
@@ -115,30 +107,7 @@ def test_connections_go_to_the_guards_addresses_only(http_host: LocalHttpHost, t
 def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """An HTTPS server whose certificate names `bq-mirror.test`; yields its port and the
     certificate (to trust it as a CA)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bq-mirror.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("bq-mirror.test")]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_file = self_signed_certificate(tmp_path / "tls", "bq-mirror.test", "bq-mirror.test")
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -150,15 +119,8 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1], cert_file
-    server.shutdown()
-    server.server_close()
+    with https_server(tmp_path / "tls", Handler) as server:
+        yield server.server_address[1], cert_file
 
 
 def test_pinned_https_still_verifies_the_certificate_against_the_host_name(
