@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
 
-.PHONY: install install-dev deploy-tools deploy-check demo test pytest services services-down dev lint format bench clean
+.PHONY: install install-dev deploy-tools deploy-check demo test pytest services services-down dev ui api lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,22 @@ dev: install-dev $(DAGSTER_HOME)/dagster.yaml
 	BQ_BACKUP_SCHEDULE_ENABLED=$${BQ_BACKUP_SCHEDULE_ENABLED:-false} \
 	  $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+## The Dagster UI alone (no daemon): to watch what `make api` processes
+ui: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## The ingestion API on 127.0.0.1:$${BQ_API_PORT:-8083} and a dagster-daemon processing its requests
+## (README: "Ingestion API"). Without BQ_API_TOKEN, a token is generated once in .bq/api/token.
+API_TOKEN_FILE := .bq/api/token
+api: install $(DAGSTER_HOME)/dagster.yaml
+	@if [ -z "$$BQ_API_TOKEN" ] && [ ! -s $(API_TOKEN_FILE) ]; then \
+	  mkdir -p $(dir $(API_TOKEN_FILE)); \
+	  (umask 077; $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > $(API_TOKEN_FILE)); \
+	fi
+	@if [ -z "$$BQ_API_TOKEN" ]; then echo "BQ_API_TOKEN is not set: using the token in $(API_TOKEN_FILE)"; fi
+	@BQ_API_TOKEN="$${BQ_API_TOKEN:-$$(cat $(API_TOKEN_FILE))}" \
+	  $(BIN)/python -m bq_pipelines.api --with-daemon --workspace workspace.yaml
+
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -83,6 +99,7 @@ bench: install-dev
 	$(BIN)/python bench/bench_cog.py
 	$(BIN)/python bench/bench_backfill.py
 	$(BIN)/python bench/bench_validation.py
+	$(BIN)/python bench/bench_api.py
 
 clean: services-down
 	rm -rf .bq

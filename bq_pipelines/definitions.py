@@ -10,19 +10,21 @@ from bq_pipelines.backup_assets import backup_definitions
 from bq_pipelines.declarations import load_declarations
 from bq_pipelines.executors import executor_for
 from bq_pipelines.factory import build_dataset
+from bq_pipelines.ingestion import ingestion_definitions
 from bq_pipelines.resources import resources_for
 from bq_pipelines.sensors import automation_sensor
-from bq_pipelines.settings import Settings
+from bq_pipelines.settings import ApiSettings, Settings
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     settings = Settings.from_env(os.environ)
-    datasets = [build_dataset(declaration) for declaration in load_declarations()]
-    settings = Settings.from_env(os.environ)
+    declarations = load_declarations()
+    datasets = [build_dataset(declaration) for declaration in declarations]
     return dg.Definitions.merge(
         *datasets,
         backup_definitions(settings),
+        ingestion_definitions(declarations, ApiSettings.from_env(os.environ)),
         dg.Definitions(
             # One sensor for every collection: automation sensors may not overlap.
             sensors=[automation_sensor()],

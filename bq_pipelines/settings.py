@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
+from bq_pipelines.api.url_policy import parse_prefix
 from bq_pipelines.backup.postgres import parse_dsn
 from bq_pipelines.lib.errors import ConfigError
 
@@ -183,3 +184,103 @@ def _existing_dir(env: Mapping[str, str], name: str) -> Path | None:
     if not path.is_dir():
         raise ConfigError(f"{name}: {value!r} is not a directory")
     return path
+
+
+# --------------------------------------------------------------------------- ingestion API
+
+API_TOKEN_ENV = "BQ_API_TOKEN"
+API_DATABASE_ENV = "BQ_API_DATABASE_URL"
+MIN_TOKEN_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The ingestion API's settings (BQ_API_*; see the README). Its token is a secret and is not
+    kept here: `api_token(env)` reads it where it is needed. The database URL may carry a
+    password, so it is left out of the repr."""
+
+    host: str = "127.0.0.1"
+    port: int = 8083
+    workers: int = 1
+    database_url: str = field(default="sqlite:///.bq/api/requests.sqlite", repr=False)
+    database_from_env: bool = False
+    public_status: bool = False
+    allowed_sources: tuple[str, ...] = ()
+    stac_api_aliases: tuple[str, ...] = ()
+    max_body_bytes: int = 64 * 1024
+    max_download_bytes: int = 4 * 1024**3
+    download_timeout_seconds: float = 1800.0
+    max_pixels: int = 4_000_000_000
+    dagster_ui_url: str = "http://127.0.0.1:3000"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ApiSettings:
+        home = Path(env.get("BQ_HOME", ".bq"))
+        database_url = env.get(API_DATABASE_ENV) or None
+        if database_url is not None and not database_url.startswith(("postgresql", "sqlite")):
+            raise ConfigError(
+                f"{API_DATABASE_ENV}: not a postgresql:// or sqlite:/// URL "
+                "(e.g. postgresql://user@host:5432/db)"
+            )
+        allowed = _list(env, "BQ_API_ALLOWED_SOURCES")
+        for index, prefix in enumerate(allowed):
+            try:
+                parse_prefix(prefix)
+            except ValueError as error:
+                raise ConfigError(f"BQ_API_ALLOWED_SOURCES[{index}]: {error}") from None
+        aliases = tuple(
+            _url({f"BQ_API_STAC_API_ALIASES[{i}]": a}, f"BQ_API_STAC_API_ALIASES[{i}]") or ""
+            for i, a in enumerate(_list(env, "BQ_API_STAC_API_ALIASES"))
+        )
+        return cls(
+            host=env.get("BQ_API_HOST") or "127.0.0.1",
+            port=int(_number(env, "BQ_API_PORT", 8083, 1, 65535)),
+            workers=int(_number(env, "BQ_API_WORKERS", 1, 1, 64)),
+            database_url=database_url or f"sqlite:///{(home / 'api' / 'requests.sqlite')}",
+            database_from_env=database_url is not None,
+            public_status=_boolean(env, "BQ_API_PUBLIC_STATUS", False),
+            allowed_sources=allowed,
+            stac_api_aliases=aliases,
+            max_body_bytes=int(_number(env, "BQ_API_MAX_BODY_BYTES", 64 * 1024, 1024, 2**24)),
+            max_download_bytes=int(
+                _number(env, "BQ_API_MAX_DOWNLOAD_BYTES", 4 * 1024**3, 1, 2**50)
+            ),
+            download_timeout_seconds=_number(
+                env, "BQ_API_DOWNLOAD_TIMEOUT_SECONDS", 1800.0, 1, 7 * 86400
+            ),
+            max_pixels=int(_number(env, "BQ_API_MAX_PIXELS", 4_000_000_000, 1, 2**50)),
+            dagster_ui_url=_url(env, "BQ_DAGSTER_UI_URL") or "http://127.0.0.1:3000",
+        )
+
+
+def api_token(env: Mapping[str, str]) -> str:
+    """The bearer token POST /newitem requires (from the environment only, never logged)."""
+    token = env.get(API_TOKEN_ENV) or ""
+    if not token:
+        raise ConfigError(
+            f"{API_TOKEN_ENV}: required by the ingestion API (a long random string, e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+    if len(token) < MIN_TOKEN_LENGTH or token != token.strip():
+        raise ConfigError(
+            f"{API_TOKEN_ENV}: too short or padded with spaces "
+            f"(at least {MIN_TOKEN_LENGTH} characters)"
+        )
+    return token
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(filter(None, (part.strip() for part in env.get(name, "").split(","))))
+
+
+def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: {raw!r} is outside {low:g}..{high:g}")
+    return value

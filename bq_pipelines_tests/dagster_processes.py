@@ -65,8 +65,9 @@ class Deployment:
     def start(
         self, name: str, *args: str, log_name: str | None = None, env: dict[str, str] | None = None
     ) -> subprocess.Popen:
-        """Start `BIN/name args` with this deployment's environment (plus `env`)."""
-        log = (self.logs / f"{log_name or name}.log").open("wb")
+        """Start `BIN/name args` with this deployment's environment (plus `env`), logging to
+        `<logs>/<log_name or name>.log` (appended: a restarted process keeps its history)."""
+        log = (self.logs / f"{log_name or name}.log").open("ab")
         process = subprocess.Popen(
             [str(BIN / name), *args],
             env={**self.env, **(env or {})},
@@ -87,6 +88,11 @@ class Deployment:
 
     def start_daemon(self) -> None:
         self.start("dagster-daemon", "run", "-w", str(self.workspace))
+
+    def kill(self, process: subprocess.Popen) -> None:
+        """kill -9 of that process only: what it started lives on (stop() ends them)."""
+        process.kill()
+        process.wait(timeout=10)
 
     def stop(self) -> None:
         """SIGTERM each process group (code servers and run workers included), then SIGKILL."""

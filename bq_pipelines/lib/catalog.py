@@ -53,6 +53,10 @@ class Publisher(ABC):
     def get_item(self, collection_id: str, item_id: str) -> dict[str, Any] | None: ...
 
     @abstractmethod
+    def item_url(self, collection_id: str, item_id: str) -> str:
+        """Where a reader finds the item (a file:// URL for a static catalog)."""
+
+    @abstractmethod
     def iter_items(self, collection_id: str) -> Iterator[dict[str, Any]]:
         """Every item of a collection, as dicts (paged for STAC APIs)."""
 
@@ -275,6 +279,9 @@ class StaticCatalogPublisher(Publisher):
     def get_item(self, collection_id: str, item_id: str) -> dict[str, Any] | None:
         return _read_json(self.item_path(collection_id, item_id))
 
+    def item_url(self, collection_id: str, item_id: str) -> str:
+        return self.item_path(collection_id, item_id).absolute().as_uri()
+
     def iter_items(self, collection_id: str) -> Iterator[dict[str, Any]]:
         collection = self.get_collection(collection_id)
         if collection is None:
@@ -494,6 +501,9 @@ class StacApiPublisher(Publisher):
             f"collections/{collection_id}/items/{item_id}",
             self._item_what(collection_id, item_id),
         )
+
+    def item_url(self, collection_id: str, item_id: str) -> str:
+        return f"{self._shown_url}/collections/{collection_id}/items/{item_id}"
 
     def missing_item_ids(self, collection_id: str, item_ids: Sequence[str]) -> list[str]:
         # One search per page of ids instead of one GET per item (5,090 items a partition).

@@ -21,6 +21,11 @@ class TransientSourceError(SourceError):
     """A fetch failed in a way worth retrying (timeout, connection reset, 5xx, 429)."""
 
 
+class SourceRefused(SourceError):
+    """A fetch was refused by the caller's limits: a URL or address the policy does not allow
+    (also on a redirect), a file too large or too slow to arrive, content of the wrong kind."""
+
+
 class CogError(PipelineError):
     """A raster could not be converted to a valid Cloud-Optimized GeoTIFF."""
 

@@ -101,6 +101,8 @@ class Services:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     s3_endpoint_url: str | None = None
     stac_schemas_dir: Path | None = None
+    # Bounds on fetching sources someone else chose (the ingestion API); None trusts them.
+    fetch_limits: sources.FetchLimits | None = None
 
 
 StepCallback = Callable[[Step, str], None]
@@ -132,10 +134,10 @@ def fetch_sources(
     urls: Sequence[str], staging: Path, services: Services
 ) -> dict[str, sources.FetchedFile]:
     """Download each distinct URL once into `staging` (names kept unique by an index); local
-    files are read where they are."""
+    files are read where they are, unless fetch limits apply (they decide what is allowed)."""
     fetched: dict[str, sources.FetchedFile] = {}
     for index, url in enumerate(dict.fromkeys(urls)):
-        if sources.is_local(url):
+        if sources.is_local(url) and services.fetch_limits is None:
             fetched[url] = sources.describe_local(url)
             continue
         name = f"{index:03d}-{Path(url.split('?')[0]).name or 'source'}"
@@ -145,6 +147,7 @@ def fetch_sources(
             file_name=name,
             retry=services.retry,
             s3_endpoint_url=services.s3_endpoint_url,
+            limits=services.fetch_limits,
         )
     return fetched
 

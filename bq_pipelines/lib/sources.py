@@ -14,6 +14,11 @@ offer neither an ETag nor a modification time are always downloaded again.
 
 Credentials embedded in URLs (`https://user:secret@host/...`) are used for the request but never
 appear in logs, errors, fingerprints or sidecars: those carry the URL without its userinfo.
+
+URLs chosen by someone else (the ingestion API) are fetched with `FetchLimits`: a guard checks
+the URL and every redirect hop and pins each connection to addresses it allowed, the size and the
+wall time of the download are capped, and the file can be inspected before it is committed. A
+refusal raises SourceRefused, never retried.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
@@ -42,7 +47,8 @@ import botocore.config
 import botocore.exceptions
 import httpx
 
-from bq_pipelines.lib.errors import SourceError, TransientSourceError
+from bq_pipelines.lib.errors import SourceError, SourceRefused, TransientSourceError
+from bq_pipelines.lib.http_guard import GuardedTransport
 from bq_pipelines.lib.retry import RetryPolicy, with_retries
 
 T = TypeVar("T")
@@ -92,6 +98,61 @@ class FetchedFile:
     fingerprint: SourceFingerprint
 
 
+class UrlGuard(Protocol):
+    """Where a fetch may go: the caller's policy (see api/url_policy.py)."""
+
+    def check_url(self, url: str) -> None:
+        """Raise SourceRefused unless `url` (the first URL or a redirect's target) is allowed."""
+
+    def addresses(self, host: str, port: int) -> list[str]:
+        """The addresses of `host` a connection may use, resolved once (the connection is
+        pinned to them); raise SourceRefused when none is allowed."""
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """Bounds on fetching a URL someone else chose; without them a fetch trusts its URL."""
+
+    guard: UrlGuard | None = None
+    max_bytes: int | None = None
+    max_seconds: float | None = None  # wall time of the whole fetch, retries included
+    # Inspects the downloaded file (URL without userinfo, path) before it is renamed into
+    # place; raises SourceRefused.
+    check_file: Callable[[str, Path], None] | None = None
+
+
+class _Budget:
+    """The limits of one fetch, with its deadline."""
+
+    def __init__(self, url: str, limits: FetchLimits) -> None:
+        self.url = url
+        self.limits = limits
+        self.deadline = (
+            None if limits.max_seconds is None else time.monotonic() + limits.max_seconds
+        )
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise SourceRefused(
+                redact_url(self.url), f"not downloaded within {self.limits.max_seconds:g} s"
+            )
+
+    def check_size(self, size: int | None) -> None:
+        limit = self.limits.max_bytes
+        if size is not None and limit is not None and size > limit:
+            raise SourceRefused(
+                redact_url(self.url), f"larger than the download limit of {limit} bytes"
+            )
+
+    def timeout(self, timeout: float) -> float:
+        return min(timeout, self.limits.max_seconds or timeout)
+
+
+def _guard_url(url: str, limits: FetchLimits | None) -> None:
+    if limits is not None and limits.guard is not None:
+        limits.guard.check_url(url)
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -101,16 +162,21 @@ def probe(
     retry: RetryPolicy = DEFAULT_RETRY,
     timeout: float = 30.0,
     s3_endpoint_url: str | None = None,
+    limits: FetchLimits | None = None,
 ) -> SourceFingerprint:
-    """HEAD/stat `url` (no body download).
+    """HEAD/stat `url` (no body download); `limits.guard` checks it and every redirect hop.
 
-    Raises SourceError (TransientSourceError once retries of a transient failure are exhausted).
+    Raises SourceError (TransientSourceError once retries of a transient failure are exhausted,
+    SourceRefused when the guard refuses).
     """
     scheme = _scheme(url)
+    _guard_url(url, limits)
+    if limits is not None:
+        timeout = _Budget(url, limits).timeout(timeout)
     if scheme == "file":
         return _file_fingerprint(url, _local_path(url))
     if scheme in ("http", "https"):
-        operation: Callable[[], SourceFingerprint] = partial(_http_probe, url, timeout)
+        operation: Callable[[], SourceFingerprint] = partial(_http_probe, url, timeout, limits)
     elif scheme == "ftp":
         operation = partial(_ftp_probe, url, timeout)
     else:
@@ -127,6 +193,7 @@ def fetch(
     timeout: float = 60.0,
     s3_endpoint_url: str | None = None,
     reuse_unchanged: bool = True,
+    limits: FetchLimits | None = None,
 ) -> FetchedFile:
     """Download `url` into `staging_dir/<file_name or URL basename>`.
 
@@ -134,9 +201,11 @@ def fetch(
     computes sha256 while streaming, then renames atomically. Retries transient errors with
     backoff; a 404, permission or TLS failure raises SourceError naming the URL at once.
     With `reuse_unchanged`, an existing destination whose recorded fingerprint still matches the
-    source is returned without downloading (see the module docstring).
+    source is returned without downloading (see the module docstring). `limits` bound a fetch
+    of an untrusted URL (SourceRefused when exceeded; the destination is never reused then).
     """
     scheme = _scheme(url)
+    _guard_url(url, limits)
     staging_dir.mkdir(parents=True, exist_ok=True)
     destination = staging_dir / _target_name(url, file_name)
     if scheme == "file":
@@ -144,11 +213,12 @@ def fetch(
         if destination.exists() and _same_file(source, destination):
             # The file is already where the caller wants it: hash it in place, never copy.
             return _describe_in_place(url, source)
-    if reuse_unchanged:
+    if reuse_unchanged and limits is None:
         reused = _reuse_if_unchanged(url, destination, retry, timeout, s3_endpoint_url)
         if reused is not None:
             return reused
-    fetched = _download(url, scheme, destination, retry, timeout, s3_endpoint_url)
+    budget = _Budget(url, limits) if limits is not None else None
+    fetched = _download(url, scheme, destination, retry, timeout, s3_endpoint_url, budget)
     _write_sidecar(fetched)
     logger.info(
         "fetched %s -> %s (%d bytes, sha256 %s)",
@@ -230,6 +300,18 @@ def _retrying(operation: Callable[[], T], policy: RetryPolicy, describe: str) ->
     return with_retries(operation, policy=policy, is_transient=_is_transient, describe=describe)
 
 
+def _within(operation: Callable[[], T], budget: _Budget | None) -> Callable[[], T]:
+    """`operation`, refused once the budget's time is spent (so retries cannot outlast it)."""
+    if budget is None:
+        return operation
+
+    def bounded() -> T:
+        budget.check_time()
+        return operation()
+
+    return bounded
+
+
 class _StagedFile:
     """A temporary file beside `destination`, hashed while written, renamed on commit.
 
@@ -237,8 +319,9 @@ class _StagedFile:
     `discard`, which callers run in a `finally`.
     """
 
-    def __init__(self, destination: Path) -> None:
+    def __init__(self, destination: Path, budget: _Budget | None = None) -> None:
         self.destination = destination
+        self.budget = budget
         handle, name = tempfile.mkstemp(
             dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
         )
@@ -266,6 +349,10 @@ class _StagedFile:
         with self.path.open("ab") as out:
 
             def write(chunk: bytes) -> None:
+                if self.budget is not None:
+                    # Checked before writing: an endless or slow-drip source stops here.
+                    self.budget.check_size(self.size + len(chunk))
+                    self.budget.check_time()
                 out.write(chunk)
                 self._hash.update(chunk)
                 self.size += len(chunk)
@@ -278,6 +365,8 @@ class _StagedFile:
                 write(chunk)
 
     def commit(self, url: str, fingerprint: SourceFingerprint) -> FetchedFile:
+        if self.budget is not None and self.budget.limits.check_file is not None:
+            self.budget.limits.check_file(redact_url(url), self.path)
         os.replace(self.path, self.destination)
         return FetchedFile(
             url=redact_url(url),
@@ -305,8 +394,11 @@ def _download(
     retry: RetryPolicy,
     timeout: float,
     s3_endpoint_url: str | None,
+    budget: _Budget | None = None,
 ) -> FetchedFile:
-    staged = _StagedFile(destination)
+    staged = _StagedFile(destination, budget)
+    if budget is not None:
+        timeout = budget.timeout(timeout)
     try:
         if scheme == "file":
             return _file_fetch(url, _local_path(url), staged)
@@ -316,7 +408,7 @@ def _download(
             operation: Callable[[], FetchedFile] = partial(_ftp_fetch, url, staged, timeout)
         else:
             operation = partial(_s3_fetch, url, staged, timeout, s3_endpoint_url)
-        return _retrying(operation, retry, f"fetch {redact_url(url)}")
+        return _retrying(_within(operation, budget), retry, f"fetch {redact_url(url)}")
     finally:
         staged.discard()
 
@@ -447,19 +539,31 @@ class _HttpAttemptState:
     retry_after: float = 0.0
 
 
-def _http_client(url: str, timeout: float) -> httpx.Client:
-    """A client for `url`; send it `redact_url(url)`, the credentials travel as `auth`."""
+def _http_client(url: str, timeout: float, limits: FetchLimits | None = None) -> httpx.Client:
+    """A client for `url`; send it `redact_url(url)`, the credentials travel as `auth`.
+
+    With a guard, every request (each redirect hop) is checked before it is sent, and every
+    connection goes to an address the guard resolved and allowed.
+    """
     parts = urlsplit(url)
     # httpx logs every request URL at INFO: userinfo must not be part of it.
     auth = None
     if parts.username is not None:
         auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+    guard = limits.guard if limits is not None else None
+    guarded: dict[str, Any] = {}
+    if guard is not None:
+        guarded = {
+            "transport": GuardedTransport(guard.addresses),
+            "event_hooks": {"request": [lambda request: guard.check_url(str(request.url))]},
+        }
     # identity: the bytes on disk are the bytes the server holds, and Content-Length counts them.
     return httpx.Client(
         auth=auth,
         follow_redirects=True,
         timeout=httpx.Timeout(timeout),
         headers={"Accept-Encoding": "identity"},
+        **guarded,
     )
 
 
@@ -532,9 +636,9 @@ def _http_fingerprint(url: str, response: httpx.Response) -> SourceFingerprint:
     )
 
 
-def _http_probe(url: str, timeout: float) -> SourceFingerprint:
+def _http_probe(url: str, timeout: float, limits: FetchLimits | None = None) -> SourceFingerprint:
     state = _HttpAttemptState()
-    with _http_client(url, timeout) as client, _http_errors(url):
+    with _http_client(url, timeout, limits) as client, _http_errors(url):
         response = client.head(redact_url(url))
         if response.status_code in HEAD_REFUSED_STATUSES:
             ranged_get = client.stream("GET", redact_url(url), headers={"Range": "bytes=0-0"})
@@ -584,6 +688,8 @@ def _http_attempt(
             staged.restart()
         state.resume_validator = _resume_validator(response)
         fingerprint = _http_fingerprint(url, response)
+        if staged.budget is not None:
+            staged.budget.check_size(fingerprint.size)  # refused before the body is read
         # Unbuffered chunks: what arrived before a drop is on disk and can be resumed.
         staged.write_all(response.iter_raw())
     _check_size(url, staged, fingerprint.size)
@@ -592,7 +698,8 @@ def _http_attempt(
 
 def _http_fetch(url: str, staged: _StagedFile, retry: RetryPolicy, timeout: float) -> FetchedFile:
     state = _HttpAttemptState()
-    with _http_client(url, timeout) as client:
+    limits = staged.budget.limits if staged.budget is not None else None
+    with _http_client(url, timeout, limits) as client:
 
         def attempt() -> FetchedFile:
             # Retry-After is honoured before the next attempt (on top of the policy's backoff,
@@ -600,7 +707,7 @@ def _http_fetch(url: str, staged: _StagedFile, retry: RetryPolicy, timeout: floa
             state.retry_after = min(state.retry_after, retry.max_backoff_seconds)
             return _http_attempt(client, url, staged, state)
 
-        return _retrying(attempt, retry, f"GET {redact_url(url)}")
+        return _retrying(_within(attempt, staged.budget), retry, f"GET {redact_url(url)}")
 
 
 # --------------------------------------------------------------------------- FTP

@@ -342,6 +342,39 @@ def _union_extent(items: Iterable[pystac.Item | Mapping[str, Any]]) -> pystac.Ex
     return pystac.Extent(spatial, pystac.TemporalExtent([interval]))
 
 
+def grown_extent(
+    collection: Mapping[str, Any], items: Iterable[pystac.Item | Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The collection's extent (a dict) grown to cover `items`, for adding items one at a time
+    without reading the others. The overall (first) bbox and interval grow; an open end of the
+    interval stays open. The placeholder extent of a collection built before any item (global,
+    [null, null]) is replaced by the items' own."""
+    extent = dict(collection.get("extent") or {})
+    added = _union_extent(items).to_dict()
+    intervals = list(extent.get("temporal", {}).get("interval") or [])
+    bboxes = list(extent.get("spatial", {}).get("bbox") or [])
+    if not intervals or not bboxes or intervals[0] == [None, None]:
+        return {**extent, **added}
+    [new_bbox] = added["spatial"]["bbox"]
+    old = bboxes[0]
+    half = len(old) // 2
+    bboxes[0] = [
+        min(old[0], new_bbox[0]),
+        min(old[1], new_bbox[1]),
+        max(old[half], new_bbox[2]),
+        max(old[half + 1], new_bbox[3]),
+    ]
+    [[new_start, new_end]] = added["temporal"]["interval"]
+    start, end = intervals[0]
+    # The stored texts are kept unless the item moves them: unchanged extents compare equal.
+    if start is not None and new_start is not None:
+        start = new_start if str_to_datetime(new_start) < str_to_datetime(start) else start
+    if end is not None and new_end is not None:
+        end = new_end if str_to_datetime(new_end) > str_to_datetime(end) else end
+    intervals[0] = [start, end]
+    return {**extent, "spatial": {"bbox": bboxes}, "temporal": {"interval": intervals}}
+
+
 def _extensions_for(fields: Iterable[str]) -> list[str]:
     prefixes = {key.split(":", 1)[0] for key in fields if ":" in key}
     return [schema for prefix, schema in _PREFIX_SCHEMAS.items() if prefix in prefixes]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import http.server
 import logging
 import os
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -15,10 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
@@ -27,6 +21,7 @@ from bq_pipelines.lib.errors import SourceError, TransientSourceError
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.sources import fetch, probe
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
+from bq_pipelines_tests.fixtures.tls import https_server, self_signed_certificate
 
 FAST = RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05)
 PAYLOAD = os.urandom(300_000)
@@ -277,37 +272,9 @@ def test_url_without_file_name_needs_file_name(http_host: LocalHttpHost, tmp_pat
 def https_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An HTTPS server with a self-signed certificate (which clients must refuse)."""
     folder = tmp_path_factory.mktemp("tls")
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"https://127.0.0.1:{server.server_address[1]}/secure.tif"
-    server.shutdown()
-    server.server_close()
+    self_signed_certificate(folder, "127.0.0.1")
+    with https_server(folder, http.server.BaseHTTPRequestHandler) as server:
+        yield f"https://127.0.0.1:{server.server_address[1]}/secure.tif"
 
 
 def test_https_self_signed_certificate_is_refused(https_url: str, tmp_path: Path) -> None:

@@ -1,0 +1,237 @@
+"""Benchmark: the ingestion API under load, then every accepted request processed exactly once.
+
+Run from the project root, with the checkout's service ports exported like for the tests:
+`.venv/bin/python bench/bench_api.py [--requests 1000] [--clients 20] [--store postgresql]`.
+
+`python -m bq_pipelines.api` (uvicorn, one process) and a `dagster-daemon` on the project's
+workspace run as subprocesses on the real services (`scripts/services.py up`): the request store
+in PostgreSQL (or SQLite), stac-fastapi-pgstac, a moto S3 bucket. `--requests` POST /newitem
+(the legacy README's example, a distinct item name each, one 64x48 float32 GeoTIFF on a local
+HTTP mirror) are sent by `--clients` concurrent clients (asyncio + httpx, keep-alive) while the
+daemon processes them. Acceptance latency is the time from sending a POST to its answer; the
+baseline, measured in the same run at the same concurrency, is GET /status of one request
+(token check and one read of the store: the floor of the framework and the store). Then it
+waits until every accepted request is finished or failed and counts requests and Dagster runs:
+accepted must equal processed, with one run per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import dagster as dg  # noqa: E402
+
+from bq_pipelines.api.store import RequestStore  # noqa: E402
+from bq_pipelines.ingestion import JOB_NAME  # noqa: E402
+from bq_pipelines_tests.api.stack import (  # noqa: E402
+    TOKEN,
+    ApiStack,
+    api_stack,
+    legacy_example,
+    on_services,
+    temporary_collection,
+)
+from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving  # noqa: E402
+from bq_pipelines_tests.fixtures.services import SERVICES_ENV, parse_env_file  # noqa: E402
+from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
+
+PROCESS_TIMEOUT_SECONDS = 4 * 3600
+
+
+def percentile(values: list[float], p: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+def summary(label: str, latencies: list[float], wall: float) -> dict[str, float]:
+    ms = [1000 * v for v in latencies]
+    row = {
+        "p50": percentile(ms, 50),
+        "p90": percentile(ms, 90),
+        "p99": percentile(ms, 99),
+        "max": max(ms),
+        "per_s": len(ms) / wall,
+    }
+    print(
+        f"{label:>26}: n={len(ms)} p50 {row['p50']:.1f} ms, p90 {row['p90']:.1f} ms, "
+        f"p99 {row['p99']:.1f} ms, max {row['max']:.1f} ms, {row['per_s']:.0f}/s"
+    )
+    return row
+
+
+def encode(method: str, path: str, body: dict | None, host: str) -> bytes:
+    """One HTTP/1.1 request, keep-alive, with the token."""
+    payload = json.dumps(body).encode() if body is not None else b""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+async def load(
+    host: str, port: int, requests: list[bytes], clients: int
+) -> tuple[list[float], list[tuple[int, bytes]], float, float]:
+    """Send the encoded requests over `clients` keep-alive connections, each waiting for its
+    answer before the next; latencies, (status, body) answers, wall and client CPU seconds.
+
+    A minimal client on asyncio streams: the load generator shares the machine's two cores
+    with the server, and httpx's own per-request work would count into the latencies."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(len(requests)):
+        queue.put_nowait(index)
+    latencies: list[float] = [0.0] * len(requests)
+    answers: list[tuple[int, bytes]] = [(0, b"")] * len(requests)
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        while not queue.empty():
+            index = queue.get_nowait()
+            started = time.perf_counter()
+            writer.write(requests[index])
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            answers[index] = (status, await reader.readexactly(length))
+            latencies[index] = time.perf_counter() - started
+        writer.close()
+        await writer.wait_closed()
+
+    cpu, started = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies, answers, time.perf_counter() - started, time.process_time() - cpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--store", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument(
+        "--process",
+        choices=("during", "after", "none"),
+        default="during",
+        help="start the daemon before the POSTs (it processes while they arrive), after them, "
+        "or not at all (acceptance only)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="BQ_API_WORKERS")
+    args = parser.parse_args()
+
+    up = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "services.py"), "up"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if up.returncode != 0:
+        print(up.stdout, up.stderr, file=sys.stderr)
+        return 1
+    services = parse_env_file(SERVICES_ENV)
+    collection_id = f"bench-api-{uuid.uuid4().hex[:8]}"
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')}, nproc {os.cpu_count()}, {args.requests} POSTs, "
+        f"{args.clients} clients, store {args.store}, API workers {args.workers}, "
+        f"daemon: {args.process}"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as folder:
+        work = Path(folder)
+        with (
+            serving(work / "mirror") as mirror,
+            temporary_collection(services["BQ_STAC_API_URL"], collection_id),
+            on_services(services, work / "bq", f"{mirror.base_url}/data/", args.store) as bq,
+            api_stack(work, {**bq, "BQ_API_WORKERS": str(args.workers)}) as stack,
+        ):
+            write_raster(mirror.root / "data" / "filename.tif", RasterSpec(width=64, height=48))
+            # What `make api` runs: the API, and a daemon at a lower CPU priority.
+            stack.start_api(*(["--with-daemon"] if args.process == "during" else []))
+            return run(stack, args, collection_id, mirror, services, bq["BQ_API_DATABASE_URL"])
+
+
+def run(
+    stack: ApiStack,
+    args: argparse.Namespace,
+    collection_id: str,
+    mirror: LocalHttpHost,
+    services: dict[str, str],
+    database_url: str,
+) -> int:
+    stac_api = services["BQ_STAC_API_URL"]
+    posts = [
+        (
+            "POST",
+            "/newitem",
+            legacy_example(collection_id, f"bench-{i:05d}", mirror.url("data"), stac_api),
+        )
+        for i in range(args.requests)
+    ]
+    # Warm-up (first connections, imports, caches): one of each, not counted.
+    probe_id = stack.accepted(
+        legacy_example(collection_id, "bench-warmup", mirror.url("data"), stac_api)
+    )
+    stack.status(probe_id)
+
+    host = f"127.0.0.1:{stack.port}"
+    posts = [encode(method, path, body, host) for method, path, body in posts]
+    latencies, answers, wall, cpu = asyncio.run(load("127.0.0.1", stack.port, posts, args.clients))
+    accepted = [json.loads(body)["id"] for status, body in answers if status == 200]
+    refused = collections.Counter(status for status, _ in answers if status != 200)
+    post = summary("POST /newitem (accept)", latencies, wall)
+    print(f"{'client CPU':>26}: {cpu / len(posts) * 1000:.2f} ms per request")
+    gets = [encode("GET", f"/status?id={probe_id}", None, host)] * args.requests
+    base_latencies, base_answers, base_wall, _ = asyncio.run(
+        load("127.0.0.1", stack.port, gets, args.clients)
+    )
+    assert all(status == 200 for status, _ in base_answers)
+    base = summary("GET /status (baseline)", base_latencies, base_wall)
+    print(f"ratio p99 POST / p99 baseline: {post['p99'] / base['p99']:.2f}")
+    print(f"accepted {len(accepted)} of {args.requests}; refused {dict(refused)}")
+    if args.process == "none":
+        return 0 if len(accepted) == args.requests else 1
+    if args.process == "after":
+        stack.start_daemon()
+
+    started = time.monotonic()
+    ids = set(accepted) | {probe_id}
+    with RequestStore(database_url) as store:
+        while True:
+            counts = store.counts_by_state()
+            done = counts.get("finished", 0) + counts.get("failed", 0)
+            print(f"  {time.monotonic() - started:7.0f} s: {counts}", flush=True)
+            if done >= len(ids) or time.monotonic() - started > PROCESS_TIMEOUT_SECONDS:
+                break
+            time.sleep(30)
+    processing = time.monotonic() - started
+    with stack.instance() as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name=JOB_NAME))
+    per_key = collections.Counter(run.tags.get("dagster/run_key") for run in runs)
+    statuses = collections.Counter(run.status.value for run in runs)
+    twice = [key for key, n in per_key.items() if n > 1]
+    print(
+        f"processed: {counts.get('finished', 0)} finished, {counts.get('failed', 0)} failed "
+        f"of {len(ids)} accepted (incl. the warm-up) in {processing:.0f} s "
+        f"({len(ids) / processing * 60:.1f} requests/min); runs {dict(statuses)}, "
+        f"requests with more than one run: {len(twice)}, without a run: {len(ids - set(per_key))}"
+    )
+    ok = counts.get("finished", 0) == len(ids) and not twice and set(per_key) == ids
+    print("accepted == processed, one run each:", ok)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

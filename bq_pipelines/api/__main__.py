@@ -1,0 +1,98 @@
+"""`python -m bq_pipelines.api [--with-daemon]`: the ingestion API on BQ_API_HOST:BQ_API_PORT.
+
+`--with-daemon` also runs `dagster-daemon` on the workspace, which processes the requests (its
+sensor starts one run per request): what `make api` runs. In production the daemon is a service
+of its own, and the API runs without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import uvicorn
+
+from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.settings import ApiSettings, Settings, api_token
+
+DAEMON_STOP_SECONDS = 15
+DAEMON_NICENESS = 10
+
+
+def _prepare_daemon() -> None:
+    # Started from a non-interactive shell, SIGINT may be ignored; Dagster copies that onto
+    # SIGTERM, and then it could not be stopped.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Answering a request is interactive, processing it is not: on a shared machine the
+    # daemon and its runs yield the CPU to the API.
+    os.nice(DAEMON_NICENESS)
+
+
+@contextlib.contextmanager
+def dagster_daemon(workspace: Path) -> Iterator[subprocess.Popen]:
+    """`dagster-daemon run` in its own process group, stopped (with its children) on exit."""
+    if not os.environ.get("DAGSTER_HOME"):
+        raise ConfigError("DAGSTER_HOME: required with --with-daemon (the Dagster instance)")
+    executable = Path(sys.executable).parent / "dagster-daemon"
+    process = subprocess.Popen(
+        [str(executable), "run", "-w", str(workspace)],
+        start_new_session=True,
+        preexec_fn=_prepare_daemon,
+    )
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=DAEMON_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: exiting through Python
+    # (not the default handler) lets the daemon be stopped on the way out.
+    raise SystemExit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bq_pipelines.api", description=__doc__)
+    parser.add_argument(
+        "--with-daemon", action="store_true", help="also run dagster-daemon (processing)"
+    )
+    parser.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
+    args = parser.parse_args(argv)
+    try:
+        # Fail here, naming the variable, rather than in the server's first request.
+        Settings.from_env(os.environ)
+        settings = ApiSettings.from_env(os.environ)
+        api_token(os.environ)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        with contextlib.ExitStack() as stack:
+            if args.with_daemon:
+                stack.enter_context(dagster_daemon(args.workspace))
+            uvicorn.run(
+                "bq_pipelines.api.app:create_app",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                log_level="info",
+            )
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The legacy `/newitem` request body and `/status` answer, with field-level validation.
+
+The shapes are the legacy API's (its INGESTION-API.md); fields after `_param` in a
+status are additions. Unknown top-level fields of a request are kept and echoed in `_param`,
+as the legacy server did.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, time
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from bq_pipelines.api.url_policy import parse_url
+
+# Ids become object keys, catalog folders and URL segments: the static catalog's rule.
+SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
+MAX_ID_LENGTH = 200
+MAX_FILE_NAME_LENGTH = 255
+MAX_URL_LENGTH = 2048
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Legacy step names (`_operation`), in the order a request goes through them.
+RECEIVED = "RECEIVED"
+GETCOLLECTION = "GETCOLLECTION"
+GETITEMFILE = "GETITEMFILE"
+TRANF_COG = "TRANF_COG"
+CREATEPYSTACITEM = "CREATEPYSTACITEM"
+UPLOAD_COG_TO_SERVER = "UPLOAD_COG_TO_SERVER"
+PROCESS_FINISHED = "PROCESS FINISHED"
+
+# What the store records about where a request is (the `_state` field).
+State = Literal["accepted", "running", "finished", "failed"]
+
+
+def parse_date(text: str) -> datetime:
+    """`2018-01-01` (midnight UTC) or an ISO 8601 date-time (naive means UTC)."""
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(), tzinfo=UTC)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO date (YYYY-MM-DD) or date-time") from None
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def stac_datetime(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def echo_param(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored request as `_param` echoes it: `properties.datetime` filled in from `date`."""
+    properties = {**(body.get("properties") or {})}
+    properties["datetime"] = stac_datetime(parse_date(body["date"]))
+    return {**body, "properties": properties}
+
+
+class NewItem(BaseModel):
+    """POST /newitem: one raster to convert, store and publish as an item of a collection."""
+
+    model_config = ConfigDict(extra="allow", str_max_length=MAX_URL_LENGTH)
+
+    collection_id: Annotated[StrictStr, Field(pattern=SAFE_ID, max_length=MAX_ID_LENGTH)]
+    date: StrictStr = Field(description="ISO date of the item, e.g. 2018-01-01")
+    name: Annotated[StrictStr, Field(pattern=SAFE_ID, max_length=MAX_ID_LENGTH)] = Field(
+        description="the item id"
+    )
+    filename: StrictStr = Field(description="file name under file_source_host, e.g. x.tif")
+    file_source_host: StrictStr = Field(description="URL of the folder holding `filename`")
+    stac_api_server: StrictStr | None = Field(
+        default=None, description="accepted for compatibility: must be this service's STAC API"
+    )
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("date")
+    @classmethod
+    def _iso_date(cls, value: str) -> str:
+        parse_date(value)
+        return value
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if not value or len(value) > MAX_FILE_NAME_LENGTH:
+            raise ValueError(f"must be 1..{MAX_FILE_NAME_LENGTH} characters")
+        if "/" in value or "\\" in value or ".." in value or _CONTROL.search(value):
+            raise ValueError("must be a plain file name (no '/', '\\', '..' or control characters)")
+        if value.startswith(".") or value.strip() != value:
+            raise ValueError("must not start with '.' or with/after spaces")
+        return value
+
+    @field_validator("file_source_host")
+    @classmethod
+    def _folder_url(cls, value: str) -> str:
+        try:
+            parse_url(value)
+        except ValueError as error:
+            raise ValueError(f"not a usable URL: {error}") from None
+        parts = urlsplit(value)
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or a fragment: the file name is appended")
+        return value
+
+    @field_validator("properties")
+    @classmethod
+    def _string_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not key or _CONTROL.search(key):
+                raise ValueError(f"property name {key!r} is empty or holds control characters")
+        return value
+
+    @property
+    def moment(self) -> datetime:
+        return parse_date(self.date)
+
+    @property
+    def source_url(self) -> str:
+        return f"{self.file_source_host.rstrip('/')}/{quote(self.filename)}"
+
+    def stored(self) -> dict[str, Any]:
+        """What the store keeps: the validated body, unknown fields included."""
+        return self.model_dump(exclude_none=True)
+
+
+class Accepted(BaseModel):
+    id: str
+    msg: Literal["received"] = "received"
+
+
+class Status(BaseModel):
+    """GET /status: the legacy fields, then additions (run, links, times)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id_: str = Field(alias="_id")
+    operation: str = Field(alias="_operation")
+    status: Literal["ok", "error"] = Field(alias="_status")
+    description: str = Field(alias="_description")
+    param: dict[str, Any] = Field(alias="_param")
+    state: State = Field(alias="_state")
+    step: str | None = Field(default=None, alias="_step")
+    run_id: str | None = Field(default=None, alias="_run_id")
+    run_url: str | None = Field(default=None, alias="_run_url")
+    item_url: str | None = Field(default=None, alias="_item_url")
+    created: datetime = Field(alias="_created")
+    updated: datetime = Field(alias="_updated")

@@ -1,0 +1,247 @@
+"""The ingestion API as it is run, for tests: `python -m bq_pipelines.api` (uvicorn) and
+`dagster-daemon` on the project's workspace.yaml, as subprocesses with one environment, plus
+helpers to call the API, wait for a request, read the Dagster instance, and create a request
+database in the machine's PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import dagster as dg
+import httpx
+import psycopg
+
+from bq_pipelines.lib.catalog import Publisher, StacApiPublisher
+from bq_pipelines.lib.stac import build_collection
+from bq_pipelines_tests.dagster_processes import PROJECT_ROOT, Deployment, free_port
+
+TOKEN = "test-token-for-the-ingestion-api"
+WORKSPACE = PROJECT_ROOT / "workspace.yaml"
+READY_TIMEOUT = 60.0
+PROCESS_TIMEOUT = 180.0
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def legacy_example(collection_id: str, name: str, file_source_host: str, stac_api: str) -> dict:
+    """The request of the legacy README ("EXPERIMENTAL stacItem Pipeline API"), its
+    placeholders filled in."""
+    return {
+        "collection_id": collection_id,
+        "date": "2018-01-01",
+        "name": name,
+        "filename": "filename.tif",
+        "stac_api_server": stac_api,
+        "file_source_host": file_source_host,
+        "properties": {
+            "full_filename": "full_filename.tif",
+            "description": "TTT Other Hansen 2020",
+        },
+    }
+
+
+def ensure_collection(publisher: Publisher, collection_id: str) -> None:
+    publisher.ensure_collection(
+        build_collection(
+            collection_id=collection_id,
+            title=f"Test collection {collection_id}",
+            description="Created by the ingestion API tests",
+            license_="CC-BY-4.0",
+            items=[],
+        )
+    )
+
+
+@contextlib.contextmanager
+def temporary_collection(stac_api_url: str, collection_id: str) -> Iterator[StacApiPublisher]:
+    """A collection in the STAC API, deleted (with its items) on exit."""
+    publisher = StacApiPublisher(stac_api_url)
+    ensure_collection(publisher, collection_id)
+    try:
+        yield publisher
+    finally:
+        publisher.delete_collection(collection_id)
+
+
+@contextlib.contextmanager
+def on_services(
+    services_env: Mapping[str, str], home: Path, allowed_sources: str, store: str = "postgresql"
+) -> Iterator[dict[str, str]]:
+    """BQ_* settings of an API stack on the real services, with a bucket and a request database
+    (PostgreSQL, or SQLite under `home`) of its own, deleted on exit."""
+    bucket = f"bq-api-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=services_env["BQ_S3_ENDPOINT_URL"],
+        region_name=services_env["BQ_S3_REGION"],
+        aws_access_key_id=services_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=services_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    s3.create_bucket(Bucket=bucket)
+    try:
+        with request_database() as postgres_url:
+            yield {
+                **{k: v for k, v in services_env.items() if k.startswith(("BQ_", "AWS_"))},
+                "BQ_HOME": str(home),
+                "BQ_S3_BUCKET": bucket,
+                "BQ_PUBLIC_BASE_URL": f"{services_env['BQ_S3_ENDPOINT_URL']}/{bucket}",
+                "BQ_API_DATABASE_URL": postgres_url
+                if store == "postgresql"
+                else f"sqlite:///{home / 'requests.sqlite'}",
+                "BQ_API_ALLOWED_SOURCES": allowed_sources,
+            }
+    finally:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=item["Key"])
+        s3.delete_bucket(Bucket=bucket)
+
+
+@contextlib.contextmanager
+def request_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for the request store (named after this checkout's catalog
+    database, so checkouts sharing the server stay apart); dropped afterwards."""
+    name = f"{os.environ.get('BQ_CATALOG_DB') or 'bq_catalog'}_requests_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def process_env(bq: Mapping[str, str], dagster_home: Path, short_tmp: Path) -> dict[str, str]:
+    """The subprocesses' environment: ours without BQ_*/DAGSTER_* variables, then `bq`."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("BQ_", "DAGSTER_"))}
+    return {
+        **inherited,
+        "BQ_API_TOKEN": TOKEN,
+        **bq,
+        "DAGSTER_HOME": str(dagster_home),
+        # Code servers listen on sockets under TMPDIR: keep the path short (108-byte limit).
+        "TMPDIR": str(short_tmp),
+    }
+
+
+@dataclass
+class ApiStack:
+    """The API server and (when started) the daemon, with their shared environment."""
+
+    deployment: Deployment
+    port: int
+    dagster_home: Path
+    api: Any = None  # subprocess.Popen of the API
+    daemon: Any = None  # subprocess.Popen of dagster-daemon
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_api(self, *args: str) -> None:
+        self.api = self.deployment.start("python", "-m", "bq_pipelines.api", *args, log_name="api")
+        self.wait_until_serving()
+
+    def wait_until_serving(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.api.poll() is None, f"the API exited\n{self.deployment.log_tail()}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/openapi.json", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"API not serving in {READY_TIMEOUT} s\n{self.deployment.log_tail()}")
+
+    def start_daemon(self) -> None:
+        self.daemon = self.deployment.start(
+            "dagster-daemon", "run", "-w", str(WORKSPACE), log_name="daemon"
+        )
+
+    def post(self, body: Any, headers: Mapping[str, str] | None = None) -> httpx.Response:
+        return httpx.post(
+            f"{self.base_url}/newitem", json=body, headers={**AUTH, **(headers or {})}, timeout=30
+        )
+
+    def accepted(self, body: Any, headers: Mapping[str, str] | None = None) -> str:
+        response = self.post(body, headers)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["msg"] == "received" and set(answer) == {"id", "msg"}, answer
+        return answer["id"]
+
+    def status(self, request_id: str) -> dict[str, Any]:
+        response = httpx.get(
+            f"{self.base_url}/status", params={"id": request_id}, headers=AUTH, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_done(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each request's status once finished or failed (the daemon processes them)."""
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        done: dict[str, dict[str, Any]] = {}
+        while len(done) < len(request_ids):
+            for request_id in request_ids:
+                if request_id not in done:
+                    status = self.status(request_id)
+                    if status["_state"] in ("finished", "failed"):
+                        done[request_id] = status
+            if len(done) < len(request_ids):
+                pending = [self.status(i) for i in request_ids if i not in done]
+                assert time.monotonic() < deadline, (
+                    f"still waiting: {pending}\n{self.deployment.log_tail()}"
+                )
+                time.sleep(1)
+        return done
+
+    @contextlib.contextmanager
+    def instance(self) -> Iterator[dg.DagsterInstance]:
+        instance = dg.DagsterInstance.from_config(str(self.dagster_home))
+        try:
+            yield instance
+        finally:
+            instance.dispose()
+
+    def runs_of(self, request_id: str) -> list[dg.DagsterRun]:
+        """Every Dagster run of a request (the sensor's run key is the request id), once none
+        is still in progress (a request's status is recorded before its run ends)."""
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        with self.instance() as instance:
+            while True:
+                runs = instance.get_runs(
+                    filters=dg.RunsFilter(tags={"dagster/run_key": request_id})
+                )
+                if all(run.is_finished for run in runs):
+                    return list(runs)
+                assert time.monotonic() < deadline, f"runs still in progress: {runs}"
+                time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def api_stack(tmp_path: Path, bq: Mapping[str, str]) -> Iterator[ApiStack]:
+    """An ApiStack on a fresh DAGSTER_HOME (the project's dagster.yaml) and a free port; nothing
+    is started yet. Everything it started is stopped on exit."""
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    short_tmp = Path(tempfile.mkdtemp(prefix="bqapi-"))
+    port = free_port()
+    env = process_env({**bq, "BQ_API_PORT": str(port)}, dagster_home, short_tmp)
+    deployment = Deployment(env=env, workspace=WORKSPACE, logs=logs)
+    try:
+        yield ApiStack(deployment=deployment, port=port, dagster_home=dagster_home)
+    finally:
+        deployment.stop()
+        shutil.rmtree(short_tmp, ignore_errors=True)

@@ -1,0 +1,141 @@
+"""Exactly once across crashes: kill -9 of the API, or of the Dagster daemon, between the
+acceptance of a request and its processing; then of everything (a machine restart). Every
+accepted request is processed by exactly one run, and its status survives.
+
+Real processes on the real services (see test_api_processing.py); the request store is
+PostgreSQL here and SQLite in the embedded-defaults test.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+from rio_cogeo.cogeo import cog_validate
+
+from bq_pipelines.lib.catalog import StaticCatalogPublisher
+from bq_pipelines_tests.api.stack import (
+    ApiStack,
+    api_stack,
+    ensure_collection,
+    legacy_example,
+    on_services,
+    temporary_collection,
+)
+from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
+from bq_pipelines_tests.rasters import RasterSpec, write_raster
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[LocalHttpHost]:
+    with serving(tmp_path / "mirror") as host:
+        write_raster(host.root / "data/filename.tif", RasterSpec(width=64, height=48))
+        yield host
+
+
+@pytest.fixture
+def stack(
+    tmp_path: Path, services_env: dict[str, str], mirror: LocalHttpHost
+) -> Iterator[tuple[ApiStack, str]]:
+    """An API stack on the services (nothing started yet) and a fresh collection."""
+    collection_id = f"api-restart-{uuid.uuid4().hex[:8]}"
+    with (
+        temporary_collection(services_env["BQ_STAC_API_URL"], collection_id),
+        on_services(services_env, tmp_path / "bq", f"{mirror.base_url}/data/") as bq,
+        api_stack(tmp_path, bq) as api,
+    ):
+        yield api, collection_id
+
+
+def body(collection_id: str, mirror: LocalHttpHost, stac_api: str) -> dict:
+    return legacy_example(
+        collection_id, f"restart-{uuid.uuid4().hex[:8]}", mirror.url("data"), stac_api
+    )
+
+
+def assert_processed_exactly_once(api: ApiStack, request_ids: list[str]) -> None:
+    done = api.wait_done(request_ids)
+    for request_id in request_ids:
+        assert done[request_id]["_operation"] == "PROCESS FINISHED", done[request_id]
+        runs = api.runs_of(request_id)
+        assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS], runs
+        assert done[request_id]["_run_id"] == runs[0].run_id
+        assert httpx.get(done[request_id]["_item_url"]).status_code == 200
+
+
+def test_kill_9_of_the_api_after_acceptance_loses_nothing_and_runs_once(
+    stack: tuple[ApiStack, str], mirror: LocalHttpHost, services_env: dict[str, str]
+):
+    api, collection_id = stack
+    stac_api = services_env["BQ_STAC_API_URL"]
+    api.start_api()  # no daemon yet: nothing can be processed before the crash
+    key = {"Idempotency-Key": f"retry-{uuid.uuid4()}"}
+    first = api.accepted(body(collection_id, mirror, stac_api), key)
+    second = api.accepted(body(collection_id, mirror, stac_api))
+
+    api.deployment.kill(api.api)
+    api.start_api()
+
+    assert api.status(first)["_operation"] == "RECEIVED"  # the status survived
+    assert api.accepted(body(collection_id, mirror, stac_api), key) == first  # the key too
+    api.start_daemon()
+    assert_processed_exactly_once(api, [first, second])
+
+
+def test_kill_9_of_the_daemon_between_acceptance_and_processing_runs_each_request_once(
+    stack: tuple[ApiStack, str], mirror: LocalHttpHost, services_env: dict[str, str]
+):
+    api, collection_id = stack
+    stac_api = services_env["BQ_STAC_API_URL"]
+    api.start_api()
+    api.start_daemon()
+    # Once the daemon answers (health: a fresh heartbeat), requests arrive and it is killed
+    # before or after its sensor picked them up, with runs queued or not.
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{api.base_url}/health").json()["dagster"]["ok"] is False:
+        assert time.monotonic() < deadline, api.deployment.log_tail()
+        time.sleep(0.5)
+    ids = [api.accepted(body(collection_id, mirror, stac_api)) for _ in range(3)]
+    api.deployment.kill(api.daemon)
+    time.sleep(6)  # past a sensor interval: a live daemon would have ticked
+    api.start_daemon()
+    assert_processed_exactly_once(api, ids)
+
+    # Then everything dies at once (a machine restart), with a request accepted meanwhile.
+    late = api.accepted(body(collection_id, mirror, stac_api))
+    api.deployment.stop()
+    api.start_api()
+    api.start_daemon()
+    assert_processed_exactly_once(api, [*ids, late])
+
+
+def test_make_api_on_the_embedded_defaults(tmp_path: Path, mirror: LocalHttpHost):
+    """`python -m bq_pipelines.api --with-daemon`, what `make api` runs: static catalog, local
+    object store, SQLite request store. SIGTERM stops the API and its daemon."""
+    home = tmp_path / "bq"
+    ensure_collection(StaticCatalogPublisher(home / "catalog"), "local-collection")
+    bq = {"BQ_HOME": str(home), "BQ_API_ALLOWED_SOURCES": f"{mirror.base_url}/data/"}
+    with api_stack(tmp_path, bq) as api:
+        api.start_api("--with-daemon")
+        request_id = api.accepted(
+            legacy_example("local-collection", "local-item", mirror.url("data"), None)
+        )
+        done = api.wait_done([request_id])[request_id]
+        assert done["_operation"] == "PROCESS FINISHED", done
+        item_path = home / "catalog" / "local-collection" / "local-item" / "local-item.json"
+        assert done["_item_url"] == item_path.absolute().as_uri()
+        cog = home / "objects" / "io" / "local-collection" / "local-item.tif"
+        assert cog_validate(str(cog))[0]
+        assert (home / "api" / "requests.sqlite").is_file()
+
+        children = Path(f"/proc/{api.api.pid}/task/{api.api.pid}/children").read_text().split()
+        assert children, "no daemon started"
+        api.api.terminate()
+        api.api.wait(timeout=30)
+        for pid in children:
+            assert not Path(f"/proc/{pid}").exists(), f"daemon {pid} left running"
