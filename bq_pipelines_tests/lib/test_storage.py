@@ -17,6 +17,7 @@ import pytest
 import rasterio
 
 from bq_pipelines.lib.errors import StorageError
+from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.storage import (
     COG_MEDIA_TYPE,
     MIB,
@@ -458,8 +459,9 @@ def test_s3_unreachable_endpoint_error(tmp_path: Path, services_env: dict[str, s
     secret = services_env["AWS_SECRET_ACCESS_KEY"]
     # Port 9 (discard) is closed on loopback: connection refused at once; one attempt only.
     client = s3_client("http://127.0.0.1:9", "us-east-1", "bq-local-test", secret, max_attempts=1)
+    store = S3ObjectStore(client, "bq-io", retry=RetryPolicy(attempts=1))
     with pytest.raises(StorageError, match=r"s3://bq-io/io/a\.tif.*EndpointConnectionError") as e:
-        S3ObjectStore(client, "bq-io").stat("io/a.tif")
+        store.stat("io/a.tif")
     assert secret not in error_chain_text(e.value)
 
 
