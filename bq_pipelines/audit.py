@@ -84,11 +84,11 @@ class AuditReport:
     def listing(self, limit: int = MAX_LISTED) -> dict[str, list[str]]:
         """Ids and keys of each finding (the first `limit` of each)."""
         return {
-            "drifted": [str(d) for d in self.drifted[:limit]],
-            "orphans": self.orphans[:limit],
-            "outside_partitions": self.outside_partitions[:limit],
-            "duplicate_items": self.duplicate_items[:limit],
-            "shared_objects": self.shared_objects[:limit],
+            "drifted_items": [str(d) for d in self.drifted[:limit]],
+            "orphan_keys": self.orphans[:limit],
+            "outside_partition_ids": self.outside_partitions[:limit],
+            "duplicate_item_ids": self.duplicate_items[:limit],
+            "shared_object_keys": self.shared_objects[:limit],
             "affected_partitions": self.affected_partitions[:limit],
         }
 

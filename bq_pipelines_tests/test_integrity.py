@@ -1,0 +1,277 @@
+"""Nothing published is silently overwritten, skipped while broken, or lost to a fault; the drift
+audit proves it. On the embedded defaults and on the real services (moto S3 behind a proxy the
+tests take down, stac-fastapi-pgstac, PostgreSQL advisory locks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from bq_pipelines.declarations import Declaration, builtin_declaration_files, parse_declaration
+from bq_pipelines.demo import DEMO_LAYERS, write_demo_rasters
+from bq_pipelines.factory import AUDIT_CHECK, FORCE_TAG, DatasetKeys
+from bq_pipelines.lib.integrity import checksum_sha256
+from bq_pipelines.lib.locks import FileLocks, Locks, PostgresLocks, partition_lock_name
+from bq_pipelines.lib.retry import RetryPolicy
+from bq_pipelines.lib.storage import file_sha256
+from bq_pipelines.resources import LOCKS_FOLDER, S3ObjectStoreResource, resources_for
+from bq_pipelines.settings import Settings
+from bq_pipelines_tests.fixtures.services import services_settings
+from bq_pipelines_tests.runs import (
+    audit_dataset,
+    built_services,
+    dataset_definitions,
+    failure_messages,
+    latest_metadata,
+    materialize_dataset,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RUN_TIMEOUT = 300.0
+
+
+def demo_declaration(dataset_id: str, folder: str | None = None) -> Declaration:
+    """The built-in demo declaration under another id (and folder)."""
+    [path] = [p for p in builtin_declaration_files() if p.stem == "demo"]
+    data = yaml.safe_load(path.read_text())
+    return parse_declaration({**data, "id": dataset_id, "folder": folder or dataset_id}, path.name)
+
+
+def declaration_file(declaration_id: str, path: Path) -> Path:
+    [builtin] = [p for p in builtin_declaration_files() if p.stem == "demo"]
+    data = yaml.safe_load(builtin.read_text())
+    path.write_text(yaml.safe_dump({**data, "id": declaration_id, "folder": declaration_id}))
+    return path
+
+
+@pytest.fixture
+def demo_sources(tmp_path: Path) -> Path:
+    root = tmp_path / "sources"
+    write_demo_rasters(root)
+    return root
+
+
+@pytest.fixture
+def local_settings(tmp_path: Path, demo_sources: Path) -> Settings:
+    return Settings.from_env(
+        {"BQ_HOME": str(tmp_path / "bq"), "BQ_LOCAL_DATA_ROOT": str(demo_sources)}
+    )
+
+
+@pytest.fixture
+def service_settings(tmp_path, demo_sources, services_env, s3_bucket, monkeypatch) -> Settings:
+    return services_settings(services_env, s3_bucket, tmp_path / "bq", demo_sources, monkeypatch)
+
+
+@pytest.fixture(params=["local", "service"])
+def any_settings(request) -> Settings:
+    return request.getfixturevalue(f"{request.param}_settings")
+
+
+def moto_port(services_env: dict[str, str]) -> int:
+    return int(services_env["BQ_S3_ENDPOINT_URL"].rsplit(":", 1)[1])
+
+
+def assert_no_drift(declaration: Declaration, settings: Settings, instance) -> None:
+    report = audit_dataset(declaration, settings, instance)
+    assert report.clean, report.listing()
+    counts = report.counts()
+    assert (counts["orphans"], counts["duplicates"], counts["missing_objects"]) == (0, 0, 0)
+    assert counts["items"] == counts["objects"] == len(DEMO_LAYERS)
+
+
+# ------------------------------------------------------------------ skip only what is there
+
+
+def test_a_deleted_and_an_overwritten_object_are_put_back_on_the_next_run(
+    any_settings: Settings, unique_id: str
+) -> None:
+    declaration = demo_declaration(f"demo-{unique_id}")
+    keys = DatasetKeys(declaration.id)
+    instance = dg.DagsterInstance.ephemeral()
+    first = materialize_dataset(declaration, any_settings, instance)
+    assert first.ok and first.published == 3
+    prefix = f"io/{declaration.id}"
+    with built_services(any_settings) as services:
+        store, publisher = services.store, services.publisher
+        checksums = {
+            layer: checksum_sha256(
+                publisher.get_item(declaration.id, f"demo_{layer}")["assets"]["data"][
+                    "file:checksum"
+                ]
+            )
+            for layer in DEMO_LAYERS
+        }
+        # Behind the platform's back: one object deleted, one overwritten with garbage of the
+        # same size (what a careless sync or a second writer would do).
+        store.delete(f"{prefix}/demo_elevation.tif")
+        landcover = store.stat(f"{prefix}/demo_landcover.tif")
+        assert landcover is not None
+        garbage = Path(any_settings.home) / "garbage.tif"
+        garbage.write_bytes(b"\0" * landcover.size)
+        time.sleep(0.05)  # the local store's sidecar must predate the overwrite
+        overwrite_behind_the_back(any_settings, store, f"{prefix}/demo_landcover.tif", garbage)
+
+        before = audit_dataset(declaration, any_settings, instance)
+        assert sorted((d.item_id, d.drift) for d in before.drifted) == [
+            ("demo_elevation", "missing_object"),
+            ("demo_landcover", "changed"),
+        ]
+        assert before.affected_partitions == ["elevation", "landcover"]
+
+        again = materialize_dataset(declaration, any_settings, instance)
+
+        assert again.ok and (again.published, again.skipped) == (2, 1)
+        for layer in DEMO_LAYERS:
+            stored = store.stat(f"{prefix}/demo_{layer}.tif")
+            assert stored is not None and stored.sha256 == checksums[layer], layer
+            assert str(stored.owner) == f"{declaration.id}/demo_{layer}"
+    for layer in ("elevation", "landcover"):
+        assert latest_metadata(instance, keys.step("object"), layer)["uploaded"] == 1
+    # The skipped partition's latest materialization still says what it is and what was checked.
+    skipped = {
+        step: latest_metadata(instance, keys.step(step), "temperature")
+        for step in ("cog", "object", "stac_item")
+    }
+    assert all(metadata["skipped"] is True for metadata in skipped.values())
+    assert skipped["cog"]["crs"] and skipped["cog"]["dtype"] == "float32"
+    assert skipped["object"]["key"] == f"{prefix}/demo_temperature.tif"
+    assert skipped["object"]["objects_verified"] == 1
+    assert skipped["stac_item"]["item_ids"] == ["demo_temperature"]
+    assert skipped["stac_item"]["processed_in_run"] == first.runs[0].run_id
+    assert "sha256" in skipped["stac_item"]["skip_reason"]
+    assert_no_drift(declaration, any_settings, instance)
+
+
+def overwrite_behind_the_back(settings: Settings, store, key: str, garbage: Path) -> None:
+    if settings.object_store == "s3":
+        # A plain PUT: no checksum or owner metadata, as any other tool would write it.
+        store.client.put_object(Bucket=store.bucket, Key=key, Body=garbage.read_bytes())
+    else:
+        (Path(settings.objects_dir) / key).write_bytes(garbage.read_bytes())
+
+
+def test_force_redoes_unchanged_partitions(local_settings: Settings) -> None:
+    declaration = demo_declaration("demo-force")
+    keys = DatasetKeys(declaration.id)
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_dataset(declaration, local_settings, instance).ok
+    assert materialize_dataset(declaration, local_settings, instance).skipped == 3
+
+    forced = materialize_dataset(declaration, local_settings, instance, tags={FORCE_TAG: "true"})
+
+    assert forced.ok and (forced.published, forced.skipped) == (3, 0)
+    for layer in DEMO_LAYERS:
+        # Redone from the source: same bytes, so nothing uploaded and the item unchanged.
+        assert latest_metadata(instance, keys.step("object"), layer)["uploaded"] == 0
+        assert latest_metadata(instance, keys.step("stac_item"), layer)["unchanged"] == 1
+
+
+def test_a_dataset_with_history_fails_when_its_store_cannot_be_reached(
+    service_settings: Settings, services_env, unique_id: str, tcp_proxy_factory
+) -> None:
+    declaration = demo_declaration(f"demo-{unique_id}")
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_dataset(declaration, service_settings, instance).ok
+
+    # A wrong bucket: every partition fails naming it, none passes as skipped.
+    wrong_bucket = Settings.from_env(
+        {
+            **services_env,
+            "BQ_S3_BUCKET": f"bq-no-such-{unique_id}",
+            "BQ_HOME": str(service_settings.home),
+            "BQ_LOCAL_DATA_ROOT": str(service_settings.local_data_root),
+        }
+    )
+    done = materialize_dataset(declaration, wrong_bucket, instance)
+    assert not done.ok and (done.published, done.skipped, done.failed) == (0, 0, 3)
+    assert "NoSuchBucket" in failure_messages(instance)
+
+    # An endpoint that is down (a short retry budget, so the test does not wait 150 s).
+    proxy = tcp_proxy_factory(moto_port(services_env))
+    proxy.down()
+    unreachable = S3ObjectStoreResource(
+        bucket=service_settings.s3_bucket or "",
+        endpoint_url=proxy.url,
+        region_name=service_settings.s3_region,
+        aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
+        public_base_url=service_settings.public_base_url,
+        retry_budget_seconds=1.0,
+    )
+    defs = dataset_definitions(declaration, service_settings, object_store=unreachable)
+    down = materialize_dataset(declaration, service_settings, instance, defs=defs)
+    assert not down.ok and (down.published, down.skipped, down.failed) == (0, 0, 3)
+    assert proxy.refused > 0
+
+
+def test_two_datasets_writing_one_key_cannot_overwrite_each_other(local_settings: Settings) -> None:
+    # Two declarations with the same folder and file names (refused at load when both are
+    # declared; here built one by one, the store is the last line of defence).
+    first = demo_declaration("owner-a", folder="shared")
+    second = demo_declaration("owner-b", folder="shared")
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_dataset(first, local_settings, instance).ok
+    objects = Path(local_settings.objects_dir) / "io" / "shared"
+    before = {p.name: p.read_bytes() for p in objects.glob("*.tif")}
+
+    done = materialize_dataset(second, local_settings, instance)
+
+    assert not done.ok and done.failed == 3
+    messages = failure_messages(instance)
+    assert "owner-a/demo_landcover" in messages and "owner-b/demo_landcover" in messages
+    assert {p.name: p.read_bytes() for p in objects.glob("*.tif")} == before
+    with built_services(local_settings) as services:
+        assert services.publisher.get_collection("owner-b") is None
+    assert audit_dataset(first, local_settings, instance).clean
+
+
+def test_the_audit_check_reports_drift_with_counts_and_ids(local_settings: Settings) -> None:
+    declaration = demo_declaration("demo-check")
+    keys = DatasetKeys(declaration.id)
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_dataset(declaration, local_settings, instance).ok
+    defs = dg.Definitions.merge(
+        dataset_definitions(declaration, local_settings),
+        dg.Definitions(
+            jobs=[
+                dg.define_asset_job(
+                    "audit_only", selection=dg.AssetSelection.checks_for_assets(keys.collection)
+                )
+            ]
+        ),
+    )
+
+    def evaluate() -> dg.AssetCheckEvaluation:
+        result = defs.resolve_job_def("audit_only").execute_in_process(instance=instance)
+        [evaluation] = result.get_asset_check_evaluations()
+        assert evaluation.check_name == AUDIT_CHECK
+        return evaluation
+
+    clean = evaluate()
+    assert clean.passed and clean.metadata["items"].value == 3
+    objects = Path(local_settings.objects_dir) / "io" / declaration.id
+    (objects / "demo_temperature.tif").unlink()
+    (objects / "left-by-a-crash.tif").write_bytes(b"orphan")
+
+    drift = evaluate()
+
+    assert not drift.passed
+    metadata = {name: value.value for name, value in drift.metadata.items()}
+    assert (metadata["missing_objects"], metadata["orphans"], metadata["items"]) == (1, 1, 3)
+    assert metadata["orphan_keys"] == [f"io/{declaration.id}/left-by-a-crash.tif"]
+    assert metadata["affected_partitions"] == ["temperature"]
+    [missing] = metadata["drifted_items"]
+    assert missing.startswith("demo_temperature") and "missing_object" in missing
