@@ -11,10 +11,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import pystac
 import pytest
 import yaml
 
@@ -23,8 +23,6 @@ from bq_pipelines.demo import DEMO_LAYERS, write_demo_rasters
 from bq_pipelines.factory import AUDIT_CHECK, FORCE_TAG, DatasetKeys
 from bq_pipelines.lib.integrity import checksum_sha256
 from bq_pipelines.lib.locks import FileLocks, Locks, PostgresLocks, partition_lock_name
-from bq_pipelines.lib.retry import RetryPolicy
-from bq_pipelines.lib.storage import file_sha256
 from bq_pipelines.resources import LOCKS_FOLDER, S3ObjectStoreResource, resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.services import services_settings
@@ -40,6 +38,7 @@ from bq_pipelines_tests.runs import (
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RUN_TIMEOUT = 300.0
+NO_TELEMETRY = {"telemetry": {"enabled": False}}
 
 
 def demo_declaration(dataset_id: str, folder: str | None = None) -> Declaration:
@@ -275,3 +274,260 @@ def test_the_audit_check_reports_drift_with_counts_and_ids(local_settings: Setti
     assert metadata["affected_partitions"] == ["temperature"]
     [missing] = metadata["drifted_items"]
     assert missing.startswith("demo_temperature") and "missing_object" in missing
+
+
+# ---------------------------------------------------------------------------- isolation
+
+
+@pytest.fixture(params=["file", "postgres"])
+def locked(request, monkeypatch, services_env) -> tuple[Settings, Locks]:
+    """Settings whose runs take file locks (embedded defaults) or PostgreSQL advisory locks
+    (BQ_PGSTAC_DSN set, as in production), and the same locks for the test to hold."""
+    if request.param == "file":
+        settings = request.getfixturevalue("local_settings")
+        locks: Locks = FileLocks(settings.work_dir / LOCKS_FOLDER)
+    else:
+        monkeypatch.setenv("BQ_PGSTAC_DSN", services_env["BQ_PGSTAC_DSN"])
+        settings = request.getfixturevalue("service_settings")
+        locks = PostgresLocks(services_env["BQ_PGSTAC_DSN"])
+    kind = type(resources_for(settings)["locks"]).__name__
+    assert kind == {"file": "FileLocksResource", "postgres": "PostgresLocksResource"}[request.param]
+    return settings, locks
+
+
+def run_in_thread(target, *args, **kwargs) -> tuple[threading.Thread, list]:
+    outcome: list = []
+    thread = threading.Thread(target=lambda: outcome.append(target(*args, **kwargs)))
+    thread.start()
+    return thread, outcome
+
+
+def wait_for(condition, what: str, timeout: float = RUN_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def logged(instance: dg.DagsterInstance, text: str) -> bool:
+    return any(
+        text in (entry.user_message or "")
+        for run in instance.get_runs()
+        for entry in instance.all_logs(run.run_id)
+    )
+
+
+def test_a_run_waits_while_another_run_holds_its_partition(
+    locked: tuple[Settings, Locks], tmp_path: Path, unique_id: str
+) -> None:
+    settings, locks = locked
+    declaration = demo_declaration(f"demo-{unique_id}")
+    (tmp_path / "dagster").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "dagster"), NO_TELEMETRY)
+    with built_services(settings) as services:
+        publisher = services.publisher
+        # Another run is publishing `elevation`: this run publishes `landcover`, then waits.
+        with locks.hold(partition_lock_name(declaration.id, "elevation")):
+            thread, outcome = run_in_thread(materialize_dataset, declaration, settings, instance)
+            wait_for(lambda: logged(instance, "[elevation]: waiting for another run"), "a wait")
+            assert publisher.get_item(declaration.id, "demo_landcover") is not None
+            assert publisher.get_item(declaration.id, "demo_elevation") is None
+            assert thread.is_alive()
+        thread.join(RUN_TIMEOUT)
+    [done] = outcome
+    assert done.ok and done.published == 3
+    assert_no_drift(declaration, settings, instance)
+    instance.dispose()
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BQ_", "DAGSTER_"))}
+    return {**env, "BQ_HOME": str(home)}
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "bq-pipelines"), *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(process: subprocess.Popen[str]) -> tuple[int, str]:
+    out, err = process.communicate(timeout=RUN_TIMEOUT)
+    return process.returncode, out + err
+
+
+def published_catalog(home: Path) -> dict[str, tuple[dict, bytes]]:
+    """Each demo item (object hrefs relative to the objects folder) with its object's bytes."""
+    objects = str((home / "objects").absolute())
+    catalog = {}
+    for path in sorted((home / "catalog" / "demo").glob("*/*.json")):
+        item = json.loads(path.read_text())
+        href = item["assets"]["data"]["href"]
+        item["assets"]["data"]["href"] = href.removeprefix(objects)
+        catalog[item["id"]] = (item, Path(href).read_bytes())
+    return catalog
+
+
+def test_two_concurrent_cli_runs_of_the_same_partitions_both_succeed(tmp_path: Path) -> None:
+    # Two `bq-pipelines materialize demo` at once (no shared Dagster instance: each runs every
+    # partition), then one alone elsewhere as the reference.
+    together, alone = tmp_path / "together", tmp_path / "alone"
+    for home in (together, alone):
+        assert finished(cli("demo-data", env=cli_env(home)))[0] == 0
+    first = cli("materialize", "demo", env=cli_env(together))
+    second = cli("materialize", "demo", env=cli_env(together))
+    results = [finished(first), finished(second)]
+    for status, output in results:
+        assert status == 0, output
+        assert "total: 3 partitions, 3 published, 0 skipped, 0 failed" in output
+    assert finished(cli("materialize", "demo", env=cli_env(alone)))[0] == 0
+
+    assert published_catalog(together) == published_catalog(alone)
+    assert len(published_catalog(together)) == 3
+    assert not list((together / "work").glob("run-*")), "a staging folder was left behind"
+    status, output = finished(cli("audit", "demo", env=cli_env(together)))
+    assert status == 0 and "demo: no drift" in output, output
+
+
+# -------------------------------------------------------------------------------- faults
+
+
+def test_s3_down_for_30_s_mid_run_every_partition_is_published(
+    services_env,
+    s3_client,
+    s3_bucket,
+    tmp_path,
+    demo_sources,
+    monkeypatch,
+    unique_id,
+    tcp_proxy_factory,
+) -> None:
+    proxy = tcp_proxy_factory(moto_port(services_env))
+    settings = services_settings(
+        services_env,
+        s3_bucket,
+        tmp_path / "bq",
+        demo_sources,
+        monkeypatch,
+        BQ_S3_ENDPOINT_URL=proxy.url,
+    )
+    declaration = demo_declaration(f"demo-{unique_id}")
+    instance = dg.DagsterInstance.ephemeral()
+    started = time.monotonic()
+    thread, outcome = run_in_thread(materialize_dataset, declaration, settings, instance)
+    # The first partition's object is in the bucket: take S3 down before the next one's.
+    wait_for(lambda: s3_client.list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) > 0, "upload")
+    proxy.down()
+    down_at = time.monotonic()
+    time.sleep(30)
+    proxy.up()
+    outage = time.monotonic() - down_at
+    thread.join(RUN_TIMEOUT)
+    [done] = outcome
+    print(
+        f"S3 down {outage:.1f} s mid-run ({proxy.refused} connections turned away): run "
+        f"{time.monotonic() - started:.1f} s, {done.published} published, {done.failed} failed"
+    )
+    assert proxy.refused > 0  # the run did meet the outage
+    assert done.ok and (done.published, done.failed) == (3, 0)
+    assert_no_drift(declaration, settings, instance)
+
+
+def test_kill_9_mid_publish_then_rerun_leaves_no_drift(
+    services_env,
+    s3_client,
+    s3_bucket,
+    tmp_path,
+    demo_sources,
+    monkeypatch,
+    unique_id,
+    tcp_proxy_factory,
+) -> None:
+    # The STAC API is down while the run publishes: the run has uploaded an object and is
+    # retrying its publication when it is killed.
+    api = tcp_proxy_factory(int(services_env["BQ_STAC_API_URL"].rsplit(":", 1)[1]))
+    settings = services_settings(
+        services_env, s3_bucket, tmp_path / "bq", demo_sources, monkeypatch
+    )
+    declaration = demo_declaration(f"demo-{unique_id}")
+    path = declaration_file(declaration.id, tmp_path / f"{declaration.id}.yaml")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("BQ_", "DAGSTER_"))},
+        **services_env,
+        "BQ_HOME": str(settings.home),
+        "BQ_S3_BUCKET": s3_bucket,
+        "BQ_PUBLIC_BASE_URL": settings.public_base_url or "",
+        "BQ_LOCAL_DATA_ROOT": str(demo_sources),
+        "BQ_PGSTAC_DSN": services_env["BQ_PGSTAC_DSN"],  # partition locks in PostgreSQL
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    command = [sys.executable, "-m", "bq_pipelines_tests.materialize_process", str(path)]
+    dagster_dir = str(tmp_path / "dagster")
+    (tmp_path / "dagster").mkdir()
+    api.down()
+    killed = subprocess.Popen(
+        [*command, dagster_dir], env={**env, "BQ_STAC_API_URL": api.url}, cwd=PROJECT_ROOT
+    )
+    wait_for(
+        lambda: (
+            s3_client.list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) > 0 and api.refused > 2
+        ),
+        "an upload, then publication attempts",
+    )
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait(30)
+    api.up()
+    instance = dg.DagsterInstance.local_temp(dagster_dir, NO_TELEMETRY)
+    crashed = audit_dataset(declaration, settings, instance)
+    assert crashed.items == 0 and len(crashed.orphans) == crashed.objects >= 1
+    assert list((settings.work_dir).glob("run-*")), "the killed run's staging folder"
+
+    rerun = subprocess.run([*command, dagster_dir], env=env, cwd=PROJECT_ROOT, timeout=RUN_TIMEOUT)
+
+    assert rerun.returncode == 0
+    assert_no_drift(declaration, settings, instance)
+    assert not list((settings.work_dir).glob("run-*")), "staging folders of dead runs are swept"
+    instance.dispose()
+
+
+def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
+    home = tmp_path / "bq"
+    env = cli_env(home)
+    assert finished(cli("demo-data", env=env))[0] == 0
+    assert finished(cli("materialize", "demo", env=env))[0] == 0
+    objects = home / "objects" / "io" / "demo"
+    (objects / "demo_elevation.tif").unlink()
+    (objects / "crash-leftover.tif").write_bytes(b"orphan")
+    # An item nobody planned (a partition since removed from the declaration, say).
+    extra = json.loads(
+        (home / "catalog" / "demo" / "demo_landcover" / "demo_landcover.json").read_text()
+    )
+    extra["id"] = "demo_retired"
+    extra["assets"]["data"]["href"] = str(objects / "demo_retired.tif")
+    settings = Settings.from_env({"BQ_HOME": str(home)})
+    with built_services(settings) as services:
+        services.publisher.upsert_item(pystac.Item.from_dict(extra))
+
+    status, output = finished(cli("audit", "demo", env=env))
+    assert status == 1, output
+    assert (
+        "demo: DRIFT: 4 items, 3 objects, 1 missing_objects, 0 changed_objects, 1 orphans, "
+        "1 outside_partitions, 0 duplicates" in output
+    )
+    assert "io/demo/crash-leftover.tif" in output and "demo_retired" in output
+
+    status, output = finished(cli("audit", "demo", "--fix", env=env))
+    assert "deleted 1 orphan objects" in output and "re-publishing 1 partitions" in output
+    assert not (objects / "crash-leftover.tif").exists()
+    assert (objects / "demo_elevation.tif").is_file()
+    assert status == 1 and "1 items lie outside the dataset's partitions" in output, output
+
+    with built_services(settings) as services:
+        services.publisher.delete_item("demo", "demo_retired")
+    status, output = finished(cli("audit", "demo", env=env))
+    assert status == 0 and "demo: no drift: 3 items, 3 objects" in output, output
