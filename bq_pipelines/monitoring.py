@@ -31,9 +31,8 @@ def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
         run_id=run_id, of_type=dg.DagsterEventType.ENGINE_EVENT
     ).records
     for record in records:
-        entry = record.event_log_entry
-        event = entry.dagster_event
-        if event is None or not (entry.user_message or "").startswith(STARTED_MESSAGE):
+        event = record.event_log_entry.dagster_event
+        if event is None or not (event.message or "").startswith(STARTED_MESSAGE):
             continue
         pid = event.engine_event_data.metadata.get("pid")
         if pid is not None and str(pid.value).isdigit():
