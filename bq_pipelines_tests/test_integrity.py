@@ -18,13 +18,14 @@ import pystac
 import pytest
 import yaml
 
-from bq_pipelines.declarations import Declaration, builtin_declaration_files, parse_declaration
-from bq_pipelines.demo import DEMO_LAYERS, write_demo_rasters
+from bq_pipelines.declarations import Declaration
+from bq_pipelines.demo import DEMO_LAYERS
 from bq_pipelines.factory import AUDIT_CHECK, FORCE_TAG, DatasetKeys
 from bq_pipelines.lib.integrity import checksum_sha256
 from bq_pipelines.lib.locks import FileLocks, Locks, PostgresLocks, partition_lock_name
 from bq_pipelines.resources import LOCKS_FOLDER, S3ObjectStoreResource, resources_for
 from bq_pipelines.settings import Settings
+from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
 from bq_pipelines_tests.fixtures.services import services_settings
 from bq_pipelines_tests.runs import (
     audit_dataset,
@@ -41,37 +42,9 @@ RUN_TIMEOUT = 300.0
 NO_TELEMETRY = {"telemetry": {"enabled": False}}
 
 
-def demo_declaration(dataset_id: str, folder: str | None = None) -> Declaration:
-    """The built-in demo declaration under another id (and folder)."""
-    [path] = [p for p in builtin_declaration_files() if p.stem == "demo"]
-    data = yaml.safe_load(path.read_text())
-    return parse_declaration({**data, "id": dataset_id, "folder": folder or dataset_id}, path.name)
-
-
 def declaration_file(declaration_id: str, path: Path) -> Path:
-    [builtin] = [p for p in builtin_declaration_files() if p.stem == "demo"]
-    data = yaml.safe_load(builtin.read_text())
-    path.write_text(yaml.safe_dump({**data, "id": declaration_id, "folder": declaration_id}))
+    path.write_text(yaml.safe_dump({**demo_data(), "id": declaration_id, "folder": declaration_id}))
     return path
-
-
-@pytest.fixture
-def demo_sources(tmp_path: Path) -> Path:
-    root = tmp_path / "sources"
-    write_demo_rasters(root)
-    return root
-
-
-@pytest.fixture
-def local_settings(tmp_path: Path, demo_sources: Path) -> Settings:
-    return Settings.from_env(
-        {"BQ_HOME": str(tmp_path / "bq"), "BQ_LOCAL_DATA_ROOT": str(demo_sources)}
-    )
-
-
-@pytest.fixture
-def service_settings(tmp_path, demo_sources, services_env, s3_bucket, monkeypatch) -> Settings:
-    return services_settings(services_env, s3_bucket, tmp_path / "bq", demo_sources, monkeypatch)
 
 
 @pytest.fixture(params=["local", "service"])

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,9 +27,9 @@ from bq_pipelines.factory import op_name
 from bq_pipelines.launch import RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.monitoring import run_worker_pid
 from bq_pipelines_tests import backfill_location as location
-from bq_pipelines_tests.dagster_processes import BIN, Deployment, write_workspace
+from bq_pipelines_tests.dagster_processes import BIN, Deployment
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
-from bq_pipelines_tests.test_backfill import bq_env, serve_sources
+from bq_pipelines_tests.test_backfill import serve_sources, sqlite_deployment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300.0
@@ -40,32 +38,8 @@ MONTHS = 3
 
 @pytest.fixture
 def deployment(tmp_path: Path, http_host: LocalHttpHost) -> Iterator[Deployment]:
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
-    workspace = write_workspace(
-        tmp_path / "workspace.yaml", "bq_pipelines_tests.backfill_location", "chelsa_backfill"
-    )
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    short_tmp = Path(tempfile.mkdtemp(prefix="bqmon-"))  # code server sockets: short paths
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("BQ_", "DAGSTER_"))}
-    env = {
-        **inherited,
-        **bq_env(tmp_path, http_host),
-        "BQ_TEST_DATASET_ID": location.DEFAULT_ID,
-        "BQ_TEST_MONTHS": str(MONTHS),
-        "BQ_TEST_BATCH_SIZE": "1",
-        "DAGSTER_HOME": str(dagster_home),
-        "TMPDIR": str(short_tmp),
-        "PYTHONPATH": str(PROJECT_ROOT),
-    }
-    deployment = Deployment(env=env, workspace=workspace, logs=logs)
-    try:
-        yield deployment
-    finally:
-        deployment.stop()
-        shutil.rmtree(short_tmp, ignore_errors=True)
+    with sqlite_deployment(tmp_path, http_host, months=MONTHS, batch_size=1) as started:
+        yield started
 
 
 def queue_run(deployment: Deployment, partition_key: str) -> str:
