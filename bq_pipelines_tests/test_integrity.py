@@ -473,6 +473,8 @@ def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
     env = cli_env(home)
     assert finished(cli("demo-data", env=env))[0] == 0
     assert finished(cli("materialize", "demo", env=env))[0] == 0
+    status, output = finished(cli("materialize", "demo", "--force", env=env))
+    assert status == 0 and "total: 3 partitions, 3 published, 0 skipped" in output, output
     objects = home / "objects" / "io" / "demo"
     (objects / "demo_elevation.tif").unlink()
     (objects / "crash-leftover.tif").write_bytes(b"orphan")

@@ -350,7 +350,10 @@ class LocalObjectStore(ObjectStore):
 
     def record_owner(self, key: str, owner: ObjectOwner) -> None:
         path = self._path(key)
-        check_owner(str(path), self.stat(key), owner)
+        existing = self.stat(key)
+        if existing is None:
+            raise StorageError(f"cannot record the owner of {path}: no such object")
+        check_owner(str(path), existing, owner)
         try:
             self._write_owner(path, owner)
         except OSError as exc:
