@@ -112,9 +112,11 @@ def test_runs_whose_worker_and_code_server_were_killed_are_failed_and_the_queue_
         http_host.delay(urls[key].removeprefix(http_host.base_url), 120, times=None)
     free_key = location.partition_key(2, "tas")
 
-    deployment.start_daemon()
+    # Queued first, the daemon started after: two processes creating a fresh SQLite instance at
+    # once race on its schema. The queue is first in, first out: the stuck runs start first.
     stuck = [queue_run(deployment, key) for key in stuck_keys]
     queued = queue_run(deployment, free_key)
+    deployment.start_daemon()
     instance = dg.DagsterInstance.from_config(deployment.env["DAGSTER_HOME"])
     try:
         for run_id in stuck:
