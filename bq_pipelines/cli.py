@@ -1,5 +1,5 @@
-"""Command line: demo data, datasets and their partitions, materializing a dataset, catalog
-backups and restores.
+"""Command line: demo data, datasets and their partitions, materializing a dataset, auditing it
+against the object store, catalog backups and restores.
 
 `bq-pipelines materialize demo` is what `make demo` runs. With DAGSTER_HOME set (the Makefile
 sets it to .bq/dagster), runs are launched through the code location into that instance, so
@@ -18,12 +18,18 @@ from pathlib import Path
 
 import dagster as dg
 
+from bq_pipelines.audit import AuditReport, audit, delete_orphans
 from bq_pipelines.backup import cli as backup_cli
 from bq_pipelines.backup_assets import run_backup_command
 from bq_pipelines.declarations import Declaration, load_declarations
 from bq_pipelines.definitions import defs
 from bq_pipelines.demo import write_demo_rasters
-from bq_pipelines.factory import discover_files, op_name
+from bq_pipelines.factory import (
+    FORCE_TAG,
+    all_partition_dimensions,
+    discover_files,
+    op_name,
+)
 from bq_pipelines.launch import (
     Materialization,
     RunReport,
@@ -31,6 +37,7 @@ from bq_pipelines.launch import (
     materialize,
 )
 from bq_pipelines.lib.errors import ConfigError, PipelineError
+from bq_pipelines.resources import services_for
 from bq_pipelines.settings import Settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -182,14 +189,75 @@ def materialize_command(args: argparse.Namespace, settings: Settings) -> int:
     wanted = args.partition or valid
     if not wanted:
         raise ConfigError(f"dataset {declaration.id!r}: no partitions to materialize")
-    if os.environ.get("DAGSTER_HOME"):
-        with code_location_launcher(definitions, instance) as launcher:
-            done = materialize(declaration, definitions, wanted, instance, launcher, print_run)
-    else:
-        done = materialize(declaration, definitions, wanted, instance, on_run=print_run)
+    done = _materialize(declaration, definitions, wanted, instance, force=args.force)
     print_totals(done)
     _print_catalog(declaration, definitions, settings)
     return 0 if done.ok else 1
+
+
+def _materialize(
+    declaration: Declaration,
+    definitions: dg.Definitions,
+    wanted: Sequence[str],
+    instance: dg.DagsterInstance,
+    *,
+    force: bool,
+) -> Materialization:
+    tags = {FORCE_TAG: "true"} if force else {}
+    if os.environ.get("DAGSTER_HOME"):
+        with code_location_launcher(definitions, instance) as launcher:
+            return materialize(
+                declaration, definitions, wanted, instance, launcher, print_run, tags
+            )
+    return materialize(declaration, definitions, wanted, instance, on_run=print_run, tags=tags)
+
+
+def print_audit(report: AuditReport) -> None:
+    print(report.summary(), flush=True)
+    for name, entries in report.listing().items():
+        if entries:
+            print(f"  {name}:")
+            for entry in entries:
+                print(f"    {entry}")
+
+
+def audit_command(args: argparse.Namespace, settings: Settings) -> int:
+    declaration = _declaration(args.dataset)
+    definitions = defs()
+    instance = _instance()
+    partition_keys(declaration, definitions, instance, settings)  # file partitions discovered
+    job = definitions.resolve_job_def(op_name(declaration.id, "job"))
+    assert job.partitions_def is not None
+    partitions = all_partition_dimensions(declaration, job.partitions_def, instance)
+    names = ("object_store", "catalog", "sources", "locks")
+    # Built as Dagster would for a run: EnvVar secrets (STAC API token, DSN) are resolved here.
+    with dg.build_resources({name: definitions.resources[name] for name in names}) as built:
+        services = services_for(built.object_store, built.catalog, built.sources)
+        locations = built.sources.locations()
+        report = audit(declaration, partitions, services, locations)
+        print_audit(report)
+        if not args.fix or report.clean:
+            return 0 if report.clean else 1
+        deleted = delete_orphans(
+            report, declaration, partitions, services, locations, built.locks.locks()
+        )
+        print(f"deleted {len(deleted)} orphan objects")
+        if report.affected_partitions:
+            print(f"re-publishing {len(report.affected_partitions)} partitions")
+            done = _materialize(
+                declaration, definitions, report.affected_partitions, instance, force=True
+            )
+            print_totals(done)
+        report = audit(declaration, partitions, services, locations)
+        print_audit(report)
+    if report.outside_partitions:
+        print(
+            f"{len(report.outside_partitions)} items lie outside the dataset's partitions: "
+            "--fix leaves them (a partition removed from the declaration?); delete them from "
+            "the catalog by hand if they are not wanted",
+            file=sys.stderr,
+        )
+    return 0 if report.clean else 1
 
 
 def backup_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -210,12 +278,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     run = commands.add_parser("materialize", help="materialize a dataset's partitions")
     run.add_argument("dataset")
     run.add_argument("--partition", action="append", help="a partition key (default: all)")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help=f"redo every partition, even unchanged ones (run tag {FORCE_TAG}=true)",
+    )
+    check = commands.add_parser(
+        "audit", help="compare a dataset's catalog items with the objects in the store"
+    )
+    check.add_argument("dataset")
+    check.add_argument(
+        "--fix",
+        action="store_true",
+        help="delete orphan objects and re-publish the partitions of missing or changed objects",
+    )
     backup_cli.add_commands(commands)
     handlers: dict[str, Command] = {
         "demo-data": demo_data_command,
         "datasets": datasets_command,
         "partitions": partitions_command,
         "materialize": materialize_command,
+        "audit": audit_command,
         **dict.fromkeys(backup_cli.COMMANDS, backup_command),
     }
     return parser, handlers

@@ -10,16 +10,19 @@ never needs a shared file system between steps. A run processes a batch of parti
 import logging
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from bq_pipelines.audit import audit
 from bq_pipelines.declarations import FILES_DIMENSION, Declaration, Partitions, next_period
 from bq_pipelines.lib import stac
 from bq_pipelines.lib.errors import CogError, PipelineError, StacValidationError
+from bq_pipelines.lib.integrity import published_drift
+from bq_pipelines.lib.locks import Locks, partition_lock_name
 from bq_pipelines.lib.pipeline import (
     ItemPlan,
     PartitionResult,
@@ -29,9 +32,11 @@ from bq_pipelines.lib.pipeline import (
     probe_sources,
     run_items,
 )
+from bq_pipelines.lib.staging import run_staging
 from bq_pipelines.plans import SourceLocations, collection_for, plan_partition
 from bq_pipelines.resources import (
     CatalogResource,
+    LocksResource,
     ObjectStoreResource,
     SourcesResource,
     services_for,
@@ -46,7 +51,12 @@ logger = logging.getLogger(__name__)
 PARTITION_STEPS = ("raw", "cog", "object", "stac_item")
 COG_VALID_CHECK = "cog_valid"
 ITEM_VALID_CHECK = "stac_item_valid"
+AUDIT_CHECK = "catalog_matches_store"
 MAX_LISTED_ITEMS = 25
+# A run with this tag (`bq-pipelines materialize --force`, or the UI launchpad's tags) redoes
+# every partition, unchanged or not.
+FORCE_TAG = "bq/force"
+TRUE_VALUES = ("1", "true", "yes", "on")
 
 
 def op_name(dataset_id: str, suffix: str) -> str:
@@ -106,6 +116,17 @@ def keys_by_dimension(
     return {declaration.partitions.static_dimension_name: partition_key}
 
 
+def all_partition_dimensions(
+    declaration: Declaration,
+    partitions_def: dg.PartitionsDefinition,
+    instance: dg.DagsterInstance,
+) -> dict[str, dict[str, str]]:
+    """Every partition of the dataset (file partitions: those the instance knows), with its
+    dimension values."""
+    keys = partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+    return {key: keys_by_dimension(declaration, partitions_def, key) for key in keys}
+
+
 @dataclass
 class PartitionOutcome:
     """What one partition produced, as Dagster metadata per asset."""
@@ -115,34 +136,60 @@ class PartitionOutcome:
     skipped: bool = False
 
 
-def _previous_fingerprint(
-    context: dg.AssetExecutionContext, item_key: dg.AssetKey, partition_key: str
-) -> str | None:
+def forced(context: dg.AssetExecutionContext) -> bool:
+    return context.run.tags.get(FORCE_TAG, "").strip().lower() in TRUE_VALUES
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The latest materialization of a partition's asset: its metadata and run."""
+
+    metadata: Mapping[str, dg.MetadataValue]
+    run_id: str
+
+    def value(self, name: str) -> Any:
+        entry = self.metadata.get(name)
+        return entry.value if entry is not None else None
+
+
+def _previous(
+    context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partition_key: str
+) -> Previous | None:
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=item_key, asset_partitions=[partition_key]), limit=1
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition_key]), limit=1
     ).records
     if not records or records[0].asset_materialization is None:
         return None
-    value = records[0].asset_materialization.metadata.get("fingerprint")
-    return value.value if value is not None else None  # type: ignore[return-value]
+    return Previous(records[0].asset_materialization.metadata, records[0].run_id)
 
 
-def _still_published(plans: Sequence[ItemPlan], services: Services) -> bool:
-    """A skip is only safe while the catalog still holds every planned item."""
-    if not plans:
-        return False
-    ids = [p.item_id for p in plans]
-    return not services.publisher.missing_item_ids(plans[0].collection_id, ids)
-
-
-def _skipped_outcome(keys: DatasetKeys, token: str, plans: Sequence[ItemPlan]) -> PartitionOutcome:
-    reason = "source files and COG settings unchanged since the last materialization"
-    common = {"skipped": True, "skip_reason": reason}
+def _skipped_outcome(
+    context: dg.AssetExecutionContext,
+    keys: DatasetKeys,
+    partition_key: str,
+    previous: Previous,
+    plans: Sequence[ItemPlan],
+) -> PartitionOutcome:
+    """The partition as its last processing left it (carried over, so the latest
+    materialization still says what it is), marked skipped, with what was verified."""
+    reason = (
+        "source files and COG settings unchanged since the last materialization; every item "
+        "is in the catalog and every object in the store with its recorded size and sha256"
+    )
+    processed_in = previous.value("processed_in_run") or previous.run_id
     outcome = PartitionOutcome(items=len(plans), skipped=True)
     for key in keys.partitioned:
-        outcome.metadata[key] = dict(common)
+        before = (
+            previous if key == keys.step("stac_item") else _previous(context, key, partition_key)
+        )
+        outcome.metadata[key] = {
+            **(before.metadata if before is not None else {}),
+            "skipped": True,
+            "skip_reason": reason,
+            "processed_in_run": processed_in,
+        }
+    outcome.metadata[keys.step("object")]["objects_verified"] = len(plans)
     outcome.metadata[keys.step("stac_item")] |= {
-        "fingerprint": token,
         "item_ids": [p.item_id for p in plans[:MAX_LISTED_ITEMS]],
         "items": len(plans),
     }
@@ -207,15 +254,45 @@ def process_partition(
     dimension_keys: Mapping[str, str],
     services: Services,
     locations: SourceLocations,
+    locks: Locks,
 ) -> PartitionOutcome:
-    """Plan, skip if unchanged, else fetch/convert/store/publish one partition."""
+    """Plan, then, under the partition's lock, skip if unchanged and still published as
+    recorded, else fetch/convert/store/publish one partition."""
     plans = plan_partition(declaration, dimension_keys, locations)
+
+    def waiting(name: str) -> None:
+        context.log.info(f"{declaration.id} [{partition_key}]: waiting for another run of it")
+
+    # Held from the fingerprint comparison to the publication: a second run of the partition
+    # waits, then sees what the first one did.
+    with locks.hold(partition_lock_name(declaration.id, partition_key), waiting):
+        return _process_locked(context, declaration, keys, partition_key, plans, services)
+
+
+def _process_locked(
+    context: dg.AssetExecutionContext,
+    declaration: Declaration,
+    keys: DatasetKeys,
+    partition_key: str,
+    plans: Sequence[ItemPlan],
+    services: Services,
+) -> PartitionOutcome:
     urls = list(dict.fromkeys(s.url for p in plans for s in p.sources))
     token = fingerprint(plans, [f.token() for f in probe_sources(urls, services)])
-    previous = _previous_fingerprint(context, keys.step("stac_item"), partition_key)
-    if previous == token and _still_published(plans, services):
-        context.log.info(f"{declaration.id} [{partition_key}]: unchanged, skipped")
-        return _skipped_outcome(keys, token, plans)
+    previous = _previous(context, keys.step("stac_item"), partition_key)
+    if previous is not None and previous.value("fingerprint") == token and not forced(context):
+        # Unchanged sources say nothing of what happened to the objects since: check each one
+        # (a HEAD), so a deleted or overwritten object is put back, and a store that cannot be
+        # reached fails the partition instead of letting it pass as skipped.
+        drifts = published_drift(plans, services)
+        if not drifts:
+            context.log.info(f"{declaration.id} [{partition_key}]: unchanged, skipped")
+            return _skipped_outcome(context, keys, partition_key, previous, plans)
+        listed = "; ".join(str(d) for d in drifts[:MAX_LISTED_ITEMS])
+        context.log.warning(
+            f"{declaration.id} [{partition_key}]: sources unchanged but {len(drifts)} items "
+            f"or objects are not as published ({listed}): processing it again"
+        )
 
     def log_step(step: Step, detail: str) -> None:
         # Not context.log: every call is an event-log row, five per item, 25,000 for one
@@ -223,11 +300,7 @@ def process_partition(
         logger.debug("%s [%s] %s: %s", declaration.id, partition_key, step, detail)
 
     result = run_items(
-        plans,
-        services,
-        f"{declaration.id}-{partition_key}",
-        log_step,
-        collection=collection_for(declaration, []),
+        plans, services, partition_key, log_step, collection=collection_for(declaration, [])
     )
     context.log.info(
         f"{declaration.id} [{partition_key}]: {len(result.items)} items published "
@@ -267,22 +340,36 @@ def materialize_partitions(
     partitions_def: dg.PartitionsDefinition,
     services: Services,
     locations: SourceLocations,
+    locks: Locks,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """Process every partition of the run; report successes even when some fail."""
+    """Process every partition of the run; report successes even when some fail.
+
+    Partitions are staged in `<work dir>/run-<run id>/<partition>/`, removed when the step
+    ends, however it ends: two runs never share a staging folder.
+    """
     keys = DatasetKeys(declaration.id)
     outcomes: dict[str, PartitionOutcome] = {}
     failures: dict[str, BaseException] = {}
-    for partition_key in context.partition_keys:
-        dimension_keys = keys_by_dimension(declaration, partitions_def, partition_key)
-        try:
-            outcomes[partition_key] = process_partition(
-                context, declaration, keys, partition_key, dimension_keys, services, locations
-            )
-        except Exception as error:
-            failures[partition_key] = error
-            context.log.error(
-                f"{declaration.id} [{partition_key}] failed: {_failure_reason(error)}"
-            )
+    with run_staging(services.work_dir, context.run.run_id) as staging:
+        run_services = replace(services, work_dir=staging)
+        for partition_key in context.partition_keys:
+            dimension_keys = keys_by_dimension(declaration, partitions_def, partition_key)
+            try:
+                outcomes[partition_key] = process_partition(
+                    context,
+                    declaration,
+                    keys,
+                    partition_key,
+                    dimension_keys,
+                    run_services,
+                    locations,
+                    locks,
+                )
+            except Exception as error:
+                failures[partition_key] = error
+                context.log.error(
+                    f"{declaration.id} [{partition_key}] failed: {_failure_reason(error)}"
+                )
     yield from _check_results(keys, len(outcomes) + len(failures), failures)
     if failures:
         _record_successes(context, outcomes)
@@ -370,6 +457,50 @@ def files_discovery_sensor(
     return discover
 
 
+def audit_check(
+    declaration: Declaration, partitions_def: dg.PartitionsDefinition
+) -> dg.AssetChecksDefinition:
+    """The drift audit (audit.py) as a non-blocking check of the collection. Not part of the
+    dataset's job: it reads every item and HEADs every object, so it runs on request (the
+    asset's Checks tab, or `bq-pipelines audit <dataset>`), not after every batch."""
+    keys = DatasetKeys(declaration.id)
+
+    @dg.asset_check(
+        asset=keys.collection,
+        name=AUDIT_CHECK,
+        blocking=False,
+        description=(
+            "The catalog matches the object store: every item's object exists with the size "
+            "and sha256 the item says, no object under the dataset's folders lacks its item, "
+            "no item lies outside the dataset's partitions, nothing is listed twice. Repair: "
+            "`bq-pipelines audit <dataset> --fix`."
+        ),
+    )
+    def catalog_matches_store(
+        context: dg.AssetCheckExecutionContext,
+        object_store: ObjectStoreResource,
+        catalog: CatalogResource,
+        sources: SourcesResource,
+    ) -> dg.AssetCheckResult:
+        report = audit(
+            declaration,
+            all_partition_dimensions(declaration, partitions_def, context.instance),
+            services_for(object_store, catalog, sources),
+            sources.locations(),
+        )
+        context.log.info(report.summary())
+        return dg.AssetCheckResult(
+            passed=report.clean,
+            description=report.summary(),
+            metadata={
+                **report.counts(),
+                **{name: dg.MetadataValue.json(ids) for name, ids in report.listing().items()},
+            },
+        )
+
+    return catalog_matches_store
+
+
 def build_dataset(declaration: Declaration) -> dg.Definitions:
     """Assets, checks and job of one dataset."""
     keys = DatasetKeys(declaration.id)
@@ -423,10 +554,11 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
         object_store: ObjectStoreResource,
         catalog: CatalogResource,
         sources: SourcesResource,
+        locks: LocksResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         services = services_for(object_store, catalog, sources)
         yield from materialize_partitions(
-            context, declaration, partitions_def, services, sources.locations()
+            context, declaration, partitions_def, services, sources.locations(), locks.locks()
         )
 
     @dg.asset(
@@ -465,9 +597,11 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
             }
         )
 
+    audit_def = audit_check(declaration, partitions_def)
     job = dg.define_asset_job(
         op_name(declaration.id, "job"),
-        selection=dg.AssetSelection.assets(*keys.partitioned, keys.collection),
+        selection=dg.AssetSelection.assets(*keys.partitioned, keys.collection)
+        - dg.AssetSelection.checks(audit_def),
         partitions_def=partitions_def,
         description=f"Materialize {declaration.title}: partitions, then the collection.",
     )
@@ -476,4 +610,9 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
         sensors.append(files_discovery_sensor(declaration, partitions_def))
     elif reads_remote_sources(declaration):
         sensors.append(upstream_sensor(declaration, partitions_def, job))
-    return dg.Definitions(assets=[partition_assets, collection], jobs=[job], sensors=sensors)
+    return dg.Definitions(
+        assets=[partition_assets, collection],
+        asset_checks=[audit_def],
+        jobs=[job],
+        sensors=sensors,
+    )

@@ -33,6 +33,7 @@ import yaml
 from bq_pipelines.declarations import Declaration
 from bq_pipelines.factory import DatasetKeys, op_name
 from bq_pipelines.lib.errors import PipelineError
+from bq_pipelines.monitoring import fail_if_worker_gone
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -43,6 +44,7 @@ CODE_LOCATION = "bq_pipelines"
 LAUNCH_TIMEOUT_SECONDS = 300.0
 START_TIMEOUT_SECONDS = 300.0
 POLL_SECONDS = 0.5
+WORKER_CHECK_SECONDS = 5.0
 
 
 class LaunchError(PipelineError):
@@ -179,9 +181,8 @@ class CodeLocationLauncher:
 
     `launch_home` holds a workspace file and the instance configuration of DAGSTER_HOME with
     runs launched at once (see immediate_launch_config). The run executes in a process of its
-    own; this waits for it to finish. A run process killed mid-run (out of memory, say) leaves
-    its run STARTED, as it would for the UI without the daemon's run monitoring: interrupt the
-    wait, the run is in the UI.
+    own; this waits for it to finish. A run process killed mid-run (out of memory, say) is
+    noticed while waiting: the run is marked failed (monitoring.py) and the wait ends.
     """
 
     defs: dg.Definitions
@@ -248,6 +249,7 @@ class CodeLocationLauncher:
 
     def _wait(self, run_id: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        next_worker_check = 0.0
         while True:
             run = self.instance.get_run_by_id(run_id)
             if run is not None and run.is_finished:
@@ -255,6 +257,10 @@ class CodeLocationLauncher:
             # Once started, a run takes as long as its partitions do; before that, a launch that
             # never starts (a run worker that died on import) must not hang the CLI.
             started = run is not None and run.status == dg.DagsterRunStatus.STARTED
+            if started and time.monotonic() > next_worker_check:
+                next_worker_check = time.monotonic() + WORKER_CHECK_SECONDS
+                if fail_if_worker_gone(self.instance, run_id):
+                    continue  # now FAILURE: the next read ends the wait
             if not started and time.monotonic() > deadline:
                 status = run.status.value if run is not None else "not created"
                 raise LaunchError(
@@ -380,13 +386,14 @@ def materialize(
     instance: dg.DagsterInstance,
     launcher: Launcher | None = None,
     on_run: Callable[[RunReport], None] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Materialization:
     """Run the dataset's job over `partition_keys` in batches, the collection in the last run.
 
     A failed batch keeps Dagster from building the collection after it; the collection then
     gets a run of its own if any partition succeeded (published, or skipped as unchanged).
     With no successful partition no collection is published. `on_run` gets each RunReport as
-    soon as its run has finished.
+    soon as its run has finished. `tags` are added to every run (e.g. `bq/force`).
     """
     launcher = launcher or InProcessLauncher(defs, instance)
     job_name = op_name(declaration.id, "job")
@@ -407,8 +414,10 @@ def materialize(
     for index, batch in enumerate(batches):
         last = index == len(batches) - 1
         assets = [*keys.partitioned, keys.collection] if last else keys.partitioned
-        tags = {RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1]}
-        record(launcher.run(job_name, assets, tags), batch, with_collection=last)
+        batch_tags = {**(tags or {}), RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1]}
+        record(launcher.run(job_name, assets, batch_tags), batch, with_collection=last)
     if not done.collection_published and done.published + done.skipped > 0:
-        record(launcher.run(job_name, [keys.collection], {}), [], with_collection=True)
+        record(
+            launcher.run(job_name, [keys.collection], dict(tags or {})), [], with_collection=True
+        )
     return done

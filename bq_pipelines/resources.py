@@ -6,22 +6,37 @@ Each resource is an interface with real implementations picked by configuration
 
 import os
 from abc import abstractmethod
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
+import httpx
 
 from bq_pipelines.backup.backend import CatalogBackend
 from bq_pipelines.backup.pgstac import PgstacCatalog
 from bq_pipelines.backup.postgres import PgTools
 from bq_pipelines.backup.retention import RetentionPolicy
 from bq_pipelines.backup.static import StaticCatalog
-from bq_pipelines.lib.catalog import Publisher, StacApiPublisher, StaticCatalogPublisher
+from bq_pipelines.lib.catalog import (
+    API_RETRY,
+    Publisher,
+    StacApiPublisher,
+    StaticCatalogPublisher,
+)
 from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.lib.locks import DEFAULT_WAIT_SECONDS, FileLocks, Locks, PostgresLocks
 from bq_pipelines.lib.pipeline import Services
 from bq_pipelines.lib.retry import RetryPolicy
-from bq_pipelines.lib.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+from bq_pipelines.lib.storage import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_READ_TIMEOUT_S,
+    STORE_RETRY,
+    LocalObjectStore,
+    ObjectStore,
+    S3ObjectStore,
+    s3_client,
+)
 from bq_pipelines.plans import SourceLocations
 from bq_pipelines.settings import Settings
 
@@ -44,19 +59,39 @@ class LocalObjectStoreResource(ObjectStoreResource):
 
 
 class S3ObjectStoreResource(ObjectStoreResource):
-    """An S3 (or S3-compatible) bucket through dagster-aws; credentials via EnvVar."""
+    """An S3 (or S3-compatible) bucket; credentials via EnvVar.
 
-    s3: S3Resource
+    The client is the project's one configuration (`lib.storage.s3_client`: botocore's
+    standard retries, short timeouts), the one the tests use too; each operation is retried
+    within `retry_budget_seconds`.
+    """
+
     bucket: str
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    aws_access_key_id: str | None = None  # from EnvVar("AWS_ACCESS_KEY_ID") when set
+    aws_secret_access_key: str | None = None  # from EnvVar("AWS_SECRET_ACCESS_KEY") when set
     public_base_url: str | None = None
     public_read: bool = False
+    connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_S
+    read_timeout_seconds: float = DEFAULT_READ_TIMEOUT_S
+    retry_budget_seconds: float = STORE_RETRY.budget_seconds or 150.0
 
     def store(self) -> ObjectStore:
+        client = s3_client(
+            self.endpoint_url,
+            self.region_name,
+            self.aws_access_key_id,
+            self.aws_secret_access_key,
+            connect_timeout=self.connect_timeout_seconds,
+            read_timeout=self.read_timeout_seconds,
+        )
         return S3ObjectStore(
-            self.s3.get_client(),
+            client,
             self.bucket,
             base_url=self.public_base_url,
             public_read=self.public_read,
+            retry=replace(STORE_RETRY, budget_seconds=self.retry_budget_seconds),
         )
 
 
@@ -79,12 +114,17 @@ class StacApiCatalogResource(CatalogResource):
 
     url: str
     token: str | None = None  # bearer token, from EnvVar("BQ_STAC_API_TOKEN") when set
-    timeout_seconds: float = 60.0
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 30.0
+    retry_budget_seconds: float = API_RETRY.budget_seconds or 120.0
 
     def publisher(self) -> Publisher:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         return StacApiPublisher(
-            self.url, headers=headers, retry=RetryPolicy(), timeout=self.timeout_seconds
+            self.url,
+            headers=headers,
+            retry=replace(API_RETRY, budget_seconds=self.retry_budget_seconds),
+            timeout=httpx.Timeout(self.read_timeout_seconds, connect=self.connect_timeout_seconds),
         )
 
 
@@ -104,6 +144,34 @@ class SourcesResource(dg.ConfigurableResource):
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.retry_attempts, backoff_seconds=self.retry_backoff_seconds)
+
+
+class LocksResource(dg.ConfigurableResource):
+    """Per-partition locks: two runs of one partition wait for each other instead of
+    interleaving their writes (Dagster's pools limit ops, not partitions)."""
+
+    wait_seconds: float = DEFAULT_WAIT_SECONDS
+
+    @abstractmethod
+    def locks(self) -> Locks: ...
+
+
+class FileLocksResource(LocksResource):
+    """`flock` files: the embedded defaults, where every writer is on this machine."""
+
+    root: str
+
+    def locks(self) -> Locks:
+        return FileLocks(Path(self.root), self.wait_seconds)
+
+
+class PostgresLocksResource(LocksResource):
+    """Advisory locks in the pgstac database, shared by workers on every machine."""
+
+    dsn: str  # from EnvVar("BQ_PGSTAC_DSN"): it may hold a password
+
+    def locks(self) -> Locks:
+        return PostgresLocks(self.dsn, self.wait_seconds)
 
 
 class CatalogBackupResource(dg.ConfigurableResource):
@@ -145,6 +213,9 @@ class StaticCatalogBackupResource(CatalogBackupResource):
         return StaticCatalog(Path(self.root), Path(self.work_dir))
 
 
+LOCKS_FOLDER = ".locks"
+
+
 def services_for(
     object_store: ObjectStoreResource, catalog: CatalogResource, sources: SourcesResource
 ) -> Services:
@@ -170,14 +241,11 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """The implementations chosen by the settings (see settings.py for every variable)."""
     object_store: ObjectStoreResource
     if settings.object_store == "s3":
-        s3 = S3Resource(
+        object_store = S3ObjectStoreResource(
             endpoint_url=settings.s3_endpoint_url,
             region_name=settings.s3_region,
             aws_access_key_id=_env_or_none("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=_env_or_none("AWS_SECRET_ACCESS_KEY"),
-        )
-        object_store = S3ObjectStoreResource(
-            s3=s3,
             bucket=settings.s3_bucket or "",
             prefix=settings.object_prefix,
             public_base_url=settings.public_base_url,
@@ -218,9 +286,17 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         )
     else:
         backup = StaticCatalogBackupResource(root=str(settings.catalog_dir.absolute()), **policy)
+    locks: LocksResource
+    pgstac_dsn = _env_or_none("BQ_PGSTAC_DSN")
+    if settings.pgstac_dsn and pgstac_dsn is not None:
+        # The database every writer of the catalog shares, on whatever machine it runs.
+        locks = PostgresLocksResource(dsn=pgstac_dsn)
+    else:
+        locks = FileLocksResource(root=str((settings.work_dir / LOCKS_FOLDER).absolute()))
     return {
         "object_store": object_store,
         "catalog": catalog,
         "sources": sources,
         "backup": backup,
+        "locks": locks,
     }

@@ -21,6 +21,7 @@ import yaml
 from bq_pipelines.declarations import Declaration, builtin_declaration_files, parse_declaration
 from bq_pipelines.executors import executor_for
 from bq_pipelines.factory import build_dataset
+from bq_pipelines.monitoring import dead_run_workers_sensor
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
 
@@ -85,5 +86,9 @@ def defs() -> dg.Definitions:
     settings = Settings.from_env(os.environ)
     return dg.Definitions.merge(
         build_dataset(declaration_from_env(os.environ)),
-        dg.Definitions(resources=resources_for(settings), executor=executor_for(settings)),
+        dg.Definitions(
+            resources=resources_for(settings),
+            executor=executor_for(settings),
+            sensors=[dead_run_workers_sensor()],
+        ),
     )

@@ -1,20 +1,32 @@
-"""Helpers to run a dataset's assets in-process and read what they recorded."""
+"""Helpers to run a dataset's assets in-process, read what they recorded, and audit it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
 import dagster as dg
 
+from bq_pipelines.audit import AuditReport, audit
 from bq_pipelines.declarations import Declaration
-from bq_pipelines.factory import build_dataset, op_name
+from bq_pipelines.factory import all_partition_dimensions, build_dataset, op_name
 from bq_pipelines.launch import Materialization, materialize
-from bq_pipelines.resources import resources_for
+from bq_pipelines.lib.pipeline import Services
+from bq_pipelines.resources import resources_for, services_for
 from bq_pipelines.settings import Settings
 
+SERVICE_RESOURCES = ("object_store", "catalog", "sources", "locks")
 
-def dataset_definitions(declaration: Declaration, settings: Settings) -> dg.Definitions:
-    """One dataset's assets with the resources `settings` choose (like the code location)."""
+
+def dataset_definitions(
+    declaration: Declaration, settings: Settings, **overrides: dg.ConfigurableResource
+) -> dg.Definitions:
+    """One dataset's assets with the resources `settings` choose (like the code location),
+    some replaced by `overrides`."""
     return dg.Definitions.merge(
-        build_dataset(declaration), dg.Definitions(resources=resources_for(settings))
+        build_dataset(declaration),
+        dg.Definitions(resources={**resources_for(settings), **overrides}),
     )
 
 
@@ -23,14 +35,16 @@ def materialize_dataset(
     settings: Settings,
     instance: dg.DagsterInstance,
     partitions: list[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    defs: dg.Definitions | None = None,
 ) -> Materialization:
     """Materialize `partitions` (default: all) in batched in-process runs, the collection last."""
-    defs = dataset_definitions(declaration, settings)
+    defs = defs or dataset_definitions(declaration, settings)
     job = defs.resolve_job_def(op_name(declaration.id, "job"))
     keys = partitions or list(
         job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
     )
-    return materialize(declaration, defs, keys, instance)
+    return materialize(declaration, defs, keys, instance, tags=tags)
 
 
 def run_dataset(
@@ -41,6 +55,33 @@ def run_dataset(
 ) -> bool:
     """Whether every run of `materialize_dataset` succeeded."""
     return materialize_dataset(declaration, settings, instance, partitions).ok
+
+
+@contextmanager
+def built_resources(settings: Settings) -> Iterator[Any]:
+    """The resources `settings` choose, initialised as for a run (EnvVar secrets resolved)."""
+    resources = resources_for(settings)
+    with dg.build_resources({name: resources[name] for name in SERVICE_RESOURCES}) as built:
+        yield built
+
+
+@contextmanager
+def built_services(settings: Settings) -> Iterator[Services]:
+    with built_resources(settings) as built:
+        yield services_for(built.object_store, built.catalog, built.sources)
+
+
+def audit_dataset(
+    declaration: Declaration, settings: Settings, instance: dg.DagsterInstance
+) -> AuditReport:
+    """The drift audit of the dataset's every partition, as `bq-pipelines audit` runs it."""
+    defs = dataset_definitions(declaration, settings)
+    partitions_def = defs.resolve_job_def(op_name(declaration.id, "job")).partitions_def
+    assert partitions_def is not None
+    partitions = all_partition_dimensions(declaration, partitions_def, instance)
+    with built_resources(settings) as built:
+        services = services_for(built.object_store, built.catalog, built.sources)
+        return audit(declaration, partitions, services, built.sources.locations())
 
 
 def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict:

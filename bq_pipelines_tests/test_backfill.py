@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -70,8 +71,15 @@ def bq_env(tmp_path: Path, http_host: LocalHttpHost) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def deployment(tmp_path: Path, http_host: LocalHttpHost) -> Iterator[Deployment]:
+@contextmanager
+def sqlite_deployment(
+    tmp_path: Path,
+    http_host: LocalHttpHost,
+    months: int = location.DEFAULT_MONTHS,
+    batch_size: int = location.DEFAULT_BATCH_SIZE,
+) -> Iterator[Deployment]:
+    """The test code location on a SQLite instance with the project's dagster.yaml, CHELSA
+    mirrored by `http_host`; processes are started by the test and stopped on exit."""
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
@@ -87,8 +95,8 @@ def deployment(tmp_path: Path, http_host: LocalHttpHost) -> Iterator[Deployment]
         **inherited,
         **bq_env(tmp_path, http_host),
         "BQ_TEST_DATASET_ID": location.DEFAULT_ID,
-        "BQ_TEST_MONTHS": str(location.DEFAULT_MONTHS),
-        "BQ_TEST_BATCH_SIZE": str(location.DEFAULT_BATCH_SIZE),
+        "BQ_TEST_MONTHS": str(months),
+        "BQ_TEST_BATCH_SIZE": str(batch_size),
         "DAGSTER_HOME": str(dagster_home),
         "TMPDIR": str(short_tmp),
         "PYTHONPATH": str(PROJECT_ROOT),
@@ -99,6 +107,12 @@ def deployment(tmp_path: Path, http_host: LocalHttpHost) -> Iterator[Deployment]
     finally:
         deployment.stop()
         shutil.rmtree(short_tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, http_host: LocalHttpHost) -> Iterator[Deployment]:
+    with sqlite_deployment(tmp_path, http_host) as started:
+        yield started
 
 
 def test_daemon_backfill_of_120_months_runs_in_batches_and_fails_only_the_corrupt_partition(

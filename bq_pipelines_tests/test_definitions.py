@@ -86,6 +86,32 @@ def test_resources_follow_the_settings(monkeypatch):
     assert type(resources["catalog"]).__name__ == "StacApiCatalogResource"
 
 
+def test_partition_locks_follow_the_settings(monkeypatch):
+    # Embedded defaults: file locks under the work dir; with the catalog's database (what
+    # production sets), advisory locks every machine shares, the DSN read through EnvVar.
+    monkeypatch.delenv("BQ_PGSTAC_DSN", raising=False)
+    monkeypatch.setenv("BQ_WORK_DIR", "/srv/bq/work")
+    locks = defs().resources["locks"]
+    assert type(locks).__name__ == "FileLocksResource"
+    assert locks.root == "/srv/bq/work/.locks"
+    monkeypatch.setenv("BQ_PGSTAC_DSN", "postgresql://postgres@127.0.0.1:5432/bq_catalog")
+    locks = defs().resources["locks"]
+    assert type(locks).__name__ == "PostgresLocksResource"
+    assert isinstance(locks.dsn, dg.EnvVar) and locks.dsn.env_var_name == "BQ_PGSTAC_DSN"
+
+
+def test_every_dataset_has_the_drift_audit_outside_its_job(definitions):
+    job = definitions.resolve_job_def("demo_job")
+    in_job = {key.name for key in job.asset_layer.asset_graph.asset_check_keys}
+    assert in_job == {"cog_valid", "stac_item_valid"}  # the audit runs on request
+    for dataset in ("demo", "chelsa-monthly", "global-mammals"):
+        key = dg.AssetCheckKey(dg.AssetKey([dataset, "collection"]), "catalog_matches_store")
+        assert definitions.resolve_assets_def(dg.AssetKey([dataset, "collection"]))
+        assert key in definitions.resolve_asset_graph().asset_check_keys
+    sensors = {sensor.name: sensor.default_status for sensor in definitions.sensors}
+    assert sensors["dead_run_workers"] == dg.DefaultSensorStatus.RUNNING
+
+
 def test_a_bad_setting_fails_the_load_naming_the_variable(monkeypatch):
     monkeypatch.setenv("BQ_CATALOG", "ftp")
     with pytest.raises(ConfigError, match="BQ_CATALOG: 'ftp' is not one of static, stac-api"):

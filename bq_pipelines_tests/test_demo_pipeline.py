@@ -12,16 +12,14 @@ import pystac
 import pystac_client
 import pytest
 import rasterio
-import yaml
 
-from bq_pipelines.declarations import Declaration, builtin_declaration_files, parse_declaration
 from bq_pipelines.demo import DEMO_LAYERS, write_demo_rasters
 from bq_pipelines.factory import DatasetKeys, op_name
 from bq_pipelines.launch import RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.lib import cog, stac
 from bq_pipelines.resources import resources_for
-from bq_pipelines.settings import Settings
-from bq_pipelines_tests.fixtures.services import rasterio_s3_env, services_settings
+from bq_pipelines_tests.fixtures.demo import demo_declaration
+from bq_pipelines_tests.fixtures.services import rasterio_s3_env
 from bq_pipelines_tests.runs import (
     dataset_definitions,
     failure_messages,
@@ -29,35 +27,6 @@ from bq_pipelines_tests.runs import (
     materialize_dataset,
     run_dataset,
 )
-
-
-def demo_declaration(dataset_id: str) -> Declaration:
-    """The built-in demo declaration under another id, so tests never share a collection."""
-    [path] = [p for p in builtin_declaration_files() if p.stem == "demo"]
-    data = yaml.safe_load(path.read_text())
-    return parse_declaration({**data, "id": dataset_id, "folder": dataset_id}, path.name)
-
-
-@pytest.fixture
-def demo_sources(tmp_path: Path) -> Path:
-    root = tmp_path / "sources"
-    write_demo_rasters(root)
-    return root
-
-
-@pytest.fixture
-def local_settings(tmp_path: Path, demo_sources: Path) -> Settings:
-    return Settings.from_env(
-        {
-            "BQ_HOME": str(tmp_path / "bq"),
-            "BQ_LOCAL_DATA_ROOT": str(demo_sources),
-        }
-    )
-
-
-@pytest.fixture
-def service_settings(tmp_path, demo_sources, services_env, s3_bucket, monkeypatch) -> Settings:
-    return services_settings(services_env, s3_bucket, tmp_path / "bq", demo_sources, monkeypatch)
 
 
 def read_pixels(path: str, env: dict[str, str] | None = None) -> tuple[np.ndarray, dict]:

@@ -18,11 +18,18 @@ import pystac
 
 from bq_pipelines.lib.errors import CatalogError
 from bq_pipelines.lib.files import write_text_atomically
-from bq_pipelines.lib.retry import RetryPolicy, with_retries
+from bq_pipelines.lib.retry import Outage, RetryPolicy, with_retries
 
 logger = logging.getLogger(__name__)
 
 BULK_THRESHOLD = 20
+# A request that hangs is abandoned after 30 s of silence (5 s to connect); each call is retried
+# until 120 s have passed, so an outage of a minute is ridden out and a hung API costs a
+# partition about two minutes, then a single attempt per call while it stays down (`Outage`).
+API_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+API_RETRY = RetryPolicy(
+    attempts=50, backoff_seconds=1.0, max_backoff_seconds=15.0, budget_seconds=120.0
+)
 PublishOutcome = Literal["created", "updated", "unchanged", "upserted"]
 
 # Links a publisher owns: rewritten on every write, never copied from the object given.
@@ -60,9 +67,15 @@ class Publisher(ABC):
     def iter_items(self, collection_id: str) -> Iterator[dict[str, Any]]:
         """Every item of a collection, as dicts (paged for STAC APIs)."""
 
+    def get_items(self, collection_id: str, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The items of `item_ids` the catalog holds, by id (at least `id` and `assets`)."""
+        found = {i: self.get_item(collection_id, i) for i in item_ids}
+        return {i: item for i, item in found.items() if item is not None}
+
     def missing_item_ids(self, collection_id: str, item_ids: Sequence[str]) -> list[str]:
         """Which of `item_ids` the catalog does not hold."""
-        return [i for i in item_ids if self.get_item(collection_id, i) is None]
+        found = self.get_items(collection_id, item_ids)
+        return [i for i in item_ids if i not in found]
 
     @abstractmethod
     def delete_item(self, collection_id: str, item_id: str) -> None: ...
@@ -355,8 +368,9 @@ class StacApiPublisher(Publisher):
     """A STAC API with the Transactions extension (stac-fastapi-pgstac).
 
     Upserts GET first and skip unchanged content, so re-publishing is cheap and idempotent;
-    connection errors, 429 and 5xx are retried; other 4xx raise CatalogError with the
-    server's message. Headers (credentials) never appear in errors or logs.
+    connection errors, timeouts, 429 and 5xx are retried within the retry policy's time budget
+    (`API_RETRY`, `API_TIMEOUT`); other 4xx raise CatalogError with the server's message.
+    Headers (credentials) never appear in errors or logs.
     """
 
     def __init__(
@@ -365,12 +379,13 @@ class StacApiPublisher(Publisher):
         *,
         headers: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
-        timeout: float = 30.0,
+        timeout: float | httpx.Timeout = API_TIMEOUT,
         page_size: int = 500,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._shown_url = _redact(httpx.URL(self.base_url))  # for messages: no userinfo
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or API_RETRY
+        self.outage = Outage()
         self.page_size = page_size
         self._client = httpx.Client(
             base_url=self.base_url + "/", headers=dict(headers or {}), timeout=timeout
@@ -402,6 +417,7 @@ class StacApiPublisher(Publisher):
                 policy=self.retry,
                 is_transient=_is_transient,
                 describe=f"{method} {what}",
+                outage=self.outage,
             )
         except _ServerError as error:
             raise CatalogError(
@@ -505,9 +521,10 @@ class StacApiPublisher(Publisher):
     def item_url(self, collection_id: str, item_id: str) -> str:
         return f"{self._shown_url}/collections/{collection_id}/items/{item_id}"
 
-    def missing_item_ids(self, collection_id: str, item_ids: Sequence[str]) -> list[str]:
-        # One search per page of ids instead of one GET per item (5,090 items a partition).
-        found: set[str] = set()
+    def get_items(self, collection_id: str, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        # One search per page of ids instead of one GET per item (5,090 items a partition);
+        # ids and assets only: what skip-unchanged and the audit compare with the store.
+        found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(item_ids), self.page_size):
             page = list(item_ids[start : start + self.page_size])
             what = f"search of {len(page)} items in collection {collection_id!r}"
@@ -519,13 +536,13 @@ class StacApiPublisher(Publisher):
                     "collections": [collection_id],
                     "ids": page,
                     "limit": len(page),
-                    "fields": {"include": ["id"], "exclude": []},
+                    "fields": {"include": ["id", "assets"], "exclude": []},
                 },
             )
             if response.is_error:
                 raise self._refused(response, what)
-            found.update(feature["id"] for feature in response.json().get("features", []))
-        return [i for i in item_ids if i not in found]
+            found.update((f["id"], f) for f in response.json().get("features", []))
+        return found
 
     def upsert_item(self, item: pystac.Item) -> PublishOutcome:
         collection_id = item.collection_id

@@ -23,7 +23,7 @@ from bq_pipelines.lib import cog, sources, stac
 from bq_pipelines.lib.catalog import Publisher, PublishOutcome
 from bq_pipelines.lib.errors import CogError, PipelineError
 from bq_pipelines.lib.retry import RetryPolicy
-from bq_pipelines.lib.storage import ObjectStore, StoredObject, object_key
+from bq_pipelines.lib.storage import ObjectOwner, ObjectStore, StoredObject, object_key
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,9 @@ def produce_item(
     on_step(Step.DESCRIBE, plan.item_id)
     item = describe(plan, info, services.store.href(key), services)
     on_step(Step.STORE, key)
-    stored = services.store.put_file(info.path, key, sha256=info.sha256)
+    # The owner makes the store refuse to overwrite another item's object with this one.
+    owner = ObjectOwner(plan.collection_id, plan.item_id)
+    stored = services.store.put_file(info.path, key, sha256=info.sha256, owner=owner)
     info.path.unlink(missing_ok=True)
     return item, info, stored
 

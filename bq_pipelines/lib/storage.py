@@ -4,6 +4,14 @@ Keys follow the legacy layout `<prefix>/<collection folder>/<file name>`; an upl
 sha256 is already stored under the same key is skipped. Streams (database dumps) are uploaded
 as they are produced, their sha256 recorded beside them as `<key>.sha256`.
 
+Every COG records the STAC item that owns it (collection + item id: S3 metadata `bq-owner`, a
+`<file>.owner` sidecar on the local store); an upload refuses to replace an object owned by
+another item, so two items (or datasets) that compute the same key cannot overwrite each other.
+
+S3 operations are retried within a total time budget (`STORE_RETRY`) on top of botocore's
+standard retry mode, with short connect/read timeouts: an outage of a minute or two is ridden
+out, a dead endpoint fails in one budget.
+
 Hrefs (what STAC items point at):
 - with a `base_url`, both stores give `<base_url>/<url-quoted key>`;
 - without one, the local store gives the absolute file path (static catalogs on disk accept
@@ -19,20 +27,24 @@ import logging
 import re
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
-from urllib.parse import quote
+from typing import Any, BinaryIO, Protocol, TypeVar
+from urllib.parse import quote, unquote
 
 import boto3
 from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.client import BaseClient
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from s3transfer.exceptions import RetriesExceededError as S3TransferRetriesExceededError
 
 from bq_pipelines.lib.errors import StorageError
 from bq_pipelines.lib.files import copy_atomically, write_atomically, write_text_atomically
+from bq_pipelines.lib.retry import Outage, RetryPolicy, with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +55,19 @@ S3_MIN_PART_BYTES = 5 * MIB
 DEFAULT_MULTIPART_THRESHOLD_BYTES = 64 * MIB
 DEFAULT_MULTIPART_CHUNK_BYTES = 16 * MIB
 DEFAULT_MAX_ATTEMPTS = 5
+# Short enough that a hung endpoint is noticed within the retry budget; a read timeout applies
+# to each socket read, not to a whole transfer, so big uploads are not cut short.
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 30.0
+# Each S3 operation: attempts (each already retried by botocore) until 150 s have passed, so an
+# outage of at least a minute is survived whatever the jitter.
+STORE_RETRY = RetryPolicy(
+    attempts=50, backoff_seconds=1.0, max_backoff_seconds=15.0, budget_seconds=150.0
+)
 SHA256_SUFFIX = ".sha256"
+OWNER_SUFFIX = ".owner"
+OWNER_METADATA = "bq-owner"
+T = TypeVar("T")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -128,12 +152,54 @@ class ByteStream(Protocol):
 
 
 @dataclass(frozen=True)
+class ObjectOwner:
+    """The STAC item an object belongs to: only that item may replace it."""
+
+    collection: str
+    item: str
+
+    def __str__(self) -> str:
+        return f"{self.collection}/{self.item}"
+
+    def encode(self) -> str:
+        """ASCII for S3 metadata and sidecars (ids may hold any character but `/`)."""
+        return f"{quote(self.collection, safe='')}/{quote(self.item, safe='')}"
+
+    @classmethod
+    def decode(cls, text: str) -> ObjectOwner | None:
+        collection, sep, item = text.strip().partition("/")
+        if not sep or not collection or not item or "/" in item:
+            return None
+        return cls(unquote(collection), unquote(item))
+
+
+@dataclass(frozen=True)
 class StoredObject:
     key: str
     href: str  # public href (base URL + key), what STAC items point at
     size: int
     sha256: str  # "" when the object carries no recorded checksum (written by something else)
     uploaded: bool  # False when skipped because the same checksum was already stored
+    owner: ObjectOwner | None = None  # None: written before owners were recorded, or by hand
+
+
+def check_owner(where: str, existing: StoredObject | None, owner: ObjectOwner | None) -> None:
+    """StorageError when `existing` belongs to another item than `owner` (nothing is written).
+
+    An object with no recorded owner may be claimed: it predates owners, or was put by hand.
+    """
+    if existing is None or existing.owner is None or existing.owner == owner:
+        return
+    claimant = f"item {owner}" if owner is not None else "a writer that names no item"
+    raise StorageError(
+        f"refusing to overwrite {where}: it belongs to item {existing.owner}, and {claimant} "
+        "would replace it. Two items compute the same object key: give them distinct "
+        "`folder` or file names (nothing was uploaded)"
+    )
+
+
+def same_content(existing: StoredObject | None, size: int, sha256: str) -> bool:
+    return existing is not None and existing.size == size and existing.sha256 == sha256
 
 
 class ObjectStore(ABC):
@@ -141,9 +207,21 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def put_file(
-        self, path: Path, key: str, *, sha256: str, content_type: str = COG_MEDIA_TYPE
+        self,
+        path: Path,
+        key: str,
+        *,
+        sha256: str,
+        owner: ObjectOwner | None = None,
+        content_type: str = COG_MEDIA_TYPE,
     ) -> StoredObject:
-        """Store `path` under `key` unless an object with the same sha256 is already there."""
+        """Store `path` under `key` unless an object with the same size and sha256 is already
+        there, recording `owner`. StorageError (nothing written) when the object under `key`
+        belongs to another item (see `check_owner`)."""
+
+    @abstractmethod
+    def record_owner(self, key: str, owner: ObjectOwner) -> None:
+        """Record `owner` on an existing object that has none (written before owners were)."""
 
     @abstractmethod
     def put_stream(
@@ -165,7 +243,7 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def stat(self, key: str) -> StoredObject | None:
-        """The stored object (with its recorded sha256) or None."""
+        """The stored object (with its recorded sha256 and owner) or None."""
 
     @abstractmethod
     def list_keys(self, prefix: str) -> list[str]:
@@ -189,10 +267,13 @@ class ObjectStore(ABC):
 
 
 class LocalObjectStore(ObjectStore):
-    """Files under `root/<key>`, each with a `<file>.sha256` sidecar in `sha256sum` format.
+    """Files under `root/<key>`, each with a `<file>.sha256` sidecar in `sha256sum` format and,
+    for COGs, a `<file>.owner` sidecar (`<collection>/<item>`, percent-encoded).
 
-    The sidecar makes `stat` cheap and lets `sha256sum -c` verify a copied tree. Content types
-    are not stored (a filesystem has none); the file extension carries it.
+    The sidecar makes `stat` cheap and lets `sha256sum -c` verify a copied tree; a sidecar
+    older than its file (the file was replaced in place since) is not trusted: the file is
+    hashed again. Content types are not stored (a filesystem has none); the file extension
+    carries it.
     """
 
     def __init__(self, root: Path, base_url: str | None = None) -> None:
@@ -206,9 +287,17 @@ class LocalObjectStore(ObjectStore):
     def _sidecar(path: Path) -> Path:
         return path.with_name(path.name + SHA256_SUFFIX)
 
+    @staticmethod
+    def _owner_sidecar(path: Path) -> Path:
+        return path.with_name(path.name + OWNER_SUFFIX)
+
     def _recorded_sha256(self, path: Path) -> str | None:
+        sidecar = self._sidecar(path)
         try:
-            text = self._sidecar(path).read_text()
+            text = sidecar.read_text()
+            # Written after its file: an older one describes content replaced since.
+            if sidecar.stat().st_mtime_ns < path.stat().st_mtime_ns:
+                return None
         except FileNotFoundError:
             return None
         recorded = text.split(maxsplit=1)[0] if text.strip() else ""
@@ -217,30 +306,58 @@ class LocalObjectStore(ObjectStore):
     def _record_sha256(self, path: Path, sha256: str) -> None:
         write_text_atomically(self._sidecar(path), sha256_line(sha256, path.name), _TEMP_PREFIX)
 
+    def _recorded_owner(self, path: Path) -> ObjectOwner | None:
+        try:
+            return ObjectOwner.decode(self._owner_sidecar(path).read_text())
+        except FileNotFoundError:
+            return None
+
+    def _write_owner(self, path: Path, owner: ObjectOwner) -> None:
+        write_text_atomically(self._owner_sidecar(path), owner.encode() + "\n", _TEMP_PREFIX)
+
     def put_file(
-        self, path: Path, key: str, *, sha256: str, content_type: str = COG_MEDIA_TYPE
+        self,
+        path: Path,
+        key: str,
+        *,
+        sha256: str,
+        owner: ObjectOwner | None = None,
+        content_type: str = COG_MEDIA_TYPE,
     ) -> StoredObject:
         validate_sha256(sha256)
         dest = self._path(key)
+        existing = self.stat(key)
+        check_owner(str(dest), existing, owner)
         try:
             size = path.stat().st_size
-            if (
-                dest.is_file()
-                and dest.stat().st_size == size
-                and self._recorded_sha256(dest) == sha256
-            ):
+            if existing is not None and same_content(existing, size, sha256):
                 logger.debug("skip %s: same sha256 already stored", dest)
-                return StoredObject(key, self.href(key), size, sha256, uploaded=False)
+                if owner is not None and existing.owner is None:
+                    self._write_owner(dest, owner)
+                return StoredObject(key, self.href(key), size, sha256, False, owner)
             dest.parent.mkdir(parents=True, exist_ok=True)
             # Drop the old checksum first: a crash between the two writes must not leave a
             # sidecar that vouches for content it does not describe.
             self._sidecar(dest).unlink(missing_ok=True)
             copy_atomically(path, dest, _TEMP_PREFIX)
             self._record_sha256(dest, sha256)
+            if owner is not None:
+                self._write_owner(dest, owner)
         except OSError as exc:
             raise StorageError(f"cannot store {path} as {dest}: {exc.strerror or exc}") from exc
         logger.info("stored %s (%d bytes)", dest, size)
-        return StoredObject(key, self.href(key), size, sha256, uploaded=True)
+        return StoredObject(key, self.href(key), size, sha256, True, owner)
+
+    def record_owner(self, key: str, owner: ObjectOwner) -> None:
+        path = self._path(key)
+        existing = self.stat(key)
+        if existing is None:
+            raise StorageError(f"cannot record the owner of {path}: no such object")
+        check_owner(str(path), existing, owner)
+        try:
+            self._write_owner(path, owner)
+        except OSError as exc:
+            raise StorageError(f"cannot record the owner of {path}: {exc.strerror or exc}") from exc
 
     def put_stream(
         self, stream: ByteStream, key: str, *, content_type: str, private: bool = False
@@ -287,11 +404,12 @@ class LocalObjectStore(ObjectStore):
                 # Written by hand or interrupted before its sidecar: hash once and record it.
                 sha256 = file_sha256(path)
                 self._record_sha256(path, sha256)
+            owner = self._recorded_owner(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StorageError(f"cannot stat {path}: {exc.strerror or exc}") from exc
-        return StoredObject(key, self.href(key), size, sha256, uploaded=False)
+        return StoredObject(key, self.href(key), size, sha256, False, owner)
 
     def list_keys(self, prefix: str) -> list[str]:
         # A prefix with `..` would walk outside root.
@@ -302,7 +420,7 @@ class LocalObjectStore(ObjectStore):
             return []
         keys = []
         for path in start.rglob("*"):
-            if not path.is_file() or path.name.endswith(SHA256_SUFFIX) or _is_temp(path):
+            if not path.is_file() or path.name.endswith(_SIDECAR_SUFFIXES) or _is_temp(path):
                 continue
             key = path.relative_to(self.root).as_posix()
             if key.startswith(prefix):
@@ -314,6 +432,7 @@ class LocalObjectStore(ObjectStore):
         try:
             path.unlink(missing_ok=True)
             self._sidecar(path).unlink(missing_ok=True)
+            self._owner_sidecar(path).unlink(missing_ok=True)
             _remove_empty_parents(path.parent, self.root)
         except OSError as exc:
             raise StorageError(f"cannot delete {path}: {exc.strerror or exc}") from exc
@@ -328,6 +447,7 @@ class LocalObjectStore(ObjectStore):
 
 
 _TEMP_PREFIX = ".bq-tmp-"
+_SIDECAR_SUFFIXES = (SHA256_SUFFIX, OWNER_SUFFIX)
 
 
 class _HashingReader:
@@ -378,8 +498,12 @@ def s3_client(
     secret_access_key: str | None = None,
     *,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S,
 ) -> BaseClient:
-    """A boto3 S3 client with botocore's standard retry mode (backoff on throttling, 5xx).
+    """The one S3 client configuration of the project (production resources and tests alike):
+    botocore's standard retry mode (backoff on throttling, 5xx, connection errors) and short
+    connect/read timeouts. `S3ObjectStore` adds a total time budget on top.
 
     `max_attempts` counts every attempt, the first included (botocore's `total_max_attempts`).
 
@@ -390,6 +514,8 @@ def s3_client(
     config = Config(
         retries={"mode": "standard", "total_max_attempts": max_attempts},
         s3={"addressing_style": "path" if endpoint_url else "auto"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
     )
     return boto3.session.Session().client(
         "s3",
@@ -415,6 +541,26 @@ def _s3_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+)
+
+
+def is_transient_s3_error(exc: BaseException) -> bool:
+    """Worth another attempt: no connection, a timeout, 5xx, throttling (also when s3transfer
+    wrapped it)."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = exc.response.get("Error", {}).get("Code", "")
+        return status >= 500 or status == 429 or code in _TRANSIENT_CODES
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, (Boto3Error, S3TransferRetriesExceededError)):
+        cause = exc.__cause__ or exc.__context__
+        return cause is not None and is_transient_s3_error(cause)
+    return False
+
+
 def _is_not_found(exc: ClientError) -> bool:
     error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -426,9 +572,11 @@ def _is_not_found(exc: ClientError) -> bool:
 class S3ObjectStore(ObjectStore):
     """Objects in one bucket; keys are used as given (the prefix is part of each key).
 
-    The sha256 is stored as object metadata (`x-amz-meta-sha256`), so `stat` is one HEAD.
-    Retries are the client's job (see `s3_client`); upload uses boto3's managed transfer,
-    multipart above `multipart_threshold_bytes`.
+    The sha256 and the owner are stored as object metadata (`x-amz-meta-sha256`,
+    `x-amz-meta-bq-owner`), so `stat` is one HEAD. Every request is retried by the client (see
+    `s3_client`), and each operation again within `retry`'s time budget; after one operation
+    spent its whole budget, the next ones try once until one succeeds (`Outage`). Upload uses
+    boto3's managed transfer, multipart above `multipart_threshold_bytes`.
     """
 
     def __init__(
@@ -440,6 +588,7 @@ class S3ObjectStore(ObjectStore):
         public_read: bool = False,
         multipart_threshold_bytes: int = DEFAULT_MULTIPART_THRESHOLD_BYTES,
         multipart_chunk_bytes: int = DEFAULT_MULTIPART_CHUNK_BYTES,
+        retry: RetryPolicy = STORE_RETRY,
     ) -> None:
         if multipart_chunk_bytes < S3_MIN_PART_BYTES:
             raise StorageError(
@@ -454,26 +603,65 @@ class S3ObjectStore(ObjectStore):
             multipart_threshold=multipart_threshold_bytes,
             multipart_chunksize=multipart_chunk_bytes,
         )
+        self.retry = retry
+        self.outage = Outage()
 
     def _error(self, action: str, key: str, exc: Exception) -> StorageError:
         return StorageError(f"S3 {action} s3://{self.bucket}/{key} failed: {_s3_reason(exc)}")
 
+    def _retrying(self, action: str, key: str, operation: Callable[[], T]) -> T:
+        """`operation` retried on transient errors within the budget; errors propagate as is."""
+        return with_retries(
+            operation,
+            policy=self.retry,
+            is_transient=is_transient_s3_error,
+            describe=f"S3 {action} s3://{self.bucket}/{key}",
+            outage=self.outage,
+        )
+
+    def _metadata(self, sha256: str, owner: ObjectOwner | None) -> dict[str, str]:
+        metadata = {"sha256": sha256}
+        if owner is not None:
+            metadata[OWNER_METADATA] = owner.encode()
+        return metadata
+
     def put_file(
-        self, path: Path, key: str, *, sha256: str, content_type: str = COG_MEDIA_TYPE
+        self,
+        path: Path,
+        key: str,
+        *,
+        sha256: str,
+        owner: ObjectOwner | None = None,
+        content_type: str = COG_MEDIA_TYPE,
     ) -> StoredObject:
         validate_key(key)
         validate_sha256(sha256)
         existing = self.stat(key)
-        if existing is not None and existing.sha256 == sha256:
+        check_owner(f"s3://{self.bucket}/{key}", existing, owner)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise StorageError(
+                f"S3 upload of {path} to s3://{self.bucket}/{key} failed: {exc.strerror or exc}"
+            ) from exc
+        if existing is not None and same_content(existing, size, sha256):
             logger.debug("skip s3://%s/%s: same sha256 already stored", self.bucket, key)
-            return existing
-        extra_args: dict[str, Any] = {"ContentType": content_type, "Metadata": {"sha256": sha256}}
+            if owner is not None and existing.owner is None:
+                self._replace_metadata(key, sha256, owner, content_type)
+            return StoredObject(key, existing.href, size, sha256, False, owner or existing.owner)
+        extra_args: dict[str, Any] = {
+            "ContentType": content_type,
+            "Metadata": self._metadata(sha256, owner),
+        }
         if self.public_read:
             extra_args["ACL"] = "public-read"
         try:
-            size = path.stat().st_size
-            self.client.upload_file(
-                str(path), self.bucket, key, ExtraArgs=extra_args, Config=self.transfer_config
+            self._retrying(
+                "upload",
+                key,
+                lambda: self.client.upload_file(
+                    str(path), self.bucket, key, ExtraArgs=extra_args, Config=self.transfer_config
+                ),
             )
         except OSError as exc:
             raise StorageError(
@@ -482,12 +670,49 @@ class S3ObjectStore(ObjectStore):
         except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise self._error("upload", key, exc) from exc
         logger.info("uploaded s3://%s/%s (%d bytes)", self.bucket, key, size)
-        return StoredObject(key, self.href(key), size, sha256, uploaded=True)
+        return StoredObject(key, self.href(key), size, sha256, True, owner)
+
+    def _replace_metadata(
+        self, key: str, sha256: str, owner: ObjectOwner, content_type: str
+    ) -> None:
+        """Rewrite an object's metadata in place (a server-side copy, multipart when big)."""
+        extra_args: dict[str, Any] = {
+            "ContentType": content_type,
+            "Metadata": self._metadata(sha256, owner),
+            "MetadataDirective": "REPLACE",
+        }
+        if self.public_read:
+            extra_args["ACL"] = "public-read"  # a copy gets the default ACL otherwise
+        source = {"Bucket": self.bucket, "Key": key}
+        try:
+            self._retrying(
+                "copy",
+                key,
+                lambda: self.client.copy(
+                    source, self.bucket, key, ExtraArgs=extra_args, Config=self.transfer_config
+                ),
+            )
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise self._error("owner update of", key, exc) from exc
+
+    def record_owner(self, key: str, owner: ObjectOwner) -> None:
+        existing = self.stat(key)
+        if existing is None:
+            raise StorageError(f"S3 owner update of s3://{self.bucket}/{key}: no such object")
+        check_owner(f"s3://{self.bucket}/{key}", existing, owner)
+        if not existing.sha256:
+            raise StorageError(
+                f"S3 owner update of s3://{self.bucket}/{key}: the object has no recorded sha256"
+            )
+        if existing.owner != owner:
+            self._replace_metadata(key, existing.sha256, owner, COG_MEDIA_TYPE)
 
     def stat(self, key: str) -> StoredObject | None:
         validate_key(key)
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
+            head = self._retrying(
+                "head", key, lambda: self.client.head_object(Bucket=self.bucket, Key=key)
+            )
         except ClientError as exc:
             if not _is_not_found(exc):
                 raise self._error("head", key, exc) from exc
@@ -499,8 +724,10 @@ class S3ObjectStore(ObjectStore):
             return None
         except BotoCoreError as exc:
             raise self._error("head", key, exc) from exc
-        sha256 = head.get("Metadata", {}).get("sha256") or self._sidecar_sha256(key)
-        return StoredObject(key, self.href(key), head["ContentLength"], sha256, uploaded=False)
+        metadata = head.get("Metadata", {})
+        sha256 = metadata.get("sha256") or self._sidecar_sha256(key)
+        owner = ObjectOwner.decode(metadata.get(OWNER_METADATA, ""))
+        return StoredObject(key, self.href(key), head["ContentLength"], sha256, False, owner)
 
     def _sidecar_sha256(self, key: str) -> str:
         """The checksum `put_stream` wrote beside `key` (metadata cannot hold it), or ""."""
@@ -529,12 +756,16 @@ class S3ObjectStore(ObjectStore):
                 ExtraArgs={"ContentType": content_type, **acl},
                 Config=self.transfer_config,
             )
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=sidecar,
-                Body=sha256_line(reader.sha256, key).encode("ascii"),
-                ContentType="text/plain",
-                **acl,
+            self._retrying(
+                "upload",
+                sidecar,
+                lambda: self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=sidecar,
+                    Body=sha256_line(reader.sha256, key).encode("ascii"),
+                    ContentType="text/plain",
+                    **acl,
+                ),
             )
         except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise self._error("upload", key, exc) from exc
@@ -548,7 +779,7 @@ class S3ObjectStore(ObjectStore):
             self.client.download_fileobj(self.bucket, key, handle, Config=self.transfer_config)
 
         try:
-            write_atomically(path, fetch)
+            self._retrying("download", key, lambda: write_atomically(path, fetch))
         except ClientError as exc:
             if _is_not_found(exc):
                 raise StorageError(
@@ -562,7 +793,11 @@ class S3ObjectStore(ObjectStore):
     def get_bytes(self, key: str) -> bytes | None:
         validate_key(key)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return self._retrying(
+                "get",
+                key,
+                lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(),
+            )
         except ClientError as exc:
             if _is_not_found(exc):
                 return None
@@ -573,7 +808,7 @@ class S3ObjectStore(ObjectStore):
     def _bucket_exists(self) -> bool:
         """Tells "no such key" from "no such bucket" after a body-less 404 on HEAD."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self._retrying("head bucket", "", lambda: self.client.head_bucket(Bucket=self.bucket))
         except ClientError as exc:
             if _is_not_found(exc):
                 return False
@@ -583,23 +818,27 @@ class S3ObjectStore(ObjectStore):
         return True
 
     def list_keys(self, prefix: str) -> list[str]:
-        keys: list[str] = []
-        try:
+        def listing() -> list[str]:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix
             )
-            for page in pages:
-                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+            return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+        try:
+            return sorted(self._retrying("list", f"{prefix}*", listing))
         except (ClientError, BotoCoreError) as exc:
             raise self._error("list", f"{prefix}*", exc) from exc
-        return sorted(keys)
 
     def delete(self, key: str) -> None:
         validate_key(key)
         objects = [{"Key": key}, {"Key": key + SHA256_SUFFIX}]  # put_stream's checksum too
         try:
-            response = self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+            response = self._retrying(
+                "delete",
+                key,
+                lambda: self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+                ),
             )
         except (ClientError, BotoCoreError) as exc:
             raise self._error("delete", key, exc) from exc

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pystac
 import pytest
 from pystac_client import Client
@@ -312,8 +313,39 @@ def test_missing_item_ids_pages_through_search(
     api.page_size = 7
     wanted = [f"sp-{n:03d}" for n in range(25, 35)]
     assert api.missing_item_ids(api_collection_id, wanted) == [f"sp-{n:03d}" for n in range(30, 35)]
+    # What skip-unchanged compares with the store: each found item's assets (sizes, checksums).
+    found = api.get_items(api_collection_id, wanted)
+    assert sorted(found) == [f"sp-{n:03d}" for n in range(25, 30)]
+    expected_asset = items[27].assets["data"].to_dict()
+    assert found["sp-027"]["assets"]["data"]["file:checksum"] == expected_asset["file:checksum"]
+    assert found["sp-027"]["assets"]["data"]["href"] == expected_asset["href"]
 
     static = StaticCatalogPublisher(tmp_path / "catalog")
     static.ensure_collection(collection_for(api_collection_id, []))
     assert static.upsert_items(items[:3]) == ["created"] * 3
     assert static.missing_item_ids(api_collection_id, ["sp-000", "sp-003"]) == ["sp-003"]
+
+
+def test_a_hung_api_fails_within_the_budget_then_fast(
+    stac_api_url: str, tcp_proxy_factory, item_template: dict[str, Any]
+) -> None:
+    # A server that accepts connections and never answers: each attempt ends at the read
+    # timeout, the call at the budget (not attempts x timeout per call, as before).
+    proxy = tcp_proxy_factory(int(stac_api_url.rsplit(":", 1)[1]))
+    publisher = StacApiPublisher(
+        proxy.url,
+        retry=RetryPolicy(attempts=50, backoff_seconds=0.05, budget_seconds=1.0),
+        timeout=httpx.Timeout(0.3, connect=0.3),
+    )
+    proxy.hang()
+    with pytest.raises(CatalogError, match=r"unreachable.*ReadTimeout"):
+        publisher.get_item("c", "i")
+    spent = proxy.refused
+    assert spent > 1
+    # Still hung: the publisher now tries each call once, a partition fails in one timeout.
+    with pytest.raises(CatalogError, match="unreachable"):
+        publisher.upsert_item(clone(item_template, "c", "i"))
+    assert proxy.refused == spent + 1
+    proxy.up()
+    assert publisher.get_item("c", "i") is None  # answered (404): the outage is over
+    assert not publisher.outage.ongoing

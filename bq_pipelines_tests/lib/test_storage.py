@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,10 +18,12 @@ import pytest
 import rasterio
 
 from bq_pipelines.lib.errors import StorageError
+from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.storage import (
     COG_MEDIA_TYPE,
     MIB,
     LocalObjectStore,
+    ObjectOwner,
     ObjectStore,
     S3ObjectStore,
     StoredObject,
@@ -28,6 +31,7 @@ from bq_pipelines.lib.storage import (
     object_key,
     s3_client,
 )
+from bq_pipelines.resources import S3ObjectStoreResource
 from bq_pipelines_tests.fixtures.services import rasterio_s3_env
 from bq_pipelines_tests.rasters import RasterSpec, raster_values, write_raster
 
@@ -458,8 +462,9 @@ def test_s3_unreachable_endpoint_error(tmp_path: Path, services_env: dict[str, s
     secret = services_env["AWS_SECRET_ACCESS_KEY"]
     # Port 9 (discard) is closed on loopback: connection refused at once; one attempt only.
     client = s3_client("http://127.0.0.1:9", "us-east-1", "bq-local-test", secret, max_attempts=1)
+    store = S3ObjectStore(client, "bq-io", retry=RetryPolicy(attempts=1))
     with pytest.raises(StorageError, match=r"s3://bq-io/io/a\.tif.*EndpointConnectionError") as e:
-        S3ObjectStore(client, "bq-io").stat("io/a.tif")
+        store.stat("io/a.tif")
     assert secret not in error_chain_text(e.value)
 
 
@@ -657,3 +662,150 @@ def test_s3_failed_stream_leaves_no_multipart_upload(store_client, s3_bucket: st
     with pytest.raises(RuntimeError, match="producer failed"):
         store.put_stream(FailingStream(os.urandom(12 * MIB)), "backups/db/a.dump", content_type="x")
     assert store_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Owners: an object belongs to one item, which alone may replace it
+
+
+A_OWNER = ObjectOwner("col-a", "item-a")
+B_OWNER = ObjectOwner("col-b", "item-b")
+
+
+def test_the_owner_is_recorded_and_another_item_is_refused(
+    any_store: ObjectStore, tmp_path: Path
+) -> None:
+    first, sha1 = write_bytes(tmp_path / "a.tif", b"A" * 1000)
+    second, sha2 = write_bytes(tmp_path / "b.tif", b"B" * 30)
+    stored = any_store.put_file(first, "io/shared/x.tif", sha256=sha1, owner=A_OWNER)
+    assert stored.owner == A_OWNER
+    assert any_store.stat("io/shared/x.tif").owner == A_OWNER  # type: ignore[union-attr]
+
+    # Another dataset's item computing the same key: refused, naming both, nothing uploaded,
+    # whether its content differs or not.
+    for path, sha in ((second, sha2), (first, sha1)):
+        with pytest.raises(StorageError) as refused:
+            any_store.put_file(path, "io/shared/x.tif", sha256=sha, owner=B_OWNER)
+        assert "col-a/item-a" in str(refused.value) and "col-b/item-b" in str(refused.value)
+        assert "nothing was uploaded" in str(refused.value)
+    with pytest.raises(StorageError, match="names no item"):
+        any_store.put_file(second, "io/shared/x.tif", sha256=sha2)
+    kept = any_store.stat("io/shared/x.tif")
+    assert kept is not None and (kept.size, kept.sha256, kept.owner) == (1000, sha1, A_OWNER)
+
+    # Its own item replaces it.
+    replaced = any_store.put_file(second, "io/shared/x.tif", sha256=sha2, owner=A_OWNER)
+    assert replaced.uploaded
+    assert any_store.stat("io/shared/x.tif").sha256 == sha2  # type: ignore[union-attr]
+
+
+def test_an_object_without_owner_is_adopted_without_upload(
+    any_store: ObjectStore, tmp_path: Path
+) -> None:
+    # Uploaded before owners were recorded: the same content gets its owner, not a new upload.
+    source, sha = write_bytes(tmp_path / "a.tif", b"legacy" * 100)
+    any_store.put_file(source, "io/col/a.tif", sha256=sha)
+    assert any_store.stat("io/col/a.tif").owner is None  # type: ignore[union-attr]
+
+    again = any_store.put_file(source, "io/col/a.tif", sha256=sha, owner=A_OWNER)
+
+    assert again.uploaded is False and again.owner == A_OWNER
+    adopted = any_store.stat("io/col/a.tif")
+    assert adopted is not None and (adopted.sha256, adopted.owner) == (sha, A_OWNER)
+    assert any_store.get_bytes("io/col/a.tif") == b"legacy" * 100
+    with pytest.raises(StorageError, match="col-a/item-a"):
+        any_store.record_owner("io/col/a.tif", B_OWNER)
+
+
+def test_owner_names_survive_any_characters(any_store: ObjectStore, tmp_path: Path) -> None:
+    owner = ObjectOwner("colección", "tas 01/../é%2F")
+    assert ObjectOwner.decode(owner.encode()) == owner
+    source, sha = write_bytes(tmp_path / "a.tif", b"x")
+    any_store.put_file(source, "io/col/a.tif", sha256=sha, owner=owner)
+    assert any_store.stat("io/col/a.tif").owner == owner  # type: ignore[union-attr]
+
+
+def test_local_file_replaced_in_place_is_hashed_again(tmp_path: Path) -> None:
+    # Overwritten by hand with garbage of the same size: the sidecar predates the file, so it
+    # no longer vouches for it.
+    source, sha = write_bytes(tmp_path / "a.tif", b"good content")
+    store = LocalObjectStore(tmp_path / "store")
+    store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER)
+    target = tmp_path / "store" / "io" / "a.tif"
+    time.sleep(0.05)  # past the filesystem's timestamp granularity
+    target.write_bytes(b"bad content!")
+
+    garbage = store.stat("io/a.tif")
+
+    assert garbage is not None and garbage.size == len(b"good content")
+    assert garbage.sha256 == file_sha256(target) != sha
+    assert store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER).uploaded
+    assert target.read_bytes() == b"good content"
+
+
+# ---------------------------------------------------------------------------------------------
+# Outages: retried within a time budget, through the one client configuration
+
+
+def test_production_and_tests_use_one_client_configuration(services_env) -> None:
+    resource = S3ObjectStoreResource(
+        bucket="bq-io",
+        endpoint_url=services_env["BQ_S3_ENDPOINT_URL"],
+        region_name=services_env["BQ_S3_REGION"],
+    )
+    store = resource.store()
+    config = store.client.meta.config  # type: ignore[attr-defined]
+    assert config.retries == {"mode": "standard", "total_max_attempts": 5}
+    assert (config.connect_timeout, config.read_timeout) == (5.0, 30.0)
+    assert store.retry.budget_seconds is not None and store.retry.budget_seconds >= 60  # type: ignore[attr-defined]
+
+
+def test_s3_outage_is_ridden_out(
+    services_env, s3_bucket: str, tmp_path: Path, tcp_proxy_factory
+) -> None:
+    proxy = tcp_proxy_factory(int(services_env["BQ_S3_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    client = s3_client(
+        proxy.url,
+        services_env["BQ_S3_REGION"],
+        services_env["AWS_ACCESS_KEY_ID"],
+        services_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    store = S3ObjectStore(
+        client, s3_bucket, retry=RetryPolicy(attempts=100, backoff_seconds=0.2, budget_seconds=60)
+    )
+    source, sha = write_bytes(tmp_path / "a.tif", b"survives" * 1000)
+    proxy.down()
+    with ThreadPoolExecutor(1) as pool:
+        upload = pool.submit(store.put_file, source, "io/a.tif", sha256=sha, owner=A_OWNER)
+        while proxy.refused < 3:  # the store is retrying against a dead endpoint
+            time.sleep(0.05)
+        proxy.up()
+        stored = upload.result()
+    assert stored.uploaded
+    assert store.stat("io/a.tif") == StoredObject(
+        "io/a.tif", f"s3://{s3_bucket}/io/a.tif", 8000, sha, False, A_OWNER
+    )
+
+
+def test_s3_dead_endpoint_fails_in_one_budget_then_fast(services_env, tcp_proxy_factory) -> None:
+    proxy = tcp_proxy_factory(int(services_env["BQ_S3_ENDPOINT_URL"].rsplit(":", 1)[1]))
+    client = s3_client(
+        proxy.url, "us-east-1", "bq-local-test", "bq-local-test-secret", max_attempts=1
+    )
+    store = S3ObjectStore(
+        client, "bq-io", retry=RetryPolicy(attempts=100, backoff_seconds=0.05, budget_seconds=1)
+    )
+    proxy.down()
+    with pytest.raises(StorageError, match=r"s3://bq-io/io/a\.tif"):
+        store.stat("io/a.tif")
+    spent = proxy.refused
+    assert spent > 1  # retried within its budget
+    # The endpoint stayed down for a whole budget: the next operations try once each.
+    for _ in range(3):
+        with pytest.raises(StorageError):
+            store.stat("io/a.tif")
+    assert proxy.refused == spent + 3
+    # Back up: the first success ends the outage.
+    proxy.up()
+    assert store.stat("io/a.tif") is None
+    assert not store.outage.ongoing
