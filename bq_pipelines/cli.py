@@ -37,6 +37,7 @@ from bq_pipelines.launch import (
     materialize,
 )
 from bq_pipelines.lib.errors import ConfigError, PipelineError
+from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.resources import services_for
 from bq_pipelines.settings import Settings
 
@@ -145,17 +146,18 @@ def print_totals(done: Materialization) -> None:
 def _print_catalog(
     declaration: Declaration, definitions: dg.Definitions, settings: Settings
 ) -> None:
-    publisher = definitions.resources["catalog"].publisher()
-    items = list(publisher.iter_items(declaration.id))
+    # Resolved as a run resolves it: its secrets (EnvVar) are read now, not in the definition.
+    catalog = definitions.resources["catalog"].process_config_and_initialize()
+    items = list(catalog.publisher().iter_items(declaration.id))
     where = (
-        settings.stac_api_url
+        redact_url(settings.stac_api_url or "")
         if settings.catalog == "stac-api"
         else (settings.catalog_dir.absolute() / "catalog.json")
     )
     print(f"\ncollection {declaration.id}: {len(items)} items in {where}")
     for item in items:
         asset = next(iter(item["assets"].values()))
-        print(f"  {item['id']}: {asset['href']}")
+        print(f"  {item['id']}: {redact_url(asset['href'])}")
 
 
 # ---------------------------------------------------------------------------- commands

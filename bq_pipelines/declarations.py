@@ -8,8 +8,11 @@ assets. Errors name the file, the field and the reason.
 from __future__ import annotations
 
 import calendar
+import itertools
+import math
 import string
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cached_property
 from importlib import resources
@@ -19,13 +22,23 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bq_pipelines.lib import names
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import ConfigError
 
 STATIC_KEY_SEPARATOR = "__"
 FILES_DIMENSION = "file"
+FILE_VARIABLES = ("file", "file_name")
 TIME_VARIABLES = ("year", "month", "day", "date")
 Cadence = Literal["yearly", "monthly", "daily"]
+# global-mammals needs 5,090 items per partition; a partition is one run's step, and its items
+# are published together.
+MAX_ITEMS_PER_PARTITION = 100_000
+MAX_STATIC_PARTITIONS = 100_000
+# At load, every partition's ids, keys, paths and dates are rendered and checked when there are
+# at most this many partitions; beyond, every static combination with the first and last
+# periods, and every period with the first combination.
+MAX_PARTITIONS_RENDERED_AT_LOAD = 100_000
 
 
 class _Strict(BaseModel):
@@ -172,6 +185,11 @@ class FilesMetadata(_Strict):
     key: str = "filename"  # the column holding the file name
     columns: Annotated[list[str], Field(min_length=1)]
 
+    @field_validator("csv")
+    @classmethod
+    def _relative(cls, csv: str) -> str:
+        return _relative_path(csv)
+
 
 class FilesDimension(_Strict):
     """One partition per file matching `glob` under the local data root, found by a sensor
@@ -184,9 +202,14 @@ class FilesDimension(_Strict):
     @field_validator("glob")
     @classmethod
     def _relative(cls, glob: str) -> str:
-        if glob.startswith("/") or ".." in Path(glob).parts:
-            raise ValueError(f"{glob!r}: must be relative to the local data root, without '..'")
-        return glob
+        return _relative_path(glob)
+
+
+def _relative_path(value: str) -> str:
+    problem = names.relative_path_problem(value)
+    if problem is not None:
+        raise ValueError(f"{value!r}: {problem}")
+    return value
 
 
 class Partitions(_Strict):
@@ -247,7 +270,7 @@ class Source(_Strict):
     url: str | None = None  # a full URL template (no host override)
     local: str | None = None  # path template relative to the local data root
     subdataset: str | None = None
-    bands: list[int] | None = None
+    bands: list[Annotated[int, Field(ge=1)]] | None = None
 
     @model_validator(mode="after")
     def _one_location(self) -> Source:
@@ -256,11 +279,26 @@ class Source(_Strict):
             raise ValueError(f"set exactly one of path (with host), url or local; got {given}")
         if self.path and not (self.host and self.base_url):
             raise ValueError("path needs host and base_url (the default of that host)")
+        if self.base_url is not None:
+            problem = names.url_path_problem(self.base_url)
+            if problem is not None:
+                raise ValueError(f"base_url: {problem}")
         return self
+
+    @property
+    def kind(self) -> Literal["path", "url", "local"]:
+        return "path" if self.path else "url" if self.url else "local"
 
     @property
     def template(self) -> str:
         return self.path or self.url or self.local or ""
+
+    def location_problem(self, rendered: str) -> str | None:
+        """Why a rendered location cannot be read safely: a local path or a host path must stay
+        under its root (no '..', absolute path, backslash or NUL); a URL must not climb."""
+        if self.kind == "url":
+            return names.url_path_problem(rendered)
+        return names.relative_path_problem(rendered)
 
 
 class ItemExpansion(_Strict):
@@ -268,10 +306,10 @@ class ItemExpansion(_Strict):
     `first_band + (i - start) * stride` of the source (e.g. one species of an EBV cube)."""
 
     variable: str
-    start: int = 1
-    count: int = Field(ge=1, le=1_000_000)
+    start: int = Field(default=1, ge=0, le=1_000_000_000)
+    count: int = Field(ge=1, le=MAX_ITEMS_PER_PARTITION)
     first_band: str = "1"  # a template rendering to an integer, e.g. "{band_offset}"
-    stride: int = Field(default=1, ge=1)
+    stride: int = Field(default=1, ge=1, le=1_000_000)
 
 
 class ItemTemplate(_Strict):
@@ -316,16 +354,26 @@ def _matches(value: Any, test: Any) -> bool:
     return str(value) == str(test)
 
 
+@dataclass(frozen=True)
+class RenderedSource:
+    """One source of a partition: which declared source applies, and its rendered location."""
+
+    source: Source
+    label: str  # the field it comes from: "source", "sources[0]", "variants[1].source"
+    location: str  # the rendered template: a path under the data root or host, or a URL
+    subdataset: str | None
+
+
 class Declaration(_Strict):
     """One dataset: the contents of one YAML file under bq_pipelines/datasets/."""
 
-    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")]
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=names.MAX_ID_LENGTH)]
     title: str
     description: str
     license: str
     providers: list[Provider] = Field(default_factory=list)
     keywords: list[str] = Field(default_factory=list)
-    folder: str  # storage folder under the object prefix
+    folder: str  # storage folder under the object prefix: keys are <prefix>/<folder>/<file>
     source: Source
     sources: list[Source] = Field(default_factory=list)  # extra inputs stacked as bands
     partitions: Partitions
@@ -337,6 +385,17 @@ class Declaration(_Strict):
     summarize: list[str] = Field(default_factory=list)  # item properties summarized from items
     links: list[dict[str, Any]] = Field(default_factory=list)  # e.g. {rel: license, href: ...}
     extra_fields: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("folder")
+    @classmethod
+    def _folder_is_a_relative_key(cls, folder: str) -> str:
+        problem = names.relative_path_problem(folder)
+        segments = folder.rstrip("/").split("/")  # keys drop a trailing '/'
+        if problem is None and any(p in ("", ".") or not p.strip() for p in segments):
+            problem = "must not contain empty or '.' segments"
+        if problem is not None:
+            raise ValueError(f"{folder!r}: {problem}")
+        return folder
 
     @model_validator(mode="after")
     def _templates_use_known_variables(self) -> Declaration:
@@ -353,20 +412,306 @@ class Declaration(_Strict):
             if unknown:
                 raise ValueError(f"variants[{index}].when: unknown template variables {unknown}")
         expand = self.item.expand
-        if expand is not None:
-            if expand.variable in known - {expand.variable} or expand.variable in self._dims:
-                raise ValueError(f"item.expand.variable: {expand.variable!r} is already a variable")
-            if expand.variable not in _template_fields(self.item.id, "item.id"):
-                raise ValueError(
-                    f"item.id: must use {{{expand.variable}}}, or expanded items share one id"
-                )
+        if expand is not None and (
+            expand.variable in known - {expand.variable} or expand.variable in self._dims
+        ):
+            raise ValueError(f"item.expand.variable: {expand.variable!r} is already a variable")
         if (
             self.partitions.time is None
             and self.item.datetime is None
             and not (self.item.start_datetime and self.item.end_datetime)
         ):
             raise ValueError("item.datetime: required when there is no time partition")
+        if bool(self.item.start_datetime) != bool(self.item.end_datetime):
+            raise ValueError("item.start_datetime: set it with item.end_datetime, or neither")
         return self
+
+    @model_validator(mode="after")
+    def _refuse_what_would_fail_after_an_upload(self) -> Declaration:
+        """Everything a run would otherwise find out after uploading objects: ids and keys
+        shared by partitions, ids the catalog refuses, paths leaving their root, dates that do
+        not parse, item counts beyond reason."""
+        combinations = math.prod(len(d.values) for d in self.partitions.static)
+        if combinations > MAX_STATIC_PARTITIONS:
+            raise ValueError(
+                f"partitions.static: {combinations} combinations, more than "
+                f"{MAX_STATIC_PARTITIONS}; split the dataset"
+            )
+        for field, template in self._key_templates():
+            missing = self._partition_variable_missing_from(template)
+            if missing is not None:
+                raise ValueError(f"{field}: {missing}")
+        self._check_rendered_partitions()
+        return self
+
+    # --------------------------------------------------------------- one partition's values
+
+    def partition_variables(
+        self, chosen: Sequence[DimensionValue], period: date | None
+    ) -> dict[str, Any]:
+        """Template variables of a time and/or static partition: the time parts of `period`,
+        then each chosen static value and its vars."""
+        variables: dict[str, Any] = {"collection": self.id}
+        if self.partitions.time is not None and period is not None:
+            variables |= time_variables(self.partitions.time, period)
+        for dimension, value in zip(self.partitions.static, chosen, strict=True):
+            variables[dimension.name] = value.value
+            variables |= value.vars
+        return variables
+
+    def variant_for(self, variables: Mapping[str, Any]) -> Variant | None:
+        return next((v for v in self.variants if v.matches(variables)), None)
+
+    def rendered_sources(self, variables: Mapping[str, Any]) -> list[RenderedSource]:
+        """The partition's sources (its variant's first, if one applies), rendered and checked
+        (ConfigError naming the field when a location could leave its root)."""
+        variant = self.variant_for(variables)
+        primary = ("source", self.source)
+        if variant is not None and variant.source is not None:
+            primary = (f"variants[{self.variants.index(variant)}].source", variant.source)
+        labelled = [primary, *((f"sources[{i}]", s) for i, s in enumerate(self.sources))]
+        rendered = []
+        for label, source in labelled:
+            field = f"{label}.{source.kind}"
+            location = render(source.template, variables, field)
+            problem = source.location_problem(location)
+            if problem is not None:
+                raise ConfigError(f"{field}: {location!r}: {problem}")
+            subdataset = None
+            if source.subdataset is not None:
+                subdataset = render(source.subdataset, variables, f"{label}.subdataset")
+                problem = names.subdataset_problem(subdataset)
+                if problem is not None:
+                    raise ConfigError(f"{label}.subdataset: {subdataset!r}: {problem}")
+            rendered.append(RenderedSource(source, label, location, subdataset))
+        return rendered
+
+    def item_variables(self, variables: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        """The variables of each item of the partition: one, or one per expanded index."""
+        expand = self.item.expand
+        if expand is None:
+            yield dict(variables)
+            return
+        for index in range(expand.start, expand.start + expand.count):
+            yield {**variables, expand.variable: index}
+
+    def first_band(self, variables: Mapping[str, Any]) -> int:
+        """The band the first expanded item reads."""
+        assert self.item.expand is not None
+        text = render(self.item.expand.first_band, variables, "item.expand.first_band")
+        try:
+            band = int(text)
+        except ValueError:
+            raise ConfigError(f"item.expand.first_band: {text!r} is not an integer") from None
+        if band < 1:
+            raise ConfigError(f"item.expand.first_band: {band} is not a band number (from 1)")
+        return band
+
+    def item_names(self, variables: Mapping[str, Any]) -> tuple[str, str]:
+        """(item id, COG file name) of one item, checked: an id the STAC API and the static
+        catalog accept, a plain file name for its object key."""
+        item_id = render(self.item.id, variables, "item.id")
+        problem = names.id_problem(item_id)
+        if problem is not None:
+            raise ConfigError(f"item.id: {item_id!r}: {problem}")
+        field = "item.file_name" if self.item.file_name else "item.id"
+        file_name = (
+            render(self.item.file_name, variables, field)
+            if self.item.file_name
+            else f"{item_id}.tif"
+        )
+        problem = names.file_name_problem(file_name)
+        if problem is not None:
+            raise ConfigError(f"{field}: file name {file_name!r}: {problem}")
+        return item_id, file_name
+
+    def item_datetimes(
+        self, variables: Mapping[str, Any]
+    ) -> tuple[datetime | None, datetime | None, datetime | None]:
+        """(datetime, start_datetime, end_datetime) of one item; start after end is an error."""
+        item = self.item
+        start = end = None
+        if item.start_datetime and item.end_datetime:
+            start = parse_datetime(
+                render(item.start_datetime, variables, "item.start_datetime"),
+                "item.start_datetime",
+            )
+            end = parse_datetime(
+                render(item.end_datetime, variables, "item.end_datetime"), "item.end_datetime"
+            )
+        moment = None
+        if item.datetime:
+            moment = parse_datetime(
+                render(item.datetime, variables, "item.datetime"), "item.datetime"
+            )
+        elif self.partitions.time is not None:
+            first = date.fromisoformat(variables["date"])
+            moment = datetime(first.year, first.month, first.day, tzinfo=UTC)
+            start = start or moment
+            end = end or period_end(first, self.partitions.time.cadence)
+        if start is not None and end is not None and start > end:
+            raise ConfigError(
+                f"item.start_datetime: {start.isoformat()} is after item.end_datetime "
+                f"{end.isoformat()}"
+            )
+        return moment, start, end
+
+    # --------------------------------------------------------------- checks at load
+
+    def _key_templates(self) -> list[tuple[str, str]]:
+        """The templates naming an item and its object: the id, and the COG's file name
+        (`<item id>.tif` by default, then the id names the object too)."""
+        templates = [("item.id", self.item.id)]
+        if self.item.file_name:
+            templates.append(("item.file_name", self.item.file_name))
+        return templates
+
+    @property
+    def key_file_template(self) -> str:
+        """The template of the file name under the folder: what two datasets may share."""
+        return self.item.file_name or f"{self.item.id}.tif"
+
+    def _partition_variable_missing_from(self, template: str) -> str | None:
+        """Why `template` would give two partitions (or two expanded items) the same value:
+        the partition variable it does not use, or None when it uses them all.
+
+        A static dimension is used through its name, or through vars whose values tell each of
+        its values apart (`file_stem` of earthenv, `variable` and `depth` together in
+        soilgrids); a dimension with a single value needs nothing. A time dimension is used
+        through its name, `date`, or the year (and month, and day) its cadence needs.
+        """
+        used = set(_template_fields(template, "template"))
+        shared_vars = self._vars_of_several_dimensions
+        for dimension in self.partitions.static:
+            if len(dimension.values) < 2 or dimension.name in used:
+                continue
+            own = sorted((used & {n for v in dimension.values for n in v.vars}) - shared_vars)
+            keys = {tuple(str(v.vars.get(n)) for n in own) for v in dimension.values}
+            if not own or len(keys) < len(dimension.values):
+                return (
+                    f"does not vary with the partition variable {{{dimension.name}}}: use it, "
+                    "or vars whose values differ for each of its values; otherwise its "
+                    "partitions would share ids and objects"
+                )
+        time = self.partitions.time
+        if time is not None and (time.end is None or time.end > time.start):
+            needed = {"yearly": ["year"], "monthly": ["year", "month"]}.get(
+                time.cadence, ["year", "month", "day"]
+            )
+            if not used & {time.name, "date"} and not used >= set(needed):
+                alternative = " and ".join(f"{{{n}}}" for n in needed)
+                return (
+                    f"does not vary with the time partition {{{time.name}}} ({time.cadence}): "
+                    f"use it, {{date}}, or {alternative}"
+                )
+        expand = self.item.expand
+        if expand is not None and expand.count > 1 and expand.variable not in used:
+            return (
+                f"does not vary with {{{expand.variable}}} (item.expand.variable): the "
+                f"{expand.count} items of a partition would share one"
+            )
+        files = self.partitions.files
+        if files is not None and not used & (set(FILE_VARIABLES) | set(self._metadata_columns)):
+            return (
+                "does not vary with the file of the partition: use {file}, {file_name} or a "
+                "column of partitions.files.metadata"
+            )
+        return None
+
+    @property
+    def _metadata_columns(self) -> list[str]:
+        files = self.partitions.files
+        return list(files.metadata.columns) if files and files.metadata else []
+
+    @cached_property
+    def _vars_of_several_dimensions(self) -> set[str]:
+        # A var that two dimensions set tells neither apart: the later one overrides it.
+        counts: dict[str, int] = {}
+        for dimension in self.partitions.static:
+            for name in {n for v in dimension.values for n in v.vars}:
+                counts[name] = counts.get(name, 0) + 1
+        return {name for name, count in counts.items() if count > 1}
+
+    def unique_metadata_columns(self) -> list[tuple[str, list[str]]]:
+        """(field, metadata columns) whose values must differ between the CSV's rows: the
+        columns an id or file name template uses instead of {file} or {file_name}."""
+        checks = []
+        for field, template in self._key_templates():
+            used = _template_fields(template, field)
+            if not set(used) & set(FILE_VARIABLES):
+                columns = [c for c in self._metadata_columns if c in used]
+                if columns:
+                    checks.append((field, columns))
+        return checks
+
+    def _check_rendered_partitions(self) -> None:
+        """Render every partition (or a sample, see MAX_PARTITIONS_RENDERED_AT_LOAD) as a run
+        would: ids and file names valid and unique, paths under their root, dates parsed."""
+        ids: dict[str, str] = {}
+        files: dict[str, str] = {}
+        file_field = "item.file_name" if self.item.file_name else "item.id"
+        # Files partitions: their values are only known at plan time, which checks dates (and
+        # every rendered value) again; placeholders would not parse as dates.
+        dated = self.partitions.files is None
+        for label, variables in self._partition_samples():
+            try:
+                for item_variables in self._sampled_items(variables):
+                    item_id, file_name = self.item_names(item_variables)
+                    _claim(ids, item_id, label, "item.id")
+                    _claim(files, file_name, label, file_field)
+                    if dated:
+                        self.item_datetimes(item_variables)
+                self.rendered_sources(variables)
+                if dated and self.item.expand is not None:
+                    self.first_band(variables)
+            except ConfigError as error:
+                raise ValueError(f"{error} (partition {label})") from None
+
+    def _sampled_items(self, variables: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The first and the last item of a partition (their ids are the shortest and the
+        longest): the coverage check above already tells the others apart."""
+        expand = self.item.expand
+        if expand is None:
+            return [dict(variables)]
+        indexes = dict.fromkeys((expand.start, expand.start + expand.count - 1))
+        return [{**variables, expand.variable: index} for index in indexes]
+
+    def _partition_samples(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(label, variables) of the partitions rendered at load."""
+        partitions = self.partitions
+        if partitions.files is not None:
+            # Any file: placeholders, strings like the real values (file names, CSV cells).
+            placeholders = dict.fromkeys(self._metadata_columns, "x")
+            yield (
+                "file=<any>",
+                {"collection": self.id, **placeholders, "file": "x", "file_name": "x.tif"},
+            )
+            return
+        combinations = list(itertools.product(*(d.values for d in partitions.static)))
+        periods: list[date | None] = (
+            list(partitions.time.period_starts()) if partitions.time else [None]
+        )
+        if not periods:
+            return
+        pairs: Iterable[tuple[int, int]]
+        if len(combinations) * len(periods) <= MAX_PARTITIONS_RENDERED_AT_LOAD:
+            pairs = itertools.product(range(len(combinations)), range(len(periods)))
+        else:
+            ends = dict.fromkeys((0, len(periods) - 1))
+            pairs = dict.fromkeys(
+                [
+                    *((0, p) for p in range(len(periods))),
+                    *itertools.product(range(len(combinations)), ends),
+                ]
+            )
+        for c, p in pairs:
+            chosen, period = combinations[c], periods[p]
+            parts = [f"{d.name}={v.value}" for d, v in zip(partitions.static, chosen, strict=True)]
+            if period is not None and partitions.time is not None:
+                parts.insert(
+                    0, f"{partitions.time.name}={period.strftime(partitions.time.key_format)}"
+                )
+            yield ", ".join(parts), self.partition_variables(chosen, period)
 
     def _templates(self) -> Iterator[tuple[str, str]]:
         labelled = [("source", self.source)]
@@ -377,10 +722,7 @@ class Declaration(_Strict):
             if variant.source is not None
         ]
         for label, source in labelled:
-            yield (
-                f"{label}.{'path' if source.path else 'url' if source.url else 'local'}",
-                (source.template),
-            )
+            yield f"{label}.{source.kind}", source.template
             if source.subdataset:
                 yield f"{label}.subdataset", source.subdataset
         if self.item.expand is not None:
@@ -403,7 +745,7 @@ class Declaration(_Strict):
     def template_variables(self) -> set[str]:
         names = {"collection"}
         if self.partitions.files:
-            names |= {"file", "file_name"}
+            names |= set(FILE_VARIABLES)
             if self.partitions.files.metadata is not None:
                 names |= set(self.partitions.files.metadata.columns)
         if self.item.expand is not None:
@@ -415,6 +757,36 @@ class Declaration(_Strict):
             for value in dim.values:
                 names |= set(value.vars)
         return names
+
+
+def _claim(seen: dict[str, str], value: str, label: str, field: str) -> None:
+    """Record that partition `label` produces `value`; two partitions may not."""
+    first = seen.setdefault(value, label)
+    if first != label:
+        raise ConfigError(
+            f"{field}: partitions {first} and {label} both give {value!r}: each partition "
+            "needs its own (check how the template joins its variables)"
+        )
+
+
+def time_variables(time: TimeDimension, start: date) -> dict[str, Any]:
+    """Template variables of the period starting at `start`."""
+    return {
+        time.name: start.strftime(time.key_format),
+        "year": start.year,
+        "month": start.month,
+        "day": start.day,
+        "date": start.isoformat(),
+    }
+
+
+def parse_datetime(text: str, field: str) -> datetime:
+    """An ISO date/time (naive means UTC); ConfigError naming the field otherwise."""
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as error:
+        raise ConfigError(f"{field}: {text!r} is not an ISO date/time: {error}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _template_fields(template: str, field: str) -> list[str]:
@@ -432,18 +804,19 @@ def render(template: str, variables: Mapping[str, Any], field: str) -> str:
     """Fill a template; errors name the field (e.g. a format spec that does not fit)."""
     try:
         return template.format(**variables)
-    except (KeyError, ValueError, IndexError) as error:
+    except (KeyError, ValueError, IndexError, TypeError) as error:
         raise ConfigError(f"{field}: cannot render {template!r}: {error}") from error
 
 
 def _format_validation_error(origin: str, error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
-        location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        location = ".".join(str(part) for part in problem["loc"])
         reason = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             reason = "unknown key"
-        lines.append(f"{origin}: {location}: {reason}")
+        # A whole-declaration check names its field first.
+        lines.append(f"{origin}: {location}: {reason}" if location else f"{origin}: {reason}")
     return "\n".join(lines)
 
 
@@ -474,10 +847,64 @@ def builtin_declaration_files() -> list[Path]:
 
 
 def load_declarations(paths: Iterable[Path] | None = None) -> list[Declaration]:
-    """Every declaration (the built-in ones by default); ids must be unique."""
-    declarations = [load_declaration_file(p) for p in (paths or builtin_declaration_files())]
+    """Every declaration (the built-in ones by default); ids must be unique, and no two
+    datasets may write the same object key."""
+    files = list(paths or builtin_declaration_files())
+    declarations = [load_declaration_file(p) for p in files]
     ids = [d.id for d in declarations]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ConfigError(f"dataset ids declared twice: {duplicates}")
+    check_distinct_keys(list(zip((p.name for p in files), declarations, strict=True)))
     return declarations
+
+
+def check_distinct_keys(declarations: Sequence[tuple[str, Declaration]]) -> None:
+    """ConfigError when two datasets can write the same object key `<prefix>/<folder>/<file>`.
+
+    Two datasets in the same folder are refused unless their file name templates provably
+    never render alike: their fixed beginnings (or endings) differ, neither being a prefix (a
+    suffix) of the other, e.g. `..._gain_{tile}.tif` and `..._lossyear_{tile}.tif`. Anything
+    weaker would have to trust which values a variable will take (a dimension gaining a
+    value, a file dropped in a folder), and a shared key loses data silently.
+    """
+    by_folder: dict[str, list[tuple[str, Declaration]]] = {}
+    for origin, declaration in declarations:
+        folder = "/".join(p for p in declaration.folder.split("/") if p)
+        by_folder.setdefault(folder, []).append((origin, declaration))
+    for folder, sharing in by_folder.items():
+        for (first_origin, first), (other_origin, other) in itertools.combinations(sharing, 2):
+            a, b = first.key_file_template, other.key_file_template
+            if templates_may_overlap(a, b):
+                raise ConfigError(
+                    f"{other_origin}: folder: {folder!r} is also the folder of {first_origin}, "
+                    f"and their file names may be the same ({b!r} and {a!r}): one dataset "
+                    "would overwrite the other's objects; give each dataset its own folder"
+                )
+
+
+def _literal_ends(template: str) -> tuple[str, str, bool]:
+    """(fixed beginning, fixed ending, whether the template is fixed text only)."""
+    parsed = list(string.Formatter().parse(template))
+    if all(name is None for _, name, _, _ in parsed):
+        text = "".join(literal for literal, _, _, _ in parsed)
+        return text, text, True
+    head = parsed[0][0]
+    tail = parsed[-1][0] if parsed[-1][1] is None else ""
+    return head, tail, False
+
+
+def templates_may_overlap(first: str, second: str) -> bool:
+    """False only when no rendering of `first` can equal one of `second`."""
+    ends = [_literal_ends(first), _literal_ends(second)]
+    fixed = [text for text, _, is_fixed in ends if is_fixed]
+    if len(fixed) == 2:
+        return fixed[0] == fixed[1]
+    if fixed:  # a fixed name against a template: does the template's frame fit it?
+        [(head, tail, _)] = [e for e in ends if not e[2]]
+        text = fixed[0]
+        return text.startswith(head) and text.endswith(tail) and len(text) >= len(head + tail)
+    (head_a, tail_a, _), (head_b, tail_b, _) = ends
+    heads_agree = head_a.startswith(head_b) or head_b.startswith(head_a)
+    tails_agree = tail_a.endswith(tail_b) or tail_b.endswith(tail_a)
+    return heads_agree and tails_agree

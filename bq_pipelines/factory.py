@@ -134,6 +134,8 @@ class PartitionOutcome:
     metadata: dict[dg.AssetKey, dict[str, Any]] = field(default_factory=dict)
     items: int = 0
     skipped: bool = False
+    # Item id -> why its raster looks constant: a warning of the item check, not a failure.
+    constant: dict[str, str] = field(default_factory=dict)
 
 
 def forced(context: dg.AssetExecutionContext) -> bool:
@@ -203,6 +205,10 @@ def _bbox_text(bbox: Sequence[float]) -> str:
 def _result_outcome(keys: DatasetKeys, token: str, result: PartitionResult) -> PartitionOutcome:
     first = result.items[0]
     outcome = PartitionOutcome(items=len(result.items))
+    for item_result in result.items:
+        warning = stac.constant_values(item_result.item)
+        if warning is not None:
+            outcome.constant[item_result.item["id"]] = warning
     outcome.metadata[keys.step("raw")] = {
         "source_urls": dg.MetadataValue.md("\n".join(f"- {f.url}" for f in result.fetched)),
         "bytes": sum(f.size for f in result.fetched),
@@ -242,6 +248,9 @@ def _result_outcome(keys: DatasetKeys, token: str, result: PartitionResult) -> P
         "unchanged": sum(1 for r in result.items if r.outcome == "unchanged"),
         "item": dg.MetadataValue.json(first.item),
         "skipped": False,
+        "constant_items": dg.MetadataValue.json(
+            dict(list(outcome.constant.items())[:MAX_LISTED_ITEMS])
+        ),
     }
     return outcome
 
@@ -306,7 +315,10 @@ def _process_locked(
         f"{declaration.id} [{partition_key}]: {len(result.items)} items published "
         f"from {len(result.fetched)} source files"
     )
-    return _result_outcome(keys, token, result)
+    outcome = _result_outcome(keys, token, result)
+    for item_id, warning in list(outcome.constant.items())[:MAX_LISTED_ITEMS]:
+        context.log.warning(f"{declaration.id} [{partition_key}] item {item_id}: {warning}")
+    return outcome
 
 
 def _failure_reason(error: BaseException) -> str:
@@ -318,19 +330,28 @@ def _failure_reason(error: BaseException) -> str:
 
 
 def _check_results(
-    keys: DatasetKeys, processed: int, failures: Mapping[str, BaseException]
+    keys: DatasetKeys,
+    processed: int,
+    failures: Mapping[str, BaseException],
+    outcomes: Mapping[str, PartitionOutcome],
 ) -> Iterator[dg.AssetCheckResult]:
     invalid_cogs = {k: str(e) for k, e in failures.items() if isinstance(e, CogError)}
     invalid_items = {k: str(e) for k, e in failures.items() if isinstance(e, StacValidationError)}
+    # All-nodata items fail the item check (StacValidationError, never published); constant
+    # ones are only reported: a mask of ones is constant and legitimate.
+    constant = {k: list(o.constant)[:MAX_LISTED_ITEMS] for k, o in outcomes.items() if o.constant}
     for check, asset, invalid in (
         (COG_VALID_CHECK, keys.step("cog"), invalid_cogs),
         (ITEM_VALID_CHECK, keys.step("stac_item"), invalid_items),
     ):
+        metadata: dict[str, Any] = {
+            "partitions_checked": processed,
+            "invalid": dg.MetadataValue.json(invalid),
+        }
+        if check == ITEM_VALID_CHECK:
+            metadata["constant_items"] = dg.MetadataValue.json(constant)
         yield dg.AssetCheckResult(
-            asset_key=asset,
-            check_name=check,
-            passed=not invalid,
-            metadata={"partitions_checked": processed, "invalid": dg.MetadataValue.json(invalid)},
+            asset_key=asset, check_name=check, passed=not invalid, metadata=metadata
         )
 
 
@@ -370,7 +391,7 @@ def materialize_partitions(
                 context.log.error(
                     f"{declaration.id} [{partition_key}] failed: {_failure_reason(error)}"
                 )
-    yield from _check_results(keys, len(outcomes) + len(failures), failures)
+    yield from _check_results(keys, len(outcomes) + len(failures), failures, outcomes)
     if failures:
         _record_successes(context, outcomes)
         raise dg.Failure(
@@ -542,7 +563,9 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
                 ITEM_VALID_CHECK,
                 asset=keys.step("stac_item"),
                 blocking=True,
-                description="Every item validates against the STAC schemas.",
+                description="Every item validates against the STAC schemas and has data: an "
+                "all-nodata raster fails (not published); a constant one is listed in the "
+                "metadata (constant_items) as a warning.",
             ),
         ],
         partitions_def=partitions_def,

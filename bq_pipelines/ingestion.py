@@ -68,7 +68,9 @@ class IngestionApiResource(dg.ConfigurableResource):
             guard=SourcePolicy(self.allowed_sources),
             max_bytes=self.max_download_bytes,
             max_seconds=self.download_timeout_seconds,
-            check_file=geotiff_check(self.max_pixels),
+            check_file=geotiff_check,
+            max_pixels=self.max_pixels,
+            settings_prefix="BQ_API_",
         )
 
 

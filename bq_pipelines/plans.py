@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import csv
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,11 @@ from bq_pipelines.declarations import (
     CogOptions,
     Declaration,
     DimensionValue,
-    Source,
+    RenderedSource,
     Variant,
-    period_end,
     render,
 )
-from bq_pipelines.lib import stac
+from bq_pipelines.lib import sources, stac
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.lib.pipeline import ItemPlan, SourceRef
@@ -40,49 +39,44 @@ class SourceLocations:
     base_urls: Mapping[str, str]
     local_root: Path
 
-    def resolve(self, source: Source, rendered: str) -> str:
+    def resolve(self, rendered: RenderedSource) -> str:
+        """The URL (or, for a local source, the resolved path) to read. A local path must stay
+        under the data root once symlinks are followed (SourceRefused otherwise)."""
+        source = rendered.source
         if source.local is not None:
-            return str((self.local_root / rendered).absolute())
+            return str(self.local_path(rendered.location))
         if source.url is not None:
-            return rendered
+            return rendered.location
         base = self.base_urls.get(source.host or "", source.base_url or "")
-        return f"{base.rstrip('/')}/{rendered.lstrip('/')}"
+        return f"{base.rstrip('/')}/{rendered.location.lstrip('/')}"
+
+    def local_path(self, relative: str) -> Path:
+        return sources.path_under_root(self.local_root, relative, "BQ_LOCAL_DATA_ROOT")
 
 
 def split_partition_key(declaration: Declaration, keys_by_dimension: Mapping[str, str]) -> dict:
     """Template variables of one partition: dimension values, their extra vars, time parts."""
     partitions = declaration.partitions
-    variables: dict[str, Any] = {"collection": declaration.id}
     if partitions.files is not None:
         file_name = keys_by_dimension[FILES_DIMENSION]
-        return variables | {"file_name": file_name, "file": Path(file_name).stem}
+        return {"collection": declaration.id, "file_name": file_name, "file": Path(file_name).stem}
+    period = None
     if partitions.time is not None:
         key = keys_by_dimension[partitions.time.name]
-        start = datetime.strptime(key, partitions.time.key_format).date()
-        variables |= {
-            partitions.time.name: key,
-            "year": start.year,
-            "month": start.month,
-            "day": start.day,
-            "date": start.isoformat(),
-        }
-    if partitions.static:
-        values = keys_by_dimension[partitions.static_dimension_name].split(STATIC_KEY_SEPARATOR)
-        for dimension, value in zip(partitions.static, values, strict=True):
-            chosen = _dimension_value(dimension.values, value, dimension.name)
-            variables[dimension.name] = chosen.value
-            variables |= chosen.vars
-    return variables
+        period = datetime.strptime(key, partitions.time.key_format).date()
+    return declaration.partition_variables(_chosen_values(declaration, keys_by_dimension), period)
 
 
 def file_metadata(declaration: Declaration, file_name: str, local_root: Path) -> dict[str, str]:
-    """The metadata CSV's row for `file_name` (its declared columns), if the dataset has one."""
+    """The metadata CSV's row for `file_name` (its declared columns), if the dataset has one.
+    Columns that name items or objects (instead of {file}) must differ from row to row."""
     files = declaration.partitions.files
     if files is None or files.metadata is None:
         return {}
     metadata = files.metadata
     path = local_root / metadata.csv
     try:
+        path = SourceLocations({}, local_root).local_path(metadata.csv)
         with path.open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
     except OSError as error:
@@ -92,8 +86,24 @@ def file_metadata(declaration: Declaration, file_name: str, local_root: Path) ->
         raise ConfigError(f"{declaration.id}: metadata CSV {path}: no column(s) {missing}")
     for row in rows:
         if row[metadata.key] == file_name:
+            _check_unique_columns(declaration, path, rows, row)
             return {column: row[column] for column in metadata.columns}
     raise ConfigError(f"{declaration.id}: metadata CSV {path} has no row for {file_name!r}")
+
+
+def _check_unique_columns(
+    declaration: Declaration, path: Path, rows: Sequence[Mapping[str, str]], row: Mapping[str, str]
+) -> None:
+    key = declaration.partitions.files.metadata.key  # type: ignore[union-attr]
+    for field, columns in declaration.unique_metadata_columns():
+        mine = [row[c] for c in columns]
+        others = [r[key] for r in rows if r[key] != row[key] and [r[c] for c in columns] == mine]
+        if others:
+            raise ConfigError(
+                f"{declaration.id}: metadata CSV {path}: the rows of {row[key]!r} and "
+                f"{others[0]!r} have the same {', '.join(columns)} ({', '.join(mine)}), which "
+                f"{field} uses: their items would share an id or an object"
+            )
 
 
 def _dimension_value(values: list[DimensionValue], key: str, name: str) -> DimensionValue:
@@ -113,14 +123,6 @@ def _render_value(template: Any, variables: Mapping[str, Any], field: str) -> An
         if name in variables:
             return variables[name]
     return render(template, variables, field)
-
-
-def _parse_datetime(text: str, field: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as error:
-        raise ConfigError(f"{field}: {text!r} is not an ISO date/time: {error}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _chosen_values(
@@ -151,66 +153,56 @@ def _cog_settings(
 
 
 def _source_refs(
-    declaration: Declaration,
-    variables: Mapping[str, Any],
-    variant: Variant | None,
-    locations: SourceLocations,
+    declaration: Declaration, variables: Mapping[str, Any], locations: SourceLocations
 ) -> list[SourceRef]:
-    primary = variant.source if variant is not None and variant.source else declaration.source
-    refs = []
-    for index, source in enumerate([primary, *declaration.sources]):
-        label = "source" if index == 0 else f"sources[{index - 1}]"
-        rendered = render(source.template, variables, f"{label} of {declaration.id}")
-        subdataset = render(source.subdataset, variables, label) if source.subdataset else None
-        refs.append(
-            SourceRef(
-                url=locations.resolve(source, rendered),
-                subdataset=subdataset,
-                bands=tuple(source.bands) if source.bands else None,
-            )
+    return [
+        SourceRef(
+            url=locations.resolve(rendered),
+            subdataset=rendered.subdataset,
+            bands=tuple(rendered.source.bands) if rendered.source.bands else None,
         )
-    return refs
+        for rendered in declaration.rendered_sources(variables)
+    ]
 
 
 def _expansions(declaration: Declaration, variables: Mapping[str, Any]):
     """(variables, band) of each item of the partition; band None when not expanded."""
     expand = declaration.item.expand
     if expand is None:
-        yield variables, None
+        yield dict(variables), None
         return
-    first_band = render(expand.first_band, variables, "item.expand.first_band")
-    try:
-        first = int(first_band)
-    except ValueError:
-        raise ConfigError(f"item.expand.first_band: {first_band!r} is not an integer") from None
-    for index in range(expand.start, expand.start + expand.count):
-        yield {**variables, expand.variable: index}, first + (index - expand.start) * expand.stride
+    first = declaration.first_band(variables)
+    for item_variables in declaration.item_variables(variables):
+        index = item_variables[expand.variable]
+        yield item_variables, first + (index - expand.start) * expand.stride
 
 
 def plan_partition(
     declaration: Declaration, keys_by_dimension: Mapping[str, str], locations: SourceLocations
 ) -> list[ItemPlan]:
-    """Item plans of one partition: one, or `item.expand.count` reading one band each."""
+    """Item plans of one partition: one, or `item.expand.count` reading one band each.
+
+    Every rendered value is checked as at load (ids, file names, paths, dates): the values of
+    files partitions are only known now, and nothing is fetched before this succeeds.
+    """
     variables = split_partition_key(declaration, keys_by_dimension)
     if declaration.partitions.files is not None:
         variables |= file_metadata(declaration, variables["file_name"], locations.local_root)
-    variant = next((v for v in declaration.variants if v.matches(variables)), None)
-    refs = _source_refs(declaration, variables, variant, locations)
+    variant = declaration.variant_for(variables)
+    refs = _source_refs(declaration, variables, locations)
     settings = _cog_settings(declaration, _chosen_values(declaration, keys_by_dimension), variant)
     item = declaration.item
     plans = []
     for item_variables, band in _expansions(declaration, variables):
         item_refs = refs if band is None else [replace(refs[0], bands=(band,)), *refs[1:]]
-        item_id = render(item.id, item_variables, "item.id")
-        when = _item_datetimes(declaration, item_variables)
+        item_id, file_name = declaration.item_names(item_variables)
+        when = declaration.item_datetimes(item_variables)
         plans.append(
             ItemPlan(
                 collection_id=declaration.id,
                 item_id=item_id,
                 folder=declaration.folder,
-                file_name=render(item.file_name, item_variables, "item.file_name")
-                if item.file_name
-                else f"{item_id}.tif",
+                file_name=file_name,
                 sources=tuple(item_refs),
                 cog=settings,
                 datetime=when[0],
@@ -224,29 +216,6 @@ def plan_partition(
             )
         )
     return plans
-
-
-def _item_datetimes(
-    declaration: Declaration, variables: Mapping[str, Any]
-) -> tuple[datetime | None, datetime | None, datetime | None]:
-    item = declaration.item
-    start = end = None
-    if item.start_datetime and item.end_datetime:
-        start = _parse_datetime(
-            render(item.start_datetime, variables, "item.start_datetime"), "item.start_datetime"
-        )
-        end = _parse_datetime(
-            render(item.end_datetime, variables, "item.end_datetime"), "item.end_datetime"
-        )
-    if item.datetime:
-        moment = _parse_datetime(render(item.datetime, variables, "item.datetime"), "item.datetime")
-        return moment, start, end
-    time = declaration.partitions.time
-    if time is not None:
-        first = date.fromisoformat(variables["date"])
-        moment = datetime(first.year, first.month, first.day, tzinfo=UTC)
-        return moment, start or moment, end or period_end(first, time.cadence)
-    return None, start, end
 
 
 def collection_for(declaration: Declaration, items: list[Any]) -> pystac.Collection:

@@ -28,6 +28,7 @@ from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.lib.locks import DEFAULT_WAIT_SECONDS, FileLocks, Locks, PostgresLocks
 from bq_pipelines.lib.pipeline import Services
 from bq_pipelines.lib.retry import RetryPolicy
+from bq_pipelines.lib.sources import FetchLimits
 from bq_pipelines.lib.storage import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_READ_TIMEOUT_S,
@@ -38,7 +39,7 @@ from bq_pipelines.lib.storage import (
     s3_client,
 )
 from bq_pipelines.plans import SourceLocations
-from bq_pipelines.settings import Settings
+from bq_pipelines.settings import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_PIXELS, Settings
 
 
 class ObjectStoreResource(dg.ConfigurableResource):
@@ -138,9 +139,18 @@ class SourcesResource(dg.ConfigurableResource):
     retry_attempts: int = 4
     retry_backoff_seconds: float = 2.0
     stac_schemas_dir: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
 
     def locations(self) -> SourceLocations:
         return SourceLocations(base_urls=self.base_urls, local_root=Path(self.local_data_root))
+
+    def fetch_limits(self) -> FetchLimits:
+        """The datasets' limits: the same mechanism as the ingestion API's, without its guard
+        (declared sources are trusted to go where they say)."""
+        return FetchLimits(
+            max_bytes=self.max_download_bytes, max_pixels=self.max_pixels, settings_prefix="BQ_"
+        )
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=self.retry_attempts, backoff_seconds=self.retry_backoff_seconds)
@@ -228,6 +238,7 @@ def services_for(
         retry=sources.retry_policy(),
         s3_endpoint_url=sources.s3_endpoint_url,
         stac_schemas_dir=Path(sources.stac_schemas_dir) if sources.stac_schemas_dir else None,
+        fetch_limits=sources.fetch_limits(),
     )
 
 
@@ -270,6 +281,8 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         base_urls=dict(settings.source_base_urls),
         s3_endpoint_url=settings.s3_endpoint_url,
         stac_schemas_dir=str(settings.stac_schemas_dir) if settings.stac_schemas_dir else None,
+        max_pixels=settings.max_pixels,
+        max_download_bytes=settings.max_download_bytes,
     )
     policy: dict[str, Any] = {
         "work_dir": str(settings.work_dir.absolute()),

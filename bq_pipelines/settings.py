@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from bq_pipelines.api.url_policy import parse_prefix
 from bq_pipelines.backup.postgres import parse_dsn
 from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.lib.redaction import has_userinfo, redact_url
 
 ObjectStoreKind = Literal["local", "s3"]
 CatalogKind = Literal["static", "stac-api"]
@@ -27,6 +28,10 @@ ExecutorKind = Literal["multiprocess", "celery"]
 CELERY_BROKER_ENV = "BQ_CELERY_BROKER_URL"
 CELERY_BACKEND_ENV = "BQ_CELERY_BACKEND_URL"
 SOURCE_SCHEMES = ("http", "https", "ftp", "file", "s3")
+# Above the largest declared source (ESA CCI land cover, 129,600 x 64,800 = 8.4 G pixels), below
+# a crafted 100,000 x 100,000 header.
+DEFAULT_MAX_PIXELS = 9_000_000_000
+DEFAULT_MAX_DOWNLOAD_BYTES = 16 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class Settings:
     work_dir: Path = Path(".bq/work")
     local_data_root: Path = Path(".bq/sources")
     source_base_urls: Mapping[str, str] = field(default_factory=dict)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # of one converted raster: width x height x bands
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES  # of one downloaded source
     stac_schemas_dir: Path | None = None
     pgstac_dsn: str | None = field(default=None, repr=False)  # may hold a password
     pg_bin_dir: Path | None = None
@@ -79,6 +86,10 @@ class Settings:
             work_dir=Path(env.get("BQ_WORK_DIR", home / "work")),
             local_data_root=Path(env.get("BQ_LOCAL_DATA_ROOT", home / "sources")),
             source_base_urls=_host_map(env, "BQ_SOURCE_BASE_URLS"),
+            max_pixels=int(_number(env, "BQ_MAX_PIXELS", DEFAULT_MAX_PIXELS, 1, 2**50)),
+            max_download_bytes=int(
+                _number(env, "BQ_MAX_DOWNLOAD_BYTES", DEFAULT_MAX_DOWNLOAD_BYTES, 1, 2**50)
+            ),
             stac_schemas_dir=_existing_dir(env, "BQ_STAC_SCHEMAS_DIR"),
             pgstac_dsn=_dsn(env, "BQ_PGSTAC_DSN"),
             pg_bin_dir=_existing_dir(env, "BQ_PG_BIN_DIR"),
@@ -92,6 +103,15 @@ class Settings:
                 env, "BQ_CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=1
             ),
         )
+        if settings.public_base_url and has_userinfo(settings.public_base_url):
+            # Every item's href starts with it: credentials would be published with them.
+            raise ConfigError("BQ_PUBLIC_BASE_URL: must not carry credentials (user:password@)")
+        if settings.s3_endpoint_url and has_userinfo(settings.s3_endpoint_url):
+            # S3 ignores them, and botocore's errors quote the endpoint.
+            raise ConfigError(
+                "BQ_S3_ENDPOINT_URL: must not carry credentials (use AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY)"
+            )
         if settings.object_store == "s3" and not settings.s3_bucket:
             raise ConfigError("BQ_S3_BUCKET: required when BQ_OBJECT_STORE=s3")
         if settings.catalog == "stac-api" and not settings.stac_api_url:
@@ -159,7 +179,8 @@ def _url(
         return None
     parsed = urlparse(value)
     if parsed.scheme not in schemes or not (parsed.netloc or parsed.scheme == "file"):
-        raise ConfigError(f"{name}: {value!r} is not a URL of scheme {'/'.join(schemes)}")
+        shown = redact_url(value)  # a URL may carry a password: never echoed
+        raise ConfigError(f"{name}: {shown!r} is not a URL of scheme {'/'.join(schemes)}")
     return value.rstrip("/")
 
 
@@ -170,7 +191,7 @@ def _host_map(env: Mapping[str, str], name: str) -> dict[str, str]:
     for entry in filter(None, (part.strip() for part in raw.split(","))):
         host, sep, url = entry.partition("=")
         if not sep or not host:
-            raise ConfigError(f"{name}: {entry!r} is not host=url")
+            raise ConfigError(f"{name}: {redact_url(entry)!r} is not host=url")
         label = f"{name}[{host.strip()}]"
         mapping[host.strip()] = _url({label: url.strip()}, label, SOURCE_SCHEMES) or ""
     return mapping

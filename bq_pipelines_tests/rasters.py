@@ -204,3 +204,25 @@ def _add_attribute_table(
         cells = ET.SubElement(table, "Row", index=str(row))
         for cell in (value, name, *rgb):
             ET.SubElement(cells, "F").text = str(cell)
+
+
+def write_huge_header(path: Path, side: int = 100_000) -> Path:
+    """A crafted GeoTIFF declaring side x side pixels in a sparse file of a few MB (no block is
+    written): what a size limit must refuse from its header alone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=side,
+        height=side,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=raster_transform(RasterSpec(resolution=0.0001)),
+        tiled=True,
+        SPARSE_OK=True,
+        BIGTIFF="YES",
+    ):
+        pass
+    return path

@@ -92,14 +92,26 @@ def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: s
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
+def _events(instance: dg.DagsterInstance, kind: dg.DagsterEventType) -> Iterator[Any]:
+    """Every Dagster event of `kind` recorded in `instance`, run by run."""
+    for run in instance.get_runs():
+        records = instance.get_records_for_run(run_id=run.run_id, of_type=kind).records
+        for record in records:
+            yield record.event_log_entry.dagster_event
+
+
 def failure_messages(instance: dg.DagsterInstance) -> str:
     """Every step-failure message recorded in `instance`, joined."""
-    messages = []
-    for run in instance.get_runs():
-        records = instance.get_records_for_run(
-            run_id=run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
-        ).records
-        for record in records:
-            failure = record.event_log_entry.dagster_event.step_failure_data
-            messages.append(failure.error.message if failure.error else "")
-    return "\n".join(messages)
+    failures = [
+        event.step_failure_data for event in _events(instance, dg.DagsterEventType.STEP_FAILURE)
+    ]
+    return "\n".join(failure.error.message if failure.error else "" for failure in failures)
+
+
+def check_evaluations(instance: dg.DagsterInstance, check_name: str) -> list[Any]:
+    """Every evaluation of the asset check `check_name` recorded in `instance`."""
+    evaluations = [
+        event.event_specific_data
+        for event in _events(instance, dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    ]
+    return [evaluation for evaluation in evaluations if evaluation.check_name == check_name]

@@ -230,3 +230,36 @@ def test_cli_runs_are_the_jobs_runs_counted_then_skipped(
         runs = instance.get_runs()
     assert {r.run_id[:8] for r in runs} == set(listed)
     assert all(r.job_name == "demo_job" and r.remote_job_origin is not None for r in runs)
+
+
+# ------------------------------------------------------------------------ secrets
+
+
+def test_materialize_on_a_stac_api_with_a_token_and_credentials_in_its_url(
+    cli_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    services_env: dict[str, str],
+    s3_bucket: str,
+    stac_api_url: str,
+) -> None:
+    # stac-fastapi ignores both the bearer token and basic auth: what matters here is that the
+    # command resolves its secrets as a run does, and never shows them.
+    password, token = "pa55-in-url", "t0ken-in-env"
+    for name, value in services_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BQ_HOME", str(cli_env))
+    monkeypatch.setenv("BQ_S3_BUCKET", s3_bucket)
+    monkeypatch.setenv("BQ_PUBLIC_BASE_URL", f"{services_env['BQ_S3_ENDPOINT_URL']}/{s3_bucket}")
+    monkeypatch.setenv("BQ_STAC_API_URL", stac_api_url.replace("://", f"://bq:{password}@"))
+    monkeypatch.setenv("BQ_STAC_API_TOKEN", token)
+
+    assert main(["demo-data"]) == 0
+    assert main(["materialize", "demo"]) == 0
+
+    out, err = capfd.readouterr()
+    assert "total: 3 partitions, 3 published, 0 skipped, 0 failed" in out
+    assert f"collection demo: 3 items in {stac_api_url}\n" in out
+    for layer in DEMO_LAYERS:
+        assert f"  demo_{layer}: {services_env['BQ_S3_ENDPOINT_URL']}/{s3_bucket}/io/demo/" in out
+    assert password not in out + err and token not in out + err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,14 @@ def test_services_settings(tmp_path):
         ({"BQ_CATALOG": "stac-api"}, "BQ_STAC_API_URL: required when BQ_CATALOG=stac-api"),
         ({"BQ_STAC_API_URL": "localhost:8082"}, "BQ_STAC_API_URL: 'localhost:8082' is not a URL"),
         ({"BQ_S3_PUBLIC_READ": "maybe"}, "BQ_S3_PUBLIC_READ: 'maybe' is not a boolean"),
+        (
+            {"BQ_PUBLIC_BASE_URL": "https://u:pw@cdn.example.org/io"},
+            "BQ_PUBLIC_BASE_URL: must not carry credentials",
+        ),
+        (
+            {"BQ_S3_ENDPOINT_URL": "http://key:secret@127.0.0.1:9010"},
+            "BQ_S3_ENDPOINT_URL: must not carry credentials",
+        ),
         ({"BQ_SOURCE_BASE_URLS": "chelsa"}, "BQ_SOURCE_BASE_URLS: 'chelsa' is not host=url"),
         ({"BQ_SOURCE_BASE_URLS": "chelsa=gopher://x"}, "BQ_SOURCE_BASE_URLS[chelsa]"),
         ({"BQ_STAC_SCHEMAS_DIR": "/nonexistent/schemas"}, "BQ_STAC_SCHEMAS_DIR: '/nonexistent"),
@@ -85,6 +94,33 @@ def test_secret_values_never_appear_in_errors():
     with pytest.raises(ConfigError) as error:
         Settings.from_env({"BQ_OBJECT_STORE": "s3", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
     assert "s3cr3t-value" not in str(error.value)
+    for env, host in (
+        ({"BQ_STAC_API_URL": "ftp://user:s3cr3t-value@stac.example.org"}, "stac.example.org"),
+        (
+            {"BQ_SOURCE_BASE_URLS": "chelsa=gopher://user:s3cr3t-value@mirror.example.org"},
+            "mirror.example.org",
+        ),
+    ):
+        with pytest.raises(ConfigError) as error:
+            Settings.from_env(env)
+        assert "s3cr3t-value" not in str(error.value) and host in str(error.value)
+
+
+def test_limits_of_sources_default_and_are_validated():
+    settings = Settings.from_env({})
+    # Above ESA CCI's 129,600 x 64,800 pixels, the largest declared source; below 100,000^2.
+    assert 129_600 * 64_800 < settings.max_pixels < 100_000 * 100_000
+    assert settings.max_download_bytes == 16 * 1024**3
+    chosen = Settings.from_env({"BQ_MAX_PIXELS": "1000", "BQ_MAX_DOWNLOAD_BYTES": "2048"})
+    assert (chosen.max_pixels, chosen.max_download_bytes) == (1000, 2048)
+    for env, message in (
+        ({"BQ_MAX_PIXELS": "many"}, "BQ_MAX_PIXELS: 'many' is not a number"),
+        ({"BQ_MAX_PIXELS": "0"}, "BQ_MAX_PIXELS: '0' is outside 1.."),
+        ({"BQ_MAX_DOWNLOAD_BYTES": "-1"}, "BQ_MAX_DOWNLOAD_BYTES: '-1' is outside 1.."),
+        ({"BQ_MAX_DOWNLOAD_BYTES": "4GB"}, "BQ_MAX_DOWNLOAD_BYTES: '4GB' is not a number"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            Settings.from_env(env)
 
 
 def test_backup_defaults_and_a_dsn_kept_out_of_reprs():

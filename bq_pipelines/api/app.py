@@ -34,6 +34,7 @@ from bq_pipelines.api.url_policy import DEFAULT_PORTS, SourcePolicy
 from bq_pipelines.lib import sources
 from bq_pipelines.lib.catalog import Publisher
 from bq_pipelines.lib.errors import PipelineError, SourceError, SourceRefused
+from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import ApiSettings, Settings, api_token
@@ -136,7 +137,7 @@ class IngestionService:
             accepted.insert(0, self.settings.stac_api_url)
         if any(_same_url(value, url) for url in accepted):
             return
-        where = accepted[0] if accepted else "its own static catalog"
+        where = redact_url(accepted[0]) if accepted else "its own static catalog"
         raise HTTPException(
             400,
             f"stac_api_server: {value!r} is not this service's catalog; items are published "
@@ -317,7 +318,7 @@ def create_app(env: Mapping[str, str] | None = None) -> FastAPI:
                 request_id,
                 body.collection_id,
                 body.name,
-                sources.redact_url(body.source_url),
+                redact_url(body.source_url),
             )
         return Accepted(id=request_id)
 

@@ -7,22 +7,17 @@ as the legacy server did.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from bq_pipelines.api.url_policy import parse_url
+from bq_pipelines.lib import names
 
-# Ids become object keys, catalog folders and URL segments: the static catalog's rule.
-SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
-MAX_ID_LENGTH = 200
-MAX_FILE_NAME_LENGTH = 255
 MAX_URL_LENGTH = 2048
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # Legacy step names (`_operation`), in the order a request goes through them.
 RECEIVED = "RECEIVED"
@@ -59,22 +54,33 @@ def echo_param(body: Mapping[str, Any]) -> dict[str, Any]:
     return {**body, "properties": properties}
 
 
+def _accepted(value: str, problem: str | None) -> str:
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 class NewItem(BaseModel):
     """POST /newitem: one raster to convert, store and publish as an item of a collection."""
 
     model_config = ConfigDict(extra="allow", str_max_length=MAX_URL_LENGTH)
 
-    collection_id: Annotated[StrictStr, Field(pattern=SAFE_ID, max_length=MAX_ID_LENGTH)]
+    # Ids become object keys, catalog folders and URL segments: the rules of lib/names.py,
+    # which dataset declarations and the static catalog follow too.
+    collection_id: StrictStr
     date: StrictStr = Field(description="ISO date of the item, e.g. 2018-01-01")
-    name: Annotated[StrictStr, Field(pattern=SAFE_ID, max_length=MAX_ID_LENGTH)] = Field(
-        description="the item id"
-    )
+    name: StrictStr = Field(description="the item id")
     filename: StrictStr = Field(description="file name under file_source_host, e.g. x.tif")
     file_source_host: StrictStr = Field(description="URL of the folder holding `filename`")
     stac_api_server: StrictStr | None = Field(
         default=None, description="accepted for compatibility: must be this service's STAC API"
     )
     properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("collection_id", "name")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _accepted(value, names.id_problem(value))
 
     @field_validator("date")
     @classmethod
@@ -85,13 +91,7 @@ class NewItem(BaseModel):
     @field_validator("filename")
     @classmethod
     def _plain_file_name(cls, value: str) -> str:
-        if not value or len(value) > MAX_FILE_NAME_LENGTH:
-            raise ValueError(f"must be 1..{MAX_FILE_NAME_LENGTH} characters")
-        if "/" in value or "\\" in value or ".." in value or _CONTROL.search(value):
-            raise ValueError("must be a plain file name (no '/', '\\', '..' or control characters)")
-        if value.startswith(".") or value.strip() != value:
-            raise ValueError("must not start with '.' or with/after spaces")
-        return value
+        return _accepted(value, names.file_name_problem(value))
 
     @field_validator("file_source_host")
     @classmethod
@@ -109,7 +109,7 @@ class NewItem(BaseModel):
     @classmethod
     def _string_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key in value:
-            if not key or _CONTROL.search(key):
+            if not key or names.has_control_characters(key):
                 raise ValueError(f"property name {key!r} is empty or holds control characters")
         return value
 

@@ -30,7 +30,7 @@ from bq_pipelines.api.models import (
     NewItem,
 )
 from bq_pipelines.declarations import Declaration
-from bq_pipelines.lib import stac
+from bq_pipelines.lib import stac, tiff
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import CatalogError, SourceRefused
 from bq_pipelines.lib.pipeline import ItemPlan, ItemResult, Services, SourceRef, Step, run_items
@@ -39,9 +39,6 @@ from bq_pipelines.lib.pipeline import ItemPlan, ItemResult, Services, SourceRef,
 # fitting the dtype, 512 px tiles, internal overviews, nodata kept), not categorical.
 DEFAULT_COG = CogSettings()
 COG_EXTENSIONS = (".tif", ".tiff")
-# Classic and BigTIFF, both byte orders. Nothing else reaches GDAL: formats such as VRT can
-# point GDAL at other files or URLs.
-TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 LEGACY_OPERATIONS = {
     Step.FETCH: GETITEMFILE,
@@ -90,26 +87,17 @@ def plan_request(body: NewItem, declarations: Mapping[str, Declaration]) -> Item
     )
 
 
-def geotiff_check(max_pixels: int) -> Callable[[str, Path], None]:
-    """`FetchLimits.check_file` for the API: a TIFF GDAL's GTiff driver reads, not too big."""
-
-    def check(url: str, path: Path) -> None:
-        with path.open("rb") as handle:
-            signature = handle.read(4)
-        if signature not in TIFF_SIGNATURES:
-            raise SourceRefused(url, "not a GeoTIFF (the ingestion API converts GeoTIFFs only)")
-        try:
-            with rasterio.open(path, driver="GTiff") as dataset:
-                pixels = dataset.width * dataset.height * dataset.count
-                shape = f"{dataset.width} x {dataset.height} x {dataset.count} bands"
-        except RasterioError as error:
-            raise SourceRefused(url, f"not a readable GeoTIFF: {error}") from None
-        if pixels > max_pixels:
-            raise SourceRefused(
-                url, f"{shape} is more than the limit of {max_pixels} pixels (BQ_API_MAX_PIXELS)"
-            )
-
-    return check
+def geotiff_check(url: str, path: Path) -> None:
+    """`FetchLimits.check_file` for the API: a TIFF GDAL's GTiff driver reads. Nothing else
+    reaches GDAL: formats such as VRT can point GDAL at other files or URLs. (Its size is
+    checked before conversion, like a dataset's: `FetchLimits.max_pixels`.)"""
+    if not tiff.is_tiff(path):
+        raise SourceRefused(url, "not a GeoTIFF (the ingestion API converts GeoTIFFs only)")
+    try:
+        with rasterio.open(path, driver="GTiff"):
+            pass
+    except RasterioError as error:
+        raise SourceRefused(url, f"not a readable GeoTIFF: {error}") from None
 
 
 def process_request(

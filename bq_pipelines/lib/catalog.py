@@ -7,7 +7,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,8 +15,10 @@ from typing import Any, Literal
 import httpx
 import pystac
 
+from bq_pipelines.lib import names
 from bq_pipelines.lib.errors import CatalogError
 from bq_pipelines.lib.files import write_text_atomically
+from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import Outage, RetryPolicy, with_retries
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ PublishOutcome = Literal["created", "updated", "unchanged", "upserted"]
 
 # Links a publisher owns: rewritten on every write, never copied from the object given.
 _STRUCTURAL_RELS = frozenset({"self", "root", "parent", "child", "item", "collection", "items"})
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
 
 class Publisher(ABC):
@@ -96,10 +96,10 @@ def _foreign_links(links: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def _check_path_id(kind: str, value: str) -> str:
     # Ids become folder names: refuse anything that could climb out of the catalog root.
-    if not _SAFE_ID.match(value):
+    problem = names.id_problem(value)
+    if problem is not None:
         raise CatalogError(
-            f"{kind} id {value!r} cannot name a folder of the static catalog: use letters, "
-            "digits, '.', '_' and '-' only"
+            f"{kind} id {value!r} cannot name a folder of the static catalog: {problem}"
         )
     return value
 
@@ -326,12 +326,7 @@ class _ServerError(Exception):
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
-        super().__init__(f"HTTP {response.status_code} from {_redact(response.request.url)}")
-
-
-def _redact(url: httpx.URL) -> str:
-    # Credentials may ride in the URL's userinfo; they never reach a log or an error.
-    return str(url.copy_with(username=None, password=None))
+        super().__init__(f"HTTP {response.status_code} from {redact_url(response.request.url)}")
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -382,13 +377,16 @@ class StacApiPublisher(Publisher):
         timeout: float | httpx.Timeout = API_TIMEOUT,
         page_size: int = 500,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._shown_url = _redact(httpx.URL(self.base_url))  # for messages: no userinfo
+        # Userinfo in the URL travels as basic auth, never in a request URL: httpx logs those.
+        url = httpx.URL(base_url.rstrip("/"))
+        auth = httpx.BasicAuth(url.username, url.password) if url.username else None
+        self.base_url = redact_url(url)
+        self._shown_url = self.base_url  # for messages
         self.retry = retry or API_RETRY
         self.outage = Outage()
         self.page_size = page_size
         self._client = httpx.Client(
-            base_url=self.base_url + "/", headers=dict(headers or {}), timeout=timeout
+            base_url=self.base_url + "/", headers=dict(headers or {}), timeout=timeout, auth=auth
         )
 
     def close(self) -> None:
@@ -433,7 +431,7 @@ class StacApiPublisher(Publisher):
     def _refused(self, response: httpx.Response, what: str) -> CatalogError:
         return CatalogError(
             f"STAC API refused {what}: {response.request.method} "
-            f"{_redact(response.request.url)} -> HTTP {response.status_code}: "
+            f"{redact_url(response.request.url)} -> HTTP {response.status_code}: "
             f"{_body_excerpt(response)}"
         )
 

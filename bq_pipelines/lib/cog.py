@@ -22,11 +22,10 @@ import json
 import logging
 import math
 import os
-import struct
 import uuid
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +46,8 @@ from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
-from bq_pipelines.lib import categories, georef, vrt
-from bq_pipelines.lib.errors import CogError
+from bq_pipelines.lib import categories, georef, tiff, vrt
+from bq_pipelines.lib.errors import CogError, RasterTooLarge, SourceRefused
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +74,12 @@ _GDAL_CONFIG: dict[str, Any] = {"GDAL_CACHEMAX": 256, "GDAL_MAX_BAND_COUNT": 1_0
 # rio-cogeo's cog_validate judges tiling with rasterio's is_tiled, which is false whenever the
 # block is as wide as the raster: a correct 512-wide COG with 512x512 tiles is reported so.
 _NOT_TILED = "The file is greater than 512xH or 512xW, but is not tiled"
-_TIFF_TILE_TAGS = {322, 323, 324}  # TileWidth, TileLength, TileOffsets
 
 # Bytes read at once when scanning a source for its value range (display profile).
 _SCAN_BYTES = 64 << 20
+
+# What rasterio says of a failed read: the GDAL errors before it say what happened.
+_GENERIC_READ_ERROR = "Read failed. See previous exception for details."
 
 
 @dataclass(frozen=True)
@@ -156,12 +157,21 @@ class _Grid:
     gcps_only: bool = False  # placed by ground control points: rectified by a warp
 
 
-def to_cog(inputs: RasterInput | list[RasterInput], dst: Path, settings: CogSettings) -> CogInfo:
+def to_cog(
+    inputs: RasterInput | list[RasterInput],
+    dst: Path,
+    settings: CogSettings,
+    max_pixels: int | None = None,
+) -> CogInfo:
     """Convert one raster (or several, stacked as bands in order) into a validated COG at `dst`.
 
-    Raises CogError naming the input when it is unreadable, has no CRS (and none is assigned),
-    or has a CRS that cannot be placed on WGS84 (all found before anything is written), or when
-    the output does not validate. Writes atomically (temp file then rename).
+    Raises CogError naming the input when it is unreadable (a truncated TIFF, a NetCDF variable
+    that is not there...), has no CRS (and none is assigned), or has a CRS that cannot be placed
+    on WGS84 (all found before anything is written), or when the output does not validate;
+    SourceRefused when the input is XML (a VRT can read any file), RasterTooLarge when it holds
+    more than `max_pixels` (width x height x bands read), found from its header before any
+    conversion.
+    Writes atomically (temp file then rename).
     """
     inputs = [inputs] if isinstance(inputs, RasterInput) else list(inputs)
     if not inputs:
@@ -170,10 +180,10 @@ def to_cog(inputs: RasterInput | list[RasterInput], dst: Path, settings: CogSett
     dst.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         stack.enter_context(rasterio.Env(**_GDAL_CONFIG))
-        source, dtype = _prepare_source(inputs, settings, stack)
+        source, dtype = _prepare_source(inputs, settings, stack, max_pixels)
         tmp = _temp_path_beside(dst)
         try:
-            _write_cog(source, tmp, dst, dtype, settings)
+            _write_cog(source, tmp, dst, dtype, settings, inputs)
             with rasterio.open(tmp) as out:  # one open to check and describe
                 errors = _cog_errors(out, tmp)
                 if errors:
@@ -189,7 +199,7 @@ def to_cog(inputs: RasterInput | list[RasterInput], dst: Path, settings: CogSett
 
 @contextmanager
 def band_extractor(
-    source: RasterInput, settings: CogSettings, work_dir: Path
+    source: RasterInput, settings: CogSettings, work_dir: Path, max_pixels: int | None = None
 ) -> Iterator[Callable[[int], RasterInput]]:
     """Open a many-band source once; `extract(band)` copies one band, block by block, into a
     plain one-band GeoTIFF under `work_dir` and returns it as an input for `to_cog`.
@@ -197,10 +207,12 @@ def band_extractor(
     The copy keeps what the band says about itself (nodata, mask, description, unit,
     scale/offset, colour table, tags, classes) and the dataset tags. Opening a 45,810-band EBV
     cube takes seconds: once per partition instead of once per item (11.4 s -> 0.15 s an item).
+    Each item reads one band: `max_pixels` bounds width x height.
     """
     whole = dataclasses.replace(source, bands=None)
     with rasterio.Env(**_GDAL_CONFIG), _open_input(whole) as src:
         grid = _grid(whole, _layout_of_dataset(src), settings)
+        _refuse_oversized([whole], src.width, src.height, 1, max_pixels)
         classes = categories.classification_tags_by_band(src)
 
         def extract(band: int) -> RasterInput:
@@ -209,7 +221,10 @@ def band_extractor(
                     f"{whole.gdal_name()}: band {band} does not exist ({src.count} bands)"
                 )
             path = work_dir / f"band-{band:06d}.tif"
-            _copy_band(src, band, grid, classes.get(band, {}), path)
+            try:
+                _copy_band(src, band, grid, classes.get(band, {}), path)
+            except RasterioError as error:
+                raise _unreadable([whole], error) from error
             return RasterInput(path)
 
         yield extract
@@ -273,7 +288,7 @@ def _cog_errors(src: DatasetReader, path: Path) -> list[str]:
         errors, cog_warnings = _gdal_layout_errors(src, path)
     else:
         _, errors, cog_warnings = cog_validate(str(path), quiet=True, config=_GDAL_CONFIG)
-        if _NOT_TILED in errors and _first_ifd_is_tiled(path):
+        if _NOT_TILED in errors and tiff.first_directory_tags(path) >= tiff.TILE_TAGS:
             errors = [error for error in errors if error != _NOT_TILED]
     for warning in cog_warnings:
         # Warnings (e.g. a raster smaller than one block has no overviews) do not stop a
@@ -289,7 +304,7 @@ def _gdal_layout_errors(src: DatasetReader, path: Path) -> tuple[list[str], list
     if any(name.endswith(".ovr") for name in src.files):
         errors.append("Overviews found in external .ovr file. They should be internal")
     if max(src.width, src.height) > 512:
-        if not _first_ifd_is_tiled(path):
+        if not tiff.first_directory_tags(path) >= tiff.TILE_TAGS:
             errors.append(_NOT_TILED)
         if not src.overviews(1):
             cog_warnings.append(
@@ -358,40 +373,22 @@ def _warp_resampling(settings: CogSettings) -> Resampling:
     return Resampling.nearest if settings.categorical else Resampling.bilinear
 
 
-def _write_cog(source: str, tmp: Path, dst: Path, dtype: str, settings: CogSettings) -> None:
+def _write_cog(
+    source: str,
+    tmp: Path,
+    dst: Path,
+    dtype: str,
+    settings: CogSettings,
+    inputs: Sequence[RasterInput],
+) -> None:
     try:
         rasterio.shutil.copy(
             source, str(tmp), driver="COG", **cog_creation_options(dtype, settings)
         )
     except Exception as exc:  # rasterio raises GDAL's CPLE_* classes, which it does not export
+        if _is_read_error(exc):
+            raise _unreadable(inputs, exc) from exc
         raise CogError(f"{dst}: conversion to COG failed: {exc}") from exc
-
-
-def _first_ifd_is_tiled(path: Path) -> bool:
-    """Whether the first IFD of a (Big)TIFF has the tile tags, read from the file header."""
-    with path.open("rb") as stream:
-        header = stream.read(16)
-        order = {b"II": "<", b"MM": ">"}.get(header[:2])
-        if order is None or len(header) < 16:
-            return False
-        version = struct.unpack(f"{order}H", header[2:4])[0]
-        if version == 42:  # classic TIFF: 2-byte entry count, 12-byte entries
-            (offset,) = struct.unpack(f"{order}I", header[4:8])
-            count_format, entry_size = "H", 12
-        elif version == 43:  # BigTIFF: 8-byte entry count, 20-byte entries
-            (offset,) = struct.unpack(f"{order}Q", header[8:16])
-            count_format, entry_size = "Q", 20
-        else:
-            return False
-        stream.seek(offset)
-        count_bytes = stream.read(struct.calcsize(count_format))
-        (count,) = struct.unpack(f"{order}{count_format}", count_bytes)
-        entries = stream.read(count * entry_size)
-    tags = {
-        struct.unpack(f"{order}H", entries[i : i + 2])[0]
-        for i in range(0, len(entries) - 1, entry_size)
-    }
-    return tags >= _TIFF_TILE_TAGS
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -408,9 +405,97 @@ def _open_input(inp: RasterInput) -> Iterator[DatasetReader]:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             src = rasterio.open(name)
     except RasterioError as exc:
-        raise CogError(f"{name}: cannot read raster: {exc}") from exc
+        raise _unreadable([inp], exc) from exc
     with src:
         yield src
+
+
+def _gdal_messages(error: BaseException) -> list[str]:
+    """What GDAL said, from the error and the ones chained before it, without rasterio's
+    generic "Read failed" (which only points at them)."""
+    messages: list[str] = []
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen).strip()
+        if text and text != _GENERIC_READ_ERROR and text not in messages:
+            messages.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return messages
+
+
+def _is_read_error(error: BaseException) -> bool:
+    markers = ("IReadBlock", "TIFFRead", "TIFFFill", "Read error", _GENERIC_READ_ERROR)
+    seen: BaseException | None = error
+    while seen is not None:
+        if any(marker in str(seen) for marker in markers):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _signature(path: Path, size: int = 4) -> bytes:
+    try:
+        with Path(path).open("rb") as stream:
+            return stream.read(size)
+    except OSError:
+        return b""
+
+
+def _unreadable(inputs: Sequence[RasterInput], error: BaseException) -> CogError:
+    """What a user can act on when GDAL cannot open or read an input: a variable that is not in
+    the NetCDF (and those that are), a truncated or corrupt TIFF, or GDAL's own words."""
+    messages = _gdal_messages(error)
+    named = [i for i in inputs if any(i.path.name in m for m in messages)]
+    inp = named[0] if named else inputs[0]
+    if inp.subdataset is not None:
+        variables = _subdataset_names(inp.path)
+        wanted = inp.subdataset.strip("/")
+        if variables and wanted not in variables:
+            return CogError(
+                f"{inp.path}: no variable {inp.subdataset!r} (it has: {', '.join(variables)})"
+            )
+    reason = "; ".join(messages) or type(error).__name__
+    if tiff.is_tiff(Path(inp.path)):
+        return CogError(f"{inp.path}: truncated or corrupt TIFF (GDAL: {reason})")
+    return CogError(f"{inp.gdal_name()}: cannot read raster: {reason}")
+
+
+def _subdataset_names(path: Path) -> list[str]:
+    """The variables (or group paths) GDAL lists in a NetCDF/HDF file; [] when it cannot."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as container:
+                listed = container.subdatasets
+    except RasterioError:
+        return []
+    # `NETCDF:"file.nc":/group/var`, `netcdf:file.nc:var`, `HDF5:"file.h5"://group/var`
+    return [name.rpartition(":")[2].strip("/") for name in listed]
+
+
+def _refuse_xml(inp: RasterInput) -> None:
+    """A source that is an XML document (a GDAL VRT, WMS or tile index) could make GDAL read
+    any file or URL: never a source, whatever its name."""
+    head = _signature(inp.path, 512).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"<"):
+        raise SourceRefused(
+            str(inp.path),
+            "an XML document (a GDAL VRT or another format that can point at other files or "
+            "URLs): not accepted as a source",
+        )
+
+
+def _refuse_oversized(
+    inputs: Sequence[RasterInput], width: int, height: int, bands: int, max_pixels: int | None
+) -> None:
+    """RasterTooLarge when width x height x bands is over `max_pixels` (None: no limit)."""
+    pixels = width * height * bands
+    if max_pixels is not None and pixels > max_pixels:
+        raise RasterTooLarge(
+            str(inputs[0].path) if len(inputs) == 1 else _names(list(inputs)),
+            f"{width} x {height} pixels x {bands} bands is {pixels} pixels, more than the "
+            f"limit of {max_pixels}",
+        )
 
 
 @dataclass(frozen=True)
@@ -499,12 +584,20 @@ def _grid(inp: RasterInput, layout: _Layout, settings: CogSettings) -> _Grid:
 def _input_vrt(inp: RasterInput) -> ET.Element:
     """GDAL's VRT of an input; CogError naming it when it is missing or unreadable."""
     _require_file(inp)
-    return vrt.serialize(inp.gdal_name())
+    try:
+        return vrt.serialize(inp.gdal_name())
+    except CogError as error:
+        raise _unreadable([inp], error.__cause__ or error) from error
 
 
 def _require_file(inp: RasterInput) -> None:
-    if inp.subdataset is None and not Path(inp.path).exists():
+    if not Path(inp.path).exists():
         raise CogError(f"{inp.gdal_name()}: no such file")
+    _refuse_xml(inp)
+    if tiff.is_tiff(Path(inp.path)):
+        cut = tiff.truncation(Path(inp.path))
+        if cut is not None:
+            raise CogError(f"{inp.path}: truncated or corrupt TIFF ({cut})")
 
 
 def _check_same_grid(inputs: list[RasterInput], grids: list[_Grid]) -> None:
@@ -532,20 +625,30 @@ def _check_same_grid(inputs: list[RasterInput], grids: list[_Grid]) -> None:
 
 
 def _prepare_source(
-    inputs: list[RasterInput], settings: CogSettings, stack: ExitStack
+    inputs: list[RasterInput],
+    settings: CogSettings,
+    stack: ExitStack,
+    max_pixels: int | None = None,
 ) -> tuple[str, str]:
     """The VRT the COG driver reads (selected/stacked bands, metadata, warp), in memory for as
-    long as `stack`, and its dtype."""
+    long as `stack`, and its dtype. Only headers are read before the size check."""
     roots = [_input_vrt(inp) for inp in inputs]
-    grids = [
-        _grid(inp, _layout_of_vrt(root), settings) for inp, root in zip(inputs, roots, strict=True)
-    ]
+    layouts = [_layout_of_vrt(root) for root in roots]
+    grids = [_grid(inp, layout, settings) for inp, layout in zip(inputs, layouts, strict=True)]
     _check_same_grid(inputs, grids)
+    bands = sum(
+        len(inp.bands) if inp.bands else layout.count
+        for inp, layout in zip(inputs, layouts, strict=True)
+    )
+    _refuse_oversized(inputs, grids[0].width, grids[0].height, bands, max_pixels)
     source = _source_vrt(inputs, grids[0], roots, settings)
-    if settings.profile == "display":
-        source = _warped_vrt(source, CRS.from_user_input(WEB_MERCATOR), settings, stack)
-    elif grids[0].gcps_only:
-        source = _warped_vrt(source, grids[0].crs, settings, stack)
+    try:
+        if settings.profile == "display":
+            source = _warped_vrt(source, CRS.from_user_input(WEB_MERCATOR), settings, stack)
+        elif grids[0].gcps_only:
+            source = _warped_vrt(source, grids[0].crs, settings, stack)
+    except RasterioError as error:  # the display profile scans the source's values
+        raise _unreadable(inputs, error) from error
     return vrt.in_memory(source, stack), grids[0].dtype
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bq_pipelines.lib.redaction import redact_url
+
 
 class PipelineError(Exception):
     """Base class of every error the core raises on bad input or a failed step."""
@@ -11,10 +13,10 @@ class SourceError(PipelineError):
     """A source could not be fetched (404, permission, TLS, size mismatch...). Not retried."""
 
     def __init__(self, url: str, reason: str, *, not_found: bool = False) -> None:
-        self.url = url
+        self.url = redact_url(url)  # callers pass it redacted already; this is the backstop
         self.reason = reason
         self.not_found = not_found  # the file does not exist (yet): 404/410, FTP 550, NoSuchKey
-        super().__init__(f"cannot fetch {url}: {reason}")
+        super().__init__(f"cannot fetch {self.url}: {reason}")
 
 
 class TransientSourceError(SourceError):
@@ -24,6 +26,11 @@ class TransientSourceError(SourceError):
 class SourceRefused(SourceError):
     """A fetch was refused by the caller's limits: a URL or address the policy does not allow
     (also on a redirect), a file too large or too slow to arrive, content of the wrong kind."""
+
+
+class RasterTooLarge(SourceRefused):
+    """A raster holds more pixels than the limit (width x height x bands read), found from its
+    header before any conversion."""
 
 
 class CogError(PipelineError):

@@ -6,6 +6,7 @@ published unless the COG and the item validate; the object is uploaded only afte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +22,14 @@ import pystac
 
 from bq_pipelines.lib import cog, sources, stac
 from bq_pipelines.lib.catalog import Publisher, PublishOutcome
-from bq_pipelines.lib.errors import CogError, PipelineError
+from bq_pipelines.lib.errors import (
+    CogError,
+    PipelineError,
+    RasterTooLarge,
+    SourceRefused,
+    StacValidationError,
+)
+from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.storage import ObjectOwner, ObjectStore, StoredObject, object_key
 
@@ -101,8 +109,13 @@ class Services:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     s3_endpoint_url: str | None = None
     stac_schemas_dir: Path | None = None
-    # Bounds on fetching sources someone else chose (the ingestion API); None trusts them.
+    # Bounds on fetching and converting sources (download size, pixels; for the ingestion API
+    # also where sources may come from); None trusts them.
     fetch_limits: sources.FetchLimits | None = None
+
+    @property
+    def max_pixels(self) -> int | None:
+        return self.fetch_limits.max_pixels if self.fetch_limits is not None else None
 
 
 StepCallback = Callable[[Step, str], None]
@@ -134,10 +147,12 @@ def fetch_sources(
     urls: Sequence[str], staging: Path, services: Services
 ) -> dict[str, sources.FetchedFile]:
     """Download each distinct URL once into `staging` (names kept unique by an index); local
-    files are read where they are, unless fetch limits apply (they decide what is allowed)."""
+    files are read where they are, unless a guard decides what is allowed (the ingestion
+    API's: it refuses them)."""
+    limits = services.fetch_limits
     fetched: dict[str, sources.FetchedFile] = {}
     for index, url in enumerate(dict.fromkeys(urls)):
-        if sources.is_local(url) and services.fetch_limits is None:
+        if sources.is_local(url) and (limits is None or limits.guard is None):
             fetched[url] = sources.describe_local(url)
             continue
         name = f"{index:03d}-{Path(url.split('?')[0]).name or 'source'}"
@@ -156,6 +171,7 @@ def convert(
     plan: ItemPlan,
     fetched: Mapping[str, sources.FetchedFile],
     staging: Path,
+    services: Services,
     prepared: cog.RasterInput | None = None,
 ) -> cog.CogInfo:
     """The plan's COG, from its fetched sources (or from an input already `prepared`)."""
@@ -169,13 +185,35 @@ def convert(
     )
     try:
         info = cog.to_cog(
-            inputs if len(inputs) > 1 else inputs[0], staging / plan.file_name, plan.cog
+            inputs if len(inputs) > 1 else inputs[0],
+            staging / plan.file_name,
+            plan.cog,
+            max_pixels=services.max_pixels,
         )
     except CogError as error:
         # Name the source, not the staging copy: that is what a user can go and fix.
-        sources_text = ", ".join(s.url for s in plan.sources)
+        sources_text = ", ".join(redact_url(s.url) for s in plan.sources)
         raise CogError(f"item {plan.item_id} from {sources_text}: {error}") from error
+    except SourceRefused as error:
+        raise _refused(error, plan.sources, fetched, services) from error
     return info  # to_cog validated it (cog_validate) before writing it in place
+
+
+def _refused(
+    error: SourceRefused,
+    refs: Sequence[SourceRef],
+    fetched: Mapping[str, sources.FetchedFile],
+    services: Services,
+) -> SourceRefused:
+    """The refusal naming the source URL (not its staging copy) and the limit's setting."""
+    url = next(
+        (ref.url for ref in refs if ref.url in fetched and str(fetched[ref.url].path) == error.url),
+        ", ".join(ref.url for ref in refs),
+    )  # redacted below
+    reason = error.reason
+    if isinstance(error, RasterTooLarge) and services.fetch_limits is not None:
+        reason += services.fetch_limits.setting("MAX_PIXELS")
+    return type(error)(redact_url(url), reason)
 
 
 def describe(plan: ItemPlan, info: cog.CogInfo, href: str, services: Services) -> pystac.Item:
@@ -192,6 +230,10 @@ def describe(plan: ItemPlan, info: cog.CogInfo, href: str, services: Services) -
         file_sha256=info.sha256,
     )
     stac.validate(item, services.stac_schemas_dir)
+    empty = stac.nodata_only(item, info.path)
+    if empty is not None:
+        # Published, it would look like a successful ingestion of a blank map.
+        raise StacValidationError(f"item {plan.item_id}: {empty}: not published")
     return item
 
 
@@ -205,7 +247,7 @@ def produce_item(
 ) -> tuple[pystac.Item, cog.CogInfo, StoredObject]:
     """Convert, check and upload one item whose sources are already fetched (not published)."""
     on_step(Step.CONVERT, plan.item_id)
-    info = convert(plan, fetched, staging, prepared)
+    info = convert(plan, fetched, staging, services, prepared)
     key = object_key(services.object_prefix, plan.folder, plan.file_name)
     on_step(Step.DESCRIBE, plan.item_id)
     item = describe(plan, info, services.store.href(key), services)
@@ -285,7 +327,15 @@ def _produce_all(
     ref = plans[0].sources[0]
     whole = cog.RasterInput(path=fetched[ref.url].path, subdataset=ref.subdataset)
     produced = []
-    with cog.band_extractor(whole, plans[0].cog, staging) as extract:
+    with contextlib.ExitStack() as stack:
+        try:
+            extract = stack.enter_context(
+                cog.band_extractor(whole, plans[0].cog, staging, services.max_pixels)
+            )
+        except CogError as error:
+            raise CogError(f"{redact_url(ref.url)}: {error}") from error
+        except SourceRefused as error:
+            raise _refused(error, [ref], fetched, services) from error
         for plan in plans:
             band = _extract_band(extract, plan)
             produced.append(produce_item(plan, fetched, staging, services, on_step, band))
@@ -298,7 +348,7 @@ def _extract_band(extract: Callable[[int], cog.RasterInput], plan: ItemPlan) -> 
     try:
         return extract(ref.bands[0])  # type: ignore[index]
     except CogError as error:
-        raise CogError(f"item {plan.item_id} from {ref.url}: {error}") from error
+        raise CogError(f"item {plan.item_id} from {redact_url(ref.url)}: {error}") from error
 
 
 def _safe_name(name: str) -> str:

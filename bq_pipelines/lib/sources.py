@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol, TypeVar
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 from urllib.request import url2pathname
 
 import boto3
@@ -49,6 +49,7 @@ import httpx
 
 from bq_pipelines.lib.errors import SourceError, SourceRefused, TransientSourceError
 from bq_pipelines.lib.http_guard import GuardedTransport
+from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import RetryPolicy, with_retries
 
 T = TypeVar("T")
@@ -111,14 +112,24 @@ class UrlGuard(Protocol):
 
 @dataclass(frozen=True)
 class FetchLimits:
-    """Bounds on fetching a URL someone else chose; without them a fetch trusts its URL."""
+    """Bounds on fetching and converting sources: a dataset's (BQ_MAX_*), or the ingestion
+    API's for URLs someone else chose (BQ_API_*); without them a fetch trusts its URL."""
 
-    guard: UrlGuard | None = None
-    max_bytes: int | None = None
+    guard: UrlGuard | None = None  # with a guard, local files are fetched through it too
+    max_bytes: int | None = None  # of one download (files read in place are not downloaded)
     max_seconds: float | None = None  # wall time of the whole fetch, retries included
     # Inspects the downloaded file (URL without userinfo, path) before it is renamed into
     # place; raises SourceRefused.
     check_file: Callable[[str, Path], None] | None = None
+    # Width x height x bands read of one converted raster, checked from its header before any
+    # conversion (lib/pipeline.py, lib/cog.py); SourceRefused beyond.
+    max_pixels: int | None = None
+    # Refusals name the setting of the limit: `<prefix>MAX_DOWNLOAD_BYTES`, `<prefix>MAX_PIXELS`.
+    settings_prefix: str | None = None
+
+    def setting(self, name: str) -> str:
+        """` (<prefix><name>)` for a refusal's message, or nothing."""
+        return f" ({self.settings_prefix}{name})" if self.settings_prefix else ""
 
 
 class _Budget:
@@ -141,7 +152,9 @@ class _Budget:
         limit = self.limits.max_bytes
         if size is not None and limit is not None and size > limit:
             raise SourceRefused(
-                redact_url(self.url), f"larger than the download limit of {limit} bytes"
+                redact_url(self.url),
+                f"larger than the download limit of {limit} bytes"
+                + self.limits.setting("MAX_DOWNLOAD_BYTES"),
             )
 
     def timeout(self, timeout: float) -> float:
@@ -241,12 +254,20 @@ def describe_local(url: str) -> FetchedFile:
     return _describe_in_place(url, _local_path(url))
 
 
-def redact_url(url: str) -> str:
-    """`url` without `user:password@`, safe to log, raise or store."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+def path_under_root(root: Path, relative: str, root_name: str = "the data root") -> Path:
+    """`root/relative` with every symlink resolved, refused (SourceRefused) unless it is still
+    under the resolved `root`: a `..`, an absolute path or a symlink pointing elsewhere can
+    never make a dataset read a file outside its data root. The resolved path is what is read,
+    so a link changed afterwards does not matter either."""
+    base = root.resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        raise SourceRefused(
+            str(base / relative),
+            f"resolves to {path}, outside the local data root {base} ({root_name}); "
+            "local sources must stay under it (symlinks included)",
+        )
+    return path
 
 
 # --------------------------------------------------------------------------- shared plumbing

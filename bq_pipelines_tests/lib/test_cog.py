@@ -29,7 +29,7 @@ from bq_pipelines.lib.cog import (
     to_cog,
     validate_cog,
 )
-from bq_pipelines.lib.errors import CogError
+from bq_pipelines.lib.errors import CogError, RasterTooLarge, SourceRefused
 from bq_pipelines_tests.rasters import (
     CUSTOM_LCC_WKT,
     CUSTOM_UTM25S_WKT,
@@ -39,6 +39,7 @@ from bq_pipelines_tests.rasters import (
     raster_transform,
     raster_valid,
     raster_values,
+    write_huge_header,
     write_raster,
 )
 
@@ -875,3 +876,126 @@ def test_a_source_placed_by_ground_control_points_is_rectified(tmp_path: Path) -
     with rasterio.open(info.path) as out:
         assert out.transform.almost_equals(rasterio.transform.from_origin(-75, 50, 0.01, 0.01))
         np.testing.assert_array_equal(out.read(), raster_values(spec))
+
+
+# --- what a user reads when a source is broken, too large or not a raster ----------------------
+
+
+@pytest.mark.parametrize("kept", [0.001, 0.3, 0.99])
+@pytest.mark.parametrize("layout", ["striped", "tiled", "bigtiff"])
+def test_a_truncated_geotiff_says_so(tmp_path: Path, layout: str, kept: float) -> None:
+    whole = tmp_path / "whole.tif"
+    options = {
+        "striped": {},
+        "tiled": {"tiled": True, "blockxsize": 256, "blockysize": 256},
+        "bigtiff": {"BIGTIFF": "YES"},
+    }[layout]
+    values = np.random.default_rng(1).integers(0, 1000, (2, 600, 600), dtype="uint16")
+    with rasterio.open(
+        whole,
+        "w",
+        driver="GTiff",
+        width=600,
+        height=600,
+        count=2,
+        dtype="uint16",
+        crs="EPSG:4326",
+        transform=rasterio.transform.from_origin(-75, 50, 0.01, 0.01),
+        compress="deflate",
+        **options,
+    ) as dst:
+        dst.write(values)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: int(len(data) * kept)])
+
+    for settings in (CogSettings(), CogSettings(profile="display")):
+        with pytest.raises(CogError) as error:
+            to_cog(RasterInput(cut), tmp_path / "out.tif", settings)
+        message = str(error.value)
+        assert message.startswith(f"{cut}: truncated or corrupt TIFF (the file is "), message
+        assert "Read failed. See previous exception" not in message
+    with (
+        pytest.raises(CogError, match=r"cut\.tif: truncated or corrupt TIFF"),
+        band_extractor(RasterInput(cut), CogSettings(), tmp_path) as extract,
+    ):
+        extract(2)
+    assert to_cog(RasterInput(whole), tmp_path / "out.tif", CogSettings()).count == 2
+
+
+def test_corrupt_tiff_data_reports_what_gdal_says(tmp_path: Path) -> None:
+    # Whole, but its compressed blocks are garbage: only GDAL's read tells.
+    source = write_raster(tmp_path / "src.tif", RasterSpec(dtype="int16", nodata=-9999))
+    packed = tmp_path / "packed.tif"
+    rasterio.shutil.copy(source, packed, driver="GTiff", compress="deflate")
+    data = bytearray(packed.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 2000] = bytes(2000)  # zeros in the middle
+    packed.write_bytes(bytes(data))
+    for settings in (CogSettings(), CogSettings(profile="display")):
+        with pytest.raises(CogError) as error:
+            to_cog(RasterInput(packed), tmp_path / "out.tif", settings)
+        message = str(error.value)
+        assert message.startswith(f"{packed}: truncated or corrupt TIFF (GDAL: "), message
+        assert "Read failed. See previous exception" not in message
+
+
+def test_a_missing_netcdf_variable_lists_those_there_are(tmp_path: Path) -> None:
+    path = tmp_path / "cube.nc"
+    with netCDF4.Dataset(path, "w") as dataset:
+        dataset.createDimension("lat", 4)
+        dataset.createDimension("lon", 5)
+        for name in ("tas", "pr", "lccs_class"):
+            dataset.createVariable(name, "f4", ("lat", "lon"))[:] = np.ones((4, 5))
+    settings = CogSettings(assign_crs="EPSG:4326")
+    with pytest.raises(CogError) as error:
+        to_cog(RasterInput(path, subdataset="tasmax"), tmp_path / "out.tif", settings)
+    assert str(error.value) == f"{path}: no variable 'tasmax' (it has: tas, pr, lccs_class)"
+    with (
+        pytest.raises(CogError, match=r"no variable 'tasmax' \(it has: tas, pr, lccs_class\)"),
+        band_extractor(RasterInput(path, subdataset="tasmax"), settings, tmp_path),
+    ):
+        pass
+    with pytest.raises(CogError, match=r"missing\.nc\":tas: no such file"):
+        to_cog(RasterInput(tmp_path / "missing.nc", "tas"), tmp_path / "out.tif", settings)
+
+
+def test_a_raster_over_the_pixel_limit_is_refused_from_its_header(tmp_path: Path) -> None:
+    # A crafted header: 100,000 x 100,000 pixels in a 2 MB sparse file.
+    huge = write_huge_header(tmp_path / "huge.tif")
+    assert huge.stat().st_size < 10_000_000
+    with pytest.raises(RasterTooLarge) as error:
+        to_cog(RasterInput(huge), tmp_path / "out.tif", CogSettings(), max_pixels=9_000_000_000)
+    assert error.value.reason == (
+        "100000 x 100000 pixels x 1 bands is 10000000000 pixels, more than the limit of 9000000000"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.tif"]  # nothing converted
+
+    # Bands count: those read, and stacked inputs add up.
+    small = write_raster(tmp_path / "small.tif", RasterSpec(count=3, width=10, height=10))
+    with pytest.raises(RasterTooLarge, match="10 x 10 pixels x 3 bands is 300 pixels"):
+        to_cog(RasterInput(small), tmp_path / "out.tif", CogSettings(), max_pixels=299)
+    with pytest.raises(RasterTooLarge, match="10 x 10 pixels x 4 bands is 400 pixels"):
+        to_cog(
+            [RasterInput(small, bands=(1,)), RasterInput(small)],
+            tmp_path / "out.tif",
+            CogSettings(),
+            max_pixels=399,
+        )
+    assert to_cog(RasterInput(small, bands=(2,)), tmp_path / "out.tif", CogSettings(), 100)
+    with (
+        pytest.raises(RasterTooLarge, match="10 x 10 pixels x 1 bands is 100 pixels"),
+        band_extractor(RasterInput(small), CogSettings(), tmp_path, max_pixels=99),
+    ):
+        pass
+
+
+def test_an_xml_source_is_never_opened(tmp_path: Path) -> None:
+    # A VRT, named like a GeoTIFF, pointing GDAL at a file elsewhere.
+    outside = write_raster(tmp_path / "outside" / "secret.tif", RasterSpec(width=10, height=10))
+    with rasterio.open(outside) as src:
+        rasterio.shutil.copy(src, tmp_path / "real.vrt", driver="VRT")
+    disguised = tmp_path / "root" / "layer.tif"
+    disguised.parent.mkdir()
+    disguised.write_bytes(b"\n  " + (tmp_path / "real.vrt").read_bytes())
+    with pytest.raises(SourceRefused, match="an XML document"):
+        to_cog(RasterInput(disguised), tmp_path / "out.tif", CogSettings())

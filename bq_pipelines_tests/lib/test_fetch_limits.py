@@ -4,17 +4,25 @@ still verified against the host name), size and time limits, a check of the file
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pystac
 import pytest
 
-from bq_pipelines.lib.errors import SourceError, SourceRefused
+from bq_pipelines.lib.catalog import StaticCatalogPublisher
+from bq_pipelines.lib.cog import CogSettings
+from bq_pipelines.lib.errors import RasterTooLarge, SourceError, SourceRefused
+from bq_pipelines.lib.pipeline import ItemPlan, Services, SourceRef, run_items
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.sources import FetchLimits, fetch, probe
+from bq_pipelines.lib.storage import LocalObjectStore
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
 from bq_pipelines_tests.fixtures.tls import https_server, self_signed_certificate
+from bq_pipelines_tests.rasters import RasterSpec, write_raster
 
 FAST = RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05)
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
@@ -214,3 +222,48 @@ def test_without_limits_a_fetch_is_unchanged(http_host: LocalHttpHost, tmp_path:
     http_host.put("b.tif", PAYLOAD)
     http_host.fail("a.tif", status=302, times=None, headers={"Location": "/b.tif"})
     assert fetch(http_host.url("a.tif"), tmp_path, retry=FAST).path.read_bytes() == PAYLOAD
+
+
+def test_the_pixel_limit_is_checked_by_the_pipeline_before_conversion(
+    http_host: LocalHttpHost, tmp_path: Path
+):
+    # The ingestion API's limits, guard included: the same mechanism datasets use.
+    source = write_raster(http_host.root / "wide.tif", RasterSpec(width=40, height=30, count=2))
+    guard = NamedHosts([http_host.base_url + "/"], {"127.0.0.1": ["127.0.0.1"]})
+    limits = FetchLimits(guard=guard, max_pixels=2399, settings_prefix="BQ_API_")
+    services = Services(
+        store=LocalObjectStore(tmp_path / "objects"),
+        publisher=StaticCatalogPublisher(tmp_path / "catalog"),
+        work_dir=tmp_path / "work",
+        retry=FAST,
+        fetch_limits=limits,
+    )
+    plan = ItemPlan(
+        collection_id="c",
+        item_id="wide",
+        folder="c",
+        file_name="wide.tif",
+        sources=(SourceRef(http_host.url("wide.tif")),),
+        cog=CogSettings(),
+        datetime=datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    with pytest.raises(RasterTooLarge) as error:
+        run_items([plan], services, "limits")
+    assert str(error.value) == (
+        f"cannot fetch {http_host.url('wide.tif')}: 40 x 30 pixels x 2 bands is 2400 pixels, "
+        "more than the limit of 2399 (BQ_API_MAX_PIXELS)"
+    )
+    assert not (tmp_path / "objects").exists() or not any((tmp_path / "objects").rglob("*.tif"))
+    # One band read is half the pixels.
+    one_band = dataclasses.replace(
+        plan, sources=(SourceRef(http_host.url("wide.tif"), bands=(1,)),)
+    )
+    collection = pystac.Collection(
+        "c",
+        "c",
+        pystac.Extent(
+            pystac.SpatialExtent([[-75, 49, -74, 50]]), pystac.TemporalExtent([[None, None]])
+        ),
+    )
+    [result] = run_items([one_band], services, "limits", collection=collection).items
+    assert result.cog.count == 1 and source.exists()
