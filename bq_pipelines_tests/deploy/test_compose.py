@@ -162,8 +162,9 @@ def test_the_ingestion_api_is_a_service_behind_nginx_with_its_token_only_in_its_
     assert api["BQ_API_TOKEN"] == "test-bq-api-token"
     assert api["BQ_API_HOST"] == "0.0.0.0" and api["BQ_API_PORT"] == "8083"
     # The daemon's sensor reads the requests the API wrote: both see the same store.
-    assert services["dagster-daemon"]["environment"]["BQ_API_DATABASE_URL"] == (
-        api["BQ_API_DATABASE_URL"]
+    assert (
+        services["dagster-daemon"]["environment"]["BQ_API_DATABASE_URL"]
+        == (api["BQ_API_DATABASE_URL"])
     )
     assert api["BQ_API_DATABASE_URL"].startswith("postgresql://")
     for name, service in services.items():
