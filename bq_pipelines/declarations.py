@@ -970,6 +970,21 @@ def builtin_declaration_files() -> list[Path]:
     )
 
 
+def builtin_declaration_path(dataset_id: str) -> Path:
+    """`bq_pipelines/defs/<id>/defs.yaml`; ConfigError naming the known ids otherwise."""
+    paths = {p.parent.name: p for p in builtin_declaration_files()}
+    if dataset_id not in paths:
+        raise ConfigError(f"no dataset {dataset_id!r}; known: {', '.join(sorted(paths))}")
+    return paths[dataset_id]
+
+
+def builtin_declaration_data(dataset_id: str) -> dict[str, Any]:
+    """The attributes of a built-in dataset's component file, as plain data (for a variant
+    of it, e.g. under another id)."""
+    data = yaml.safe_load(builtin_declaration_path(dataset_id).read_text(encoding="utf-8"))
+    return data["attributes"]
+
+
 def load_declarations(paths: Iterable[Path] | None = None) -> list[Declaration]:
     """Every declaration (the built-in ones by default); ids must be unique, and no two
     datasets may write the same object key."""

@@ -591,9 +591,7 @@ def _descriptions(declaration: Declaration, settings: Settings) -> dict[str, str
     }
 
 
-def newest_partition_schedule(
-    declaration: Declaration, job: Any
-) -> Any:
+def newest_partition_schedule(declaration: Declaration, job: Any) -> Any:
     """A time-partitioned dataset that declares `schedule`, or whose series grows, gets a
     schedule materializing its newest period (every static value of it); off by default."""
     if declaration.partitions.time is None or not (declaration.schedule or declaration.grows):
