@@ -14,7 +14,7 @@ import re
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -591,18 +591,57 @@ def _descriptions(declaration: Declaration, settings: Settings) -> dict[str, str
     }
 
 
-def newest_partition_schedule(declaration: Declaration, job: Any) -> Any:
-    """A time-partitioned dataset that declares `schedule`, or whose series grows, gets a
-    schedule materializing its newest period (every static value of it); off by default."""
-    if declaration.partitions.time is None or not (declaration.schedule or declaration.grows):
+CADENCE_CRON = {"yearly": "0 0 1 1 *", "monthly": "0 0 1 * *", "daily": "0 0 * * *"}
+
+
+def newest_partition_keys(
+    partitions_def: dg.PartitionsDefinition, current_time: datetime
+) -> list[str]:
+    """The newest period's partition keys at `current_time`: one, or one per static value."""
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        dimensions = partitions_def.partitions_defs
+        [time_dim] = [
+            d for d in dimensions if isinstance(d.partitions_def, dg.TimeWindowPartitionsDefinition)
+        ]
+        [other] = [d for d in dimensions if d is not time_dim]
+        periods = time_dim.partitions_def.get_partition_keys(current_time=current_time)
+        if not periods:
+            return []
+        period = periods[-1]
+        return [
+            str(dg.MultiPartitionKey({time_dim.name: period, other.name: value}))
+            for value in other.partitions_def.get_partition_keys()
+        ]
+    return partitions_def.get_partition_keys(current_time=current_time)[-1:]
+
+
+def newest_partition_schedule(
+    declaration: Declaration, partitions_def: dg.PartitionsDefinition, job: Any
+) -> dg.ScheduleDefinition | None:
+    """A time-partitioned dataset that declares `schedule` (a cron), or whose series grows
+    (at its cadence), gets a schedule requesting its newest period (a run per static value);
+    off by default. A partition already processed is skipped as unchanged by the run."""
+    time = declaration.partitions.time
+    if time is None or not (declaration.schedule or declaration.grows):
         return None
-    return dg.build_schedule_from_partitioned_job(
-        job,
+
+    @dg.schedule(
         name=op_name(declaration.id, "schedule"),
-        cron_schedule=declaration.schedule,
+        cron_schedule=declaration.schedule or CADENCE_CRON[time.cadence],
+        execution_timezone="UTC",
+        job=job,
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description=f"Materializes the newest period of {declaration.title}.",
     )
+    def newest(context: dg.ScheduleEvaluationContext):
+        now = context.scheduled_execution_time or datetime.now(UTC)
+        keys = newest_partition_keys(partitions_def, now)
+        if not keys:
+            return dg.SkipReason(f"{declaration.id}: no period has started yet")
+        tick = now.strftime("%Y-%m-%dT%H:%M")
+        return [dg.RunRequest(run_key=f"{key}@{tick}", partition_key=key) for key in keys]
+
+    return newest
 
 
 def build_dataset(declaration: Declaration, settings: Settings | None = None) -> dg.Definitions:
@@ -727,7 +766,7 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
         sensors.append(files_discovery_sensor(declaration, partitions_def))
     elif reads_remote_sources(declaration):
         sensors.append(upstream_sensor(declaration, partitions_def, job))
-    schedule = newest_partition_schedule(declaration, job)
+    schedule = newest_partition_schedule(declaration, partitions_def, job)
     return dg.Definitions(
         assets=[partition_assets, collection],
         asset_checks=[audit_def],
