@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import dagster as dg
 
 from bq_pipelines.declarations import Declaration
+from bq_pipelines.keys import DatasetKeys, keys_by_dimension, op_name
 from bq_pipelines.lib import sources as source_files
 from bq_pipelines.lib.errors import PipelineError, SourceError
 from bq_pipelines.lib.pipeline import ItemPlan, fingerprint
@@ -84,8 +85,6 @@ def _plan(
     partition_key: str,
     sources: SourcesResource,
 ) -> list[ItemPlan]:
-    from bq_pipelines.factory import keys_by_dimension  # factory imports this module
-
     return plan_partition(
         declaration,
         keys_by_dimension(declaration, partitions_def, partition_key),
@@ -157,9 +156,6 @@ def upstream_sensor(
         )
     if not reads_remote_sources(declaration):
         raise ValueError(f"{declaration.id}: every source is local; there is no upstream to watch")
-    # factory.py imports this module: take its helpers now that both are loaded.
-    from bq_pipelines.factory import DatasetKeys, op_name
-
     keys = DatasetKeys(declaration.id)
     job_name = job_def_or_name if isinstance(job_def_or_name, str) else None
     job = None if isinstance(job_def_or_name, str) else job_def_or_name
