@@ -25,6 +25,7 @@ from bq_pipelines.declarations import Declaration
 from bq_pipelines.keys import (
     AUDIT_CHECK,
     COG_VALID_CHECK,
+    DATASET_TAG,
     ITEM_VALID_CHECK,
     PARTITION_STEPS,
     DatasetKeys,
@@ -758,6 +759,7 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
         - dg.AssetSelection.checks(audit_def),
         partitions_def=partitions_def,
         description=f"Materialize {declaration.title}: partitions, then the collection.",
+        tags={DATASET_TAG: declaration.id},
     )
     sensors = []
     if isinstance(partitions_def, dg.DynamicPartitionsDefinition):

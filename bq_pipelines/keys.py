@@ -14,6 +14,8 @@ PARTITION_STEPS = ("raw", "cog", "object", "stac_item")
 COG_VALID_CHECK = "cog_valid"
 ITEM_VALID_CHECK = "stac_item_valid"
 AUDIT_CHECK = "catalog_matches_store"
+# On every run of a dataset's job: the run queue's per-dataset limit (deploy/dagster.yaml).
+DATASET_TAG = "bq/dataset"
 
 
 def op_name(dataset_id: str, suffix: str) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import dagster as dg
 
 from bq_pipelines.declarations import Declaration
-from bq_pipelines.keys import DatasetKeys, keys_by_dimension, op_name
+from bq_pipelines.keys import DATASET_TAG, DatasetKeys, keys_by_dimension, op_name
 from bq_pipelines.lib import sources as source_files
 from bq_pipelines.lib.errors import PipelineError, SourceError
 from bq_pipelines.lib.pipeline import ItemPlan, fingerprint
@@ -198,6 +198,7 @@ def upstream_sensor(
                         run_key=f"{partition_key}@{token[:16]}",
                         partition_key=partition_key,
                         asset_selection=keys.partitioned,
+                        tags={DATASET_TAG: declaration.id},
                     )
                 )
         cursor = json.dumps({"last_checked": checked[-1]}) if checked else context.cursor
