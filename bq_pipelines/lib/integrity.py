@@ -94,9 +94,7 @@ def object_drift(
     return None
 
 
-def item_drift(
-    item: Mapping[str, Any], plan: ItemPlan, services: Services
-) -> ObjectDrift | None:
+def item_drift(item: Mapping[str, Any], plan: ItemPlan, services: Services) -> ObjectDrift | None:
     """How the objects of `plan` (its COG, and its thumbnail when it has one) differ from
     what the published `item` says of them, or None."""
     drift = object_drift(item, plan_key(plan, services), owner_of(plan), services.store)

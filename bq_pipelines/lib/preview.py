@@ -346,7 +346,9 @@ def _graticule_step(span: float) -> float:
     return 90.0
 
 
-def coverage_map(items: Iterable[Mapping[str, Any]], max_side: int = COVERAGE_MAX_SIDE) -> CoverageMap | None:
+def coverage_map(
+    items: Iterable[Mapping[str, Any]], max_side: int = COVERAGE_MAX_SIDE
+) -> CoverageMap | None:
     """An equirectangular map (lon/lat) of the items' footprints over their bounds: covered
     pixels coloured by how many items cover them (darker: more), a graticule for orientation.
     None without footprints. Identical footprints are drawn once, weighted by their count."""
@@ -432,7 +434,9 @@ def item_start(item: Mapping[str, Any]) -> datetime | None:
         return None
 
 
-def items_over_time(items: Iterable[Mapping[str, Any]], max_rows: int = 60) -> list[tuple[str, int]]:
+def items_over_time(
+    items: Iterable[Mapping[str, Any]], max_rows: int = 60
+) -> list[tuple[str, int]]:
     """(period, item count) by month, year or decade, whichever keeps at most `max_rows`
     periods between the first and the last; periods without items are listed (with 0) so
     that gaps show. Items without a date are counted under "undated"."""
