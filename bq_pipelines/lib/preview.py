@@ -58,6 +58,8 @@ _CATEGORY_PALETTE = (
     (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
     (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
 )  # fmt: skip
+# zlib level 1: a quarter of level 6's time for about a fifth more bytes (thumbnails are small).
+PNG_COMPRESSION = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_PALETTE = 255  # index 0 is the transparent entry
 
@@ -94,7 +96,7 @@ def _png(pixels: np.ndarray, colour_type: int, extra_chunks: Sequence[bytes] = (
             _PNG_SIGNATURE,
             _chunk(b"IHDR", header),
             *extra_chunks,
-            _chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)),
+            _chunk(b"IDAT", zlib.compress(filtered.tobytes(), PNG_COMPRESSION)),
             _chunk(b"IEND", b""),
         ]
     )
@@ -205,15 +207,29 @@ def _colour_table(src: rasterio.io.DatasetReader) -> dict[int, tuple[int, int, i
         return {}
 
 
+def _class_indexes(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of `valid` (sorted) and each pixel's position among them; by counting
+    for integers of up to 16 bits (the usual classes), 10x faster than sorting."""
+    if valid.dtype.kind in "ui" and valid.dtype.itemsize <= 2 and valid.size:
+        low = int(valid.min())
+        shifted = valid.astype(np.int64) - low
+        present = np.bincount(shifted) > 0
+        positions = np.cumsum(present) - 1
+        return np.nonzero(present)[0] + low, positions[shifted]
+    return np.unique(valid, return_inverse=True)
+
+
 def _categorical(
-    values: np.ma.MaskedArray, src: rasterio.io.DatasetReader
+    values: np.ma.MaskedArray,
+    src: rasterio.io.DatasetReader,
+    table: Mapping[int, tuple[int, int, int, int]],
 ) -> tuple[bytes, str] | None:
-    """A palette PNG of classes: the COG's colour table, else its classes' colour hints, else
+    """A palette PNG of classes: the COG's colour `table`, else its classes' colour hints, else
     a fixed palette by class value. None when there are more classes than a palette holds."""
-    classes, inverse = np.unique(values.compressed(), return_inverse=True)
+    classes, inverse = _class_indexes(values.compressed())
     if classes.size > _MAX_PALETTE:
         return None
-    table, style = _colour_table(src), "colour table"
+    style = "colour table"
     if not table:
         table, style = _class_colours(src), "class colours"
     if not table:
@@ -294,7 +310,7 @@ def render_thumbnail(
             empty = palette_png(np.zeros(band.shape, np.uint8), [(0, 0, 0, 0)])
             return Thumbnail(empty, width, height, "empty")
         if by_class:
-            drawn = _categorical(band, src)
+            drawn = _categorical(band, src, table)
             if drawn is not None:
                 return Thumbnail(drawn[0], width, height, drawn[1])
         return Thumbnail(_stretched(band), width, height, "stretch")
