@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bq_pipelines.lib import names
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.lib.preview import thumbnail_file_name
 
 STATIC_KEY_SEPARATOR = "__"
 FILES_DIMENSION = "file"
@@ -445,6 +446,9 @@ class Declaration(_Strict):
     summarize: list[str] = Field(default_factory=list)  # item properties summarized from items
     links: list[dict[str, Any]] = Field(default_factory=list)  # e.g. {rel: license, href: ...}
     extra_fields: dict[str, Any] = Field(default_factory=dict)
+    # A PNG thumbnail per item, beside its COG and in the item's `thumbnail` asset (README:
+    # "Previews"); off for datasets of very many small items.
+    thumbnails: bool = True
     # Dagster asset owners: emails or `team:<name>`.
     owners: list[str] = Field(default_factory=lambda: list(DEFAULT_OWNERS))
     # A cron: a time-partitioned dataset's schedule materializing its newest period (a series
@@ -625,6 +629,9 @@ class Declaration(_Strict):
             else f"{item_id}.tif"
         )
         problem = names.file_name_problem(file_name)
+        if problem is None and self.thumbnails:
+            problem = names.file_name_problem(thumbnail_file_name(file_name))
+            problem = problem and f"its thumbnail's name (thumbnails: true) {problem}"
         if problem is not None:
             raise ConfigError(f"{field}: file name {file_name!r}: {problem}")
         return item_id, file_name

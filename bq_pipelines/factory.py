@@ -50,6 +50,7 @@ from bq_pipelines.lib.pipeline import (
 )
 from bq_pipelines.lib.staging import run_staging
 from bq_pipelines.plans import SourceLocations, collection_for, plan_partition
+from bq_pipelines.previews import collection_previews, partition_previews
 from bq_pipelines.resources import (
     CatalogResource,
     LocksResource,
@@ -282,6 +283,7 @@ def _process_locked(
     outcome = _result_outcome(
         keys, token, result, services.publisher.item_url(declaration.id, first_item)
     )
+    outcome.metadata[keys.step("stac_item")] |= partition_previews(result, services)
     for item_id, warning in list(outcome.constant.items())[:MAX_LISTED_ITEMS]:
         context.log.warning(f"{declaration.id} [{partition_key}] item {item_id}: {warning}")
     return outcome
@@ -749,6 +751,7 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
                 **_extent_metadata(as_dict),
                 "collection": dg.MetadataValue.json(as_dict),
                 "updated_at": datetime.now().isoformat(timespec="seconds"),
+                **collection_previews(items),
             }
         )
 

@@ -213,6 +213,7 @@ def plan_partition(
                     for key, value in item.properties.items()
                 },
                 title=render(item.title, item_variables, "item.title") if item.title else None,
+                thumbnail=declaration.thumbnails,
             )
         )
     return plans

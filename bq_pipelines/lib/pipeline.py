@@ -20,7 +20,7 @@ from typing import Any
 
 import pystac
 
-from bq_pipelines.lib import cog, sources, stac
+from bq_pipelines.lib import cog, preview, sources, stac
 from bq_pipelines.lib.catalog import Publisher, PublishOutcome
 from bq_pipelines.lib.errors import (
     CogError,
@@ -74,9 +74,12 @@ class ItemPlan:
     end_datetime: DateTime | None = None
     properties: Mapping[str, Any] = field(default_factory=dict)
     title: str | None = None
+    # A PNG thumbnail stored beside the COG (`preview.thumbnail_file_name`) and added to the
+    # item as its `thumbnail` asset.
+    thumbnail: bool = False
 
     def fingerprint_payload(self) -> dict[str, Any]:
-        return {
+        payload = {
             "collection": self.collection_id,
             "item": self.item_id,
             "folder": self.folder,
@@ -87,6 +90,9 @@ class ItemPlan:
             "properties": dict(self.properties),
             "title": self.title,
         }
+        if self.thumbnail:  # only then: items without thumbnails keep their fingerprints
+            payload["thumbnail"] = preview.PREVIEW_VERSION
+        return payload
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class ItemResult:
     stored: StoredObject
     item: dict[str, Any]
     outcome: PublishOutcome
+    thumbnail: StoredObject | None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +223,44 @@ def _refused(
     return type(error)(redact_url(url), reason)
 
 
-def describe(plan: ItemPlan, info: cog.CogInfo, href: str, services: Services) -> pystac.Item:
+@dataclass(frozen=True)
+class ThumbnailFile:
+    """A thumbnail rendered into staging, and where it goes."""
+
+    path: Path
+    key: str
+    href: str
+    size: int
+    sha256: str
+
+
+def render_thumbnail(
+    plan: ItemPlan, info: cog.CogInfo, staging: Path, services: Services
+) -> ThumbnailFile:
+    """The plan's thumbnail, rendered from its COG's overviews into staging."""
+    name = preview.thumbnail_file_name(plan.file_name)
+    try:
+        thumbnail = preview.render_thumbnail(info.path, categorical=plan.cog.categorical)
+    except Exception as error:
+        raise PipelineError(f"item {plan.item_id}: cannot render its thumbnail: {error}") from error
+    path = thumbnail.write(staging / name)
+    key = object_key(services.object_prefix, plan.folder, name)
+    return ThumbnailFile(
+        path=path,
+        key=key,
+        href=services.store.href(key),
+        size=len(thumbnail.png),
+        sha256=hashlib.sha256(thumbnail.png).hexdigest(),
+    )
+
+
+def describe(
+    plan: ItemPlan,
+    info: cog.CogInfo,
+    href: str,
+    services: Services,
+    thumbnail: ThumbnailFile | None = None,
+) -> pystac.Item:
     item = stac.build_item(
         info.path,
         item_id=plan.item_id,
@@ -229,12 +273,24 @@ def describe(plan: ItemPlan, info: cog.CogInfo, href: str, services: Services) -
         file_size=info.size,
         file_sha256=info.sha256,
     )
+    if thumbnail is not None:
+        stac.add_thumbnail(item, thumbnail.href, size=thumbnail.size, sha256=thumbnail.sha256)
     stac.validate(item, services.stac_schemas_dir)
     empty = stac.nodata_only(item, info.path)
     if empty is not None:
         # Published, it would look like a successful ingestion of a blank map.
         raise StacValidationError(f"item {plan.item_id}: {empty}: not published")
     return item
+
+
+@dataclass(frozen=True)
+class Produced:
+    """One item converted, described and stored, not yet published."""
+
+    item: pystac.Item
+    info: cog.CogInfo
+    stored: StoredObject
+    thumbnail: StoredObject | None = None
 
 
 def produce_item(
@@ -244,19 +300,31 @@ def produce_item(
     services: Services,
     on_step: StepCallback = _no_callback,
     prepared: cog.RasterInput | None = None,
-) -> tuple[pystac.Item, cog.CogInfo, StoredObject]:
+) -> Produced:
     """Convert, check and upload one item whose sources are already fetched (not published)."""
     on_step(Step.CONVERT, plan.item_id)
     info = convert(plan, fetched, staging, services, prepared)
     key = object_key(services.object_prefix, plan.folder, plan.file_name)
     on_step(Step.DESCRIBE, plan.item_id)
-    item = describe(plan, info, services.store.href(key), services)
+    thumbnail = render_thumbnail(plan, info, staging, services) if plan.thumbnail else None
+    item = describe(plan, info, services.store.href(key), services, thumbnail)
     on_step(Step.STORE, key)
-    # The owner makes the store refuse to overwrite another item's object with this one.
+    # The owner makes the store refuse to overwrite another item's object with this one; the
+    # thumbnail belongs to the same item.
     owner = ObjectOwner(plan.collection_id, plan.item_id)
     stored = services.store.put_file(info.path, key, sha256=info.sha256, owner=owner)
     info.path.unlink(missing_ok=True)
-    return item, info, stored
+    stored_thumbnail = None
+    if thumbnail is not None:
+        stored_thumbnail = services.store.put_file(
+            thumbnail.path,
+            thumbnail.key,
+            sha256=thumbnail.sha256,
+            owner=owner,
+            content_type=preview.PNG_MEDIA_TYPE,
+        )
+        thumbnail.path.unlink(missing_ok=True)
+    return Produced(item, info, stored, stored_thumbnail)
 
 
 @dataclass
@@ -292,10 +360,17 @@ def run_items(
         on_step(Step.PUBLISH, f"{len(produced)} items")
         if collection is not None:
             services.publisher.ensure_collection(collection)
-        outcomes = services.publisher.upsert_items([item for item, _, _ in produced])
+        outcomes = services.publisher.upsert_items([p.item for p in produced])
         results = [
-            ItemResult(plan=plan, cog=info, stored=stored, item=item.to_dict(), outcome=outcome)
-            for plan, (item, info, stored), outcome in zip(plans, produced, outcomes, strict=True)
+            ItemResult(
+                plan=plan,
+                cog=p.info,
+                stored=p.stored,
+                item=p.item.to_dict(),
+                outcome=outcome,
+                thumbnail=p.thumbnail,
+            )
+            for plan, p, outcome in zip(plans, produced, outcomes, strict=True)
         ]
         return PartitionResult(items=results, fetched=list(fetched.values()))
     finally:
@@ -321,7 +396,7 @@ def _produce_all(
     staging: Path,
     services: Services,
     on_step: StepCallback,
-) -> list[tuple[pystac.Item, cog.CogInfo, StoredObject]]:
+) -> list[Produced]:
     if not _one_band_of_one_source(plans):
         return [produce_item(plan, fetched, staging, services, on_step) for plan in plans]
     ref = plans[0].sources[0]

@@ -298,6 +298,19 @@ def build_item(
     return item
 
 
+THUMBNAIL_ASSET = "thumbnail"
+
+
+def add_thumbnail(item: pystac.Item, href: str, *, size: int, sha256: str) -> None:
+    """The item's `thumbnail` asset: a PNG (roles ["thumbnail"]) with its file:size and
+    file:checksum, so that integrity checks compare it with the store like the COG."""
+    asset = pystac.Asset(href=href, title="Thumbnail", media_type="image/png", roles=["thumbnail"])
+    item.add_asset(THUMBNAIL_ASSET, asset)
+    file_ext = FileExtension.ext(item.assets[THUMBNAIL_ASSET], add_if_missing=True)
+    file_ext.size = size
+    file_ext.checksum = multihash_sha256(sha256)
+
+
 # ---------------------------------------------------------------------- item content
 
 
