@@ -59,6 +59,11 @@ FORCE_TAG = "bq/force"
 TRUE_VALUES = ("1", "true", "yes", "on")
 
 
+def collection_pool(dataset_id: str) -> str:
+    """The Dagster pool of a collection's writers (limit 1 in production: deploy/README.md)."""
+    return f"bq/collection/{dataset_id}"
+
+
 def op_name(dataset_id: str, suffix: str) -> str:
     return f"{dataset_id.replace('-', '_')}_{suffix}"
 
@@ -593,26 +598,27 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
         description=f"{declaration.title}: the STAC collection, its extent and summaries "
         "recomputed from the published items (not published while it has none).",
         output_required=False,
+        pool=collection_pool(declaration.id),
     )
     def collection(
         context: dg.AssetExecutionContext, catalog: CatalogResource, sources: SourcesResource
     ) -> Iterator[dg.MaterializeResult]:
         publisher = catalog.publisher()
-        items = list(publisher.iter_items(declaration.id))
-        if not items:
+        content = publisher.collection_content(declaration.id, declaration.summarize)
+        if not content.items:
             # An empty collection would advertise a dataset with nothing in it (a failed first
             # run): the collection appears with its first published items.
             context.log.warning(f"collection {declaration.id}: no published items, not published")
             return
-        built = collection_for(declaration, items)
+        built = collection_for(declaration, [], content)
         schemas = sources.stac_schemas_dir
         stac.validate(built, Path(schemas) if schemas else None)
         outcome = publisher.upsert_collection(built)
         as_dict = built.to_dict(include_self_link=False)
-        context.log.info(f"collection {declaration.id}: {outcome}, {len(items)} items")
+        context.log.info(f"collection {declaration.id}: {outcome}, {content.items} items")
         yield dg.MaterializeResult(
             metadata={
-                "items": len(items),
+                "items": content.items,
                 "outcome": outcome,
                 **_extent_metadata(as_dict),
                 "collection": dg.MetadataValue.json(as_dict),

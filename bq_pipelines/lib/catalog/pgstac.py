@@ -249,14 +249,22 @@ class PgstacPublisher(StacApiPublisher):
         self, collection_id: str, summarize: Sequence[str] = ()
     ) -> CollectionContent:
         """Count, extent and summaries of the collection's items, aggregated by the database
-        (an index scan of one collection's partition, not every item through the API)."""
+        (a scan of one collection's partition, not every item through the API). The extent is
+        the union of the items' `bbox` (which covers a reprojected footprint's curved edges,
+        unlike its polygon) and of their datetimes or ranges, as `stac.union_extent` computes
+        it."""
         with self._sql() as conn:
             row = conn.execute(
                 """
+                WITH boxes AS (
+                    SELECT datetime, end_datetime, content->'bbox' AS bbox,
+                           jsonb_array_length(content->'bbox') / 2 AS half
+                    FROM pgstac.items WHERE collection = %s
+                )
                 SELECT count(*), min(datetime), max(end_datetime),
-                       min(st_xmin(geometry)), min(st_ymin(geometry)),
-                       max(st_xmax(geometry)), max(st_ymax(geometry))
-                FROM pgstac.items WHERE collection = %s
+                       min((bbox->>0)::float8), min((bbox->>1)::float8),
+                       max((bbox->>half)::float8), max((bbox->>(half + 1))::float8)
+                FROM boxes
                 """,
                 (collection_id,),
             ).fetchone()
