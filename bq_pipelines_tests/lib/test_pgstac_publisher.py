@@ -21,6 +21,7 @@ from bq_pipelines.lib.catalog import (
     to_json_dict,
 )
 from bq_pipelines.lib.catalog.pgstac import collection_lock_name
+from bq_pipelines.lib.errors import CatalogError
 from bq_pipelines.lib.locks import advisory_key
 from bq_pipelines.lib.stac import build_collection
 from bq_pipelines_tests.lib.test_catalog import FAST_RETRY, clone, item_template  # noqa: F401
@@ -211,7 +212,9 @@ def test_a_writer_waits_for_the_collection_lock(
         other.execute(
             "SELECT pg_advisory_lock(%s)", (advisory_key(collection_lock_name(collection_id)),)
         )
-        with PgstacPublisher(stac_api_url, dsn, lock_wait_seconds=1.0) as impatient:
-            with pytest.raises(Exception, match="still held by another run"):
-                impatient.upsert_items(items_of(item_template, collection_id, 2))
+        with (
+            PgstacPublisher(stac_api_url, dsn, lock_wait_seconds=1.0) as impatient,
+            pytest.raises(CatalogError, match="still held by another run"),
+        ):
+            impatient.upsert_items(items_of(item_template, collection_id, 2))
     assert list(api.iter_items(collection_id)) == []
