@@ -99,6 +99,7 @@ bench: install-dev
 	$(BIN)/python bench/bench_cog.py
 	$(BIN)/python bench/bench_backfill.py
 	$(BIN)/python bench/bench_validation.py
+	$(BIN)/python bench/bench_publish.py
 	$(BIN)/python bench/bench_api.py
 
 clean: services-down
