@@ -86,9 +86,11 @@ api: install $(DAGSTER_HOME)/dagster.yaml
 	@BQ_API_TOKEN="$${BQ_API_TOKEN:-$$(cat $(API_TOKEN_FILE))}" \
 	  $(BIN)/python -m bq_pipelines.api --with-daemon --workspace workspace.yaml
 
+## ruff (lint + format) and mypy (pyproject: strict on lib/); .ci/run runs it before the tests.
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: install-dev
 	$(BIN)/ruff format .

@@ -163,7 +163,7 @@ def ingestion_definitions(declarations: list[Declaration], settings: ApiSettings
                 store.fail(request_id, run_id, reason)
                 if not isinstance(error, Exception):
                     raise
-                failure = error
+                failure: Exception | None = error
             else:
                 failure = None
                 store.finish(request_id, run_id, outcome.item_url, outcome.history)

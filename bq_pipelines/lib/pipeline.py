@@ -13,7 +13,7 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime as DateTime  # the type, where a field is named `datetime`
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,9 @@ class ItemPlan:
     file_name: str
     sources: tuple[SourceRef, ...]
     cog: cog.CogSettings
-    datetime: datetime | None = None
-    start_datetime: datetime | None = None
-    end_datetime: datetime | None = None
+    datetime: DateTime | None = None
+    start_datetime: DateTime | None = None
+    end_datetime: DateTime | None = None
     properties: Mapping[str, Any] = field(default_factory=dict)
     title: str | None = None
 

@@ -383,7 +383,7 @@ def union_extent(items: Iterable[pystac.Item | Mapping[str, Any]]) -> pystac.Ext
         times.extend(_item_times(item_dict.get("properties", {})))
     spatial = pystac.SpatialExtent([bbox or GLOBAL_BBOX])
     # An open interval [[null, null]] is valid in STAC 1.1 (both ends may be null).
-    interval = [min(times), max(times)] if times else [None, None]
+    interval: list[datetime | None] = [min(times), max(times)] if times else [None, None]
     return pystac.Extent(spatial, pystac.TemporalExtent([interval]))
 
 
@@ -627,10 +627,10 @@ def _check_against(stac_dict: Mapping[str, Any], uri: str, override: Path | None
         raise StacValidationError(
             f"{stac_dict.get('type')} {stac_dict.get('id')!r}: {error}"
         ) from error
-    error = next(validator.iter_errors(stac_dict), None)
-    if error is None:
+    first = next(validator.iter_errors(stac_dict), None)
+    if first is None:
         return
-    specific = _most_specific(error)
+    specific = _most_specific(first)
     message = specific.message
     if len(message) > _MAX_MESSAGE_CHARS:
         message = message[:_MAX_MESSAGE_CHARS] + "..."
