@@ -108,7 +108,8 @@ class Publisher(ABC):
 def to_json_dict(stac_object: pystac.STACObject) -> dict[str, Any]:
     # The JSON round trip makes tuples lists, so comparisons see what a reader of the file sees.
     raw = stac_object.to_dict(include_self_link=False, transform_hrefs=False)
-    return json.loads(json.dumps(raw))
+    document: dict[str, Any] = json.loads(json.dumps(raw))
+    return document
 
 
 def foreign_links(links: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -126,7 +127,8 @@ def _without_nulls(value: Any) -> Any:
 
 def _comparable(document: Mapping[str, Any]) -> dict[str, Any]:
     """What the publisher controls: the server rewrites links and drops nulls."""
-    return _without_nulls({k: v for k, v in document.items() if k != "links"})
+    kept: dict[str, Any] = _without_nulls({k: v for k, v in document.items() if k != "links"})
+    return kept
 
 
 def same_content(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:

@@ -63,7 +63,7 @@ class _Loader(Loader):
     # pypgstac retries a partition's load 10 times with random waits of up to 120 s each
     # (tenacity): a deadlock could then stall a partition for many minutes. A few quick
     # attempts here; the caller's time budget (LOAD_RETRY) retries the whole chunk after that.
-    load_partition = Loader.load_partition.retry_with(  # type: ignore[attr-defined]
+    load_partition = Loader.load_partition.retry_with(
         stop=stop_after_attempt(3), wait=wait_random_exponential(multiplier=0.1, max=2)
     )
 

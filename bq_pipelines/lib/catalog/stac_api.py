@@ -125,7 +125,8 @@ class StacApiPublisher(Publisher):
             return None
         if response.is_error:
             raise self._refused(response, what)
-        return response.json()
+        document: dict[str, Any] = response.json()
+        return document
 
     def _create_or_replace(
         self,

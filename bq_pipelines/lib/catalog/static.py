@@ -32,9 +32,10 @@ def _check_path_id(kind: str, value: str) -> str:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    return document
 
 
 def _write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
