@@ -190,12 +190,18 @@ class PgstacPublisher(StacApiPublisher):
         first, last = chunk[0]["id"], chunk[-1]["id"]
         what = f"bulk load of {len(chunk)} items ({first!r}..{last!r}) into {collection_id!r}"
 
+        first_seen: list[list[PublishOutcome]] = []
+
         def attempt() -> list[PublishOutcome]:
             started = time.perf_counter()
             loader = _Loader(self._pgstac_db())
             # The collection's base item is cached per Loader: a fresh one per chunk never
             # dehydrates against a collection edited since.
             outcomes = self._outcomes(loader, collection_id, chunk)
+            if not first_seen:
+                # What the catalog held before this chunk: a retried attempt may find some of
+                # its own writes committed, and would call them unchanged.
+                first_seen.append(outcomes)
             to_load = [doc for doc, o in zip(chunk, outcomes, strict=True) if o != "unchanged"]
             if to_load:
                 loader.load_items(iter(to_load), insert_mode=Methods.upsert, chunksize=len(chunk))
@@ -206,7 +212,7 @@ class PgstacPublisher(StacApiPublisher):
                 len(chunk) - len(to_load),
                 time.perf_counter() - started,
             )
-            return outcomes
+            return first_seen[0]
 
         try:
             return with_retries(
