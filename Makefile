@@ -112,6 +112,7 @@ bench: install-dev
 	$(BIN)/python bench/bench_backfill.py
 	$(BIN)/python bench/bench_validation.py
 	$(BIN)/python bench/bench_previews.py
+	$(BIN)/python bench/bench_publish.py
 	$(BIN)/python bench/bench_api.py
 
 clean: services-down

@@ -8,6 +8,7 @@ never needs a shared file system between steps. A run processes a batch of parti
 """
 
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ from bq_pipelines.keys import (
     ITEM_VALID_CHECK,
     PARTITION_STEPS,
     DatasetKeys,
+    collection_pool,
     keys_by_dimension,
     op_name,
     partitions_definition,
@@ -50,7 +52,7 @@ from bq_pipelines.lib.pipeline import (
 )
 from bq_pipelines.lib.staging import run_staging
 from bq_pipelines.plans import SourceLocations, collection_for, plan_partition
-from bq_pipelines.previews import collection_previews, partition_previews
+from bq_pipelines.previews import PREVIEW_MAX_ITEMS, collection_previews, partition_previews
 from bq_pipelines.resources import (
     CatalogResource,
     LocksResource,
@@ -727,31 +729,35 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
         automation_condition=collection_automation_condition(),
         description=descriptions["collection"],
         output_required=False,
+        pool=collection_pool(declaration.id),
     )
     def collection(
         context: dg.AssetExecutionContext, catalog: CatalogResource, sources: SourcesResource
     ) -> Iterator[dg.MaterializeResult]:
         publisher = catalog.publisher()
-        items = list(publisher.iter_items(declaration.id))
-        if not items:
+        content = publisher.collection_content(declaration.id, declaration.summarize)
+        if not content.items:
             # An empty collection would advertise a dataset with nothing in it (a failed first
             # run): the collection appears with its first published items.
             context.log.warning(f"collection {declaration.id}: no published items, not published")
             return
-        built = collection_for(declaration, items)
+        built = collection_for(declaration, [], content)
         schemas = sources.stac_schemas_dir
         stac.validate(built, Path(schemas) if schemas else None)
         outcome = publisher.upsert_collection(built)
         as_dict = built.to_dict(include_self_link=False)
-        context.log.info(f"collection {declaration.id}: {outcome}, {len(items)} items")
+        context.log.info(f"collection {declaration.id}: {outcome}, {content.items} items")
         yield dg.MaterializeResult(
             metadata={
-                "items": len(items),
+                "items": content.items,
                 "outcome": outcome,
                 **_extent_metadata(as_dict),
                 "collection": dg.MetadataValue.json(as_dict),
                 "updated_at": datetime.now().isoformat(timespec="seconds"),
-                **collection_previews(items),
+                **collection_previews(
+                    itertools.islice(publisher.iter_items(declaration.id), PREVIEW_MAX_ITEMS),
+                    total=content.items,
+                ),
             }
         )
 

@@ -18,6 +18,11 @@ AUDIT_CHECK = "catalog_matches_store"
 DATASET_TAG = "bq/dataset"
 
 
+def collection_pool(dataset_id: str) -> str:
+    """The Dagster pool of a collection's writers (limit 1 in production: deploy/README.md)."""
+    return f"bq/collection/{dataset_id}"
+
+
 def op_name(dataset_id: str, suffix: str) -> str:
     """`<id>_<suffix>` with `-` as `_`: Dagster names (ops, jobs, groups) allow no `-`."""
     return f"{dataset_id.replace('-', '_')}_{suffix}"

@@ -58,6 +58,11 @@ def partition_previews(result: PartitionResult, services: Services) -> dict[str,
     return item_preview_metadata(first.item, item_url, png)
 
 
+# Items read for a collection's previews: enough for a faithful map of most collections, bounded
+# so that a refresh of a very large one (229,050 items) does not page through all of it.
+PREVIEW_MAX_ITEMS = 10_000
+
+
 def items_over_time_markdown(rows: Sequence[tuple[str, int]]) -> str:
     """A markdown table of (period, count) with a bar per row."""
     if not rows:
@@ -70,19 +75,26 @@ def items_over_time_markdown(rows: Sequence[tuple[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def collection_previews(items: Iterable[Mapping[str, Any]]) -> dict[str, dg.MetadataValue]:
-    """A collection's coverage map (its items' footprints) and its item count over time."""
+def collection_previews(
+    items: Iterable[Mapping[str, Any]], total: int | None = None
+) -> dict[str, dg.MetadataValue]:
+    """A collection's coverage map (its items' footprints) and its item count over time.
+
+    `items` may be the first of `total` items (see PREVIEW_MAX_ITEMS): the captions say so."""
     items = list(items)
+    sampled = total is not None and total > len(items)
+    of_what = f"the first {len(items):,} of {total:,} items" if sampled else f"{len(items):,} items"
+    over_time = items_over_time_markdown(preview.items_over_time(items))
     metadata: dict[str, dg.MetadataValue] = {
         "items_over_time": dg.MetadataValue.md(
-            items_over_time_markdown(preview.items_over_time(items))
+            over_time + (f"\n\n_Counted over {of_what}._" if sampled else "")
         )
     }
     coverage = preview.coverage_map(items)
     if coverage is not None:
         west, south, east, north = coverage.bounds
         caption = (
-            f"{len(items):,} items, {coverage.footprints:,} distinct footprints; longitude "
+            f"{of_what}, {coverage.footprints:,} distinct footprints; longitude "
             f"{west:.2f} to {east:.2f}, latitude {south:.2f} to {north:.2f} (equirectangular, "
             f"graticule lines); darker where more items overlap (at most {coverage.max_overlap})."
         )
