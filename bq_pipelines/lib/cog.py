@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -48,6 +47,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from bq_pipelines.lib import categories, georef, tiff, vrt
 from bq_pipelines.lib.errors import CogError, RasterTooLarge, SourceRefused
+from bq_pipelines.lib.hashing import sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class CogSettings:
         payload = json.dumps(
             {"algorithm": COG_ALGORITHM_VERSION, "settings": fields}, sort_keys=True
         )
-        return hashlib.sha256(payload.encode()).hexdigest()
+        return sha256_bytes(payload)
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ def _describe(src: DatasetReader, file: Path, path: Path, profile: CogProfileNam
     return CogInfo(
         path=path,
         size=file.stat().st_size,
-        sha256=_sha256(file),
+        sha256=sha256_file(file),
         crs=f"EPSG:{epsg}" if epsg is not None else src.crs.to_wkt(),
         epsg=epsg,
         bounds=tuple(src.bounds),  # type: ignore[arg-type]
@@ -921,14 +921,6 @@ def _temp_path_beside(dst: Path) -> Path:
 def _pam_sidecar(path: Path) -> Path:
     # Where GDAL would put what a TIFF cannot hold: nothing is left there (see `categories`).
     return path.with_name(path.name + ".aux.xml")
-
-
-def _sha256(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _names(inputs: list[RasterInput]) -> str:
