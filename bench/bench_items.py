@@ -4,7 +4,9 @@ Run from the project root: `.venv/bin/python bench/bench_items.py [--species 96]
 [--width 720] [--height 360]`.
 
 Writes an EBV-shaped NetCDF cube (`/scenario_1/metric_1/ebv_cube(entity, time, lat, lon)`,
-float32, 720x360 like global-mammals' 0.5° grid) and produces one partition of it (one year,
+float32, 720x360 like global-mammals' 0.5° grid, 5,090 species x 9 years = 45,810 bands,
+chunked one band a chunk and deflated like EBV cubes; only the bands read are written, the others
+cost no disk) and produces one partition of it (one year,
 one item per species: band extraction, COG, validation, STAC item, schema validation, upload to
 a local object store, static catalog) with `run_items`, first with `item_workers=1` (the
 sequential path, the baseline) then with one worker per CPU, each on a fresh store and catalog.
@@ -22,7 +24,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import netCDF4
+import numpy as np
 import pystac
+from rasterio.crs import CRS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,11 +42,37 @@ from bq_pipelines.lib.pipeline import (  # noqa: E402
     run_items,
 )
 from bq_pipelines.lib.storage import LocalObjectStore  # noqa: E402
-from bq_pipelines_tests.fixtures.local_sources import write_ebv_cube  # noqa: E402
 
 GLOBAL_MAMMALS_ITEMS = 229_050
 GOAL_SECONDS = 3600
 SUBDATASET = "/scenario_1/metric_1/ebv_cube"
+
+
+def write_cube(path: Path, species: int, years: int, written: int, height: int, width: int) -> None:
+    """The cube's full shape; the first `written` species hold values, the rest is fill."""
+    with netCDF4.Dataset(path, "w") as ds:
+        for name, size in (("lat", height), ("lon", width), ("entity", species), ("time", years)):
+            ds.createDimension(name, size)
+        crs = ds.createVariable("crs", "i4")
+        crs.grid_mapping_name = "latitude_longitude"
+        crs.spatial_ref = CRS.from_epsg(4326).to_wkt()
+        crs.GeoTransform = f"-180 {360 / width} 0 90 0 {-180 / height}"
+        group = ds.createGroup("scenario_1").createGroup("metric_1")
+        cube = group.createVariable(
+            "ebv_cube",
+            "f4",
+            ("entity", "time", "lat", "lon"),
+            fill_value=-3.4e38,
+            zlib=True,
+            complevel=4,
+            chunksizes=(1, 1, height, width),
+        )
+        cube.grid_mapping = "/crs"
+        yy, xx = np.mgrid[0:height, 0:width]
+        field = np.sin(xx / 40.0) * np.cos(yy / 30.0)  # smooth, like a habitat map
+        for k in range(written):  # one species at a time: bounded memory
+            years_of = np.arange(1, years + 1)[:, None, None]
+            cube[k] = (k * 100 + years_of + field).astype("float32")
 
 
 def plans(cube: Path, species: int, years: int, year: int = 1) -> list[ItemPlan]:
@@ -87,17 +118,19 @@ def produce(cube: Path, work: Path, species: int, years: int, workers: int) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--species", type=int, default=96, help="items of the partition")
-    parser.add_argument("--years", type=int, default=3, help="time steps of the cube")
+    parser.add_argument("--years", type=int, default=9, help="time steps of the cube")
+    parser.add_argument("--cube-species", type=int, default=5090, help="entities of the cube")
     parser.add_argument("--width", type=int, default=720)
     parser.add_argument("--height", type=int, default=360)
     args = parser.parse_args()
     cores = item_workers(None)
     with tempfile.TemporaryDirectory(prefix="bench-items-") as tmp:
         cube = Path(tmp) / "cube.nc"
-        write_ebv_cube(cube, [1], args.species, args.years, args.height, args.width)
+        write_cube(cube, args.cube_species, args.years, args.species, args.height, args.width)
         print(
-            f"EBV cube {args.width}x{args.height} float32, {args.species} species x "
-            f"{args.years} years ({cube.stat().st_size / 1e6:.0f} MB); one partition of "
+            f"EBV cube {args.width}x{args.height} float32, {args.cube_species} species x "
+            f"{args.years} years, {args.species} species written "
+            f"({cube.stat().st_size / 1e6:.0f} MB); one partition of "
             f"{args.species} items; {cores} cores usable (os.sched_getaffinity), "
             f"os.cpu_count() {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}"
         )
