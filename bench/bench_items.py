@@ -10,8 +10,9 @@ cost no disk) and produces one partition of it (one year,
 one item per species: band extraction, COG, validation, STAC item, schema validation, upload to
 a local object store, static catalog) with `run_items`, first with `item_workers=1` (the
 sequential path, the baseline) then with one worker per CPU, each on a fresh store and catalog.
-Prints items per second, the ratio, and the extrapolation to global-mammals' 229,050 items
-(45 partitions of 5,090), against the goal of one hour end to end.
+Prints the time to open the cube (paid once per partition), items per second after it, the
+ratio, and the extrapolation to global-mammals' 229,050 items (45 partitions of 5,090: 45 x
+(opening + 5,090 items)), against the goal of one hour end to end.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rasterio.crs import CRS
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bq_pipelines.lib import cog  # noqa: E402
 from bq_pipelines.lib.catalog import StaticCatalogPublisher  # noqa: E402
 from bq_pipelines.lib.cog import CogSettings  # noqa: E402
 from bq_pipelines.lib.pipeline import (  # noqa: E402
@@ -44,6 +46,7 @@ from bq_pipelines.lib.pipeline import (  # noqa: E402
 from bq_pipelines.lib.storage import LocalObjectStore  # noqa: E402
 
 GLOBAL_MAMMALS_ITEMS = 229_050
+PARTITIONS, ITEMS_PER_PARTITION = 45, 5090
 GOAL_SECONDS = 3600
 SUBDATASET = "/scenario_1/metric_1/ebv_cube"
 
@@ -134,27 +137,35 @@ def main() -> None:
             f"{args.species} items; {cores} cores usable (os.sched_getaffinity), "
             f"os.cpu_count() {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}"
         )
-        print("| workers | seconds | ms / item | items / s | ratio to 1 worker | 229,050 items |")
+        started = time.perf_counter()
+        cog.band_facts(cog.RasterInput(cube, SUBDATASET), CogSettings())
+        opening = time.perf_counter() - started
+        print(
+            f"opening the cube and reading what each of its bands says (once per partition): "
+            f"{opening:.1f} s"
+        )
+        print(
+            "| workers | seconds | ms / item (opening excluded) | items / s | ratio to 1 worker "
+            "| 229,050 items (45 partitions) |"
+        )
         print("|---|---|---|---|---|---|")
-        rates = {}
+        rates, totals = {}, {}
         for workers in dict.fromkeys((1, cores)):
             seconds = produce(cube, Path(tmp) / f"w{workers}", args.species, args.years, workers)
-            rates[workers] = args.species / seconds
-            total = GLOBAL_MAMMALS_ITEMS / rates[workers]
+            rates[workers] = args.species / max(1e-9, seconds - opening)
+            totals[workers] = PARTITIONS * (opening + ITEMS_PER_PARTITION / rates[workers])
             print(
-                f"| {workers} | {seconds:.1f} | {1000 * seconds / args.species:.1f} | "
-                f"{rates[workers]:.1f} | {rates[workers] / rates[1]:.2f} | "
-                f"{total / 3600:.2f} h |",
+                f"| {workers} | {seconds:.1f} | {1000 / rates[workers]:.1f} | "
+                f"{rates[workers]:.2f} | {rates[workers] / rates[1]:.2f} | "
+                f"{totals[workers] / 3600:.2f} h |",
                 flush=True,
             )
-        best = max(rates.values())
-        total = GLOBAL_MAMMALS_ITEMS / best
-        verdict = "met" if total <= GOAL_SECONDS else f"missed by {total / GOAL_SECONDS:.2f}x"
+        best = min(totals.values())
+        verdict = "met" if best <= GOAL_SECONDS else f"missed by {best / GOAL_SECONDS:.2f}x"
         print(
-            f"global-mammals ({GLOBAL_MAMMALS_ITEMS:,} items) at {best:.1f} items/s: "
-            f"{total / 60:.0f} min of item production (goal <= 60 min end to end: {verdict}); "
-            "opening the 45,810-band cube once per partition per worker (45 partitions) and the "
-            "bulk publication come on top"
+            f"global-mammals ({GLOBAL_MAMMALS_ITEMS:,} items): {best / 60:.0f} min of item "
+            f"production on {cores} cores (goal <= 60 min end to end: {verdict}); the bulk "
+            "publication comes on top"
         )
 
 
