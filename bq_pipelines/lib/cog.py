@@ -44,7 +44,6 @@ from rasterio.transform import from_gcps
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
-from rio_cogeo.cogeo import cog_validate
 
 from bq_pipelines.lib import categories, georef, tiff, vrt
 from bq_pipelines.lib.errors import CogError, RasterTooLarge, SourceRefused
@@ -346,6 +345,10 @@ def _cog_errors(src: DatasetReader, path: Path) -> list[str]:
     if src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG":
         errors, cog_warnings = _gdal_layout_errors(src, path)
     else:
+        # Imported here: rio-cogeo pulls in morecantile and pydantic (~0.3-1.4 s at start-up),
+        # and the COGs we write (GDAL's COG layout) never need it.
+        from rio_cogeo.cogeo import cog_validate
+
         _, errors, cog_warnings = cog_validate(str(path), quiet=True, config=_GDAL_CONFIG)
         if _NOT_TILED in errors and tiff.first_directory_tags(path) >= tiff.TILE_TAGS:
             errors = [error for error in errors if error != _NOT_TILED]
