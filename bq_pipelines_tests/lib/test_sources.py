@@ -1,4 +1,4 @@
-"""Tests of lib/sources.py against real local servers: HTTP(S), FTP, local files, S3 (moto)."""
+"""Tests of lib/sources against real local servers: HTTP(S), FTP, local files, S3 (moto)."""
 
 from __future__ import annotations
 
