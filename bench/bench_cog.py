@@ -138,6 +138,14 @@ def run_ours_in_subprocess(case: Case, dst: Path) -> tuple[float, int]:
     return seconds, result["max_rss_kib"] // 1024
 
 
+def start_up_seconds() -> float:
+    """Wall seconds of a fresh interpreter that only imports `to_cog` (rasterio, numpy, and
+    boto3, which rasterio imports whenever it is installed)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "from bq_pipelines.lib import cog"], check=True, cwd=ROOT)
+    return time.perf_counter() - started
+
+
 def run_gdal(tool: str, case: Case, dst: Path) -> float:
     dst.unlink(missing_ok=True)
     start = time.perf_counter()
@@ -166,8 +174,9 @@ def bench(size: int, repeat: int) -> None:
             Case("uint8 categorical", write_categorical(work / "cat.tif", size), True, "uint8"),
         ]
         for case in cases:
-            ours, translate, warp = [], [], []
+            ours, translate, warp, start_up = [], [], [], []
             for _ in range(repeat):  # interleaved: the machine's load hits every side alike
+                start_up.append(start_up_seconds())
                 ours.append(run_ours_in_subprocess(case, work / "ours.tif"))
                 translate.append(run_gdal("gdal_translate", case, work / "translate.tif"))
                 warp.append(run_gdal("gdalwarp", case, work / "warp.tif"))
@@ -179,6 +188,12 @@ def bench(size: int, repeat: int) -> None:
                 "| %s %dx%d | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %d MiB |",
                 case.name, size, size, ours_s, translate_s, warp_s, ours_s / translate_s,
                 ours_s / warp_s, size_ratio, max(rss for _, rss in ours),
+            )  # fmt: skip
+            started = statistics.median(start_up)
+            log.info(
+                "  start-up of our process alone (interpreter, imports): %.2f s; ours without "
+                "it / gdal_translate: %.2f",
+                started, (ours_s - started) / translate_s,
             )  # fmt: skip
 
 
