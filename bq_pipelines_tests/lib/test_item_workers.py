@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines.lib.cog import CogSettings
-from bq_pipelines.lib.errors import CogError
+from bq_pipelines.lib.errors import CogError, RasterTooLarge
 from bq_pipelines.lib.hashing import sha256_file
 from bq_pipelines.lib.pipeline import (
     MIN_ITEMS_PER_WORKER,
@@ -99,6 +100,16 @@ def test_a_failing_item_in_a_worker_fails_the_partition_naming_it(cube: Path, tm
     with pytest.raises(CogError, match=f"item {plans[-1].item_id} from .*band {missing}"):
         run_items(plans, services(tmp_path, 2), "partition", collection=collection())
     assert not (tmp_path / "catalog").exists() or not list((tmp_path / "catalog").rglob("*.json"))
+
+
+def test_errors_of_a_worker_reach_the_parent_whole():
+    refused = pickle.loads(
+        pickle.dumps(RasterTooLarge("https://h/a.nc", "too big", not_found=True))
+    )
+    assert (
+        type(refused) is RasterTooLarge and str(refused) == "cannot fetch https://h/a.nc: too big"
+    )
+    assert (refused.url, refused.reason, refused.not_found) == ("https://h/a.nc", "too big", True)
 
 
 def test_workers_default_to_the_cpus_this_process_may_use():
