@@ -372,6 +372,10 @@ def _produce_all(
         for p in plans
     ]
     workers = min(item_workers(services.item_workers), len(plans) // MIN_ITEMS_PER_WORKER)
+    if workers > 1 and multiprocessing.current_process().daemon:
+        # A daemonic process (a Celery prefork worker, a pool's worker) may not start any.
+        logger.info("producing %d items in this process: it may not start others", len(plans))
+        workers = 1
     produced: list[tuple[pystac.Item, cog.CogInfo, StoredObject]] = []
 
     def store(plan: ItemPlan, item: pystac.Item, info: cog.CogInfo) -> None:
