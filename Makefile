@@ -3,9 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `dg` runs in the project's virtual environment (it warns when another one is active).
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg
 export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
 
-.PHONY: install install-dev deploy-tools bench-tools deploy-check demo test pytest services services-down dev ui api lint format bench clean
+.PHONY: install install-dev deploy-tools bench-tools deploy-check demo test pytest services services-down dev ui api lint check-defs format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,11 +75,11 @@ services: install-dev
 services-down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/services.py down; fi
 
-## The Dagster UI on http://127.0.0.1:3000 (the daily catalog backup's schedule off unless
-## BQ_BACKUP_SCHEDULE_ENABLED=true)
+## The Dagster UI and daemon on http://127.0.0.1:3000 (`dg dev`; the daily catalog backup's
+## schedule off unless BQ_BACKUP_SCHEDULE_ENABLED=true)
 dev: install-dev $(DAGSTER_HOME)/dagster.yaml
 	BQ_BACKUP_SCHEDULE_ENABLED=$${BQ_BACKUP_SCHEDULE_ENABLED:-false} \
-	  $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	  $(DG) dev --host 127.0.0.1 --port 3000
 
 ## The Dagster UI alone (no daemon): to watch what `make api` processes
 ui: install $(DAGSTER_HOME)/dagster.yaml
@@ -95,9 +97,19 @@ api: install $(DAGSTER_HOME)/dagster.yaml
 	@BQ_API_TOKEN="$${BQ_API_TOKEN:-$$(cat $(API_TOKEN_FILE))}" \
 	  $(BIN)/python -m bq_pipelines.api --with-daemon --workspace workspace.yaml
 
-lint: install-dev
+## ruff (lint + format), mypy (pyproject: strict on lib/) and the dataset files;
+## .ci/run runs it before the tests.
+lint: install-dev check-defs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## The dataset files: the component schema (`dg check yaml`), every file with its refusals and
+## lines (dg checks one file per component type on a whole project), and what they build.
+check-defs: install-dev
+	$(DG) check yaml
+	$(BIN)/python -m bq_pipelines.components.check
+	$(DG) list defs --assets 'key:"*/collection"'
 
 format: install-dev
 	$(BIN)/ruff format .
@@ -110,6 +122,8 @@ bench: install-dev bench-tools
 	$(BIN)/python bench/bench_items.py
 	$(BIN)/python bench/bench_backfill.py
 	$(BIN)/python bench/bench_validation.py
+	$(BIN)/python bench/bench_previews.py
+	$(BIN)/python bench/bench_publish.py
 	$(BIN)/python bench/bench_api.py
 
 clean: services-down

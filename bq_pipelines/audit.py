@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bq_pipelines.declarations import Declaration
-from bq_pipelines.lib.integrity import Drift, ObjectDrift, object_drift, owner_of, plan_key
+from bq_pipelines.lib.integrity import Drift, ObjectDrift, item_drift, plan_key
 from bq_pipelines.lib.locks import Locks, partition_lock_name
 from bq_pipelines.lib.pipeline import ItemPlan, Services
 from bq_pipelines.lib.storage import OWNER_SUFFIX, SHA256_SUFFIX, object_key
@@ -155,7 +155,7 @@ def audit(
         if found is None:
             report.outside_partitions.append(item_id)
             continue
-        drift = object_drift(item, plan_key(found.plan, services), owner_of(found.plan), store)
+        drift = item_drift(item, found.plan, services)
         if drift is not None:
             report.drifted.append(drift)
             affected.add(found.partition_key)

@@ -13,8 +13,9 @@ import argparse
 import difflib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -143,11 +144,17 @@ def print_totals(done: Materialization) -> None:
         print(f"collection {done.dataset_id}: not published ({reason})")
 
 
+def _resources(definitions: dg.Definitions) -> Mapping[str, Any]:
+    if definitions.resources is None:
+        raise RuntimeError("the definitions carry no resources")
+    return definitions.resources
+
+
 def _print_catalog(
     declaration: Declaration, definitions: dg.Definitions, settings: Settings
 ) -> None:
     # Resolved as a run resolves it: its secrets (EnvVar) are read now, not in the definition.
-    catalog = definitions.resources["catalog"].process_config_and_initialize()
+    catalog = _resources(definitions)["catalog"].process_config_and_initialize()
     items = list(catalog.publisher().iter_items(declaration.id))
     where = (
         redact_url(settings.stac_api_url or "")
@@ -233,7 +240,8 @@ def audit_command(args: argparse.Namespace, settings: Settings) -> int:
     partitions = all_partition_dimensions(declaration, job.partitions_def, instance)
     names = ("object_store", "catalog", "sources", "locks")
     # Built as Dagster would for a run: EnvVar secrets (STAC API token, DSN) are resolved here.
-    with dg.build_resources({name: definitions.resources[name] for name in names}) as built:
+    resources = _resources(definitions)
+    with dg.build_resources({name: resources[name] for name in names}) as built:
         services = services_for(built.object_store, built.catalog, built.sources)
         locations = built.sources.locations()
         report = audit(declaration, partitions, services, locations)

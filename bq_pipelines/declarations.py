@@ -14,7 +14,7 @@ import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from functools import cached_property
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bq_pipelines.lib import names
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.lib.preview import thumbnail_file_name
 
 STATIC_KEY_SEPARATOR = "__"
 FILES_DIMENSION = "file"
@@ -39,6 +40,31 @@ MAX_STATIC_PARTITIONS = 100_000
 # at most this many partitions; beyond, every static combination with the first and last
 # periods, and every period with the first combination.
 MAX_PARTITIONS_RENDERED_AT_LOAD = 100_000
+
+
+SHARED_FILES = "bq_pipelines/shared"
+DEFS_FILE = "defs.yaml"
+DEFAULT_OWNERS = ("team:biodiversite-quebec",)
+
+
+@cache
+def shared_hosts() -> dict[str, str]:
+    """Source hosts and their base URLs, declared once in `shared/hosts.yaml`."""
+    return _shared_mapping("hosts.yaml")
+
+
+@cache
+def shared_grids() -> dict[str, list[str]]:
+    """Value lists shared by several datasets (tile grids), in `shared/grids.yaml`."""
+    return _shared_mapping("grids.yaml")
+
+
+def _shared_mapping(name: str) -> dict[str, Any]:
+    text = (resources.files("bq_pipelines") / "shared" / name).read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{SHARED_FILES}/{name}: must be a mapping")
+    return data
 
 
 class _Strict(BaseModel):
@@ -168,6 +194,23 @@ class StaticDimension(_Strict):
         classmethod(lambda cls, v: _coerce_values(v))
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _values_of_a_grid(cls, raw: Any) -> Any:
+        # `grid: <name>`: the values declared once in shared/grids.yaml.
+        if not isinstance(raw, dict) or "grid" not in raw:
+            return raw
+        if "values" in raw:
+            raise ValueError("set either values or grid, not both")
+        grids = shared_grids()
+        grid = raw["grid"]
+        if grid not in grids:
+            raise ValueError(
+                f"grid: {grid!r} is not declared in {SHARED_FILES}/grids.yaml; "
+                f"known: {', '.join(sorted(grids))}"
+            )
+        return {**{k: v for k, v in raw.items() if k != "grid"}, "values": grids[grid]}
+
     @model_validator(mode="after")
     def _unique(self) -> StaticDimension:
         seen = [v.value for v in self.values]
@@ -272,13 +315,31 @@ class Source(_Strict):
     subdataset: str | None = None
     bands: list[Annotated[int, Field(ge=1)]] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _base_url_of_a_shared_host(cls, raw: Any) -> Any:
+        # A host of shared/hosts.yaml brings its base URL; a dataset may not redeclare it
+        # differently (mirrors are configuration: BQ_SOURCE_BASE_URLS).
+        if not isinstance(raw, dict) or raw.get("host") not in shared_hosts():
+            return raw
+        declared = shared_hosts()[raw["host"]]
+        given = raw.get("base_url")
+        if given is not None and given.rstrip("/") != declared.rstrip("/"):
+            raise ValueError(
+                f"base_url: host {raw['host']!r} is declared in {SHARED_FILES}/hosts.yaml "
+                f"with {declared}; drop base_url (a mirror is set with BQ_SOURCE_BASE_URLS)"
+            )
+        return {**raw, "base_url": declared}
+
     @model_validator(mode="after")
     def _one_location(self) -> Source:
         given = [name for name in ("path", "url", "local") if getattr(self, name)]
         if len(given) != 1:
             raise ValueError(f"set exactly one of path (with host), url or local; got {given}")
         if self.path and not (self.host and self.base_url):
-            raise ValueError("path needs host and base_url (the default of that host)")
+            raise ValueError(
+                f"path needs a host of {SHARED_FILES}/hosts.yaml (or host and base_url)"
+            )
         if self.base_url is not None:
             problem = names.url_path_problem(self.base_url)
             if problem is not None:
@@ -365,7 +426,7 @@ class RenderedSource:
 
 
 class Declaration(_Strict):
-    """One dataset: the contents of one YAML file under bq_pipelines/datasets/."""
+    """One dataset: the attributes of its `bq_pipelines/defs/<id>/defs.yaml`."""
 
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=names.MAX_ID_LENGTH)]
     title: str
@@ -385,6 +446,53 @@ class Declaration(_Strict):
     summarize: list[str] = Field(default_factory=list)  # item properties summarized from items
     links: list[dict[str, Any]] = Field(default_factory=list)  # e.g. {rel: license, href: ...}
     extra_fields: dict[str, Any] = Field(default_factory=dict)
+    # A PNG thumbnail per item, beside its COG and in the item's `thumbnail` asset (README:
+    # "Previews"); off for datasets of very many small items.
+    thumbnails: bool = True
+    # Dagster asset owners: emails or `team:<name>`.
+    owners: list[str] = Field(default_factory=lambda: list(DEFAULT_OWNERS))
+    # A cron: a time-partitioned dataset's schedule materializing its newest period (a series
+    # without an end gets one at its cadence by default). Off until turned on in the UI.
+    schedule: str | None = None
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, owners: list[str]) -> list[str]:
+        for owner in owners:
+            if not (owner.startswith("team:") and len(owner) > 5) and "@" not in owner:
+                raise ValueError(f"{owner!r}: an owner is an email or team:<name>")
+        return owners
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, schedule: str | None) -> str | None:
+        if schedule is not None and len(schedule.split()) != 5:
+            raise ValueError(
+                f"{schedule!r}: a cron has five fields (minute hour day month weekday)"
+            )
+        return schedule
+
+    @model_validator(mode="after")
+    def _scheduled_series(self) -> Declaration:
+        if self.schedule is not None and self.partitions.time is None:
+            raise ValueError(
+                "schedule: only a time-partitioned dataset has a newest partition to run; "
+                "re-run static or file partitions with a backfill"
+            )
+        return self
+
+    @property
+    def grows(self) -> bool:
+        """A time series without an end: a new partition each period."""
+        return self.partitions.time is not None and self.partitions.time.end is None
+
+    @property
+    def hosts(self) -> list[str]:
+        """The declared source hosts (`local` for the data root, `url` for full URLs)."""
+        declared = [self.source, *self.sources]
+        declared += [v.source for v in self.variants if v.source is not None]
+        kinds = [s.host if s.host else "local" if s.local is not None else "url" for s in declared]
+        return list(dict.fromkeys(kinds))
 
     @field_validator("folder")
     @classmethod
@@ -521,6 +629,9 @@ class Declaration(_Strict):
             else f"{item_id}.tif"
         )
         problem = names.file_name_problem(file_name)
+        if problem is None and self.thumbnails:
+            problem = names.file_name_problem(thumbnail_file_name(file_name))
+            problem = problem and f"its thumbnail's name (thumbnails: true) {problem}"
         if problem is not None:
             raise ConfigError(f"{field}: file name {file_name!r}: {problem}")
         return item_id, file_name
@@ -830,20 +941,55 @@ def parse_declaration(data: Any, origin: str) -> Declaration:
         raise ConfigError(_format_validation_error(origin, error)) from None
 
 
+def declaration_origin(path: Path) -> str:
+    """How errors name a declaration file: `<id>/defs.yaml`, or the file name."""
+    return f"{path.parent.name}/{path.name}" if path.name == DEFS_FILE else path.name
+
+
 def load_declaration_file(path: Path) -> Declaration:
+    """A dataset file: `defs/<id>/defs.yaml` (the StacDataset component: the declaration is
+    its `attributes`) or a bare `<id>.yaml` declaration. The id must match the folder (file)."""
+    origin = declaration_origin(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path.name}: not valid YAML: {error}") from None
-    declaration = parse_declaration(data, path.name)
-    if declaration.id != path.stem:
-        raise ConfigError(f"{path.name}: id: {declaration.id!r} must match the file name")
+        raise ConfigError(f"{origin}: not valid YAML: {error}") from None
+    expected_id = path.stem
+    if path.name == DEFS_FILE:
+        expected_id = path.parent.name
+        if not isinstance(data, dict) or "attributes" not in data:
+            raise ConfigError(f"{origin}: a component file needs `type` and `attributes`")
+        data = data["attributes"]
+    declaration = parse_declaration(data, origin)
+    if declaration.id != expected_id:
+        where = "folder" if path.name == DEFS_FILE else "file"
+        raise ConfigError(f"{origin}: id: {declaration.id!r} must match the {where} name")
     return declaration
 
 
 def builtin_declaration_files() -> list[Path]:
-    folder = resources.files("bq_pipelines") / "datasets"
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml"))
+    """`bq_pipelines/defs/<id>/defs.yaml` of every dataset."""
+    folder = resources.files("bq_pipelines") / "defs"
+    return sorted(
+        Path(str(p / DEFS_FILE))
+        for p in folder.iterdir()
+        if p.is_dir() and (p / DEFS_FILE).is_file()
+    )
+
+
+def builtin_declaration_path(dataset_id: str) -> Path:
+    """`bq_pipelines/defs/<id>/defs.yaml`; ConfigError naming the known ids otherwise."""
+    paths = {p.parent.name: p for p in builtin_declaration_files()}
+    if dataset_id not in paths:
+        raise ConfigError(f"no dataset {dataset_id!r}; known: {', '.join(sorted(paths))}")
+    return paths[dataset_id]
+
+
+def builtin_declaration_data(dataset_id: str) -> dict[str, Any]:
+    """The attributes of a built-in dataset's component file, as plain data (for a variant
+    of it, e.g. under another id)."""
+    data = yaml.safe_load(builtin_declaration_path(dataset_id).read_text(encoding="utf-8"))
+    return data["attributes"]
 
 
 def load_declarations(paths: Iterable[Path] | None = None) -> list[Declaration]:
@@ -855,7 +1001,8 @@ def load_declarations(paths: Iterable[Path] | None = None) -> list[Declaration]:
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ConfigError(f"dataset ids declared twice: {duplicates}")
-    check_distinct_keys(list(zip((p.name for p in files), declarations, strict=True)))
+    origins = [declaration_origin(p) for p in files]
+    check_distinct_keys(list(zip(origins, declarations, strict=True)))
     return declarations
 
 

@@ -9,7 +9,7 @@ download, conversion, upload and publication stay on one worker's disk.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 from celery import Celery
@@ -35,7 +35,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # requeueing it: a batch that always exhausts memory must not loop between workers.
         "task_reject_on_worker_lost": False,
         "broker_transport_options": {
-            **DEFAULT_CONFIG["broker_transport_options"],
+            **cast(dict[str, Any], DEFAULT_CONFIG["broker_transport_options"]),
             "visibility_timeout": settings.celery_visibility_timeout_s,
             # Look for such abandoned steps every 10 s (kombu's default: every 100 s).
             "unacked_restore_throttle": 1,

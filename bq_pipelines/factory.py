@@ -7,23 +7,40 @@ never needs a shared file system between steps. A run processes a batch of parti
 (BackfillPolicy); one failing partition does not stop the others.
 """
 
+import itertools
 import logging
+import re
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from bq_pipelines.audit import audit
-from bq_pipelines.declarations import FILES_DIMENSION, Declaration, Partitions, next_period
+from bq_pipelines.declarations import Declaration
+from bq_pipelines.keys import (
+    AUDIT_CHECK,
+    COG_VALID_CHECK,
+    DATASET_TAG,
+    ITEM_VALID_CHECK,
+    PARTITION_STEPS,
+    DatasetKeys,
+    collection_pool,
+    keys_by_dimension,
+    op_name,
+    partitions_definition,
+)
+from bq_pipelines.lib import cog as cog_lib
 from bq_pipelines.lib import stac
 from bq_pipelines.lib.errors import CogError, PipelineError, StacValidationError
+from bq_pipelines.lib.hashing import sha256_json
 from bq_pipelines.lib.integrity import published_drift
 from bq_pipelines.lib.locks import Locks, partition_lock_name
 from bq_pipelines.lib.pipeline import (
+    PIPELINE_VERSION,
     ItemPlan,
     PartitionResult,
     Services,
@@ -34,6 +51,7 @@ from bq_pipelines.lib.pipeline import (
 )
 from bq_pipelines.lib.staging import run_staging
 from bq_pipelines.plans import SourceLocations, collection_for, plan_partition
+from bq_pipelines.previews import PREVIEW_MAX_ITEMS, collection_previews, partition_previews
 from bq_pipelines.resources import (
     CatalogResource,
     LocksResource,
@@ -46,74 +64,14 @@ from bq_pipelines.sensors import (
     reads_remote_sources,
     upstream_sensor,
 )
+from bq_pipelines.settings import Settings
 
 logger = logging.getLogger(__name__)
-PARTITION_STEPS = ("raw", "cog", "object", "stac_item")
-COG_VALID_CHECK = "cog_valid"
-ITEM_VALID_CHECK = "stac_item_valid"
-AUDIT_CHECK = "catalog_matches_store"
 MAX_LISTED_ITEMS = 25
 # A run with this tag (`bq-pipelines materialize --force`, or the UI launchpad's tags) redoes
 # every partition, unchanged or not.
 FORCE_TAG = "bq/force"
 TRUE_VALUES = ("1", "true", "yes", "on")
-
-
-def op_name(dataset_id: str, suffix: str) -> str:
-    return f"{dataset_id.replace('-', '_')}_{suffix}"
-
-
-@dataclass(frozen=True)
-class DatasetKeys:
-    dataset_id: str
-
-    def step(self, name: str) -> dg.AssetKey:
-        return dg.AssetKey([self.dataset_id, name])
-
-    @property
-    def partitioned(self) -> list[dg.AssetKey]:
-        return [self.step(name) for name in PARTITION_STEPS]
-
-    @property
-    def collection(self) -> dg.AssetKey:
-        return self.step("collection")
-
-
-def partitions_definition(dataset_id: str, partitions: Partitions) -> dg.PartitionsDefinition:
-    """Time and/or static partitions (static dimensions combined into one), or dynamic
-    partitions filled with the files found by the dataset's discovery sensor."""
-    if partitions.files is not None:
-        return dg.DynamicPartitionsDefinition(name=op_name(dataset_id, "files"))
-    static = dg.StaticPartitionsDefinition(partitions.static_keys()) if partitions.static else None
-    time = partitions.time
-    if time is None:
-        assert static is not None
-        return static
-    cron = {"yearly": "0 0 1 1 *", "monthly": "0 0 1 * *", "daily": "0 0 * * *"}[time.cadence]
-    time_def = dg.TimeWindowPartitionsDefinition(
-        cron_schedule=cron,
-        fmt=time.key_format,
-        timezone="UTC",
-        start=time.start.strftime(time.key_format),
-        end=next_period(time.end, time.cadence).strftime(time.key_format) if time.end else None,
-    )
-    if static is None:
-        return time_def
-    return dg.MultiPartitionsDefinition(
-        {time.name: time_def, partitions.static_dimension_name: static}
-    )
-
-
-def keys_by_dimension(
-    declaration: Declaration, partitions_def: dg.PartitionsDefinition, partition_key: str
-) -> dict[str, str]:
-    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
-        return dict(partitions_def.get_partition_key_from_str(partition_key).keys_by_dimension)
-    if declaration.partitions.files is not None:
-        return {FILES_DIMENSION: partition_key}
-    if declaration.partitions.time is not None:
-        return {declaration.partitions.time.name: partition_key}
-    return {declaration.partitions.static_dimension_name: partition_key}
 
 
 def all_partition_dimensions(
@@ -136,6 +94,8 @@ class PartitionOutcome:
     skipped: bool = False
     # Item id -> why its raster looks constant: a warning of the item check, not a failure.
     constant: dict[str, str] = field(default_factory=dict)
+    # The partition's fingerprint (sources, settings, code): its Dagster data version.
+    data_version: str | None = None
 
 
 def forced(context: dg.AssetExecutionContext) -> bool:
@@ -179,7 +139,9 @@ def _skipped_outcome(
         "is in the catalog and every object in the store with its recorded size and sha256"
     )
     processed_in = previous.value("processed_in_run") or previous.run_id
-    outcome = PartitionOutcome(items=len(plans), skipped=True)
+    outcome = PartitionOutcome(
+        items=len(plans), skipped=True, data_version=previous.value("fingerprint")
+    )
     for key in keys.partitioned:
         before = (
             previous if key == keys.step("stac_item") else _previous(context, key, partition_key)
@@ -202,9 +164,11 @@ def _bbox_text(bbox: Sequence[float]) -> str:
     return ", ".join(f"{v:.6f}" for v in bbox)
 
 
-def _result_outcome(keys: DatasetKeys, token: str, result: PartitionResult) -> PartitionOutcome:
+def _result_outcome(
+    keys: DatasetKeys, token: str, result: PartitionResult, item_url: str
+) -> PartitionOutcome:
     first = result.items[0]
-    outcome = PartitionOutcome(items=len(result.items))
+    outcome = PartitionOutcome(items=len(result.items), data_version=token)
     for item_result in result.items:
         warning = stac.constant_values(item_result.item)
         if warning is not None:
@@ -240,6 +204,7 @@ def _result_outcome(keys: DatasetKeys, token: str, result: PartitionResult) -> P
         "skipped": False,
     }
     outcome.metadata[keys.step("stac_item")] = {
+        "item_url": dg.MetadataValue.url(item_url),
         "fingerprint": token,
         "items": len(result.items),
         "item_ids": [r.item["id"] for r in result.items[:MAX_LISTED_ITEMS]],
@@ -315,7 +280,11 @@ def _process_locked(
         f"{declaration.id} [{partition_key}]: {len(result.items)} items published "
         f"from {len(result.fetched)} source files"
     )
-    outcome = _result_outcome(keys, token, result)
+    first_item = result.items[0].item["id"]
+    outcome = _result_outcome(
+        keys, token, result, services.publisher.item_url(declaration.id, first_item)
+    )
+    outcome.metadata[keys.step("stac_item")] |= partition_previews(result, services)
     for item_id, warning in list(outcome.constant.items())[:MAX_LISTED_ITEMS]:
         context.log.warning(f"{declaration.id} [{partition_key}] item {item_id}: {warning}")
     return outcome
@@ -416,8 +385,15 @@ def materialize_partitions(
         f"{declaration.id}: {len(outcomes) - skipped} partitions published, {skipped} skipped, "
         f"{sum(o.items for o in outcomes.values())} items"
     )
+    # Dagster records one data version per asset and run: a run of one partition (the
+    # sensor's, the UI's, the API's) gives it its fingerprint; a batch leaves Dagster's own.
+    (only,) = outcomes.values() if len(outcomes) == 1 else (None,)
+    data_version = dg.DataVersion(only.data_version) if only and only.data_version else None
     for asset_key in keys.partitioned:
-        yield dg.MaterializeResult(asset_key=asset_key)
+        yield dg.MaterializeResult(
+            asset_key=asset_key,
+            data_version=data_version if asset_key == keys.step("raw") else None,
+        )
 
 
 def _record_successes(
@@ -522,17 +498,169 @@ def audit_check(
     return catalog_matches_store
 
 
-def build_dataset(declaration: Declaration) -> dg.Definitions:
-    """Assets, checks and job of one dataset."""
+# Dagster tag values: at most 63 letters, digits, `-`, `_` or `.`.
+_TAG_VALUE_DISALLOWED = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def _tag_value(text: str) -> str:
+    return _TAG_VALUE_DISALLOWED.sub("-", text)[:63]
+
+
+def dataset_tags(declaration: Declaration) -> dict[str, str]:
+    """What the UI filters assets by: the dataset, its source host(s), license and cadence."""
+    partitions = declaration.partitions
+    cadence = (
+        partitions.time.cadence
+        if partitions.time is not None
+        else "files"
+        if partitions.files is not None
+        else "static"
+    )
+    return {
+        "dataset": _tag_value(declaration.id),
+        "host": _tag_value(".".join(declaration.hosts)),
+        "license": _tag_value(declaration.license),
+        "cadence": cadence,
+    }
+
+
+def _digest(payload: Any) -> str:
+    return sha256_json(payload)[:12]
+
+
+def partition_code_version(declaration: Declaration) -> str:
+    """The code version of the partitioned assets: the pipeline and COG algorithm versions
+    and every COG setting the declaration makes. Changing one marks the assets stale."""
+    settings = {
+        "cog": declaration.cog.model_dump(),
+        "variants": [v.cog.model_dump() if v.cog else None for v in declaration.variants],
+        "values": {
+            d.name: {v.value: v.cog.model_dump() for v in d.values if v.cog is not None}
+            for d in declaration.partitions.static
+        },
+    }
+    return f"pipeline-{PIPELINE_VERSION}.cog-{cog_lib.COG_ALGORITHM_VERSION}.{_digest(settings)}"
+
+
+def collection_code_version(declaration: Declaration) -> str:
+    """The code version of the collection: the pipeline version and the collection's fields."""
+    fields = declaration.model_dump(
+        include={
+            "title",
+            "description",
+            "license",
+            "providers",
+            "keywords",
+            "item_assets",
+            "summaries",
+            "summarize",
+            "links",
+            "extra_fields",
+        }
+    )
+    return f"pipeline-{PIPELINE_VERSION}.{_digest(fields)}"
+
+
+def _kinds(step: str, settings: Settings) -> set[str]:
+    catalog = {"stac", "postgres"} if settings.catalog == "stac-api" else {"stac"}
+    store = "s3" if settings.object_store == "s3" else "file"
+    return {
+        "raw": {"file"},
+        "cog": {"cog"},
+        "object": {"cog", store},
+        "stac_item": catalog,
+        "collection": catalog,
+    }[step]
+
+
+def _descriptions(declaration: Declaration, settings: Settings) -> dict[str, str]:
+    where = f"`{settings.object_prefix}/{declaration.folder}/`" + (
+        f" of the bucket `{settings.s3_bucket}`" if settings.object_store == "s3" else ""
+    )
+    steps = {
+        "raw": "The source files of each partition, fetched into staging (streamed, checksummed).",
+        "cog": "Cloud-Optimized GeoTIFFs converted from the sources and validated.",
+        "object": f"The COGs, stored under {where}.",
+        "stac_item": "The STAC items describing the COGs, validated and published; each "
+        "partition links to its item (`item_url`).",
+        "collection": "The STAC collection, its extent and summaries recomputed from the "
+        "published items (not published while it has none).",
+    }
+    return {
+        name: f"**{declaration.title}**: {text}\n\n{declaration.description}"
+        for name, text in steps.items()
+    }
+
+
+CADENCE_CRON = {"yearly": "0 0 1 1 *", "monthly": "0 0 1 * *", "daily": "0 0 * * *"}
+
+
+def newest_partition_keys(
+    partitions_def: dg.PartitionsDefinition, current_time: datetime
+) -> list[str]:
+    """The newest period's partition keys at `current_time`: one, or one per static value."""
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        dimensions = partitions_def.partitions_defs
+        [time_dim] = [
+            d for d in dimensions if isinstance(d.partitions_def, dg.TimeWindowPartitionsDefinition)
+        ]
+        [other] = [d for d in dimensions if d is not time_dim]
+        periods = time_dim.partitions_def.get_partition_keys(current_time=current_time)
+        if not periods:
+            return []
+        period = periods[-1]
+        return [
+            str(dg.MultiPartitionKey({time_dim.name: period, other.name: value}))
+            for value in other.partitions_def.get_partition_keys()
+        ]
+    return list(partitions_def.get_partition_keys(current_time=current_time))[-1:]
+
+
+def newest_partition_schedule(
+    declaration: Declaration, partitions_def: dg.PartitionsDefinition, job: Any
+) -> dg.ScheduleDefinition | None:
+    """A time-partitioned dataset that declares `schedule` (a cron), or whose series grows
+    (at its cadence), gets a schedule requesting its newest period (a run per static value);
+    off by default. A partition already processed is skipped as unchanged by the run."""
+    time = declaration.partitions.time
+    if time is None or not (declaration.schedule or declaration.grows):
+        return None
+
+    @dg.schedule(
+        name=op_name(declaration.id, "schedule"),
+        cron_schedule=declaration.schedule or CADENCE_CRON[time.cadence],
+        execution_timezone="UTC",
+        job=job,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"Materializes the newest period of {declaration.title}.",
+    )
+    def newest(context: dg.ScheduleEvaluationContext):
+        now = context.scheduled_execution_time or datetime.now(UTC)
+        keys = newest_partition_keys(partitions_def, now)
+        if not keys:
+            return dg.SkipReason(f"{declaration.id}: no period has started yet")
+        tick = now.strftime("%Y-%m-%dT%H:%M")
+        return [dg.RunRequest(run_key=f"{key}@{tick}", partition_key=key) for key in keys]
+
+    return newest
+
+
+def build_dataset(declaration: Declaration, settings: Settings | None = None) -> dg.Definitions:
+    """Assets, checks, job, sensors and schedule of one dataset. `settings` (the embedded
+    defaults when None) only says which kinds of store and catalog the assets show."""
+    settings = settings or Settings()
     keys = DatasetKeys(declaration.id)
     partitions_def = partitions_definition(declaration.id, declaration.partitions)
+    # Dagster group names allow no `-`: the dataset id with `_` (op_name), as in job names.
     group = op_name(declaration.id, "dataset")
-    descriptions = {
-        "raw": "Source files of the partition, fetched into staging (streamed, checksummed).",
-        "cog": "Cloud-Optimized GeoTIFFs converted from the sources and validated.",
-        "object": "The COGs in the object store under <prefix>/<folder>/<file>.",
-        "stac_item": "STAC items describing the COGs, validated and published.",
+    descriptions = _descriptions(declaration, settings)
+    tags = dataset_tags(declaration)
+    metadata = {
+        "dataset": declaration.id,
+        "collection_id": declaration.id,
+        "dataset_description": dg.MetadataValue.md(declaration.description),
     }
+    code_version = partition_code_version(declaration)
     specs = []
     previous: dg.AssetKey | None = None
     for name in PARTITION_STEPS:
@@ -541,9 +669,12 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
                 key=keys.step(name),
                 deps=[previous] if previous else [],
                 group_name=group,
-                description=f"{declaration.title}: {descriptions[name]}",
-                kinds={"stac"} if name == "stac_item" else {"cog"} if name == "cog" else None,
-                metadata={"dataset": declaration.id, "collection_id": declaration.id},
+                description=descriptions[name],
+                kinds=_kinds(name, settings),
+                owners=declaration.owners,
+                tags=tags,
+                code_version=code_version,
+                metadata=metadata,
                 partitions_def=partitions_def,
             )
         )
@@ -588,35 +719,43 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
         key=keys.collection,
         deps=[keys.step("stac_item")],
         group_name=group,
-        kinds={"stac"},
+        kinds=_kinds("collection", settings),
+        owners=declaration.owners,
+        tags=tags,
+        code_version=collection_code_version(declaration),
+        metadata=metadata,
         automation_condition=collection_automation_condition(),
-        description=f"{declaration.title}: the STAC collection, its extent and summaries "
-        "recomputed from the published items (not published while it has none).",
+        description=descriptions["collection"],
         output_required=False,
+        pool=collection_pool(declaration.id),
     )
     def collection(
         context: dg.AssetExecutionContext, catalog: CatalogResource, sources: SourcesResource
     ) -> Iterator[dg.MaterializeResult]:
         publisher = catalog.publisher()
-        items = list(publisher.iter_items(declaration.id))
-        if not items:
+        content = publisher.collection_content(declaration.id, declaration.summarize)
+        if not content.items:
             # An empty collection would advertise a dataset with nothing in it (a failed first
             # run): the collection appears with its first published items.
             context.log.warning(f"collection {declaration.id}: no published items, not published")
             return
-        built = collection_for(declaration, items)
+        built = collection_for(declaration, [], content)
         schemas = sources.stac_schemas_dir
         stac.validate(built, Path(schemas) if schemas else None)
         outcome = publisher.upsert_collection(built)
         as_dict = built.to_dict(include_self_link=False)
-        context.log.info(f"collection {declaration.id}: {outcome}, {len(items)} items")
+        context.log.info(f"collection {declaration.id}: {outcome}, {content.items} items")
         yield dg.MaterializeResult(
             metadata={
-                "items": len(items),
+                "items": content.items,
                 "outcome": outcome,
                 **_extent_metadata(as_dict),
                 "collection": dg.MetadataValue.json(as_dict),
                 "updated_at": datetime.now().isoformat(timespec="seconds"),
+                **collection_previews(
+                    itertools.islice(publisher.iter_items(declaration.id), PREVIEW_MAX_ITEMS),
+                    total=content.items,
+                ),
             }
         )
 
@@ -627,15 +766,18 @@ def build_dataset(declaration: Declaration) -> dg.Definitions:
         - dg.AssetSelection.checks(audit_def),
         partitions_def=partitions_def,
         description=f"Materialize {declaration.title}: partitions, then the collection.",
+        tags={DATASET_TAG: declaration.id},
     )
     sensors = []
     if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
         sensors.append(files_discovery_sensor(declaration, partitions_def))
     elif reads_remote_sources(declaration):
         sensors.append(upstream_sensor(declaration, partitions_def, job))
+    schedule = newest_partition_schedule(declaration, partitions_def, job)
     return dg.Definitions(
         assets=[partition_assets, collection],
         asset_checks=[audit_def],
         jobs=[job],
         sensors=sensors,
+        schedules=[schedule] if schedule is not None else [],
     )

@@ -26,7 +26,7 @@ from bq_pipelines.api.processing import geotiff_check, process_request
 from bq_pipelines.api.store import RequestStore
 from bq_pipelines.api.url_policy import SourcePolicy
 from bq_pipelines.declarations import Declaration
-from bq_pipelines.factory import COG_VALID_CHECK, ITEM_VALID_CHECK
+from bq_pipelines.keys import COG_VALID_CHECK, ITEM_VALID_CHECK
 from bq_pipelines.lib.errors import CogError, PipelineError, StacValidationError
 from bq_pipelines.lib.sources import FetchLimits
 from bq_pipelines.resources import (
@@ -163,7 +163,7 @@ def ingestion_definitions(declarations: list[Declaration], settings: ApiSettings
                 store.fail(request_id, run_id, reason)
                 if not isinstance(error, Exception):
                     raise
-                failure = error
+                failure: Exception | None = error
             else:
                 failure = None
                 store.finish(request_id, run_id, outcome.item_url, outcome.history)

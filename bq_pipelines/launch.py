@@ -31,7 +31,7 @@ import dagster as dg
 import yaml
 
 from bq_pipelines.declarations import Declaration
-from bq_pipelines.factory import DatasetKeys, op_name
+from bq_pipelines.keys import DatasetKeys, op_name
 from bq_pipelines.lib.errors import PipelineError
 from bq_pipelines.monitoring import fail_if_worker_gone
 

@@ -27,6 +27,7 @@ from bq_pipelines.declarations import (
     render,
 )
 from bq_pipelines.lib import sources, stac
+from bq_pipelines.lib.catalog import CollectionContent
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.lib.pipeline import ItemPlan, SourceRef
@@ -213,23 +214,30 @@ def plan_partition(
                     for key, value in item.properties.items()
                 },
                 title=render(item.title, item_variables, "item.title") if item.title else None,
+                thumbnail=declaration.thumbnails,
             )
         )
     return plans
 
 
-def collection_for(declaration: Declaration, items: list[Any]) -> pystac.Collection:
-    """The declared collection, its extent and summaries computed from `items`."""
-    summaries = {
-        **stac.summarize_properties(items, declaration.summarize),
-        **declaration.summaries,
-    }
+def collection_for(
+    declaration: Declaration, items: list[Any], content: CollectionContent | None = None
+) -> pystac.Collection:
+    """The declared collection, its extent and summaries computed from `items`, or taken from
+    `content` (what the catalog aggregated of its items) when given."""
+    computed = (
+        content.summaries
+        if content is not None
+        else stac.summarize_properties(items, declaration.summarize)
+    )
+    summaries = {**computed, **declaration.summaries}
     collection = stac.build_collection(
         collection_id=declaration.id,
         title=declaration.title,
         description=declaration.description,
         license_=declaration.license,
         items=items,
+        extent=content.extent if content is not None else None,
         providers=[p.model_dump(exclude_none=True) for p in declaration.providers],
         keywords=declaration.keywords,
         summaries=summaries or None,

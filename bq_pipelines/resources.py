@@ -20,10 +20,12 @@ from bq_pipelines.backup.retention import RetentionPolicy
 from bq_pipelines.backup.static import StaticCatalog
 from bq_pipelines.lib.catalog import (
     API_RETRY,
+    PgstacPublisher,
     Publisher,
     StacApiPublisher,
     StaticCatalogPublisher,
 )
+from bq_pipelines.lib.catalog.pgstac import LOAD_RETRY
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.lib.locks import DEFAULT_WAIT_SECONDS, FileLocks, Locks, PostgresLocks
 from bq_pipelines.lib.pipeline import Services
@@ -111,22 +113,34 @@ class StaticCatalogResource(CatalogResource):
 
 
 class StacApiCatalogResource(CatalogResource):
-    """A STAC API with the Transactions extension (stac-fastapi-pgstac)."""
+    """A STAC API with the Transactions extension (stac-fastapi-pgstac).
+
+    With `pgstac_dsn` (the database the API serves), items are bulk-loaded into it with
+    pypgstac's Loader and collection extents are computed in SQL (`PgstacPublisher`); without,
+    everything goes through the API (`/bulk_items`)."""
 
     url: str
     token: str | None = None  # bearer token, from EnvVar("BQ_STAC_API_TOKEN") when set
+    pgstac_dsn: str | None = None  # from EnvVar("BQ_PGSTAC_DSN"): it may hold a password
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 30.0
     retry_budget_seconds: float = API_RETRY.budget_seconds or 120.0
+    load_retry_budget_seconds: float = LOAD_RETRY.budget_seconds or 120.0
 
     def publisher(self) -> Publisher:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        return StacApiPublisher(
-            self.url,
-            headers=headers,
-            retry=replace(API_RETRY, budget_seconds=self.retry_budget_seconds),
-            timeout=httpx.Timeout(self.read_timeout_seconds, connect=self.connect_timeout_seconds),
-        )
+        retry = replace(API_RETRY, budget_seconds=self.retry_budget_seconds)
+        timeout = httpx.Timeout(self.read_timeout_seconds, connect=self.connect_timeout_seconds)
+        if self.pgstac_dsn:
+            return PgstacPublisher(
+                self.url,
+                self.pgstac_dsn,
+                headers=headers,
+                retry=retry,
+                timeout=timeout,
+                load_retry=replace(LOAD_RETRY, budget_seconds=self.load_retry_budget_seconds),
+            )
+        return StacApiPublisher(self.url, headers=headers, retry=retry, timeout=timeout)
 
 
 class SourcesResource(dg.ConfigurableResource):
@@ -273,7 +287,9 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     catalog: CatalogResource
     if settings.catalog == "stac-api":
         catalog = StacApiCatalogResource(
-            url=settings.stac_api_url or "", token=_env_or_none("BQ_STAC_API_TOKEN")
+            url=settings.stac_api_url or "",
+            token=_env_or_none("BQ_STAC_API_TOKEN"),
+            pgstac_dsn=_env_or_none("BQ_PGSTAC_DSN") if settings.pgstac_dsn else None,
         )
     else:
         catalog = StaticCatalogResource(root=str(settings.catalog_dir.absolute()))

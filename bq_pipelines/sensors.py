@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 import dagster as dg
 
 from bq_pipelines.declarations import Declaration
+from bq_pipelines.keys import DATASET_TAG, DatasetKeys, keys_by_dimension, op_name
 from bq_pipelines.lib import sources as source_files
 from bq_pipelines.lib.errors import PipelineError, SourceError
 from bq_pipelines.lib.pipeline import ItemPlan, fingerprint
@@ -77,10 +79,23 @@ def upstream_fingerprint(
     return fingerprint(plans, [f.token() for f in found])
 
 
+def _plan(
+    declaration: Declaration,
+    partitions_def: dg.PartitionsDefinition,
+    partition_key: str,
+    sources: SourcesResource,
+) -> list[ItemPlan]:
+    return plan_partition(
+        declaration,
+        keys_by_dimension(declaration, partitions_def, partition_key),
+        sources.locations(),
+    )
+
+
 def newest_first(partitions_def: dg.PartitionsDefinition) -> list[str]:
     """Every partition key, the newest period first; static values in declared order."""
     if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
-        return partitions_def.get_partition_keys()[::-1]
+        return list(partitions_def.get_partition_keys())[::-1]
     if isinstance(partitions_def, dg.MultiPartitionsDefinition):
         dimensions = partitions_def.partitions_defs
         time_dims = [
@@ -141,9 +156,6 @@ def upstream_sensor(
         )
     if not reads_remote_sources(declaration):
         raise ValueError(f"{declaration.id}: every source is local; there is no upstream to watch")
-    # factory.py imports this module: take its helpers now that both are loaded.
-    from bq_pipelines.factory import DatasetKeys, keys_by_dimension, op_name
-
     keys = DatasetKeys(declaration.id)
     job_name = job_def_or_name if isinstance(job_def_or_name, str) else None
     job = None if isinstance(job_def_or_name, str) else job_def_or_name
@@ -177,11 +189,7 @@ def upstream_sensor(
             token = _check_partition(
                 context,
                 f"{declaration.id} [{partition_key}]",
-                lambda key=partition_key: plan_partition(
-                    declaration,
-                    keys_by_dimension(declaration, partitions_def, key),
-                    sources.locations(),
-                ),
+                functools.partial(_plan, declaration, partitions_def, partition_key, sources),
                 sources.s3_endpoint_url,
             )
             if token is not None:
@@ -190,6 +198,7 @@ def upstream_sensor(
                         run_key=f"{partition_key}@{token[:16]}",
                         partition_key=partition_key,
                         asset_selection=keys.partitioned,
+                        tags={DATASET_TAG: declaration.id},
                     )
                 )
         cursor = json.dumps({"last_checked": checked[-1]}) if checked else context.cursor

@@ -16,9 +16,8 @@ import os
 from datetime import date
 
 import dagster as dg
-import yaml
 
-from bq_pipelines.declarations import Declaration, builtin_declaration_files, parse_declaration
+from bq_pipelines.declarations import Declaration, builtin_declaration_data, parse_declaration
 from bq_pipelines.executors import executor_for
 from bq_pipelines.factory import build_dataset
 from bq_pipelines.monitoring import dead_run_workers_sensor
@@ -63,8 +62,7 @@ def chelsa_like(
 ) -> Declaration:
     """The real chelsa-monthly declaration under another id, cut to `months` months of
     VARIABLES: same source host and path templates, item ids and properties."""
-    [path] = [p for p in builtin_declaration_files() if p.stem == "chelsa-monthly"]
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = builtin_declaration_data("chelsa-monthly")
     data["id"] = data["folder"] = dataset_id
     data["partitions"]["time"]["end"] = f"{month_start(months - 1):%Y-%m}"
     data["partitions"]["batch_size"] = batch_size

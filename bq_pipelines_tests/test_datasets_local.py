@@ -19,7 +19,7 @@ import yaml
 
 from bq_pipelines.declarations import (
     Declaration,
-    builtin_declaration_files,
+    builtin_declaration_path,
     load_declaration_file,
     parse_declaration,
 )
@@ -50,8 +50,7 @@ FILES_DATASETS = {"stressors_qc": 11, "qc_pilot_env": 30}  # files the legacy lo
 
 
 def builtin_path(dataset_id: str) -> Path:
-    [path] = [p for p in builtin_declaration_files() if p.stem == dataset_id]
-    return path
+    return builtin_declaration_path(dataset_id)
 
 
 def declaration_as(dataset_id: str, new_id: str, **changes: Any) -> Declaration:

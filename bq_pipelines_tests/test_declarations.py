@@ -24,7 +24,7 @@ VALID = {
     "license": "CC-BY-4.0",
     "folder": "example",
     "source": {
-        "host": "chelsa",
+        "host": "example",
         "base_url": "https://example.org/data",
         "path": "monthly/{variable}/CHELSA_{variable}_{month:02d}_{year}_V.2.1.tif",
     },
@@ -58,7 +58,7 @@ def test_builtin_declarations_load():
 def test_valid_declaration_plans_a_partition():
     declaration = parse_declaration(VALID, "example.yaml")
     locations = SourceLocations(
-        base_urls={"chelsa": "http://127.0.0.1:9/mirror"}, local_root=Path("/data")
+        base_urls={"example": "http://127.0.0.1:9/mirror"}, local_root=Path("/data")
     )
     [plan] = plan_partition(declaration, {"date": "1979-03", "variable": "pr"}, locations)
     assert plan.item_id == "pr_1979_03"
@@ -151,7 +151,9 @@ def test_vars_may_not_hide_a_dimension():
 
 def test_all_shipped_declarations_load_together():
     declarations = load_declarations()
-    assert sorted(d.id for d in declarations) == sorted(p.stem for p in builtin_declaration_files())
+    assert sorted(d.id for d in declarations) == sorted(
+        p.parent.name for p in builtin_declaration_files()
+    )
     assert len(declarations) == 21
     # Each writes under a folder of its own: nothing can overwrite another dataset's objects.
     assert len({d.folder for d in declarations}) == 21

@@ -21,6 +21,7 @@ from bq_pipelines.backup_assets import (
 from bq_pipelines.declarations import load_declarations
 from bq_pipelines.definitions import defs
 from bq_pipelines.factory import COG_VALID_CHECK, ITEM_VALID_CHECK, PARTITION_STEPS, op_name
+from bq_pipelines.keys import DATASET_TAG
 from bq_pipelines.lib.errors import ConfigError
 
 
@@ -37,13 +38,14 @@ def test_every_dataset_has_its_assets_checks_and_job(definitions: dg.Definitions
         (key.asset_key.to_user_string(), key.name)
         for key in definitions.resolve_asset_graph().asset_check_keys
     }
-    job_names = {job.name for job in definitions.resolve_all_job_defs()}
+    jobs = {job.name: job for job in definitions.resolve_all_job_defs()}
     for declaration in load_declarations():
         for step in (*PARTITION_STEPS, "collection"):
             assert f"{declaration.id}/{step}" in asset_keys
         assert (f"{declaration.id}/cog", COG_VALID_CHECK) in check_keys
         assert (f"{declaration.id}/stac_item", ITEM_VALID_CHECK) in check_keys
-        assert op_name(declaration.id, "job") in job_names
+        # The run queue's per-dataset limit (deploy/dagster.yaml) counts runs by this tag.
+        assert jobs[op_name(declaration.id, "job")].tags[DATASET_TAG] == declaration.id
 
 
 def test_demo_is_partitioned_by_layer_with_a_batched_backfill_policy(definitions):

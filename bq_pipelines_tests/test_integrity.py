@@ -61,7 +61,8 @@ def assert_no_drift(declaration: Declaration, settings: Settings, instance) -> N
     assert report.clean, report.listing()
     counts = report.counts()
     assert (counts["orphans"], counts["duplicates"], counts["missing_objects"]) == (0, 0, 0)
-    assert counts["items"] == counts["objects"] == len(DEMO_LAYERS)
+    # A COG and its thumbnail per item.
+    assert counts["items"] == counts["objects"] / 2 == len(DEMO_LAYERS)
 
 
 # ------------------------------------------------------------------ skip only what is there
@@ -335,14 +336,18 @@ def finished(process: subprocess.Popen[str]) -> tuple[int, str]:
 
 
 def published_catalog(home: Path) -> dict[str, tuple[dict, bytes]]:
-    """Each demo item (object hrefs relative to the objects folder) with its object's bytes."""
+    """Each demo item (object hrefs relative to the objects folder) with its objects' bytes
+    (the COG's, then the thumbnail's)."""
     objects = str((home / "objects").absolute())
     catalog = {}
     for path in sorted((home / "catalog" / "demo").glob("*/*.json")):
         item = json.loads(path.read_text())
-        href = item["assets"]["data"]["href"]
-        item["assets"]["data"]["href"] = href.removeprefix(objects)
-        catalog[item["id"]] = (item, Path(href).read_bytes())
+        contents = b""
+        for name in ("data", "thumbnail"):
+            href = item["assets"][name]["href"]
+            item["assets"][name]["href"] = href.removeprefix(objects)
+            contents += Path(href).read_bytes()
+        catalog[item["id"]] = (item, contents)
     return catalog
 
 
@@ -484,6 +489,7 @@ def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
     )
     extra["id"] = "demo_retired"
     extra["assets"]["data"]["href"] = str(objects / "demo_retired.tif")
+    del extra["assets"]["thumbnail"]  # landcover's: it would be an object shared by two items
     settings = Settings.from_env({"BQ_HOME": str(home)})
     with built_services(settings) as services:
         services.publisher.upsert_item(pystac.Item.from_dict(extra))
@@ -491,7 +497,8 @@ def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
     status, output = finished(cli("audit", "demo", env=env))
     assert status == 1, output
     assert (
-        "demo: DRIFT: 4 items, 3 objects, 1 missing_objects, 0 changed_objects, 1 orphans, "
+        # 2 COGs and 3 thumbnails of the 3 planned items, and the leftover.
+        "demo: DRIFT: 4 items, 6 objects, 1 missing_objects, 0 changed_objects, 1 orphans, "
         "1 outside_partitions, 0 duplicates" in output
     )
     assert "io/demo/crash-leftover.tif" in output and "demo_retired" in output
@@ -505,4 +512,4 @@ def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
     with built_services(settings) as services:
         services.publisher.delete_item("demo", "demo_retired")
     status, output = finished(cli("audit", "demo", env=env))
-    assert status == 0 and "demo: no drift: 3 items, 3 objects" in output, output
+    assert status == 0 and "demo: no drift: 3 items, 6 objects" in output, output

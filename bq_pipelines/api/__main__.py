@@ -89,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_level="info",
             )
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        parser.exit(2, f"error: {error}\n")  # argparse's own exit: usage errors look alike
     return 0
 
 

@@ -11,13 +11,14 @@ Run it with `python -m bq_pipelines.api` (or `make api`), or under any ASGI serv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -239,7 +240,8 @@ def create_app(env: Mapping[str, str] | None = None) -> FastAPI:
     """The application; settings from `env` (default: the process environment)."""
     service = IngestionService(os.environ if env is None else env)
 
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         service.close()
 

@@ -217,7 +217,7 @@ class RequestStore:
 
     def _read(self, query: sa.Select[Any]) -> list[StoredRequest]:
         with self.engine.connect() as connection:
-            return [_row(row) for row in connection.execute(query).mappings()]
+            return [_row(dict(row)) for row in connection.execute(query).mappings()]
 
     # ------------------------------------------------------------------ the API's side
 

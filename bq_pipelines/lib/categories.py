@@ -106,7 +106,7 @@ def _rat_classes(rat: ET.Element, colours: dict[int, str]) -> list[dict[str, Any
     if name_column is None:
         strings = [i for i, f in enumerate(fields) if f[1] == 2]
         named = [i for i in strings if re.search("class|name|label|categor", fields[i][0], re.I)]
-        name_column = (named or strings or [None])[0]
+        name_column = (named or strings)[0] if (named or strings) else None
     if name_column is None:
         return []
     rgb = [usages.get(usage) for usage in (_RAT_RED, _RAT_GREEN, _RAT_BLUE)]

@@ -327,7 +327,7 @@ def _describe(src: DatasetReader, file: Path, path: Path, profile: CogProfileNam
         sha256=sha256_file(file),
         crs=f"EPSG:{epsg}" if epsg is not None else src.crs.to_wkt(),
         epsg=epsg,
-        bounds=tuple(src.bounds),  # type: ignore[arg-type]
+        bounds=tuple(src.bounds),
         bbox_wgs84=footprint.bbox,
         width=src.width,
         height=src.height,

@@ -38,7 +38,10 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None], temp_prefix:
 
 
 def write_text_atomically(path: Path, text: str, temp_prefix: str = ".") -> None:
-    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")), temp_prefix)
+    def write(handle: BinaryIO) -> None:
+        handle.write(text.encode("utf-8"))
+
+    write_atomically(path, write, temp_prefix)
 
 
 def copy_atomically(source: Path, path: Path, temp_prefix: str = ".") -> None:

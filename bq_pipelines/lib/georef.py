@@ -45,7 +45,8 @@ def exact_epsg(crs: CRS) -> int | None:
 
 @functools.lru_cache(maxsize=512)
 def _exact_epsg_of_wkt(wkt: str) -> int | None:
-    return CRS.from_wkt(wkt).to_epsg(confidence_threshold=100)
+    epsg: int | None = CRS.from_wkt(wkt).to_epsg(confidence_threshold=100)
+    return epsg
 
 
 def crs_label(crs: CRS) -> str:

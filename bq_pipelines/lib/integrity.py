@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from bq_pipelines.lib.pipeline import ItemPlan, Services
+from bq_pipelines.lib.preview import thumbnail_file_name
 from bq_pipelines.lib.storage import ObjectOwner, ObjectStore, object_key
 
 SHA256_MULTIHASH_PREFIX = "1220"
@@ -46,6 +47,10 @@ def owner_of(plan: ItemPlan) -> ObjectOwner:
 
 def plan_key(plan: ItemPlan, services: Services) -> str:
     return object_key(services.object_prefix, plan.folder, plan.file_name)
+
+
+def thumbnail_key(plan: ItemPlan, services: Services) -> str:
+    return object_key(services.object_prefix, plan.folder, thumbnail_file_name(plan.file_name))
 
 
 def checksum_sha256(checksum: object) -> str | None:
@@ -89,6 +94,15 @@ def object_drift(
     return None
 
 
+def item_drift(item: Mapping[str, Any], plan: ItemPlan, services: Services) -> ObjectDrift | None:
+    """How the objects of `plan` (its COG, and its thumbnail when it has one) differ from
+    what the published `item` says of them, or None."""
+    drift = object_drift(item, plan_key(plan, services), owner_of(plan), services.store)
+    if drift is None and plan.thumbnail:
+        drift = object_drift(item, thumbnail_key(plan, services), owner_of(plan), services.store)
+    return drift
+
+
 def published_drift(plans: Sequence[ItemPlan], services: Services) -> list[ObjectDrift]:
     """What keeps `plans` from being "already published": items missing from the catalog, and
     objects missing, changed or owned by another item. Empty when every item and object is
@@ -103,7 +117,7 @@ def published_drift(plans: Sequence[ItemPlan], services: Services) -> list[Objec
         if item is None:
             drifts.append(ObjectDrift(plan.item_id, key, Drift.MISSING_ITEM, "not in the catalog"))
             continue
-        drift = object_drift(item, key, owner_of(plan), services.store)
+        drift = item_drift(item, plan, services)
         if drift is not None:
             drifts.append(drift)
     return drifts

@@ -15,14 +15,14 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime as DateTime  # the type, where a field is named `datetime`
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import pystac
 
-from bq_pipelines.lib import cog, sources, stac
+from bq_pipelines.lib import cog, preview, sources, stac
 from bq_pipelines.lib.catalog import Publisher, PublishOutcome
 from bq_pipelines.lib.errors import (
     CogError,
@@ -31,7 +31,7 @@ from bq_pipelines.lib.errors import (
     SourceRefused,
     StacValidationError,
 )
-from bq_pipelines.lib.hashing import sha256_json
+from bq_pipelines.lib.hashing import sha256_bytes, sha256_json
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.storage import ObjectOwner, ObjectStore, StoredObject, object_key
@@ -72,14 +72,17 @@ class ItemPlan:
     file_name: str
     sources: tuple[SourceRef, ...]
     cog: cog.CogSettings
-    datetime: datetime | None = None
-    start_datetime: datetime | None = None
-    end_datetime: datetime | None = None
+    datetime: DateTime | None = None
+    start_datetime: DateTime | None = None
+    end_datetime: DateTime | None = None
     properties: Mapping[str, Any] = field(default_factory=dict)
     title: str | None = None
+    # A PNG thumbnail stored beside the COG (`preview.thumbnail_file_name`) and added to the
+    # item as its `thumbnail` asset.
+    thumbnail: bool = False
 
     def fingerprint_payload(self) -> dict[str, Any]:
-        return {
+        payload = {
             "collection": self.collection_id,
             "item": self.item_id,
             "folder": self.folder,
@@ -90,6 +93,9 @@ class ItemPlan:
             "properties": dict(self.properties),
             "title": self.title,
         }
+        if self.thumbnail:  # only then: items without thumbnails keep their fingerprints
+            payload["thumbnail"] = preview.PREVIEW_VERSION
+        return payload
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class ItemResult:
     stored: StoredObject
     item: dict[str, Any]
     outcome: PublishOutcome
+    thumbnail: StoredObject | None = None
 
 
 @dataclass(frozen=True)
@@ -237,12 +244,57 @@ def _refused(
     return type(error)(redact_url(url), reason)
 
 
-def describe(plan: ItemPlan, info: cog.CogInfo, href: str, services: Services) -> pystac.Item:
-    return _describe(plan, info, href, services.stac_schemas_dir)
+@dataclass(frozen=True)
+class ThumbnailFile:
+    """A thumbnail rendered into staging, and where it goes."""
+
+    path: Path
+    key: str
+    href: str
+    size: int
+    sha256: str
+
+
+def render_thumbnail(
+    plan: ItemPlan, info: cog.CogInfo, staging: Path, services: Services
+) -> ThumbnailFile:
+    """The plan's thumbnail, rendered from its COG's overviews into staging."""
+    key = object_key(
+        services.object_prefix, plan.folder, preview.thumbnail_file_name(plan.file_name)
+    )
+    return _render_thumbnail(plan, info, staging, key, services.store.href(key))
+
+
+def _render_thumbnail(
+    plan: ItemPlan, info: cog.CogInfo, staging: Path, key: str, href: str
+) -> ThumbnailFile:
+    name = preview.thumbnail_file_name(plan.file_name)
+    try:
+        thumbnail = preview.render_thumbnail(info.path, categorical=plan.cog.categorical)
+    except Exception as error:
+        raise PipelineError(f"item {plan.item_id}: cannot render its thumbnail: {error}") from error
+    path = thumbnail.write(staging / name)
+    return ThumbnailFile(
+        path=path, key=key, href=href, size=len(thumbnail.png), sha256=sha256_bytes(thumbnail.png)
+    )
+
+
+def describe(
+    plan: ItemPlan,
+    info: cog.CogInfo,
+    href: str,
+    services: Services,
+    thumbnail: ThumbnailFile | None = None,
+) -> pystac.Item:
+    return _describe(plan, info, href, services.stac_schemas_dir, thumbnail)
 
 
 def _describe(
-    plan: ItemPlan, info: cog.CogInfo, href: str, stac_schemas_dir: Path | None
+    plan: ItemPlan,
+    info: cog.CogInfo,
+    href: str,
+    stac_schemas_dir: Path | None,
+    thumbnail: ThumbnailFile | None = None,
 ) -> pystac.Item:
     item = stac.build_item(
         info.path,
@@ -256,12 +308,24 @@ def _describe(
         file_size=info.size,
         file_sha256=info.sha256,
     )
+    if thumbnail is not None:
+        stac.add_thumbnail(item, thumbnail.href, size=thumbnail.size, sha256=thumbnail.sha256)
     stac.validate(item, stac_schemas_dir)
     empty = stac.nodata_only(item, info.path)
     if empty is not None:
         # Published, it would look like a successful ingestion of a blank map.
         raise StacValidationError(f"item {plan.item_id}: {empty}: not published")
     return item
+
+
+@dataclass(frozen=True)
+class Produced:
+    """One item converted, described and stored, not yet published."""
+
+    item: pystac.Item
+    info: cog.CogInfo
+    stored: StoredObject
+    thumbnail: StoredObject | None = None
 
 
 def produce_item(
@@ -271,27 +335,45 @@ def produce_item(
     services: Services,
     on_step: StepCallback = _no_callback,
     prepared: cog.RasterInput | None = None,
-) -> tuple[pystac.Item, cog.CogInfo, StoredObject]:
+) -> Produced:
     """Convert, check and upload one item whose sources are already fetched (not published)."""
     on_step(Step.CONVERT, plan.item_id)
     info = convert(plan, fetched, staging, services, prepared)
     key = object_key(services.object_prefix, plan.folder, plan.file_name)
     on_step(Step.DESCRIBE, plan.item_id)
-    item = describe(plan, info, services.store.href(key), services)
-    return item, info, _store(plan, info, services, on_step)
+    thumbnail = render_thumbnail(plan, info, staging, services) if plan.thumbnail else None
+    item = describe(plan, info, services.store.href(key), services, thumbnail)
+    return _store(plan, item, info, thumbnail, services, on_step)
 
 
 def _store(
-    plan: ItemPlan, info: cog.CogInfo, services: Services, on_step: StepCallback
-) -> StoredObject:
-    """Upload the item's COG (validated, described) and remove its staging copy."""
+    plan: ItemPlan,
+    item: pystac.Item,
+    info: cog.CogInfo,
+    thumbnail: ThumbnailFile | None,
+    services: Services,
+    on_step: StepCallback,
+) -> Produced:
+    """Upload the item's COG (validated, described) and thumbnail, and remove their staging
+    copies."""
     key = object_key(services.object_prefix, plan.folder, plan.file_name)
     on_step(Step.STORE, key)
-    # The owner makes the store refuse to overwrite another item's object with this one.
+    # The owner makes the store refuse to overwrite another item's object with this one; the
+    # thumbnail belongs to the same item.
     owner = ObjectOwner(plan.collection_id, plan.item_id)
     stored = services.store.put_file(info.path, key, sha256=info.sha256, owner=owner)
     info.path.unlink(missing_ok=True)
-    return stored
+    stored_thumbnail = None
+    if thumbnail is not None:
+        stored_thumbnail = services.store.put_file(
+            thumbnail.path,
+            thumbnail.key,
+            sha256=thumbnail.sha256,
+            owner=owner,
+            content_type=preview.PNG_MEDIA_TYPE,
+        )
+        thumbnail.path.unlink(missing_ok=True)
+    return Produced(item, info, stored, stored_thumbnail)
 
 
 @dataclass
@@ -327,10 +409,17 @@ def run_items(
         on_step(Step.PUBLISH, f"{len(produced)} items")
         if collection is not None:
             services.publisher.ensure_collection(collection)
-        outcomes = services.publisher.upsert_items([item for item, _, _ in produced])
+        outcomes = services.publisher.upsert_items([p.item for p in produced])
         results = [
-            ItemResult(plan=plan, cog=info, stored=stored, item=item.to_dict(), outcome=outcome)
-            for plan, (item, info, stored), outcome in zip(plans, produced, outcomes, strict=True)
+            ItemResult(
+                plan=plan,
+                cog=p.info,
+                stored=p.stored,
+                item=p.item.to_dict(),
+                outcome=outcome,
+                thumbnail=p.thumbnail,
+            )
+            for plan, p, outcome in zip(plans, produced, outcomes, strict=True)
         ]
         return PartitionResult(items=results, fetched=list(fetched.values()))
     finally:
@@ -356,7 +445,7 @@ def _produce_all(
     staging: Path,
     services: Services,
     on_step: StepCallback,
-) -> list[tuple[pystac.Item, cog.CogInfo, StoredObject]]:
+) -> list[Produced]:
     if not _one_band_of_one_source(plans):
         return [produce_item(plan, fetched, staging, services, on_step) for plan in plans]
     ref = plans[0].sources[0]
@@ -367,19 +456,16 @@ def _produce_all(
         max_pixels=services.max_pixels,
         stac_schemas_dir=services.stac_schemas_dir,
     )
-    hrefs = [
-        services.store.href(object_key(services.object_prefix, p.folder, p.file_name))
-        for p in plans
-    ]
+    targets = [_Target.of(plan, services) for plan in plans]
     workers = min(item_workers(services.item_workers), len(plans) // MIN_ITEMS_PER_WORKER)
     if workers > 1 and multiprocessing.current_process().daemon:
         # A daemonic process (a Celery prefork worker, a pool's worker) may not start any.
         logger.info("producing %d items in this process: it may not start others", len(plans))
         workers = 1
-    produced: list[tuple[pystac.Item, cog.CogInfo, StoredObject]] = []
+    produced: list[Produced] = []
 
-    def store(plan: ItemPlan, item: pystac.Item, info: cog.CogInfo) -> None:
-        produced.append((item, info, _store(plan, info, services, on_step)))
+    def store(plan: ItemPlan, described: _Described) -> None:
+        produced.append(_store(plan, *described, services, on_step))
 
     try:
         if workers <= 1:
@@ -388,8 +474,8 @@ def _produce_all(
                     extract = stack.enter_context(_band_extractor(job))
                 except CogError as error:
                     raise CogError(f"{redact_url(ref.url)}: {error}") from error
-                for plan, href in zip(plans, hrefs, strict=True):
-                    store(plan, *_band_item(extract, job, plan, href, on_step))
+                for plan, target in zip(plans, targets, strict=True):
+                    store(plan, _band_item(extract, job, plan, target, on_step))
             return produced
         # Read here, once, for every worker: a source that cannot be read fails once, naming
         # its URL, and the workers skip the slow part of opening it (~30 s for 45,810 bands).
@@ -397,7 +483,7 @@ def _produce_all(
             facts = cog.band_facts(job.source, job.settings, job.max_pixels)
         except CogError as error:
             raise CogError(f"{redact_url(ref.url)}: {error}") from error
-        chunks = _chunks(list(zip(plans, hrefs, strict=True)), workers)
+        chunks = _chunks(list(zip(plans, targets, strict=True)), workers)
         # spawn, not fork: the parent may hold threads (Dagster's) and GDAL state.
         context = multiprocessing.get_context("spawn")
         logger.debug("producing %d items in %d processes", len(plans), workers)
@@ -407,8 +493,8 @@ def _produce_all(
             # In order, as each chunk completes: uploads overlap with the conversions.
             results = pool.map(_band_items, chunks)
             for chunk, described in zip(chunks, results, strict=True):
-                for (plan, _), (item, info) in zip(chunk, described, strict=True):
-                    store(plan, item, info)
+                for (plan, _), one in zip(chunk, described, strict=True):
+                    store(plan, one)
     except SourceRefused as error:
         raise _refused(error, [ref], fetched, services) from error
     return produced
@@ -444,6 +530,28 @@ class _BandJob:
     stac_schemas_dir: Path | None
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where an item's objects go: computed by the parent (workers have no object store)."""
+
+    href: str
+    thumbnail_key: str | None = None
+    thumbnail_href: str | None = None
+
+    @classmethod
+    def of(cls, plan: ItemPlan, services: Services) -> _Target:
+        href = services.store.href(object_key(services.object_prefix, plan.folder, plan.file_name))
+        if not plan.thumbnail:
+            return cls(href)
+        name = preview.thumbnail_file_name(plan.file_name)
+        key = object_key(services.object_prefix, plan.folder, name)
+        return cls(href, key, services.store.href(key))
+
+
+# An item, its COG and its thumbnail, in staging, not yet stored.
+_Described = tuple[pystac.Item, cog.CogInfo, ThumbnailFile | None]
+
+
 def _band_extractor(
     job: _BandJob, facts: cog.BandFacts | None = None
 ) -> contextlib.AbstractContextManager[Callable[[int], cog.RasterInput]]:
@@ -454,10 +562,11 @@ def _band_item(
     extract: Callable[[int], cog.RasterInput],
     job: _BandJob,
     plan: ItemPlan,
-    href: str,
+    target: _Target,
     on_step: StepCallback = _no_callback,
-) -> tuple[pystac.Item, cog.CogInfo]:
-    """The COG (left in staging) and the item of one plan reading one band of the source."""
+) -> _Described:
+    """The COG and thumbnail (left in staging) and the item of one plan reading one band of
+    the source."""
     on_step(Step.CONVERT, plan.item_id)
     band = _extract_band(extract, plan)
     try:
@@ -465,7 +574,12 @@ def _band_item(
     finally:
         band.path.unlink(missing_ok=True)
     on_step(Step.DESCRIBE, plan.item_id)
-    return _describe(plan, info, href, job.stac_schemas_dir), info
+    thumbnail = None
+    if target.thumbnail_key is not None and target.thumbnail_href is not None:
+        thumbnail = _render_thumbnail(
+            plan, info, job.staging, target.thumbnail_key, target.thumbnail_href
+        )
+    return _describe(plan, info, target.href, job.stac_schemas_dir, thumbnail), info, thumbnail
 
 
 @dataclass
@@ -487,16 +601,18 @@ def _start_worker(job: _BandJob, facts: cog.BandFacts) -> None:
     _worker = _Worker(job, facts)
 
 
-def _band_items(chunk: Sequence[tuple[ItemPlan, str]]) -> list[tuple[pystac.Item, cog.CogInfo]]:
-    """In a worker process: the items of `chunk` (plans and their hrefs)."""
+def _band_items(chunk: Sequence[tuple[ItemPlan, _Target]]) -> list[_Described]:
+    """In a worker process: the items of `chunk` (plans and where their objects go)."""
     worker = _worker
     assert worker is not None, "_start_worker runs first"
     if worker.extract is None:
         worker.extract = worker.stack.enter_context(_band_extractor(worker.job, worker.facts))
-    return [_band_item(worker.extract, worker.job, plan, href) for plan, href in chunk]
+    return [_band_item(worker.extract, worker.job, plan, target) for plan, target in chunk]
 
 
-def _chunks(items: list[tuple[ItemPlan, str]], workers: int) -> list[list[tuple[ItemPlan, str]]]:
+def _chunks(
+    items: list[tuple[ItemPlan, _Target]], workers: int
+) -> list[list[tuple[ItemPlan, _Target]]]:
     size = max(1, math.ceil(len(items) / (workers * _CHUNKS_PER_WORKER)))
     return [items[start : start + size] for start in range(0, len(items), size)]
 

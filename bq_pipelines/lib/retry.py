@@ -30,7 +30,7 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based), with jitter."""
         base = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
-        return base * (0.5 + random.random() / 2)
+        return float(base * (0.5 + random.random() / 2))
 
 
 class Outage:

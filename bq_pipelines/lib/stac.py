@@ -298,6 +298,19 @@ def build_item(
     return item
 
 
+THUMBNAIL_ASSET = "thumbnail"
+
+
+def add_thumbnail(item: pystac.Item, href: str, *, size: int, sha256: str) -> None:
+    """The item's `thumbnail` asset: a PNG (roles ["thumbnail"]) with its file:size and
+    file:checksum, so that integrity checks compare it with the store like the COG."""
+    asset = pystac.Asset(href=href, title="Thumbnail", media_type="image/png", roles=["thumbnail"])
+    item.add_asset(THUMBNAIL_ASSET, asset)
+    file_ext = FileExtension.ext(item.assets[THUMBNAIL_ASSET], add_if_missing=True)
+    file_ext.size = size
+    file_ext.checksum = multihash_sha256(sha256)
+
+
 # ---------------------------------------------------------------------- item content
 
 
@@ -356,7 +369,7 @@ def _item_times(properties: Mapping[str, Any]) -> list[datetime]:
     return [str_to_datetime(properties[key]) for key in _TEMPORAL_KEYS if properties.get(key)]
 
 
-def _union_extent(items: Iterable[pystac.Item | Mapping[str, Any]]) -> pystac.Extent:
+def union_extent(items: Iterable[pystac.Item | Mapping[str, Any]]) -> pystac.Extent:
     bbox: list[float] | None = None
     times: list[datetime] = []
     for item in items:
@@ -383,7 +396,7 @@ def _union_extent(items: Iterable[pystac.Item | Mapping[str, Any]]) -> pystac.Ex
         times.extend(_item_times(item_dict.get("properties", {})))
     spatial = pystac.SpatialExtent([bbox or GLOBAL_BBOX])
     # An open interval [[null, null]] is valid in STAC 1.1 (both ends may be null).
-    interval = [min(times), max(times)] if times else [None, None]
+    interval: list[datetime | None] = [min(times), max(times)] if times else [None, None]
     return pystac.Extent(spatial, pystac.TemporalExtent([interval]))
 
 
@@ -395,7 +408,7 @@ def grown_extent(
     interval stays open. The placeholder extent of a collection built before any item (global,
     [null, null]) is replaced by the items' own."""
     extent = dict(collection.get("extent") or {})
-    added = _union_extent(items).to_dict()
+    added = union_extent(items).to_dict()
     intervals = list(extent.get("temporal", {}).get("interval") or [])
     bboxes = list(extent.get("spatial", {}).get("bbox") or [])
     if not intervals or not bboxes or intervals[0] == [None, None]:
@@ -431,15 +444,16 @@ def build_collection(
     title: str,
     description: str,
     license_: str,
-    items: Iterable[pystac.Item | Mapping[str, Any]],
+    items: Iterable[pystac.Item | Mapping[str, Any]] = (),
+    extent: pystac.Extent | None = None,
     providers: Sequence[Mapping[str, Any]] = (),
     keywords: Sequence[str] = (),
     summaries: Mapping[str, Any] | None = None,
     item_assets: Mapping[str, Any] | None = None,
     extra_fields: Mapping[str, Any] | None = None,
 ) -> pystac.Collection:
-    """Collection whose spatial/temporal extent is the union of its items' (a global, open
-    extent when there are none yet)."""
+    """Collection whose spatial/temporal extent is `extent`, or else the union of its items' (a
+    global, open extent when there are none yet)."""
     used_fields: list[str] = list(summaries or {})
     for definition in (item_assets or {}).values():
         used_fields.extend(definition)
@@ -454,7 +468,7 @@ def build_collection(
         title=title,
         description=description,
         license=license_,
-        extent=_union_extent(items),
+        extent=extent if extent is not None else union_extent(items),
         providers=[pystac.Provider.from_dict(dict(p)) for p in providers] or None,
         keywords=list(keywords) or None,
         summaries=pystac.Summaries(dict(summaries)) if summaries else None,
@@ -467,19 +481,26 @@ def summarize_properties(
     items: Iterable[pystac.Item | Mapping[str, Any]], names: Sequence[str]
 ) -> dict[str, Any]:
     """STAC summaries of item properties: a range for numbers, sorted distinct values else."""
-    seen: dict[str, set[Any]] = {name: set() for name in names}
+    values: dict[str, list[Any]] = {name: [] for name in names}
     for item in items:
         properties = item.properties if isinstance(item, pystac.Item) else item["properties"]
         for name in names:
-            value = properties.get(name)
-            if isinstance(value, str | int | float) and not isinstance(value, bool):
-                seen[name].add(value)
+            if name in properties:
+                values[name].append(properties[name])
+    return summarize_values(values)
+
+
+def summarize_values(values: Mapping[str, Iterable[Any]]) -> dict[str, Any]:
+    """STAC summaries of the values each property takes (`summarize_properties`'s rule, for
+    values gathered elsewhere, e.g. by a database): a range when every value is a number, the
+    sorted distinct values otherwise; null, boolean and structured values are ignored."""
     summaries: dict[str, Any] = {}
-    for name, values in seen.items():
-        if values and all(isinstance(v, int | float) for v in values):
-            summaries[name] = {"minimum": min(values), "maximum": max(values)}
-        elif values:
-            summaries[name] = sorted(values, key=str)
+    for name, taken in values.items():
+        seen = {v for v in taken if isinstance(v, str | int | float) and not isinstance(v, bool)}
+        if seen and all(isinstance(v, int | float) for v in seen):
+            summaries[name] = {"minimum": min(seen), "maximum": max(seen)}
+        elif seen:
+            summaries[name] = sorted(seen, key=str)
     return summaries
 
 
@@ -619,10 +640,10 @@ def _check_against(stac_dict: Mapping[str, Any], uri: str, override: Path | None
         raise StacValidationError(
             f"{stac_dict.get('type')} {stac_dict.get('id')!r}: {error}"
         ) from error
-    error = next(validator.iter_errors(stac_dict), None)
-    if error is None:
+    first = next(validator.iter_errors(stac_dict), None)
+    if first is None:
         return
-    specific = _most_specific(error)
+    specific = _most_specific(first)
     message = specific.message
     if len(message) > _MAX_MESSAGE_CHARS:
         message = message[:_MAX_MESSAGE_CHARS] + "..."

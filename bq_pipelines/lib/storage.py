@@ -784,11 +784,12 @@ class S3ObjectStore(ObjectStore):
     def get_bytes(self, key: str) -> bytes | None:
         validate_key(key)
         try:
-            return self._retrying(
+            body: bytes = self._retrying(
                 "get",
                 key,
                 lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(),
             )
+            return body
         except ClientError as exc:
             if _is_not_found(exc):
                 return None

@@ -97,7 +97,8 @@ def test_kill_9_of_the_daemon_between_acceptance_and_processing_runs_each_reques
     # Once the daemon answers (health: a fresh heartbeat), requests arrive and it is killed
     # before or after its sensor picked them up, with runs queued or not.
     deadline = time.monotonic() + 60
-    while httpx.get(f"{api.base_url}/health").json()["dagster"]["ok"] is False:
+    # A generous read timeout: on a loaded machine /health (it reads the instance) takes seconds.
+    while httpx.get(f"{api.base_url}/health", timeout=30).json()["dagster"]["ok"] is False:
         assert time.monotonic() < deadline, api.deployment.log_tail()
         time.sleep(0.5)
     ids = [api.accepted(body(collection_id, mirror, stac_api)) for _ in range(3)]

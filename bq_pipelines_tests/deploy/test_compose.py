@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bq_pipelines.settings import ApiSettings, Settings, api_token
 from bq_pipelines_tests.deploy.conftest import DEPLOY_DIR
 
 COMPOSE = DEPLOY_DIR / "compose.yaml"
@@ -50,6 +51,8 @@ def test_every_service_has_an_image_a_restart_policy_and_a_healthcheck_where_it_
         "worker",
         "redis",
         "nginx",
+        "api",
+        "stac-api",
     } <= set(services)
     for name, service in services.items():
         assert service.get("image") or service.get("build"), f"{name}: no image nor build"
@@ -136,3 +139,53 @@ def test_docker_compose_refuses_an_empty_secret_and_names_it(tmp_path: Path):
     result = docker_compose("--env-file", str(env), "config")
     assert result.returncode != 0
     assert "set REDIS_PASSWORD in deploy/.env" in result.stderr
+
+
+# What an operator writes for the values whose shape the code checks (URLs, lists of URLs).
+URL_VALUES = {
+    "BQ_PUBLIC_BASE_URL": "https://data.example.org/bq-io",
+    "BQ_SOURCE_BASE_URLS": "",
+    "BQ_API_ALLOWED_SOURCES": "https://data.example.org/rasters/",
+    "BQ_API_STAC_API_ALIASES": "https://stac.example.org/",
+    "BQ_DAGSTER_UI_URL": "https://stac.example.org/dagster",
+}
+
+
+def test_the_ingestion_api_is_a_service_behind_nginx_with_its_token_only_in_its_own_env(
+    tmp_path: Path,
+):
+    env = filled_env(tmp_path, **URL_VALUES)
+    result = docker_compose("--env-file", str(env), "config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    api = services["api"]["environment"]
+    assert api["BQ_API_TOKEN"] == "test-bq-api-token"
+    assert api["BQ_API_HOST"] == "0.0.0.0" and api["BQ_API_PORT"] == "8083"
+    # The daemon's sensor reads the requests the API wrote: both see the same store.
+    assert (
+        services["dagster-daemon"]["environment"]["BQ_API_DATABASE_URL"]
+        == (api["BQ_API_DATABASE_URL"])
+    )
+    assert api["BQ_API_DATABASE_URL"].startswith("postgresql://")
+    for name, service in services.items():
+        if name != "api":
+            assert "BQ_API_TOKEN" not in service.get("environment", {}), name
+    # The settings the API and the runs read are accepted as the code reads them.
+    ApiSettings.from_env(api)
+    api_token(api)
+    nginx = (DEPLOY_DIR / "nginx" / "default.conf").read_text()
+    api_block = nginx.split("location /api/ {", 1)[1].split("\n    }\n", 1)[0]
+    assert "proxy_pass http://ingestion_api/;" in api_block
+    assert "auth_basic" not in api_block  # the API checks its own bearer token
+    assert "server api:8083;" in nginx
+
+
+def test_the_daily_backup_schedule_is_on_in_the_stack(tmp_path: Path):
+    result = docker_compose("--env-file", str(filled_env(tmp_path, **URL_VALUES)), "config")
+    assert result.returncode == 0, result.stderr
+    daemon = yaml.safe_load(result.stdout)["services"]["dagster-daemon"]["environment"]
+    assert daemon["BQ_BACKUP_SCHEDULE_ENABLED"] == "true"
+    assert daemon["BQ_PGSTAC_DSN"].startswith("postgresql://")
+    settings = Settings.from_env({**daemon, "BQ_LOCAL_DATA_ROOT": str(tmp_path)})
+    assert settings.backup_schedule_enabled
+    assert settings.backup_retention_days == 30 and settings.backup_keep_last == 7

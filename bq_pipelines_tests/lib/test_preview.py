@@ -1,0 +1,199 @@
+"""Thumbnails, coverage maps and item counts: rendered from generated COGs and checked pixel by
+pixel (colours of the colour table or palette, nodata transparent, size)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from bq_pipelines.lib import cog, preview
+from bq_pipelines_tests.rasters import BandMetadata, RasterSpec, raster_valid, write_raster
+
+TABLE = {v: (v * 20, 255 - v * 20, (v * 50) % 256, 255) for v in range(12)}
+
+
+def make_cog(tmp_path: Path, spec: RasterSpec, categorical: bool = False, name: str = "c") -> Path:
+    source = write_raster(tmp_path / f"{name}-source.tif", spec)
+    settings = cog.CogSettings(categorical=categorical)
+    return cog.to_cog(cog.RasterInput(path=source), tmp_path / f"{name}.tif", settings).path
+
+
+def colours(pixels: np.ndarray) -> set[tuple[int, ...]]:
+    opaque = pixels[pixels[..., 3] == 255]
+    return {tuple(int(c) for c in colour) for colour in opaque}
+
+
+def assert_corner_transparent(pixels: np.ndarray, spec: RasterSpec) -> None:
+    """The spec's invalid corner (a tenth of each side) is transparent, the rest opaque."""
+    height, width = pixels.shape[:2]
+    corner = pixels[: height // 10 - 1, : width // 10 - 1, 3]
+    assert corner.size and (corner == 0).all()
+    far = pixels[height // 10 + 1 :, width // 10 + 1 :, 3]
+    assert (far == 255).all()
+
+
+def test_categorical_with_colour_table_uses_its_colours_and_nodata_is_transparent(tmp_path):
+    spec = RasterSpec(
+        dtype="uint8",
+        categorical=True,
+        nodata=0,
+        width=900,
+        height=600,
+        metadata=BandMetadata(colormap=TABLE),
+    )
+    thumbnail = preview.render_thumbnail(make_cog(tmp_path, spec, categorical=True))
+    pixels = preview.decode_png(thumbnail.png)
+    assert (thumbnail.width, thumbnail.height) == (256, 171)
+    assert pixels.shape == (171, 256, 4)
+    assert thumbnail.style == "colour table"
+    # Every class of the raster (1..11) in its table colour, nothing else.
+    assert colours(pixels) == {TABLE[v] for v in range(1, 12)}
+    assert_corner_transparent(pixels, spec)
+
+
+def test_categorical_without_colour_table_gets_the_fixed_palette_by_value(tmp_path):
+    spec = RasterSpec(dtype="int16", categorical=True, nodata=-1, width=400, height=300)
+    thumbnail = preview.render_thumbnail(make_cog(tmp_path, spec, True), categorical=True)
+    pixels = preview.decode_png(thumbnail.png)
+    assert thumbnail.style == "palette"
+    palette = preview._CATEGORY_PALETTE
+    assert colours(pixels) == {(*palette[v % len(palette)], 255) for v in range(1, 12)}
+    assert_corner_transparent(pixels, spec)
+
+
+def test_categorical_classes_with_colour_hints_use_them(tmp_path):
+    rgb = {v: (10 * v, 100, 200 - 10 * v) for v in range(1, 12)}
+    table = tuple((v, f"class {v}", rgb[v]) for v in range(1, 12))
+    spec = RasterSpec(
+        dtype="uint8",
+        categorical=True,
+        nodata=0,
+        metadata=BandMetadata(attribute_table=table),
+    )
+    thumbnail = preview.render_thumbnail(make_cog(tmp_path, spec, True), categorical=True)
+    assert thumbnail.style == "class colours"
+    assert colours(preview.decode_png(thumbnail.png)) == {(*rgb[v], 255) for v in range(1, 12)}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        RasterSpec(dtype="float32", nodata=float("nan"), width=1200, height=800),
+        RasterSpec(dtype="int16", nodata=-9999, width=500, height=700),
+        RasterSpec(dtype="float32", mask=True, width=300, height=200),
+        RasterSpec(dtype="uint16", count=2, nodata=0, crs="EPSG:32198"),
+    ],
+    ids=["float32-nan", "int16-nodata", "internal-mask", "uint16-2-bands-lambert"],
+)
+def test_continuous_is_stretched_over_the_ramp_with_nodata_transparent(tmp_path, spec):
+    thumbnail = preview.render_thumbnail(make_cog(tmp_path, spec))
+    pixels = preview.decode_png(thumbnail.png)
+    assert thumbnail.style == "stretch"
+    assert max(thumbnail.width, thumbnail.height) == min(256, max(spec.width, spec.height))
+    assert pixels.shape == (thumbnail.height, thumbnail.width, 4)
+    ramp = set(preview._ramp())
+    found = colours(pixels)
+    assert found <= ramp
+    # The 2-98 % stretch reaches both ends of the ramp and many levels between.
+    assert {preview._ramp()[0], preview._ramp()[-1]} <= found and len(found) > 50
+    assert_corner_transparent(pixels, spec)
+
+
+def test_three_uint8_bands_are_rgb(tmp_path):
+    spec = RasterSpec(dtype="uint8", count=3, nodata=0, width=256, height=128)
+    path = make_cog(tmp_path, spec)
+    thumbnail = preview.render_thumbnail(path)
+    pixels = preview.decode_png(thumbnail.png)
+    assert thumbnail.style == "rgb" and pixels.shape == (128, 256, 4)
+    with rasterio.open(path) as src:
+        expected = np.moveaxis(src.read(), 0, -1)
+    valid = raster_valid(spec)
+    np.testing.assert_array_equal(pixels[valid][:, :3], expected[valid])
+    assert (pixels[~valid][:, 3] == 0).all()
+
+
+def test_large_cog_is_read_from_an_overview_and_rendering_is_deterministic(tmp_path):
+    spec = RasterSpec(dtype="float32", nodata=-1, width=4000, height=3000, resolution=0.001)
+    path = make_cog(tmp_path, spec)
+    with rasterio.open(path) as src:
+        assert src.overviews(1)  # what the thumbnail reads
+    first = preview.render_thumbnail(path)
+    assert (first.width, first.height) == (256, 192)
+    assert preview.render_thumbnail(path).png == first.png
+
+
+def test_an_all_nodata_cog_gives_a_transparent_thumbnail(tmp_path):
+    path = tmp_path / "empty.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=64, height=32, count=1, dtype="uint8", nodata=0,
+        crs="EPSG:4326", transform=rasterio.transform.from_origin(0, 10, 0.1, 0.1),
+    ) as dst:  # fmt: skip
+        dst.write(np.zeros((1, 32, 64), "uint8"))
+    thumbnail = preview.render_thumbnail(path)
+    assert thumbnail.style == "empty"
+    assert (preview.decode_png(thumbnail.png)[..., 3] == 0).all()
+
+
+def test_thumbnail_file_name_is_beside_its_cog():
+    assert preview.thumbnail_file_name("demo_landcover.tif") == "demo_landcover.tif.thumbnail.png"
+
+
+def item(bbox, when="2020-01-01T00:00:00Z", geometry=True):
+    west, south, east, north = bbox
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    return {
+        "bbox": list(bbox),
+        "geometry": {"type": "Polygon", "coordinates": [ring]} if geometry else None,
+        "properties": {"datetime": when},
+    }
+
+
+def test_coverage_map_draws_footprints_weighted_by_overlap():
+    items = [item((-75, 45, -70, 50)), item((-75, 45, -70, 50)), item((-60, 45, -55, 48), None)]
+    items[2]["properties"] = {"start_datetime": "2021-01-01T00:00:00Z"}
+    items.append(item((-65, 40, -64, 41), geometry=False))  # bbox only
+    coverage = preview.coverage_map(items)
+    assert coverage is not None
+    assert coverage.footprints == 3 and coverage.max_overlap == 2
+    west, south, east, north = coverage.bounds
+    assert west <= -75 and east >= -55 and south <= 40 and north >= 50
+    assert max(coverage.width, coverage.height) == preview.COVERAGE_MAX_SIDE
+    pixels = preview.decode_png(coverage.png)
+    assert pixels.shape == (coverage.height, coverage.width, 4)
+
+    def at(lon, lat):
+        column = int((lon - west) / (east - west) * coverage.width)
+        row = int((north - lat) / (north - south) * coverage.height)
+        return tuple(int(c) for c in pixels[row, column, :3])
+
+    twice, once, background = at(-72.3, 47.3), at(-57.3, 46.3), at(-67.3, 43.3)
+    assert twice == (8, 48, 107)  # the most-covered colour
+    assert once not in (twice, background)
+    assert at(-64.5, 40.5) == once
+    assert background == (244, 246, 248)
+
+
+def test_coverage_map_of_nothing_is_none():
+    assert preview.coverage_map([]) is None
+    assert preview.coverage_map([{"properties": {}}]) is None
+
+
+def test_items_over_time_by_month_with_gaps_then_by_year():
+    monthly = [item((0, 0, 1, 1), f"2020-{m:02d}-01T00:00:00Z") for m in (1, 1, 3)]
+    monthly.append({"properties": {}})
+    assert preview.items_over_time(monthly) == [
+        ("2020-01", 2),
+        ("2020-02", 0),
+        ("2020-03", 1),
+        ("undated", 1),
+    ]
+    yearly = [item((0, 0, 1, 1), f"{y}-06-01T00:00:00Z") for y in (1980, 1980, 2019)]
+    rows = preview.items_over_time(yearly)
+    assert rows[0] == ("1980", 2) and rows[-1] == ("2019", 1) and len(rows) == 40
+    decades = preview.items_over_time(
+        [item((0, 0, 1, 1), f"{y}-01-01T00:00:00Z") for y in (1901, 1955, 2020)]
+    )
+    assert decades[0] == ("1900s", 1) and decades[-1] == ("2020s", 1)

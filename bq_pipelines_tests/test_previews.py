@@ -1,0 +1,165 @@
+"""Previews end to end: the demo's categorical and continuous layers get thumbnails beside their
+COGs (moto S3), in their items (stac-fastapi-pgstac) and in the Dagster metadata; the
+collection gets its coverage map and item counts; re-runs store nothing new; a dataset can opt
+out; the thumbnail obeys the COG's owner and integrity rules."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pystac_client
+
+from bq_pipelines.declarations import Declaration, parse_declaration
+from bq_pipelines.demo import DEMO_LAYERS
+from bq_pipelines.factory import DatasetKeys
+from bq_pipelines.lib import preview, stac
+from bq_pipelines.lib.storage import ObjectOwner, file_sha256
+from bq_pipelines_tests.fixtures.demo import demo_data
+from bq_pipelines_tests.runs import (
+    audit_dataset,
+    built_services,
+    failure_messages,
+    latest_metadata,
+    materialize_dataset,
+)
+
+DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
+def declaration(dataset_id: str, **fields) -> Declaration:
+    return parse_declaration(
+        {**demo_data(), "id": dataset_id, "folder": dataset_id, **fields}, "demo.yaml"
+    )
+
+
+def embedded_png(markdown: str) -> np.ndarray:
+    match = DATA_URI.search(markdown)
+    assert match, markdown[:200]
+    return preview.decode_png(base64.b64decode(match.group(1)))
+
+
+def test_thumbnails_in_store_items_and_metadata_on_services(
+    service_settings, stac_api_url, s3_client, s3_bucket, unique_id
+):
+    dataset = declaration(f"demo-{unique_id}")
+    keys = DatasetKeys(dataset.id)
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_dataset(dataset, service_settings, instance).ok
+
+    items = {
+        item.id: item
+        for item in pystac_client.Client.open(stac_api_url).search(collections=[dataset.id]).items()
+    }
+    thumbnails = {}
+    for layer in DEMO_LAYERS:
+        item = items[f"demo_{layer}"]
+        stac.validate(item)
+        key = f"io/{dataset.id}/demo_{layer}.tif.thumbnail.png"
+        asset = item.assets["thumbnail"]
+        assert asset.href == f"{service_settings.public_base_url}/{key}"
+        assert asset.media_type == "image/png" and asset.roles == ["thumbnail"]
+        body = s3_client.get_object(Bucket=s3_bucket, Key=key)
+        png = body["Body"].read()
+        assert body["ContentType"] == "image/png"
+        assert body["Metadata"]["bq-owner"] == f"{dataset.id}/demo_{layer}"
+        assert asset.extra_fields["file:size"] == len(png)
+        pixels = preview.decode_png(png)
+        assert pixels.shape == (171, 256, 4)  # 600 x 400 px rasters
+        thumbnails[layer] = pixels
+
+        metadata = latest_metadata(instance, keys.step("stac_item"), layer)
+        assert metadata["item_url"].endswith(f"/collections/{dataset.id}/items/demo_{layer}")
+        assert metadata["thumbnail_href"] == asset.href
+        # The UI shows the very PNG of the store, linked to it.
+        np.testing.assert_array_equal(embedded_png(metadata["thumbnail"]), pixels)
+        assert f"]({asset.href})" in metadata["thumbnail"]
+        assert metadata["item"]["assets"]["thumbnail"]["href"] == asset.href
+
+    # Categorical: its five classes in the fixed palette (by value), the nodata corner
+    # transparent. Continuous: the ramp, the NaN corner (temperature) transparent.
+    landcover = thumbnails["landcover"]
+    palette = preview._CATEGORY_PALETTE
+    opaque = {tuple(int(c) for c in p) for p in landcover[landcover[..., 3] == 255]}
+    assert opaque == {(*palette[value], 255) for value in range(1, 7)}
+    assert (landcover[:15, :23, 3] == 0).all()  # 40 x 60 source pixels of nodata
+    temperature = thumbnails["temperature"]
+    assert (temperature[-10:, -20:, 3] == 0).all()  # 30 x 50 NaN
+    ramp = set(preview._ramp())
+    assert {tuple(int(c) for c in p) for p in temperature[temperature[..., 3] == 255]} <= ramp
+
+    [record] = instance.fetch_materializations(keys.collection, limit=1).records
+    collection = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    coverage = embedded_png(collection["coverage_map"])
+    assert coverage.shape[2] == 4 and (coverage[..., :3] == (8, 48, 107)).all(axis=2).any()
+    assert "3 items" in collection["coverage_map"]
+    assert "| 2020-01 | 3 |" in collection["items_over_time"]
+
+    # Re-run with a fresh history (nothing to skip by): the same objects, not re-uploaded.
+    before = s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]
+    again = dg.DagsterInstance.ephemeral()
+    assert materialize_dataset(dataset, service_settings, again).ok
+    assert s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"] == before
+    assert sum(o["Key"].endswith(".thumbnail.png") for o in before) == len(DEMO_LAYERS)
+    assert latest_metadata(again, keys.step("stac_item"), "landcover")["unchanged"] == 1
+    assert audit_dataset(dataset, service_settings, again).clean
+
+
+def test_opt_out_publishes_no_thumbnail(local_settings):
+    dataset = declaration("demo-nothumbs", thumbnails=False)
+    keys = DatasetKeys(dataset.id)
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_dataset(dataset, local_settings, instance).ok
+    folder = Path(local_settings.objects_dir) / "io" / dataset.id
+    assert not list(folder.glob("*.png"))
+    with built_services(local_settings) as services:
+        for layer in DEMO_LAYERS:
+            item = services.publisher.get_item(dataset.id, f"demo_{layer}")
+            assert set(item["assets"]) == {"data"}
+            metadata = latest_metadata(instance, keys.step("stac_item"), layer)
+            assert "thumbnail" not in metadata
+            # The link to the published item is there all the same (a file of the catalog).
+            assert metadata["item_url"].startswith("file://")
+            assert metadata["item_url"].endswith(f"demo_{layer}.json")
+    assert audit_dataset(dataset, local_settings, instance).clean
+
+
+def test_a_missing_thumbnail_is_drift_and_put_back(local_settings):
+    dataset = declaration("demo-thumbdrift")
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_dataset(dataset, local_settings, instance).ok
+    path = Path(local_settings.objects_dir) / "io" / dataset.id / "demo_elevation.tif"
+    thumbnail = path.with_name(path.name + ".thumbnail.png")
+    published = file_sha256(thumbnail)
+    with built_services(local_settings) as services:
+        services.store.delete(f"io/{dataset.id}/{thumbnail.name}")
+
+    report = audit_dataset(dataset, local_settings, instance)
+    assert [(d.item_id, d.drift) for d in report.drifted] == [("demo_elevation", "missing_object")]
+    done = materialize_dataset(dataset, local_settings, instance)
+    assert done.ok and (done.published, done.skipped) == (1, 2)
+    assert file_sha256(thumbnail) == published
+    assert audit_dataset(dataset, local_settings, instance).clean
+
+
+def test_a_thumbnail_never_overwrites_another_items_object(local_settings, tmp_path):
+    dataset = declaration("demo-thumbowner")
+    key = f"io/{dataset.id}/demo_landcover.tif.thumbnail.png"
+    with built_services(local_settings) as services:
+        squatter = tmp_path / "other.png"
+        squatter.write_bytes(b"not ours")
+        services.store.put_file(
+            squatter,
+            key,
+            sha256=file_sha256(squatter),
+            owner=ObjectOwner("other-dataset", "other-item"),
+            content_type="image/png",
+        )
+    instance = dg.DagsterInstance.ephemeral()
+    done = materialize_dataset(dataset, local_settings, instance)
+    assert not done.ok and done.failed == 1 and done.published == 2
+    assert "other-dataset/other-item" in failure_messages(instance)
+    assert (Path(local_settings.objects_dir) / key).read_bytes() == b"not ours"
