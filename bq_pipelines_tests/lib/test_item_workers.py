@@ -42,6 +42,7 @@ def species_plans(cube: Path, year: int = 2) -> list[ItemPlan]:
             datetime=datetime(2015 + 5 * year, 1, 1, tzinfo=UTC),
             properties={"species": k},
             title=f"Species {k}",
+            thumbnail=True,
         )
         for k in range(1, SPECIES + 1)
     ]
@@ -86,7 +87,9 @@ def test_two_processes_produce_the_items_and_objects_of_one(cube: Path, tmp_path
         items = json.loads(json.dumps([r.item for r in result.items]).replace(str(root), "ROOT"))
         produced[workers] = (items, objects, [r.cog.sha256 for r in result.items])
     assert [item["id"] for item in produced[2][0]] == [p.item_id for p in species_plans(cube)]
-    assert len(produced[1][1]) >= SPECIES  # one COG per species (and their sidecars)
+    # One COG and one thumbnail per species (and their sidecars).
+    assert len([name for name in produced[1][1] if name.endswith(".tif")]) == SPECIES
+    assert len([name for name in produced[1][1] if name.endswith(".png")]) == SPECIES
     assert produced[2] == produced[1]
     assert not list((tmp_path / "w2" / "work").rglob("*.tif"))  # staging removed
 
