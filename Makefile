@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg
 export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
 
-.PHONY: install install-dev deploy-tools deploy-check demo test pytest services services-down dev ui api lint check-defs format bench clean
+.PHONY: install install-dev deploy-tools bench-tools deploy-check demo test pytest services services-down dev ui api lint check-defs format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ deploy-tools:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
 	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends docker-compose; }
+
+## GDAL's command-line tools (gdal_translate, gdalwarp): the baselines of bench/bench_cog.py,
+## never used by the project itself. Idempotent.
+bench-tools:
+	@command -v gdal_translate >/dev/null && command -v gdalwarp >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "run: sudo apt-get install -y gdal-bin" >&2; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
+	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends gdal-bin; }
 
 ## The deploy/ checks alone: compose file, production instance on PostgreSQL, Celery workers.
 deploy-check: install-dev deploy-tools
@@ -107,8 +116,10 @@ format: install-dev
 	$(BIN)/ruff check --fix .
 
 ## Benchmarks (ratios against a baseline measured in the same run); see bench/RESULTS.md
-bench: install-dev
+bench: install-dev bench-tools
 	$(BIN)/python bench/bench_cog.py
+	$(BIN)/python bench/bench_cog.py --rss-gb 2.1
+	$(BIN)/python bench/bench_items.py
 	$(BIN)/python bench/bench_backfill.py
 	$(BIN)/python bench/bench_validation.py
 	$(BIN)/python bench/bench_previews.py

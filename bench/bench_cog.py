@@ -1,11 +1,15 @@
 """Benchmark: our `to_cog` (raw profile) against GDAL's COG driver.
 
-Two modes, run from the project root:
+Three modes, run from the project root:
 
 - `.venv/bin/python bench/bench_cog.py [--size 4000] [--repeat 3]`: ~4000x4000 rasters against
-  the `gdal_translate -of COG` CLI (`apt-get install -y -qq gdal-bin`). Prints median seconds,
-  the ratio ours/gdal, the output size ratio, and the peak RSS of our conversion (measured in a
-  fresh subprocess per run, so one run's memory does not hide another's).
+  GDAL's own command-line tools with the same creation options and threads (`make bench-tools`
+  installs them: gdal-bin): `gdal_translate -of COG` and the legacy `gdalwarp -of COG`. Every
+  conversion is a fresh process, as a user runs it (ours: `python -c` calling `to_cog`, imports
+  included). Prints median seconds, the ratios, the output size ratio, and the peak RSS of our
+  conversion.
+- `.venv/bin/python bench/bench_cog.py --rss-gb 2.1`: peak RSS of `to_cog` on a generated
+  float32 raster of that many GB (goal <= 1 GB), against `gdal_translate` on the same file.
 - `.venv/bin/python bench/bench_cog.py --small [--repeat 30]`: the per-file overhead on rasters
   under 1 MB, against GDAL's COG driver called in the same process with the same creation
   options (`rasterio.shutil.copy(..., driver="COG")`), runs interleaved. Ours includes what
@@ -17,8 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,10 +46,38 @@ from bq_pipelines_tests.rasters import CUSTOM_LCC_WKT, RasterSpec, write_raster 
 
 log = logging.getLogger("bench_cog")
 
-GDAL_BASELINE = [
-    "gdal_translate", "-q", "-of", "COG", "-co", "COMPRESS=DEFLATE", "-co", "PREDICTOR=YES",
-    "-co", "BLOCKSIZE=512", "-co", "OVERVIEWS=AUTO",
-]  # fmt: skip
+GDAL_TOOLS = ("gdal_translate", "gdalwarp")
+MISSING_TOOLS = (
+    "GDAL's command-line tools are missing ({missing}): the baselines of this benchmark. "
+    "Run `make bench-tools` (as root: apt-get install -y gdal-bin)."
+)
+# What a user runs: a fresh interpreter that imports the library and converts one file.
+OURS_SNIPPET = """
+import json, sys, time
+started = time.perf_counter()
+from pathlib import Path
+from bq_pipelines.lib import cog
+src, dst, categorical = sys.argv[1], sys.argv[2], sys.argv[3] == "True"
+cog.to_cog(cog.RasterInput(Path(src)), Path(dst), cog.CogSettings(categorical=categorical))
+rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"inner_seconds": time.perf_counter() - started, "max_rss_kib": rss}))
+"""
+
+
+def gdal_command(tool: str, case_dtype: str, categorical: bool) -> list[str]:
+    """`tool` writing a COG with exactly our creation options (one thread, as ours)."""
+    options = cog.cog_creation_options(case_dtype, cog.CogSettings(categorical=categorical))
+    creation = [arg for key, value in options.items() for arg in ("-co", f"{key}={value}")]
+    return [tool, "-q", "-of", "COG", *creation]
+
+
+def require_gdal_tools() -> str:
+    missing = [tool for tool in GDAL_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(MISSING_TOOLS.format(missing=", ".join(missing)))
+    return subprocess.run(
+        ["gdal_translate", "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 @dataclass(frozen=True)
@@ -54,6 +87,7 @@ class Case:
     name: str
     path: Path
     categorical: bool
+    dtype: str = "float32"
 
 
 def write_continuous(path: Path, size: int) -> Path:
@@ -91,94 +125,117 @@ def _write(path: Path, data: np.ndarray, nodata: float) -> Path:
 
 
 def run_ours_in_subprocess(case: Case, dst: Path) -> tuple[float, int]:
-    """(seconds, peak RSS in MiB) of one to_cog call in a fresh interpreter (imports included)."""
+    """(wall seconds of a fresh interpreter converting once, imports included; its peak RSS
+    in MiB)."""
+    dst.unlink(missing_ok=True)
+    started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", str(case.path), str(dst), str(case.categorical)],
-        check=True, capture_output=True, text=True,
+        [sys.executable, "-c", OURS_SNIPPET, str(case.path), str(dst), str(case.categorical)],
+        check=True, capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
+    seconds = time.perf_counter() - started
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    return result["seconds"], result["max_rss_kib"] // 1024
+    return seconds, result["max_rss_kib"] // 1024
 
 
-def run_gdal(case: Case, dst: Path) -> float:
+def start_up_seconds() -> float:
+    """Wall seconds of a fresh interpreter that only imports `to_cog` (rasterio, numpy, and
+    boto3, which rasterio imports whenever it is installed)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "from bq_pipelines.lib import cog"], check=True, cwd=ROOT)
+    return time.perf_counter() - started
+
+
+def run_gdal(tool: str, case: Case, dst: Path) -> float:
     dst.unlink(missing_ok=True)
     start = time.perf_counter()
-    subprocess.run([*GDAL_BASELINE, str(case.path), str(dst)], check=True)
+    command = gdal_command(tool, case.dtype, case.categorical)
+    subprocess.run([*command, str(case.path), str(dst)], check=True)
     return time.perf_counter() - start
 
 
-def worker(src: str, dst: str, categorical: str) -> None:
-    """Convert once and report elapsed seconds and ru_maxrss (KiB on Linux) as JSON."""
-    start = time.perf_counter()
-    cog.to_cog(
-        cog.RasterInput(Path(src)), Path(dst), cog.CogSettings(categorical=categorical == "True")
-    )
-    seconds = time.perf_counter() - start
-    sys.stdout.write(json.dumps({"seconds": seconds, "max_rss_kib": peak_rss_kib()}) + "\n")
-
-
-def peak_rss_kib() -> int:
-    """Peak RSS of this process's own address space.
-
-    getrusage's ru_maxrss survives fork+exec on Linux: a worker started by a parent holding the
-    generated arrays reported the parent's 840 MiB. VmHWM is reset by exec, so prefer it.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def predictor_sizes(case: Case, work: Path) -> dict[int, int]:
-    """Output bytes of a categorical raster with predictor 1 (ours) and 2 (GDAL's PREDICTOR=YES)."""
-    sizes = {}
-    original = cog.predictor_for
-    try:
-        for predictor in (1, 2):
-            cog.predictor_for = lambda dtype, categorical, p=predictor: p  # type: ignore[misc]
-            info = cog.to_cog(
-                cog.RasterInput(case.path), work / f"pred{predictor}.tif",
-                cog.CogSettings(categorical=True),
-            )  # fmt: skip
-            sizes[predictor] = info.size
-    finally:
-        cog.predictor_for = original
-    return sizes
-
-
 def bench(size: int, repeat: int) -> None:
-    if shutil.which("gdal_translate") is None:
-        raise SystemExit("gdal_translate not found: apt-get install -y -qq gdal-bin")
-    gdal_version = subprocess.run(
-        ["gdal_translate", "--version"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    log.info("ours: rasterio %s (GDAL %s); baseline: %s", rasterio.__version__,
-             rasterio.__gdal_version__, gdal_version)  # fmt: skip
+    gdal_version = require_gdal_tools()
+    log.info(
+        "ours: rasterio %s (GDAL %s); baselines: %s, gdal_translate and gdalwarp -of COG with "
+        "our creation options; every run a fresh process; %d cores (nproc), load average %.1f",
+        rasterio.__version__, rasterio.__gdal_version__, gdal_version, os.cpu_count(),
+        os.getloadavg()[0],
+    )  # fmt: skip
+    log.info(
+        "| input | ours (s) | gdal_translate (s) | gdalwarp (s) | ours/translate | ours/warp "
+        "| size ours/translate | peak RSS ours |"
+    )
+    log.info("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cases = [
             Case("float32 continuous", write_continuous(work / "float.tif", size), False),
-            Case("uint8 categorical", write_categorical(work / "cat.tif", size), True),
+            Case("uint8 categorical", write_categorical(work / "cat.tif", size), True, "uint8"),
         ]
         for case in cases:
-            ours = [run_ours_in_subprocess(case, work / "ours.tif") for _ in range(repeat)]
-            gdal = [run_gdal(case, work / "gdal.tif") for _ in range(repeat)]
+            ours, translate, warp, start_up = [], [], [], []
+            for _ in range(repeat):  # interleaved: the machine's load hits every side alike
+                start_up.append(start_up_seconds())
+                ours.append(run_ours_in_subprocess(case, work / "ours.tif"))
+                translate.append(run_gdal("gdal_translate", case, work / "translate.tif"))
+                warp.append(run_gdal("gdalwarp", case, work / "warp.tif"))
             ours_s = statistics.median(s for s, _ in ours)
-            gdal_s = statistics.median(gdal)
-            ours_size = (work / "ours.tif").stat().st_size
-            gdal_size = (work / "gdal.tif").stat().st_size
+            translate_s, warp_s = statistics.median(translate), statistics.median(warp)
+            sizes = [(work / name).stat().st_size for name in ("ours.tif", "translate.tif")]
+            size_ratio = sizes[0] / sizes[1]
             log.info(
-                "%s %dx%d: ours %.2f s, gdal %.2f s, time ours/gdal %.2f, "
-                "size ours %.1f MB / gdal %.1f MB = %.3f, peak RSS ours %d MiB",
-                case.name, size, size, ours_s, gdal_s, ours_s / gdal_s, ours_size / 1e6,
-                gdal_size / 1e6, ours_size / gdal_size, max(rss for _, rss in ours),
+                "| %s %dx%d | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %d MiB |",
+                case.name, size, size, ours_s, translate_s, warp_s, ours_s / translate_s,
+                ours_s / warp_s, size_ratio, max(rss for _, rss in ours),
             )  # fmt: skip
-        sizes = predictor_sizes(cases[1], work)
+            started = statistics.median(start_up)
+            log.info(
+                "  start-up of our process alone (interpreter, imports): %.2f s; ours without "
+                "it / gdal_translate: %.2f",
+                started, (ours_s - started) / translate_s,
+            )  # fmt: skip
+
+
+def write_large(path: Path, gigabytes: float) -> Path:
+    """A square float32 GeoTIFF of about `gigabytes` GB, written in strips (bounded memory)."""
+    side = int(math.sqrt(gigabytes * 1e9 / 4))
+    rows = 512
+    with rasterio.open(
+        path, "w", driver="GTiff", width=side, height=side, count=1, dtype="float32",
+        crs="EPSG:4326", transform=from_origin(-180.0, 90.0, 360 / side, 180 / side),
+        nodata=np.nan, tiled=True, blockxsize=512, blockysize=512,
+    ) as dst:  # fmt: skip
+        xx = np.linspace(0, 12, side, dtype="float32")
+        rng = np.random.default_rng(2)
+        for top in range(0, side, rows):
+            height = min(rows, side - top)
+            yy = np.linspace(top / side * 8, (top + height) / side * 8, height, dtype="float32")
+            data = np.sin(xx)[None, :] * np.cos(yy)[:, None]
+            data += rng.normal(0, 0.1, data.shape).astype("float32")
+            dst.write(data.astype("float32"), 1, window=Window(0, top, side, height))
+    return path
+
+
+def bench_rss(gigabytes: float) -> None:
+    """Peak RSS (and time) of to_cog on a raster of `gigabytes` GB, against gdal_translate."""
+    gdal_version = require_gdal_tools()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        source = write_large(work / "large.tif", gigabytes)
+        case = Case(f"float32 {source.stat().st_size / 2**30:.2f} GiB", source, False)
+        with rasterio.open(source) as src:
+            shape = f"{src.width}x{src.height}"
+        seconds, rss = run_ours_in_subprocess(case, work / "ours.tif")
+        (work / "ours.tif").unlink()
+        translate_s = run_gdal("gdal_translate", case, work / "translate.tif")
+        verdict = "met" if rss <= 1024 else f"missed by {rss / 1024:.2f}x"
         log.info(
-            "categorical predictor: none %.2f MB, horizontal (2) %.2f MB (+%.1f%%)",
-            sizes[1] / 1e6, sizes[2] / 1e6, 100 * (sizes[2] / sizes[1] - 1),
+            "%s (%s, tiled, uncompressed), %d cores, load average %.1f, baseline %s: ours %.1f s, "
+            "gdal_translate %.1f s, ours/translate %.2f; peak RSS ours %d MiB (goal <= 1024 MiB: "
+            "%s)",
+            case.name, shape, os.cpu_count(), os.getloadavg()[0], gdal_version, seconds,
+            translate_s, seconds / translate_s, rss, verdict,
         )  # fmt: skip
 
 
@@ -268,14 +325,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4000)
     parser.add_argument("--repeat", type=int, default=None, help="3 (large), 30 (--small)")
     parser.add_argument("--small", action="store_true", help="per-file overhead, files < 1 MB")
-    parser.add_argument("--worker", nargs=3, metavar=("SRC", "DST", "CATEGORICAL"))
+    parser.add_argument("--rss-gb", type=float, help="peak RSS on a raster of this many GB")
     args = parser.parse_args()
-    if args.worker:
-        worker(*args.worker)
-        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.small:
         bench_small(args.repeat or 30)
+    elif args.rss_gb:
+        bench_rss(args.rss_gb)
     else:
         bench(args.size, args.repeat or 3)
 

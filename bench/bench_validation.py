@@ -16,7 +16,6 @@ Prints ms per item for the whole call and for the schema checks alone, and the r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from rio_cogeo.profiles import cog_profiles  # noqa: E402
 
 from bq_pipelines.lib import stac  # noqa: E402
 from bq_pipelines.lib.errors import StacValidationError  # noqa: E402
+from bq_pipelines.lib.hashing import sha256_bytes  # noqa: E402
 from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def mammals_item(folder: Path) -> dict[str, Any]:
         ),
         properties={"scenario": 1, "year": 2015, "species": 1},
         file_size=len(data),
-        file_sha256=hashlib.sha256(data).hexdigest(),
+        file_sha256=sha256_bytes(data),
     )
     # As a reader of the item's JSON sees it (tuples become arrays).
     return json.loads(json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False)))

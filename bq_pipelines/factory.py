@@ -7,9 +7,7 @@ never needs a shared file system between steps. A run processes a batch of parti
 (BackfillPolicy); one failing partition does not stop the others.
 """
 
-import hashlib
 import itertools
-import json
 import logging
 import re
 import traceback
@@ -38,6 +36,7 @@ from bq_pipelines.keys import (
 from bq_pipelines.lib import cog as cog_lib
 from bq_pipelines.lib import stac
 from bq_pipelines.lib.errors import CogError, PipelineError, StacValidationError
+from bq_pipelines.lib.hashing import sha256_json
 from bq_pipelines.lib.integrity import published_drift
 from bq_pipelines.lib.locks import Locks, partition_lock_name
 from bq_pipelines.lib.pipeline import (
@@ -526,8 +525,7 @@ def dataset_tags(declaration: Declaration) -> dict[str, str]:
 
 
 def _digest(payload: Any) -> str:
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return sha256_json(payload)[:12]
 
 
 def partition_code_version(declaration: Declaration) -> str:

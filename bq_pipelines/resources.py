@@ -155,6 +155,7 @@ class SourcesResource(dg.ConfigurableResource):
     stac_schemas_dir: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    item_workers: int = 0  # 0: one per CPU this process may use
 
     def locations(self) -> SourceLocations:
         return SourceLocations(base_urls=self.base_urls, local_root=Path(self.local_data_root))
@@ -253,6 +254,7 @@ def services_for(
         s3_endpoint_url=sources.s3_endpoint_url,
         stac_schemas_dir=Path(sources.stac_schemas_dir) if sources.stac_schemas_dir else None,
         fetch_limits=sources.fetch_limits(),
+        item_workers=sources.item_workers,
     )
 
 
@@ -299,6 +301,7 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         stac_schemas_dir=str(settings.stac_schemas_dir) if settings.stac_schemas_dir else None,
         max_pixels=settings.max_pixels,
         max_download_bytes=settings.max_download_bytes,
+        item_workers=settings.item_workers,
     )
     policy: dict[str, Any] = {
         "work_dir": str(settings.work_dir.absolute()),

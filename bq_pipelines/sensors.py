@@ -32,7 +32,7 @@ TICK_BUDGET_SECONDS = 40.0
 # One attempt per tick: the next tick is the retry, sleeping inside a tick only eats its budget.
 SINGLE_ATTEMPT = RetryPolicy(attempts=1)
 # SourceError reasons meaning "the host does not serve this file (yet)", per scheme
-# (HTTP, S3/FTP, local file); see lib/sources.py.
+# (HTTP, S3/FTP, local file); see lib/sources.
 AUTOMATION_SENSOR_NAME = "collections_automation_sensor"
 # DatasetKeys names every collection `<dataset id>/collection`.
 COLLECTION_SELECTION = 'key:"*/collection"'

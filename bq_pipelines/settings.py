@@ -53,6 +53,8 @@ class Settings:
     source_base_urls: Mapping[str, str] = field(default_factory=dict)
     max_pixels: int = DEFAULT_MAX_PIXELS  # of one converted raster: width x height x bands
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES  # of one downloaded source
+    # Processes producing the items of one many-band source; 0: one per CPU this process may use.
+    item_workers: int = 0
     stac_schemas_dir: Path | None = None
     pgstac_dsn: str | None = field(default=None, repr=False)  # may hold a password
     pg_bin_dir: Path | None = None
@@ -90,6 +92,7 @@ class Settings:
             max_download_bytes=int(
                 _number(env, "BQ_MAX_DOWNLOAD_BYTES", DEFAULT_MAX_DOWNLOAD_BYTES, 1, 2**50)
             ),
+            item_workers=_integer(env, "BQ_ITEM_WORKERS", 0, minimum=0),
             stac_schemas_dir=_existing_dir(env, "BQ_STAC_SCHEMAS_DIR"),
             pgstac_dsn=_dsn(env, "BQ_PGSTAC_DSN"),
             pg_bin_dir=_existing_dir(env, "BQ_PG_BIN_DIR"),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
 
 
@@ -121,6 +122,16 @@ def test_limits_of_sources_default_and_are_validated():
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             Settings.from_env(env)
+
+
+def test_item_workers_default_to_the_machine_and_are_validated():
+    assert Settings.from_env({}).item_workers == 0  # one per usable CPU
+    chosen = Settings.from_env({"BQ_ITEM_WORKERS": "3"})
+    assert chosen.item_workers == 3
+    assert resources_for(chosen)["sources"].item_workers == 3
+    for value, message in (("two", "is not a whole number"), ("-1", "is below the minimum 0")):
+        with pytest.raises(ConfigError, match=f"BQ_ITEM_WORKERS: .*{message}"):
+            Settings.from_env({"BQ_ITEM_WORKERS": value})
 
 
 def test_backup_defaults_and_a_dsn_kept_out_of_reprs():

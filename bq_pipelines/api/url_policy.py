@@ -151,7 +151,7 @@ def parse_prefix(text: str) -> SourcePrefix:
 
 
 class SourcePolicy:
-    """The allowlist, as the `UrlGuard` of lib/sources.py (check_url, addresses)."""
+    """The allowlist, as the `UrlGuard` of lib/sources (check_url, addresses)."""
 
     def __init__(self, prefixes: Sequence[str], resolver: Resolver = resolve) -> None:
         self.prefixes = [parse_prefix(p) for p in prefixes]

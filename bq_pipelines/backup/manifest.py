@@ -11,7 +11,6 @@ PostgreSQL that needs restoring. Keys of any other shape are not backups and are
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ from datetime import date
 from typing import Any, Literal
 
 from bq_pipelines.lib.errors import BackupError
+from bq_pipelines.lib.hashing import sha256_stream
 
 BACKUP_PREFIX = "backups"
 BackupKind = Literal["pgstac", "static"]
@@ -105,7 +105,7 @@ def catalog_state(collections: int, sorted_item_ids: Iterable[tuple[str, str]]) 
     Streams: a database hands its ids over a cursor, never all at once. The order is checked,
     since two sides of a comparison must hash the same sequence.
     """
-    digest = hashlib.sha256()
+    digest = sha256_stream()
     count = 0
     previous: tuple[str, str] | None = None
     for pair in sorted_item_ids:

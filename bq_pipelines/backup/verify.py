@@ -11,7 +11,8 @@ from pathlib import Path
 from bq_pipelines.backup.backend import CatalogBackend, Progress, log_progress
 from bq_pipelines.backup.manifest import CatalogState, Manifest
 from bq_pipelines.lib.errors import BackupError
-from bq_pipelines.lib.storage import ObjectStore, file_sha256
+from bq_pipelines.lib.hashing import sha256_file
+from bq_pipelines.lib.storage import ObjectStore
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def fetch_checked(
     progress(f"downloading {key}")
     store.download(key, path)
     progress(f"checking the sha256 of {key} ({path.stat().st_size} bytes)")
-    actual = file_sha256(path)
+    actual = sha256_file(path)
     if actual != sha256:
         size = path.stat().st_size
         path.unlink()

@@ -18,6 +18,10 @@ class SourceError(PipelineError):
         self.not_found = not_found  # the file does not exist (yet): 404/410, FTP 550, NoSuchKey
         super().__init__(f"cannot fetch {self.url}: {reason}")
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Picklable with its fields (a worker process raises it to the parent, lib/pipeline).
+        return (type(self), (self.url, self.reason), {"not_found": self.not_found})
+
 
 class TransientSourceError(SourceError):
     """A fetch failed in a way worth retrying (timeout, connection reset, 5xx, 429)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -27,6 +26,7 @@ from pathlib import Path
 import psycopg
 
 from bq_pipelines.lib.errors import PipelineError
+from bq_pipelines.lib.hashing import sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class FileLocks(Locks):
     @contextlib.contextmanager
     def hold(self, name: str, on_wait: WaitCallback = _no_wait_callback) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"
+        path = self.root / f"{sha256_bytes(name)[:32]}.lock"
         with path.open("a") as handle:
 
             def try_acquire() -> bool:
@@ -109,7 +109,7 @@ class FileLocks(Locks):
 def advisory_key(name: str) -> int:
     """A stable signed 64-bit key for `name` (what pg_advisory_lock takes)."""
     return int.from_bytes(
-        hashlib.sha256(f"bq-pipelines:{name}".encode()).digest()[:8], "big", signed=True
+        bytes.fromhex(sha256_bytes(f"bq-pipelines:{name}")[:16]), "big", signed=True
     )
 
 

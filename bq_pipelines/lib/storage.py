@@ -22,7 +22,6 @@ Hrefs (what STAC items point at):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import shutil
@@ -44,6 +43,7 @@ from s3transfer.exceptions import RetriesExceededError as S3TransferRetriesExcee
 
 from bq_pipelines.lib.errors import StorageError
 from bq_pipelines.lib.files import copy_atomically, write_atomically, write_text_atomically
+from bq_pipelines.lib.hashing import sha256_file, sha256_stream
 from bq_pipelines.lib.retry import Outage, RetryPolicy, with_retries
 
 logger = logging.getLogger(__name__)
@@ -126,15 +126,6 @@ def validate_sha256(sha256: str) -> str:
     if not _SHA256_RE.fullmatch(sha256):
         raise StorageError(f"invalid sha256 {sha256!r}: expected 64 lowercase hex digits")
     return sha256
-
-
-def file_sha256(path: Path, chunk_bytes: int = MIB) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def url_join(base_url: str, key: str) -> str:
@@ -402,7 +393,7 @@ class LocalObjectStore(ObjectStore):
             sha256 = self._recorded_sha256(path)
             if sha256 is None:
                 # Written by hand or interrupted before its sidecar: hash once and record it.
-                sha256 = file_sha256(path)
+                sha256 = sha256_file(path)
                 self._record_sha256(path, sha256)
             owner = self._recorded_owner(path)
         except FileNotFoundError:
@@ -455,7 +446,7 @@ class _HashingReader:
 
     def __init__(self, stream: ByteStream) -> None:
         self._stream = stream
-        self._digest = hashlib.sha256()
+        self._digest = sha256_stream()
         self.size = 0
 
     def read(self, size: int = -1) -> bytes:

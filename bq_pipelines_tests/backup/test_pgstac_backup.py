@@ -18,7 +18,8 @@ from bq_pipelines.backup.pgstac import PgstacCatalog
 from bq_pipelines.backup.postgres import PgTools
 from bq_pipelines.backup.verify import verify_backup
 from bq_pipelines.lib.errors import BackupError
-from bq_pipelines.lib.storage import ObjectStore, file_sha256
+from bq_pipelines.lib.hashing import sha256_file
+from bq_pipelines.lib.storage import ObjectStore
 from bq_pipelines_tests.backup.conftest import PgstacDatabases
 from bq_pipelines_tests.backup.helpers import (
     connect_pgstac,
@@ -50,7 +51,7 @@ def test_a_backup_records_what_the_database_holds_and_restores(
     assert set(manifest.versions) == {"pg_dump", "server", "pgstac"}
     assert manifest.versions["pgstac"] == "0.10.0"
     copy = backup_store.download(manifest.key, tmp_path / "copy.dump")
-    assert (file_sha256(copy), copy.stat().st_size) == (manifest.sha256, manifest.size)
+    assert (sha256_file(copy), copy.stat().st_size) == (manifest.sha256, manifest.size)
     assert backup_store.stat(manifest.key).sha256 == manifest.sha256  # type: ignore[union-attr]
     assert copy.read_bytes()[:5] == b"PGDMP"  # pg_dump's custom format
 

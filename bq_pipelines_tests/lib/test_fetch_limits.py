@@ -1,4 +1,4 @@
-"""Fetching URLs someone else chose (lib/sources.py FetchLimits, lib/http_guard.py), against real
+"""Fetching URLs someone else chose (lib/sources FetchLimits, lib/http_guard.py), against real
 local servers: every redirect hop checked, connections pinned to the guard's addresses (TLS
 still verified against the host name), size and time limits, a check of the file's content."""
 

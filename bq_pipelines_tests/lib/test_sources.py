@@ -1,4 +1,4 @@
-"""Tests of lib/sources.py against real local servers: HTTP(S), FTP, local files, S3 (moto)."""
+"""Tests of lib/sources against real local servers: HTTP(S), FTP, local files, S3 (moto)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pyftpdlib.servers import FTPServer
 
 from bq_pipelines.lib.errors import SourceError, TransientSourceError
 from bq_pipelines.lib.retry import RetryPolicy
-from bq_pipelines.lib.sources import fetch, probe
+from bq_pipelines.lib.sources import HttpSession, fetch, probe
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.fixtures.tls import https_server, self_signed_certificate
 
@@ -186,6 +186,22 @@ def test_http_probe_uses_head(http_host: LocalHttpHost, served: str) -> None:
     assert fingerprint.etag and fingerprint.last_modified
     assert http_host.count("HEAD") == 1
     assert http_host.count("GET") == 0
+
+
+def test_one_http_client_serves_every_probe_and_fetch_of_a_session(
+    http_host: LocalHttpHost, served: str, tmp_path: Path
+) -> None:
+    with HttpSession() as session:
+        with session.client() as client:
+            pass
+        assert probe(served, retry=FAST, http=session).size == len(PAYLOAD)
+        assert fetch(served, tmp_path, retry=FAST, http=session).sha256 == SHA256
+        # Probing the file fetched (reuse check) and fetching again: still the same client.
+        assert fetch(served, tmp_path, retry=FAST, http=session).sha256 == SHA256
+        with session.client() as again:
+            assert again is client and not client.is_closed
+    assert client.is_closed
+    assert http_host.count("HEAD") == 2 and http_host.count("GET") == 1
 
 
 def test_http_probe_falls_back_to_ranged_get_when_head_is_refused(

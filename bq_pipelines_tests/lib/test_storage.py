@@ -18,6 +18,7 @@ import pytest
 import rasterio
 
 from bq_pipelines.lib.errors import StorageError
+from bq_pipelines.lib.hashing import sha256_file
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.storage import (
     COG_MEDIA_TYPE,
@@ -27,7 +28,6 @@ from bq_pipelines.lib.storage import (
     ObjectStore,
     S3ObjectStore,
     StoredObject,
-    file_sha256,
     object_key,
     s3_client,
 )
@@ -41,7 +41,7 @@ ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 def write_bytes(path: Path, data: bytes) -> tuple[Path, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    return path, file_sha256(path)
+    return path, sha256_file(path)
 
 
 def error_chain_text(exc: BaseException) -> str:
@@ -203,7 +203,7 @@ def test_local_stat_records_missing_sidecar(tmp_path: Path) -> None:
 
     stored = LocalObjectStore(tmp_path / "store").stat("io/a.tif")
 
-    assert stored is not None and stored.sha256 == file_sha256(hand_made)
+    assert stored is not None and stored.sha256 == sha256_file(hand_made)
     assert hand_made.with_name("a.tif.sha256").exists()
 
 
@@ -258,7 +258,7 @@ def test_local_raster_opens_at_gdal_path(tmp_path: Path) -> None:
     spec = RasterSpec(dtype="int16", nodata=-9999)
     source = write_raster(tmp_path / "src.tif", spec)
     store = LocalObjectStore(tmp_path / "store")
-    store.put_file(source, "io/col/r.tif", sha256=file_sha256(source))
+    store.put_file(source, "io/col/r.tif", sha256=sha256_file(source))
 
     with rasterio.open(store.gdal_path("io/col/r.tif")) as src:
         np.testing.assert_array_equal(src.read(), raster_values(spec))
@@ -487,7 +487,7 @@ def test_s3_raster_opens_through_gdal(
     spec = RasterSpec(dtype="float32", crs="EPSG:32198", count=2, nodata=-9999.0)
     source = write_raster(tmp_path / "r.tif", spec)
     store = S3ObjectStore(store_client, s3_bucket)
-    store.put_file(source, "io/col/r.tif", sha256=file_sha256(source))
+    store.put_file(source, "io/col/r.tif", sha256=sha256_file(source))
 
     with rasterio_s3_env(gdal_s3_env), rasterio.open(store.gdal_path("io/col/r.tif")) as src:
         assert src.crs.to_epsg() == 32198
@@ -738,7 +738,7 @@ def test_local_file_replaced_in_place_is_hashed_again(tmp_path: Path) -> None:
     garbage = store.stat("io/a.tif")
 
     assert garbage is not None and garbage.size == len(b"good content")
-    assert garbage.sha256 == file_sha256(target) != sha
+    assert garbage.sha256 == sha256_file(target) != sha
     assert store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER).uploaded
     assert target.read_bytes() == b"good content"
 
