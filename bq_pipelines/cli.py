@@ -13,6 +13,7 @@ import argparse
 import difflib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -315,6 +316,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Dagster's notes on its own beta parameters (used inside Dagster) are not for our users.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     try:
