@@ -31,6 +31,7 @@ import argparse
 import copy
 import functools
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -193,7 +194,14 @@ def bulk_items(api: StacApiPublisher, collection_id: str, items: list[dict[str, 
     return timed(lambda: api.bulk_upsert_items(collection_id, as_items))[1]
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    # A killed benchmark still deletes its collections (hundreds of thousands of items that
+    # would otherwise stay in the tests' catalog database).
+    raise SystemExit(f"interrupted by signal {signum}")
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupted)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=SCENARIOS * YEARS * SPECIES)
     parser.add_argument("--sample", type=int, default=2000)

@@ -202,10 +202,11 @@ def _resume_validator(response: httpx.Response) -> str | None:
     """The If-Range value that makes a later ranged GET safe, if the server supports ranges."""
     if response.headers.get("Accept-Ranges", "").lower() != "bytes":
         return None
-    etag = response.headers.get("ETag")
+    etag: str | None = response.headers.get("ETag")
     if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
         return etag
-    return response.headers.get("Last-Modified")
+    modified: str | None = response.headers.get("Last-Modified")
+    return modified
 
 
 def _range_start(response: httpx.Response) -> int | None:

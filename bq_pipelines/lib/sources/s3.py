@@ -8,8 +8,6 @@ from datetime import datetime
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-import boto3
-import botocore.config
 import botocore.exceptions
 
 from bq_pipelines.lib.redaction import redact_url
@@ -22,6 +20,7 @@ from bq_pipelines.lib.sources.common import (
     _iso,
     _StagedFile,
 )
+from bq_pipelines.lib.storage import s3_client
 
 
 def _s3_location(url: str) -> tuple[str, str]:
@@ -33,11 +32,11 @@ def _s3_location(url: str) -> tuple[str, str]:
 
 
 def _s3_client(timeout: float, endpoint_url: str | None) -> Any:
-    # Our retry policy owns retrying; botocore's own retries would multiply the attempts.
-    config = botocore.config.Config(
-        connect_timeout=timeout, read_timeout=timeout, retries={"total_max_attempts": 1}
+    # The project's one S3 client configuration, with one attempt: our retry policy owns
+    # retrying, and botocore's own retries would multiply the attempts.
+    return s3_client(
+        endpoint_url, None, max_attempts=1, connect_timeout=timeout, read_timeout=timeout
     )
-    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 
 @contextlib.contextmanager
