@@ -15,10 +15,10 @@ import numpy as np
 import pystac_client
 import pytest
 import rasterio
-import yaml
 
 from bq_pipelines.declarations import (
     Declaration,
+    builtin_declaration_data,
     builtin_declaration_path,
     load_declaration_file,
     parse_declaration,
@@ -57,7 +57,7 @@ def declaration_as(dataset_id: str, new_id: str, **changes: Any) -> Declaration:
     """A built-in declaration under another id and folder, so tests never share a collection;
     `changes` are set by dotted path, e.g. `{"item.expand.count": 6}`."""
     path = builtin_path(dataset_id)
-    data = yaml.safe_load(path.read_text())
+    data = builtin_declaration_data(dataset_id)  # the component file's attributes
     data |= {"id": new_id, "folder": new_id}
     for dotted, value in changes.items():
         *parents, last = dotted.split(".")

@@ -17,7 +17,8 @@ from bq_pipelines.declarations import Declaration, parse_declaration
 from bq_pipelines.demo import DEMO_LAYERS
 from bq_pipelines.factory import DatasetKeys
 from bq_pipelines.lib import preview, stac
-from bq_pipelines.lib.storage import ObjectOwner, file_sha256
+from bq_pipelines.lib.hashing import sha256_file
+from bq_pipelines.lib.storage import ObjectOwner
 from bq_pipelines_tests.fixtures.demo import demo_data
 from bq_pipelines_tests.runs import (
     audit_dataset,
@@ -133,7 +134,7 @@ def test_a_missing_thumbnail_is_drift_and_put_back(local_settings):
     assert materialize_dataset(dataset, local_settings, instance).ok
     path = Path(local_settings.objects_dir) / "io" / dataset.id / "demo_elevation.tif"
     thumbnail = path.with_name(path.name + ".thumbnail.png")
-    published = file_sha256(thumbnail)
+    published = sha256_file(thumbnail)
     with built_services(local_settings) as services:
         services.store.delete(f"io/{dataset.id}/{thumbnail.name}")
 
@@ -141,7 +142,7 @@ def test_a_missing_thumbnail_is_drift_and_put_back(local_settings):
     assert [(d.item_id, d.drift) for d in report.drifted] == [("demo_elevation", "missing_object")]
     done = materialize_dataset(dataset, local_settings, instance)
     assert done.ok and (done.published, done.skipped) == (1, 2)
-    assert file_sha256(thumbnail) == published
+    assert sha256_file(thumbnail) == published
     assert audit_dataset(dataset, local_settings, instance).clean
 
 
@@ -154,7 +155,7 @@ def test_a_thumbnail_never_overwrites_another_items_object(local_settings, tmp_p
         services.store.put_file(
             squatter,
             key,
-            sha256=file_sha256(squatter),
+            sha256=sha256_file(squatter),
             owner=ObjectOwner("other-dataset", "other-item"),
             content_type="image/png",
         )
