@@ -144,7 +144,7 @@ def test_docs_and_health(context: Context):
     paths = httpx.get(f"{context.stack.base_url}/openapi.json").json()["paths"]
     assert {"/newitem", "/status", "/status/all", "/health"} <= set(paths)
 
-    health = httpx.get(f"{context.stack.base_url}/health")
+    health = httpx.get(f"{context.stack.base_url}/health", timeout=30)
     report = health.json()
     # No daemon runs in this module: Dagster is reported down, the rest up.
     assert health.status_code == 503 and report["status"] == "degraded"
@@ -337,7 +337,7 @@ def test_the_server_keeps_serving_after_the_bad_requests(context: Context):
     assert context.stack.api.poll() is None
     request_id = context.stack.accepted(context.body())
     assert context.stack.status(request_id)["_operation"] == "RECEIVED"
-    assert httpx.get(f"{context.stack.base_url}/health").status_code in (200, 503)
+    assert httpx.get(f"{context.stack.base_url}/health", timeout=30).status_code in (200, 503)
 
 
 def test_public_status_when_configured(tmp_path: Path):
