@@ -43,6 +43,10 @@ MAX_PARTITIONS_RENDERED_AT_LOAD = 100_000
 
 
 SHARED_FILES = "bq_pipelines/shared"
+# libyaml's loader when PyYAML has it: the GFW grid makes pure-Python parsing slow.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Declarations (as JSON) whose partitions were all rendered without a problem.
+_RENDERED_OK: set[str] = set()
 DEFS_FILE = "defs.yaml"
 DEFAULT_OWNERS = ("team:biodiversite-quebec",)
 
@@ -549,7 +553,15 @@ class Declaration(_Strict):
             missing = self._partition_variable_missing_from(template)
             if missing is not None:
                 raise ValueError(f"{field}: {missing}")
-        self._check_rendered_partitions()
+        # The slow part of a load (every partition rendered): a declaration is validated twice
+        # per load (by the StacDataset component and by load_declarations' cross-dataset
+        # checks), so one that passed is not rendered again.
+        rendered_key = self.model_dump_json()
+        if rendered_key not in _RENDERED_OK:
+            self._check_rendered_partitions()
+            if len(_RENDERED_OK) > 256:
+                _RENDERED_OK.clear()
+            _RENDERED_OK.add(rendered_key)
         return self
 
     # --------------------------------------------------------------- one partition's values
@@ -951,7 +963,7 @@ def load_declaration_file(path: Path) -> Declaration:
     its `attributes`) or a bare `<id>.yaml` declaration. The id must match the folder (file)."""
     origin = declaration_origin(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
     except yaml.YAMLError as error:
         raise ConfigError(f"{origin}: not valid YAML: {error}") from None
     expected_id = path.stem

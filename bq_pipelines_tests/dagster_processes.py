@@ -22,7 +22,9 @@ import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STARTUP_TIMEOUT = 60.0
+# Generous: the code location loads the dataset components, and a loaded CI machine (2 cores
+# shared by several suites) takes minutes to start a webserver and its code server.
+STARTUP_TIMEOUT = 180.0
 
 
 def write_workspace(path: Path, module_name: str, location_name: str) -> Path:

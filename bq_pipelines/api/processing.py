@@ -3,7 +3,7 @@
 A request becomes an `ItemPlan` like a dataset partition's: one source (`file_source_host` +
 `filename`), the item id `name`, the datetime from `date`, the request's properties. The COG
 settings are the collection's declaration's when the collection is declared
-(bq_pipelines/datasets/<id>.yaml), DEFAULT_COG otherwise; the COG is `<name>.tif` in the declared
+(bq_pipelines/defs/<id>/defs.yaml), DEFAULT_COG otherwise; the COG is `<name>.tif` in the declared
 folder, or a folder named after the collection (named after the item, not the source file: two
 items sent with the same file name must not share an object). Then `run_items` fetches (within
 the API's limits), converts, validates, stores and publishes, and the collection's extent grows

@@ -27,7 +27,7 @@ from bq_pipelines_tests.dagster_processes import PROJECT_ROOT, Deployment, free_
 
 TOKEN = "test-token-for-the-ingestion-api"
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
-READY_TIMEOUT = 60.0
+READY_TIMEOUT = 180.0  # see dagster_processes.STARTUP_TIMEOUT
 PROCESS_TIMEOUT = 180.0
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
