@@ -28,7 +28,7 @@ from bq_pipelines_tests.dagster_processes import PROJECT_ROOT, Deployment, free_
 TOKEN = "test-token-for-the-ingestion-api"
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
 READY_TIMEOUT = 180.0  # see dagster_processes.STARTUP_TIMEOUT
-PROCESS_TIMEOUT = 180.0
+PROCESS_TIMEOUT = 420.0  # runs of 3-7 s each, queued two at a time; minutes on a loaded machine
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
