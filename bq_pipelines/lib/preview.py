@@ -202,7 +202,7 @@ def _class_colours(src: rasterio.io.DatasetReader) -> dict[int, tuple[int, int, 
 
 def _colour_table(src: rasterio.io.DatasetReader) -> dict[int, tuple[int, int, int, int]]:
     try:
-        return {int(k): tuple(v) for k, v in src.colormap(1).items()}  # type: ignore[misc]
+        return {int(k): tuple(v) for k, v in src.colormap(1).items()}
     except ValueError:  # no colour table
         return {}
 
