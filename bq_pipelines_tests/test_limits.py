@@ -82,6 +82,12 @@ def stored_keys(s3_client: Any, bucket: str) -> set[str]:
     return {entry["Key"] for entry in listing.get("Contents", [])}
 
 
+def published_keys(dataset_id: str, *names: str) -> set[str]:
+    """The COG and its thumbnail of each item `name`."""
+    keys = {f"io/{dataset_id}/{name}.tif" for name in names}
+    return keys | {f"{key}.thumbnail.png" for key in keys}
+
+
 # --- local sources stay under their data root -------------------------------------------------
 
 
@@ -113,10 +119,7 @@ def test_symlinks_out_of_the_data_root_are_refused_and_nothing_of_theirs_is_publ
     )
     assert "resolves to /etc/passwd, outside the local data root" in failures
     assert published_ids(stac_api_url, declaration.id) == {"inside", "linked"}
-    assert stored_keys(s3_client, s3_bucket) == {
-        f"io/{declaration.id}/inside.tif",
-        f"io/{declaration.id}/linked.tif",
-    }
+    assert stored_keys(s3_client, s3_bucket) == published_keys(declaration.id, "inside", "linked")
 
 
 def test_a_files_partition_cannot_read_through_a_symlink_either(sources_root, tmp_path):
@@ -160,7 +163,7 @@ def test_a_crafted_huge_header_is_refused_before_conversion(
         "9000000000 (BQ_MAX_PIXELS)" in failure_messages(instance)
     )
     assert published_ids(stac_api_url, declaration.id) == {"small"}
-    assert stored_keys(s3_client, s3_bucket) == {f"io/{declaration.id}/small.tif"}
+    assert stored_keys(s3_client, s3_bucket) == published_keys(declaration.id, "small")
 
     # The limit is a setting.
     strict = layers_declaration(f"strict-{unique_id}", ["small"])
@@ -236,10 +239,7 @@ def test_an_all_nodata_output_is_not_published_and_a_constant_one_is_flagged(
     # A mask of ones is constant, and legitimate: published, listed as a warning.
     assert metadata["constant_items"] == {"mask": ["mask"]}
     assert published_ids(stac_api_url, declaration.id) == {"normal", "mask"}
-    assert stored_keys(s3_client, s3_bucket) == {
-        f"io/{declaration.id}/normal.tif",
-        f"io/{declaration.id}/mask.tif",
-    }
+    assert stored_keys(s3_client, s3_bucket) == published_keys(declaration.id, "normal", "mask")
     item_metadata = latest_metadata(instance, DatasetKeys(declaration.id).step("stac_item"), "mask")
     assert item_metadata["constant_items"] == {
         "mask": "every valid pixel holds the same value in each band (1)"
