@@ -35,10 +35,10 @@ def image_markdown(png: bytes | None, alt: str, href: str | None = None) -> str:
 
 
 def item_preview_metadata(
-    item: Mapping[str, Any], item_url: str, thumbnail_png: bytes | None
+    item: Mapping[str, Any], thumbnail_png: bytes | None
 ) -> dict[str, dg.MetadataValue]:
-    """A partition's item: where it is published, and its thumbnail (when it has one)."""
-    metadata: dict[str, dg.MetadataValue] = {"item_url": dg.MetadataValue.url(item_url)}
+    """A partition's item thumbnail, when it has one (its `item_url` is the factory's)."""
+    metadata: dict[str, dg.MetadataValue] = {}
     asset = (item.get("assets") or {}).get("thumbnail")
     if asset is not None:
         href = str(asset["href"])
@@ -50,12 +50,11 @@ def item_preview_metadata(
 
 
 def partition_previews(result: PartitionResult, services: Services) -> dict[str, Any]:
-    """`item_preview_metadata` of a partition's first item: its catalog URL, its thumbnail
-    read back from the object store (what readers get)."""
+    """`item_preview_metadata` of a partition's first item, its thumbnail read back from the
+    object store (what readers get)."""
     first = result.items[0]
     png = services.store.get_bytes(first.thumbnail.key) if first.thumbnail is not None else None
-    item_url = services.publisher.item_url(first.plan.collection_id, first.plan.item_id)
-    return item_preview_metadata(first.item, item_url, png)
+    return item_preview_metadata(first.item, png)
 
 
 # Items read for a collection's previews: enough for a faithful map of most collections, bounded
