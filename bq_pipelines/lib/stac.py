@@ -640,7 +640,17 @@ def _check_against(stac_dict: Mapping[str, Any], uri: str, override: Path | None
         raise StacValidationError(
             f"{stac_dict.get('type')} {stac_dict.get('id')!r}: {error}"
         ) from error
-    first = next(validator.iter_errors(stac_dict), None)
+    # `is_valid` stops at the first failure and builds no error: the readable error is worked
+    # out only for an object that fails. Tuples are read as arrays, as a JSON writer writes them.
+    try:
+        if validator.is_valid(stac_dict):
+            return
+        first = next(validator.iter_errors(stac_dict), None)
+    except ValueError as error:  # e.g. a datetime object where the schema expects a string
+        raise StacValidationError(
+            f"{stac_dict.get('type')} {stac_dict.get('id')!r} holds a value with no JSON form: "
+            f"{error}"
+        ) from error
     if first is None:
         return
     specific = _most_specific(first)
@@ -663,11 +673,11 @@ def validate(
     them; it is read once per process. A schema found nowhere is an error, never a download.
     """
     if isinstance(stac_object, pystac.STACObject):
-        raw: Any = stac_object.to_dict(include_self_link=False, transform_hrefs=False)
+        stac_dict: Mapping[str, Any] = stac_object.to_dict(
+            include_self_link=False, transform_hrefs=False
+        )
     else:
-        raw = stac_object
-    # A JSON round trip turns tuples into arrays, as a reader of the file would see them.
-    stac_dict: dict[str, Any] = json.loads(json.dumps(raw))
+        stac_dict = stac_object
     if schemas_dir is not None and not schemas_dir.is_dir():
         raise StacValidationError(f"STAC schemas folder {schemas_dir} does not exist")
     override = schemas_dir.resolve() if schemas_dir is not None else None

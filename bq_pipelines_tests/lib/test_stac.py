@@ -265,6 +265,28 @@ def test_null_datetime_without_range_is_invalid(valid_item_dict: dict[str, Any])
         validate(broken)
 
 
+def test_tuples_are_read_as_the_arrays_a_json_writer_writes(
+    valid_item_dict: dict[str, Any],
+) -> None:
+    as_tuples = copy.deepcopy(valid_item_dict)
+    as_tuples["bbox"] = tuple(as_tuples["bbox"])
+    as_tuples["properties"]["proj:shape"] = tuple(as_tuples["properties"]["proj:shape"])
+    validate(as_tuples)
+    as_tuples["properties"]["proj:shape"] = (200.5, 300)
+    with pytest.raises(StacValidationError, match="/properties/proj:shape"):
+        validate(as_tuples)
+
+
+def test_a_value_with_no_json_form_is_refused_naming_the_item(
+    valid_item_dict: dict[str, Any],
+) -> None:
+    broken = copy.deepcopy(valid_item_dict)
+    broken["properties"]["datetime"] = datetime(2001, 3, 1, tzinfo=UTC)
+    with pytest.raises(StacValidationError, match="no JSON form") as caught:
+        validate(broken)
+    assert "tas_2001_03" in str(caught.value) and "datetime" in str(caught.value)
+
+
 SCIENTIFIC = "https://stac-extensions.github.io/scientific/v1.0.0/schema.json"
 
 
