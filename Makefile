@@ -3,6 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Test processes (pytest-xdist); a file's tests share one process (module fixtures).
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadfile
 # `dg` runs in the project's virtual environment (it warns when another one is active).
 DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg
 export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
