@@ -69,6 +69,7 @@ def store_for(env: dict[str, str]) -> S3ObjectStore:
 # ---------------------------------------------------------------- the STAC API's catalog
 
 
+@pytest.mark.serial  # swaps the database every other test's STAC API requests go to
 def test_restore_brings_back_what_the_stac_api_served_at_the_backup(
     services_cli_env: dict[str, str],
     pgstac_databases: PgstacDatabases,
