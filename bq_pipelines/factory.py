@@ -138,6 +138,27 @@ def _previous(
     return Previous(records[0].asset_materialization.metadata, records[0].run_id)
 
 
+def _latest_recorded(
+    context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partition_keys: Sequence[str]
+) -> dict[str, Previous]:
+    """`_previous` of each of `partition_keys` in two queries for the whole batch, not one (a
+    connection, on dagster-postgres) per partition."""
+    storage_ids = context.instance.event_log_storage.get_latest_storage_id_by_partition(
+        asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION, set(partition_keys)
+    )
+    if not storage_ids:
+        return {}
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(storage_ids.values())),
+        limit=len(storage_ids),
+    ).records
+    return {
+        record.partition_key: Previous(record.asset_materialization.metadata, record.run_id)
+        for record in records
+        if record.partition_key is not None and record.asset_materialization is not None
+    }
+
+
 def _skipped_outcome(
     context: dg.AssetExecutionContext,
     keys: DatasetKeys,
@@ -242,18 +263,25 @@ def process_partition(
     services: Services,
     locations: SourceLocations,
     locks: Locks,
+    recorded: Previous | None,
 ) -> PartitionOutcome:
     """Plan, then, under the partition's lock, skip if unchanged and still published as
-    recorded, else fetch/convert/store/publish one partition."""
+    recorded (`recorded`: its latest stac_item materialization when the batch started), else
+    fetch/convert/store/publish one partition."""
     plans = plan_partition(declaration, dimension_keys, locations)
+    waited = False
 
     def waiting(name: str) -> None:
+        nonlocal waited
+        waited = True
         context.log.info(f"{declaration.id} [{partition_key}]: waiting for another run of it")
 
     # Held from the fingerprint comparison to the publication: a second run of the partition
     # waits, then sees what the first one did.
     with locks.hold(partition_lock_name(declaration.id, partition_key), waiting):
-        return _process_locked(context, declaration, keys, partition_key, plans, services)
+        # The other run may have recorded the partition while this one waited.
+        previous = _previous(context, keys.step("stac_item"), partition_key) if waited else recorded
+        return _process_locked(context, declaration, keys, partition_key, plans, services, previous)
 
 
 def _process_locked(
@@ -263,10 +291,10 @@ def _process_locked(
     partition_key: str,
     plans: Sequence[ItemPlan],
     services: Services,
+    previous: Previous | None,
 ) -> PartitionOutcome:
     urls = list(dict.fromkeys(s.url for p in plans for s in p.sources))
     token = fingerprint(plans, [f.token() for f in probe_sources(urls, services)])
-    previous = _previous(context, keys.step("stac_item"), partition_key)
     if previous is not None and previous.value("fingerprint") == token and not forced(context):
         # Unchanged sources say nothing of what happened to the objects since: check each one
         # (a HEAD), so a deleted or overwritten object is put back, and a store that cannot be
@@ -359,6 +387,7 @@ def materialize_partitions(
     keys = DatasetKeys(declaration.id)
     outcomes: dict[str, PartitionOutcome] = {}
     failures: dict[str, BaseException] = {}
+    recorded = _latest_recorded(context, keys.step("stac_item"), context.partition_keys)
     with run_staging(services.work_dir, context.run.run_id) as staging:
         run_services = replace(services, work_dir=staging)
         for partition_key in context.partition_keys:
@@ -373,6 +402,7 @@ def materialize_partitions(
                     run_services,
                     locations,
                     locks,
+                    recorded.get(partition_key),
                 )
             except Exception as error:
                 failures[partition_key] = error
