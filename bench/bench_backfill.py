@@ -1,37 +1,48 @@
 """Benchmark: Dagster's overhead per partition, batch size 1 and 24, against a plain loop.
 
 Run from the project root: `.venv/bin/python bench/bench_backfill.py [--partitions 120]
-[--batch-sizes 1,24] [--size 16]`.
+[--batch-sizes 1,24] [--size 16] [--storage sqlite,postgres] [--rounds 1]`.
 
 A chelsa-monthly-like dataset (`bq_pipelines_tests/backfill_location.py`: monthly x variable,
 one variable here) reads `--partitions` generated float32 EPSG:4326 rasters from a local HTTP
 server standing in for the CHELSA host, and is materialized through our CLI's `materialize` path
-(one `execute_in_process` run per batch of partitions, the collection in the last) on a fresh SQLite
+(one `execute_in_process` run per batch of partitions, the collection in the last) on a fresh
 Dagster instance and a fresh static catalog / local object store per batch size, so nothing is
-skipped. The baseline, measured first in the same run: a plain Python loop over the same
-library calls for each partition (plan, probe the sources, fingerprint, `run_items`: fetch, COG,
-item, upload, publish) and the collection once at the end, on its own fresh catalog and store,
-without Dagster. Prints wall seconds, seconds per partition and the ratio to the plain loop
-(goal for a batched run: <= 1.3x).
+skipped. The instance's storage (`--storage`): `sqlite` (`DagsterInstance.local_temp`, the local
+`make dev` instance) or `postgres` (dagster-postgres on `--postgres-url`, a database
+`--postgres-db` dropped and created again for each run: the production configuration,
+deploy/dagster.yaml). The baseline: a plain Python loop over the same library calls for each
+partition (plan, probe the sources, fingerprint, `run_items`: fetch, COG, item, upload,
+publish) and the collection once at the end, on its own fresh catalog and store, without
+Dagster, measured right before each Dagster run (after one unmeasured warm-up loop), so that
+each ratio compares two runs under the same load; `--rounds` repeats every configuration and
+prints the median ratio. Prints wall seconds, event-log rows per partition, seconds per partition
+and the ratio to the plain loop (goal for a batched run: <= 1.3x).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import io
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dagster as dg  # noqa: E402
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
 
+from bq_pipelines.factory import EVENT_BATCH_SIZE_ENV  # noqa: E402
 from bq_pipelines.launch import materialize  # noqa: E402
 from bq_pipelines.lib.pipeline import fingerprint, probe_sources, run_items  # noqa: E402
 from bq_pipelines.plans import collection_for, plan_partition  # noqa: E402
@@ -43,6 +54,7 @@ from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
 from bq_pipelines_tests.runs import dataset_definitions  # noqa: E402
 
 VARIABLE = "tas"
+PRODUCTION = "postgres"  # deploy/dagster.yaml
 
 
 def serve(host: LocalHttpHost, months: int, size: int) -> None:
@@ -78,8 +90,41 @@ def plain_loop(host: LocalHttpHost, months: int, work: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_once(host: LocalHttpHost, months: int, batch_size: int, work: Path) -> tuple[float, int]:
-    """Seconds to materialize every partition with `batch_size`, and the number of runs."""
+def fresh_postgres_database(server_url: str, database: str) -> str:
+    """Drop and create `database` on the PostgreSQL server; its SQLAlchemy URL."""
+    with psycopg.connect(f"{server_url}/postgres", autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    return f"{server_url.replace('postgresql://', 'postgresql+psycopg2://')}/{database}"
+
+
+def instance_overrides(storage: str, args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"telemetry": {"enabled": False}}
+    if storage == "postgres":
+        url = fresh_postgres_database(args.postgres_url, args.postgres_db)
+        overrides["storage"] = {"postgres": {"postgres_url": url}}
+    return overrides
+
+
+def events_by_type(instance: dg.DagsterInstance) -> collections.Counter[str]:
+    """Event-log rows of every run of the instance, by Dagster event type (`LOG`: log lines)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for run in instance.get_runs():
+        for record in instance.get_records_for_run(run.run_id, limit=1_000_000).records:
+            event_type = record.event_log_entry.dagster_event_type
+            counts[event_type.value if event_type is not None else "LOG"] += 1
+    return counts
+
+
+def run_once(
+    host: LocalHttpHost,
+    months: int,
+    batch_size: int,
+    work: Path,
+    overrides: dict[str, Any],
+) -> tuple[float, int, collections.Counter[str]]:
+    """Seconds to materialize every partition with `batch_size`, the number of runs and their
+    events by type."""
     env = {
         "BQ_HOME": str(work / "bq"),
         "BQ_SOURCE_BASE_URLS": f"{location.CHELSA_HOST}={host.url('chelsa')}",
@@ -89,17 +134,20 @@ def run_once(host: LocalHttpHost, months: int, batch_size: int, work: Path) -> t
     defs = dataset_definitions(declaration, settings)
     keys = [location.partition_key(i, VARIABLE) for i in range(months)]
     (work / "dagster").mkdir(parents=True)
-    with dg.DagsterInstance.local_temp(
-        str(work / "dagster"), overrides={"telemetry": {"enabled": False}}
-    ) as instance:
+    with dg.DagsterInstance.local_temp(str(work / "dagster"), overrides=overrides) as instance:
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             ok = materialize(declaration, defs, keys, instance).ok
         elapsed = time.perf_counter() - started
         runs = len(instance.get_runs())
+        events = events_by_type(instance)
     if not ok:
         raise SystemExit(f"batch size {batch_size}: a run failed")
-    return elapsed, runs
+    return elapsed, runs, events
+
+
+def load() -> str:
+    return f"load average {os.getloadavg()[0]:.1f}"
 
 
 def main() -> None:
@@ -107,33 +155,63 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=120)
     parser.add_argument("--batch-sizes", default="1,24")
     parser.add_argument("--size", type=int, default=16, help="raster width and height (px)")
+    parser.add_argument(
+        "--storage", default="sqlite,postgres", help="instance storage(s): sqlite, postgres"
+    )
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument("--postgres-db", default="dagster_overhead_bench")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements per configuration")
+    parser.add_argument("--verbose", action="store_true", help="events of each run by type")
     args = parser.parse_args()
     sizes = [int(s) for s in args.batch_sizes.split(",")]
+    storages = args.storage.split(",")
+    assert set(storages) <= {"sqlite", "postgres"}, storages
     with tempfile.TemporaryDirectory(prefix="bench-backfill-") as tmp:
         host = LocalHttpHost(Path(tmp) / "http_root")
         host.start()
         try:
             serve(host, args.partitions, args.size)
+            plain_loop(host, args.partitions, Path(tmp) / "warm-up")  # imports, GDAL drivers
             print(
-                f"{args.partitions} partitions of {args.size}x{args.size} float32, "
-                "in-process runs, SQLite instance"
+                f"{args.partitions} partitions of {args.size}x{args.size} float32, in-process "
+                f"runs; {os.cpu_count()} cores, {load()} at the start; "
+                f"{EVENT_BATCH_SIZE_ENV}={os.environ.get(EVENT_BATCH_SIZE_ENV, 'unset')}"
             )
-            plain = plain_loop(host, args.partitions, Path(tmp) / "plain")
-            first = plain / args.partitions
-            print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-            print("| run | runs | total (s) | s / partition | ratio to the plain loop |")
-            print("|---|---|---|---|---|")
-            print(f"| plain loop (no Dagster) | 0 | {plain:.1f} | {first:.3f} | 1.00 |")
-            for batch_size in sizes:
-                elapsed, runs = run_once(
-                    host, args.partitions, batch_size, Path(tmp) / f"b{batch_size}"
-                )
-                assert runs == math.ceil(args.partitions / batch_size)  # collection in the last
-                per = elapsed / args.partitions
+            print(
+                "| round | storage | batch size | runs | events / partition | plain loop (s) "
+                "| Dagster (s) | s / partition | ratio to the plain loop | load |"
+            )
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            ratios: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+            # Rounds alternate the configurations, so that a burst of load on the shared
+            # machine does not fall on one of them only.
+            for round_ in range(1, args.rounds + 1):
+                for storage in storages:
+                    for batch_size in sizes:
+                        work = Path(tmp) / f"r{round_}-{storage}-b{batch_size}"
+                        plain = plain_loop(host, args.partitions, work / "plain")
+                        overrides = instance_overrides(storage, args)
+                        elapsed, runs, events = run_once(
+                            host, args.partitions, batch_size, work, overrides
+                        )
+                        assert runs == math.ceil(args.partitions / batch_size)  # + collection
+                        ratios[(storage, batch_size)].append(elapsed / plain)
+                        label = f"{storage} (production)" if storage == PRODUCTION else storage
+                        print(
+                            f"| {round_} | {label} | {batch_size} | {runs} "
+                            f"| {events.total() / args.partitions:.1f} | {plain:.2f} "
+                            f"| {elapsed:.2f} | {elapsed / args.partitions:.3f} "
+                            f"| {elapsed / plain:.2f} | {load()} |",
+                            flush=True,
+                        )
+                        if args.verbose:
+                            print(f"  events: {dict(events.most_common())}")
+            for (storage, batch_size), values in ratios.items():
+                label = f"{storage} (production)" if storage == PRODUCTION else storage
                 print(
-                    f"| Dagster, batch size {batch_size} | {runs} | {elapsed:.1f} | {per:.3f} "
-                    f"| {per / first:.2f} |",
-                    flush=True,
+                    f"{label}, batch size {batch_size}: median ratio "
+                    f"{statistics.median(values):.2f} over {len(values)} rounds "
+                    f"(min {min(values):.2f}, max {max(values):.2f}); goal <= 1.3"
                 )
         finally:
             host.stop()

@@ -9,6 +9,7 @@ never needs a shared file system between steps. A run processes a batch of parti
 
 import itertools
 import logging
+import os
 import re
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -72,6 +73,18 @@ MAX_LISTED_ITEMS = 25
 # every partition, unchanged or not.
 FORCE_TAG = "bq/force"
 TRUE_VALUES = ("1", "true", "yes", "on")
+# Dagster writes the events of one output's partitions (our 4 assets x the run's partitions) in
+# one batch when this is set; dagster-postgres (production) inserts a batch of materializations in
+# one statement instead of a connection and a commit each. SQLite writes them one by one either way.
+EVENT_BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
+EVENT_BATCH_SIZE = 1000
+
+
+def batch_event_writes() -> None:
+    """Turn on Dagster's batched event writes in this process (read by Dagster at every event;
+    the step processes and run workers build the Definitions before running anything). An
+    explicit value in the environment wins (`0` turns batching off)."""
+    os.environ.setdefault(EVENT_BATCH_SIZE_ENV, str(EVENT_BATCH_SIZE))
 
 
 def all_partition_dimensions(
@@ -123,6 +136,27 @@ def _previous(
     if not records or records[0].asset_materialization is None:
         return None
     return Previous(records[0].asset_materialization.metadata, records[0].run_id)
+
+
+def _latest_recorded(
+    context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partition_keys: Sequence[str]
+) -> dict[str, Previous]:
+    """`_previous` of each of `partition_keys` in two queries for the whole batch, not one (a
+    connection, on dagster-postgres) per partition."""
+    storage_ids = context.instance.event_log_storage.get_latest_storage_id_by_partition(
+        asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION, set(partition_keys)
+    )
+    if not storage_ids:
+        return {}
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(storage_ids.values())),
+        limit=len(storage_ids),
+    ).records
+    return {
+        record.partition_key: Previous(record.asset_materialization.metadata, record.run_id)
+        for record in records
+        if record.partition_key is not None and record.asset_materialization is not None
+    }
 
 
 def _skipped_outcome(
@@ -229,18 +263,25 @@ def process_partition(
     services: Services,
     locations: SourceLocations,
     locks: Locks,
+    recorded: Previous | None,
 ) -> PartitionOutcome:
     """Plan, then, under the partition's lock, skip if unchanged and still published as
-    recorded, else fetch/convert/store/publish one partition."""
+    recorded (`recorded`: its latest stac_item materialization when the batch started), else
+    fetch/convert/store/publish one partition."""
     plans = plan_partition(declaration, dimension_keys, locations)
+    waited = False
 
     def waiting(name: str) -> None:
+        nonlocal waited
+        waited = True
         context.log.info(f"{declaration.id} [{partition_key}]: waiting for another run of it")
 
     # Held from the fingerprint comparison to the publication: a second run of the partition
     # waits, then sees what the first one did.
     with locks.hold(partition_lock_name(declaration.id, partition_key), waiting):
-        return _process_locked(context, declaration, keys, partition_key, plans, services)
+        # The other run may have recorded the partition while this one waited.
+        previous = _previous(context, keys.step("stac_item"), partition_key) if waited else recorded
+        return _process_locked(context, declaration, keys, partition_key, plans, services, previous)
 
 
 def _process_locked(
@@ -250,17 +291,18 @@ def _process_locked(
     partition_key: str,
     plans: Sequence[ItemPlan],
     services: Services,
+    previous: Previous | None,
 ) -> PartitionOutcome:
     urls = list(dict.fromkeys(s.url for p in plans for s in p.sources))
     token = fingerprint(plans, [f.token() for f in probe_sources(urls, services)])
-    previous = _previous(context, keys.step("stac_item"), partition_key)
     if previous is not None and previous.value("fingerprint") == token and not forced(context):
         # Unchanged sources say nothing of what happened to the objects since: check each one
         # (a HEAD), so a deleted or overwritten object is put back, and a store that cannot be
         # reached fails the partition instead of letting it pass as skipped.
         drifts = published_drift(plans, services)
         if not drifts:
-            context.log.info(f"{declaration.id} [{partition_key}]: unchanged, skipped")
+            # The materialization says it (skipped, skip_reason); the batch's summary counts it.
+            logger.info("%s [%s]: unchanged, skipped", declaration.id, partition_key)
             return _skipped_outcome(context, keys, partition_key, previous, plans)
         listed = "; ".join(str(d) for d in drifts[:MAX_LISTED_ITEMS])
         context.log.warning(
@@ -276,9 +318,14 @@ def _process_locked(
     result = run_items(
         plans, services, partition_key, log_step, collection=collection_for(declaration, [])
     )
-    context.log.info(
-        f"{declaration.id} [{partition_key}]: {len(result.items)} items published "
-        f"from {len(result.fetched)} source files"
+    # Not context.log either: an event-log row per partition, when the materializations already
+    # say it (items, source_urls) and the batch's summary line counts them.
+    logger.info(
+        "%s [%s]: %d items published from %d source files",
+        declaration.id,
+        partition_key,
+        len(result.items),
+        len(result.fetched),
     )
     first_item = result.items[0].item["id"]
     outcome = _result_outcome(
@@ -340,6 +387,7 @@ def materialize_partitions(
     keys = DatasetKeys(declaration.id)
     outcomes: dict[str, PartitionOutcome] = {}
     failures: dict[str, BaseException] = {}
+    recorded = _latest_recorded(context, keys.step("stac_item"), context.partition_keys)
     with run_staging(services.work_dir, context.run.run_id) as staging:
         run_services = replace(services, work_dir=staging)
         for partition_key in context.partition_keys:
@@ -354,6 +402,7 @@ def materialize_partitions(
                     run_services,
                     locations,
                     locks,
+                    recorded.get(partition_key),
                 )
             except Exception as error:
                 failures[partition_key] = error
@@ -649,6 +698,7 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
     """Assets, checks, job, sensors and schedule of one dataset. `settings` (the embedded
     defaults when None) only says which kinds of store and catalog the assets show."""
     settings = settings or Settings()
+    batch_event_writes()
     keys = DatasetKeys(declaration.id)
     partitions_def = partitions_definition(declaration.id, declaration.partitions)
     # Dagster group names allow no `-`: the dataset id with `_` (op_name), as in job names.

@@ -126,14 +126,25 @@ class InProcessLauncher:
     instance: dg.DagsterInstance
 
     def run(self, job_name: str, assets: Sequence[dg.AssetKey], tags: Mapping[str, str]) -> str:
-        result = self.defs.resolve_job_def(job_name).execute_in_process(
-            instance=self.instance,
-            raise_on_error=False,
-            run_config=QUIET_LOGS,
-            tags=dict(tags),
-            asset_selection=list(assets),
+        result = job_subset(self.defs.resolve_job_def(job_name), assets).execute_in_process(
+            instance=self.instance, raise_on_error=False, run_config=QUIET_LOGS, tags=dict(tags)
         )
         return result.run_id
+
+
+def job_subset(job: dg.JobDefinition, assets: Sequence[dg.AssetKey]) -> dg.JobDefinition:
+    """`job` cut to `assets` and the job's own checks of them.
+
+    `execute_in_process(asset_selection=...)` would add every check of the selected assets in the
+    Definitions, the collection's on-request drift audit among them (an item read and an object
+    HEAD per item of the dataset), which the job leaves out; `dagster job launch -o` (the op
+    selection CodeLocationLauncher uses) does not.
+    """
+    selected = set(assets)
+    checks = {
+        key for key in job.asset_layer.asset_graph.asset_check_keys if key.asset_key in selected
+    }
+    return job.get_subset(asset_selection=selected, asset_check_selection=checks)
 
 
 def immediate_launch_config(config: Mapping[str, Any], dagster_home: Path) -> dict[str, Any]:

@@ -1,0 +1,106 @@
+"""What a batched run writes to Dagster's event log.
+
+Each row is a database write (a commit on SQLite): the rows per partition are most of Dagster's
+overhead over a plain loop of the same library calls (bench/bench_backfill.py). The contract per
+run: one materialization and one planned materialization per asset and partition (Dagster's
+partition status, in progress or failed, reads the planned ones), no log row per partition, and
+not the collection's on-request drift audit.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from bq_pipelines.factory import EVENT_BATCH_SIZE, EVENT_BATCH_SIZE_ENV, build_dataset
+from bq_pipelines.keys import AUDIT_CHECK, DatasetKeys, op_name
+from bq_pipelines.launch import RANGE_START_TAG
+from bq_pipelines.settings import Settings
+from bq_pipelines_tests import backfill_location as location
+from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
+from bq_pipelines_tests.runs import materialize_dataset
+from bq_pipelines_tests.test_backfill import bq_env, serve_sources
+
+AssetPartition = tuple[dg.AssetKey, str]
+
+
+def asset_events(
+    records: list[dg.EventLogRecord], event_type: dg.DagsterEventType
+) -> collections.Counter[AssetPartition]:
+    """How many events of `event_type` each (asset, partition) got."""
+    counts: collections.Counter[AssetPartition] = collections.Counter()
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is not None and event.event_type == event_type and event.partition is not None:
+            counts[(event.asset_key, event.partition)] += 1
+    return counts
+
+
+def check_run_events(
+    instance: dg.DagsterInstance, keys: DatasetKeys, batch_size: int, before: set[str]
+) -> set[str]:
+    """Assert the contract on every partition run of `instance` not in `before` (run ids); the
+    partitions they ran."""
+    ran: set[str] = set()
+    runs = [r for r in instance.get_runs() if RANGE_START_TAG in r.tags and r.run_id not in before]
+    assert runs
+    for run in runs:
+        records = list(instance.get_records_for_run(run.run_id, limit=100_000).records)
+        materialized = asset_events(records, dg.DagsterEventType.ASSET_MATERIALIZATION)
+        partitions = {p for (asset, p) in materialized if asset == keys.step("stac_item")}
+        assert 0 < len(partitions) <= batch_size
+        once = {(asset, p): 1 for asset in keys.partitioned for p in partitions}
+        assert materialized == once
+        assert asset_events(records, dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED) == once
+        steps = {
+            r.event_log_entry.step_key
+            for r in records
+            if r.event_log_entry.dagster_event_type == dg.DagsterEventType.STEP_START
+        }
+        assert op_name(keys.dataset_id, "partitions") in steps
+        assert not any(step and step.endswith(AUDIT_CHECK) for step in steps), steps
+        per_partition_logs = [
+            r.event_log_entry.user_message
+            for r in records
+            if r.event_log_entry.dagster_event is None
+            and any(p in r.event_log_entry.user_message for p in partitions)
+        ]
+        assert per_partition_logs == []
+        ran |= partitions
+    return ran
+
+
+def test_a_batched_run_records_each_asset_partition_once_and_logs_no_row_per_partition(
+    tmp_path: Path, http_host: LocalHttpHost, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv(EVENT_BATCH_SIZE_ENV, raising=False)
+    months, batch_size = 6, 4
+    declaration = location.chelsa_like("chelsa-monthly-events", months, batch_size)
+    keys = DatasetKeys(declaration.id)
+    serve_sources(http_host, months, ("tas",))
+    wanted = [location.partition_key(i, "tas") for i in range(months)]
+    settings = Settings.from_env(bq_env(tmp_path, http_host))
+
+    (tmp_path / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        done = materialize_dataset(declaration, settings, instance, wanted)
+        assert done.ok and done.published == months and done.collection_published
+        # The definitions turned Dagster's batched event writes on for this process.
+        assert int(os.environ[EVENT_BATCH_SIZE_ENV]) == EVENT_BATCH_SIZE
+        assert check_run_events(instance, keys, batch_size, set()) == set(wanted)
+
+        # Unchanged: every partition skipped, recorded the same way.
+        first = {run.run_id for run in instance.get_runs()}
+        again = materialize_dataset(declaration, settings, instance, wanted)
+        assert again.ok and again.skipped == months
+        assert check_run_events(instance, keys, batch_size, first) == set(wanted)
+
+
+def test_an_explicit_event_batch_size_wins(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(EVENT_BATCH_SIZE_ENV, "0")
+    build_dataset(location.chelsa_like("chelsa-monthly-events", 2, 2))
+    assert os.environ[EVENT_BATCH_SIZE_ENV] == "0"
