@@ -366,9 +366,7 @@ class _Placement:
         )
 
 
-def dataset_bounds(
-    transform: Affine, width: int, height: int
-) -> tuple[float, float, float, float]:
+def dataset_bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
     """(left, bottom, right, top) as rasterio's `dataset.bounds` computes them."""
     a, b, c, d, e, f = tuple(transform)[:6]
     if b == d == 0:
@@ -424,9 +422,7 @@ def _band_cog(
             nodata=nodata,
         ) as mem:
             mem.write(values, 1)
-            mem.update_tags(
-                **{**facts.tags, "OVERVIEW_RESAMPLING": _overview_resampling(settings)}
-            )
+            mem.update_tags(**{**facts.tags, "OVERVIEW_RESAMPLING": _overview_resampling(settings)})
             mem.update_tags(1, **band_tags)
             if facts.descriptions[index]:
                 mem.set_band_description(1, facts.descriptions[index])

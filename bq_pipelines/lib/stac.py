@@ -235,9 +235,7 @@ def _raster_bands(
     `values` (each band as `src.read(masked=True)` gives it) spare reading the bands again when
     the statistics read them at full resolution."""
     shape = _sample_shape(src.height, src.width, max_size)
-    if values is not None and (
-        len(values) != src.count or any(v.shape != shape for v in values)
-    ):
+    if values is not None and (len(values) != src.count or any(v.shape != shape for v in values)):
         values = None  # decimated (from the overviews), or not these bands: read them
     sampling = src.tags().get("AREA_OR_POINT", "").lower()
     bands = []
