@@ -10,6 +10,7 @@ from pathlib import Path
 import pystac
 import pytest
 
+from bq_pipelines.lib import stac
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import CogError, RasterTooLarge
@@ -118,3 +119,28 @@ def test_errors_of_a_worker_reach_the_parent_whole():
 def test_workers_default_to_the_cpus_this_process_may_use():
     assert item_workers(3) == 3
     assert item_workers(0) == item_workers(None) >= 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_items_described_from_memory_equal_items_read_back_from_their_cogs(
+    cube: Path, tmp_path: Path, workers: int
+):
+    """Statistics from the band as read, footprint and projection once per grid: the items
+    are those `build_item` makes from each stored COG (the previous way)."""
+    plans = species_plans(cube)
+    store_services = services(tmp_path, workers)
+    result = run_items(plans, store_services, "partition", collection=collection())
+    for plan, produced in zip(plans, result.items, strict=True):
+        expected = stac.build_item(
+            Path(store_services.store.gdal_path(produced.stored.key)),
+            item_id=plan.item_id,
+            collection_id=plan.collection_id,
+            datetime_=plan.datetime,
+            properties=plan.properties,
+            asset=stac.ItemAssetSpec(href=produced.stored.href, title=plan.title),
+            file_size=produced.stored.size,
+            file_sha256=produced.stored.sha256,
+        ).to_dict()
+        item = dict(produced.item)
+        item["assets"] = {k: v for k, v in item["assets"].items() if k != stac.THUMBNAIL_ASSET}
+        assert json.dumps(item, sort_keys=True) == json.dumps(expected, sort_keys=True)
