@@ -45,7 +45,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
-from bq_pipelines.lib import categories, georef, tiff, vrt
+from bq_pipelines.lib import categories, files, georef, tiff, vrt
 from bq_pipelines.lib.errors import CogError, RasterTooLarge, SourceRefused
 from bq_pipelines.lib.hashing import sha256_bytes, sha256_file
 
@@ -227,6 +227,70 @@ class BandFacts:
             classes=categories.classification_tags_by_band(src),
         )
 
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> BandFacts:
+        fields = json.loads(text)
+        return cls(
+            **{name: tuple(fields[name]) for name in _BAND_FACTS_TUPLES},
+            tags=dict(fields["tags"]),
+            classes={int(band): dict(tags) for band, tags in fields["classes"].items()},
+        )
+
+
+_BAND_FACTS_TUPLES = ("dtypes", "nodata", "masked", "descriptions", "units", "scales", "offsets")
+# Bump when BandFacts or what it reads changes: cached facts of another version are not used.
+_BAND_FACTS_VERSION = "1"
+
+
+def _facts_cache_file(cache_dir: Path, source: RasterInput) -> Path:
+    """Where the facts of `source` are kept: named after the file (its path, size and
+    modification time), the subdataset and GDAL's version, so that a changed file, another
+    variable or another GDAL never reads stale facts."""
+    stat = Path(source.path).stat()
+    key = json.dumps(
+        [
+            _BAND_FACTS_VERSION,
+            rasterio.__gdal_version__,
+            str(Path(source.path).resolve()),
+            stat.st_size,
+            stat.st_mtime_ns,
+            source.subdataset,
+            source.subdataset_driver,
+        ]
+    )
+    return cache_dir / f"{sha256_bytes(key)}.json"
+
+
+def _cached_facts(cache_dir: Path | None, source: RasterInput) -> BandFacts | None:
+    if cache_dir is None:
+        return None
+    try:
+        return BandFacts.from_json(_facts_cache_file(cache_dir, source).read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:  # unreadable: read them again
+        log.warning("band facts of %s: cache not used (%s)", source.gdal_name(), error)
+        return None
+
+
+def _facts_of(src: DatasetReader, source: RasterInput, cache_dir: Path | None) -> BandFacts:
+    """The facts of the open `src`: from the cache when they are there, else read (~30 s for a
+    45,810-band cube) and kept in the cache for the next partition of the same file."""
+    cached = _cached_facts(cache_dir, source)
+    if cached is not None:
+        return cached
+    facts = BandFacts.of(src)
+    if cache_dir is not None:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            files.write_text_atomically(_facts_cache_file(cache_dir, source), facts.to_json())
+        except OSError as error:  # a cache, not a result: the partition goes on
+            log.warning("band facts of %s: not cached (%s)", source.gdal_name(), error)
+    return facts
+
 
 class _ManyBandReader(DatasetReader):  # type: ignore[misc]  # rasterio ships no stubs
     """rasterio's reader with the bands' mask flags and indexes read once: its `read` looks at
@@ -300,6 +364,7 @@ def band_converter(
     work_dir: Path,
     max_pixels: int | None = None,
     facts: BandFacts | None = None,
+    facts_cache: Path | None = None,
 ) -> Iterator[Callable[[int, Path], BandCog]]:
     """Open a many-band source once; `convert(band, dst)` writes band `band` as a validated COG
     at `dst`.
@@ -309,13 +374,15 @@ def band_converter(
     driver to memory: no staging GeoTIFF, no VRT, the same COG bytes (tested). Bands that path
     does not cover (an internal mask, a colour table, the display profile, a grid placed by
     ground control points) take the staging-file path. What is the same for every band (CRS,
-    bounds, footprint) is worked out once.
+    bounds, footprint) is worked out once. `facts` (from `band_facts`) skips reading what each
+    band says; else they are read, or found in `facts_cache` (a folder) when the same file was
+    read before.
     """
     whole = dataclasses.replace(source, bands=None)
     with rasterio.Env(**_GDAL_CONFIG), _open_input(whole, _ManyBandReader) as src:
         grid = _grid(whole, _layout_of_dataset(src), settings)
         _refuse_oversized([whole], src.width, src.height, 1, max_pixels)
-        known = facts if facts is not None else BandFacts.of(src)
+        known = facts if facts is not None else _facts_of(src, whole, facts_cache)
         place = _Placement.of(grid, whole)
 
         def staged(band: int, dst: Path) -> BandCog:
@@ -484,15 +551,19 @@ def _band_cog(
 
 
 def band_facts(
-    source: RasterInput, settings: CogSettings, max_pixels: int | None = None
+    source: RasterInput,
+    settings: CogSettings,
+    max_pixels: int | None = None,
+    cache: Path | None = None,
 ) -> BandFacts:
     """What `band_extractor` reads of each band of `source`, to hand to other processes; the
-    same checks (readable, georeferenced, size)."""
+    same checks (readable, georeferenced, size). `cache`: a folder where the facts of a file
+    already read are found (and kept)."""
     whole = dataclasses.replace(source, bands=None)
     with rasterio.Env(**_GDAL_CONFIG), _open_input(whole, _ManyBandReader) as src:
         _grid(whole, _layout_of_dataset(src), settings)
         _refuse_oversized([whole], src.width, src.height, 1, max_pixels)
-        return BandFacts.of(src)
+        return _facts_of(src, whole, cache)
 
 
 def validate_cog(path: Path) -> list[str]:

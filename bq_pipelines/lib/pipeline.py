@@ -128,6 +128,10 @@ class Services:
     item_workers: int = 1
     # One HTTP client for every probe and fetch made with these services (a run's).
     http: sources.HttpSession = field(default_factory=sources.HttpSession, compare=False)
+    # A folder kept between runs where what each band of a many-band source file says is
+    # cached (`cog.band_facts`): read once per file (a cube's scenario), not once per partition.
+    # None reads them in every partition.
+    band_facts_cache: Path | None = None
 
     @property
     def max_pixels(self) -> int | None:
@@ -452,12 +456,15 @@ def _produce_all(
     if not _one_band_of_one_source(plans):
         return [produce_item(plan, fetched, staging, services, on_step) for plan in plans]
     ref = plans[0].sources[0]
+    path = fetched[ref.url].path
     job = _BandJob(
-        source=cog.RasterInput(path=fetched[ref.url].path, subdataset=ref.subdataset),
+        source=cog.RasterInput(path=path, subdataset=ref.subdataset),
         settings=plans[0].cog,
         staging=staging,
         max_pixels=services.max_pixels,
         stac_schemas_dir=services.stac_schemas_dir,
+        # Only files read where they are: a download lands in this run's staging, anew.
+        facts_cache=None if path.is_relative_to(staging) else services.band_facts_cache,
     )
     targets = [_Target.of(plan, services) for plan in plans]
     workers = min(item_workers(services.item_workers), len(plans) // MIN_ITEMS_PER_WORKER)
@@ -483,7 +490,7 @@ def _produce_all(
         # Read here, once, for every worker: a source that cannot be read fails once, naming
         # its URL, and the workers skip the slow part of opening it (~30 s for 45,810 bands).
         try:
-            facts = cog.band_facts(job.source, job.settings, job.max_pixels)
+            facts = cog.band_facts(job.source, job.settings, job.max_pixels, job.facts_cache)
         except CogError as error:
             raise CogError(f"{redact_url(ref.url)}: {error}") from error
         chunks = _chunks(list(zip(plans, targets, strict=True)), workers)
@@ -531,6 +538,7 @@ class _BandJob:
     staging: Path
     max_pixels: int | None
     stac_schemas_dir: Path | None
+    facts_cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -561,7 +569,9 @@ _BandConverter = Callable[[int, Path], cog.BandCog]
 def _band_converter(
     job: _BandJob, facts: cog.BandFacts | None = None
 ) -> contextlib.AbstractContextManager[_BandConverter]:
-    return cog.band_converter(job.source, job.settings, job.staging, job.max_pixels, facts)
+    return cog.band_converter(
+        job.source, job.settings, job.staging, job.max_pixels, facts, job.facts_cache
+    )
 
 
 def _band_item(

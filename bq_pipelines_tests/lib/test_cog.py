@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,11 +22,13 @@ from rio_cogeo.cogeo import cog_validate
 from bq_pipelines.lib.categories import CLASSES_TAG, RAT_TAG
 from bq_pipelines.lib.cog import (
     COG_ALGORITHM_VERSION,
+    BandFacts,
     CogInfo,
     CogSettings,
     RasterInput,
     band_converter,
     band_extractor,
+    band_facts,
     dataset_bounds,
     describe_cog,
     to_cog,
@@ -1094,3 +1097,30 @@ def test_dataset_bounds_are_rasterios(tmp_path: Path, rotation: float) -> None:
     path = write_raster(tmp_path / "r.tif", RasterSpec(rotation=rotation, width=70, height=40))
     with rasterio.open(path) as src:
         assert dataset_bounds(src.transform, src.width, src.height) == tuple(src.bounds)
+
+
+def test_band_facts_are_read_once_per_file_and_kept_in_the_cache(tmp_path: Path) -> None:
+    cube = tmp_path / "cube.nc"
+    write_ebv_cube(cube, [1], entities=3, times=2)
+    source, cache = RasterInput(cube, "/scenario_1/metric_1/ebv_cube"), tmp_path / "cache"
+    facts = band_facts(source, CogSettings(), cache=cache)
+    assert band_facts(source, CogSettings()) == facts  # as read without a cache
+    [kept] = list(cache.iterdir())
+    assert BandFacts.from_json(kept.read_text()) == facts
+    # What the cache says is what the next partition gets (nothing read again)...
+    edited = dataclasses.replace(facts, descriptions=("from the cache",) * len(facts.dtypes))
+    kept.write_text(edited.to_json())
+    assert band_facts(source, CogSettings(), cache=cache) == edited
+    with band_converter(source, CogSettings(), tmp_path, facts_cache=cache) as convert:
+        converted = convert(2, tmp_path / "2.tif")
+    with rasterio.open(converted.info.path) as out:
+        assert out.descriptions == ("from the cache",)
+    # ...until the file changes: another key, the facts read again.
+    write_ebv_cube(cube, [1], entities=3, times=2)
+    os.utime(cube, ns=(kept.stat().st_mtime_ns + 10**9,) * 2)
+    assert band_facts(source, CogSettings(), cache=cache) == facts
+    assert len(list(cache.iterdir())) == 2
+    # An unreadable cache file is read around, not trusted.
+    for path in cache.iterdir():
+        path.write_text("{not json")
+    assert band_facts(source, CogSettings(), cache=cache) == facts

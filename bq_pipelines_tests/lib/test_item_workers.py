@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -144,3 +145,20 @@ def test_items_described_from_memory_equal_items_read_back_from_their_cogs(
         item = dict(produced.item)
         item["assets"] = {k: v for k, v in item["assets"].items() if k != stac.THUMBNAIL_ASSET}
         assert json.dumps(item, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_partition_with_the_band_facts_cache_produces_the_same_items(
+    cube: Path, tmp_path: Path, workers: int
+):
+    cache = tmp_path / "band-facts"
+    produced = []
+    for run in ("without", "first", "second"):
+        root = tmp_path / run
+        base = services(root, workers)
+        run_services = base if run == "without" else replace(base, band_facts_cache=cache)
+        result = run_items(species_plans(cube), run_services, "p", collection=collection())
+        items = json.dumps([r.item for r in result.items]).replace(str(root), "ROOT")
+        produced.append(items)
+        assert len(list(cache.glob("*.json"))) == (0 if run == "without" else 1)
+    assert produced[0] == produced[1] == produced[2]
