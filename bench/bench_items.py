@@ -47,6 +47,7 @@ from bq_pipelines.lib.pipeline import (  # noqa: E402
     ItemPlan,
     Services,
     SourceRef,
+    Step,
     item_workers,
     run_items,
 )
@@ -123,9 +124,23 @@ def produce(
         band_facts_cache=facts_cache,
     )
     started = time.perf_counter()
-    result = run_items(plans(cube, species, years), services, "partition", collection=collection())
+    publishing: list[float] = []
+
+    def on_step(step: Step, detail: str) -> None:
+        if step == Step.PUBLISH:
+            publishing.append(time.perf_counter())
+
+    result = run_items(
+        plans(cube, species, years), services, "partition", on_step, collection=collection()
+    )
     elapsed = time.perf_counter() - started
     assert len(result.items) == species
+    print(
+        f"  ({workers} worker(s): {publishing[0] - started:.1f} s until every item is converted, "
+        f"described and stored, {elapsed - (publishing[0] - started):.1f} s for the static "
+        "catalog's publication)",
+        file=sys.stderr,
+    )
     return elapsed
 
 
@@ -170,9 +185,16 @@ def produce_previous_path(cube: Path, work: Path, species: int, years: int) -> f
             store.put_file(info.path, key, sha256=info.sha256, owner=owner)
             info.path.unlink()
             items.append(item)
+    stored = time.perf_counter()
     publisher.ensure_collection(collection())
     publisher.upsert_items(items)
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    print(
+        f"  (previous path: {stored - started:.1f} s until every item is converted, described "
+        f"and stored, {elapsed - (stored - started):.1f} s for the static catalog's publication)",
+        file=sys.stderr,
+    )
+    return elapsed
 
 
 def main() -> None:
