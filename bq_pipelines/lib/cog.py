@@ -350,8 +350,9 @@ def band_extractor(
 @dataclass(frozen=True)
 class BandCog:
     """One band of a many-band source converted: its COG (validated, at `info.path`) and, when it
-    was converted from memory, the band's values as a reader of the COG sees them (nodata and
-    NaN as GDAL masks them), so that the item's statistics need not read the COG back."""
+    was converted from memory, the band's values as a reader of the COG sees them (masked as
+    rasterio's `read(masked=True)` masks them), so that the item's statistics need not read
+    the COG back."""
 
     info: CogInfo
     values: np.ma.MaskedArray | None = None
