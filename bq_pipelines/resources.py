@@ -255,6 +255,8 @@ def services_for(
         stac_schemas_dir=Path(sources.stac_schemas_dir) if sources.stac_schemas_dir else None,
         fetch_limits=sources.fetch_limits(),
         item_workers=sources.item_workers,
+        # Kept between runs: a cube's band facts are read once per file, not per partition.
+        band_facts_cache=Path(sources.work_dir).absolute() / "band-facts",
     )
 
 

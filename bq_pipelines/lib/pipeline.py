@@ -20,6 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pystac
 
 from bq_pipelines.lib import cog, preview, sources, stac
@@ -127,6 +128,10 @@ class Services:
     item_workers: int = 1
     # One HTTP client for every probe and fetch made with these services (a run's).
     http: sources.HttpSession = field(default_factory=sources.HttpSession, compare=False)
+    # A folder kept between runs where what each band of a many-band source file says is
+    # cached (`cog.band_facts`): read once per file (a cube's scenario), not once per partition.
+    # None reads them in every partition.
+    band_facts_cache: Path | None = None
 
     @property
     def max_pixels(self) -> int | None:
@@ -295,6 +300,7 @@ def _describe(
     href: str,
     stac_schemas_dir: Path | None,
     thumbnail: ThumbnailFile | None = None,
+    values: Sequence[np.ma.MaskedArray] | None = None,
 ) -> pystac.Item:
     item = stac.build_item(
         info.path,
@@ -307,6 +313,7 @@ def _describe(
         asset=stac.ItemAssetSpec(href=href, title=plan.title or plan.file_name),
         file_size=info.size,
         file_sha256=info.sha256,
+        values=values,
     )
     if thumbnail is not None:
         stac.add_thumbnail(item, thumbnail.href, size=thumbnail.size, sha256=thumbnail.sha256)
@@ -449,12 +456,15 @@ def _produce_all(
     if not _one_band_of_one_source(plans):
         return [produce_item(plan, fetched, staging, services, on_step) for plan in plans]
     ref = plans[0].sources[0]
+    path = fetched[ref.url].path
     job = _BandJob(
-        source=cog.RasterInput(path=fetched[ref.url].path, subdataset=ref.subdataset),
+        source=cog.RasterInput(path=path, subdataset=ref.subdataset),
         settings=plans[0].cog,
         staging=staging,
         max_pixels=services.max_pixels,
         stac_schemas_dir=services.stac_schemas_dir,
+        # Only files read where they are: a download lands in this run's staging, anew.
+        facts_cache=None if path.is_relative_to(staging) else services.band_facts_cache,
     )
     targets = [_Target.of(plan, services) for plan in plans]
     workers = min(item_workers(services.item_workers), len(plans) // MIN_ITEMS_PER_WORKER)
@@ -471,16 +481,16 @@ def _produce_all(
         if workers <= 1:
             with contextlib.ExitStack() as stack:
                 try:
-                    extract = stack.enter_context(_band_extractor(job))
+                    convert = stack.enter_context(_band_converter(job))
                 except CogError as error:
                     raise CogError(f"{redact_url(ref.url)}: {error}") from error
                 for plan, target in zip(plans, targets, strict=True):
-                    store(plan, _band_item(extract, job, plan, target, on_step))
+                    store(plan, _band_item(convert, job, plan, target, on_step))
             return produced
         # Read here, once, for every worker: a source that cannot be read fails once, naming
         # its URL, and the workers skip the slow part of opening it (~30 s for 45,810 bands).
         try:
-            facts = cog.band_facts(job.source, job.settings, job.max_pixels)
+            facts = cog.band_facts(job.source, job.settings, job.max_pixels, job.facts_cache)
         except CogError as error:
             raise CogError(f"{redact_url(ref.url)}: {error}") from error
         chunks = _chunks(list(zip(plans, targets, strict=True)), workers)
@@ -528,6 +538,7 @@ class _BandJob:
     staging: Path
     max_pixels: int | None
     stac_schemas_dir: Path | None
+    facts_cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -552,34 +563,39 @@ class _Target:
 _Described = tuple[pystac.Item, cog.CogInfo, ThumbnailFile | None]
 
 
-def _band_extractor(
+_BandConverter = Callable[[int, Path], cog.BandCog]
+
+
+def _band_converter(
     job: _BandJob, facts: cog.BandFacts | None = None
-) -> contextlib.AbstractContextManager[Callable[[int], cog.RasterInput]]:
-    return cog.band_extractor(job.source, job.settings, job.staging, job.max_pixels, facts)
+) -> contextlib.AbstractContextManager[_BandConverter]:
+    return cog.band_converter(
+        job.source, job.settings, job.staging, job.max_pixels, facts, job.facts_cache
+    )
 
 
 def _band_item(
-    extract: Callable[[int], cog.RasterInput],
+    convert: _BandConverter,
     job: _BandJob,
     plan: ItemPlan,
     target: _Target,
     on_step: StepCallback = _no_callback,
 ) -> _Described:
     """The COG and thumbnail (left in staging) and the item of one plan reading one band of
-    the source."""
+    the source. The item's statistics come from the band as read for the COG, when it was
+    converted from memory."""
     on_step(Step.CONVERT, plan.item_id)
-    band = _extract_band(extract, plan)
-    try:
-        info = _to_cog(plan, [band], job.staging, job.max_pixels)
-    finally:
-        band.path.unlink(missing_ok=True)
+    band = _convert_band(convert, plan, job.staging)
+    info = band.info
+    values = [band.values] if band.values is not None else None
     on_step(Step.DESCRIBE, plan.item_id)
     thumbnail = None
     if target.thumbnail_key is not None and target.thumbnail_href is not None:
         thumbnail = _render_thumbnail(
             plan, info, job.staging, target.thumbnail_key, target.thumbnail_href
         )
-    return _describe(plan, info, target.href, job.stac_schemas_dir, thumbnail), info, thumbnail
+    item = _describe(plan, info, target.href, job.stac_schemas_dir, thumbnail, values)
+    return item, info, thumbnail
 
 
 @dataclass
@@ -590,7 +606,7 @@ class _Worker:
     job: _BandJob
     facts: cog.BandFacts
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    extract: Callable[[int], cog.RasterInput] | None = None
+    convert: _BandConverter | None = None
 
 
 _worker: _Worker | None = None
@@ -605,9 +621,9 @@ def _band_items(chunk: Sequence[tuple[ItemPlan, _Target]]) -> list[_Described]:
     """In a worker process: the items of `chunk` (plans and where their objects go)."""
     worker = _worker
     assert worker is not None, "_start_worker runs first"
-    if worker.extract is None:
-        worker.extract = worker.stack.enter_context(_band_extractor(worker.job, worker.facts))
-    return [_band_item(worker.extract, worker.job, plan, target) for plan, target in chunk]
+    if worker.convert is None:
+        worker.convert = worker.stack.enter_context(_band_converter(worker.job, worker.facts))
+    return [_band_item(worker.convert, worker.job, plan, target) for plan, target in chunk]
 
 
 def _chunks(
@@ -617,11 +633,12 @@ def _chunks(
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-def _extract_band(extract: Callable[[int], cog.RasterInput], plan: ItemPlan) -> cog.RasterInput:
+def _convert_band(convert: _BandConverter, plan: ItemPlan, staging: Path) -> cog.BandCog:
     ref = plan.sources[0]
     try:
-        return extract(ref.bands[0])  # type: ignore[index]
+        return convert(ref.bands[0], staging / plan.file_name)  # type: ignore[index]
     except CogError as error:
+        # Name the source, not the staging copy: that is what a user can go and fix.
         raise CogError(f"item {plan.item_id} from {redact_url(ref.url)}: {error}") from error
 
 

@@ -6,6 +6,7 @@ a folder given by the caller (BQ_STAC_SCHEMAS_DIR) adds to them. Compiled with j
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.resources
 import json
@@ -23,10 +24,12 @@ import jsonschema_rs
 import numpy as np
 import pystac
 import rasterio
+from affine import Affine
 from pystac.extensions.file import FileExtension
 from pystac.utils import datetime_to_str, str_to_datetime
 from pystac.validation.local_validator import get_local_schema_cache
 from pystac.validation.schema_uri_map import DefaultSchemaUriMap
+from rasterio.crs import CRS
 from rasterio.io import DatasetReader
 
 from bq_pipelines.lib import georef
@@ -101,22 +104,57 @@ def _temporal_properties(
     return {key: datetime_to_str(value) for key, value in values.items() if value is not None}
 
 
-def _projection_properties(src: DatasetReader) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _GridFields:
+    """What an item says of its grid: the same for every COG on one grid (every band of a
+    cube), so worked out once per grid and copied into each item."""
+
+    footprint: georef.Footprint
+    projection: dict[str, Any]
+
+
+def _grid_fields(src: DatasetReader) -> _GridFields:
+    if src.crs is None:
+        raise ValueError(f"{src.name}: the COG has no CRS, an item needs a footprint")
+    cached = _grid_fields_of(
+        src.crs.to_wkt(), tuple(src.transform), src.width, src.height, tuple(src.bounds)
+    )
+    return copy.deepcopy(cached)  # the item owns (and may edit) its geometry and fields
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_fields_of(
+    wkt: str,
+    transform: tuple[float, ...],
+    width: int,
+    height: int,
+    bounds: tuple[float, float, float, float],
+) -> _GridFields:
+    crs, affine = CRS.from_wkt(wkt), Affine(*transform[:6])
+    return _GridFields(
+        georef.footprint_wgs84(crs, affine, width, height),
+        _projection_properties(crs, affine, width, height, bounds),
+    )
+
+
+def _projection_properties(
+    crs: CRS, transform: Affine, width: int, height: int, bounds: Sequence[float]
+) -> dict[str, Any]:
     """Projection v2.0 fields. `proj:code` only for an exact EPSG match; any other CRS gets a
     null code with WKT2 and PROJJSON, so clients can still reconstruct it."""
-    epsg = georef.exact_epsg(src.crs)
+    epsg = georef.exact_epsg(crs)
     fields: dict[str, Any] = {"proj:code": f"EPSG:{epsg}" if epsg is not None else None}
     if epsg is None:
-        fields["proj:wkt2"] = src.crs.to_wkt(version="WKT2_2019")
-        fields["proj:projjson"] = src.crs.to_dict(projjson=True)
-    corners = georef.outline(src.transform, src.width, src.height, densify=0)
+        fields["proj:wkt2"] = crs.to_wkt(version="WKT2_2019")
+        fields["proj:projjson"] = crs.to_dict(projjson=True)
+    corners = georef.outline(transform, width, height, densify=0)
     fields.update(
         {
-            "proj:bbox": list(src.bounds),
+            "proj:bbox": list(bounds),
             # The grid's own quadrilateral: a rotated grid is not its envelope.
             "proj:geometry": {"type": "Polygon", "coordinates": [[list(p) for p in corners]]},
-            "proj:shape": [src.height, src.width],
-            "proj:transform": list(src.transform),
+            "proj:shape": [height, width],
+            "proj:transform": list(transform),
         }
     )
     return fields
@@ -187,11 +225,18 @@ def _is_class(value: Any) -> bool:
     )
 
 
-def _raster_bands(src: DatasetReader, max_size: int) -> list[dict[str, Any]]:
+def _raster_bands(
+    src: DatasetReader, max_size: int, values: Sequence[np.ma.MaskedArray] | None = None
+) -> list[dict[str, Any]]:
     """raster:bands (v1.1): data type, nodata, unit, scale/offset, statistics of the valid
     pixels of a decimated read, and the classes of categorical bands. No histograms: nobody reads
-    them and they would weigh on 200k-item collections."""
+    them and they would weigh on 200k-item collections.
+
+    `values` (each band as `src.read(masked=True)` gives it) spare reading the bands again when
+    the statistics read them at full resolution."""
     shape = _sample_shape(src.height, src.width, max_size)
+    if values is not None and (len(values) != src.count or any(v.shape != shape for v in values)):
+        values = None  # decimated (from the overviews), or not these bands: read them
     sampling = src.tags().get("AREA_OR_POINT", "").lower()
     bands = []
     for index, dtype in zip(src.indexes, src.dtypes, strict=True):
@@ -207,7 +252,12 @@ def _raster_bands(src: DatasetReader, max_size: int) -> list[dict[str, Any]]:
             band["nodata"] = _nodata_value(nodata, dtype)
         if src.units[index - 1]:
             band["unit"] = src.units[index - 1]
-        band["statistics"] = _statistics(src.read(index, out_shape=shape, masked=True))
+        band_values = (
+            values[index - 1]
+            if values is not None
+            else src.read(index, out_shape=shape, masked=True)
+        )
+        band["statistics"] = _statistics(band_values)
         classes = _band_classes(src, index)
         if classes:
             band["classification:classes"] = classes
@@ -239,6 +289,7 @@ def build_item(
     file_sha256: str,
     raster_max_size: int = 1024,
     collection_href: str = "../collection.json",
+    values: Sequence[np.ma.MaskedArray] | None = None,
 ) -> pystac.Item:
     """Item for one COG: the grid's footprint in WGS84 as geometry (densified, rotated grids
     included) and its bbox, projection, raster (statistics of valid pixels, unit, scale/offset,
@@ -248,15 +299,15 @@ def build_item(
     Deterministic: the same COG and arguments give the same item (no `created` timestamp).
     Legacy `properties` are kept verbatim, except datetime keys, which come from the arguments.
     `collection_href` defaults to where the static catalog puts the collection; STAC APIs
-    rewrite item links anyway.
+    rewrite item links anyway. `values`: the COG's bands as already read in memory (masked as
+    `read(masked=True)` gives them), used for the statistics instead of reading the COG when
+    those read it at full resolution.
     """
     temporal = _temporal_properties(datetime_, start_datetime, end_datetime)
     with rasterio.open(cog_path) as src:
-        if src.crs is None:
-            raise ValueError(f"{cog_path}: the COG has no CRS, an item needs a footprint")
-        footprint = georef.footprint_wgs84(src.crs, src.transform, src.width, src.height)
-        projection = _projection_properties(src)
-        raster_bands = _raster_bands(src, raster_max_size)
+        grid = _grid_fields(src)
+        footprint, projection = grid.footprint, grid.projection
+        raster_bands = _raster_bands(src, raster_max_size, values)
         band_objects = _band_objects(src)
     item_properties: dict[str, Any] = {
         **projection,

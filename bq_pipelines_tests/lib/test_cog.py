@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,15 +22,20 @@ from rio_cogeo.cogeo import cog_validate
 from bq_pipelines.lib.categories import CLASSES_TAG, RAT_TAG
 from bq_pipelines.lib.cog import (
     COG_ALGORITHM_VERSION,
+    BandFacts,
     CogInfo,
     CogSettings,
     RasterInput,
+    band_converter,
     band_extractor,
+    band_facts,
+    dataset_bounds,
     describe_cog,
     to_cog,
     validate_cog,
 )
 from bq_pipelines.lib.errors import CogError, RasterTooLarge, SourceRefused
+from bq_pipelines_tests.fixtures.local_sources import write_ebv_cube
 from bq_pipelines_tests.rasters import (
     CUSTOM_LCC_WKT,
     CUSTOM_UTM25S_WKT,
@@ -698,7 +704,15 @@ METADATA_CASES = {
         ],
     ),
 }
-METADATA_PATHS = ["raw", "display", "band-selection", "stack", "assign-crs", "band-extractor"]
+METADATA_PATHS = [
+    "raw",
+    "display",
+    "band-selection",
+    "stack",
+    "assign-crs",
+    "band-extractor",
+    "band-converter",
+]
 
 
 def convert_by_path(
@@ -711,7 +725,7 @@ def convert_by_path(
         nodata=0 if categorical else NAN,
         categorical=categorical,
         crs="EPSG:32198",
-        count=3 if path_kind in ("band-selection", "band-extractor") else 1,
+        count=3 if path_kind in ("band-selection", "band-extractor", "band-converter") else 1,
         metadata=metadata,
     )
     settings = CogSettings(categorical=categorical)
@@ -732,6 +746,9 @@ def convert_by_path(
         return to_cog(RasterInput(no_crs), out, settings), 1
     work = folder / "work"
     work.mkdir()
+    if path_kind == "band-converter":
+        with band_converter(RasterInput(source), settings, work) as convert:
+            return convert(2, out).info, 2
     with band_extractor(RasterInput(source), settings, work) as extract:
         return to_cog(extract(2), out, settings), 2
 
@@ -999,3 +1016,111 @@ def test_an_xml_source_is_never_opened(tmp_path: Path) -> None:
     disguised.write_bytes(b"\n  " + (tmp_path / "real.vrt").read_bytes())
     with pytest.raises(SourceRefused, match="an XML document"):
         to_cog(RasterInput(disguised), tmp_path / "out.tif", CogSettings())
+
+
+# --- bands converted from memory -------------------------------------------------------------
+
+
+FROM_MEMORY_CASES = {
+    "float32-nodata": RasterSpec(dtype="float32", count=3, nodata=-3.4e38, crs="EPSG:32198"),
+    "float32-nan": RasterSpec(dtype="float32", count=3, nodata=NAN, metadata=CONTINUOUS),
+    "int16-no-nodata": RasterSpec(dtype="int16", count=3, width=700, height=600),
+    "uint8-categories": RasterSpec(
+        dtype="uint8", count=3, nodata=0, categorical=True, metadata=CATEGORY_NAMES
+    ),
+    "rotated": RasterSpec(dtype="float32", count=3, nodata=-9999, rotation=20.0),
+    "internal-mask": RasterSpec(dtype="int16", count=3, mask=True),  # the staging-file path
+}
+
+
+@pytest.mark.parametrize("case", list(FROM_MEMORY_CASES))
+@pytest.mark.parametrize("nodata", [None, -5.0])
+def test_band_converter_writes_the_cog_of_the_staging_file_path(
+    tmp_path: Path, case: str, nodata: float | None
+) -> None:
+    """Each band converted from memory: byte for byte the COG of band_extractor + to_cog, the
+    same CogInfo, and the values a reader of that COG gets with masked=True."""
+    spec = FROM_MEMORY_CASES[case]
+    source = write_raster(tmp_path / "cube.tif", spec)
+    settings = CogSettings(categorical=spec.categorical, nodata=nodata)
+    work, staging = tmp_path / "work", tmp_path / "staging"
+    work.mkdir()
+    staging.mkdir()
+    with (
+        band_extractor(RasterInput(source), settings, staging) as extract,
+        band_converter(RasterInput(source), settings, work) as convert,
+    ):
+        for band in (1, 3):
+            staged = to_cog(extract(band), tmp_path / f"staged-{band}.tif", settings)
+            converted = convert(band, tmp_path / "memory" / f"{band}.tif")
+            assert converted.info.path.read_bytes() == staged.path.read_bytes()
+            # repr: a NaN nodata is not equal to itself
+            assert repr(dataclasses.replace(converted.info, path=staged.path)) == repr(staged)
+            with rasterio.open(staged.path) as cog:
+                expected = cog.read(1, masked=True)
+            # An internal mask, or a nodata outside the dtype: the staging-file path, and the
+            # item is described from the COG as before.
+            if case == "internal-mask" or (nodata is not None and spec.dtype == "uint8"):
+                assert converted.values is None
+                continue
+            assert converted.values is not None
+            np.testing.assert_array_equal(converted.values.data, expected.data)
+            assert converted.values.dtype == expected.dtype
+            np.testing.assert_array_equal(
+                np.ma.getmaskarray(converted.values), np.ma.getmaskarray(expected)
+            )
+            assert (converted.values.mask is np.ma.nomask) == (expected.mask is np.ma.nomask)
+    assert not list(work.iterdir())  # no staging band left behind
+
+
+def test_band_converter_reads_an_ebv_cube_band_by_band(tmp_path: Path) -> None:
+    cube = tmp_path / "cube.nc"
+    values = write_ebv_cube(cube, [1, 2], entities=4, times=3)
+    source = RasterInput(cube, "/scenario_2/metric_1/ebv_cube")
+    with (
+        band_converter(source, CogSettings(), tmp_path) as convert,
+        band_extractor(source, CogSettings(), tmp_path) as extract,
+    ):
+        for entity, time in ((1, 1), (3, 2), (4, 3)):
+            band = (entity - 1) * 3 + time
+            converted = convert(band, tmp_path / f"{band}.tif")
+            staged = to_cog(extract(band), tmp_path / f"staged-{band}.tif", CogSettings())
+            assert converted.info.sha256 == staged.sha256
+            assert converted.values is not None
+            np.testing.assert_array_equal(converted.values.data, values[2][entity - 1, time - 1])
+        with pytest.raises(CogError, match="band 13 does not exist"):
+            convert(13, tmp_path / "13.tif")
+
+
+@pytest.mark.parametrize("rotation", [0.0, 30.0])
+def test_dataset_bounds_are_rasterios(tmp_path: Path, rotation: float) -> None:
+    path = write_raster(tmp_path / "r.tif", RasterSpec(rotation=rotation, width=70, height=40))
+    with rasterio.open(path) as src:
+        assert dataset_bounds(src.transform, src.width, src.height) == tuple(src.bounds)
+
+
+def test_band_facts_are_read_once_per_file_and_kept_in_the_cache(tmp_path: Path) -> None:
+    cube = tmp_path / "cube.nc"
+    write_ebv_cube(cube, [1], entities=3, times=2)
+    source, cache = RasterInput(cube, "/scenario_1/metric_1/ebv_cube"), tmp_path / "cache"
+    facts = band_facts(source, CogSettings(), cache=cache)
+    assert band_facts(source, CogSettings()) == facts  # as read without a cache
+    [kept] = list(cache.iterdir())
+    assert BandFacts.from_json(kept.read_text()) == facts
+    # What the cache says is what the next partition gets (nothing read again)...
+    edited = dataclasses.replace(facts, descriptions=("from the cache",) * len(facts.dtypes))
+    kept.write_text(edited.to_json())
+    assert band_facts(source, CogSettings(), cache=cache) == edited
+    with band_converter(source, CogSettings(), tmp_path, facts_cache=cache) as convert:
+        converted = convert(2, tmp_path / "2.tif")
+    with rasterio.open(converted.info.path) as out:
+        assert out.descriptions == ("from the cache",)
+    # ...until the file changes: another key, the facts read again.
+    write_ebv_cube(cube, [1], entities=3, times=2)
+    os.utime(cube, ns=(kept.stat().st_mtime_ns + 10**9,) * 2)
+    assert band_facts(source, CogSettings(), cache=cache) == facts
+    assert len(list(cache.iterdir())) == 2
+    # An unreadable cache file is read around, not trusted.
+    for path in cache.iterdir():
+        path.write_text("{not json")
+    assert band_facts(source, CogSettings(), cache=cache) == facts

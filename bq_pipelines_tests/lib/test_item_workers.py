@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pystac
 import pytest
 
+from bq_pipelines.lib import stac
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import CogError, RasterTooLarge
@@ -118,3 +120,45 @@ def test_errors_of_a_worker_reach_the_parent_whole():
 def test_workers_default_to_the_cpus_this_process_may_use():
     assert item_workers(3) == 3
     assert item_workers(0) == item_workers(None) >= 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_items_described_from_memory_equal_items_read_back_from_their_cogs(
+    cube: Path, tmp_path: Path, workers: int
+):
+    """Statistics from the band as read, footprint and projection once per grid: the items
+    are those `build_item` makes from each stored COG (the previous way)."""
+    plans = species_plans(cube)
+    store_services = services(tmp_path, workers)
+    result = run_items(plans, store_services, "partition", collection=collection())
+    for plan, produced in zip(plans, result.items, strict=True):
+        expected = stac.build_item(
+            Path(store_services.store.gdal_path(produced.stored.key)),
+            item_id=plan.item_id,
+            collection_id=plan.collection_id,
+            datetime_=plan.datetime,
+            properties=plan.properties,
+            asset=stac.ItemAssetSpec(href=produced.stored.href, title=plan.title),
+            file_size=produced.stored.size,
+            file_sha256=produced.stored.sha256,
+        ).to_dict()
+        item = dict(produced.item)
+        item["assets"] = {k: v for k, v in item["assets"].items() if k != stac.THUMBNAIL_ASSET}
+        assert json.dumps(item, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_partition_with_the_band_facts_cache_produces_the_same_items(
+    cube: Path, tmp_path: Path, workers: int
+):
+    cache = tmp_path / "band-facts"
+    produced = []
+    for run in ("without", "first", "second"):
+        root = tmp_path / run
+        base = services(root, workers)
+        run_services = base if run == "without" else replace(base, band_facts_cache=cache)
+        result = run_items(species_plans(cube), run_services, "p", collection=collection())
+        items = json.dumps([r.item for r in result.items]).replace(str(root), "ROOT")
+        produced.append(items)
+        assert len(list(cache.glob("*.json"))) == (0 if run == "without" else 1)
+    assert produced[0] == produced[1] == produced[2]

@@ -184,6 +184,28 @@ def test_item_is_deterministic(cog: Cog) -> None:
     validate(second)
 
 
+def test_an_item_from_values_in_memory_is_the_item_read_from_its_cog(cog: Cog) -> None:
+    with rasterio.open(cog.path) as src:
+        values = [src.read(band, masked=True) for band in src.indexes]
+    described = item_for(cog, values=values).to_dict()
+    assert json.dumps(described) == json.dumps(item_for(cog).to_dict())
+    # Other values are taken as they are: the statistics come from them, not from the COG.
+    shifted = item_for(cog, values=[v + 1 for v in values]).to_dict()
+    statistics = [b["statistics"] for b in described["assets"]["data"]["raster:bands"]]
+    shifted_statistics = [b["statistics"] for b in shifted["assets"]["data"]["raster:bands"]]
+    for before, after in zip(statistics, shifted_statistics, strict=True):
+        if "mean" in before:
+            assert after["mean"] == pytest.approx(before["mean"] + 1, rel=1e-5)
+
+
+def test_values_are_ignored_when_the_statistics_read_a_decimated_raster(tmp_path: Path) -> None:
+    cog = make_cog(tmp_path, RasterSpec(dtype="float32", nodata=-9999, width=300, height=200))
+    with rasterio.open(cog.path) as src:
+        wrong = [src.read(1, masked=True) + 100]
+    decimated = item_for(cog, raster_max_size=100, values=wrong).to_dict()
+    assert decimated == item_for(cog, raster_max_size=100).to_dict()
+
+
 def test_item_with_a_date_range(tmp_path: Path) -> None:
     cog = make_cog(tmp_path, RasterSpec())
     start = datetime(1981, 1, 1, tzinfo=UTC)
