@@ -581,7 +581,7 @@ def partition_code_version(declaration: Declaration) -> str:
     """The code version of the partitioned assets: the pipeline and COG algorithm versions
     and every COG setting the declaration makes. Changing one marks the assets stale."""
     settings = {
-        "cog": declaration.cog.model_dump(),
+        "cog": declaration.cog.versioned(),
         "variants": [v.cog.model_dump() if v.cog else None for v in declaration.variants],
         "values": {
             d.name: {v.value: v.cog.model_dump() for v in d.values if v.cog is not None}

@@ -14,6 +14,7 @@ from bq_pipelines.declarations import (
     parse_declaration,
     templates_may_overlap,
 )
+from bq_pipelines.factory import partition_code_version
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.plans import SourceLocations, plan_partition
 
@@ -92,12 +93,23 @@ def test_source_host_default_when_not_overridden():
         (_with("partitions.time.cadence", "weekly"), "partitions.time.cadence"),
         (_with("id", "Bad Id"), "example.yaml: id: String should match pattern"),
         (_with("license", None), "example.yaml: license: Input should be a valid string"),
+        (_with("cog", {"compression": "lzw"}), "example.yaml: cog.compression: Input should be"),
     ],
 )
 def test_bad_declarations_name_the_field(data, expected):
     with pytest.raises(ConfigError) as error:
         parse_declaration(data, "example.yaml")
     assert expected in str(error.value)
+
+
+def test_zstd_compression_changes_the_settings_and_the_code_version():
+    deflate = parse_declaration(VALID, "example.yaml")
+    zstd = parse_declaration(_with("cog", {"compression": "zstd"}), "example.yaml")
+    assert deflate.cog.settings().compression == "deflate"
+    assert zstd.cog.settings().compression == "zstd"
+    assert partition_code_version(zstd) != partition_code_version(deflate)
+    # The default hashes as before the choice existed: published assets do not turn stale.
+    assert "compression" not in deflate.cog.versioned()
 
 
 def test_file_name_must_match_id(tmp_path):

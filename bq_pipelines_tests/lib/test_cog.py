@@ -35,6 +35,7 @@ from bq_pipelines.lib.cog import (
     validate_cog,
 )
 from bq_pipelines.lib.errors import CogError, RasterTooLarge, SourceRefused
+from bq_pipelines.lib.hashing import sha256_bytes
 from bq_pipelines_tests.fixtures.local_sources import write_ebv_cube
 from bq_pipelines_tests.rasters import (
     CUSTOM_LCC_WKT,
@@ -464,10 +465,41 @@ def test_fingerprint_is_stable_and_follows_settings() -> None:
         CogSettings(nodata=NAN),
         CogSettings(blocksize=256),
         CogSettings(deflate_level=9),
+        CogSettings(compression="zstd"),
     ]
     fingerprints = {base.fingerprint(), *(v.fingerprint() for v in variants)}
     assert len(fingerprints) == len(variants) + 1
     assert COG_ALGORITHM_VERSION  # part of the hash: bumping it changes every fingerprint
+
+
+def test_default_fingerprint_is_the_one_before_compression_was_a_choice() -> None:
+    """Published partitions are skipped as unchanged only if their fingerprint did not move."""
+    before = {
+        "profile": "raw",
+        "categorical": False,
+        "assign_crs": None,
+        "nodata": None,
+        "blocksize": 512,
+        "deflate_level": 6,
+    }
+    payload = json.dumps({"algorithm": COG_ALGORITHM_VERSION, "settings": before}, sort_keys=True)
+    assert CogSettings().fingerprint() == sha256_bytes(payload)
+
+
+def test_zstd_cog_is_valid_and_keeps_the_pixels(tmp_path: Path) -> None:
+    spec = RasterSpec(dtype="float32", nodata=NAN, crs="EPSG:32198", width=1200, height=800)
+    source = write_raster(tmp_path / "src.tif", spec)
+    zstd = to_cog(RasterInput(source), tmp_path / "zstd.tif", CogSettings(compression="zstd"))
+    deflate = to_cog(RasterInput(source), tmp_path / "deflate.tif", CogSettings())
+
+    validate_cog(zstd.path)
+    with rasterio.open(zstd.path) as out, rasterio.open(deflate.path) as reference:
+        assert out.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == "ZSTD"
+        assert reference.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == "DEFLATE"
+        assert out.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "3"  # floating point, as DEFLATE's
+        assert out.overviews(1) == reference.overviews(1)
+        np.testing.assert_array_equal(out.read(1, masked=True), reference.read(1, masked=True))
+    assert zstd.sha256 != deflate.sha256
 
 
 def test_band_extractor_copies_one_band_at_a_time(tmp_path: Path) -> None:
