@@ -1,7 +1,7 @@
 """Benchmark: Dagster's overhead per partition, batch size 1 and 24, against a plain loop.
 
 Run from the project root: `.venv/bin/python bench/bench_backfill.py [--partitions 120]
-[--batch-sizes 1,24] [--size 16] [--storage sqlite,postgres] [--rounds 1]`.
+[--batch-sizes 1,24] [--size 16] [--storage sqlite,postgres,pooled] [--rounds 1]`.
 
 A chelsa-monthly-like dataset (`bq_pipelines_tests/backfill_location.py`: monthly x variable,
 one variable here) reads `--partitions` generated float32 EPSG:4326 rasters from a local HTTP
@@ -9,8 +9,9 @@ server standing in for the CHELSA host, and is materialized through our CLI's `m
 (one `execute_in_process` run per batch of partitions, the collection in the last) on a fresh
 Dagster instance and a fresh static catalog / local object store per batch size, so nothing is
 skipped. The instance's storage (`--storage`): `sqlite` (`DagsterInstance.local_temp`, the local
-`make dev` instance) or `postgres` (dagster-postgres on `--postgres-url`, a database
-`--postgres-db` dropped and created again for each run: the production configuration,
+`make dev` instance), `postgres` (dagster-postgres as it comes, on `--postgres-url`, a database
+`--postgres-db` dropped and created again for each run) or `pooled` (the same database through
+`bq_pipelines.instance_storage.PooledPostgresStorage`: the production configuration,
 deploy/dagster.yaml). The baseline: a plain Python loop over the same library calls for each
 partition (plan, probe the sources, fingerprint, `run_items`: fetch, COG, item, upload,
 publish) and the collection once at the end, on its own fresh catalog and store, without
@@ -54,7 +55,8 @@ from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
 from bq_pipelines_tests.runs import dataset_definitions  # noqa: E402
 
 VARIABLE = "tas"
-PRODUCTION = "postgres"  # deploy/dagster.yaml
+PRODUCTION = "pooled"  # deploy/dagster.yaml
+STORAGES = ("sqlite", "postgres", "pooled")
 
 
 def serve(host: LocalHttpHost, months: int, size: int) -> None:
@@ -93,7 +95,10 @@ def plain_loop(host: LocalHttpHost, months: int, work: Path) -> float:
 def fresh_postgres_database(server_url: str, database: str) -> str:
     """Drop and create `database` on the PostgreSQL server; its SQLAlchemy URL."""
     with psycopg.connect(f"{server_url}/postgres", autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))
+        # FORCE: a pooled instance of the previous run may still hold its connection.
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     return f"{server_url.replace('postgresql://', 'postgresql+psycopg2://')}/{database}"
 
@@ -103,6 +108,15 @@ def instance_overrides(storage: str, args: argparse.Namespace) -> dict[str, Any]
     if storage == "postgres":
         url = fresh_postgres_database(args.postgres_url, args.postgres_db)
         overrides["storage"] = {"postgres": {"postgres_url": url}}
+    elif storage == "pooled":  # as deploy/dagster.yaml configures it
+        url = fresh_postgres_database(args.postgres_url, args.postgres_db)
+        overrides["storage"] = {
+            "custom": {
+                "module": "bq_pipelines.instance_storage",
+                "class": "PooledPostgresStorage",
+                "config": {"postgres_url": url},
+            }
+        }
     return overrides
 
 
@@ -156,7 +170,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,24")
     parser.add_argument("--size", type=int, default=16, help="raster width and height (px)")
     parser.add_argument(
-        "--storage", default="sqlite,postgres", help="instance storage(s): sqlite, postgres"
+        "--storage",
+        default=",".join(STORAGES),
+        help="instance storage(s): sqlite, postgres (dagster-postgres as it comes: a connection "
+        "per write), pooled (production: bq_pipelines.instance_storage)",
     )
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--postgres-db", default="dagster_overhead_bench")
@@ -165,7 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     storages = args.storage.split(",")
-    assert set(storages) <= {"sqlite", "postgres"}, storages
+    assert set(storages) <= set(STORAGES), storages
     with tempfile.TemporaryDirectory(prefix="bench-backfill-") as tmp:
         host = LocalHttpHost(Path(tmp) / "http_root")
         host.start()

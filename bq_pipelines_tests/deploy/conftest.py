@@ -66,3 +66,12 @@ def count_rows(database: str, table: str) -> int:
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as conn:
         row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
         return int(row.fetchone()[0])  # type: ignore[index]
+
+
+def sessions_of(database: str) -> set[int]:
+    """Backend pids connected to `database` right now (pg_stat_activity)."""
+    with psycopg.connect(PG_ADMIN_DSN) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchall()
+    return {int(pid) for (pid,) in rows}

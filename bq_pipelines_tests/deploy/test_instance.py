@@ -13,7 +13,7 @@ import pytest
 from bq_pipelines.factory import DatasetKeys
 from bq_pipelines.resources import resources_for
 from bq_pipelines_tests import backfill_location as location
-from bq_pipelines_tests.deploy.conftest import count_rows
+from bq_pipelines_tests.deploy.conftest import count_rows, sessions_of
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.fixtures.services import services_settings
 from bq_pipelines_tests.runs import latest_metadata, run_dataset
@@ -61,6 +61,15 @@ def test_production_instance_on_postgres_records_batched_runs_of_a_generated_dat
         first = location.partition_key(0, "tas")
         assert latest_metadata(instance, stac_item, first)["created"] == 1
 
+        # Pooled storage: the connections that wrote the runs are kept and serve what follows
+        # (dagster-postgres as it comes opens and closes one per write: none would be left).
+        assert instance.get_ref().storage_data.class_name == "PooledPostgresStorage"
+        kept = sessions_of(dagster_database)
+        assert 1 <= len(kept) <= 2  # the run storage's and the event log storage's
+        for n in range(20):
+            instance.report_runless_asset_event(dg.AssetMaterialization(f"pool-check-{n}"))
+            instance.add_run_tags(runs[0].run_id, {"bq/pool-check": str(n)})
+        assert sessions_of(dagster_database) == kept
     finally:
         instance.dispose()
 
