@@ -94,11 +94,9 @@ def plain_loop(host: LocalHttpHost, months: int, work: Path) -> float:
 
 def fresh_postgres_database(server_url: str, database: str) -> str:
     """Drop and create `database` on the PostgreSQL server; its SQLAlchemy URL."""
+    # A pooled instance of the previous run may still hold its connection: dropped WITH (FORCE).
+    drop_database(server_url, database)
     with psycopg.connect(f"{server_url}/postgres", autocommit=True) as conn:
-        # FORCE: a pooled instance of the previous run may still hold its connection.
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     return f"{server_url.replace('postgresql://', 'postgresql+psycopg2://')}/{database}"
 
@@ -232,6 +230,15 @@ def main() -> None:
                 )
         finally:
             host.stop()
+            if {"postgres", "pooled"} & set(storages):
+                drop_database(args.postgres_url, args.postgres_db)
+
+
+def drop_database(server_url: str, database: str) -> None:
+    """The benchmark's Dagster database, gone once the figures are printed."""
+    with psycopg.connect(f"{server_url}/postgres", autocommit=True) as conn:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        conn.execute(drop.format(sql.Identifier(database)))
 
 
 if __name__ == "__main__":
