@@ -15,9 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster._config.config_schema import UserConfigSchema
-from dagster._core.storage.config import pg_config
-from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
@@ -43,13 +40,11 @@ class PooledPostgresStorage(DagsterPostgresStorage):
             )
 
     @classmethod
-    def config_type(cls) -> UserConfigSchema:
-        return pg_config()
-
-    @classmethod
     def from_config_value(  # type: ignore[override]  # dagster-postgres types it with a TypedDict
-        cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
+        cls, inst_data: Any, config_value: dict[str, Any]
     ) -> PooledPostgresStorage:
+        # dagster-postgres' own builds a DagsterPostgresStorage whatever the class; the config
+        # schema (`config_type`, dagster-postgres' `postgres_db`/`postgres_url`) is inherited.
         return cls(
             pg_url_from_config(config_value),
             should_autocreate_tables=config_value.get("should_autocreate_tables", True),
