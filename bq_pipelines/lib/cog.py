@@ -436,18 +436,29 @@ class _Placement:
 
     @classmethod
     def of(cls, grid: _Grid, source: RasterInput) -> _Placement:
-        epsg = georef.exact_epsg(grid.crs)
-        try:
-            footprint = georef.footprint_wgs84(grid.crs, grid.transform, grid.width, grid.height)
-        except georef.GeorefError as error:
-            raise CogError(f"{source.gdal_name()}: {error}") from None
+        crs, epsg, bbox = _crs_and_bbox(
+            grid.crs, grid.transform, grid.width, grid.height, source.gdal_name()
+        )
         return cls(
             grid=grid,
-            crs=f"EPSG:{epsg}" if epsg is not None else grid.crs.to_wkt(),
+            crs=crs,
             epsg=epsg,
             bounds=dataset_bounds(grid.transform, grid.width, grid.height),
-            bbox_wgs84=footprint.bbox,
+            bbox_wgs84=bbox,
         )
+
+
+def _crs_and_bbox(
+    crs: CRS, transform: Affine, width: int, height: int, where: str
+) -> tuple[str, int | None, tuple[float, float, float, float]]:
+    """What CogInfo says of a grid's CRS ("EPSG:xxxx" when it is exactly that code, WKT
+    otherwise), its EPSG code, and the WGS84 bbox of its footprint."""
+    epsg = georef.exact_epsg(crs)
+    try:
+        footprint = georef.footprint_wgs84(crs, transform, width, height)
+    except georef.GeorefError as error:
+        raise CogError(f"{where}: {error}") from None
+    return (f"EPSG:{epsg}" if epsg is not None else crs.to_wkt()), epsg, footprint.bbox
 
 
 def dataset_bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
@@ -605,19 +616,15 @@ def _describe(src: DatasetReader, file: Path, path: Path, profile: CogProfileNam
     """CogInfo of the open COG `src`, read from `file`, to be found at `path`."""
     if src.crs is None:
         raise CogError(f"{path}: COG has no CRS")
-    epsg = georef.exact_epsg(src.crs)
-    try:
-        footprint = georef.footprint_wgs84(src.crs, src.transform, src.width, src.height)
-    except georef.GeorefError as error:
-        raise CogError(f"{path}: {error}") from None
+    crs, epsg, bbox = _crs_and_bbox(src.crs, src.transform, src.width, src.height, str(path))
     return CogInfo(
         path=path,
         size=file.stat().st_size,
         sha256=sha256_file(file),
-        crs=f"EPSG:{epsg}" if epsg is not None else src.crs.to_wkt(),
+        crs=crs,
         epsg=epsg,
         bounds=tuple(src.bounds),
-        bbox_wgs84=footprint.bbox,
+        bbox_wgs84=bbox,
         width=src.width,
         height=src.height,
         count=src.count,
