@@ -234,6 +234,10 @@ def api_stack(tmp_path: Path, bq: Mapping[str, str]) -> Iterator[ApiStack]:
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    # Created here, once: the API and the daemon starting together on an empty DAGSTER_HOME can
+    # both stamp a new SQLite storage's alembic version, and the next process to open it then
+    # refuses it ("more than one head"), as a restarted daemon once did in this suite.
+    dg.DagsterInstance.from_config(str(dagster_home)).dispose()
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
     short_tmp = Path(tempfile.mkdtemp(prefix="bqapi-"))
