@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import dagster as dg
 import uvicorn
 
 from bq_pipelines.lib.errors import ConfigError
@@ -39,6 +40,10 @@ def dagster_daemon(workspace: Path) -> Iterator[subprocess.Popen]:
     """`dagster-daemon run` in its own process group, stopped (with its children) on exit."""
     if not os.environ.get("DAGSTER_HOME"):
         raise ConfigError("DAGSTER_HOME: required with --with-daemon (the Dagster instance)")
+    # The instance's storage is created here, before the daemon and the API open it at once: two
+    # processes creating a new SQLite storage together can both stamp its schema version, and the
+    # next process to open it refuses it ("more than one head").
+    dg.DagsterInstance.get().dispose()
     executable = Path(sys.executable).parent / "dagster-daemon"
     process = subprocess.Popen(
         [str(executable), "run", "-w", str(workspace)],
