@@ -55,6 +55,7 @@ def mammals_item(folder: Path) -> dict[str, Any]:
         datetime_=datetime(2015, 1, 1, tzinfo=UTC),
         asset=stac.ItemAssetSpec(
             href="https://object-store.example/bq-io/io/global-mammals/scenario1_2015_0001.tif",
+            key="scenario1_2015_0001",
             title="Species 1, scenario 1, 2015",
         ),
         properties={"scenario": 1, "year": 2015, "species": 1},

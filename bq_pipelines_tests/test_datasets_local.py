@@ -346,7 +346,7 @@ def test_one_partition_end_to_end(
         assert item.common_metadata.start_datetime == case.start
         assert item.common_metadata.end_datetime == case.end
     key = cog_key(declaration, case.item_id)
-    assert item.assets["data"].href == f"{service_settings.public_base_url}/{key}"
+    assert item.assets[item.id].href == f"{service_settings.public_base_url}/{key}"
     pixels, profile = read_pixels(f"s3://{s3_bucket}/{key}", gdal_s3_env)
     expected, expected_profile = read_pixels(str(source))
     np.testing.assert_array_equal(pixels, expected)

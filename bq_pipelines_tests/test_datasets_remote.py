@@ -250,9 +250,9 @@ def _published_cog(
     assert {k: item.properties.get(k) for k in case.properties} == case.properties
     assert item.datetime == case.datetime
     key = f"io/{collection_id}/{case.file_name}"
-    assert item.assets["data"].href == f"{settings.public_base_url}/{key}"
+    assert item.assets[item.id].href == f"{settings.public_base_url}/{key}"
     head = s3_client.head_object(Bucket=settings.s3_bucket, Key=key)
-    assert item.assets["data"].extra_fields["file:size"] == head["ContentLength"]
+    assert item.assets[item.id].extra_fields["file:size"] == head["ContentLength"]
     copy = download_dir / case.file_name
     s3_client.download_file(settings.s3_bucket, key, str(copy))
     assert cog.validate_cog(copy) == []

@@ -72,7 +72,8 @@ def test_demo_on_embedded_defaults_writes_a_valid_static_catalog(local_settings,
     for layer in DEMO_LAYERS:
         item = items[f"demo_{layer}"]
         stac.validate(item)
-        href = item.assets["data"].href
+        assert list(item.assets) == [item.id, "thumbnail"]
+        href = item.assets[item.id].href
         assert href.startswith(str(local_settings.objects_dir.absolute() / "io" / "demo-local"))
         assert cog.validate_cog(Path(href)) == []
         assert_same_raster(href, demo_sources / "demo" / f"{layer}.tif")
@@ -98,13 +99,13 @@ def test_demo_on_services_is_searchable_and_readable_from_s3(
     for layer in DEMO_LAYERS:
         item = items[f"demo_{layer}"]
         key = f"io/{declaration.id}/demo_{layer}.tif"
-        assert item.assets["data"].href == f"{service_settings.public_base_url}/{key}"
+        assert item.assets[item.id].href == f"{service_settings.public_base_url}/{key}"
         head = s3_client.head_object(Bucket=s3_bucket, Key=key)
         assert head["ContentType"] == "image/tiff; application=geotiff; profile=cloud-optimized"
         assert_same_raster(
             f"s3://{s3_bucket}/{key}", demo_sources / "demo" / f"{layer}.tif", gdal_s3_env
         )
-        assert item.assets["data"].extra_fields["file:size"] == head["ContentLength"]
+        assert item.assets[item.id].extra_fields["file:size"] == head["ContentLength"]
 
     collection = pystac_client.Client.open(stac_api_url).get_collection(declaration.id)
     assert collection.extent.temporal.intervals[0][0].year == 2020
@@ -126,7 +127,7 @@ def test_demo_on_services_is_searchable_and_readable_from_s3(
         assert json.dumps(again[item_id].properties, sort_keys=True) == json.dumps(
             item.properties, sort_keys=True
         )
-        assert again[item_id].assets["data"].to_dict() == item.assets["data"].to_dict()
+        assert again[item_id].assets[item_id].to_dict() == item.assets[item_id].to_dict()
     metadata = latest_metadata(instance, DatasetKeys(declaration.id).step("stac_item"), "elevation")
     assert metadata["skipped"] is True
 

@@ -81,7 +81,7 @@ def test_a_deleted_and_an_overwritten_object_are_put_back_on_the_next_run(
         store, publisher = services.store, services.publisher
         checksums = {
             layer: checksum_sha256(
-                publisher.get_item(declaration.id, f"demo_{layer}")["assets"]["data"][
+                publisher.get_item(declaration.id, f"demo_{layer}")["assets"][f"demo_{layer}"][
                     "file:checksum"
                 ]
             )
@@ -343,7 +343,7 @@ def published_catalog(home: Path) -> dict[str, tuple[dict, bytes]]:
     for path in sorted((home / "catalog" / "demo").glob("*/*.json")):
         item = json.loads(path.read_text())
         contents = b""
-        for name in ("data", "thumbnail"):
+        for name in (item["id"], "thumbnail"):
             href = item["assets"][name]["href"]
             item["assets"][name]["href"] = href.removeprefix(objects)
             contents += Path(href).read_bytes()
@@ -488,7 +488,8 @@ def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
         (home / "catalog" / "demo" / "demo_landcover" / "demo_landcover.json").read_text()
     )
     extra["id"] = "demo_retired"
-    extra["assets"]["data"]["href"] = str(objects / "demo_retired.tif")
+    extra["assets"] = {"demo_retired": extra["assets"].pop("demo_landcover")} | extra["assets"]
+    extra["assets"]["demo_retired"]["href"] = str(objects / "demo_retired.tif")
     del extra["assets"]["thumbnail"]  # landcover's: it would be an object shared by two items
     settings = Settings.from_env({"BQ_HOME": str(home)})
     with built_services(settings) as services:

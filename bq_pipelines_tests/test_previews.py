@@ -119,7 +119,7 @@ def test_opt_out_publishes_no_thumbnail(local_settings):
     with built_services(local_settings) as services:
         for layer in DEMO_LAYERS:
             item = services.publisher.get_item(dataset.id, f"demo_{layer}")
-            assert set(item["assets"]) == {"data"}
+            assert set(item["assets"]) == {f"demo_{layer}"}
             metadata = latest_metadata(instance, keys.step("stac_item"), layer)
             assert "thumbnail" not in metadata
             # The link to the published item is there all the same (a file of the catalog).

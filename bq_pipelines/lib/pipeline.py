@@ -40,7 +40,8 @@ from bq_pipelines.lib.storage import ObjectOwner, ObjectStore, StoredObject, obj
 logger = logging.getLogger(__name__)
 
 # Bump when a change here alters what a partition produces: it invalidates skip-unchanged.
-PIPELINE_VERSION = "1"
+# 2: the COG asset keyed by the item id, proj:epsg beside proj:code, spatial_resolution.
+PIPELINE_VERSION = "2"
 
 
 class Step(StrEnum):
@@ -310,7 +311,7 @@ def _describe(
         start_datetime=plan.start_datetime,
         end_datetime=plan.end_datetime,
         properties=plan.properties,
-        asset=stac.ItemAssetSpec(href=href, title=plan.title or plan.file_name),
+        asset=stac.ItemAssetSpec(href=href, key=plan.item_id, title=plan.title or plan.file_name),
         file_size=info.size,
         file_sha256=info.sha256,
         values=values,

@@ -38,10 +38,10 @@ from bq_pipelines.lib.errors import StacValidationError
 
 logger = logging.getLogger(__name__)
 
-# Versions pinned to what pystac 1.15 writes and what the offline schema folder holds.
-# Projection v2.0.0 replaced proj:epsg by proj:code ("EPSG:4326"). Raster stays at v1.1.0:
-# v2.0.0 drops raster:bands.
-PROJECTION_SCHEMA = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+# Versions pinned to what the offline schema folder holds. Projection v1.2.0: the legacy catalog's
+# items carry `proj:epsg`, which clients read; v1.2.0 has it beside `proj:code` ("EPSG:4326"),
+# while v2.0.0 forbids it. Raster stays at v1.1.0: v2.0.0 drops raster:bands.
+PROJECTION_SCHEMA = "https://stac-extensions.github.io/projection/v1.2.0/schema.json"
 RASTER_SCHEMA = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 EO_SCHEMA = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
@@ -73,10 +73,11 @@ GLOBAL_BBOX = [-180.0, -90.0, 180.0, 90.0]
 
 @dataclass(frozen=True)
 class ItemAssetSpec:
-    """The COG asset of an item."""
+    """The COG asset of an item, keyed by the item id as in the legacy catalog (clients read
+    `item.assets[item.id]`)."""
 
     href: str
-    key: str = "data"
+    key: str
     title: str | None = None
     roles: tuple[str, ...] = ("data",)
     media_type: str = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -140,10 +141,14 @@ def _grid_fields_of(
 def _projection_properties(
     crs: CRS, transform: Affine, width: int, height: int, bounds: Sequence[float]
 ) -> dict[str, Any]:
-    """Projection v2.0 fields. `proj:code` only for an exact EPSG match; any other CRS gets a
-    null code with WKT2 and PROJJSON, so clients can still reconstruct it."""
+    """Projection v1.2 fields. `proj:epsg` (the legacy field, an integer) and `proj:code` only
+    for an exact EPSG match; any other CRS gets null ones with WKT2 and PROJJSON, so clients can
+    still reconstruct it."""
     epsg = georef.exact_epsg(crs)
-    fields: dict[str, Any] = {"proj:code": f"EPSG:{epsg}" if epsg is not None else None}
+    fields: dict[str, Any] = {
+        "proj:epsg": epsg,
+        "proj:code": f"EPSG:{epsg}" if epsg is not None else None,
+    }
     if epsg is None:
         fields["proj:wkt2"] = crs.to_wkt(version="WKT2_2019")
         fields["proj:projjson"] = crs.to_dict(projjson=True)
@@ -242,6 +247,8 @@ def _raster_bands(
     for index, dtype in zip(src.indexes, src.dtypes, strict=True):
         band: dict[str, Any] = {
             "data_type": _RASTER_DATA_TYPES.get(dtype, dtype),
+            # As the legacy items had it: the pixel width, in the CRS's units.
+            "spatial_resolution": src.res[0],
             "scale": src.scales[index - 1],
             "offset": src.offsets[index - 1],
         }
@@ -350,6 +357,17 @@ def build_item(
 
 
 THUMBNAIL_ASSET = "thumbnail"
+
+
+def data_asset(item: pystac.Item | Mapping[str, Any]) -> Mapping[str, Any]:
+    """The item's COG asset (keyed by the item id); KeyError naming the item otherwise."""
+    document = _as_dict(item)
+    assets = document.get("assets") or {}
+    item_id = document.get("id")
+    if item_id not in assets:
+        raise KeyError(f"item {item_id!r} has no asset keyed by its id (its COG)")
+    asset: Mapping[str, Any] = assets[item_id]
+    return asset
 
 
 def add_thumbnail(item: pystac.Item, href: str, *, size: int, sha256: str) -> None:

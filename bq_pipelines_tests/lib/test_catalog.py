@@ -36,10 +36,11 @@ def item_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def clone(template: dict[str, Any], collection_id: str, item_id: str, **props: Any) -> pystac.Item:
     document = copy.deepcopy(template)
+    document["assets"] = {item_id: document["assets"].pop(document["id"])}
     document["id"] = item_id
     document["collection"] = collection_id
     document["properties"].update(props)
-    document["assets"]["data"]["href"] = f"https://object-store.example/bq-io/io/{item_id}.tif"
+    document["assets"][item_id]["href"] = f"https://object-store.example/bq-io/io/{item_id}.tif"
     return pystac.Item.from_dict(document)
 
 
@@ -75,7 +76,7 @@ def test_static_catalog_round_trip(tmp_path: Path) -> None:
     for item in loaded:
         assert item.get_root().id == "bq-io"
         assert (
-            item.assets["data"].href
+            item.assets[item.id].href
             == f"https://object-store.example/bq-io/io/chelsa/{item.id}.tif"
         )
         assert item.to_dict(include_self_link=False)["properties"]["variable"] == "tas"
@@ -227,8 +228,8 @@ def test_api_publish_is_idempotent(
     stored = api.get_item(api_collection_id, "tas_2001_03")
     validate(stored)
     assert (
-        stored["assets"]["data"]["file:checksum"]
-        == item.assets["data"].extra_fields["file:checksum"]
+        stored["assets"]["tas_2001_03"]["file:checksum"]
+        == item.assets["tas_2001_03"].extra_fields["file:checksum"]
     )
 
     assert api.upsert_item(item) == "unchanged"
@@ -316,9 +317,9 @@ def test_missing_item_ids_pages_through_search(
     # What skip-unchanged compares with the store: each found item's assets (sizes, checksums).
     found = api.get_items(api_collection_id, wanted)
     assert sorted(found) == [f"sp-{n:03d}" for n in range(25, 30)]
-    expected_asset = items[27].assets["data"].to_dict()
-    assert found["sp-027"]["assets"]["data"]["file:checksum"] == expected_asset["file:checksum"]
-    assert found["sp-027"]["assets"]["data"]["href"] == expected_asset["href"]
+    expected_asset = items[27].assets["sp-027"].to_dict()
+    assert found["sp-027"]["assets"]["sp-027"]["file:checksum"] == expected_asset["file:checksum"]
+    assert found["sp-027"]["assets"]["sp-027"]["href"] == expected_asset["href"]
 
     static = StaticCatalogPublisher(tmp_path / "catalog")
     static.ensure_collection(collection_for(api_collection_id, []))

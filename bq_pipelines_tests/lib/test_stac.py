@@ -74,7 +74,9 @@ def item_for(cog: Cog, item_id: str = "tas_2001_03", **overrides: Any) -> pystac
         "collection_id": "chelsa-monthly",
         "datetime_": datetime(2001, 3, 1, tzinfo=UTC),
         "asset": ItemAssetSpec(
-            href=f"https://object-store.example/bq-io/io/chelsa/{item_id}.tif", title="tas"
+            href=f"https://object-store.example/bq-io/io/chelsa/{item_id}.tif",
+            key=item_id,
+            title="tas",
         ),
         "properties": LEGACY_PROPERTIES,
         "file_size": cog.size,
@@ -137,6 +139,8 @@ def test_item_is_valid_and_complete(cog: Cog) -> None:
         assert props["proj:transform"][:6] == list(src.transform)[:6]
         epsg = src.crs.to_epsg() if src.crs.is_epsg_code else None
         dtypes, count = src.dtypes, src.count
+    # The legacy field, an integer (never WKT text), beside projection v1.2's proj:code.
+    assert props["proj:epsg"] == (epsg or None)
     if epsg:
         assert props["proj:code"] == f"EPSG:{epsg}"
         assert "proj:wkt2" not in props
@@ -144,9 +148,10 @@ def test_item_is_valid_and_complete(cog: Cog) -> None:
         assert props["proj:code"] is None
         assert props["proj:wkt2"].startswith("PROJCRS[")
         assert props["proj:projjson"]["type"] == "ProjectedCRS"
-    assert "proj:epsg" not in props
 
-    asset = item.assets["data"]
+    # Keyed by the item id, as in the legacy catalog (`item.assets[item.id]`).
+    assert list(item.assets) == ["tas_2001_03"]
+    asset = item.assets["tas_2001_03"]
     assert asset.href.startswith("https://object-store.example/")
     assert asset.media_type == "image/tiff; application=geotiff; profile=cloud-optimized"
     assert asset.roles == ["data"]
@@ -155,6 +160,8 @@ def test_item_is_valid_and_complete(cog: Cog) -> None:
     assert len(bands) == count
     for band, dtype in zip(bands, dtypes, strict=True):
         assert band["data_type"] == dtype
+        transform = raster_transform(cog.spec)
+        assert band["spatial_resolution"] == pytest.approx(math.hypot(transform.a, transform.d))
         assert "histogram" not in band
         stats = band["statistics"]
         assert stats["minimum"] <= stats["mean"] <= stats["maximum"]
@@ -191,8 +198,8 @@ def test_an_item_from_values_in_memory_is_the_item_read_from_its_cog(cog: Cog) -
     assert json.dumps(described) == json.dumps(item_for(cog).to_dict())
     # Other values are taken as they are: the statistics come from them, not from the COG.
     shifted = item_for(cog, values=[v + 1 for v in values]).to_dict()
-    statistics = [b["statistics"] for b in described["assets"]["data"]["raster:bands"]]
-    shifted_statistics = [b["statistics"] for b in shifted["assets"]["data"]["raster:bands"]]
+    statistics = [b["statistics"] for b in described["assets"]["tas_2001_03"]["raster:bands"]]
+    shifted_statistics = [b["statistics"] for b in shifted["assets"]["tas_2001_03"]["raster:bands"]]
     for before, after in zip(statistics, shifted_statistics, strict=True):
         if "mean" in before:
             assert after["mean"] == pytest.approx(before["mean"] + 1, rel=1e-5)
@@ -254,8 +261,8 @@ def valid_item_dict(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         (("properties", "proj:code"), 32198, "proj:code"),
         (("properties", "proj:shape"), [200.5, 300], "proj:shape"),
         (("properties", "datetime"), "the first of March", "datetime"),
-        (("assets", "data", "file:checksum"), "not hex!", "file:checksum"),
-        (("assets", "data", "raster:bands"), "not a list", "raster:bands"),
+        (("assets", "tas_2001_03", "file:checksum"), "not hex!", "file:checksum"),
+        (("assets", "tas_2001_03", "raster:bands"), "not a list", "raster:bands"),
         (("properties", "proj:projjson"), {"type": "NotACRS"}, "proj:projjson"),
     ],
 )
@@ -360,7 +367,7 @@ def test_classification_classes_validate(valid_item_dict: dict[str, Any]) -> Non
     classification = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
     item = copy.deepcopy(valid_item_dict)
     item["stac_extensions"].append(classification)
-    band = item["assets"]["data"]["raster:bands"][0]
+    band = item["assets"][item["id"]]["raster:bands"][0]
     band["classification:classes"] = [
         {"value": 1, "name": "water", "description": "Open water"},
         {"value": 2, "name": "forest", "description": "Closed forest"},
@@ -409,7 +416,7 @@ def test_schemas_folder_adds_and_overrides_shipped_schemas(
 
     # A file of the folder takes precedence over the shipped one of the same URL.
     replaced = tmp_path / "replaced"
-    write_schema(replaced, "projection", "v2.0.0", requiring(PROJECTION_SCHEMA, "proj:centroid"))
+    write_schema(replaced, "projection", "v1.2.0", requiring(PROJECTION_SCHEMA, "proj:centroid"))
     validate(valid_item_dict)
     with pytest.raises(StacValidationError, match=f"fails schema {PROJECTION_SCHEMA}"):
         validate(valid_item_dict, replaced)
@@ -554,7 +561,7 @@ def test_display_item_statistics_count_only_real_pixels(
 
     item = item_for(cog_of(info, spec))
 
-    [band] = item.assets["data"].extra_fields["raster:bands"]
+    [band] = item.assets[item.id].extra_fields["raster:bands"]
     with rasterio.open(info.path) as out:
         valid = out.dataset_mask() > 0
         values = np.ma.masked_invalid(out.read(1, masked=True))
@@ -579,7 +586,7 @@ def test_item_carries_units_scale_offset_classes_and_descriptions(
 
     item = item_for(cog_of(info))
 
-    asset = item.assets["data"]
+    asset = item.assets[item.id]
     band = asset.extra_fields["raster:bands"][0]
     assert band["unit"] == metadata.unit
     assert (band["scale"], band["offset"]) == (metadata.scale, metadata.offset)
