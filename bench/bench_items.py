@@ -188,9 +188,7 @@ def produce_previous_path(
                 collection_id=plan.collection_id,
                 datetime_=plan.datetime,
                 properties=plan.properties,
-                asset=stac.ItemAssetSpec(
-                    href=store.href(key), key=plan.item_id, title=plan.title
-                ),
+                asset=stac.ItemAssetSpec(href=store.href(key), key=plan.item_id, title=plan.title),
                 file_size=info.size,
                 file_sha256=info.sha256,
             )

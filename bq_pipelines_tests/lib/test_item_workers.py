@@ -138,9 +138,7 @@ def test_items_described_from_memory_equal_items_read_back_from_their_cogs(
             collection_id=plan.collection_id,
             datetime_=plan.datetime,
             properties=plan.properties,
-            asset=stac.ItemAssetSpec(
-                href=produced.stored.href, key=plan.item_id, title=plan.title
-            ),
+            asset=stac.ItemAssetSpec(href=produced.stored.href, key=plan.item_id, title=plan.title),
             file_size=produced.stored.size,
             file_sha256=produced.stored.sha256,
         ).to_dict()
