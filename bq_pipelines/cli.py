@@ -1,5 +1,6 @@
-"""Command line: demo data, datasets and their partitions, materializing a dataset, auditing it
-against the object store, catalog backups and restores.
+"""Command line: demo data, datasets and their partitions, what a dataset would publish and how
+that compares with a catalog, adopting what a catalog already publishes, materializing a
+dataset, auditing it against the object store, catalog backups and restores.
 
 `bq-pipelines materialize demo` is what `make demo` runs. With DAGSTER_HOME set (the Makefile
 sets it to .bq/dagster), runs are launched through the code location into that instance, so
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import sys
 import warnings
@@ -23,6 +25,7 @@ import dagster as dg
 from bq_pipelines.audit import AuditReport, audit, delete_orphans
 from bq_pipelines.backup import cli as backup_cli
 from bq_pipelines.backup_assets import run_backup_command
+from bq_pipelines.comparison import PlannedItem, compare, planned_items, report_lines
 from bq_pipelines.declarations import Declaration, load_declarations
 from bq_pipelines.definitions import defs
 from bq_pipelines.demo import write_demo_rasters
@@ -32,15 +35,18 @@ from bq_pipelines.factory import (
     discover_files,
     op_name,
 )
+from bq_pipelines.keys import keys_by_dimension, partitions_definition
 from bq_pipelines.launch import (
     Materialization,
     RunReport,
     code_location_launcher,
     materialize,
 )
+from bq_pipelines.lib.catalog import open_catalog
 from bq_pipelines.lib.errors import ConfigError, PipelineError
 from bq_pipelines.lib.redaction import redact_url
-from bq_pipelines.resources import services_for
+from bq_pipelines.plans import SourceLocations
+from bq_pipelines.resources import resources_for, services_for
 from bq_pipelines.settings import Settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -85,6 +91,34 @@ def partition_keys(
         found = discover_files(declaration, settings.local_data_root)
         instance.add_dynamic_partitions(partitions_def.name or "", found)
     return list(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
+
+
+def selected_partitions(
+    declaration: Declaration, settings: Settings, wanted: Sequence[str] | None
+) -> dict[str, dict[str, str]]:
+    """The dimension values of the `wanted` partitions (all by default), without loading the
+    code location: file partitions are the files present under the data root."""
+    partitions_def = partitions_definition(declaration.id, declaration.partitions)
+    if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
+        valid = discover_files(declaration, settings.local_data_root)
+    else:
+        valid = list(partitions_def.get_partition_keys())
+    check_partitions(declaration.id, wanted or [], valid)
+    return {key: keys_by_dimension(declaration, partitions_def, key) for key in (wanted or valid)}
+
+
+def planned_for(
+    declaration: Declaration, settings: Settings, wanted: Sequence[str] | None
+) -> list[PlannedItem]:
+    """The items of the partitions, with the hrefs the settings in effect give them."""
+    partitions = selected_partitions(declaration, settings, wanted)
+    resource = resources_for(settings)["object_store"]
+    with dg.build_resources({"object_store": resource}) as built:
+        store = built.object_store.store()
+        locations = SourceLocations(
+            base_urls=dict(settings.source_base_urls), local_root=settings.local_data_root
+        )
+        return planned_items(declaration, partitions, store, built.object_store.prefix, locations)
 
 
 def closest_keys(key: str, valid: Sequence[str], count: int = SUGGESTIONS) -> list[str]:
@@ -187,6 +221,85 @@ def partitions_command(args: argparse.Namespace, settings: Settings) -> int:
     declaration = _declaration(args.dataset)
     for key in partition_keys(declaration, defs(), _instance(), settings):
         print(key)
+    return 0
+
+
+def plan_command(args: argparse.Namespace, settings: Settings) -> int:
+    declaration = _declaration(args.dataset)
+    planned = planned_for(declaration, settings, args.partition)
+    if args.json:
+        for found in planned:
+            print(json.dumps(found.document, ensure_ascii=False))
+        return 0
+    rows = [
+        (
+            found.partition_key,
+            found.plan.item_id,
+            found.document["properties"].get("datetime")
+            or found.document["properties"].get("start_datetime", ""),
+            redact_url(found.document["assets"][found.plan.item_id]["href"]),
+        )
+        for found in planned
+    ]
+    print_table(("partition", "item", "datetime", "href"), rows)
+    print(f"{_count(len(planned), 'item')} in {_count(len({r[0] for r in rows}), 'partition')}")
+    return 0
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def compare_command(args: argparse.Namespace, settings: Settings) -> int:
+    declaration = _declaration(args.dataset)
+    planned = planned_for(declaration, settings, args.partition)
+    catalog = open_catalog(args.catalog)
+    result = compare(
+        declaration,
+        planned,
+        catalog.iter_items(declaration.id),
+        catalog.get_collection(declaration.id),
+        redact_url(args.catalog),
+        whole_dataset=not args.partition,
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False, default=str))
+    else:
+        print("\n".join(report_lines(result)))
+    return 0 if result.same else 1
+
+
+def adopt_command(args: argparse.Namespace, settings: Settings) -> int:
+    declaration = _declaration(args.dataset)
+    definitions = defs()
+    instance = _instance()
+    valid = partition_keys(declaration, definitions, instance, settings)
+    check_partitions(declaration.id, args.partition or [], valid)
+    job = definitions.resolve_job_def(op_name(declaration.id, "adopt_job"))
+    config = {"partitions": list(args.partition or [])}
+    result = job.execute_in_process(
+        run_config={"ops": {op_name(declaration.id, "adopt"): {"config": config}}},
+        instance=instance,
+        raise_on_error=False,
+    )
+    if not result.success:
+        print(f"adopt run {result.run_id[:8]}: FAILED (see the run in the UI)", file=sys.stderr)
+        return 1
+    found = result.output_for_node(op_name(declaration.id, "adopt"))
+    wanted = len(args.partition or valid)
+    print(
+        f"{declaration.id}: {_count(len(found['adopted']), 'partition')} of {wanted} adopted "
+        f"(run {result.run_id[:8]}); {_count(len(found['refused']), 'partition')} left to the "
+        "next backfill"
+    )
+    for partition_key, reasons in found["refused"].items():
+        print(f"  {partition_key}: {'; '.join(reasons)}")
     return 0
 
 
@@ -294,6 +407,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         action="store_true",
         help=f"redo every partition, even unchanged ones (run tag {FORCE_TAG}=true)",
     )
+    plan = commands.add_parser(
+        "plan", help="the items a dataset's partitions would publish (nothing fetched)"
+    )
+    plan.add_argument("dataset")
+    plan.add_argument("--partition", action="append", help="a partition key (default: all)")
+    plan.add_argument("--json", action="store_true", help="one STAC item (as planned) per line")
+    against = commands.add_parser(
+        "compare",
+        help="compare what a dataset plans with what a catalog publishes (exit 1 if different)",
+    )
+    against.add_argument("dataset")
+    against.add_argument("catalog", help="a STAC API URL, or the path of a static catalog.json")
+    against.add_argument("--partition", action="append", help="a partition key (default: all)")
+    against.add_argument("--json", action="store_true", help="the report as one JSON object")
+    adopt = commands.add_parser(
+        "adopt",
+        help="record the partitions the catalog already publishes as planned as materialized",
+    )
+    adopt.add_argument("dataset")
+    adopt.add_argument("--partition", action="append", help="a partition key (default: all)")
     check = commands.add_parser(
         "audit", help="compare a dataset's catalog items with the objects in the store"
     )
@@ -308,6 +441,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "demo-data": demo_data_command,
         "datasets": datasets_command,
         "partitions": partitions_command,
+        "plan": plan_command,
+        "compare": compare_command,
+        "adopt": adopt_command,
         "materialize": materialize_command,
         "audit": audit_command,
         **dict.fromkeys(backup_cli.COMMANDS, backup_command),

@@ -26,6 +26,15 @@ from bq_pipelines.lib import names
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.lib.preview import thumbnail_file_name
+from bq_pipelines.lib.stac import THUMBNAIL_ASSET
+from bq_pipelines.templates import (
+    TypedTemplate,
+    as_typed,
+    parse_datetime,
+    render,
+    render_property,
+)
+from bq_pipelines.templates import template_fields as _template_fields
 
 STATIC_KEY_SEPARATOR = "__"
 FILES_DIMENSION = "file"
@@ -239,11 +248,24 @@ class StaticDimension(_Strict):
 
 class FilesMetadata(_Strict):
     """A CSV under the local data root with one row per file (like the legacy stressors_qc
-    list): its `columns` become template variables of the file's partition."""
+    list): its `columns` become template variables of the file's partition. `overrides`
+    replace cells of a file's row (by file name): a fix of the CSV kept in the declaration,
+    e.g. the legacy stressors CSV giving two files the same id."""
 
     csv: str
     key: str = "filename"  # the column holding the file name
     columns: Annotated[list[str], Field(min_length=1)]
+    overrides: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _overrides_name_columns(self) -> FilesMetadata:
+        for file_name, cells in self.overrides.items():
+            unknown = sorted(set(cells) - set(self.columns))
+            if unknown:
+                raise ValueError(
+                    f"overrides: {file_name!r}: {unknown} are not among the columns {self.columns}"
+                )
+        return self
 
     @field_validator("csv")
     @classmethod
@@ -379,6 +401,16 @@ class Source(_Strict):
         return names.relative_path_problem(rendered)
 
 
+class ExpansionNames(_Strict):
+    """The names of the expanded entities, read from the source file itself (an EBV cube's
+    `entity` variable holds its species names): item `i` gets the `i - start + 1`-th name as
+    the template variable `variable`, with each `replace` key replaced by its value."""
+
+    variable: str
+    netcdf_variable: str = "entity"
+    replace: dict[str, str] = Field(default_factory=dict)
+
+
 class ItemExpansion(_Strict):
     """Many items from one partition: item `i` (start..start+count-1) reads band
     `first_band + (i - start) * stride` of the source (e.g. one species of an EBV cube)."""
@@ -388,6 +420,11 @@ class ItemExpansion(_Strict):
     count: int = Field(ge=1, le=MAX_ITEMS_PER_PARTITION)
     first_band: str = "1"  # a template rendering to an integer, e.g. "{band_offset}"
     stride: int = Field(default=1, ge=1, le=1_000_000)
+    names: ExpansionNames | None = None
+
+    def placeholder_name(self, index: int) -> str:
+        """What stands for an entity's name at load, before the source is read."""
+        return f"entity{index}"
 
 
 class ItemTemplate(_Strict):
@@ -398,7 +435,15 @@ class ItemTemplate(_Strict):
     datetime: str | None = None  # ISO template; default: the time partition's start
     start_datetime: str | None = None
     end_datetime: str | None = None
+    # Literals, templates, or typed templates `{template: ..., type: integer}` (templates.py).
     properties: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _typed_properties(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            return {key: as_typed(value) for key, value in raw.items()}
+        return raw
 
 
 class Condition(_Strict):
@@ -415,6 +460,8 @@ class Variant(_Strict):
     when: dict[str, str | int | list[str | int] | Condition]
     source: Source | None = None
     cog: CogOverrides | None = None
+    # Template variables of the matching partitions (ESA CCI's file names and versions).
+    vars: dict[str, str | int | float] = Field(default_factory=dict)
 
     def matches(self, variables: Mapping[str, Any]) -> bool:
         return all(_matches(variables.get(name), test) for name, test in self.when.items())
@@ -430,6 +477,25 @@ def _matches(value: Any, test: Any) -> bool:
     if isinstance(test, list):
         return str(value) in {str(t) for t in test}
     return str(value) == str(test)
+
+
+class LegacyDifference(_Strict):
+    """A deliberate difference from what the legacy catalog published (a fix of a legacy bug),
+    with its reason: `bq-pipelines compare` reports it apart, and the README's "Differences from
+    the legacy catalog" lists it.
+
+    `field` is what differs: a collection field (`license`, `title`, `description`,
+    `extent.temporal`), an item field (`properties.<name>`, `datetime`, `assets.href`), or
+    `id` (a legacy item id no longer published, `items` naming them). `items` names the items
+    concerned; empty means every item (or the collection itself for a collection field).
+    """
+
+    field: str
+    items: list[str] = Field(default_factory=list)
+    reason: Annotated[str, Field(min_length=10)]
+
+    def covers(self, field: str, item_id: str | None) -> bool:
+        return self.field == field and (not self.items or item_id in self.items)
 
 
 @dataclass(frozen=True)
@@ -471,6 +537,26 @@ class Declaration(_Strict):
     # A cron: a time-partitioned dataset's schedule materializing its newest period (a series
     # without an end gets one at its cadence by default). Off until turned on in the UI.
     schedule: str | None = None
+    # The collection's temporal extent as the legacy catalog declared it (first and last day,
+    # published as midnight of each); every item's dates must lie within those days.
+    temporal_extent: tuple[date, date] | None = None
+    # What this declaration publishes differently from the legacy catalog, and why.
+    legacy_differences: list[LegacyDifference] = Field(default_factory=list)
+
+    def legacy_difference(self, field: str, item_id: str | None = None) -> LegacyDifference | None:
+        """The declared difference covering `field` of `item_id` (of the collection: None)."""
+        return next((d for d in self.legacy_differences if d.covers(field, item_id)), None)
+
+    @model_validator(mode="after")
+    def _bounded_extent(self) -> Declaration:
+        extent = self.temporal_extent
+        if extent is not None and extent[1] < extent[0]:
+            raise ValueError(f"temporal_extent: {extent[1]} is before {extent[0]}")
+        if extent is not None and self.grows:
+            raise ValueError(
+                "temporal_extent: a growing series takes its extent from its items; declare none"
+            )
+        return self
 
     @field_validator("owners")
     @classmethod
@@ -541,6 +627,16 @@ class Declaration(_Strict):
             expand.variable in known - {expand.variable} or expand.variable in self._dims
         ):
             raise ValueError(f"item.expand.variable: {expand.variable!r} is already a variable")
+        if expand is not None and expand.names is not None:
+            if expand.names.variable in known - {expand.names.variable}:
+                raise ValueError(
+                    f"item.expand.names.variable: {expand.names.variable!r} is already a variable"
+                )
+            if self.source.local is None:
+                raise ValueError(
+                    "item.expand.names: the names are read from the source file when the items "
+                    "are planned, so the source must be `local` (under the data root)"
+                )
         if (
             self.partitions.time is None
             and self.item.datetime is None
@@ -590,6 +686,9 @@ class Declaration(_Strict):
         for dimension, value in zip(self.partitions.static, chosen, strict=True):
             variables[dimension.name] = value.value
             variables |= value.vars
+        variant = self.variant_for(variables)
+        if variant is not None:
+            variables |= variant.vars
         return variables
 
     def variant_for(self, variables: Mapping[str, Any]) -> Variant | None:
@@ -619,14 +718,26 @@ class Declaration(_Strict):
             rendered.append(RenderedSource(source, label, location, subdataset))
         return rendered
 
-    def item_variables(self, variables: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-        """The variables of each item of the partition: one, or one per expanded index."""
+    def item_variables(
+        self, variables: Mapping[str, Any], names: Sequence[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The variables of each item of the partition: one, or one per expanded index (with
+        its entity's name from `names`, as read from the source, when the expansion has
+        names; placeholders otherwise)."""
         expand = self.item.expand
         if expand is None:
             yield dict(variables)
             return
         for index in range(expand.start, expand.start + expand.count):
-            yield {**variables, expand.variable: index}
+            yield {**variables, **self._entity_name(index, names), expand.variable: index}
+
+    def _entity_name(self, index: int, names: Sequence[str] | None) -> dict[str, str]:
+        expand = self.item.expand
+        if expand is None or expand.names is None:
+            return {}
+        if names is None:
+            return {expand.names.variable: expand.placeholder_name(index)}
+        return {expand.names.variable: names[index - expand.start]}
 
     def first_band(self, variables: Mapping[str, Any]) -> int:
         """The band the first expanded item reads."""
@@ -645,6 +756,8 @@ class Declaration(_Strict):
         catalog accept, a plain file name for its object key."""
         item_id = render(self.item.id, variables, "item.id")
         problem = names.id_problem(item_id)
+        if problem is None and self.thumbnails and item_id == THUMBNAIL_ASSET:
+            problem = "is the key of the thumbnail asset (thumbnails: true)"
         if problem is not None:
             raise ConfigError(f"item.id: {item_id!r}: {problem}")
         field = "item.file_name" if self.item.file_name else "item.id"
@@ -692,6 +805,13 @@ class Declaration(_Strict):
             )
         return moment, start, end
 
+    def item_properties(self, variables: Mapping[str, Any]) -> dict[str, Any]:
+        """One item's declared properties, rendered with their types (templates.py)."""
+        return {
+            key: render_property(value, variables, f"item.properties.{key}")
+            for key, value in self.item.properties.items()
+        }
+
     # --------------------------------------------------------------- checks at load
 
     def _key_templates(self) -> list[tuple[str, str]]:
@@ -706,6 +826,29 @@ class Declaration(_Strict):
     def key_file_template(self) -> str:
         """The template of the file name under the folder: what two datasets may share."""
         return self.item.file_name or f"{self.item.id}.tif"
+
+    @cached_property
+    def every_file_name(self) -> frozenset[str] | None:
+        """Every COG file name the dataset can write, when its partitions are all declared
+        (static values, a bounded time series, items not named after a source's content) and
+        few enough to render; None when they are not known in advance."""
+        partitions = self.partitions
+        expand = self.item.expand
+        if (
+            partitions.files is not None
+            or (partitions.time is not None and partitions.time.end is None)
+            or (expand is not None and (expand.names is not None or expand.count > 1))
+        ):
+            return None
+        combinations = math.prod(len(d.values) for d in partitions.static)
+        periods = len(partitions.time.period_starts()) if partitions.time else 1
+        if combinations * periods > MAX_PARTITIONS_RENDERED_AT_LOAD:
+            return None
+        return frozenset(
+            self.item_names(item_variables)[1]
+            for _, variables in self._partition_samples()
+            for item_variables in self._sampled_items(variables)
+        )
 
     def _partition_variable_missing_from(self, template: str) -> str | None:
         """Why `template` would give two partitions (or two expanded items) the same value:
@@ -741,7 +884,8 @@ class Declaration(_Strict):
                     f"use it, {{date}}, or {alternative}"
                 )
         expand = self.item.expand
-        if expand is not None and expand.count > 1 and expand.variable not in used:
+        named = expand is not None and expand.names is not None and expand.names.variable in used
+        if expand is not None and expand.count > 1 and expand.variable not in used and not named:
             return (
                 f"does not vary with {{{expand.variable}}} (item.expand.variable): the "
                 f"{expand.count} items of a partition would share one"
@@ -796,12 +940,25 @@ class Declaration(_Strict):
                     _claim(ids, item_id, label, "item.id")
                     _claim(files, file_name, label, file_field)
                     if dated:
-                        self.item_datetimes(item_variables)
+                        self.check_in_extent(self.item_datetimes(item_variables))
+                        self.item_properties(item_variables)
                 self.rendered_sources(variables)
                 if dated and self.item.expand is not None:
                     self.first_band(variables)
             except ConfigError as error:
                 raise ValueError(f"{error} (partition {label})") from None
+
+    def check_in_extent(self, moments: Sequence[datetime | None]) -> None:
+        """ConfigError naming `temporal_extent` when an item's dates fall outside it."""
+        if self.temporal_extent is None:
+            return
+        first, last = self.temporal_extent
+        for moment in (m for m in moments if m is not None):
+            if not first <= moment.astimezone(UTC).date() <= last:
+                raise ConfigError(
+                    f"temporal_extent: [{first}, {last}] does not hold the item date "
+                    f"{moment.isoformat()}"
+                )
 
     def _sampled_items(self, variables: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The first and the last item of a partition (their ids are the shortest and the
@@ -810,7 +967,10 @@ class Declaration(_Strict):
         if expand is None:
             return [dict(variables)]
         indexes = dict.fromkeys((expand.start, expand.start + expand.count - 1))
-        return [{**variables, expand.variable: index} for index in indexes]
+        return [
+            {**variables, **self._entity_name(index, None), expand.variable: index}
+            for index in indexes
+        ]
 
     def _partition_samples(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(label, variables) of the partitions rendered at load."""
@@ -868,7 +1028,9 @@ class Declaration(_Strict):
             if value:
                 yield f"item.{name}", value
         for key, value in self.item.properties.items():
-            if isinstance(value, str):
+            if isinstance(value, TypedTemplate):
+                yield f"item.properties.{key}", value.template
+            elif isinstance(value, str):
                 yield f"item.properties.{key}", value
 
     @property
@@ -886,6 +1048,10 @@ class Declaration(_Strict):
                 names |= set(self.partitions.files.metadata.columns)
         if self.item.expand is not None:
             names.add(self.item.expand.variable)
+            if self.item.expand.names is not None:
+                names.add(self.item.expand.names.variable)
+        for variant in self.variants:
+            names |= set(variant.vars)
         if self.partitions.time:
             names |= {*TIME_VARIABLES, self.partitions.time.name}
         for dim in self.partitions.static:
@@ -914,34 +1080,6 @@ def time_variables(time: TimeDimension, start: date) -> dict[str, Any]:
         "day": start.day,
         "date": start.isoformat(),
     }
-
-
-def parse_datetime(text: str, field: str) -> datetime:
-    """An ISO date/time (naive means UTC); ConfigError naming the field otherwise."""
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as error:
-        raise ConfigError(f"{field}: {text!r} is not an ISO date/time: {error}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _template_fields(template: str, field: str) -> list[str]:
-    try:
-        return [
-            name.split(".")[0].split("[")[0]
-            for _, name, _, _ in string.Formatter().parse(template)
-            if name is not None
-        ]
-    except ValueError as error:
-        raise ValueError(f"{field}: bad template {template!r}: {error}") from error
-
-
-def render(template: str, variables: Mapping[str, Any], field: str) -> str:
-    """Fill a template; errors name the field (e.g. a format spec that does not fit)."""
-    try:
-        return template.format(**variables)
-    except (KeyError, ValueError, IndexError, TypeError) as error:
-        raise ConfigError(f"{field}: cannot render {template!r}: {error}") from error
 
 
 def _format_validation_error(origin: str, error: ValidationError) -> str:
@@ -1034,11 +1172,14 @@ def load_declarations(paths: Iterable[Path] | None = None) -> list[Declaration]:
 def check_distinct_keys(declarations: Sequence[tuple[str, Declaration]]) -> None:
     """ConfigError when two datasets can write the same object key `<prefix>/<folder>/<file>`.
 
-    Two datasets in the same folder are refused unless their file name templates provably
-    never render alike: their fixed beginnings (or endings) differ, neither being a prefix (a
-    suffix) of the other, e.g. `..._gain_{tile}.tif` and `..._lossyear_{tile}.tif`. Anything
-    weaker would have to trust which values a variable will take (a dimension gaining a
-    value, a file dropped in a folder), and a shared key loses data silently.
+    Two datasets in the same folder are refused unless they provably never write the same
+    file: when every partition of both is declared (static values, bounded series), their file
+    names are rendered and must not meet (CHELSA's climatologies and projections share the
+    legacy folder); otherwise their file name templates must never render alike: their fixed
+    beginnings (or endings) differ, neither being a prefix (a suffix) of the other, e.g.
+    `..._gain_{tile}.tif` and `..._lossyear_{tile}.tif`. Anything weaker would have to trust
+    which values a variable will take (a file dropped in a folder, a series growing), and a
+    shared key loses data silently. A declared value added later is checked at that load.
     """
     by_folder: dict[str, list[tuple[str, Declaration]]] = {}
     for origin, declaration in declarations:
@@ -1046,13 +1187,25 @@ def check_distinct_keys(declarations: Sequence[tuple[str, Declaration]]) -> None
         by_folder.setdefault(folder, []).append((origin, declaration))
     for folder, sharing in by_folder.items():
         for (first_origin, first), (other_origin, other) in itertools.combinations(sharing, 2):
-            a, b = first.key_file_template, other.key_file_template
-            if templates_may_overlap(a, b):
+            met = _file_names_met(first, other)
+            if met is not None:
                 raise ConfigError(
                     f"{other_origin}: folder: {folder!r} is also the folder of {first_origin}, "
-                    f"and their file names may be the same ({b!r} and {a!r}): one dataset "
-                    "would overwrite the other's objects; give each dataset its own folder"
+                    f"and their file names {met}: one dataset would overwrite the other's "
+                    "objects; give each dataset its own folder"
                 )
+
+
+def _file_names_met(first: Declaration, other: Declaration) -> str | None:
+    """How two datasets of one folder may write the same file, or None when they cannot: their
+    file names when both are known in advance (every partition declared), their templates
+    otherwise."""
+    names, other_names = first.every_file_name, other.every_file_name
+    if names is not None and other_names is not None:
+        shared = sorted(names & other_names)
+        return f"meet ({', '.join(map(repr, shared[:3]))})" if shared else None
+    a, b = first.key_file_template, other.key_file_template
+    return f"may be the same ({b!r} and {a!r})" if templates_may_overlap(a, b) else None
 
 
 def _literal_ends(template: str) -> tuple[str, str, bool]:

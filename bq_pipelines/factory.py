@@ -20,6 +20,8 @@ from typing import Any
 
 import dagster as dg
 
+from bq_pipelines.adopt_job import adopt_job
+from bq_pipelines.adoption import ADOPTED, ADOPTED_OBJECTS, adopted_drift
 from bq_pipelines.audit import audit
 from bq_pipelines.declarations import Declaration
 from bq_pipelines.keys import (
@@ -299,12 +301,16 @@ def _process_locked(
         # Unchanged sources say nothing of what happened to the objects since: check each one
         # (a HEAD), so a deleted or overwritten object is put back, and a store that cannot be
         # reached fails the partition instead of letting it pass as skipped.
-        drifts = published_drift(plans, services)
+        drifts = (
+            adopted_drift(plans, services, previous.value(ADOPTED_OBJECTS) or {})
+            if previous.value(ADOPTED)
+            else [str(d) for d in published_drift(plans, services)]
+        )
         if not drifts:
             # The materialization says it (skipped, skip_reason); the batch's summary counts it.
             logger.info("%s [%s]: unchanged, skipped", declaration.id, partition_key)
             return _skipped_outcome(context, keys, partition_key, previous, plans)
-        listed = "; ".join(str(d) for d in drifts[:MAX_LISTED_ITEMS])
+        listed = "; ".join(drifts[:MAX_LISTED_ITEMS])
         context.log.warning(
             f"{declaration.id} [{partition_key}]: sources unchanged but {len(drifts)} items "
             f"or objects are not as published ({listed}): processing it again"
@@ -827,7 +833,7 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
     return dg.Definitions(
         assets=[partition_assets, collection],
         asset_checks=[audit_def],
-        jobs=[job],
+        jobs=[job, adopt_job(declaration, partitions_def, code_version)],
         sensors=sensors,
         schedules=[schedule] if schedule is not None else [],
     )

@@ -7,10 +7,10 @@ URL of each source host and the local data root.
 from __future__ import annotations
 
 import csv
-import string
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,14 @@ from bq_pipelines.declarations import (
     DimensionValue,
     RenderedSource,
     Variant,
-    render,
 )
 from bq_pipelines.lib import sources, stac
 from bq_pipelines.lib.catalog import CollectionContent
 from bq_pipelines.lib.cog import CogSettings
+from bq_pipelines.lib.cube import CubeError, cube_entity_names
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.lib.pipeline import ItemPlan, SourceRef
+from bq_pipelines.templates import render
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def file_metadata(declaration: Declaration, file_name: str, local_root: Path) ->
     missing = [c for c in [metadata.key, *metadata.columns] if rows and c not in rows[0]]
     if missing:
         raise ConfigError(f"{declaration.id}: metadata CSV {path}: no column(s) {missing}")
+    rows = [{**row, **metadata.overrides.get(row[metadata.key], {})} for row in rows]
     for row in rows:
         if row[metadata.key] == file_name:
             _check_unique_columns(declaration, path, rows, row)
@@ -112,18 +114,6 @@ def _dimension_value(values: list[DimensionValue], key: str, name: str) -> Dimen
         if value.value == key:
             return value
     raise ConfigError(f"partition {name}={key!r}: not a declared value")
-
-
-def _render_value(template: Any, variables: Mapping[str, Any], field: str) -> Any:
-    """Render strings; a template that is exactly one `{var}` keeps the variable's type."""
-    if not isinstance(template, str):
-        return template
-    parsed = list(string.Formatter().parse(template))
-    if len(parsed) == 1 and parsed[0][0] == "" and parsed[0][1] and not parsed[0][2]:
-        name = parsed[0][1]
-        if name in variables:
-            return variables[name]
-    return render(template, variables, field)
 
 
 def _chosen_values(
@@ -166,16 +156,47 @@ def _source_refs(
     ]
 
 
-def _expansions(declaration: Declaration, variables: Mapping[str, Any]):
+def _expansions(declaration: Declaration, variables: Mapping[str, Any], refs: Sequence[SourceRef]):
     """(variables, band) of each item of the partition; band None when not expanded."""
     expand = declaration.item.expand
     if expand is None:
         yield dict(variables), None
         return
     first = declaration.first_band(variables)
-    for item_variables in declaration.item_variables(variables):
+    names = entity_names(declaration, refs[0].url) if expand.names is not None else None
+    for item_variables in declaration.item_variables(variables, names):
         index = item_variables[expand.variable]
         yield item_variables, first + (index - expand.start) * expand.stride
+
+
+def entity_names(declaration: Declaration, path: str) -> list[str]:
+    """The names of the expanded entities, as the source file holds them (`item.expand.names`):
+    read once per file, checked (enough of them, distinct once `replace` is applied)."""
+    expand = declaration.item.expand
+    assert expand is not None and expand.names is not None
+    spec = expand.names
+    field = "item.expand.names"
+    try:
+        raw = cube_entity_names(Path(path), spec.netcdf_variable)
+    except CubeError as error:
+        raise ConfigError(f"{field}: {error}") from None
+    names = [_replace_all(name, spec.replace) for name in raw]
+    if len(names) < expand.count:
+        raise ConfigError(
+            f"{field}: {path} names {len(names)} entities in {spec.netcdf_variable!r}, "
+            f"item.expand.count is {expand.count}"
+        )
+    names = names[: expand.count]
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise ConfigError(f"{field}: {path}: names given to several entities: {duplicates[:5]}")
+    return names
+
+
+def _replace_all(text: str, replacements: Mapping[str, str]) -> str:
+    for old, new in replacements.items():
+        text = text.replace(old, new)
+    return text
 
 
 def plan_partition(
@@ -194,10 +215,11 @@ def plan_partition(
     settings = _cog_settings(declaration, _chosen_values(declaration, keys_by_dimension), variant)
     item = declaration.item
     plans = []
-    for item_variables, band in _expansions(declaration, variables):
+    for item_variables, band in _expansions(declaration, variables, refs):
         item_refs = refs if band is None else [replace(refs[0], bands=(band,)), *refs[1:]]
         item_id, file_name = declaration.item_names(item_variables)
         when = declaration.item_datetimes(item_variables)
+        declaration.check_in_extent(when)  # files partitions: only known now
         plans.append(
             ItemPlan(
                 collection_id=declaration.id,
@@ -209,10 +231,7 @@ def plan_partition(
                 datetime=when[0],
                 start_datetime=when[1],
                 end_datetime=when[2],
-                properties={
-                    key: _render_value(value, item_variables, f"item.properties.{key}")
-                    for key, value in item.properties.items()
-                },
+                properties=declaration.item_properties(item_variables),
                 title=render(item.title, item_variables, "item.title") if item.title else None,
                 thumbnail=declaration.thumbnails,
             )
@@ -244,6 +263,15 @@ def collection_for(
         item_assets=declaration.item_assets or None,
         extra_fields=declaration.extra_fields or None,
     )
+    if declaration.temporal_extent is not None:
+        # What the declaration states (checked at load to hold every item): the legacy
+        # catalog's intervals, which end at midnight of their last day.
+        first, last = declaration.temporal_extent
+        collection.extent.temporal = pystac.TemporalExtent([[_midnight(first), _midnight(last)]])
     for link in declaration.links:
         collection.add_link(pystac.Link.from_dict(link))
     return collection
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)

@@ -29,7 +29,7 @@ from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.plans import SourceLocations, plan_partition, split_partition_key
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.fixtures.local_sources import write_ebv_cube
+from bq_pipelines_tests.fixtures.local_sources import species_names, write_ebv_cube
 from bq_pipelines_tests.fixtures.services import rasterio_s3_env, services_settings
 from bq_pipelines_tests.rasters import RasterSpec, write_raster
 from bq_pipelines_tests.runs import dataset_definitions, failure_messages, run_dataset
@@ -40,13 +40,17 @@ SMALL = {"width": 64, "height": 48}
 PARTITION_COUNTS = {
     "ghmts": 1,
     "accessibility_to_cities": 1,
+    "cec_derived_maps": 2,
+    "cec_land_cover": 1,
+    "cec_land_cover_percentage": 19,
     "gbif_heatmaps": 7,
     "silvis": 15,
     "colombia-lc": 4,
     "colombia_forests": 12,
+    "qc_pilot_env": 30,
     "global-mammals": 45,
 }
-FILES_DATASETS = {"stressors_qc": 11, "qc_pilot_env": 30}  # files the legacy loaded
+FILES_DATASETS = {"stressors_qc": 11}  # files the legacy loaded
 
 
 def builtin_path(dataset_id: str) -> Path:
@@ -121,8 +125,9 @@ def test_files_datasets_find_the_tifs_of_their_folder(
     folder.mkdir()
     for index in range(count):
         (folder / f"layer_{index:02d}.tif").touch()  # only globbed here, never read
+    # As the legacy CSV has them: `year` holds a full date.
     (folder / "layers.csv").write_text(
-        "filename,id,title,year,datatype\nlayer_03.tif,couche_03,Couche trois,2019,Byte\n"
+        "filename,id,title,year,datatype\nlayer_03.tif,couche_03,Couche trois,2019-01-01,Byte\n"
     )
     (sources_root / "other").mkdir()
     (sources_root / "other" / "elsewhere.tif").touch()
@@ -134,7 +139,7 @@ def test_files_datasets_find_the_tifs_of_their_folder(
     with_csv = declaration.partitions.files.metadata is not None
     assert plan.item_id == ("couche_03" if with_csv else "layer_03")
     if with_csv:
-        assert plan.title == "Couche trois" and plan.datetime.year == 2019
+        assert plan.title == "Couche trois" and plan.properties["year"] == 2019
         with pytest.raises(ConfigError, match=r"layers\.csv has no row for 'layer_04\.tif'"):
             plan_partition(declaration, {"file": "layer_04.tif"}, SourceLocations({}, sources_root))
     assert plan.sources[0].url == str((folder / "layer_03.tif").absolute())
@@ -142,19 +147,24 @@ def test_files_datasets_find_the_tifs_of_their_folder(
 
 def test_gbif_heatmaps_read_the_legacy_bucket_unless_overridden():
     declaration = load_declaration_file(builtin_path("gbif_heatmaps"))
-    keys = {"group": "birds"}
+    keys = {"taxa": "birds"}
     [default] = plan_partition(declaration, keys, SourceLocations({}, Path("/data")))
-    assert default.sources[0].url == "s3://bq-io/io/gbif_heatmaps/birds.tif"
+    source = "gbif-heatmaps/gbif_birds_density_06-2022.tif"
+    assert default.sources[0].url == f"s3://bq-io/io/{source}"
     mirror = SourceLocations({"bq-io-storage": "https://mirror.example/bq-io/io"}, Path("/"))
     [mirrored] = plan_partition(declaration, keys, mirror)
-    assert mirrored.sources[0].url == "https://mirror.example/bq-io/io/gbif_heatmaps/birds.tif"
-    # The COG is not named like its source: same bucket, the legacy map is never overwritten.
-    assert mirrored.file_name != "birds.tif"
+    assert mirrored.sources[0].url == f"https://mirror.example/bq-io/io/{source}"
+    # Read from `gbif-heatmaps/`, written to `gbif_heatmaps/` as the legacy did: in the same
+    # bucket, the source map is never overwritten.
+    assert f"{declaration.folder}/{mirrored.file_name}" != source
 
 
-def test_global_mammals_plans_5090_species_per_scenario_year_on_the_right_bands():
+def test_global_mammals_plans_5090_species_per_scenario_year_on_the_right_bands(tmp_path: Path):
     declaration = load_declaration_file(builtin_path("global-mammals"))
-    locations = SourceLocations({}, Path("/data"))
+    # The species names come from the cube: one scenario on a 1x1 grid is enough to plan.
+    write_ebv_cube(tmp_path / declaration.source.local, [1], 5090, 9, height=1, width=1)
+    names = species_names(5090)
+    locations = SourceLocations({}, tmp_path)
     # GDAL numbers the bands of (entity, time, lat, lon) with time fastest (checked on a
     # generated cube in the end-to-end test): species k, year index t -> (k - 1) * 9 + t.
     for scenario, year_index in (("1", 1), ("5", 9), ("3", 4)):
@@ -165,7 +175,12 @@ def test_global_mammals_plans_5090_species_per_scenario_year_on_the_right_bands(
         assert len(plans) == 5090
         for species in (1, 2, 5090):
             plan = plans[species - 1]
-            assert plan.item_id == f"scenario{scenario}_{year}_{species:04d}"
+            # The legacy ids and object keys: `<Genus_species>_<scenario>_<year>`.
+            name = names[species - 1].replace(" ", "_")
+            assert plan.item_id == f"{name}_{scenario}_{year}"
+            assert plan.file_name == f"global_mammal_{name}_{scenario}_{year}.tif"
+            assert plan.properties["species"] == name
+            assert plan.properties["year"] == int(year)
             assert plan.sources[0].bands == ((species - 1) * 9 + year_index,)
             assert plan.sources[0].subdataset == f"/scenario_{scenario}/metric_1/ebv_cube"
             assert plan.datetime == datetime(int(year), 1, 1, tzinfo=UTC)
@@ -219,39 +234,49 @@ def _utc(*parts: int) -> datetime:
 CASES = [
     Case(
         "ghmts",
-        "gHM",
-        "ghmts/gHM.tif",
+        "GHMTS",
+        "ghmts/lulc-human-modification-terrestrial-systems_geographic.tif",
         RasterSpec(dtype="float32", nodata=float("nan"), **SMALL),
-        "ghm",
-        {"layer": "gHM"},
+        "GHMTS",
+        {"description": "Global Human Modification of Terrestrial Systems", "version": "2016"},
         datetime=_utc(2016, 1, 1),
     ),
     Case(
         "accessibility_to_cities",
-        "travel_time",
+        "accessibility",
         "accessibility_to_cities/2015_accessibility_to_cities_v1.0.tif",
         RasterSpec(dtype="int32", nodata=-9999, **SMALL),
-        "accessibility_to_cities_2015",
-        {"year": 2015, "layer": "travel_time"},
+        "accessibility",
+        {"full_filename": "2015_accessibility_to_cities_v1.0.tif", "year": 2015},
         datetime=_utc(2015, 1, 1),
+    ),
+    Case(
+        "cec_land_cover_percentage",
+        "7",
+        "cec/CEC_land_cover_percent_class7_2020-01-01.tif",
+        RasterSpec(dtype="float32", nodata=-1, crs="EPSG:32198", **SMALL),
+        "cec_land_cover_percent_class_7",
+        {"category": "Tropical or sub-tropical shrubland", "year": 2020, "class": 7},
+        datetime=_utc(2020, 1, 1),
     ),
     Case(
         "gbif_heatmaps",
         "birds",
-        "legacy/gbif_heatmaps/birds.tif",
+        "legacy/gbif-heatmaps/gbif_birds_density_06-2022.tif",
         RasterSpec(dtype="float32", crs="EPSG:3857", nodata=0, seed=3, **SMALL),
-        "gbif_heatmap_birds",
-        {"taxon_group": "birds", "description": "Birds"},
-        datetime=_utc(2022, 1, 1),  # a placeholder, see the YAML
+        "birds-heatmap",
+        {"taxa": "birds", "description": "All GBIF bird occurrences (class=Aves)"},
+        datetime=_utc(2006, 1, 1),
         in_bucket=True,
     ),
     Case(
         "silvis",
         "GPP8__seasonality",
-        "silvis/DHI_GPP8_seasonality.tif",
+        "silvis/dhi_gppqa_f_seasonality.tif",
         RasterSpec(dtype="int16", nodata=-32768, crs="EPSG:32198", **SMALL),
-        "dhi_GPP8_seasonality",
-        {"index": "GPP8", "statistic": "seasonality"},
+        "GPP8_seasonality",
+        {"variable": "GPP8", "index": "seasonality"},
+        datetime=_utc(2003, 1, 1),
         start=_utc(2003, 1, 1),
         end=_utc(2014, 12, 31, 23, 59, 59),
     ),
@@ -261,31 +286,31 @@ CASES = [
         "stressors_qc/routes.tif",
         RasterSpec(dtype="uint8", nodata=255, categorical=True, crs="EPSG:32198", **SMALL),
         "routes_principales",
-        {"source_file": "routes.tif", "year": "2018", "datatype": "Byte"},
+        {"full_filename": "routes.tif", "variable": "routes_principales", "year": 2018},
         datetime=_utc(2018, 1, 1),
         files=True,
         extra_files={
             "stressors_qc/layers.csv": "filename,id,title,year,datatype\n"
-            "routes.tif,routes_principales,Routes principales,2018,Byte\n"
+            "routes.tif,routes_principales,Routes principales,2018-01-01,Byte\n"
         },
     ),
     Case(
         "colombia-lc",
         "2010-2012",
-        "colombia-lc/colombia_lc_2010-2012.tif",
+        "colombia-lc/colombia_cobertura_tierra_2010_2012.tif",
         RasterSpec(dtype="uint8", nodata=0, categorical=True, origin=(-79.0, 12.0), **SMALL),
-        "colombia_lc_2010-2012",
-        {"period": "2010-2012"},
-        start=_utc(2010, 1, 1),
-        end=_utc(2012, 12, 31, 23, 59, 59),
+        "COLOMBIA-LC-2010-2012",
+        {"year": "2010-2012", "description": "Colombia Land Cover - 30m - 2010-2012"},
+        datetime=_utc(2000, 1, 1),
     ),
     Case(
         "colombia_forests",
-        "2015-2016",
-        "colombia_forests/colombia_forest_change_2015-2016.tif",
+        "2015_2016",
+        "colombia_forests/DCCB_SMBYC_CBBQ_2015_2016.tif",
         RasterSpec(dtype="uint8", nodata=0, categorical=True, origin=(-79.0, 12.0), **SMALL),
-        "colombia_forest_change_2015-2016",
-        {"period": "2015-2016"},
+        "forests_2015_2016",
+        {"years": "2015_2016"},
+        datetime=_utc(2015, 1, 1),
         start=_utc(2015, 1, 1),
         end=_utc(2016, 12, 31, 23, 59, 59),
     ),
@@ -298,8 +323,8 @@ def read_pixels(path: str, env: dict[str, str] | None = None) -> tuple[np.ndarra
         return src.read(), profile | {"dtype": src.dtypes[0]}
 
 
-def cog_key(declaration: Declaration, item_id: str) -> str:
-    return f"io/{declaration.folder}/{item_id}.tif"
+def cog_key(declaration: Declaration, file_name: str) -> str:
+    return f"io/{declaration.folder}/{file_name}"
 
 
 def search_items(stac_api_url: str, collection_id: str) -> dict[str, Any]:
@@ -345,7 +370,7 @@ def test_one_partition_end_to_end(
     if case.start is not None:
         assert item.common_metadata.start_datetime == case.start
         assert item.common_metadata.end_datetime == case.end
-    key = cog_key(declaration, case.item_id)
+    key = cog_key(declaration, Path(case.source).name)
     assert item.assets[item.id].href == f"{service_settings.public_base_url}/{key}"
     pixels, profile = read_pixels(f"s3://{s3_bucket}/{key}", gdal_s3_env)
     expected, expected_profile = read_pixels(str(source))
@@ -353,17 +378,24 @@ def test_one_partition_end_to_end(
     np.testing.assert_equal(profile, expected_profile)  # nodata may be NaN
 
 
-# --- qc_pilot_env: files discovered by the sensor ---------------------------------------------
+# --- stressors_qc: files discovered by the sensor ---------------------------------------------
 
 
-def test_qc_pilot_env_sensor_adds_new_files_and_a_file_materializes(
+def test_stressors_sensor_adds_new_files_and_a_file_materializes(
     service_settings, sources_root, stac_api_url, s3_bucket, gdal_s3_env, unique_id
 ):
-    declaration = declaration_as("qc_pilot_env", f"qc_pilot_env-{unique_id}")
-    folder = sources_root / "qc_pilot_env"
-    spec = RasterSpec(dtype="float32", nodata=-9999, crs="EPSG:4326", origin=(-84.0, 63.5))
+    declaration = declaration_as("stressors_qc", f"stressors_qc-{unique_id}")
+    folder = sources_root / "stressors_qc"
+    spec = RasterSpec(dtype="float32", nodata=-9999, crs="EPSG:4326", origin=(-75.0, 50.0))
     for name in ("slope.tif", "tmean.tif"):
         write_raster(folder / name, RasterSpec(**{**spec.__dict__, **SMALL}))
+    (folder / "layers.csv").write_text(
+        "filename,id,title,year,datatype\n"
+        "slope.tif,slope,Pente,2019-01-01,float32\n"
+        "tmean.tif,tmean,Température,2020-01-01,float32\n"
+        "water.tif,water_norm,Milieux humides,2021-01-01,float32\n",
+        encoding="utf-8",
+    )
     assert discover_files(declaration, sources_root) == ["slope.tif", "tmean.tif"]
 
     instance = dg.DagsterInstance.ephemeral()
@@ -395,9 +427,10 @@ def test_qc_pilot_env_sensor_adds_new_files_and_a_file_materializes(
         instance
     )
     items = search_items(stac_api_url, declaration.id)
-    assert set(items) == {"water"}
-    assert items["water"].properties["source_file"] == "water.tif"
-    pixels, _ = read_pixels(f"s3://{s3_bucket}/{cog_key(declaration, 'water')}", gdal_s3_env)
+    assert set(items) == {"water_norm"}
+    assert items["water_norm"].properties["full_filename"] == "water.tif"
+    assert items["water_norm"].properties["year"] == 2021
+    pixels, _ = read_pixels(f"s3://{s3_bucket}/{cog_key(declaration, 'water.tif')}", gdal_s3_env)
     np.testing.assert_array_equal(pixels, read_pixels(str(water))[0])
 
 
@@ -422,15 +455,18 @@ def test_global_mammals_partition_publishes_one_item_per_species_band(
     )
 
     items = search_items(stac_api_url, declaration.id)
-    assert sorted(items) == [f"scenario{scenario}_{year}_{k:04d}" for k in range(1, species + 1)]
-    for k in range(1, species + 1):
-        item = items[f"scenario{scenario}_{year}_{k:04d}"]
+    names = [name.replace(" ", "_") for name in species_names(species)]
+    assert sorted(items) == sorted(f"{name}_{scenario}_{year}" for name in names)
+    for k, name in enumerate(names, 1):
+        item = items[f"{name}_{scenario}_{year}"]
         stac.validate(item)
-        assert item.properties["species"] == k
-        assert item.properties["scenario"] == scenario
+        # The legacy properties: the species and SSP/RCP scenario by name, the year a number.
+        assert item.properties["species"] == name
+        assert item.properties["scenario"] == "SSP3-RCP6.0"
         assert item.properties["year"] == int(year)
+        assert item.properties["entity"] == k
         assert item.datetime == _utc(int(year), 1, 1)
-        key = cog_key(declaration, item.id)
+        key = cog_key(declaration, f"global_mammal_{item.id}.tif")
         pixels, profile = read_pixels(f"s3://{s3_bucket}/{key}", gdal_s3_env)
         # The array written to the cube, not what GDAL reads from it, is the reference.
         np.testing.assert_array_equal(pixels[0], cubes[scenario][k - 1, year_index])

@@ -166,9 +166,17 @@ def test_all_shipped_declarations_load_together():
     assert sorted(d.id for d in declarations) == sorted(
         p.parent.name for p in builtin_declaration_files()
     )
-    assert len(declarations) == 21
-    # Each writes under a folder of its own: nothing can overwrite another dataset's objects.
-    assert len({d.folder for d in declarations}) == 21
+    assert len(declarations) == 24
+    # Each writes under a folder of its own, but CHELSA's climatologies and projections, which
+    # share the legacy folder and never a file name: nothing overwrites another's objects.
+    by_folder: dict[str, list] = {}
+    for declaration in declarations:
+        by_folder.setdefault(declaration.folder, []).append(declaration)
+    shared = {f: sorted(d.id for d in ds) for f, ds in by_folder.items() if len(ds) > 1}
+    assert shared == {"CHELSA/climatologies": ["chelsa-clim", "chelsa-clim-proj"]}
+    clim, proj = by_folder["CHELSA/climatologies"]
+    assert clim.every_file_name and proj.every_file_name
+    assert clim.every_file_name.isdisjoint(proj.every_file_name)
 
 
 def _static(*dimensions: tuple[str, list]) -> dict:
@@ -283,7 +291,8 @@ def test_what_tells_partitions_apart_is_accepted():
         ("l_{layer}", ["a", "b c"], "item.id: 'l_b c': ' ' is not allowed in an id (only "),
         ("l_{layer}", ["a", "b\tc"], "'\\t' is not allowed in an id"),
         ("l..{layer}", ["a", "b"], "item.id: 'l..a': must not contain '..'"),
-        ("_{layer}", ["a", "b"], "item.id: '_a': must start with a letter or a digit"),
+        (".{layer}", ["a", "b"], "item.id: '.a': must start with a letter, a digit or '_'"),
+        ("-{layer}", ["a", "b"], "item.id: '-a': must start with a letter, a digit or '_'"),
         ("x" * 200 + "{layer}", ["a", "b"], "longer than 200 characters (201)"),
     ],
 )
@@ -523,14 +532,41 @@ def _write(tmp_path: Path, name: str, data: dict) -> Path:
 
 
 def test_two_datasets_that_can_write_the_same_key_are_refused(tmp_path):
-    first = _write(tmp_path, "first", _local(LAYERS, {"id": "{layer}"}, folder="shared"))
+    # Files partitions: their file names are only known later, so the templates must differ.
+    files = {"files": {"glob": "x/*.tif"}}
+    first = _write(
+        tmp_path, "first", _local(files, {"id": "{file}"}, "x/{file_name}", folder="shared")
+    )
     second = _write(tmp_path, "second", _local(LAYERS, {"id": "x_{layer}"}, folder="shared/"))
     with pytest.raises(ConfigError) as error:
         load_declarations([first, second])
     assert str(error.value).startswith(
         "second.yaml: folder: 'shared' is also the folder of first.yaml, and their file names "
-        "may be the same ('x_{layer}.tif' and '{layer}.tif')"
+        "may be the same ('x_{layer}.tif' and '{file}.tif')"
     )
+
+
+def test_two_declared_datasets_whose_file_names_meet_are_refused(tmp_path):
+    first = _write(
+        tmp_path,
+        "first",
+        _local(_static(("layer", ["x_a", "c"])), {"id": "{layer}"}, folder="shared"),
+    )
+    second = _write(tmp_path, "second", _local(LAYERS, {"id": "x_{layer}"}, folder="shared"))
+    with pytest.raises(ConfigError) as error:
+        load_declarations([first, second])
+    assert str(error.value).startswith(
+        "second.yaml: folder: 'shared' is also the folder of first.yaml, and their file names "
+        "meet ('x_a.tif')"
+    )
+
+
+def test_two_declared_datasets_share_a_folder_when_their_file_names_never_meet(tmp_path):
+    # Every partition declared: the names are rendered, not guessed from the templates (which
+    # could meet: `{layer}.tif` and `x_{layer}.tif`).
+    first = _write(tmp_path, "first", _local(LAYERS, {"id": "{layer}"}, folder="shared"))
+    second = _write(tmp_path, "second", _local(LAYERS, {"id": "x_{layer}"}, folder="shared"))
+    assert [d.id for d in load_declarations([first, second])] == ["first", "second"]
 
 
 def test_datasets_may_share_a_folder_when_their_file_names_cannot_meet(tmp_path):

@@ -65,7 +65,7 @@ def test_sensors_are_listed_with_their_default_status(definitions):
     stopped, running = dg.DefaultSensorStatus.STOPPED, dg.DefaultSensorStatus.RUNNING
     assert sensors["chelsa_monthly_upstream_sensor"] == stopped  # off by default
     assert sensors["gfw_lossyear_upstream_sensor"] == stopped
-    assert sensors["qc_pilot_env_files_sensor"] == running  # only adds partitions
+    assert sensors["stressors_qc_files_sensor"] == running  # only adds partitions
     assert sensors["collections_automation_sensor"] == running
     assert "demo_upstream_sensor" not in sensors  # local sources do not grow by themselves
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote, urlsplit
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
+# A leading '_' is allowed: the legacy catalog's Global Forest Watch ids start with one
+# (`_gain_00N_000E`). A leading '.' (a hidden folder) or '-' (an option) is not.
+ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._\-]*$"
 MAX_ID_LENGTH = 200
 MAX_FILE_NAME_LENGTH = 255
 MAX_PATH_LENGTH = 1024
@@ -37,8 +39,8 @@ def _first_bad_character(value: str) -> str | None:
 
 def id_problem(value: str) -> str | None:
     """An item or collection id: 1..200 of letters, digits, '.', '_', '-', starting with a
-    letter or digit, without '..' (no '/', '?', '#', '%', spaces or control characters, which
-    the STAC API or the static catalog's folders would refuse)."""
+    letter, a digit or '_', without '..' (no '/', '?', '#', '%', spaces or control characters,
+    which the STAC API or the static catalog's folders would refuse)."""
     if not value:
         return "must not be empty"
     if len(value) > MAX_ID_LENGTH:
@@ -47,7 +49,7 @@ def id_problem(value: str) -> str | None:
     if bad is not None:
         return f"{bad!r} is not allowed in an id (only {ID_CHARACTERS})"
     if not _ID.match(value):
-        return "must start with a letter or a digit"
+        return "must start with a letter, a digit or '_'"
     if ".." in value:
         return "must not contain '..'"
     return None

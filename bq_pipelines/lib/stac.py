@@ -357,6 +357,51 @@ def build_item(
 
 
 THUMBNAIL_ASSET = "thumbnail"
+THUMBNAIL_TITLE = "Thumbnail"
+
+
+def planned_item(
+    *,
+    item_id: str,
+    collection_id: str,
+    datetime_: datetime | None,
+    start_datetime: datetime | None,
+    end_datetime: datetime | None,
+    properties: Mapping[str, Any],
+    asset: ItemAssetSpec,
+    thumbnail_href: str | None,
+) -> dict[str, Any]:
+    """What `build_item` (and `add_thumbnail`) will publish of these arguments, before the COG
+    exists: no geometry, projection, raster or file fields, which come from the data."""
+    temporal: dict[str, Any] = {"datetime": datetime_to_str(datetime_) if datetime_ else None}
+    temporal |= _temporal_properties(datetime_, start_datetime, end_datetime)
+    assets: dict[str, Any] = {asset.key: _asset_fields(asset)}
+    if thumbnail_href is not None:
+        assets[THUMBNAIL_ASSET] = {
+            "href": thumbnail_href,
+            "type": "image/png",
+            "title": THUMBNAIL_TITLE,
+            "roles": [THUMBNAIL_ASSET],
+        }
+    return {
+        "type": "Feature",
+        "stac_version": pystac.get_stac_version(),
+        "id": item_id,
+        "collection": collection_id,
+        "properties": {
+            **temporal,
+            **{k: v for k, v in properties.items() if k not in _TEMPORAL_KEYS},
+        },
+        "assets": assets,
+    }
+
+
+def _asset_fields(asset: ItemAssetSpec) -> dict[str, Any]:
+    fields: dict[str, Any] = {"href": asset.href, "type": asset.media_type}
+    if asset.title is not None:
+        fields["title"] = asset.title
+    fields["roles"] = list(asset.roles)
+    return fields
 
 
 def data_asset(item: pystac.Item | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -373,7 +418,9 @@ def data_asset(item: pystac.Item | Mapping[str, Any]) -> Mapping[str, Any]:
 def add_thumbnail(item: pystac.Item, href: str, *, size: int, sha256: str) -> None:
     """The item's `thumbnail` asset: a PNG (roles ["thumbnail"]) with its file:size and
     file:checksum, so that integrity checks compare it with the store like the COG."""
-    asset = pystac.Asset(href=href, title="Thumbnail", media_type="image/png", roles=["thumbnail"])
+    asset = pystac.Asset(
+        href=href, title=THUMBNAIL_TITLE, media_type="image/png", roles=[THUMBNAIL_ASSET]
+    )
     item.add_asset(THUMBNAIL_ASSET, asset)
     file_ext = FileExtension.ext(item.assets[THUMBNAIL_ASSET], add_if_missing=True)
     file_ext.size = size

@@ -172,6 +172,10 @@ class StoredObject:
     sha256: str  # "" when the object carries no recorded checksum (written by something else)
     uploaded: bool  # False when skipped because the same checksum was already stored
     owner: ObjectOwner | None = None  # None: written before owners were recorded, or by hand
+    # What the store says identifies this version of the object: S3's ETag, a local file's
+    # size and modification time. Recorded when an object is adopted (legacy objects carry no
+    # sha256 of ours), compared by the next run's skip check.
+    etag: str | None = None
 
 
 def check_owner(where: str, existing: StoredObject | None, owner: ObjectOwner | None) -> None:
@@ -389,7 +393,8 @@ class LocalObjectStore(ObjectStore):
     def stat(self, key: str) -> StoredObject | None:
         path = self._path(key)
         try:
-            size = path.stat().st_size
+            status = path.stat()
+            size = status.st_size
             sha256 = self._recorded_sha256(path)
             if sha256 is None:
                 # Written by hand or interrupted before its sidecar: hash once and record it.
@@ -400,7 +405,8 @@ class LocalObjectStore(ObjectStore):
             return None
         except OSError as exc:
             raise StorageError(f"cannot stat {path}: {exc.strerror or exc}") from exc
-        return StoredObject(key, self.href(key), size, sha256, False, owner)
+        etag = f"{size}-{status.st_mtime_ns}"
+        return StoredObject(key, self.href(key), size, sha256, False, owner, etag)
 
     def list_keys(self, prefix: str) -> list[str]:
         # A prefix with `..` would walk outside root.
@@ -718,7 +724,8 @@ class S3ObjectStore(ObjectStore):
         metadata = head.get("Metadata", {})
         sha256 = metadata.get("sha256") or self._sidecar_sha256(key)
         owner = ObjectOwner.decode(metadata.get(OWNER_METADATA, ""))
-        return StoredObject(key, self.href(key), head["ContentLength"], sha256, False, owner)
+        etag = str(head.get("ETag", "")).strip('"') or None
+        return StoredObject(key, self.href(key), head["ContentLength"], sha256, False, owner, etag)
 
     def _sidecar_sha256(self, key: str) -> str:
         """The checksum `put_stream` wrote beside `key` (metadata cannot hold it), or ""."""

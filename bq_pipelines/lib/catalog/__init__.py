@@ -6,7 +6,8 @@ idempotent: publishing the same item twice is one item. One module per backend:
 - `static`: `StaticCatalogPublisher`;
 - `stac_api`: `StacApiPublisher` (HTTP, `/bulk_items`);
 - `pgstac`: `PgstacPublisher` (the API for reads, pypgstac's `Loader` and SQL for writes and
-  extents).
+  extents);
+- `reader`: `open_catalog`, any catalog opened for reading (another deployment, the legacy one).
 """
 
 from bq_pipelines.lib.catalog.base import (
@@ -17,6 +18,7 @@ from bq_pipelines.lib.catalog.base import (
     to_json_dict,
 )
 from bq_pipelines.lib.catalog.pgstac import PgstacPublisher
+from bq_pipelines.lib.catalog.reader import open_catalog
 from bq_pipelines.lib.catalog.stac_api import (
     API_RETRY,
     API_TIMEOUT,
@@ -35,6 +37,7 @@ __all__ = [
     "Publisher",
     "StacApiPublisher",
     "StaticCatalogPublisher",
+    "open_catalog",
     "same_content",
     "to_json_dict",
 ]

@@ -66,8 +66,11 @@ class Publisher(ABC):
     def iter_items(self, collection_id: str) -> Iterator[dict[str, Any]]:
         """Every item of a collection, as dicts (paged for STAC APIs)."""
 
-    def get_items(self, collection_id: str, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The items of `item_ids` the catalog holds, by id (at least `id` and `assets`)."""
+    def get_items(
+        self, collection_id: str, item_ids: Sequence[str], *, whole: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        """The items of `item_ids` the catalog holds, by id (at least `id` and `assets`; every
+        field with `whole`)."""
         found = {i: self.get_item(collection_id, i) for i in item_ids}
         return {i: item for i, item in found.items() if item is not None}
 

@@ -204,9 +204,13 @@ class StacApiPublisher(Publisher):
     def item_url(self, collection_id: str, item_id: str) -> str:
         return f"{self._shown_url}/collections/{collection_id}/items/{item_id}"
 
-    def get_items(self, collection_id: str, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def get_items(
+        self, collection_id: str, item_ids: Sequence[str], *, whole: bool = False
+    ) -> dict[str, dict[str, Any]]:
         # One search per page of ids instead of one GET per item (5,090 items a partition);
-        # ids and assets only: what skip-unchanged and the audit compare with the store.
+        # ids and assets only unless `whole`: what skip-unchanged and the audit compare with
+        # the store.
+        fields = {} if whole else {"fields": {"include": ["id", "assets"], "exclude": []}}
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(item_ids), self.page_size):
             page = list(item_ids[start : start + self.page_size])
@@ -219,7 +223,7 @@ class StacApiPublisher(Publisher):
                     "collections": [collection_id],
                     "ids": page,
                     "limit": len(page),
-                    "fields": {"include": ["id", "assets"], "exclude": []},
+                    **fields,
                 },
             )
             if response.is_error:
