@@ -294,9 +294,8 @@ def adopt_command(args: argparse.Namespace, settings: Settings) -> int:
     found = result.output_for_node(op_name(declaration.id, "adopt"))
     wanted = len(args.partition or valid)
     print(
-        f"{declaration.id}: {_count(len(found['adopted']), 'partition')} of {wanted} adopted "
-        f"(run {result.run_id[:8]}); {_count(len(found['refused']), 'partition')} left to the "
-        "next backfill"
+        f"{declaration.id}: {len(found['adopted'])} of {_count(wanted, 'partition')} adopted "
+        f"(run {result.run_id[:8]}); {len(found['refused'])} left to the next backfill"
     )
     for partition_key, reasons in found["refused"].items():
         print(f"  {partition_key}: {'; '.join(reasons)}")

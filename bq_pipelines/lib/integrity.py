@@ -68,7 +68,9 @@ def object_drift(
     """How the object `key` differs from what `item` says of it, or None when it matches.
 
     An object that matches but records no owner (uploaded before owners were recorded) is
-    adopted: its owner is recorded now.
+    claimed: its owner is recorded now. Not when the item states no checksum (a legacy item,
+    adopted as published): nothing then proves the content is the item's, and recording an
+    owner rewrites an S3 object, changing the ETag its adoption recorded.
     """
     href = store.href(key)
     assets = item.get("assets") or {}
@@ -88,7 +90,8 @@ def object_drift(
         detail = f"sha256 {stored.sha256 or 'not recorded'}, the item says {expected}"
         return ObjectDrift(owner.item, key, Drift.CHANGED, detail)
     if stored.owner is None:
-        store.record_owner(key, owner)
+        if expected is not None:
+            store.record_owner(key, owner)
     elif stored.owner != owner:
         return ObjectDrift(owner.item, key, Drift.FOREIGN, f"owned by item {stored.owner}")
     return None
