@@ -21,6 +21,14 @@ from bq_pipelines.lib.errors import ConfigError
 PropertyType = Literal["string", "integer", "number", "boolean", "date", "datetime"]
 TYPED_KEYS = frozenset({"template", "type"})
 _BOOLEANS = {"true": True, "false": False}
+_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a finite number",
+    "boolean": "true or false",
+    "date": "a date (YYYY-MM-DD)",
+    "datetime": "a date/time (ISO 8601)",
+}
 
 
 class TypedTemplate(BaseModel):
@@ -91,7 +99,7 @@ def convert(text: str, kind: PropertyType, field: str) -> Any:
     try:
         return _CONVERTERS[kind](text.strip())
     except (ValueError, KeyError):
-        raise ConfigError(f"{field}: {text!r} is not a {kind}") from None
+        raise ConfigError(f"{field}: {text!r} is not {_NAMES[kind]}") from None
 
 
 def _integer(text: str) -> int:

@@ -6,11 +6,13 @@ their reasons) and the README's table shows. Planned offline: nothing is fetched
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
+import pystac
 import pytest
 
-from bq_pipelines.cli import planned_for
+from bq_pipelines.cli import main, planned_for
 from bq_pipelines.comparison import compare
 from bq_pipelines.declarations import load_declarations
 from bq_pipelines.settings import Settings
@@ -83,3 +85,48 @@ def test_every_declared_difference_is_in_the_readme_table() -> None:
         for difference in declaration.legacy_differences:
             row = f"| `{declaration.id}` | `{difference.field}` |"
             assert row in table, f"README lacks the row {row} ({difference.reason})"
+
+
+def write_static_catalog(root: Path, collection_id: str, records: list[dict]) -> Path:
+    """A static catalog holding `records` as the legacy published them; its catalog.json."""
+    catalog = pystac.Catalog("stac-bq-io", "Biodiversite Quebec - IO catalog")
+    collection = pystac.Collection.from_dict(legacy_collection(collection_id))
+    catalog.add_child(collection)
+    for record in records:
+        collection.add_item(pystac.Item.from_dict(legacy_item(collection_id, record)))
+    catalog.normalize_hrefs(str(root))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"
+
+
+def test_compare_against_a_static_catalog_reports_missing_items_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in LEGACY_STORE_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BQ_HOME", str(tmp_path / "bq"))
+    records = legacy_records()["earthenv_topography"]["items"]
+    same = write_static_catalog(tmp_path / "same", "earthenv_topography", records)
+    assert main(["compare", "earthenv_topography", str(same)]) == 0
+    assert "earthenv_topography against " in capsys.readouterr().out
+
+    stray = {**records[0], "id": "elevation_legacy_only"}
+    other = write_static_catalog(tmp_path / "other", "earthenv_topography", [stray, *records[1:]])
+    assert main(["compare", "earthenv_topography", str(other), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["missing"] == ["elevation_legacy_only"]
+    assert report["extra"] == ["elevation"]
+    assert report["counts"]["compared"] == len(records) - 1
+
+
+def test_deliberate_differences_are_reported_apart_and_do_not_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in LEGACY_STORE_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BQ_HOME", str(tmp_path / "bq"))
+    catalog = write_static_catalog(tmp_path, "ghmts", legacy_records()["ghmts"]["items"])
+    assert main(["compare", "ghmts", str(catalog)]) == 0
+    out = capsys.readouterr().out
+    assert ": same: " in out and "1 deliberate" in out
+    assert "SEDAC publishes the Global Human Modification data set" in out
