@@ -222,6 +222,18 @@ def test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_processed(
     assert downloaded == {urlsplit(http_host.mirror_url(gone.legacy_url)).path}
     assert "proj:code" in item["properties"]  # processed by our pipeline this time
 
+    # 5. A source that changed on its host: the adopted partition is published again.
+    changed = SLICE[3]  # gfw-gain
+    put_legacy_raster(http_host, changed.legacy_url, RasterSpec(**{**SMALL.__dict__, "seed": 9}))
+    declaration = next(d for d in load_declarations() if d.id == changed.dataset)
+    assert run_dataset(declaration, settings, instance, [changed.partition]), failure_messages(
+        instance
+    )
+    metadata = latest_metadata(
+        instance, DatasetKeys(changed.dataset).step("stac_item"), changed.partition
+    )
+    assert metadata["skipped"] is False and "adopted" not in metadata
+
 
 def test_compare_names_what_differs_and_exits_1(takeover: Settings, capsys, stac_api_url):
     taken = SLICE[2]  # chelsa-monthly: `version` is the number 2.1
