@@ -27,7 +27,7 @@ import re
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 from urllib.parse import quote, unquote
@@ -175,7 +175,7 @@ class StoredObject:
     # What the store says identifies this version of the object: S3's ETag, a local file's
     # size and modification time. Recorded when an object is adopted (legacy objects carry no
     # sha256 of ours), compared by the next run's skip check.
-    etag: str | None = None
+    etag: str | None = field(default=None, compare=False)
 
 
 def check_owner(where: str, existing: StoredObject | None, owner: ObjectOwner | None) -> None:
