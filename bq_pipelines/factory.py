@@ -51,6 +51,7 @@ from bq_pipelines.lib.pipeline import (
     run_items,
 )
 from bq_pipelines.lib.staging import run_staging
+from bq_pipelines.lib.words import plural
 from bq_pipelines.plans import SourceLocations, collection_for, plan_partition
 from bq_pipelines.previews import PREVIEW_MAX_ITEMS, collection_previews, partition_previews
 from bq_pipelines.resources import (
@@ -414,8 +415,9 @@ def materialize_partitions(
         _record_successes(context, outcomes)
         raise dg.Failure(
             description=(
-                f"{declaration.id}: {len(failures)} of {len(context.partition_keys)} partitions "
-                f"failed{'; the others were published' if outcomes else ''}.\n"
+                f"{declaration.id}: {len(failures)} of "
+                f"{plural(len(context.partition_keys), 'partition')} failed"
+                f"{'; the others were published' if outcomes else ''}.\n"
                 + "\n".join(f"- {k}: {_failure_reason(e)}" for k, e in failures.items())
             ),
             metadata={
