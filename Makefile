@@ -82,15 +82,17 @@ services: install-dev
 services-down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/services.py down; fi
 
-## The Dagster UI and daemon on http://127.0.0.1:3000 (`dg dev`; the daily catalog backup's
-## schedule off unless BQ_BACKUP_SCHEDULE_ENABLED=true)
-dev: install-dev $(DAGSTER_HOME)/dagster.yaml
-	BQ_BACKUP_SCHEDULE_ENABLED=$${BQ_BACKUP_SCHEDULE_ENABLED:-false} \
-	  $(DG) dev --host 127.0.0.1 --port 3000
+# The UI's port (`make dev`, `make ui`); the API links its runs there unless BQ_DAGSTER_UI_URL says.
+export BQ_UI_PORT ?= 3000
 
-## The Dagster UI alone (no daemon): to watch what `make api` processes
+## The Dagster UI and daemon on http://127.0.0.1:$$BQ_UI_PORT (`dg dev`; the daily catalog
+## backup's schedule off unless BQ_BACKUP_SCHEDULE_ENABLED=true)
+dev: install-dev $(DAGSTER_HOME)/dagster.yaml
+	$(DG) dev --host 127.0.0.1 --port $(BQ_UI_PORT)
+
+## The Dagster UI alone (no daemon) on $$BQ_UI_PORT: to watch what `make api` processes
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p $(BQ_UI_PORT)
 
 ## The ingestion API on 127.0.0.1:$${BQ_API_PORT:-8083} and a dagster-daemon processing its requests
 ## (README: "Ingestion API"). Without BQ_API_TOKEN, a token is generated once in .bq/api/token.
