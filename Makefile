@@ -40,13 +40,14 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/bq-pipelines materialize demo
 
 ## `docker-compose` (Debian's 1.29; PyPI's cannot live beside our pins) to validate
-## deploy/compose.yaml: no container engine is needed for `config`. Idempotent.
+## deploy/compose.yaml: no container engine is needed for `config`; Debian's nginx to run the
+## stack's nginx configuration (TLS, redirect, HSTS) on loopback in the tests. Idempotent.
 deploy-tools:
-	@command -v docker-compose >/dev/null || { \
-	  if [ "$$(id -u)" != 0 ]; then echo "run: sudo apt-get install -y docker-compose" >&2; exit 1; fi; \
+	@{ command -v docker-compose && { command -v nginx || [ -x /usr/sbin/nginx ]; }; } >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "run: sudo apt-get install -y docker-compose nginx" >&2; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
-	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends docker-compose; }
+	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends docker-compose nginx; }
 
 ## GDAL's command-line tools (gdal_translate, gdalwarp): the baselines of bench/bench_cog.py,
 ## never used by the project itself. Idempotent.

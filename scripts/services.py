@@ -380,7 +380,7 @@ def restore_default_signals() -> None:
     """Ignored SIGINT/SIGTERM survive exec: reset them so `down`'s SIGTERM is not ignored.
 
     A non-interactive shell starting us in the background ignores SIGINT, and children would
-    inherit that (see STACK-NOTES on `dagster dev`).
+    inherit that (`dagster dev` started so ignores SIGTERM too).
     """
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) == signal.SIG_IGN:

@@ -148,6 +148,7 @@ URL_VALUES = {
     "BQ_API_ALLOWED_SOURCES": "https://data.example.org/rasters/",
     "BQ_API_STAC_API_ALIASES": "https://stac.example.org/",
     "BQ_DAGSTER_UI_URL": "https://stac.example.org/dagster",
+    "BQ_TILER_URL": "https://stac.example.org/tiler",
 }
 
 
