@@ -11,7 +11,7 @@ XDIST := -n $(TEST_WORKERS) --dist loadfile
 DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg
 export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
 
-.PHONY: install install-dev deploy-tools bench-tools deploy-check demo test pytest services services-down dev ui api lint check-defs format bench clean
+.PHONY: install install-dev deploy-tools bench-tools deploy-check demo test pytest services services-down dev ui api browse lint check-defs format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,15 @@ services-down:
 
 # The UI's port (`make dev`, `make ui`); the API links its runs there unless BQ_DAGSTER_UI_URL says.
 export BQ_UI_PORT ?= 3000
+# `make browse` serves the embedded defaults' catalog and objects there; runs started by these
+# targets record http links to it (lib/links.py) instead of file:// ones a browser won't open.
+export BQ_BROWSE_PORT ?= 8385
+demo dev ui api: export BQ_BROWSE_URL ?= http://127.0.0.1:$(BQ_BROWSE_PORT)
+
+## The static catalog (/catalog/) and local objects (/objects/) over http on
+## 127.0.0.1:$$BQ_BROWSE_PORT, so the links in the UI open (README: "Previews")
+browse: install
+	$(BIN)/python -m bq_pipelines.browse
 
 ## The Dagster UI and daemon on http://127.0.0.1:$$BQ_UI_PORT (`dg dev`; the daily catalog
 ## backup's schedule off unless BQ_BACKUP_SCHEDULE_ENABLED=true)

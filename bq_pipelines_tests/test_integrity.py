@@ -508,7 +508,7 @@ def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
     assert "deleted 1 orphan object\n" in output and "re-publishing 1 partition\n" in output
     assert not (objects / "crash-leftover.tif").exists()
     assert (objects / "demo_elevation.tif").is_file()
-    assert status == 1 and "1 items lie outside the dataset's partitions" in output, output
+    assert status == 1 and "1 item lies outside the dataset's partitions" in output, output
 
     with built_services(settings) as services:
         services.publisher.delete_item("demo", "demo_retired")
