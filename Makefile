@@ -11,7 +11,7 @@ XDIST := -n $(TEST_WORKERS) --dist loadfile
 DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg
 export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
 
-.PHONY: install install-dev deploy-tools bench-tools deploy-check demo test pytest services services-down dev ui api lint check-defs format bench clean
+.PHONY: install install-dev deploy-tools bench-tools deploy-check demo test pytest services services-down dev ui api browse lint check-defs format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,13 +40,14 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/bq-pipelines materialize demo
 
 ## `docker-compose` (Debian's 1.29; PyPI's cannot live beside our pins) to validate
-## deploy/compose.yaml: no container engine is needed for `config`. Idempotent.
+## deploy/compose.yaml: no container engine is needed for `config`; Debian's nginx to run the
+## stack's nginx configuration (TLS, redirect, HSTS) on loopback in the tests. Idempotent.
 deploy-tools:
-	@command -v docker-compose >/dev/null || { \
-	  if [ "$$(id -u)" != 0 ]; then echo "run: sudo apt-get install -y docker-compose" >&2; exit 1; fi; \
+	@{ command -v docker-compose && { command -v nginx || [ -x /usr/sbin/nginx ]; }; } >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "run: sudo apt-get install -y docker-compose nginx" >&2; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
-	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends docker-compose; }
+	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends docker-compose nginx; }
 
 ## GDAL's command-line tools (gdal_translate, gdalwarp): the baselines of bench/bench_cog.py,
 ## never used by the project itself. Idempotent.
@@ -82,15 +83,26 @@ services: install-dev
 services-down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/services.py down; fi
 
-## The Dagster UI and daemon on http://127.0.0.1:3000 (`dg dev`; the daily catalog backup's
-## schedule off unless BQ_BACKUP_SCHEDULE_ENABLED=true)
-dev: install-dev $(DAGSTER_HOME)/dagster.yaml
-	BQ_BACKUP_SCHEDULE_ENABLED=$${BQ_BACKUP_SCHEDULE_ENABLED:-false} \
-	  $(DG) dev --host 127.0.0.1 --port 3000
+# The UI's port (`make dev`, `make ui`); the API links its runs there unless BQ_DAGSTER_UI_URL says.
+export BQ_UI_PORT ?= 3000
+# `make browse` serves the embedded defaults' catalog and objects there; runs started by these
+# targets record http links to it (lib/links.py) instead of file:// ones a browser won't open.
+export BQ_BROWSE_PORT ?= 8385
+demo dev ui api: export BQ_BROWSE_URL ?= http://127.0.0.1:$(BQ_BROWSE_PORT)
 
-## The Dagster UI alone (no daemon): to watch what `make api` processes
+## The static catalog (/catalog/) and local objects (/objects/) over http on
+## 127.0.0.1:$$BQ_BROWSE_PORT, so the links in the UI open (README: "Previews")
+browse: install
+	$(BIN)/python -m bq_pipelines.browse
+
+## The Dagster UI and daemon on http://127.0.0.1:$$BQ_UI_PORT (`dg dev`; the daily catalog
+## backup's schedule off unless BQ_BACKUP_SCHEDULE_ENABLED=true)
+dev: install-dev $(DAGSTER_HOME)/dagster.yaml
+	$(DG) dev --host 127.0.0.1 --port $(BQ_UI_PORT)
+
+## The Dagster UI alone (no daemon) on $$BQ_UI_PORT: to watch what `make api` processes
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/dagster-webserver -w workspace.yaml -h 127.0.0.1 -p $(BQ_UI_PORT)
 
 ## The ingestion API on 127.0.0.1:$${BQ_API_PORT:-8083} and a dagster-daemon processing its requests
 ## (README: "Ingestion API"). Without BQ_API_TOKEN, a token is generated once in .bq/api/token.

@@ -7,10 +7,11 @@ scratch copy before retention may delete anything older.
 """
 
 import argparse
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -19,6 +20,7 @@ from bq_pipelines.backup.dump import take_backup, write_manifest
 from bq_pipelines.backup.manifest import Manifest
 from bq_pipelines.backup.retention import RetentionPlan, RetentionPolicy, apply_retention
 from bq_pipelines.backup.verify import Verification, verify_backup
+from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.resources import CatalogBackupResource, ObjectStoreResource
 from bq_pipelines.settings import Settings
 
@@ -191,3 +193,41 @@ def run_backup_command(args: argparse.Namespace, definitions: dg.Definitions) ->
         return backup_cli.run(
             args, built.object_store.store(), built.backup.backend(), Path(built.backup.work_dir)
         )
+
+
+@dataclass(frozen=True)
+class BackupRun:
+    """A backup taken on request: the run, and what its asset and check recorded."""
+
+    run_id: str
+    day: str
+    success: bool
+    metadata: Mapping[str, Any]  # the materialization's metadata values (none if it failed)
+    problems: list[str]  # the restorable check's findings, or the step's error
+
+
+def backup_now(definitions: dg.Definitions, instance: dg.DagsterInstance, day: date) -> BackupRun:
+    """The code location's backup job for `day`, run here and now: the same asset, blocking
+    `restorable` check and retention as a scheduled run, recorded in `instance` as one."""
+    key = day.isoformat()
+    days = BACKUP_PARTITIONS.get_partition_keys()
+    if key not in days:
+        raise ConfigError(f"--date: {key} is not a backup day (from {days[0]} to {days[-1]}, UTC)")
+    result = definitions.resolve_job_def(BACKUP_JOB).execute_in_process(
+        partition_key=key, instance=instance, raise_on_error=False
+    )
+    materializations = result.asset_materializations_for_node(BACKUP_ASSET.path[-1])
+    metadata = (
+        {k: v.value for k, v in materializations[0].metadata.items()} if materializations else {}
+    )
+    problems = [
+        event.step_failure_data.error.message.strip()
+        for event in result.get_step_failure_events()
+        if event.step_failure_data.error is not None
+    ]
+    problems += [
+        check.description or f"check {check.check_name} failed"
+        for check in result.get_asset_check_evaluations()
+        if not check.passed
+    ]
+    return BackupRun(result.run_id, key, result.success, metadata, problems)

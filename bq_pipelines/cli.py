@@ -17,6 +17,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import dagster as dg
 
 from bq_pipelines.audit import AuditReport, audit, delete_orphans
 from bq_pipelines.backup import cli as backup_cli
-from bq_pipelines.backup_assets import run_backup_command
+from bq_pipelines.backup_assets import BackupRun, backup_now, run_backup_command
 from bq_pipelines.comparison import PlannedItem, compare, planned_items, report_lines
 from bq_pipelines.declarations import Declaration, load_declarations
 from bq_pipelines.definitions import defs
@@ -45,6 +46,7 @@ from bq_pipelines.launch import (
 from bq_pipelines.lib.catalog import open_catalog
 from bq_pipelines.lib.errors import ConfigError, PipelineError
 from bq_pipelines.lib.redaction import redact_url
+from bq_pipelines.lib.words import plural
 from bq_pipelines.plans import SourceLocations
 from bq_pipelines.resources import resources_for, services_for
 from bq_pipelines.settings import Settings
@@ -170,8 +172,8 @@ def print_run(report: RunReport) -> None:
 def print_totals(done: Materialization) -> None:
     partitions = done.published + done.skipped + done.failed
     print(
-        f"total: {partitions} partitions, {done.published} published, {done.skipped} skipped, "
-        f"{done.failed} failed"
+        f"total: {plural(partitions, 'partition')}, {done.published} published, "
+        f"{done.skipped} skipped, {done.failed} failed"
     )
     if not done.collection_published:
         succeeded = done.published + done.skipped
@@ -196,7 +198,7 @@ def _print_catalog(
         if settings.catalog == "stac-api"
         else (settings.catalog_dir.absolute() / "catalog.json")
     )
-    print(f"\ncollection {declaration.id}: {len(items)} items in {where}")
+    print(f"\ncollection {declaration.id}: {plural(len(items), 'item')} in {where}")
     for item in items:
         asset = next(iter(item["assets"].values()))
         print(f"  {item['id']}: {redact_url(asset['href'])}")
@@ -242,7 +244,7 @@ def plan_command(args: argparse.Namespace, settings: Settings) -> int:
         for found in planned
     ]
     print_table(("partition", "item", "datetime", "href"), rows)
-    print(f"{_count(len(planned), 'item')} in {_count(len({r[0] for r in rows}), 'partition')}")
+    print(f"{plural(len(planned), 'item')} in {plural(len({r[0] for r in rows}), 'partition')}")
     return 0
 
 
@@ -250,10 +252,6 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def compare_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -294,7 +292,7 @@ def adopt_command(args: argparse.Namespace, settings: Settings) -> int:
     found = result.output_for_node(op_name(declaration.id, "adopt"))
     wanted = len(args.partition or valid)
     print(
-        f"{declaration.id}: {len(found['adopted'])} of {_count(wanted, 'partition')} adopted "
+        f"{declaration.id}: {len(found['adopted'])} of {plural(wanted, 'partition')} adopted "
         f"(run {result.run_id[:8]}); {len(found['refused'])} left to the next backfill"
     )
     for partition_key, reasons in found["refused"].items():
@@ -364,9 +362,9 @@ def audit_command(args: argparse.Namespace, settings: Settings) -> int:
         deleted = delete_orphans(
             report, declaration, partitions, services, locations, built.locks.locks()
         )
-        print(f"deleted {len(deleted)} orphan objects")
+        print(f"deleted {plural(len(deleted), 'orphan object')}")
         if report.affected_partitions:
-            print(f"re-publishing {len(report.affected_partitions)} partitions")
+            print(f"re-publishing {plural(len(report.affected_partitions), 'partition')}")
             done = _materialize(
                 declaration, definitions, report.affected_partitions, instance, force=True
             )
@@ -374,8 +372,10 @@ def audit_command(args: argparse.Namespace, settings: Settings) -> int:
         report = audit(declaration, partitions, services, locations)
         print_audit(report)
     if report.outside_partitions:
+        outside = len(report.outside_partitions)
         print(
-            f"{len(report.outside_partitions)} items lie outside the dataset's partitions: "
+            f"{plural(outside, 'item')} {'lies' if outside == 1 else 'lie'} outside the "
+            "dataset's partitions: "
             "--fix leaves them (a partition removed from the declaration?); delete them from "
             "the catalog by hand if they are not wanted",
             file=sys.stderr,
@@ -385,6 +385,28 @@ def audit_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def backup_command(args: argparse.Namespace, settings: Settings) -> int:
     return run_backup_command(args, defs())
+
+
+def backup_now_command(args: argparse.Namespace, settings: Settings) -> int:
+    day = args.date or datetime.now(UTC).date()
+    outcome = backup_now(defs(), _instance(), day)
+    print_backup(outcome)
+    return 0 if outcome.success else 1
+
+
+def print_backup(outcome: BackupRun) -> None:
+    found = outcome.metadata
+    if found:
+        counts = f"{plural(found['collections'], 'collection')}, {plural(found['items'], 'item')}"
+        print(f"backup {outcome.day}: {found['key']}, {found['size_bytes']:,} bytes, {counts}")
+        deleted = found.get("retention_deleted", found.get("retention_would_delete"))
+        if deleted is not None:
+            verb = "would delete" if "retention_would_delete" in found else "deleted"
+            print(f"retention: {verb} {plural(len(deleted), 'object')}")
+    state = "verified (restored into a scratch copy)" if outcome.success else "FAILED"
+    print(f"run {outcome.run_id[:8]}: {state}")
+    for problem in outcome.problems:
+        print(problem, file=sys.stderr)
 
 
 # -------------------------------------------------------------------------------- main
@@ -446,6 +468,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "materialize": materialize_command,
         "audit": audit_command,
         **dict.fromkeys(backup_cli.COMMANDS, backup_command),
+        backup_cli.BACKUP_NOW: backup_now_command,
     }
     return parser, handlers
 

@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import re
+import tempfile
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ from bq_pipelines.keys import (
 )
 from bq_pipelines.lib import cog as cog_lib
 from bq_pipelines.lib import stac
+from bq_pipelines.lib.catalog import Publisher
 from bq_pipelines.lib.errors import CogError, PipelineError, StacValidationError
 from bq_pipelines.lib.hashing import sha256_json
 from bq_pipelines.lib.integrity import published_drift
@@ -53,13 +55,21 @@ from bq_pipelines.lib.pipeline import (
     run_items,
 )
 from bq_pipelines.lib.staging import run_staging
+from bq_pipelines.lib.words import plural
 from bq_pipelines.plans import SourceLocations, collection_for, plan_partition
-from bq_pipelines.previews import PREVIEW_MAX_ITEMS, collection_previews, partition_previews
+from bq_pipelines.previews import (
+    PREVIEW_MAX_ITEMS,
+    collection_previews,
+    coverage_map_key,
+    partition_previews,
+    store_coverage_map,
+)
 from bq_pipelines.resources import (
     CatalogResource,
     LocksResource,
     ObjectStoreResource,
     SourcesResource,
+    links_for,
     services_for,
 )
 from bq_pipelines.sensors import (
@@ -334,8 +344,15 @@ def _process_locked(
         len(result.fetched),
     )
     first_item = result.items[0].item["id"]
+    links = services.links  # http links for people when a browse server serves the files
     outcome = _result_outcome(
-        keys, token, result, services.publisher.item_url(declaration.id, first_item)
+        keys,
+        token,
+        result,
+        links.browsable(services.publisher.item_url(declaration.id, first_item)),
+    )
+    outcome.metadata[keys.step("object")]["href"] = dg.MetadataValue.url(
+        links.browsable(result.items[0].stored.href)
     )
     outcome.metadata[keys.step("stac_item")] |= partition_previews(result, services)
     for item_id, warning in list(outcome.constant.items())[:MAX_LISTED_ITEMS]:
@@ -420,8 +437,9 @@ def materialize_partitions(
         _record_successes(context, outcomes)
         raise dg.Failure(
             description=(
-                f"{declaration.id}: {len(failures)} of {len(context.partition_keys)} partitions "
-                f"failed{'; the others were published' if outcomes else ''}.\n"
+                f"{declaration.id}: {len(failures)} of "
+                f"{plural(len(context.partition_keys), 'partition')} failed"
+                f"{'; the others were published' if outcomes else ''}.\n"
                 + "\n".join(f"- {k}: {_failure_reason(e)}" for k, e in failures.items())
             ),
             metadata={
@@ -463,6 +481,28 @@ def _record_successes(
                     asset_key=asset_key, partition=partition_key, metadata=metadata
                 )
             )
+
+
+def _collection_previews(
+    collection_id: str,
+    publisher: Publisher,
+    total: int,
+    object_store: ObjectStoreResource,
+    catalog: CatalogResource,
+    sources: SourcesResource,
+) -> dict[str, dg.MetadataValue]:
+    """The collection's previews, its coverage map stored beside the datasets' objects."""
+    store = object_store.store()
+    key = coverage_map_key(object_store.prefix, collection_id)
+    Path(sources.work_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=sources.work_dir, prefix="collection-") as staging:
+        return collection_previews(
+            itertools.islice(publisher.iter_items(collection_id), PREVIEW_MAX_ITEMS),
+            total=total,
+            store_map=lambda png: store_coverage_map(png, store, key, Path(staging)),
+            links=links_for(object_store, catalog),
+            collection_id=collection_id,
+        )
 
 
 def _extent_metadata(collection: dict[str, Any]) -> dict[str, Any]:
@@ -786,7 +826,10 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
         pool=collection_pool(declaration.id),
     )
     def collection(
-        context: dg.AssetExecutionContext, catalog: CatalogResource, sources: SourcesResource
+        context: dg.AssetExecutionContext,
+        catalog: CatalogResource,
+        sources: SourcesResource,
+        object_store: ObjectStoreResource,
     ) -> Iterator[dg.MaterializeResult]:
         publisher = catalog.publisher()
         content = publisher.collection_content(declaration.id, declaration.summarize)
@@ -808,9 +851,8 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
                 **_extent_metadata(as_dict),
                 "collection": dg.MetadataValue.json(as_dict),
                 "updated_at": datetime.now().isoformat(timespec="seconds"),
-                **collection_previews(
-                    itertools.islice(publisher.iter_items(declaration.id), PREVIEW_MAX_ITEMS),
-                    total=content.items,
+                **_collection_previews(
+                    declaration.id, publisher, content.items, object_store, catalog, sources
                 ),
             }
         )

@@ -27,6 +27,7 @@ from bq_pipelines.lib.catalog import (
 )
 from bq_pipelines.lib.catalog.pgstac import LOAD_RETRY
 from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.lib.links import Links
 from bq_pipelines.lib.locks import DEFAULT_WAIT_SECONDS, FileLocks, Locks, PostgresLocks
 from bq_pipelines.lib.pipeline import Services
 from bq_pipelines.lib.retry import RetryPolicy
@@ -99,7 +100,12 @@ class S3ObjectStoreResource(ObjectStoreResource):
 
 
 class CatalogResource(dg.ConfigurableResource):
-    """Where STAC collections and items are published."""
+    """Where STAC collections and items are published, and where people look at them: the tile
+    server of its COGs (BQ_TILER_URL) and, on the embedded defaults, the browse server of the
+    static catalog and the local objects (BQ_BROWSE_URL)."""
+
+    tiler_url: str | None = None
+    browse_url: str | None = None
 
     @abstractmethod
     def publisher(self) -> Publisher: ...
@@ -257,7 +263,19 @@ def services_for(
         item_workers=sources.item_workers,
         # Kept between runs: a cube's band facts are read once per file, not per partition.
         band_facts_cache=Path(sources.work_dir).absolute() / "band-facts",
+        links=links_for(object_store, catalog),
     )
+
+
+def links_for(object_store: ObjectStoreResource, catalog: CatalogResource) -> Links:
+    """The links recorded for people: the tile server, and the folders the browse server serves
+    (the static catalog and the local object store, when those are the configured ones)."""
+    roots: dict[str, Path] = {}
+    if isinstance(catalog, StaticCatalogResource):
+        roots["catalog"] = Path(catalog.root).absolute()
+    if isinstance(object_store, LocalObjectStoreResource):
+        roots["objects"] = Path(object_store.root).absolute()
+    return Links(tiler_url=catalog.tiler_url, browse_url=catalog.browse_url, browse_roots=roots)
 
 
 def _env_or_none(name: str) -> dg.EnvVar | None:
@@ -292,9 +310,15 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             url=settings.stac_api_url or "",
             token=_env_or_none("BQ_STAC_API_TOKEN"),
             pgstac_dsn=_env_or_none("BQ_PGSTAC_DSN") if settings.pgstac_dsn else None,
+            tiler_url=settings.tiler_url,
+            browse_url=settings.browse_url,
         )
     else:
-        catalog = StaticCatalogResource(root=str(settings.catalog_dir.absolute()))
+        catalog = StaticCatalogResource(
+            root=str(settings.catalog_dir.absolute()),
+            tiler_url=settings.tiler_url,
+            browse_url=settings.browse_url,
+        )
     sources = SourcesResource(
         work_dir=str(settings.work_dir.absolute()),
         local_data_root=str(settings.local_data_root.absolute()),

@@ -59,7 +59,8 @@ class Settings:
     pgstac_dsn: str | None = field(default=None, repr=False)  # may hold a password
     pg_bin_dir: Path | None = None
     backup_time: tuple[int, int] = (4, 0)  # (hour, minute), UTC
-    backup_schedule_enabled: bool = True
+    # Off unless asked for (the production stack does): a laptop's daemon takes no 04:00 backups.
+    backup_schedule_enabled: bool = False
     backup_retention_days: int = 30
     backup_keep_last: int = 7
     backup_retention_dry_run: bool = False
@@ -67,6 +68,12 @@ class Settings:
     # Longer than any step (one batch of partitions): an unacknowledged step is handed to another
     # worker after this long (a worker that died mid-step).
     celery_visibility_timeout_s: int = 6 * 3600
+    # titiler-pgstac serving the catalog's COGs: items link to their map viewer, collections
+    # to a mosaic (none without it).
+    tiler_url: str | None = None
+    # An http server of the static catalog and local objects (`make browse`): the links
+    # recorded in metadata then open from the UI instead of being file:// paths.
+    browse_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -97,7 +104,7 @@ class Settings:
             pgstac_dsn=_dsn(env, "BQ_PGSTAC_DSN"),
             pg_bin_dir=_existing_dir(env, "BQ_PG_BIN_DIR"),
             backup_time=_time_of_day(env, "BQ_BACKUP_TIME", (4, 0)),
-            backup_schedule_enabled=_boolean(env, "BQ_BACKUP_SCHEDULE_ENABLED", True),
+            backup_schedule_enabled=_boolean(env, "BQ_BACKUP_SCHEDULE_ENABLED", False),
             backup_retention_days=_integer(env, "BQ_BACKUP_RETENTION_DAYS", 30, minimum=1),
             backup_keep_last=_integer(env, "BQ_BACKUP_KEEP_LAST", 7, minimum=1),
             backup_retention_dry_run=_boolean(env, "BQ_BACKUP_RETENTION_DRY_RUN", False),
@@ -105,6 +112,8 @@ class Settings:
             celery_visibility_timeout_s=_integer(
                 env, "BQ_CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=1
             ),
+            tiler_url=_url(env, "BQ_TILER_URL"),
+            browse_url=_url(env, "BQ_BROWSE_URL"),
         )
         if settings.public_base_url and has_userinfo(settings.public_base_url):
             # Every item's href starts with it: credentials would be published with them.
@@ -115,6 +124,13 @@ class Settings:
                 "BQ_S3_ENDPOINT_URL: must not carry credentials (use AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY)"
             )
+        for name, url in (
+            ("BQ_TILER_URL", settings.tiler_url),
+            ("BQ_BROWSE_URL", settings.browse_url),
+        ):
+            if url and has_userinfo(url):
+                # Written into every partition's metadata: nothing secret may ride along.
+                raise ConfigError(f"{name}: must not carry credentials (user:password@)")
         if settings.object_store == "s3" and not settings.s3_bucket:
             raise ConfigError("BQ_S3_BUCKET: required when BQ_OBJECT_STORE=s3")
         if settings.catalog == "stac-api" and not settings.stac_api_url:
@@ -215,6 +231,9 @@ def _existing_dir(env: Mapping[str, str], name: str) -> Path | None:
 API_TOKEN_ENV = "BQ_API_TOKEN"
 API_DATABASE_ENV = "BQ_API_DATABASE_URL"
 MIN_TOKEN_LENGTH = 16
+# `make dev` and `make ui` listen on BQ_UI_PORT; the API links its runs there by default.
+UI_PORT_ENV = "BQ_UI_PORT"
+DEFAULT_UI_PORT = 3000
 
 
 @dataclass(frozen=True)
@@ -235,7 +254,7 @@ class ApiSettings:
     max_download_bytes: int = 4 * 1024**3
     download_timeout_seconds: float = 1800.0
     max_pixels: int = 4_000_000_000
-    dagster_ui_url: str = "http://127.0.0.1:3000"
+    dagster_ui_url: str = f"http://127.0.0.1:{DEFAULT_UI_PORT}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ApiSettings:
@@ -273,8 +292,14 @@ class ApiSettings:
                 env, "BQ_API_DOWNLOAD_TIMEOUT_SECONDS", 1800.0, 1, 7 * 86400
             ),
             max_pixels=int(_number(env, "BQ_API_MAX_PIXELS", 4_000_000_000, 1, 2**50)),
-            dagster_ui_url=_url(env, "BQ_DAGSTER_UI_URL") or "http://127.0.0.1:3000",
+            dagster_ui_url=_url(env, "BQ_DAGSTER_UI_URL") or local_ui_url(env),
         )
+
+
+def local_ui_url(env: Mapping[str, str]) -> str:
+    """The Dagster UI that `make dev`/`make ui` serve on this machine (port BQ_UI_PORT)."""
+    port = int(_number(env, UI_PORT_ENV, DEFAULT_UI_PORT, 1, 65535))
+    return f"http://127.0.0.1:{port}"
 
 
 def api_token(env: Mapping[str, str]) -> str:

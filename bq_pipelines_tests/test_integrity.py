@@ -505,10 +505,10 @@ def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
     assert "io/demo/crash-leftover.tif" in output and "demo_retired" in output
 
     status, output = finished(cli("audit", "demo", "--fix", env=env))
-    assert "deleted 1 orphan objects" in output and "re-publishing 1 partitions" in output
+    assert "deleted 1 orphan object\n" in output and "re-publishing 1 partition\n" in output
     assert not (objects / "crash-leftover.tif").exists()
     assert (objects / "demo_elevation.tif").is_file()
-    assert status == 1 and "1 items lie outside the dataset's partitions" in output, output
+    assert status == 1 and "1 item lies outside the dataset's partitions" in output, output
 
     with built_services(settings) as services:
         services.publisher.delete_item("demo", "demo_retired")

@@ -5,18 +5,16 @@ out; the thumbnail obeys the COG's owner and integrity rules."""
 
 from __future__ import annotations
 
-import base64
-import re
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
+import httpx
 import pystac_client
 
 from bq_pipelines.declarations import Declaration, parse_declaration
-from bq_pipelines.demo import DEMO_LAYERS
+from bq_pipelines.demo import DEMO_LAYERS, LANDCOVER_CLASSES
 from bq_pipelines.factory import DatasetKeys
-from bq_pipelines.lib import preview, stac
+from bq_pipelines.lib import preview, stac, tiles
 from bq_pipelines.lib.hashing import sha256_file
 from bq_pipelines.lib.storage import ObjectOwner
 from bq_pipelines_tests.fixtures.demo import demo_data
@@ -28,19 +26,11 @@ from bq_pipelines_tests.runs import (
     materialize_dataset,
 )
 
-DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
-
 
 def declaration(dataset_id: str, **fields) -> Declaration:
     return parse_declaration(
         {**demo_data(), "id": dataset_id, "folder": dataset_id, **fields}, "demo.yaml"
     )
-
-
-def embedded_png(markdown: str) -> np.ndarray:
-    match = DATA_URI.search(markdown)
-    assert match, markdown[:200]
-    return preview.decode_png(base64.b64decode(match.group(1)))
 
 
 def test_thumbnails_in_store_items_and_metadata_on_services(
@@ -58,7 +48,9 @@ def test_thumbnails_in_store_items_and_metadata_on_services(
     thumbnails = {}
     for layer in DEMO_LAYERS:
         item = items[f"demo_{layer}"]
-        stac.validate(item)
+        # As the API serves it (pystac's reader would migrate extension versions).
+        served = httpx.get(f"{stac_api_url}/collections/{dataset.id}/items/{item.id}").json()
+        stac.validate(served)
         key = f"io/{dataset.id}/demo_{layer}.tif.thumbnail.png"
         asset = item.assets["thumbnail"]
         assert asset.href == f"{service_settings.public_base_url}/{key}"
@@ -75,17 +67,23 @@ def test_thumbnails_in_store_items_and_metadata_on_services(
         metadata = latest_metadata(instance, keys.step("stac_item"), layer)
         assert metadata["item_url"].endswith(f"/collections/{dataset.id}/items/demo_{layer}")
         assert metadata["thumbnail_href"] == asset.href
-        # The UI shows the very PNG of the store, linked to it.
-        np.testing.assert_array_equal(embedded_png(metadata["thumbnail"]), pixels)
-        assert f"]({asset.href})" in metadata["thumbnail"]
+        # The UI shows the very PNG of the store, by its URL: short enough to be shown in
+        # place (under 1,000 characters), not behind "[Show Markdown]".
+        image = f"![thumbnail of demo_{layer}]({asset.href})"
+        assert metadata["thumbnail"] == f"[{image}]({asset.href})"
+        assert len(metadata["thumbnail"]) < 1000
         assert metadata["item"]["assets"]["thumbnail"]["href"] == asset.href
+        # The item's map on the tile server (titiler-pgstac of the services) opens.
+        tiler_url = service_settings.tiler_url
+        assert tiler_url is not None
+        assert metadata["map_url"] == tiles.item_map_url(tiler_url, served)
+        assert httpx.get(metadata["map_url"], timeout=30).status_code == 200
 
-    # Categorical: its five classes in the fixed palette (by value), the nodata corner
-    # transparent. Continuous: the ramp, the NaN corner (temperature) transparent.
+    # Categorical: its six classes in its colour table, the nodata corner transparent.
+    # Continuous: the ramp, the NaN corner (temperature) transparent.
     landcover = thumbnails["landcover"]
-    palette = preview._CATEGORY_PALETTE
     opaque = {tuple(int(c) for c in p) for p in landcover[landcover[..., 3] == 255]}
-    assert opaque == {(*palette[value], 255) for value in range(1, 7)}
+    assert opaque == {(*rgb, 255) for _, rgb in LANDCOVER_CLASSES.values()}
     assert (landcover[:15, :23, 3] == 0).all()  # 40 x 60 source pixels of nodata
     temperature = thumbnails["temperature"]
     assert (temperature[-10:, -20:, 3] == 0).all()  # 30 x 50 NaN
@@ -94,9 +92,18 @@ def test_thumbnails_in_store_items_and_metadata_on_services(
 
     [record] = instance.fetch_materializations(keys.collection, limit=1).records
     collection = {k: v.value for k, v in record.asset_materialization.metadata.items()}
-    coverage = embedded_png(collection["coverage_map"])
-    assert coverage.shape[2] == 4 and (coverage[..., :3] == (8, 48, 107)).all(axis=2).any()
-    assert "3 items" in collection["coverage_map"]
+    # The coverage map, stored beside the datasets' objects, shown in place by its URL.
+    coverage_key = f"io/_previews/{dataset.id}/coverage-map.png"
+    coverage_href = f"{service_settings.public_base_url}/{coverage_key}"
+    assert collection["coverage_map"].startswith(f"[![coverage map]({coverage_href})]")
+    assert len(collection["coverage_map"]) < 1000 and "3 items" in collection["coverage_map"]
+    coverage = preview.decode_png(httpx.get(coverage_href).content)  # public, like the COGs
+    colours = {tuple(int(c) for c in p) for p in coverage[..., :3].reshape(-1, 3)}
+    assert {preview.LAND_COLOUR, preview.SEA_COLOUR} <= colours  # southern Québec, the sea
+    assert len(colours - {preview.LAND_COLOUR, preview.SEA_COLOUR}) > 3  # footprints
+    mosaic = collection["map_url"]
+    assert mosaic.startswith(f"{tiler_url}/collections/{dataset.id}/WebMercatorQuad/map.html?")
+    assert httpx.get(mosaic, timeout=30).status_code == 200
     assert "| 2020-01 | 3 |" in collection["items_over_time"]
 
     # Re-run with a fresh history (nothing to skip by): the same objects, not re-uploaded.

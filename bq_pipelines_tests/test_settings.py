@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ import pytest
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_embedded_and_local():
@@ -66,6 +70,9 @@ def test_services_settings(tmp_path):
         ({"BQ_BACKUP_RETENTION_DAYS": "0"}, "BQ_BACKUP_RETENTION_DAYS: 0 is below the minimum 1"),
         ({"BQ_BACKUP_KEEP_LAST": "-1"}, "BQ_BACKUP_KEEP_LAST: -1 is below the minimum 1"),
         ({"BQ_BACKUP_SCHEDULE_ENABLED": "sometimes"}, "BQ_BACKUP_SCHEDULE_ENABLED: 'sometimes'"),
+        ({"BQ_TILER_URL": "127.0.0.1:8383"}, "BQ_TILER_URL: '127.0.0.1:8383' is not a URL"),
+        ({"BQ_TILER_URL": "http://u:pw@127.0.0.1:8383"}, "BQ_TILER_URL: must not carry"),
+        ({"BQ_BROWSE_URL": "ftp://127.0.0.1/"}, "BQ_BROWSE_URL: 'ftp://127.0.0.1/' is not a URL"),
         ({"BQ_BACKUP_RETENTION_DRY_RUN": "perhaps"}, "BQ_BACKUP_RETENTION_DRY_RUN: 'perhaps'"),
         ({"BQ_PG_BIN_DIR": "/nonexistent/bin"}, "BQ_PG_BIN_DIR: '/nonexistent/bin' is not a dir"),
         ({"BQ_PGSTAC_DSN": "postgresql://u:pw@h"}, "BQ_PGSTAC_DSN: names no database"),
@@ -137,10 +144,44 @@ def test_item_workers_default_to_the_machine_and_are_validated():
 def test_backup_defaults_and_a_dsn_kept_out_of_reprs():
     settings = Settings.from_env({"BQ_PGSTAC_DSN": "postgresql://u:s3cret@db:5432/catalog"})
     assert settings.backup_time == (4, 0)
-    assert settings.backup_schedule_enabled is True
+    assert settings.backup_schedule_enabled is False  # compose turns it on
     assert (settings.backup_retention_days, settings.backup_keep_last) == (30, 7)
     assert settings.backup_retention_dry_run is False
     assert settings.pgstac_dsn == "postgresql://u:s3cret@db:5432/catalog"
     assert "s3cret" not in repr(settings)
     later = Settings.from_env({"BQ_BACKUP_TIME": "23:05", "BQ_BACKUP_KEEP_LAST": "3"})
     assert (later.backup_time, later.backup_keep_last) == ((23, 5), 3)
+
+
+def test_the_ui_port_sets_where_the_api_links_runs_and_where_make_serves_the_ui():
+    from bq_pipelines.settings import ApiSettings
+
+    assert ApiSettings.from_env({}).dagster_ui_url == "http://127.0.0.1:3000"
+    assert ApiSettings.from_env({"BQ_UI_PORT": "3999"}).dagster_ui_url == "http://127.0.0.1:3999"
+    explicit = {"BQ_UI_PORT": "3999", "BQ_DAGSTER_UI_URL": "https://bq.example/dagster"}
+    assert ApiSettings.from_env(explicit).dagster_ui_url == "https://bq.example/dagster"
+    with pytest.raises(ConfigError, match=re.escape("BQ_UI_PORT: '70000' is outside 1..65535")):
+        ApiSettings.from_env({"BQ_UI_PORT": "70000"})
+    # What `make dev` and `make ui` would run (-n: printed, not run).
+    env = {**os.environ, "BQ_UI_PORT": "3999"}
+    for target, command in (("dev", "dg dev --host 127.0.0.1 --port 3999"), ("ui", "-p 3999")):
+        printed = subprocess.run(
+            ["make", "-n", target],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert command in printed, printed
+
+
+def test_tiler_and_browse_urls_are_optional():
+    assert (Settings().tiler_url, Settings().browse_url) == (None, None)
+    chosen = Settings.from_env(
+        {"BQ_TILER_URL": "http://127.0.0.1:8383/", "BQ_BROWSE_URL": "http://127.0.0.1:8384"}
+    )
+    assert (chosen.tiler_url, chosen.browse_url) == (
+        "http://127.0.0.1:8383",
+        "http://127.0.0.1:8384",
+    )

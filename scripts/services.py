@@ -1,8 +1,9 @@
-"""Start, stop and inspect the real local stack for dev and tests: moto S3 and stac-fastapi-pgstac.
+"""Start, stop and inspect the real local stack for dev and tests: moto S3, stac-fastapi-pgstac
+and titiler-pgstac.
 
 Usage: `python scripts/services.py up|down|status` (with the project venv's python). `up` is
 idempotent: it installs PostGIS if missing, prepares the `bq_catalog` database (extensions +
-pgstac migrations), starts or reuses both servers and writes `.bq/services.env`;
+pgstac migrations), starts or reuses the three servers and writes `.bq/services.env`;
 `. .bq/services.env` then points the project at them. `down` stops only the processes whose PID
 files `up` wrote.
 PostgreSQL itself is the machine's (127.0.0.1:5432, trust auth) and is never started or stopped.
@@ -63,6 +64,8 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 APT_LOCK_TIMEOUT_S = 300
 LOG_TAIL_LINES = 30
+# The environment variable choosing each server's port (several checkouts on one machine).
+PORT_VARIABLES = {"moto": "BQ_S3_PORT", "stac-api": "BQ_STAC_API_PORT", "tiler": "BQ_TILER_PORT"}
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,43 @@ def stac_service(port: int) -> Service:
     )
 
 
-def services_env_lines(s3_port: int, stac_port: int) -> list[tuple[str, str]]:
+def tiler_service(port: int) -> Service:
+    # titiler-pgstac 3.2 reads the catalog database from the same PG* variables (its
+    # PostgresSettings) and the COGs at their item hrefs (http(s) here: the public base URL).
+    env = {
+        "PGHOST": HOST,
+        "PGPORT": str(PG_PORT),
+        "PGUSER": PG_USER,
+        "PGPASSWORD": PG_PASSWORD_PLACEHOLDER,
+        "PGDATABASE": CATALOG_DB,
+        # A re-published item shows at once (its 5-minute cache is for production traffic).
+        "TITILER_PGSTAC_CACHE_DISABLE": "TRUE",
+        # Maps of one COG as a COG (its colour table included): the links of lib/tiles.
+        "TITILER_PGSTAC_API_ENABLE_ASSETS_ENDPOINTS": "TRUE",
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    }
+    return Service(
+        name="tiler",
+        port=port,
+        argv=[
+            venv_executable("uvicorn"),
+            # titiler-pgstac's app, its mosaics reading our id-keyed COG assets.
+            "bq_pipelines.tiler:app",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+        ],
+        env=child_env(env),
+        answers=tiler_answers,
+    )
+
+
+def tiler_url(port: int) -> str:
+    return f"http://{HOST}:{port}"
+
+
+def services_env_lines(s3_port: int, stac_port: int, tiler_port: int) -> list[tuple[str, str]]:
     endpoint = s3_endpoint(s3_port)
     return [
         ("BQ_OBJECT_STORE", "s3"),
@@ -186,6 +225,7 @@ def services_env_lines(s3_port: int, stac_port: int) -> list[tuple[str, str]]:
         ("BQ_CATALOG", "stac-api"),
         ("BQ_STAC_API_URL", stac_api_url(stac_port)),
         ("BQ_PGSTAC_DSN", CATALOG_DSN),
+        ("BQ_TILER_URL", tiler_url(tiler_port)),
     ]
 
 
@@ -228,6 +268,16 @@ def stac_api_answers(port: int) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(body, dict) and "stac_version" in body and "links" in body
+
+
+def tiler_answers(port: int) -> bool:
+    """True when titiler-pgstac's /healthz says its database is online."""
+    try:
+        with urllib.request.urlopen(f"{tiler_url(port)}/healthz", timeout=2) as response:
+            body = json.loads(response.read()) if response.status == 200 else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(body, dict) and body.get("database_online") is True
 
 
 def port_accepts_connections(port: int) -> bool:
@@ -309,7 +359,7 @@ def refuse_other_config(service: Service) -> None:
         cmdline = shlex.join(process_cmdline(pid) or [])
         raise ServicesError(
             f"{service.name}: {service.pid_file} records pid {pid} ({cmdline}), started with "
-            f"other ports; run `down` with the same BQ_S3_PORT/BQ_STAC_API_PORT first"
+            f"other ports; run `down` with the same {'/'.join(PORT_VARIABLES.values())} first"
         )
 
 
@@ -380,7 +430,7 @@ def restore_default_signals() -> None:
     """Ignored SIGINT/SIGTERM survive exec: reset them so `down`'s SIGTERM is not ignored.
 
     A non-interactive shell starting us in the background ignores SIGINT, and children would
-    inherit that (see STACK-NOTES on `dagster dev`).
+    inherit that (`dagster dev` started so ignores SIGTERM too).
     """
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) == signal.SIG_IGN:
@@ -449,7 +499,7 @@ def ensure_running(service: Service, timeout: float) -> str:
                 f"script; using it (`down` will not stop it)"
             )
         if port_accepts_connections(service.port):
-            env_name = "BQ_S3_PORT" if service.name == "moto" else "BQ_STAC_API_PORT"
+            env_name = PORT_VARIABLES[service.name]
             raise ServicesError(
                 f"{service.name}: port {service.port} is taken by another program that is not "
                 f"{service.name}; free it or choose another port with {env_name}"
@@ -494,7 +544,7 @@ def stop(service: Service) -> str:
     if runs_other_config(pid, service):
         return (
             f"{service.name}: pid {pid} runs with other ports than this command's; left running "
-            f"(run `down` with the same BQ_S3_PORT/BQ_STAC_API_PORT)"
+            f"(run `down` with the same {'/'.join(PORT_VARIABLES.values())})"
         )
     if not is_ours(pid, service):
         service.pid_file.unlink(missing_ok=True)
@@ -593,14 +643,14 @@ def ensure_bucket(port: int) -> str:
     return f"bucket {S3_BUCKET}: created"
 
 
-def write_services_env(s3_port: int, stac_port: int) -> None:
+def write_services_env(s3_port: int, stac_port: int, tiler_port: int) -> None:
     header = [
         "# Generated by scripts/services.py up: do not edit, it is rewritten on every `up`.",
-        "# `. .bq/services.env` points the project at the local services (moto S3, STAC API).",
+        "# `. .bq/services.env` points the project at the local services (S3, STAC API, tiler).",
     ]
     body = [
         f"export {key}={shlex.quote(value)}"
-        for key, value in services_env_lines(s3_port, stac_port)
+        for key, value in services_env_lines(s3_port, stac_port, tiler_port)
     ]
     write_text_atomically(ENV_FILE, "\n".join(header + body) + "\n")
 
@@ -609,16 +659,17 @@ def write_services_env(s3_port: int, stac_port: int) -> None:
 # Commands
 
 
-def configured_services() -> tuple[Service, Service]:
-    s3_port = port_from_env("BQ_S3_PORT", 9010)
-    stac_port = port_from_env("BQ_STAC_API_PORT", 8082)
-    return moto_service(s3_port), stac_service(stac_port)
+def configured_services() -> tuple[Service, Service, Service]:
+    s3_port = port_from_env(PORT_VARIABLES["moto"], 9010)
+    stac_port = port_from_env(PORT_VARIABLES["stac-api"], 8082)
+    tiler_port = port_from_env(PORT_VARIABLES["tiler"], 8084)
+    return moto_service(s3_port), stac_service(stac_port), tiler_service(tiler_port)
 
 
 def cmd_up(timeout: float) -> int:
     started = time.monotonic()
     restore_default_signals()
-    moto, stac = configured_services()
+    moto, stac, tiler = configured_services()
     with exclusive_lock():
         print(ensure_postgis_package())
         print(ensure_catalog_database())
@@ -626,7 +677,8 @@ def cmd_up(timeout: float) -> int:
         print(ensure_running(moto, timeout))
         print(ensure_bucket(moto.port))
         print(ensure_running(stac, timeout))
-        write_services_env(moto.port, stac.port)
+        print(ensure_running(tiler, timeout))
+        write_services_env(moto.port, stac.port, tiler.port)
     print(
         f"wrote {ENV_FILE.relative_to(PROJECT_ROOT)} "
         f"(. {ENV_FILE.relative_to(PROJECT_ROOT)}); up in {time.monotonic() - started:.1f} s"
@@ -635,9 +687,9 @@ def cmd_up(timeout: float) -> int:
 
 
 def cmd_down() -> int:
-    moto, stac = configured_services()
+    moto, stac, tiler = configured_services()
     with exclusive_lock():
-        for service in (stac, moto):
+        for service in (tiler, stac, moto):
             print(stop(service))
     return 0
 

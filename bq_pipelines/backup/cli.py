@@ -14,15 +14,29 @@ from pathlib import Path
 from typing import TextIO
 
 from bq_pipelines.backup.backend import CatalogBackend
+from bq_pipelines.backup.manifest import CatalogState
 from bq_pipelines.backup.restore import resolve_backup, restore_backup
 from bq_pipelines.backup.retention import list_backups
 from bq_pipelines.lib.errors import BackupError, StorageError
 from bq_pipelines.lib.storage import ObjectStore
+from bq_pipelines.lib.words import plural
 
 COMMANDS = ("backups", "restore")
+# Runs the backup asset through Dagster: handled by bq_pipelines.cli, not by `run` below.
+BACKUP_NOW = "backup"
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
+    now = commands.add_parser(
+        BACKUP_NOW,
+        help="back up the catalog now, verified as the daily backup is",
+        description=(
+            "Run the daily backup's job for one day (default: today, UTC): dump the catalog into "
+            "the object store, restore it into a scratch copy to verify it, then apply retention. "
+            "Recorded in the Dagster instance as the day's catalog_backup partition."
+        ),
+    )
+    now.add_argument("--date", type=_day, help="the day to record the backup under (YYYY-MM-DD)")
     listing = commands.add_parser("backups", help="list the catalog backups in the object store")
     listing.add_argument(
         "--all", action="store_true", help="every catalog's backups, not only the configured one"
@@ -138,18 +152,22 @@ def _restore(
     state = outcome.state
     if not outcome.swapped:
         print(
-            f"dry run: {outcome.key} restores ({state.collections} collections, {state.items} "
-            f"items, ids match) in {outcome.seconds:.1f} s; {outcome.target} not touched",
+            f"dry run: {outcome.key} restores ({_catalog_counts(state)}, ids match) in "
+            f"{outcome.seconds:.1f} s; {outcome.target} not touched",
             file=out,
         )
         return 0
     print(
-        f"restored {outcome.key} into {outcome.target}: {state.collections} collections, "
-        f"{state.items} items in {outcome.seconds:.1f} s"
+        f"restored {outcome.key} into {outcome.target}: {_catalog_counts(state)} in "
+        f"{outcome.seconds:.1f} s"
         + (f"; the previous catalog is kept as {outcome.before}" if outcome.before else ""),
         file=out,
     )
     return 0
+
+
+def _catalog_counts(state: CatalogState) -> str:
+    return f"{plural(state.collections, 'collection')}, {plural(state.items, 'item')}"
 
 
 def _day(text: str) -> date:

@@ -33,6 +33,7 @@ from bq_pipelines.lib.errors import (
     StacValidationError,
 )
 from bq_pipelines.lib.hashing import sha256_bytes, sha256_json
+from bq_pipelines.lib.links import Links
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.storage import ObjectOwner, ObjectStore, StoredObject, object_key
@@ -133,6 +134,8 @@ class Services:
     # cached (`cog.band_facts`): read once per file (a cube's scenario), not once per partition.
     # None reads them in every partition.
     band_facts_cache: Path | None = None
+    # Links recorded for people (browse server, tile server); none by default.
+    links: Links = field(default_factory=Links)
 
     @property
     def max_pixels(self) -> int | None:

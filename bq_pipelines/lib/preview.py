@@ -10,6 +10,7 @@ from the full resolution of a large raster.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import math
 import struct
@@ -60,6 +61,13 @@ _CATEGORY_PALETTE = (
 )  # fmt: skip
 # zlib level 1: a quarter of level 6's time for about a fifth more bytes (thumbnails are small).
 PNG_COMPRESSION = 1
+# The map's colours: sea, land (Natural Earth 110m, `basemap/`), coastlines, graticule.
+SEA_COLOUR = (236, 242, 247)
+LAND_COLOUR = (226, 224, 212)
+COAST_COLOUR = (170, 166, 150)
+GRATICULE_COLOUR = (210, 214, 220)
+# Opacity of a footprint covered by one item, and by the most items.
+FOOTPRINT_OPACITY = (0.45, 0.7)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_PALETTE = 255  # index 0 is the transparent entry
 
@@ -366,8 +374,9 @@ def coverage_map(
     items: Iterable[Mapping[str, Any]], max_side: int = COVERAGE_MAX_SIDE
 ) -> CoverageMap | None:
     """An equirectangular map (lon/lat) of the items' footprints over their bounds: covered
-    pixels coloured by how many items cover them (darker: more), a graticule for orientation.
-    None without footprints. Identical footprints are drawn once, weighted by their count."""
+    pixels coloured by how many items cover them (darker: more), over land outlines (Natural
+    Earth) and a graticule, so one sees where they are. None without footprints. Identical
+    footprints are drawn once, weighted by their count."""
     counts: Counter[str] = Counter()
     boxes: dict[str, Sequence[float]] = {}
     for item in items:
@@ -394,7 +403,8 @@ def coverage_map(
         dtype="uint32",
     )
     rgba = np.empty((height, width, 4), np.uint8)
-    rgba[:] = (244, 246, 248, 255)
+    rgba[:] = (*SEA_COLOUR, 255)
+    _draw_land(rgba, transform)
     _draw_graticule(rgba, (west, south, east, north), transform)
     covered = overlap > 0
     most = int(overlap.max())
@@ -402,7 +412,11 @@ def coverage_map(
         # Log scale: one item is light, the most-covered pixels dark.
         level = np.log1p(overlap[covered]) / math.log1p(max(most, 1))
         start, end = np.array([158, 202, 225]), np.array([8, 48, 107])
-        rgba[covered, :3] = (start + (end - start) * level[:, None]).round().astype(np.uint8)
+        colour = start + (end - start) * level[:, None]
+        # Translucent, so the land and coastlines under the footprints still show.
+        opacity = (FOOTPRINT_OPACITY[0] + np.diff(FOOTPRINT_OPACITY) * level)[:, None]
+        below = rgba[covered, :3].astype(float)
+        rgba[covered, :3] = (below + (colour - below) * opacity).round().astype(np.uint8)
     return CoverageMap(rgba_png(rgba), width, height, (west, south, east, north), len(counts), most)
 
 
@@ -419,6 +433,25 @@ def _coordinates(nested: Any) -> Iterable[Sequence[float]]:
             yield from _coordinates(part)
 
 
+@functools.cache
+def land_polygons() -> tuple[dict[str, Any], ...]:
+    """Natural Earth's 1:110m land, simplified (package data: `basemap/`, public domain)."""
+    text = importlib.resources.files("bq_pipelines.lib").joinpath("basemap/land.json").read_text()
+    land = json.loads(text)
+    return tuple({"type": "Polygon", "coordinates": rings} for rings in land["coordinates"])
+
+
+def _draw_land(rgba: np.ndarray, transform: Affine) -> None:
+    """Land filled, its coastline a pixel wide, on the map's grid."""
+    height, width = rgba.shape[:2]
+    polygons = land_polygons()
+    land = rasterize(((p, 1) for p in polygons), out_shape=(height, width), transform=transform)
+    rgba[land == 1, :3] = LAND_COLOUR
+    coasts = ({"type": "MultiLineString", "coordinates": p["coordinates"]} for p in polygons)
+    coast = rasterize(((c, 1) for c in coasts), out_shape=(height, width), transform=transform)
+    rgba[coast == 1, :3] = COAST_COLOUR
+
+
 def _draw_graticule(
     rgba: np.ndarray, bounds: tuple[float, float, float, float], transform: Affine
 ) -> None:
@@ -429,11 +462,11 @@ def _draw_graticule(
     for lon in np.arange(math.ceil(west / step) * step, east + 1e-9, step):
         column = int((inverse * (lon, north))[0])
         if 0 <= column < width:
-            rgba[:, column, :3] = (210, 214, 220)
+            rgba[:, column, :3] = GRATICULE_COLOUR
     for lat in np.arange(math.ceil(south / step) * step, north + 1e-9, step):
         row = int((inverse * (west, lat))[1])
         if 0 <= row < height:
-            rgba[row, :, :3] = (210, 214, 220)
+            rgba[row, :, :3] = GRATICULE_COLOUR
 
 
 # --------------------------------------------------------------------------- time

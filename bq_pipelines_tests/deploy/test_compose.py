@@ -148,6 +148,7 @@ URL_VALUES = {
     "BQ_API_ALLOWED_SOURCES": "https://data.example.org/rasters/",
     "BQ_API_STAC_API_ALIASES": "https://stac.example.org/",
     "BQ_DAGSTER_UI_URL": "https://stac.example.org/dagster",
+    "BQ_TILER_URL": "https://stac.example.org/tiler",
 }
 
 
@@ -189,3 +190,31 @@ def test_the_daily_backup_schedule_is_on_in_the_stack(tmp_path: Path):
     settings = Settings.from_env({**daemon, "BQ_LOCAL_DATA_ROOT": str(tmp_path)})
     assert settings.backup_schedule_enabled
     assert settings.backup_retention_days == 30 and settings.backup_keep_last == 7
+
+
+def test_the_tile_server_runs_in_the_stack_behind_nginx_only(tmp_path: Path):
+    result = docker_compose("--env-file", str(filled_env(tmp_path, **URL_VALUES)), "config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    tiler = services["tiler"]
+    assert tiler["command"][:2] == ["uvicorn", "bq_pipelines.tiler:app"]
+    environment = tiler["environment"]
+    assert environment["TITILER_PGSTAC_API_ROOT_PATH"] == "/tiler"
+    assert environment["TITILER_PGSTAC_API_ENABLE_ASSETS_ENDPOINTS"] == "TRUE"
+    assert environment["PGHOST"] == "catalog-db"  # the database stac-api serves
+    assert "ports" not in tiler and "tiler" in services["nginx"]["depends_on"]
+    # Items and collections link to it as users reach it.
+    daemon = services["dagster-daemon"]["environment"]
+    assert daemon["BQ_TILER_URL"] == "https://stac.example.org/tiler"
+    assert Settings.from_env({**daemon, "BQ_LOCAL_DATA_ROOT": str(tmp_path)}).tiler_url == (
+        "https://stac.example.org/tiler"
+    )
+    nginx = (DEPLOY_DIR / "nginx" / "default.conf").read_text()
+    block = nginx.split("location /tiler/ {", 1)[1].split("\n    }\n", 1)[0]
+    assert "proxy_pass http://tiler/;" in block and "limit_except GET OPTIONS" in block
+    assert "server tiler:8084;" in nginx
+    # The project image has the tile server, at the lock's version.
+    dockerfile = (DEPLOY_DIR / "Dockerfile").read_text()
+    assert "titiler-pgstac[psycopg]" in dockerfile
+    lock = (DEPLOY_DIR.parent / "requirements.lock").read_text().splitlines()
+    assert "titiler-pgstac==3.2.0" in lock

@@ -1156,3 +1156,39 @@ def test_band_facts_are_read_once_per_file_and_kept_in_the_cache(tmp_path: Path)
     for path in cache.iterdir():
         path.write_text("{not json")
     assert band_facts(source, CogSettings(), cache=cache) == facts
+
+
+CLASS_TABLE = {0: (0, 0, 0, 0)} | {v: (20 * v, 255 - 20 * v, 90, 255) for v in range(1, 12)}
+
+
+@pytest.mark.parametrize("profile", ["raw", "display"])
+@pytest.mark.parametrize(
+    "validity",
+    [{"nodata": 0}, {"nodata": None}, {"mask": True}],
+    ids=["nodata", "no-nodata", "mask"],
+)
+@pytest.mark.parametrize(
+    "crs", ["EPSG:4326", "EPSG:32198", CUSTOM_LCC_WKT], ids=["4326", "32198", "no-epsg"]
+)
+def test_a_categorical_colour_table_is_kept_in_every_profile(
+    tmp_path: Path, profile: str, validity: dict, crs: str
+) -> None:
+    """Tiles and thumbnails draw classes in the colour table: the display warp keeps it, whatever
+    marks its invalid pixels, and the classes (nearest resampling, no invented values)."""
+    spec = RasterSpec(
+        dtype="uint8", categorical=True, crs=crs, metadata=BandMetadata(colormap=CLASS_TABLE),
+        **validity,
+    )  # fmt: skip
+    source = write_raster(tmp_path / "classes.tif", spec)
+
+    to_cog(
+        RasterInput(source), tmp_path / "cog.tif", CogSettings(profile=profile, categorical=True)
+    )
+
+    with rasterio.open(tmp_path / "cog.tif") as out:
+        table = out.colormap(1)
+        values = out.read(1, masked=True)
+    assert {value: table[value] for value in range(1, 12)} == {
+        value: CLASS_TABLE[value] for value in range(1, 12)
+    }
+    assert set(np.unique(values.compressed()).tolist()) <= set(range(1, 12))

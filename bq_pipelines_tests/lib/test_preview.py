@@ -3,6 +3,7 @@ pixel (colours of the colour table or palette, nodata transparent, size)."""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -169,11 +170,40 @@ def test_coverage_map_draws_footprints_weighted_by_overlap():
         row = int((north - lat) / (north - south) * coverage.height)
         return tuple(int(c) for c in pixels[row, column, :3])
 
-    twice, once, background = at(-72.3, 47.3), at(-57.3, 46.3), at(-67.3, 43.3)
-    assert twice == (8, 48, 107)  # the most-covered colour
-    assert once not in (twice, background)
-    assert at(-64.5, 40.5) == once
-    assert background == (244, 246, 248)
+    # Over the sea (the Atlantic south of Newfoundland, off New England): once, once, none.
+    once, also_once, sea = at(-57.3, 46.3), at(-64.5, 40.5), at(-67.3, 43.3)
+    assert sea == preview.SEA_COLOUR
+    assert once == also_once and once != sea
+    assert at(-67.0, 46.5) == preview.LAND_COLOUR  # New Brunswick, outside every footprint
+    twice = at(-72.3, 47.3)  # over Québec
+    assert sum(twice) < sum(once)  # darker where more items overlap
+
+
+def test_coverage_map_shows_land_and_sea_under_a_footprint():
+    coverage = preview.coverage_map([item((-80, 40, -50, 55))])
+    assert coverage is not None
+    west, south, east, north = coverage.bounds
+    pixels = preview.decode_png(coverage.png)
+
+    def at(lon, lat):
+        column = int((lon - west) / (east - west) * coverage.width)
+        row = int((north - lat) / (north - south) * coverage.height)
+        return tuple(int(c) for c in pixels[row, column, :3])
+
+    land, sea = at(-73.0, 51.5), at(-57.5, 41.5)  # Québec, the Atlantic: both covered once
+    assert land != sea  # the footprint is translucent: one still sees where it lies
+    assert land not in (preview.LAND_COLOUR, preview.SEA_COLOUR)
+
+
+def test_the_land_outlines_are_natural_earth_simplified_and_small():
+    polygons = preview.land_polygons()
+    assert 100 <= len(polygons) <= 200
+    data = resources.files("bq_pipelines.lib").joinpath("basemap/land.json").read_bytes()
+    assert 20_000 < len(data) < 100_000  # tens of kilobytes, shipped as package data
+    readme = resources.files("bq_pipelines.lib").joinpath("basemap/README.md").read_text()
+    assert "Natural Earth" in readme and "public domain" in readme
+    lons = [x for p in polygons for ring in p["coordinates"] for x, _ in ring]
+    assert min(lons) == -180 and max(lons) == 180
 
 
 def test_coverage_map_of_nothing_is_none():
