@@ -2,10 +2,12 @@
 that compares with a catalog, adopting what a catalog already publishes, materializing a
 dataset, auditing it against the object store, catalog backups and restores.
 
-`bq-pipelines materialize demo` is what `make demo` runs. With DAGSTER_HOME set (the Makefile
-sets it to .bq/dagster), runs are launched through the code location into that instance, so
-the UI (`make dev`) lists them under the dataset's job; without it they run in-process on a
-temporary instance.
+`bq-pipelines materialize demo` is what `make demo` runs. Runs are recorded in the persistent
+Dagster instance of DAGSTER_HOME, or else of `$BQ_HOME/dagster` (what the Makefile sets), so that
+skip-unchanged and run history work the same from any shell, and the UI (`make dev`) lists them
+under the dataset's job. They execute in this process (seconds); `--launch` launches them through
+the code location instead, as the UI would (slower: a code server and a run process start; the
+UI can re-execute such runs).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import difflib
 import json
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -28,19 +31,21 @@ from bq_pipelines.backup import cli as backup_cli
 from bq_pipelines.backup_assets import BackupRun, backup_now, run_backup_command
 from bq_pipelines.comparison import PlannedItem, compare, planned_items, report_lines
 from bq_pipelines.declarations import Declaration, load_declarations
-from bq_pipelines.definitions import defs
 from bq_pipelines.demo import write_demo_rasters
 from bq_pipelines.factory import (
     FORCE_TAG,
     all_partition_dimensions,
+    build_dataset,
     discover_files,
     op_name,
 )
 from bq_pipelines.keys import keys_by_dimension, partitions_definition
 from bq_pipelines.launch import (
+    InProcessLauncher,
     Materialization,
     RunReport,
     code_location_launcher,
+    code_location_tags,
     materialize,
 )
 from bq_pipelines.lib.catalog import open_catalog
@@ -48,11 +53,16 @@ from bq_pipelines.lib.errors import ConfigError, PipelineError
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.words import plural
 from bq_pipelines.plans import SourceLocations
-from bq_pipelines.resources import resources_for, services_for
+from bq_pipelines.resources import quick_catalog, resources_for, services_for
 from bq_pipelines.settings import Settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SUGGESTIONS = 5
+INSTANCE_FOLDER = "dagster"
+# After a run, the catalog is read for its listing with these bounds: a catalog that does not
+# answer must not keep the command waiting on a result it already has.
+LISTING_TIMEOUT_SECONDS = 3.0
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -69,14 +79,38 @@ def _declaration(dataset_id: str) -> Declaration:
     return declarations[dataset_id]
 
 
-def _instance() -> dg.DagsterInstance:
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
-    print(
-        "DAGSTER_HOME is not set: runs go to a temporary instance (not visible in the UI)",
-        file=sys.stderr,
+def dataset_definitions(declaration: Declaration, settings: Settings) -> dg.Definitions:
+    """The dataset's assets, jobs and the resources the settings choose: what its commands run,
+    named as in the code location (the same jobs, asset keys and instance), without loading
+    every other dataset, the ingestion API and the executors."""
+    return dg.Definitions.merge(
+        build_dataset(declaration, settings), dg.Definitions(resources=resources_for(settings))
     )
-    return dg.DagsterInstance.ephemeral()
+
+
+def code_location() -> dg.Definitions:
+    """The whole code location (the backup's commands need its backup job and resources)."""
+    # Imported here: loading every dataset, the API and the Celery executor costs a dataset's
+    # commands seconds they do not need.
+    from bq_pipelines.definitions import defs
+
+    return defs()
+
+
+def _instance(settings: Settings) -> dg.DagsterInstance:
+    """The persistent instance: DAGSTER_HOME's, else `$BQ_HOME/dagster` (as `make` sets it),
+    created with the project's dagster.yaml the first time."""
+    if not os.environ.get("DAGSTER_HOME"):
+        home = settings.home.absolute() / INSTANCE_FOLDER
+        if not home.is_dir():
+            home.mkdir(parents=True)
+            print(f"runs are recorded in {home} (the Dagster instance)", file=sys.stderr)
+        template = PROJECT_ROOT / "dagster.yaml"  # the project's, as `make` copies it
+        if not (home / "dagster.yaml").exists() and template.is_file():
+            shutil.copyfile(template, home / "dagster.yaml")
+        # Child processes (a code location launch) must open the same instance.
+        os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
 
 
 def partition_keys(
@@ -187,18 +221,26 @@ def _resources(definitions: dg.Definitions) -> Mapping[str, Any]:
     return definitions.resources
 
 
-def _print_catalog(
-    declaration: Declaration, definitions: dg.Definitions, settings: Settings
-) -> None:
-    # Resolved as a run resolves it: its secrets (EnvVar) are read now, not in the definition.
-    catalog = _resources(definitions)["catalog"].process_config_and_initialize()
-    items = list(catalog.publisher().iter_items(declaration.id))
+def _print_catalog(declaration: Declaration, settings: Settings, *, published: bool) -> None:
+    """The collection's items as the catalog now lists them, read within a few seconds (a
+    catalog that does not answer is said so, not waited for)."""
     where = (
         redact_url(settings.stac_api_url or "")
         if settings.catalog == "stac-api"
         else (settings.catalog_dir.absolute() / "catalog.json")
     )
-    print(f"\ncollection {declaration.id}: {plural(len(items), 'item')} in {where}")
+    resource = quick_catalog(settings, LISTING_TIMEOUT_SECONDS)
+    try:
+        with dg.build_resources({"catalog": resource}) as built:
+            items = list(built.catalog.publisher().iter_items(declaration.id))
+    except PipelineError as error:
+        print(f"\ncollection {declaration.id}: the catalog at {where} did not answer: {error}")
+        return
+    held = f"{plural(len(items), 'item')} in {where}"
+    if published:
+        print(f"\ncollection {declaration.id}: {held}")
+    elif items:
+        print(f"\nthe catalog still holds {held}, from earlier runs")
     for item in items:
         asset = next(iter(item["assets"].values()))
         print(f"  {item['id']}: {redact_url(asset['href'])}")
@@ -221,7 +263,8 @@ def datasets_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def partitions_command(args: argparse.Namespace, settings: Settings) -> int:
     declaration = _declaration(args.dataset)
-    for key in partition_keys(declaration, defs(), _instance(), settings):
+    definitions = dataset_definitions(declaration, settings)
+    for key in partition_keys(declaration, definitions, _instance(settings), settings):
         print(key)
     return 0
 
@@ -275,8 +318,8 @@ def compare_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def adopt_command(args: argparse.Namespace, settings: Settings) -> int:
     declaration = _declaration(args.dataset)
-    definitions = defs()
-    instance = _instance()
+    definitions = dataset_definitions(declaration, settings)
+    instance = _instance(settings)
     valid = partition_keys(declaration, definitions, instance, settings)
     check_partitions(declaration.id, args.partition or [], valid)
     job = definitions.resolve_job_def(op_name(declaration.id, "adopt_job"))
@@ -302,16 +345,18 @@ def adopt_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def materialize_command(args: argparse.Namespace, settings: Settings) -> int:
     declaration = _declaration(args.dataset)
-    definitions = defs()
-    instance = _instance()
+    definitions = dataset_definitions(declaration, settings)
+    instance = _instance(settings)
     valid = partition_keys(declaration, definitions, instance, settings)
     check_partitions(declaration.id, args.partition or [], valid)
     wanted = args.partition or valid
     if not wanted:
         raise ConfigError(f"dataset {declaration.id!r}: no partitions to materialize")
-    done = _materialize(declaration, definitions, wanted, instance, force=args.force)
+    done = _materialize(
+        declaration, definitions, wanted, instance, force=args.force, launch=args.launch
+    )
     print_totals(done)
-    _print_catalog(declaration, definitions, settings)
+    _print_catalog(declaration, settings, published=done.collection_published)
     return 0 if done.ok else 1
 
 
@@ -322,14 +367,16 @@ def _materialize(
     instance: dg.DagsterInstance,
     *,
     force: bool,
+    launch: bool = False,
 ) -> Materialization:
     tags = {FORCE_TAG: "true"} if force else {}
-    if os.environ.get("DAGSTER_HOME"):
+    if launch:
         with code_location_launcher(definitions, instance) as launcher:
             return materialize(
                 declaration, definitions, wanted, instance, launcher, print_run, tags
             )
-    return materialize(declaration, definitions, wanted, instance, on_run=print_run, tags=tags)
+    here = InProcessLauncher(definitions, instance, tags=code_location_tags())
+    return materialize(declaration, definitions, wanted, instance, here, print_run, tags)
 
 
 def print_audit(report: AuditReport) -> None:
@@ -343,8 +390,8 @@ def print_audit(report: AuditReport) -> None:
 
 def audit_command(args: argparse.Namespace, settings: Settings) -> int:
     declaration = _declaration(args.dataset)
-    definitions = defs()
-    instance = _instance()
+    definitions = dataset_definitions(declaration, settings)
+    instance = _instance(settings)
     partition_keys(declaration, definitions, instance, settings)  # file partitions discovered
     job = definitions.resolve_job_def(op_name(declaration.id, "job"))
     assert job.partitions_def is not None
@@ -384,12 +431,12 @@ def audit_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def backup_command(args: argparse.Namespace, settings: Settings) -> int:
-    return run_backup_command(args, defs())
+    return run_backup_command(args, code_location())
 
 
 def backup_now_command(args: argparse.Namespace, settings: Settings) -> int:
     day = args.date or datetime.now(UTC).date()
-    outcome = backup_now(defs(), _instance(), day)
+    outcome = backup_now(code_location(), _instance(settings), day)
     print_backup(outcome)
     return 0 if outcome.success else 1
 
@@ -423,6 +470,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     run = commands.add_parser("materialize", help="materialize a dataset's partitions")
     run.add_argument("dataset")
     run.add_argument("--partition", action="append", help="a partition key (default: all)")
+    run.add_argument(
+        "--launch",
+        action="store_true",
+        help="launch the runs through the code location, as the UI does (slower; the UI can "
+        "then re-execute them)",
+    )
     run.add_argument(
         "--force",
         action="store_true",

@@ -3,11 +3,12 @@
 A dataset is materialized in batches of partitions, one run per batch, the collection in the last
 run (or in a run of its own when the last batch failed but others published items). Two ways to
 start a run:
-- `CodeLocationLauncher` (the CLI, with DAGSTER_HOME): `dagster job launch` against the code
-  location, as the UI launches runs. The run carries the code location's origin, so the UI lists
-  it under the dataset's job and re-executes it without a warning.
-- `InProcessLauncher` (tests, benchmarks, no DAGSTER_HOME): `execute_in_process` of any
-  Definitions, fast, but the UI cannot attribute such runs to a code location.
+- `InProcessLauncher` (the CLI, tests, benchmarks): `execute_in_process` of any Definitions, in
+  seconds. With `code_location_tags()` (the CLI), the UI lists the run under the dataset's job
+  of the code location; it cannot re-execute it (the run has no code location origin).
+- `CodeLocationLauncher` (`bq-pipelines materialize --launch`): `dagster job launch` against the
+  code location, as the UI launches runs. The run carries the code location's origin, so the UI
+  re-executes it without a warning; a code server and a run process start for it.
 What a run did is read back from its events in the instance, whichever way it was started.
 """
 
@@ -41,6 +42,8 @@ QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # The code location as workspace.yaml declares it: the UI attributes runs by these names.
 DEFINITIONS_MODULE = "bq_pipelines.definitions"
 CODE_LOCATION = "bq_pipelines"
+REPOSITORY = "__repository__"  # the repository name Dagster gives a Definitions object
+REPOSITORY_TAG = ".dagster/repository"
 LAUNCH_TIMEOUT_SECONDS = 300.0
 START_TIMEOUT_SECONDS = 300.0
 POLL_SECONDS = 0.5
@@ -120,16 +123,27 @@ class Launcher(Protocol):
 
 @dataclass
 class InProcessLauncher:
-    """Runs executed in this process, on any Definitions (not attributed to a code location)."""
+    """Runs executed in this process, on any Definitions; `tags` are added to every run."""
 
     defs: dg.Definitions
     instance: dg.DagsterInstance
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def run(self, job_name: str, assets: Sequence[dg.AssetKey], tags: Mapping[str, str]) -> str:
         result = job_subset(self.defs.resolve_job_def(job_name), assets).execute_in_process(
-            instance=self.instance, raise_on_error=False, run_config=QUIET_LOGS, tags=dict(tags)
+            instance=self.instance,
+            raise_on_error=False,
+            run_config=QUIET_LOGS,
+            tags={**self.tags, **tags},
         )
         return result.run_id
+
+
+def code_location_tags() -> dict[str, str]:
+    """What makes the UI list an in-process run under its job of the code location: the job
+    page selects runs by job name and this tag (`<repository>@<location>`), which a launch
+    through the code location sets from the run's origin."""
+    return {REPOSITORY_TAG: f"{REPOSITORY}@{CODE_LOCATION}"}
 
 
 def job_subset(job: dg.JobDefinition, assets: Sequence[dg.AssetKey]) -> dg.JobDefinition:

@@ -284,6 +284,22 @@ def _env_or_none(name: str) -> dg.EnvVar | None:
     return dg.EnvVar(name) if os.environ.get(name) else None
 
 
+def quick_catalog(settings: Settings, seconds: float) -> CatalogResource:
+    """The catalog of `settings`, its reads bounded by `seconds` (a few tries, no outage
+    budget): for what is printed after the work is done."""
+    catalog = resources_for(settings)["catalog"]
+    if isinstance(catalog, StacApiCatalogResource):
+        return StacApiCatalogResource(
+            url=catalog.url,
+            token=catalog.token,
+            connect_timeout_seconds=seconds,
+            read_timeout_seconds=seconds,
+            retry_budget_seconds=seconds,
+        )
+    assert isinstance(catalog, CatalogResource)
+    return catalog
+
+
 def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """The implementations chosen by the settings (see settings.py for every variable)."""
     object_store: ObjectStoreResource

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -18,11 +17,15 @@ import yaml
 
 from bq_pipelines.cli import closest_keys, main
 from bq_pipelines.demo import DEMO_LAYERS
-from bq_pipelines.launch import CODE_LOCATION, DEFINITIONS_MODULE, immediate_launch_config
+from bq_pipelines.launch import (
+    CODE_LOCATION,
+    DEFINITIONS_MODULE,
+    REPOSITORY,
+    immediate_launch_config,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-REPOSITORY = "__repository__"  # the repository name Dagster gives a Definitions object
 RUN_LINE = re.compile(
     r"^run (?P<run>[0-9a-f]{8}) \[(?P<label>[^\]]+)\]: (?P<status>ok|FAILED)"
     r"(, (?P<published>\d+) published, (?P<skipped>\d+) skipped, (?P<failed>\d+) failed)?",
@@ -32,11 +35,14 @@ RUN_LINE = re.compile(
 
 @pytest.fixture
 def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Embedded defaults under tmp, no DAGSTER_HOME (in-process runs); returns BQ_HOME."""
+    """Embedded defaults under tmp, no DAGSTER_HOME (the instance under BQ_HOME); returns
+    BQ_HOME."""
     for name in list(os.environ):
         if name.startswith("BQ_"):
             monkeypatch.delenv(name)
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    # Set, then removed: monkeypatch then also removes what the CLI sets (its default home).
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.delenv("DAGSTER_HOME")
     monkeypatch.setenv("BQ_HOME", str(tmp_path / "bq"))
     return tmp_path / "bq"
 
@@ -172,25 +178,27 @@ def test_the_code_location_the_cli_launches_is_the_workspace_one() -> None:
     ]
 
 
-def test_cli_runs_are_the_jobs_runs_counted_then_skipped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    home = tmp_path / "dagster"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+def test_cli_runs_are_the_jobs_runs_counted_then_skipped(tmp_path: Path) -> None:
+    # No DAGSTER_HOME: the CLI keeps its runs in $BQ_HOME/dagster, as `make` does, so that a
+    # second run from any shell skips what the first published.
     bq_home = tmp_path / "bq"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BQ_")}
-    env |= {"DAGSTER_HOME": str(home), "BQ_HOME": str(bq_home)}
+    env.pop("DAGSTER_HOME", None)
+    env |= {"BQ_HOME": str(bq_home)}
 
     generated = run_cli("demo-data", env=env)
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout.count("(written)") == 3
     first = run_cli("materialize", "demo", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert f"runs are recorded in {bq_home / 'dagster'}" in first.stderr
     [run] = list(RUN_LINE.finditer(first.stdout))
     assert run["label"] == "landcover .. temperature + collection" and run["status"] == "ok"
     assert (run["published"], run["skipped"], run["failed"]) == ("3", "0", "0")
     assert "total: 3 partitions, 3 published, 0 skipped, 0 failed" in first.stdout
+    assert (bq_home / "dagster" / "dagster.yaml").read_text() == (
+        PROJECT_ROOT / "dagster.yaml"
+    ).read_text()
 
     # What `make demo` does again: the rasters are left alone, every partition is skipped.
     sources = sorted((bq_home / "sources" / "demo").glob("*.tif"))
@@ -203,9 +211,15 @@ def test_cli_runs_are_the_jobs_runs_counted_then_skipped(
     [again] = list(RUN_LINE.finditer(second.stdout))
     assert (again["published"], again["skipped"], again["failed"]) == ("0", "3", "0")
     assert "total: 3 partitions, 0 published, 3 skipped, 0 failed" in second.stdout
+    # Through the code location, as the UI launches runs: the same instance, skipped too.
+    launched = run_cli("materialize", "demo", "--launch", env=env)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    [third] = list(RUN_LINE.finditer(launched.stdout))
+    assert (third["published"], third["skipped"], third["failed"]) == ("0", "3", "0")
 
-    # The UI's job page lists both runs, from the code location: no "No runs found", and
-    # "Re-execute" finds the job where the run came from.
+    # The UI's job page lists the three runs: no "No runs found"; the launched one carries the
+    # code location's origin ("Re-execute" finds the job where the run came from).
+    env["DAGSTER_HOME"] = str(bq_home / "dagster")
     selector = {
         "repositoryLocationName": CODE_LOCATION,
         "repositoryName": REPOSITORY,
@@ -215,21 +229,34 @@ def test_cli_runs_are_the_jobs_runs_counted_then_skipped(
     job = job["pipelineOrError"]
     assert job["__typename"] == "Pipeline"
     listed = {r["runId"][:8]: r for r in job["runs"]}
-    assert set(listed) == {run["run"], again["run"]}
-    for entry in listed.values():
-        assert entry["status"] == "SUCCESS"
-        assert entry["repositoryOrigin"] == {"repositoryLocationName": CODE_LOCATION}
+    assert set(listed) == {run["run"], again["run"], third["run"]}
+    assert {r["status"] for r in listed.values()} == {"SUCCESS"}
+    assert listed[third["run"]]["repositoryOrigin"] == {"repositoryLocationName": CODE_LOCATION}
 
     # Published files are readable by anyone (a web server serving the catalog, say).
     published = [*(bq_home / "objects").rglob("*.tif"), *(bq_home / "catalog").rglob("*.json")]
     assert len(published) == 3 + 1 + 1 + 3
     for path in published:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.from_config(str(bq_home / "dagster")) as instance:
         runs = instance.get_runs()
     assert {r.run_id[:8] for r in runs} == set(listed)
-    assert all(r.job_name == "demo_job" and r.remote_job_origin is not None for r in runs)
+    assert all(r.job_name == "demo_job" for r in runs)
+
+
+def test_after_a_failed_run_the_cli_says_what_the_catalog_still_holds(
+    cli_env: Path, capsys
+) -> None:
+    assert main(["demo-data"]) == 0
+    assert main(["materialize", "demo"]) == 0
+    for layer in DEMO_LAYERS:
+        (cli_env / "sources" / "demo" / f"{layer}.tif").write_bytes(b"not a raster any more")
+    capsys.readouterr()
+    assert main(["materialize", "demo", "--force"]) == 1
+    out = capsys.readouterr().out
+    assert "collection demo: not published (no partition succeeded)" in out
+    assert "collection demo: 3 items" not in out  # no line contradicting that one
+    assert "the catalog still holds 3 items in" in out and "from earlier runs" in out
 
 
 # ------------------------------------------------------------------------ secrets

@@ -194,7 +194,12 @@ def test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_processed(
             )
             assert metadata["skipped"] is True and metadata["adopted"] is True
     assert {r.method for r in http_host.requests} <= {"HEAD"}
-    assert listing(s3_client, settings.s3_bucket) == objects_before
+    # The data objects are untouched; the collections' coverage maps are new (previews).
+    after = listing(s3_client, settings.s3_bucket)
+    assert [o for o in after if "/_previews/" not in o[0]] == objects_before
+    assert {o[0] for o in after if "/_previews/" in o[0]} == {
+        f"io/_previews/{dataset}/coverage-map.png" for dataset in DATASETS
+    }
     assert published_items(stac_api_url) == items_before
 
     # 4. A deleted object: adopt reports it, the next backfill re-creates it (the others skip).
