@@ -60,6 +60,7 @@ from bq_pipelines.resources import (
     SourcesResource,
     services_for,
 )
+from bq_pipelines.sandbox import check_local_sources
 from bq_pipelines.sensors import (
     collection_automation_condition,
     reads_remote_sources,
@@ -698,6 +699,11 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
     """Assets, checks, job, sensors and schedule of one dataset. `settings` (the embedded
     defaults when None) only says which kinds of store and catalog the assets show."""
     settings = settings or Settings()
+    # Nothing outside the data root is read: a file:// URL, a mirror or a symlink leading out
+    # fails the load, naming the field.
+    check_local_sources(
+        declaration, SourceLocations(settings.source_base_urls, settings.local_data_root)
+    )
     batch_event_writes()
     keys = DatasetKeys(declaration.id)
     partitions_def = partitions_definition(declaration.id, declaration.partitions)

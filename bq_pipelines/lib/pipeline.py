@@ -163,6 +163,7 @@ def probe_sources(urls: Sequence[str], services: Services) -> list[sources.Sourc
             url,
             retry=services.retry,
             s3_endpoint_url=services.s3_endpoint_url,
+            limits=services.fetch_limits,
             http=services.http,
         )
         for url in urls
@@ -173,13 +174,13 @@ def fetch_sources(
     urls: Sequence[str], staging: Path, services: Services
 ) -> dict[str, sources.FetchedFile]:
     """Download each distinct URL once into `staging` (names kept unique by an index); local
-    files are read where they are, unless a guard decides what is allowed (the ingestion
-    API's: it refuses them)."""
+    files are read where they are (confined to the limits' local root), unless a guard decides
+    what is allowed (the ingestion API's: it refuses them)."""
     limits = services.fetch_limits
     fetched: dict[str, sources.FetchedFile] = {}
     for index, url in enumerate(dict.fromkeys(urls)):
         if sources.is_local(url) and (limits is None or limits.guard is None):
-            fetched[url] = sources.describe_local(url)
+            fetched[url] = sources.describe_local(url, limits)
             continue
         name = f"{index:03d}-{Path(url.split('?')[0]).name or 'source'}"
         fetched[url] = sources.fetch(
