@@ -296,7 +296,11 @@ def _process_locked(
 ) -> PartitionOutcome:
     urls = list(dict.fromkeys(s.url for p in plans for s in p.sources))
     token = fingerprint(plans, [f.token() for f in probe_sources(urls, services)])
-    if previous is not None and previous.value("fingerprint") == token and not forced(context):
+    if forced(context):
+        # Redone from the sources, every object uploaded again: a forced run repairs whatever
+        # the store holds, not only the items.
+        services = replace(services, rewrite_objects=True)
+    elif previous is not None and previous.value("fingerprint") == token:
         # Unchanged sources say nothing of what happened to the objects since: check each one
         # (a HEAD), so a deleted or overwritten object is put back, and a store that cannot be
         # reached fails the partition instead of letting it pass as skipped.

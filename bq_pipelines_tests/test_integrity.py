@@ -136,6 +136,60 @@ def overwrite_behind_the_back(settings: Settings, store, key: str, garbage: Path
         (Path(settings.objects_dir) / key).write_bytes(garbage.read_bytes())
 
 
+def forge_behind_the_back(settings: Settings, store, key: str) -> bytes:
+    """Overwrite `key` with garbage of the same size under the metadata of the object it
+    replaces: S3's x-amz-meta-* (sha256, owner...) copied, or the local file's sidecars kept and
+    its mtime put back. The garbage."""
+    stored = store.stat(key)
+    assert stored is not None
+    garbage = os.urandom(stored.size)
+    if settings.object_store == "s3":
+        head = store.client.head_object(Bucket=store.bucket, Key=key)
+        store.client.put_object(
+            Bucket=store.bucket,
+            Key=key,
+            Body=garbage,
+            Metadata=head["Metadata"],
+            ContentType=head["ContentType"],
+        )
+    else:
+        path = Path(settings.objects_dir) / key
+        before = path.stat()
+        path.write_bytes(garbage)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    return garbage
+
+
+def test_garbage_under_copied_metadata_is_found_by_the_audit_and_repaired(
+    any_settings: Settings, unique_id: str
+) -> None:
+    declaration = demo_declaration(f"demo-{unique_id}")
+    keys = DatasetKeys(declaration.id)
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_dataset(declaration, any_settings, instance).ok
+    cog = f"io/{declaration.id}/demo_landcover.tif"
+    with built_services(any_settings) as services:
+        store = services.store
+        good = store.get_bytes(cog)
+        forge_behind_the_back(any_settings, store, cog)
+
+        report = audit_dataset(declaration, any_settings, instance)
+        assert [(d.item_id, d.drift) for d in report.drifted] == [("demo_landcover", "changed")]
+        assert report.affected_partitions == ["landcover"] and not report.clean
+
+        again = materialize_dataset(declaration, any_settings, instance)  # skips the others
+        assert again.ok and (again.published, again.skipped) == (1, 2)
+        assert store.get_bytes(cog) == good
+
+        # A forced run rewrites every object, so it repairs one forged since too.
+        forge_behind_the_back(any_settings, store, cog)
+        forced = materialize_dataset(declaration, any_settings, instance, tags={FORCE_TAG: "true"})
+        assert forced.ok and forced.published == 3
+        assert store.get_bytes(cog) == good
+    assert latest_metadata(instance, keys.step("object"), "landcover")["uploaded"] == 1
+    assert_no_drift(declaration, any_settings, instance)
+
+
 def test_force_redoes_unchanged_partitions(local_settings: Settings) -> None:
     declaration = demo_declaration("demo-force")
     keys = DatasetKeys(declaration.id)
@@ -147,8 +201,9 @@ def test_force_redoes_unchanged_partitions(local_settings: Settings) -> None:
 
     assert forced.ok and (forced.published, forced.skipped) == (3, 0)
     for layer in DEMO_LAYERS:
-        # Redone from the source: same bytes, so nothing uploaded and the item unchanged.
-        assert latest_metadata(instance, keys.step("object"), layer)["uploaded"] == 0
+        # Redone from the source: every object written again (whatever the store holds), the
+        # same item, so it is unchanged in the catalog.
+        assert latest_metadata(instance, keys.step("object"), layer)["uploaded"] == 1
         assert latest_metadata(instance, keys.step("stac_item"), layer)["unchanged"] == 1
 
 

@@ -133,6 +133,8 @@ class Services:
     # cached (`cog.band_facts`): read once per file (a cube's scenario), not once per partition.
     # None reads them in every partition.
     band_facts_cache: Path | None = None
+    # Upload every object again, even one the store holds with the same sha256 (`--force`).
+    rewrite_objects: bool = False
 
     @property
     def max_pixels(self) -> int | None:
@@ -370,7 +372,10 @@ def _store(
     # The owner makes the store refuse to overwrite another item's object with this one; the
     # thumbnail belongs to the same item.
     owner = ObjectOwner(plan.collection_id, plan.item_id)
-    stored = services.store.put_file(info.path, key, sha256=info.sha256, owner=owner)
+    rewrite = services.rewrite_objects
+    stored = services.store.put_file(
+        info.path, key, sha256=info.sha256, owner=owner, rewrite=rewrite
+    )
     info.path.unlink(missing_ok=True)
     stored_thumbnail = None
     if thumbnail is not None:
@@ -380,6 +385,7 @@ def _store(
             sha256=thumbnail.sha256,
             owner=owner,
             content_type=preview.PNG_MEDIA_TYPE,
+            rewrite=rewrite,
         )
         thumbnail.path.unlink(missing_ok=True)
     return Produced(item, info, stored, stored_thumbnail)
