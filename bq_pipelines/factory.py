@@ -523,8 +523,9 @@ def audit_check(
         description=(
             "The catalog matches the object store: every item's object exists with the size "
             "and sha256 the item says, no object under the dataset's folders lacks its item, "
-            "no item lies outside the dataset's partitions, nothing is listed twice. Repair: "
-            "`bq-pipelines audit <dataset> --fix`."
+            "no item lies outside the dataset's partitions, nothing is listed twice (a failure). "
+            "Declared partitions not published (a backfill cut short) are a warning, with "
+            "their keys. Repair: `bq-pipelines audit <dataset> --fix`; gaps: a backfill."
         ),
     )
     def catalog_matches_store(
@@ -540,8 +541,13 @@ def audit_check(
             sources.locations(),
         )
         context.log.info(report.summary())
+        # Drift fails the check; gaps alone are a warning (a backfill fills them).
+        complete = not report.missing_partitions
         return dg.AssetCheckResult(
-            passed=report.clean,
+            passed=report.clean and complete,
+            severity=dg.AssetCheckSeverity.ERROR
+            if not report.clean
+            else dg.AssetCheckSeverity.WARN,
             description=report.summary(),
             metadata={
                 **report.counts(),

@@ -305,6 +305,48 @@ def test_the_audit_check_reports_drift_with_counts_and_ids(local_settings: Setti
     assert missing.startswith("demo_temperature") and "missing_object" in missing
 
 
+def test_the_audit_check_warns_of_gaps_and_fails_on_drift(local_settings: Settings) -> None:
+    declaration = demo_declaration("demo-gaps")
+    keys = DatasetKeys(declaration.id)
+    instance = dg.DagsterInstance.ephemeral()
+    # A backfill cut short: one partition of three published.
+    assert materialize_dataset(declaration, local_settings, instance, ["landcover"]).ok
+    defs = dg.Definitions.merge(
+        dataset_definitions(declaration, local_settings),
+        dg.Definitions(
+            jobs=[
+                dg.define_asset_job(
+                    "audit_only", selection=dg.AssetSelection.checks_for_assets(keys.collection)
+                )
+            ]
+        ),
+    )
+
+    def evaluate() -> dg.AssetCheckEvaluation:
+        result = defs.resolve_job_def("audit_only").execute_in_process(instance=instance)
+        [evaluation] = result.get_asset_check_evaluations()
+        return evaluation
+
+    gaps = evaluate()
+
+    assert not gaps.passed and gaps.severity == dg.AssetCheckSeverity.WARN
+    metadata = {name: value.value for name, value in gaps.metadata.items()}
+    assert (metadata["partitions"], metadata["missing_partitions"], metadata["items"]) == (3, 2, 1)
+    assert metadata["missing_partition_keys"] == ["elevation", "temperature"]
+    assert metadata["missing_items"] == 2 and metadata["drifted_items"] == []
+    assert "no drift" not in (gaps.description or "")
+    assert "GAPS (2 of 3 partitions not published)" in (gaps.description or "")
+
+    (Path(local_settings.objects_dir) / "io" / declaration.id / "demo_landcover.tif").unlink()
+    drift = evaluate()
+    assert not drift.passed and drift.severity == dg.AssetCheckSeverity.ERROR
+    assert "DRIFT" in (drift.description or "")
+
+    assert materialize_dataset(declaration, local_settings, instance).ok
+    complete = evaluate()
+    assert complete.passed and "no drift" in (complete.description or "")
+
+
 # ---------------------------------------------------------------------------- isolation
 
 
@@ -569,3 +611,28 @@ def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
         services.publisher.delete_item("demo", "demo_retired")
     status, output = finished(cli("audit", "demo", env=env))
     assert status == 0 and "demo: no drift: 3 items, 6 objects" in output, output
+
+
+def test_audit_command_reports_a_half_done_backfill_apart_from_drift(tmp_path: Path) -> None:
+    home = tmp_path / "bq"
+    env = cli_env(home)
+    assert finished(cli("demo-data", env=env))[0] == 0
+    status, output = finished(cli("materialize", "demo", "--partition", "elevation", env=env))
+    assert status == 0, output
+
+    status, output = finished(cli("audit", "demo", env=env))
+
+    # Gaps are reported (exit 0: nothing is wrong with what is published), never "no drift".
+    assert status == 0, output
+    assert "no drift" not in output
+    assert (
+        "demo: GAPS (2 of 3 partitions not published): 1 items, 2 objects, 0 missing_objects, "
+        "0 changed_objects, 0 orphans, 0 outside_partitions, 0 duplicates, 3 partitions, "
+        "2 missing_partitions, 2 missing_items" in output
+    )
+    assert "  missing_partition_keys:\n    landcover\n    temperature" in output
+
+    # Drift on top of the gaps: exit 1.
+    (home / "objects" / "io" / "demo" / "demo_elevation.tif").unlink()
+    status, output = finished(cli("audit", "demo", env=env))
+    assert status == 1 and "demo: DRIFT: 1 items, 1 objects, 1 missing_objects" in output
