@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
+from bq_pipelines_tests.fixtures.services import SERVICES_ENV
 
 
 def test_defaults_are_embedded_and_local():
@@ -144,3 +146,10 @@ def test_backup_defaults_and_a_dsn_kept_out_of_reprs():
     assert "s3cret" not in repr(settings)
     later = Settings.from_env({"BQ_BACKUP_TIME": "23:05", "BQ_BACKUP_KEEP_LAST": "3"})
     assert (later.backup_time, later.backup_keep_last) == ((23, 5), 3)
+
+
+def test_the_services_env_file_is_its_owners_only(services_env: dict[str, str]) -> None:
+    # `make services` writes the S3 keys and the catalog's DSN into it (rewritten on every
+    # `up`, which the fixture ran).
+    assert "AWS_SECRET_ACCESS_KEY" in services_env and "BQ_PGSTAC_DSN" in services_env
+    assert stat.S_IMODE(SERVICES_ENV.stat().st_mode) == 0o600
