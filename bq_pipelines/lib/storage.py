@@ -774,10 +774,13 @@ class S3ObjectStore(ObjectStore):
         """Record `owner` on an object the store vouches for: a server-side copy onto itself,
         in which S3 computes the SHA-256 of the bytes it holds (one request, up to 5 GiB)."""
         existing = self.stat(key)
-        if existing is None or not existing.sha256:
+        if existing is None or not existing.sha256 or existing.size > SINGLE_PUT_MAX_BYTES:
+            why = (
+                "is over 5 GiB" if existing and existing.sha256 else "has no sha256 S3 vouches for"
+            )
             raise StorageError(
-                f"S3 owner update of s3://{self.bucket}/{key}: the store vouches for no sha256 "
-                "of it (re-run with --force to upload it again)"
+                f"S3 owner update of s3://{self.bucket}/{key}: the object {why}, so it cannot "
+                "be copied onto itself (re-run with --force to upload it again)"
             )
         self._copy_in_place(
             key, {"sha256": existing.sha256, OWNER_METADATA: owner.encode()}, content_type
