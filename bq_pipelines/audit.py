@@ -7,7 +7,10 @@ reports:
 - objects under the dataset's folders that no item references: orphans of a crash between
   upload and publication (`orphans`);
 - items the dataset's partitions do not plan (`outside_partitions`);
-- items listed more than once, and objects referenced by several items (`duplicates`).
+- items listed more than once, and objects referenced by several items (`duplicates`);
+- apart from drift, gaps: declared partitions with an item not in the catalog (never
+  published, or a backfill cut short: `missing_partitions`). A dataset with gaps is never
+  said to have "no drift", but gaps are not drift: a backfill fills them, not `--fix`.
 
 Repairs: re-publishing the partitions of drifted items (`affected_partitions`, done by the
 caller through Dagster runs), and deleting orphans (`delete_orphans`), each under its
@@ -51,6 +54,9 @@ class AuditReport:
     duplicate_items: list[str] = field(default_factory=list)
     shared_objects: list[str] = field(default_factory=list)
     affected_partitions: list[str] = field(default_factory=list)
+    partitions: int = 0
+    missing_partitions: list[str] = field(default_factory=list)
+    missing_items: int = 0
 
     @property
     def missing(self) -> list[ObjectDrift]:
@@ -79,6 +85,9 @@ class AuditReport:
             "orphans": len(self.orphans),
             "outside_partitions": len(self.outside_partitions),
             "duplicates": self.duplicates,
+            "partitions": self.partitions,
+            "missing_partitions": len(self.missing_partitions),
+            "missing_items": self.missing_items,
         }
 
     def listing(self, limit: int = MAX_LISTED) -> dict[str, list[str]]:
@@ -90,11 +99,22 @@ class AuditReport:
             "duplicate_item_ids": self.duplicate_items[:limit],
             "shared_object_keys": self.shared_objects[:limit],
             "affected_partitions": self.affected_partitions[:limit],
+            "missing_partition_keys": self.missing_partitions[:limit],
         }
+
+    @property
+    def verdict(self) -> str:
+        """DRIFT, else GAPS (partitions not published), else "no drift"."""
+        if not self.clean:
+            return "DRIFT"
+        if self.missing_partitions:
+            missing = len(self.missing_partitions)
+            return f"GAPS ({missing} of {self.partitions} partitions not published)"
+        return "no drift"
 
     def summary(self) -> str:
         counts = ", ".join(f"{value} {name}" for name, value in self.counts().items())
-        return f"{self.dataset_id}: {'no drift' if self.clean else 'DRIFT'}: {counts}"
+        return f"{self.dataset_id}: {self.verdict}: {counts}"
 
 
 def plan_all(
@@ -131,7 +151,7 @@ def audit(
 ) -> AuditReport:
     """Compare the dataset's collection with the objects under its folders (read-only, except
     that a matching object with no recorded owner gets its owner recorded)."""
-    report = AuditReport(declaration.id)
+    report = AuditReport(declaration.id, partitions=len(partitions))
     planned = plan_all(declaration, partitions, locations)
     store = services.store
     listed = [
@@ -165,6 +185,9 @@ def audit(
     report.orphans = sorted(k for k in listed if k not in references)
     report.outside_partitions.sort()
     report.affected_partitions = sorted(affected)
+    unpublished = [p for item_id, p in planned.items() if item_id not in seen]
+    report.missing_items = len(unpublished)
+    report.missing_partitions = sorted({p.partition_key for p in unpublished})
     logger.info("%s", report.summary())
     return report
 

@@ -17,6 +17,7 @@ import difflib
 import json
 import os
 import shutil
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -532,13 +533,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     try:
-        return handlers[args.command](args, Settings.from_env(os.environ))
+        status = handlers[args.command](args, Settings.from_env(os.environ))
+        sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except PipelineError as error:  # a launch that failed, files that cannot be partitions...
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def _reader_gone() -> int:
+    """The reader of a listing closed it (`bq-pipelines partitions ... | head`): stop quietly,
+    with the status of a command killed by SIGPIPE, as `cat` or `seq` would."""
+    # Whatever is still buffered would fail again when Python flushes stdout at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

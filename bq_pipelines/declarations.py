@@ -960,6 +960,14 @@ class Declaration(_Strict):
                     f"{moment.isoformat()}"
                 )
 
+    def sampled_sources(self) -> Iterator[tuple[str, RenderedSource]]:
+        """(partition label, rendered source) of every partition rendered at load (the sample
+        `_check_rendered_partitions` checks): what a check needing the settings (the data root,
+        the mirrors) runs over when the code location loads."""
+        for label, variables in self._partition_samples():
+            for rendered in self.rendered_sources(variables):
+                yield label, rendered
+
     def _sampled_items(self, variables: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The first and the last item of a partition (their ids are the shortest and the
         longest): the coverage check above already tells the others apart."""

@@ -72,6 +72,7 @@ from bq_pipelines.resources import (
     links_for,
     services_for,
 )
+from bq_pipelines.sandbox import check_local_sources
 from bq_pipelines.sensors import (
     collection_automation_condition,
     reads_remote_sources,
@@ -307,7 +308,11 @@ def _process_locked(
 ) -> PartitionOutcome:
     urls = list(dict.fromkeys(s.url for p in plans for s in p.sources))
     token = fingerprint(plans, [f.token() for f in probe_sources(urls, services)])
-    if previous is not None and previous.value("fingerprint") == token and not forced(context):
+    if forced(context):
+        # Redone from the sources, every object uploaded again: a forced run repairs whatever
+        # the store holds, not only the items.
+        services = replace(services, rewrite_objects=True)
+    elif previous is not None and previous.value("fingerprint") == token:
         # Unchanged sources say nothing of what happened to the objects since: check each one
         # (a HEAD), so a deleted or overwritten object is put back, and a store that cannot be
         # reached fails the partition instead of letting it pass as skipped.
@@ -564,8 +569,9 @@ def audit_check(
         description=(
             "The catalog matches the object store: every item's object exists with the size "
             "and sha256 the item says, no object under the dataset's folders lacks its item, "
-            "no item lies outside the dataset's partitions, nothing is listed twice. Repair: "
-            "`bq-pipelines audit <dataset> --fix`."
+            "no item lies outside the dataset's partitions, nothing is listed twice (a failure). "
+            "Declared partitions not published (a backfill cut short) are a warning, with "
+            "their keys. Repair: `bq-pipelines audit <dataset> --fix`; gaps: a backfill."
         ),
     )
     def catalog_matches_store(
@@ -581,8 +587,13 @@ def audit_check(
             sources.locations(),
         )
         context.log.info(report.summary())
+        # Drift fails the check; gaps alone are a warning (a backfill fills them).
+        complete = not report.missing_partitions
         return dg.AssetCheckResult(
-            passed=report.clean,
+            passed=report.clean and complete,
+            severity=dg.AssetCheckSeverity.ERROR
+            if not report.clean
+            else dg.AssetCheckSeverity.WARN,
             description=report.summary(),
             metadata={
                 **report.counts(),
@@ -744,6 +755,11 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
     """Assets, checks, job, sensors and schedule of one dataset. `settings` (the embedded
     defaults when None) only says which kinds of store and catalog the assets show."""
     settings = settings or Settings()
+    # Nothing outside the data root is read: a file:// URL, a mirror or a symlink leading out
+    # fails the load, naming the field.
+    check_local_sources(
+        declaration, SourceLocations(settings.source_base_urls, settings.local_data_root)
+    )
     batch_event_writes()
     keys = DatasetKeys(declaration.id)
     partitions_def = partitions_definition(declaration.id, declaration.partitions)

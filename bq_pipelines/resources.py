@@ -168,9 +168,13 @@ class SourcesResource(dg.ConfigurableResource):
 
     def fetch_limits(self) -> FetchLimits:
         """The datasets' limits: the same mechanism as the ingestion API's, without its guard
-        (declared sources are trusted to go where they say)."""
+        (declared sources are trusted to go where they say), local files confined to the data
+        root (checked again here, at fetch time, after the check at load)."""
         return FetchLimits(
-            max_bytes=self.max_download_bytes, max_pixels=self.max_pixels, settings_prefix="BQ_"
+            max_bytes=self.max_download_bytes,
+            max_pixels=self.max_pixels,
+            local_root=Path(self.local_data_root),
+            settings_prefix="BQ_",
         )
 
     def retry_policy(self) -> RetryPolicy:

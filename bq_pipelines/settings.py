@@ -17,8 +17,9 @@ from urllib.parse import urlparse
 
 from bq_pipelines.api.url_policy import parse_prefix
 from bq_pipelines.backup.postgres import parse_dsn
-from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.lib.errors import ConfigError, SourceRefused
 from bq_pipelines.lib.redaction import has_userinfo, redact_url
+from bq_pipelines.lib.sources import confined_local_path
 
 ObjectStoreKind = Literal["local", "s3"]
 CatalogKind = Literal["static", "stac-api"]
@@ -131,6 +132,7 @@ class Settings:
             if url and has_userinfo(url):
                 # Written into every partition's metadata: nothing secret may ride along.
                 raise ConfigError(f"{name}: must not carry credentials (user:password@)")
+        _check_local_mirrors(settings)
         if settings.object_store == "s3" and not settings.s3_bucket:
             raise ConfigError("BQ_S3_BUCKET: required when BQ_OBJECT_STORE=s3")
         if settings.catalog == "stac-api" and not settings.stac_api_url:
@@ -214,6 +216,20 @@ def _host_map(env: Mapping[str, str], name: str) -> dict[str, str]:
         label = f"{name}[{host.strip()}]"
         mapping[host.strip()] = _url({label: url.strip()}, label, SOURCE_SCHEMES) or ""
     return mapping
+
+
+def _check_local_mirrors(settings: Settings) -> None:
+    """A mirror that is a folder (file://) must lie under BQ_LOCAL_DATA_ROOT, symlinks
+    resolved: nothing outside the data root is ever read."""
+    for host, url in settings.source_base_urls.items():
+        if urlparse(url).scheme != "file":
+            continue
+        try:
+            confined_local_path(url, settings.local_data_root, "BQ_LOCAL_DATA_ROOT")
+        except SourceRefused as error:
+            raise ConfigError(
+                f"BQ_SOURCE_BASE_URLS[{host}]: {error.url!r} {error.reason}"
+            ) from None
 
 
 def _existing_dir(env: Mapping[str, str], name: str) -> Path | None:

@@ -25,7 +25,7 @@ def dataset_definitions(
     """One dataset's assets with the resources `settings` choose (like the code location),
     some replaced by `overrides`."""
     return dg.Definitions.merge(
-        build_dataset(declaration),
+        build_dataset(declaration, settings),
         dg.Definitions(resources={**resources_for(settings), **overrides}),
     )
 

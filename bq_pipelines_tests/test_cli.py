@@ -47,6 +47,43 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "bq"
 
 
+# ------------------------------------------------------------------------ a closed pipe
+
+
+@pytest.mark.parametrize(
+    ("command", "after_lines"),
+    [
+        # 4,920 keys: more than a pipe holds, so the reader goes away while they are written.
+        (["partitions", "chelsa-monthly"], 1),
+        (["partitions", "chelsa-monthly"], 0),
+        # Short listings meet the closed pipe when they are written (the reader went first).
+        (["datasets"], 0),
+        (["backups"], 0),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else f"after {value} lines",
+)
+def test_a_listing_whose_reader_goes_away_ends_quietly(
+    cli_env: Path, command: list[str], after_lines: int
+) -> None:
+    # `bq-pipelines partitions chelsa-monthly | head -1`: the reader closes the pipe early.
+    process = subprocess.Popen(
+        [str(BIN / "bq-pipelines"), *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=PROJECT_ROOT,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    for _ in range(after_lines):
+        assert process.stdout.readline()
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    status = process.wait(timeout=120)
+
+    assert status == 141, errors  # 128 + SIGPIPE, as `cat` would
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
+    assert "Exception ignored" not in errors, errors
+
+
 # ------------------------------------------------------------------------ partition keys
 
 

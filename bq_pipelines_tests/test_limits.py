@@ -15,8 +15,8 @@ import pytest
 import rasterio
 
 from bq_pipelines.declarations import Declaration, parse_declaration
-from bq_pipelines.factory import ITEM_VALID_CHECK, DatasetKeys
-from bq_pipelines.lib.errors import SourceRefused
+from bq_pipelines.factory import ITEM_VALID_CHECK, DatasetKeys, build_dataset
+from bq_pipelines.lib.errors import ConfigError, SourceRefused
 from bq_pipelines.plans import SourceLocations, plan_partition
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.services import services_settings
@@ -28,6 +28,7 @@ from bq_pipelines_tests.rasters import (
 )
 from bq_pipelines_tests.runs import (
     check_evaluations,
+    dataset_definitions,
     failure_messages,
     latest_metadata,
     materialize_dataset,
@@ -100,15 +101,18 @@ def test_symlinks_out_of_the_data_root_are_refused_and_nothing_of_theirs_is_publ
         sources_root / "elsewhere" / "kept.tif", RasterSpec(**{**SMALL.__dict__, "seed": 2})
     )
     (layers / "linked.tif").symlink_to(sources_root / "elsewhere" / "kept.tif")  # still inside
-    secret = write_raster(tmp_path / "outside" / "secret.tif", SMALL)
-    (layers / "escape.tif").symlink_to(secret)
-    (layers / "passwd.tif").symlink_to("/etc/passwd")
     declaration = layers_declaration(
         f"sandbox-{unique_id}", ["inside", "linked", "escape", "passwd"]
     )
+    settings = settings_for(request)
+    # Loaded before the links out exist (they would fail the load): a run checks them again.
+    defs = dataset_definitions(declaration, settings)
+    secret = write_raster(tmp_path / "outside" / "secret.tif", SMALL)
+    (layers / "escape.tif").symlink_to(secret)
+    (layers / "passwd.tif").symlink_to("/etc/passwd")
     instance = dg.DagsterInstance.ephemeral()
 
-    done = materialize_dataset(declaration, settings_for(request), instance)
+    done = materialize_dataset(declaration, settings, instance, defs=defs)
 
     assert not done.ok
     failures = failure_messages(instance)
@@ -141,6 +145,122 @@ def test_a_files_partition_cannot_read_through_a_symlink_either(sources_root, tm
         SourceRefused, match=r"resolves to /etc/passwd, outside the local data root"
     ):
         plan_partition(declaration, {"file": "passwd.tif"}, SourceLocations({}, sources_root))
+
+
+OUTSIDE = "resolves to {}, outside the local data root {} (BQ_LOCAL_DATA_ROOT)"
+
+
+@pytest.mark.parametrize(
+    ("source", "field", "target"),
+    [
+        ({"url": "file:///etc/{layer}"}, "source.url", "/etc/a"),
+        ({"url": "/etc/{layer}"}, "source.url", "/etc/a"),  # no scheme: a plain path
+        ({"url": "file://{root}/link/{layer}"}, "source.url", "{outside}/a"),
+        ({"local": "link/{layer}"}, "source.local", "{outside}/a"),
+        (
+            {"host": "elsewhere", "base_url": "file:///etc", "path": "{layer}"},
+            "source.base_url (of host 'elsewhere')",
+            "/etc/a",
+        ),
+        (
+            {"host": "chelsa", "path": "link/{layer}"},  # a mirror inside, a symlink out
+            "BQ_SOURCE_BASE_URLS[chelsa] (the base URL of source.path)",
+            "{outside}/a",
+        ),
+    ],
+)
+def test_every_form_of_local_source_outside_the_data_root_is_refused_at_load(
+    sources_root: Path, tmp_path: Path, source: dict, field: str, target: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (sources_root / "link").symlink_to(outside)
+    root = sources_root.resolve()
+    source = {k: v.replace("{root}", str(root)) for k, v in source.items()}
+    declaration = layers_declaration("sandbox", ["a", "b"], **source)
+    settings = Settings.from_env(
+        {
+            "BQ_HOME": str(tmp_path / "bq"),
+            "BQ_LOCAL_DATA_ROOT": str(sources_root),
+            "BQ_SOURCE_BASE_URLS": f"chelsa=file://{root}",
+        }
+    )
+
+    with pytest.raises(ConfigError) as refused:
+        build_dataset(declaration, settings)
+
+    message = str(refused.value)
+    assert message.startswith(f"sandbox/defs.yaml: {field}: "), message
+    assert OUTSIDE.format(target.replace("{outside}", str(outside.resolve())), root) in message
+    assert message.endswith("(partition layer=a)")
+
+
+def test_local_sources_inside_the_data_root_load_in_every_form(
+    sources_root: Path, tmp_path: Path
+) -> None:
+    (sources_root / "inner").symlink_to(sources_root / "layers")  # a link that stays inside
+    root = sources_root.resolve()
+    settings = Settings.from_env(
+        {
+            "BQ_HOME": str(tmp_path / "bq"),
+            "BQ_LOCAL_DATA_ROOT": str(sources_root),
+            "BQ_SOURCE_BASE_URLS": f"chelsa=file://{root}/inner",
+        }
+    )
+    for source in (
+        {"url": f"file://{root}/layers/{{layer}}.tif"},
+        {"url": f"file://{root}/inner/{{layer}}.tif"},
+        {"local": "inner/{layer}.tif"},
+        {"host": "elsewhere", "base_url": f"file://{root}/layers", "path": "{layer}.tif"},
+        {"host": "chelsa", "path": "{layer}.tif"},
+        {"url": "https://example.org/{layer}.tif"},
+    ):
+        assert build_dataset(layers_declaration("sandbox", ["a"], **source), settings)
+
+
+def test_a_mirror_outside_the_data_root_is_refused_naming_the_setting(
+    sources_root: Path, tmp_path: Path
+) -> None:
+    (sources_root / "link").symlink_to(tmp_path)
+    for mirror, resolved in (("file:///etc", "/etc"), (f"file://{sources_root}/link", tmp_path)):
+        with pytest.raises(ConfigError) as refused:
+            Settings.from_env(
+                {"BQ_LOCAL_DATA_ROOT": str(sources_root), "BQ_SOURCE_BASE_URLS": f"chelsa={mirror}"}
+            )
+        assert str(refused.value).startswith(
+            f"BQ_SOURCE_BASE_URLS[chelsa]: '{mirror}' "
+            + OUTSIDE.format(Path(resolved).resolve(), sources_root.resolve())
+        )
+
+
+def test_a_file_url_is_confined_again_when_it_is_read(
+    request, sources_root, tmp_path, stac_api_url, s3_client, s3_bucket, unique_id
+):
+    # Loaded while every file lies inside; then one is replaced by a link to a file outside.
+    layers = sources_root / "layers"
+    write_raster(layers / "kept.tif", SMALL)
+    write_raster(layers / "swapped.tif", SMALL)
+    secret = write_raster(
+        tmp_path / "outside" / "secret.tif", RasterSpec(**{**SMALL.__dict__, "seed": 3})
+    )
+    root = sources_root.resolve()
+    declaration = layers_declaration(
+        f"confined-{unique_id}", ["kept", "swapped"], url=f"file://{root}/layers/{{layer}}.tif"
+    )
+    settings = settings_for(request)
+    defs = dataset_definitions(declaration, settings)  # the load check passes
+    (layers / "swapped.tif").unlink()
+    (layers / "swapped.tif").symlink_to(secret)
+    instance = dg.DagsterInstance.ephemeral()
+
+    done = materialize_dataset(declaration, settings, instance, defs=defs)
+
+    assert not done.ok and (done.published, done.failed) == (1, 1)
+    assert f"{root}/layers/swapped.tif: " + OUTSIDE.format(
+        secret.resolve(), root
+    ) in failure_messages(instance)
+    assert published_ids(stac_api_url, declaration.id) == {"kept"}
+    assert stored_keys(s3_client, s3_bucket) == published_keys(declaration.id, "kept")
 
 
 # --- limits, checked before any conversion ----------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.resources import resources_for
 from bq_pipelines.settings import Settings
+from bq_pipelines_tests.fixtures.services import SERVICES_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,3 +187,10 @@ def test_tiler_and_browse_urls_are_optional():
         "http://127.0.0.1:8383",
         "http://127.0.0.1:8384",
     )
+
+
+def test_the_services_env_file_is_its_owners_only(services_env: dict[str, str]) -> None:
+    # `make services` writes the S3 keys and the catalog's DSN into it (rewritten on every
+    # `up`, which the fixture ran).
+    assert "AWS_SECRET_ACCESS_KEY" in services_env and "BQ_PGSTAC_DSN" in services_env
+    assert stat.S_IMODE(SERVICES_ENV.stat().st_mode) == 0o600

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bq_pipelines.lib.files import write_text_atomically
+from bq_pipelines.lib.files import PRIVATE_FILE_MODE, write_text_atomically
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = PROJECT_ROOT / ".bq"
@@ -652,7 +652,8 @@ def write_services_env(s3_port: int, stac_port: int, tiler_port: int) -> None:
         f"export {key}={shlex.quote(value)}"
         for key, value in services_env_lines(s3_port, stac_port, tiler_port)
     ]
-    write_text_atomically(ENV_FILE, "\n".join(header + body) + "\n")
+    # It holds the S3 keys and the catalog's connection string: its owner's only.
+    write_text_atomically(ENV_FILE, "\n".join(header + body) + "\n", mode=PRIVATE_FILE_MODE)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import TextIO
 from bq_pipelines.backup.backend import CatalogBackend
 from bq_pipelines.backup.manifest import CatalogState
 from bq_pipelines.backup.restore import resolve_backup, restore_backup
-from bq_pipelines.backup.retention import list_backups
+from bq_pipelines.backup.retention import StoredBackup, list_backups
 from bq_pipelines.lib.errors import BackupError, StorageError
 from bq_pipelines.lib.storage import ObjectStore
 from bq_pipelines.lib.words import plural
@@ -101,17 +101,29 @@ def _list(store: ObjectStore, backend: CatalogBackend, out: TextIO, *, every: bo
     for backup in backups:
         manifest = backup.manifest
         if manifest is None:
-            size, collections, items, verified = "?", "?", "?", "incomplete"
+            size, collections, items = "?", "?", "?"
         else:
             size = _size(manifest.size)
             collections, items = str(manifest.state.collections), str(manifest.state.items)
-            verified = {True: "yes", False: "FAILED", None: "no"}[manifest.verified]
         print(
             f"{backup.key.day.isoformat():10}  {backup.key.name:24}  {backup.key.kind:6}  "
-            f"{size:>10}  {collections:>11}  {items:>9}  {verified:8}  {backup.key.key}",
+            f"{size:>10}  {collections:>11}  {items:>9}  {_verified(backup):8}  {backup.key.key}",
             file=out,
         )
+        if backup.stored is not None and backup.stored.detail:
+            print(f"{'':12}{backup.stored.detail}", file=out)
     return 0
+
+
+def _verified(backup: StoredBackup) -> str:
+    """yes: restored when taken and intact in the store now; CORRUPT: the stored object is not
+    what was taken; unchecked: the store vouches for no checksum of it."""
+    if backup.manifest is None:
+        return "incomplete"
+    if backup.manifest.verified is not True:
+        return {False: "FAILED", None: "no"}[backup.manifest.verified]
+    assert backup.stored is not None
+    return "yes" if backup.stored.intact else backup.stored.label
 
 
 def _restore(

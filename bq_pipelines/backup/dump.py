@@ -39,6 +39,7 @@ def take_backup(
         started_at=started_at.isoformat(timespec="seconds"),
         duration_seconds=round(duration, 3),
         versions=dump.versions,
+        store_checksum=stored.checksum or None,
     )
 
 

@@ -132,6 +132,10 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)  # pg_dump, server, pgstac
     verified: bool | None = None  # None: not verified (yet)
     verification_seconds: float | None = None
+    # The store's own checksum of the dump as it was stored (S3: SHA-256, a composite of the
+    # parts for a multipart upload): what the stored object is checked against later. None in
+    # manifests written before it was recorded.
+    store_checksum: str | None = None
 
     @property
     def backup_key(self) -> BackupKey:

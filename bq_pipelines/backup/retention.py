@@ -1,8 +1,11 @@
 """Retention: which backups of a catalog to delete after a new one is verified.
 
 A backup older than `days` is deleted unless it is among the newest `keep_last` verified ones
-(whatever their age) or the one just taken. Only keys of the backup layout that have a manifest
-are deleted: anything else under `backups/` (notes, a hand-made dump) was not written by us.
+(whatever their age) or the one just taken. Verified means restored when it was taken *and*
+still intact in the store now (its size and the checksum the store vouches for, checked on
+every listing): a dump corrupted since never counts among the newest kept, so it can never
+push a good one out. Only keys of the backup layout that have a manifest are deleted: anything
+else under `backups/` (notes, a hand-made dump) was not written by us.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from datetime import date, timedelta
 from bq_pipelines.backup.backend import Progress, log_progress
 from bq_pipelines.backup.dump import read_manifest
 from bq_pipelines.backup.manifest import BACKUP_PREFIX, BackupKey, Manifest, catalog_prefix
+from bq_pipelines.backup.verify import StoredCheck, check_stored
 from bq_pipelines.lib.storage import ObjectStore
 
 
@@ -28,10 +32,21 @@ class RetentionPolicy:
 class StoredBackup:
     key: BackupKey
     manifest: Manifest | None  # None: an interrupted backup, or not one of ours
+    stored: StoredCheck | None  # what the store holds now, against the manifest (None: none)
 
     @property
     def verified(self) -> bool:
-        return self.manifest is not None and self.manifest.verified is True
+        """Restorable when taken, and still the same bytes in the store."""
+        return (
+            self.manifest is not None
+            and self.manifest.verified is True
+            and self.stored is not None
+            and self.stored.intact is True
+        )
+
+    @property
+    def corrupt(self) -> bool:
+        return self.stored is not None and self.stored.intact is False
 
 
 @dataclass(frozen=True)
@@ -49,7 +64,13 @@ def list_backups(store: ObjectStore, name: str | None = None) -> list[StoredBack
     """The backups of catalog `name` (default: of every catalog), oldest first."""
     prefix = catalog_prefix(name) if name else f"{BACKUP_PREFIX}/"
     keys = sorted(k for k in map(BackupKey.parse, store.list_keys(prefix)) if k is not None)
-    return [StoredBackup(key, read_manifest(store, key)) for key in keys]
+    return [_stored_backup(store, key) for key in keys]
+
+
+def _stored_backup(store: ObjectStore, key: BackupKey) -> StoredBackup:
+    manifest = read_manifest(store, key)
+    stored = check_stored(store, manifest) if manifest is not None else None
+    return StoredBackup(key, manifest, stored)
 
 
 def plan_retention(

@@ -1,5 +1,7 @@
 """Proving a backup restorable: download it, check its sha256, restore it into a scratch copy,
-compare what the copy holds with what was recorded at dump time, drop the copy."""
+compare what the copy holds with what was recorded at dump time, drop the copy. And, before a
+backup counts for anything later (retention, the list offered for restore), checking that what
+is stored is still what was taken: its size and the checksum the store itself vouches for."""
 
 from __future__ import annotations
 
@@ -13,6 +15,51 @@ from bq_pipelines.backup.manifest import CatalogState, Manifest
 from bq_pipelines.lib.errors import BackupError
 from bq_pipelines.lib.hashing import sha256_file
 from bq_pipelines.lib.storage import ObjectStore
+
+
+@dataclass(frozen=True)
+class StoredCheck:
+    """Whether the stored object is still the backup its manifest describes."""
+
+    intact: bool | None  # None: the store vouches for no checksum of it (a download would tell)
+    detail: str = ""
+
+    @property
+    def label(self) -> str:
+        return {True: "intact", False: "CORRUPT", None: "unchecked"}[self.intact]
+
+
+def check_stored(store: ObjectStore, manifest: Manifest) -> StoredCheck:
+    """Compare the stored object with its manifest: its size, and the sha256 the store vouches
+    for (S3's own checksum, or on the local store a hash of the file if it changed since its
+    sidecar), else the store's checksum recorded when it was taken (a multipart dump's
+    composite). One HEAD or stat; a dump stored before uploads asked S3 for a checksum has S3
+    compute one first (a server-side copy onto itself)."""
+    key = manifest.key
+    stored = store.stat(key)
+    if stored is None:
+        return StoredCheck(False, f"{key} is not in the store")
+    if stored.size != manifest.size:
+        return StoredCheck(
+            False, f"{key} is {stored.size} bytes, {manifest.size} when it was taken"
+        )
+    if not stored.sha256 and not (manifest.store_checksum and stored.checksum):
+        stored = store.checksum_in_place(key) or stored
+    if stored.sha256:
+        if stored.sha256 == manifest.sha256:
+            return StoredCheck(True)
+        return StoredCheck(
+            False, f"{key} has sha256 {stored.sha256}, {manifest.sha256} when it was taken"
+        )
+    if manifest.store_checksum and stored.checksum:
+        if stored.checksum == manifest.store_checksum:
+            return StoredCheck(True)
+        return StoredCheck(
+            False,
+            f"{key}: the store's checksum is {stored.checksum}, {manifest.store_checksum} when "
+            "it was taken",
+        )
+    return StoredCheck(None, f"{key}: the store vouches for no checksum of it")
 
 
 @dataclass(frozen=True)

@@ -828,8 +828,13 @@ def _subdataset_names(path: Path) -> list[str]:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as container:
                 listed = container.subdatasets
+                # A file of one raster variable lists no subdatasets: GDAL opens that variable
+                # itself, and its bands name it.
+                opened = {container.tags(band).get("NETCDF_VARNAME") for band in container.indexes}
     except RasterioError:
         return []
+    if not listed:
+        return sorted(name for name in opened if name)
     # `NETCDF:"file.nc":/group/var`, `netcdf:file.nc:var`, `HDF5:"file.h5"://group/var`
     return [name.rpartition(":")[2].strip("/") for name in listed]
 

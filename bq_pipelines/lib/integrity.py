@@ -2,8 +2,9 @@
 the drift audit.
 
 A published item's asset names its object (href), its size (`file:size`) and its sha256
-(`file:checksum`, a multihash); the object records its size, the sha256 computed at upload and
-its owner (collection + item id). One HEAD (or stat) per object compares them.
+(`file:checksum`, a multihash); the store says the object's size, the sha256 it vouches for
+itself (S3's own checksum, never metadata a client could copy; see lib/storage.py) and its
+owner (collection + item id). One HEAD (or stat) per object compares them.
 """
 
 from __future__ import annotations
@@ -86,8 +87,12 @@ def object_drift(
         detail = f"{stored.size} bytes stored, the item says {size}"
         return ObjectDrift(owner.item, key, Drift.CHANGED, detail)
     expected = checksum_sha256(asset.get("file:checksum"))
+    if expected is not None and not stored.sha256:
+        # Written before uploads asked the store for a checksum: have it compute one.
+        stored = store.checksum_in_place(key) or stored
     if expected is not None and stored.sha256 != expected:
-        detail = f"sha256 {stored.sha256 or 'not recorded'}, the item says {expected}"
+        found = stored.sha256 or "none the store vouches for"
+        detail = f"sha256 {found}, the item says {expected}"
         return ObjectDrift(owner.item, key, Drift.CHANGED, detail)
     if stored.owner is None:
         if expected is not None:

@@ -136,6 +136,8 @@ class Services:
     band_facts_cache: Path | None = None
     # Links recorded for people (browse server, tile server); none by default.
     links: Links = field(default_factory=Links)
+    # Upload every object again, even one the store holds with the same sha256 (`--force`).
+    rewrite_objects: bool = False
 
     @property
     def max_pixels(self) -> int | None:
@@ -166,6 +168,7 @@ def probe_sources(urls: Sequence[str], services: Services) -> list[sources.Sourc
             url,
             retry=services.retry,
             s3_endpoint_url=services.s3_endpoint_url,
+            limits=services.fetch_limits,
             http=services.http,
         )
         for url in urls
@@ -176,13 +179,13 @@ def fetch_sources(
     urls: Sequence[str], staging: Path, services: Services
 ) -> dict[str, sources.FetchedFile]:
     """Download each distinct URL once into `staging` (names kept unique by an index); local
-    files are read where they are, unless a guard decides what is allowed (the ingestion
-    API's: it refuses them)."""
+    files are read where they are (confined to the limits' local root), unless a guard decides
+    what is allowed (the ingestion API's: it refuses them)."""
     limits = services.fetch_limits
     fetched: dict[str, sources.FetchedFile] = {}
     for index, url in enumerate(dict.fromkeys(urls)):
         if sources.is_local(url) and (limits is None or limits.guard is None):
-            fetched[url] = sources.describe_local(url)
+            fetched[url] = sources.describe_local(url, limits)
             continue
         name = f"{index:03d}-{Path(url.split('?')[0]).name or 'source'}"
         fetched[url] = sources.fetch(
@@ -372,7 +375,10 @@ def _store(
     # The owner makes the store refuse to overwrite another item's object with this one; the
     # thumbnail belongs to the same item.
     owner = ObjectOwner(plan.collection_id, plan.item_id)
-    stored = services.store.put_file(info.path, key, sha256=info.sha256, owner=owner)
+    rewrite = services.rewrite_objects
+    stored = services.store.put_file(
+        info.path, key, sha256=info.sha256, owner=owner, rewrite=rewrite
+    )
     info.path.unlink(missing_ok=True)
     stored_thumbnail = None
     if thumbnail is not None:
@@ -382,6 +388,7 @@ def _store(
             sha256=thumbnail.sha256,
             owner=owner,
             content_type=preview.PNG_MEDIA_TYPE,
+            rewrite=rewrite,
         )
         thumbnail.path.unlink(missing_ok=True)
     return Produced(item, info, stored, stored_thumbnail)

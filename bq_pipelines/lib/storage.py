@@ -8,6 +8,11 @@ Every COG records the STAC item that owns it (collection + item id: S3 metadata 
 `<file>.owner` sidecar on the local store); an upload refuses to replace an object owned by
 another item, so two items (or datasets) that compute the same key cannot overwrite each other.
 
+What a skip, the audit and a backup's verification trust is what the store itself vouches for,
+never metadata a client could copy onto other bytes: S3's own SHA-256 checksum of the object
+(uploads ask for one; `lib/s3_checksums.py`), or, on the local store, a sidecar written after
+its file's last change (a file whose size, mtime or ctime changed since is hashed again).
+
 S3 operations are retried within a total time budget (`STORE_RETRY`) on top of botocore's
 standard retry mode, with short connect/read timeouts: an outage of a minute or two is ridden
 out, a dead endpoint fails in one budget.
@@ -23,6 +28,7 @@ Hrefs (what STAC items point at):
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 from abc import ABC, abstractmethod
@@ -40,11 +46,19 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.exceptions import RetriesExceededError as S3TransferRetriesExceededError
+from s3transfer.utils import ChunksizeAdjuster
 
 from bq_pipelines.lib.errors import StorageError
 from bq_pipelines.lib.files import copy_atomically, write_atomically, write_text_atomically
-from bq_pipelines.lib.hashing import sha256_file, sha256_stream
+from bq_pipelines.lib.hashing import sha256_file
 from bq_pipelines.lib.retry import Outage, RetryPolicy, with_retries
+from bq_pipelines.lib.s3_checksums import (
+    SINGLE_PUT_MAX_BYTES,
+    ExpectedChecksums,
+    PartDigests,
+    Reported,
+    file_checksums,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -169,9 +183,15 @@ class StoredObject:
     key: str
     href: str  # public href (base URL + key), what STAC items point at
     size: int
-    sha256: str  # "" when the object carries no recorded checksum (written by something else)
+    # The content's sha256 as the store vouches for it (see the module docstring); "" when it
+    # cannot (no checksum of its own, or one that does not match what was recorded at upload).
+    sha256: str
     uploaded: bool  # False when skipped because the same checksum was already stored
     owner: ObjectOwner | None = None  # None: written before owners were recorded, or by hand
+    # The store's own checksum of the bytes, as it reports it (S3: the base64 SHA-256, a
+    # composite for a multipart upload; local: the sha256), compared with the one expected at
+    # upload when `sha256` cannot be vouched for (a multipart dump).
+    checksum: str = field(default="", compare=False)
     # What the store says identifies this version of the object: S3's ETag, a local file's
     # size and modification time. Recorded when an object is adopted (legacy objects carry no
     # sha256 of ours), compared by the next run's skip check.
@@ -209,14 +229,21 @@ class ObjectStore(ABC):
         sha256: str,
         owner: ObjectOwner | None = None,
         content_type: str = COG_MEDIA_TYPE,
+        rewrite: bool = False,
     ) -> StoredObject:
         """Store `path` under `key` unless an object with the same size and sha256 is already
-        there, recording `owner`. StorageError (nothing written) when the object under `key`
-        belongs to another item (see `check_owner`)."""
+        there (`rewrite`: whatever is there), recording `owner`. StorageError (nothing
+        written) when the object under `key` belongs to another item (see `check_owner`)."""
 
     @abstractmethod
     def record_owner(self, key: str, owner: ObjectOwner) -> None:
         """Record `owner` on an existing object that has none (written before owners were)."""
+
+    def checksum_in_place(self, key: str) -> StoredObject | None:
+        """Have the store compute a checksum of its own for an object that has none it
+        vouches for (written before checksums were asked for); the object as it then stands,
+        or None when the store cannot (the local store always hashes: nothing to do)."""
+        return None
 
     @abstractmethod
     def put_stream(
@@ -265,10 +292,11 @@ class LocalObjectStore(ObjectStore):
     """Files under `root/<key>`, each with a `<file>.sha256` sidecar in `sha256sum` format and,
     for COGs, a `<file>.owner` sidecar (`<collection>/<item>`, percent-encoded).
 
-    The sidecar makes `stat` cheap and lets `sha256sum -c` verify a copied tree; a sidecar
-    older than its file (the file was replaced in place since) is not trusted: the file is
-    hashed again. Content types are not stored (a filesystem has none); the file extension
-    carries it.
+    The sidecar makes `stat` cheap and lets `sha256sum -c` verify a copied tree. It is given
+    its file's mtime when written, after the file's last change: a file written, truncated,
+    touched or chmod-ed since (its mtime differs, or its ctime, which no one can set, is newer
+    than the sidecar's) is hashed again, whatever the sidecar says. Content types are not
+    stored (a filesystem has none); the file extension carries it.
     """
 
     def __init__(self, root: Path, base_url: str | None = None) -> None:
@@ -290,16 +318,25 @@ class LocalObjectStore(ObjectStore):
         sidecar = self._sidecar(path)
         try:
             text = sidecar.read_text()
-            # Written after its file: an older one describes content replaced since.
-            if sidecar.stat().st_mtime_ns < path.stat().st_mtime_ns:
+            if not _describes(sidecar.stat(), path.stat()):
                 return None
         except FileNotFoundError:
             return None
         recorded = text.split(maxsplit=1)[0] if text.strip() else ""
         return recorded if _SHA256_RE.fullmatch(recorded) else None
 
-    def _record_sha256(self, path: Path, sha256: str) -> None:
-        write_text_atomically(self._sidecar(path), sha256_line(sha256, path.name), _TEMP_PREFIX)
+    def _record_sha256(self, path: Path, sha256: str, hashed: os.stat_result | None = None) -> None:
+        """Write the sidecar of `path`, whose content hashes to `sha256` (`hashed`: the file's
+        stat taken before it was hashed; a file changed since gets no sidecar)."""
+        sidecar = self._sidecar(path)
+        written = hashed or path.stat()
+        write_text_atomically(sidecar, sha256_line(sha256, path.name), _TEMP_PREFIX)
+        # The sidecar describes the file as it stands now: same mtime, and a ctime (set by
+        # this utime) no older than the file's.
+        os.utime(sidecar, ns=(written.st_atime_ns, written.st_mtime_ns))
+        now = path.stat()
+        if (now.st_mtime_ns, now.st_ctime_ns) != (written.st_mtime_ns, written.st_ctime_ns):
+            sidecar.unlink(missing_ok=True)  # changed while it was hashed: hash it next time
 
     def _recorded_owner(self, path: Path) -> ObjectOwner | None:
         try:
@@ -318,6 +355,7 @@ class LocalObjectStore(ObjectStore):
         sha256: str,
         owner: ObjectOwner | None = None,
         content_type: str = COG_MEDIA_TYPE,
+        rewrite: bool = False,
     ) -> StoredObject:
         validate_sha256(sha256)
         dest = self._path(key)
@@ -325,7 +363,7 @@ class LocalObjectStore(ObjectStore):
         check_owner(str(dest), existing, owner)
         try:
             size = path.stat().st_size
-            if existing is not None and same_content(existing, size, sha256):
+            if not rewrite and existing is not None and same_content(existing, size, sha256):
                 logger.debug("skip %s: same sha256 already stored", dest)
                 if owner is not None and existing.owner is None:
                     self._write_owner(dest, owner)
@@ -341,7 +379,7 @@ class LocalObjectStore(ObjectStore):
         except OSError as exc:
             raise StorageError(f"cannot store {path} as {dest}: {exc.strerror or exc}") from exc
         logger.info("stored %s (%d bytes)", dest, size)
-        return StoredObject(key, self.href(key), size, sha256, True, owner)
+        return StoredObject(key, self.href(key), size, sha256, True, owner, sha256)
 
     def record_owner(self, key: str, owner: ObjectOwner) -> None:
         path = self._path(key)
@@ -369,7 +407,9 @@ class LocalObjectStore(ObjectStore):
         except OSError as exc:
             raise StorageError(f"cannot store a stream as {dest}: {exc.strerror or exc}") from exc
         logger.info("stored %s (%d bytes)", dest, reader.size)
-        return StoredObject(key, self.href(key), reader.size, reader.sha256, uploaded=True)
+        return StoredObject(
+            key, self.href(key), reader.size, reader.sha256, True, checksum=reader.sha256
+        )
 
     def download(self, key: str, path: Path) -> Path:
         source = self._path(key)
@@ -393,20 +433,21 @@ class LocalObjectStore(ObjectStore):
     def stat(self, key: str) -> StoredObject | None:
         path = self._path(key)
         try:
-            status = path.stat()
-            size = status.st_size
+            before = path.stat()
+            size = before.st_size
             sha256 = self._recorded_sha256(path)
             if sha256 is None:
-                # Written by hand or interrupted before its sidecar: hash once and record it.
+                # Changed since its sidecar was written, written by hand, or interrupted before
+                # its sidecar: hash it and record it.
                 sha256 = sha256_file(path)
-                self._record_sha256(path, sha256)
+                self._record_sha256(path, sha256, before)
             owner = self._recorded_owner(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StorageError(f"cannot stat {path}: {exc.strerror or exc}") from exc
-        etag = f"{size}-{status.st_mtime_ns}"
-        return StoredObject(key, self.href(key), size, sha256, False, owner, etag)
+        etag = f"{size}-{before.st_mtime_ns}"
+        return StoredObject(key, self.href(key), size, sha256, False, owner, sha256, etag)
 
     def list_keys(self, prefix: str) -> list[str]:
         # A prefix with `..` would walk outside root.
@@ -448,27 +489,36 @@ _SIDECAR_SUFFIXES = (SHA256_SUFFIX, OWNER_SUFFIX)
 
 
 class _HashingReader:
-    """A file-like reader that hashes and counts what passes through it."""
+    """A file-like reader that hashes and counts what passes through it (per part of
+    `part_size` bytes too: what S3 computes of a multipart upload)."""
 
-    def __init__(self, stream: ByteStream) -> None:
+    def __init__(self, stream: ByteStream, part_size: int | None = None) -> None:
         self._stream = stream
-        self._digest = sha256_stream()
-        self.size = 0
+        self.digests = PartDigests(part_size)
 
     def read(self, size: int = -1) -> bytes:
         chunk = self._stream.read(size)
-        self._digest.update(chunk)
-        self.size += len(chunk)
+        self.digests.update(chunk)
         return chunk
 
     @property
+    def size(self) -> int:
+        return self.digests.size
+
+    @property
     def sha256(self) -> str:
-        return self._digest.hexdigest()
+        return self.digests.sha256
 
 
 def sha256_line(sha256: str, key: str) -> str:
     """The `sha256sum` line recorded beside an object (checkable with `sha256sum -c`)."""
     return f"{sha256}  {key.rsplit('/', 1)[-1]}\n"
+
+
+def _describes(sidecar: os.stat_result, file: os.stat_result) -> bool:
+    """Whether a checksum sidecar was written after its file's last change (see
+    LocalObjectStore)."""
+    return sidecar.st_mtime_ns == file.st_mtime_ns and file.st_ctime_ns <= sidecar.st_ctime_ns
 
 
 def _is_temp(path: Path) -> bool:
@@ -569,11 +619,14 @@ def _is_not_found(exc: ClientError) -> bool:
 class S3ObjectStore(ObjectStore):
     """Objects in one bucket; keys are used as given (the prefix is part of each key).
 
-    The sha256 and the owner are stored as object metadata (`x-amz-meta-sha256`,
-    `x-amz-meta-bq-owner`), so `stat` is one HEAD. Every request is retried by the client (see
-    `s3_client`), and each operation again within `retry`'s time budget; after one operation
-    spent its whole budget, the next ones try once until one succeeds (`Outage`). Upload uses
-    boto3's managed transfer, multipart above `multipart_threshold_bytes`.
+    Every upload asks S3 for its SHA-256 checksum; `stat` (one HEAD, `ChecksumMode` on) gives
+    the sha256 S3 vouches for, never the metadata's alone (`lib/s3_checksums.py`). The owner
+    and the sha256 are metadata (`x-amz-meta-bq-owner`, `x-amz-meta-sha256`). Every request is
+    retried by the client (see `s3_client`), and each operation again within `retry`'s time
+    budget; after one operation spent its whole budget, the next ones try once until one
+    succeeds (`Outage`). A file is one PUT up to `single_put_max_bytes` (S3's 5 GiB: its
+    checksum is then the whole file's), multipart above; a stream is multipart above
+    `multipart_threshold_bytes`.
     """
 
     def __init__(
@@ -585,6 +638,7 @@ class S3ObjectStore(ObjectStore):
         public_read: bool = False,
         multipart_threshold_bytes: int = DEFAULT_MULTIPART_THRESHOLD_BYTES,
         multipart_chunk_bytes: int = DEFAULT_MULTIPART_CHUNK_BYTES,
+        single_put_max_bytes: int = SINGLE_PUT_MAX_BYTES,
         retry: RetryPolicy = STORE_RETRY,
     ) -> None:
         if multipart_chunk_bytes < S3_MIN_PART_BYTES:
@@ -600,6 +654,7 @@ class S3ObjectStore(ObjectStore):
             multipart_threshold=multipart_threshold_bytes,
             multipart_chunksize=multipart_chunk_bytes,
         )
+        self.single_put_max_bytes = min(single_put_max_bytes, SINGLE_PUT_MAX_BYTES)
         self.retry = retry
         self.outage = Outage()
 
@@ -616,11 +671,27 @@ class S3ObjectStore(ObjectStore):
             outage=self.outage,
         )
 
-    def _metadata(self, sha256: str, owner: ObjectOwner | None) -> dict[str, str]:
-        metadata = {"sha256": sha256}
+    def _metadata(
+        self, sha256: str, owner: ObjectOwner | None, expected: ExpectedChecksums
+    ) -> dict[str, str]:
+        metadata = {"sha256": sha256, **expected.metadata()}
         if owner is not None:
             metadata[OWNER_METADATA] = owner.encode()
         return metadata
+
+    def _part_size(self, size: int) -> int | None:
+        """The part size of a file's upload (boto3's, adjusted to S3's part count), or None
+        for one PUT."""
+        if size <= self.single_put_max_bytes:
+            return None
+        chunk: int = self.transfer_config.multipart_chunksize
+        adjusted: int = ChunksizeAdjuster().adjust_chunksize(chunk, size)
+        return adjusted
+
+    def _file_transfer(self, part_size: int | None) -> TransferConfig:
+        if part_size is None:
+            return TransferConfig(multipart_threshold=SINGLE_PUT_MAX_BYTES + 1)
+        return TransferConfig(multipart_threshold=1, multipart_chunksize=part_size)
 
     def put_file(
         self,
@@ -630,34 +701,71 @@ class S3ObjectStore(ObjectStore):
         sha256: str,
         owner: ObjectOwner | None = None,
         content_type: str = COG_MEDIA_TYPE,
+        rewrite: bool = False,
     ) -> StoredObject:
         validate_key(key)
         validate_sha256(sha256)
+        where = f"s3://{self.bucket}/{key}"
         existing = self.stat(key)
-        check_owner(f"s3://{self.bucket}/{key}", existing, owner)
+        check_owner(where, existing, owner)
         try:
             size = path.stat().st_size
+            if not rewrite and existing is not None and same_content(existing, size, sha256):
+                logger.debug("skip %s: the store vouches for the same sha256", where)
+                if owner is not None and existing.owner is None:
+                    self._replace_metadata(key, owner, content_type)
+                owner = owner or existing.owner
+                return StoredObject(
+                    key, existing.href, size, sha256, False, owner, existing.checksum
+                )
+            part_size = self._part_size(size)
+            # What S3 must report for these bytes, recorded with them (one read of the file).
+            actual, expected = file_checksums(path, part_size)
         except OSError as exc:
             raise StorageError(
-                f"S3 upload of {path} to s3://{self.bucket}/{key} failed: {exc.strerror or exc}"
+                f"S3 upload of {path} to {where} failed: {exc.strerror or exc}"
             ) from exc
-        if existing is not None and same_content(existing, size, sha256):
-            logger.debug("skip s3://%s/%s: same sha256 already stored", self.bucket, key)
-            if owner is not None and existing.owner is None:
-                self._replace_metadata(key, sha256, owner, content_type)
-            return StoredObject(key, existing.href, size, sha256, False, owner or existing.owner)
+        if actual != sha256:
+            raise StorageError(
+                f"S3 upload of {path} to {where}: the file's sha256 is {actual}, not {sha256} "
+                "(changed since it was hashed); nothing was uploaded"
+            )
+        self._upload_file(
+            path, key, self._metadata(sha256, owner, expected), content_type, part_size
+        )
+        stored = self.stat(key)
+        if stored is None or stored.sha256 != sha256:
+            raise StorageError(
+                f"S3 upload of {path} to {where}: the store reports "
+                f"{'no object' if stored is None else repr(stored.checksum or 'no checksum')} "
+                f"for it, not {expected.sha256!r} (sha256 {sha256})"
+            )
+        logger.info("uploaded %s (%d bytes)", where, size)
+        return StoredObject(key, self.href(key), size, sha256, True, owner, stored.checksum)
+
+    def _upload_file(
+        self,
+        path: Path,
+        key: str,
+        metadata: dict[str, str],
+        content_type: str,
+        part_size: int | None,
+    ) -> None:
         extra_args: dict[str, Any] = {
             "ContentType": content_type,
-            "Metadata": self._metadata(sha256, owner),
+            "Metadata": metadata,
+            # S3 computes it (and checks the one botocore sends): what `stat` trusts.
+            "ChecksumAlgorithm": "SHA256",
         }
         if self.public_read:
             extra_args["ACL"] = "public-read"
+        config = self._file_transfer(part_size)
         try:
             self._retrying(
                 "upload",
                 key,
                 lambda: self.client.upload_file(
-                    str(path), self.bucket, key, ExtraArgs=extra_args, Config=self.transfer_config
+                    str(path), self.bucket, key, ExtraArgs=extra_args, Config=config
                 ),
             )
         except OSError as exc:
@@ -666,17 +774,29 @@ class S3ObjectStore(ObjectStore):
             ) from exc
         except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise self._error("upload", key, exc) from exc
-        logger.info("uploaded s3://%s/%s (%d bytes)", self.bucket, key, size)
-        return StoredObject(key, self.href(key), size, sha256, True, owner)
 
-    def _replace_metadata(
-        self, key: str, sha256: str, owner: ObjectOwner, content_type: str
-    ) -> None:
-        """Rewrite an object's metadata in place (a server-side copy, multipart when big)."""
+    def _replace_metadata(self, key: str, owner: ObjectOwner, content_type: str) -> None:
+        """Record `owner` on an object the store vouches for: a server-side copy onto itself,
+        in which S3 computes the SHA-256 of the bytes it holds (one request, up to 5 GiB)."""
+        existing = self.stat(key)
+        if existing is None or not existing.sha256 or existing.size > SINGLE_PUT_MAX_BYTES:
+            why = (
+                "is over 5 GiB" if existing and existing.sha256 else "has no sha256 S3 vouches for"
+            )
+            raise StorageError(
+                f"S3 owner update of s3://{self.bucket}/{key}: the object {why}, so it cannot "
+                "be copied onto itself (re-run with --force to upload it again)"
+            )
+        self._copy_in_place(
+            key, {"sha256": existing.sha256, OWNER_METADATA: owner.encode()}, content_type
+        )
+
+    def _copy_in_place(self, key: str, metadata: dict[str, str], content_type: str) -> None:
         extra_args: dict[str, Any] = {
             "ContentType": content_type,
-            "Metadata": self._metadata(sha256, owner),
+            "Metadata": metadata,
             "MetadataDirective": "REPLACE",
+            "ChecksumAlgorithm": "SHA256",
         }
         if self.public_read:
             extra_args["ACL"] = "public-read"  # a copy gets the default ACL otherwise
@@ -685,30 +805,61 @@ class S3ObjectStore(ObjectStore):
             self._retrying(
                 "copy",
                 key,
-                lambda: self.client.copy(
-                    source, self.bucket, key, ExtraArgs=extra_args, Config=self.transfer_config
+                lambda: self.client.copy_object(
+                    CopySource=source, Bucket=self.bucket, Key=key, **extra_args
                 ),
             )
-        except (ClientError, BotoCoreError, Boto3Error) as exc:
-            raise self._error("owner update of", key, exc) from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error("copy in place of", key, exc) from exc
 
     def record_owner(self, key: str, owner: ObjectOwner) -> None:
         existing = self.stat(key)
         if existing is None:
             raise StorageError(f"S3 owner update of s3://{self.bucket}/{key}: no such object")
         check_owner(f"s3://{self.bucket}/{key}", existing, owner)
-        if not existing.sha256:
-            raise StorageError(
-                f"S3 owner update of s3://{self.bucket}/{key}: the object has no recorded sha256"
-            )
         if existing.owner != owner:
-            self._replace_metadata(key, existing.sha256, owner, COG_MEDIA_TYPE)
+            self._replace_metadata(key, owner, COG_MEDIA_TYPE)
+
+    def checksum_in_place(self, key: str) -> StoredObject | None:
+        """A server-side copy of the object onto itself, with its metadata, in which S3
+        computes the SHA-256 of the bytes it holds (objects up to 5 GiB)."""
+        head = self._head(key)
+        if head is None or head["ContentLength"] > SINGLE_PUT_MAX_BYTES:
+            return None
+        metadata = dict(head.get("Metadata", {}))
+        content_type = str(head.get("ContentType") or COG_MEDIA_TYPE)
+        logger.info("s3://%s/%s: asking S3 for a checksum of its own", self.bucket, key)
+        self._copy_in_place(key, metadata, content_type)
+        return self.stat(key)
 
     def stat(self, key: str) -> StoredObject | None:
+        head = self._head(key)
+        if head is None:
+            return None
+        metadata = head.get("Metadata", {})
+        reported = Reported.of(head)
+        owner = ObjectOwner.decode(metadata.get(OWNER_METADATA, ""))
+        return StoredObject(
+            key,
+            self.href(key),
+            head["ContentLength"],
+            reported.vouched_sha256(metadata),
+            False,
+            owner,
+            reported.sha256,
+            str(head.get("ETag", "")).strip('"') or None,
+        )
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        """HeadObject with the store's checksums, or None when there is no such object."""
         validate_key(key)
         try:
-            head = self._retrying(
-                "head", key, lambda: self.client.head_object(Bucket=self.bucket, Key=key)
+            head: dict[str, Any] = self._retrying(
+                "head",
+                key,
+                lambda: self.client.head_object(
+                    Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
+                ),
             )
         except ClientError as exc:
             if not _is_not_found(exc):
@@ -721,24 +872,15 @@ class S3ObjectStore(ObjectStore):
             return None
         except BotoCoreError as exc:
             raise self._error("head", key, exc) from exc
-        metadata = head.get("Metadata", {})
-        sha256 = metadata.get("sha256") or self._sidecar_sha256(key)
-        owner = ObjectOwner.decode(metadata.get(OWNER_METADATA, ""))
-        etag = str(head.get("ETag", "")).strip('"') or None
-        return StoredObject(key, self.href(key), head["ContentLength"], sha256, False, owner, etag)
-
-    def _sidecar_sha256(self, key: str) -> str:
-        """The checksum `put_stream` wrote beside `key` (metadata cannot hold it), or ""."""
-        text = (self.get_bytes(key + SHA256_SUFFIX) or b"").decode("ascii", "replace")
-        recorded = text.split(maxsplit=1)[0] if text.strip() else ""
-        return recorded if _SHA256_RE.fullmatch(recorded) else ""
+        return head
 
     def put_stream(
         self, stream: ByteStream, key: str, *, content_type: str, private: bool = False
     ) -> StoredObject:
         validate_key(key)
         sidecar = key + SHA256_SUFFIX
-        reader = _HashingReader(stream)
+        # Parts as boto3 cuts a stream: what S3's composite checksum is made of.
+        reader = _HashingReader(stream, self.transfer_config.multipart_chunksize)
         acl = {"ACL": "public-read"} if self.public_read and not private else {}
         try:
             # The old checksum stays until the new one replaces it: a failed stream keeps the
@@ -751,7 +893,7 @@ class S3ObjectStore(ObjectStore):
                 reader,
                 self.bucket,
                 key,
-                ExtraArgs={"ContentType": content_type, **acl},
+                ExtraArgs={"ContentType": content_type, "ChecksumAlgorithm": "SHA256", **acl},
                 Config=self.transfer_config,
             )
             self._retrying(
@@ -768,7 +910,12 @@ class S3ObjectStore(ObjectStore):
         except (ClientError, BotoCoreError, Boto3Error) as exc:
             raise self._error("upload", key, exc) from exc
         logger.info("uploaded s3://%s/%s (%d bytes)", self.bucket, key, reader.size)
-        return StoredObject(key, self.href(key), reader.size, reader.sha256, uploaded=True)
+        # boto3 reads a stream in parts only from the threshold on.
+        multipart = reader.size >= self.transfer_config.multipart_threshold
+        expected = reader.digests.expected(multipart)
+        return StoredObject(
+            key, self.href(key), reader.size, reader.sha256, True, checksum=expected.sha256
+        )
 
     def download(self, key: str, path: Path) -> Path:
         validate_key(key)

@@ -7,6 +7,7 @@ per session (`pypgstac migrate` takes ~2 s, a clone a fraction of it).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,9 @@ class PgstacDatabases:
     def __init__(self, catalog_dsn: str) -> None:
         self.server = Server(catalog_dsn)
         self.prefix = f"{self.server.database}_t_"
-        self.template = f"{self.server.database}_tpl"
+        # One template per pytest-xdist worker: each worker's session makes and drops its own.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.template = f"{self.server.database}_tpl_{worker}"
 
     def dsn(self, database: str) -> str:
         return psycopg.conninfo.make_conninfo(self.server.dsn, dbname=database)

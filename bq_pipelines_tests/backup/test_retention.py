@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import io
+import os
+from dataclasses import replace
 from datetime import date, timedelta
 
 import pytest
 
+from bq_pipelines.backup.cli import run as run_backup_cli
 from bq_pipelines.backup.dump import write_manifest
 from bq_pipelines.backup.manifest import BackupKey, BackupKind, Manifest, catalog_state
 from bq_pipelines.backup.retention import (
@@ -16,10 +20,14 @@ from bq_pipelines.backup.retention import (
     list_backups,
     plan_retention,
 )
-from bq_pipelines.lib.storage import ObjectStore
+from bq_pipelines.backup.static import StaticCatalog
+from bq_pipelines.backup.verify import StoredCheck
+from bq_pipelines.lib.hashing import sha256_bytes
+from bq_pipelines.lib.storage import LocalObjectStore, ObjectStore, S3ObjectStore
 
 TODAY = date(2026, 11, 27)
 NAME = "bq_catalog"
+DUMP = b"dump"
 
 
 def manifest_for(key: BackupKey, *, verified: bool | None = True) -> Manifest:
@@ -27,8 +35,8 @@ def manifest_for(key: BackupKey, *, verified: bool | None = True) -> Manifest:
         key=key.key,
         kind=key.kind,
         catalog=f"127.0.0.1:5432/{key.name}",
-        size=4,
-        sha256="0" * 64,
+        size=len(DUMP),
+        sha256=sha256_bytes(DUMP),
         state=catalog_state(1, [("c", "i")]),
         started_at=f"{key.day.isoformat()}T04:00:00+00:00",
         duration_seconds=0.1,
@@ -46,8 +54,9 @@ def store_backup(
 ) -> BackupKey:
     """A backup as the asset leaves it: the dump, its checksum, its manifest."""
     key = BackupKey.of(name, day, kind)
-    store.put_stream(io.BytesIO(b"dump"), key.key, content_type="application/octet-stream")
-    write_manifest(store, manifest_for(key, verified=verified))
+    stored = store.put_stream(io.BytesIO(DUMP), key.key, content_type="application/octet-stream")
+    manifest = manifest_for(key, verified=verified)
+    write_manifest(store, replace(manifest, store_checksum=stored.checksum))
     return key
 
 
@@ -130,7 +139,7 @@ def test_dry_run_deletes_nothing_and_says_what_it_would(backup_store: ObjectStor
 
 def stored(day: date, verified: bool | None = True) -> StoredBackup:
     key = BackupKey.of(NAME, day, "pgstac")
-    return StoredBackup(key, manifest_for(key, verified=verified))
+    return StoredBackup(key, manifest_for(key, verified=verified), StoredCheck(True))
 
 
 @pytest.mark.parametrize("days", [1, 30, 365])
@@ -148,3 +157,67 @@ def test_the_backup_just_taken_is_never_deleted() -> None:
         [old, stored(TODAY)], TODAY, RetentionPolicy(30, keep_last=1), protect=old.key
     )
     assert plan.delete == []
+
+
+# --- backups corrupted after they were taken --------------------------------------------------
+
+
+def corrupt(store: ObjectStore, key: BackupKey, how: str) -> None:
+    """Damage a stored dump behind the platform's back: same size with other bytes (the local
+    file's mtime put back; on S3 its metadata copied), or truncated."""
+    garbage = b"dum" if how == "truncated" else b"DUMP"
+    if isinstance(store, LocalObjectStore):
+        path = store.root / key.key
+        before = path.stat()
+        path.write_bytes(garbage)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        return
+    assert isinstance(store, S3ObjectStore)
+    head = store.client.head_object(Bucket=store.bucket, Key=key.key)
+    store.client.put_object(
+        Bucket=store.bucket, Key=key.key, Body=garbage, Metadata=head["Metadata"]
+    )
+
+
+def test_corrupt_backups_never_count_among_the_newest_kept(backup_store: ObjectStore) -> None:
+    # Five backups all past the window, keep_last 3: the two newest were corrupted since.
+    days = days_back(100, 5)
+    keys = [store_backup(backup_store, day) for day in days]
+    corrupt(backup_store, keys[0], "same size")
+    corrupt(backup_store, keys[1], "truncated")
+
+    listed = {b.key.day: b for b in list_backups(backup_store, NAME)}
+    assert [listed[day].corrupt for day in days] == [True, True, False, False, False]
+    assert not listed[days[0]].verified and listed[days[2]].verified
+    assert f"{keys[1].key} is 3 bytes, 4 when it was taken" == listed[days[1]].stored.detail  # type: ignore[union-attr]
+    assert "has sha256" in listed[days[0]].stored.detail  # type: ignore[union-attr]
+
+    plan = apply_retention(backup_store, NAME, TODAY, RetentionPolicy(days=30, keep_last=3))
+
+    # The three good ones are kept; the corrupt ones, past the window, go.
+    assert sorted(b.key.day for b in plan.keep) == sorted(days[2:])
+    assert sorted(b.key.day for b in plan.delete) == sorted(days[:2])
+    assert [b.key.day for b in list_backups(backup_store, NAME)] == sorted(days[2:])
+
+
+def test_the_backups_command_lists_a_corrupt_backup_as_corrupt(
+    backup_store: ObjectStore, tmp_path
+) -> None:
+    good, bad = (store_backup(backup_store, day) for day in days_back(1, 2))
+    corrupt(backup_store, bad, "same size")
+    out = io.StringIO()
+
+    status = run_backup_cli(
+        argparse.Namespace(command="backups", all=False),
+        backup_store,
+        StaticCatalog(tmp_path / NAME, tmp_path / "work"),  # the catalog named NAME
+        tmp_path,
+        out=out,
+    )
+
+    assert status == 0
+    lines = out.getvalue().splitlines()
+    [bad_line] = [line for line in lines if line.endswith(bad.key)]
+    [good_line] = [line for line in lines if line.endswith(good.key)]
+    assert " CORRUPT " in bad_line and " yes " in good_line
+    assert any(f"{bad.key} has sha256" in line for line in lines)

@@ -1008,6 +1008,28 @@ def test_a_missing_netcdf_variable_lists_those_there_are(tmp_path: Path) -> None
         to_cog(RasterInput(tmp_path / "missing.nc", "tas"), tmp_path / "out.tif", settings)
 
 
+def test_a_netcdf_of_one_variable_names_it_when_another_is_declared(tmp_path: Path) -> None:
+    # GDAL lists no subdatasets for a file of one raster variable (it opens it directly).
+    path = tmp_path / "one.nc"
+    with netCDF4.Dataset(path, "w") as dataset:
+        dataset.createDimension("time", 2)
+        dataset.createDimension("lat", 4)
+        dataset.createDimension("lon", 5)
+        dataset.createVariable("lat", "f4", ("lat",))[:] = np.arange(4) + 45.5
+        dataset.createVariable("lon", "f4", ("lon",))[:] = np.arange(5) - 70.5
+        dataset.createVariable("tas", "f4", ("time", "lat", "lon"))[:] = np.ones((2, 4, 5))
+    settings = CogSettings(assign_crs="EPSG:4326")
+    with pytest.raises(CogError) as error:
+        to_cog(RasterInput(path, subdataset="tasmax"), tmp_path / "out.tif", settings)
+    assert str(error.value) == f"{path}: no variable 'tasmax' (it has: tas)"
+    with (
+        pytest.raises(CogError, match=r"no variable 'tasmax' \(it has: tas\)"),
+        band_extractor(RasterInput(path, subdataset="tasmax"), settings, tmp_path),
+    ):
+        pass
+    assert to_cog(RasterInput(path, subdataset="tas"), tmp_path / "out.tif", settings)
+
+
 def test_a_raster_over_the_pixel_limit_is_refused_from_its_header(tmp_path: Path) -> None:
     # A crafted header: 100,000 x 100,000 pixels in a 2 MB sparse file.
     huge = write_huge_header(tmp_path / "huge.tif")

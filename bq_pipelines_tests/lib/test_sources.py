@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +18,9 @@ from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
-from bq_pipelines.lib.errors import SourceError, TransientSourceError
+from bq_pipelines.lib.errors import SourceError, SourceRefused, TransientSourceError
 from bq_pipelines.lib.retry import RetryPolicy
-from bq_pipelines.lib.sources import HttpSession, fetch, probe
+from bq_pipelines.lib.sources import FetchLimits, HttpSession, describe_local, fetch, probe
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.fixtures.tls import https_server, self_signed_certificate
 
@@ -425,6 +426,33 @@ def test_local_probe_is_a_stat(local_file: Path) -> None:
     assert fingerprint.token() == probe(local_file.as_uri()).token().replace(
         local_file.as_uri(), str(local_file)
     )
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["plain-path", "file-url"])
+def test_local_files_are_confined_to_the_limits_root(
+    local_file: Path, tmp_path: Path, as_uri: bool
+) -> None:
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    inside = root / "data" / "in.tif"
+    inside.write_bytes(PAYLOAD)
+    (root / "data" / "out.tif").symlink_to(local_file)  # a link leading out of the root
+    limits = FetchLimits(local_root=root, settings_prefix="BQ_")
+    outside = re.escape(f"outside the local data root {root.resolve()} (BQ_LOCAL_DATA_ROOT)")
+
+    def url(path: Path) -> str:
+        return path.as_uri() if as_uri else str(path)
+
+    assert fetch(url(inside), tmp_path / "staging", limits=limits).sha256 == SHA256
+    assert describe_local(url(inside), limits).path == inside.resolve()
+    assert probe(url(inside), limits=limits).size == len(PAYLOAD)
+    for path in (local_file, root / "data" / "out.tif", root / "data" / ".." / ".." / "x"):
+        with pytest.raises(SourceRefused, match=rf"resolves to .*, {outside}"):
+            fetch(url(path), tmp_path / "staging", limits=limits)
+        with pytest.raises(SourceRefused, match=outside):
+            describe_local(url(path), limits)
+        with pytest.raises(SourceRefused, match=outside):
+            probe(url(path), limits=limits)
 
 
 # --------------------------------------------------------------------------- S3

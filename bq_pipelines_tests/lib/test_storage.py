@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import os
 import stat
@@ -13,6 +15,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import botocore.config
+import botocore.session
 import numpy as np
 import pytest
 import rasterio
@@ -282,7 +286,8 @@ def test_s3_put_then_stat(store_client, s3_bucket: str, tmp_path: Path) -> None:
     assert store.stat("io/col/missing.tif") is None
     head = store_client.head_object(Bucket=s3_bucket, Key="io/col/a.tif")
     assert head["ContentType"] == COG_MEDIA_TYPE
-    assert head["Metadata"] == {"sha256": sha}
+    # The etag expected of the bytes, for a store that would keep no checksum.
+    assert head["Metadata"] == {"sha256": sha, "etag": hashlib.md5(b"cog bytes").hexdigest()}
     body = store_client.get_object(Bucket=s3_bucket, Key="io/col/a.tif")["Body"].read()
     assert body == b"cog bytes"
 
@@ -362,9 +367,10 @@ def test_s3_public_href_anonymous_get(
 def test_s3_multipart_above_threshold(
     store_client, s3_bucket: str, tmp_path: Path, write_requests: list[str]
 ) -> None:
-    source, sha = write_bytes(tmp_path / "big.tif", os.urandom(6 * MIB))
+    data = os.urandom(6 * MIB)
+    source, sha = write_bytes(tmp_path / "big.tif", data)
     store = S3ObjectStore(
-        store_client, s3_bucket, multipart_threshold_bytes=5 * MIB, multipart_chunk_bytes=5 * MIB
+        store_client, s3_bucket, multipart_chunk_bytes=5 * MIB, single_put_max_bytes=5 * MIB
     )
 
     stored = store.put_file(source, "io/big.tif", sha256=sha)
@@ -373,9 +379,20 @@ def test_s3_multipart_above_threshold(
     assert sorted(write_requests) == sorted(
         ["CreateMultipartUpload", "UploadPart", "UploadPart", "CompleteMultipartUpload"]
     )
-    head = store_client.head_object(Bucket=s3_bucket, Key="io/big.tif")
-    assert head["ETag"].strip('"').endswith("-2")  # S3's multipart ETag: md5-of-md5s + part count
-    assert head["Metadata"] == {"sha256": sha}
+    head = store_client.head_object(Bucket=s3_bucket, Key="io/big.tif", ChecksumMode="ENABLED")
+    parts = [data[: 5 * MIB], data[5 * MIB :]]
+    composite = hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in parts)).digest()
+    md5s = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+    # S3's composite checksum of the parts (S3 adds "-2", moto does not) and multipart ETag.
+    assert head["ChecksumSHA256"].split("-")[0] == base64.b64encode(composite).decode()
+    assert head["ETag"].strip('"') == f"{md5s}-2"
+    # Recorded at upload: the store vouches for the sha256 only when it reports these.
+    assert head["Metadata"] == {
+        "sha256": sha,
+        "sha256-composite": base64.b64encode(composite).decode(),
+        "etag": f"{md5s}-2",
+    }
+    assert store.stat("io/big.tif").sha256 == sha  # type: ignore[union-attr]
     assert head["ContentType"] == COG_MEDIA_TYPE
     body = store_client.get_object(Bucket=s3_bucket, Key="io/big.tif")["Body"].read()
     assert body == source.read_bytes()
@@ -549,7 +566,11 @@ def test_put_stream_from_a_pipe_records_the_checksum_beside(
         6 * MIB + 123,
         sha,
     )
-    assert any_store.stat("backups/db/2026-01-02.dump").sha256 == sha  # type: ignore[union-attr]
+    # What the store itself reports of the bytes it holds is what was expected of them (S3: a
+    # composite of the 5 MiB parts' SHA-256s, which says nothing of the whole by itself).
+    again = any_store.stat("backups/db/2026-01-02.dump")
+    assert again is not None and again.checksum == stored.checksum != ""
+    assert again.sha256 == (sha if isinstance(any_store, LocalObjectStore) else "")
     assert any_store.get_bytes("backups/db/2026-01-02.dump.sha256") == (
         f"{sha}  2026-01-02.dump\n".encode()
     )
@@ -741,6 +762,139 @@ def test_local_file_replaced_in_place_is_hashed_again(tmp_path: Path) -> None:
     assert garbage.sha256 == sha256_file(target) != sha
     assert store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER).uploaded
     assert target.read_bytes() == b"good content"
+
+
+def test_local_file_replaced_with_its_mtime_put_back_is_hashed_again(tmp_path: Path) -> None:
+    # Garbage of the same size, the file's mtime restored (`touch -r`, `cp -p`): its ctime,
+    # which no one can set, still says it changed after the sidecar was written.
+    source, sha = write_bytes(tmp_path / "a.tif", b"good content")
+    store = LocalObjectStore(tmp_path / "store")
+    store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER)
+    target = tmp_path / "store" / "io" / "a.tif"
+    before = target.stat()
+    target.write_bytes(b"bad content!")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    garbage = store.stat("io/a.tif")
+
+    assert garbage is not None and garbage.sha256 == sha256_file(target) != sha
+    assert store.stat("io/a.tif").sha256 == garbage.sha256  # type: ignore[union-attr]
+
+
+def forge(client, bucket: str, key: str, body: bytes, **checksum: str) -> None:
+    """Another client overwrites `key` with `body`, copying its x-amz-meta-* metadata (sha256,
+    owner, what was expected of the bytes) and content type, as a forger would."""
+    head = client.head_object(Bucket=bucket, Key=key)
+    client.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=body,
+        Metadata=head["Metadata"],
+        ContentType=head["ContentType"],
+        **checksum,
+    )
+    assert client.head_object(Bucket=bucket, Key=key)["Metadata"] == head["Metadata"]
+
+
+@pytest.mark.parametrize("single_put_max", [None, 5 * MIB], ids=["single-put", "multipart"])
+@pytest.mark.parametrize(
+    "forger_checksum", [{}, {"ChecksumAlgorithm": "SHA256"}], ids=["plain", "sha256"]
+)
+def test_s3_bytes_under_copied_metadata_are_not_vouched_for(
+    store_client,
+    s3_bucket: str,
+    tmp_path: Path,
+    single_put_max: int | None,
+    forger_checksum: dict[str, str],
+) -> None:
+    data = os.urandom(6 * MIB)
+    source, sha = write_bytes(tmp_path / "a.tif", data)
+    store = S3ObjectStore(
+        store_client,
+        s3_bucket,
+        multipart_chunk_bytes=5 * MIB,
+        single_put_max_bytes=single_put_max or 5 * 1024**3,
+    )
+    store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER)
+    assert store.stat("io/a.tif").sha256 == sha  # type: ignore[union-attr]
+
+    forge(store_client, s3_bucket, "io/a.tif", os.urandom(len(data)), **forger_checksum)
+
+    forged = store.stat("io/a.tif")
+    assert forged is not None and (forged.size, forged.owner) == (len(data), A_OWNER)
+    assert forged.sha256 != sha  # the store's own checksum says other bytes, or nothing
+    # Asking the store for a checksum of its own finds the garbage's.
+    computed = store.checksum_in_place("io/a.tif")
+    assert computed is not None and computed.sha256 not in ("", sha)
+    # The next upload of the item's file replaces the garbage, whatever the metadata says.
+    assert store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER).uploaded
+    assert store.get_bytes("io/a.tif") == data
+    assert store.stat("io/a.tif").sha256 == sha  # type: ignore[union-attr]
+
+
+def test_s3_object_without_a_checksum_gets_one_computed_by_the_store(
+    store_client, s3_bucket: str, tmp_path: Path
+) -> None:
+    # Uploaded before uploads asked for checksums: its metadata alone vouches for nothing,
+    # until S3 computes its own SHA-256 in a server-side copy (no bytes sent again).
+    data = b"uploaded by an older version" * 100
+    sha = hashlib.sha256(data).hexdigest()
+    owner = {"bq-owner": A_OWNER.encode()}
+    store_client.put_object(
+        Bucket=s3_bucket, Key="io/old.tif", Body=data, Metadata={"sha256": sha, **owner}
+    )
+    store = S3ObjectStore(store_client, s3_bucket)
+    assert store.stat("io/old.tif").sha256 == ""  # type: ignore[union-attr]
+
+    computed = store.checksum_in_place("io/old.tif")
+
+    assert computed is not None and (computed.sha256, computed.owner) == (sha, A_OWNER)
+    assert store.get_bytes("io/old.tif") == data
+
+
+def test_s3_store_without_checksums_vouches_by_the_etag_recorded_at_upload(
+    store_client, services_env: dict[str, str], s3_bucket: str
+) -> None:
+    # A client that sends no checksum at all: S3 keeps none (a store without checksums looks
+    # the same), and only the ETag, which S3 computes, can tie the bytes to the metadata.
+    plain = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=services_env["BQ_S3_ENDPOINT_URL"],
+        region_name=services_env["BQ_S3_REGION"],
+        aws_access_key_id=services_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=services_env["AWS_SECRET_ACCESS_KEY"],
+        config=botocore.config.Config(request_checksum_calculation="when_required"),
+    )
+    data = b"bytes of a store without checksums" * 10
+    sha, md5 = hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest()
+    plain.put_object(
+        Bucket=s3_bucket, Key="io/a.tif", Body=data, Metadata={"sha256": sha, "etag": md5}
+    )
+    store = S3ObjectStore(store_client, s3_bucket)
+    head = plain.head_object(Bucket=s3_bucket, Key="io/a.tif", ChecksumMode="ENABLED")
+    assert not [k for k in head if k.startswith("Checksum")]
+    assert store.stat("io/a.tif").sha256 == sha  # type: ignore[union-attr]
+
+    plain.put_object(
+        Bucket=s3_bucket,
+        Key="io/a.tif",
+        Body=bytes(len(data)),
+        Metadata={"sha256": sha, "etag": md5},
+    )
+
+    assert store.stat("io/a.tif").sha256 == ""  # type: ignore[union-attr]
+
+
+def test_rewrite_uploads_the_same_bytes_again(any_store: ObjectStore, tmp_path: Path) -> None:
+    source, sha = write_bytes(tmp_path / "a.tif", b"same bytes")
+    any_store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER)
+    assert not any_store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER).uploaded
+
+    again = any_store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER, rewrite=True)
+
+    assert again.uploaded and any_store.stat("io/a.tif").sha256 == sha  # type: ignore[union-attr]
+    with pytest.raises(StorageError, match="col-a/item-a"):
+        any_store.put_file(source, "io/a.tif", sha256=sha, owner=B_OWNER, rewrite=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,11 @@ offer neither an ETag nor a modification time are always downloaded again.
 Credentials embedded in URLs (`https://user:secret@host/...`) are used for the request but never
 appear in logs, errors, fingerprints or sidecars: those carry the URL without its userinfo.
 
+Local files (plain paths and file:// URLs, whatever declared them) are confined: with
+`FetchLimits.local_root`, a local location is resolved (symlinks followed) and refused unless it
+lies under that root, and the resolved path is what is read (`confined_local_path`, the one
+check, also run when a declaration loads).
+
 URLs chosen by someone else (the ingestion API) are fetched with `FetchLimits`: a guard checks
 the URL and every redirect hop and pins each connection to addresses it allowed, the size and the
 wall time of the download are capped, and the file can be inspected before it is committed. A
@@ -68,6 +73,7 @@ __all__ = [
     "HttpSession",
     "SourceFingerprint",
     "UrlGuard",
+    "confined_local_path",
     "describe_local",
     "fetch",
     "is_local",
@@ -98,7 +104,7 @@ def probe(
     if limits is not None:
         timeout = _Budget(url, limits).timeout(timeout)
     if scheme == "file":
-        return _file_fingerprint(url, _local_path(url))
+        return _file_fingerprint(url, _local_source(url, limits))
     with _session(http) as session:
         if scheme in ("http", "https"):
             operation: Callable[[], SourceFingerprint] = partial(
@@ -137,11 +143,10 @@ def fetch(
     _guard_url(url, limits)
     staging_dir.mkdir(parents=True, exist_ok=True)
     destination = staging_dir / _target_name(url, file_name)
-    if scheme == "file":
-        source = _local_path(url)
-        if destination.exists() and _same_file(source, destination):
-            # The file is already where the caller wants it: hash it in place, never copy.
-            return _describe_in_place(url, source)
+    source = _local_source(url, limits) if scheme == "file" else None
+    if source is not None and destination.exists() and _same_file(source, destination):
+        # The file is already where the caller wants it: hash it in place, never copy.
+        return _describe_in_place(url, source)
     with _session(http) as session:
         if reuse_unchanged and limits is None:
             reused = _reuse_if_unchanged(url, destination, retry, timeout, s3_endpoint_url, session)
@@ -149,7 +154,7 @@ def fetch(
                 return reused
         budget = _Budget(url, limits) if limits is not None else None
         fetched = _download(
-            url, scheme, destination, retry, timeout, s3_endpoint_url, session, budget
+            url, scheme, destination, retry, timeout, s3_endpoint_url, session, budget, source
         )
     _write_sidecar(fetched)
     logger.info(
@@ -167,10 +172,10 @@ def is_local(url: str) -> bool:
     return _scheme(url) == "file"
 
 
-def describe_local(url: str) -> FetchedFile:
+def describe_local(url: str, limits: FetchLimits | None = None) -> FetchedFile:
     """A local source as a FetchedFile read where it lies (hashed, never copied): a multi-GB
-    cube is read by every partition of its dataset."""
-    return _describe_in_place(url, _local_path(url))
+    cube is read by every partition of its dataset. `limits.local_root` confines it."""
+    return _describe_in_place(url, _local_source(url, limits))
 
 
 def path_under_root(root: Path, relative: str, root_name: str = "the data root") -> Path:
@@ -179,14 +184,33 @@ def path_under_root(root: Path, relative: str, root_name: str = "the data root")
     never make a dataset read a file outside its data root. The resolved path is what is read,
     so a link changed afterwards does not matter either."""
     base = root.resolve()
-    path = (base / relative).resolve()
-    if not path.is_relative_to(base):
+    return _inside(base, base / relative, str(base / relative), root_name)
+
+
+def confined_local_path(location: str, root: Path, root_name: str = "the data root") -> Path:
+    """The file a local location names (a file:// URL, or a plain path: absolute, or relative
+    to the working directory as it would be read), every symlink resolved; SourceRefused unless
+    it lies under the resolved `root`. The one sandbox of local sources, whatever names them: a
+    declared `url`, a host's base URL, a mirror (BQ_SOURCE_BASE_URLS), an API request."""
+    return _inside(root.resolve(), _local_path(location), redact_url(location), root_name)
+
+
+def _inside(base: Path, path: Path, shown: str, root_name: str) -> Path:
+    resolved = path.resolve()
+    if not resolved.is_relative_to(base):
         raise SourceRefused(
-            str(base / relative),
-            f"resolves to {path}, outside the local data root {base} ({root_name}); "
+            shown,
+            f"resolves to {resolved}, outside the local data root {base} ({root_name}); "
             "local sources must stay under it (symlinks included)",
         )
-    return path
+    return resolved
+
+
+def _local_source(url: str, limits: FetchLimits | None) -> Path:
+    """The local file `url` names: confined to `limits.local_root` when there is one."""
+    if limits is None or limits.local_root is None:
+        return _local_path(url)
+    return confined_local_path(url, limits.local_root, limits.setting_name("LOCAL_DATA_ROOT"))
 
 
 @contextlib.contextmanager
@@ -208,13 +232,14 @@ def _download(
     s3_endpoint_url: str | None,
     session: HttpSession,
     budget: _Budget | None = None,
+    local_source: Path | None = None,
 ) -> FetchedFile:
     staged = _StagedFile(destination, budget)
     if budget is not None:
         timeout = budget.timeout(timeout)
     try:
         if scheme == "file":
-            return _file_fetch(url, _local_path(url), staged)
+            return _file_fetch(url, local_source or _local_path(url), staged)
         if scheme in ("http", "https"):
             return _http_fetch(url, staged, retry, timeout, session)
         if scheme == "ftp":

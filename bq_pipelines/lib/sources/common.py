@@ -89,12 +89,19 @@ class FetchLimits:
     # Width x height x bands read of one converted raster, checked from its header before any
     # conversion (lib/pipeline.py, lib/cog.py); SourceRefused beyond.
     max_pixels: int | None = None
+    # Local files (file:// URLs, plain paths) must lie under it once symlinks are resolved;
+    # None: not confined (a guard, the ingestion API's, refuses them anyway).
+    local_root: Path | None = None
     # Refusals name the setting of the limit: `<prefix>MAX_DOWNLOAD_BYTES`, `<prefix>MAX_PIXELS`.
     settings_prefix: str | None = None
 
     def setting(self, name: str) -> str:
         """` (<prefix><name>)` for a refusal's message, or nothing."""
         return f" ({self.settings_prefix}{name})" if self.settings_prefix else ""
+
+    def setting_name(self, name: str) -> str:
+        """`<prefix><name>`, or a description when the limits name no settings."""
+        return f"{self.settings_prefix}{name}" if self.settings_prefix else "the data root"
 
 
 class _Budget:
