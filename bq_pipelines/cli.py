@@ -16,7 +16,6 @@ import argparse
 import difflib
 import json
 import os
-import shutil
 import signal
 import sys
 import warnings
@@ -51,6 +50,7 @@ from bq_pipelines.launch import (
 )
 from bq_pipelines.lib.catalog import open_catalog
 from bq_pipelines.lib.errors import ConfigError, PipelineError
+from bq_pipelines.lib.files import exclusive_lock, write_text_atomically
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.words import plural
 from bq_pipelines.plans import SourceLocations
@@ -104,14 +104,20 @@ def _instance(settings: Settings) -> dg.DagsterInstance:
     if not os.environ.get("DAGSTER_HOME"):
         home = settings.home.absolute() / INSTANCE_FOLDER
         if not home.is_dir():
-            home.mkdir(parents=True)
+            home.mkdir(parents=True, exist_ok=True)
             print(f"runs are recorded in {home} (the Dagster instance)", file=sys.stderr)
         template = PROJECT_ROOT / "dagster.yaml"  # the project's, as `make` copies it
         if not (home / "dagster.yaml").exists() and template.is_file():
-            shutil.copyfile(template, home / "dagster.yaml")
+            write_text_atomically(home / "dagster.yaml", template.read_text(encoding="utf-8"))
         # Child processes (a code location launch) must open the same instance.
         os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    home = Path(os.environ["DAGSTER_HOME"])
+    # Two commands started together on a new instance would both create its storage (two
+    # schema stamps, which Dagster then refuses): one does it, under a lock, the other waits.
+    with exclusive_lock(home / ".instance.lock"):
+        instance = dg.DagsterInstance.get()
+        instance.get_run_records(limit=1)
+    return instance
 
 
 def partition_keys(

@@ -79,8 +79,9 @@ def published_ids(stac_api_url: str, collection_id: str) -> set[str]:
 
 
 def stored_keys(s3_client: Any, bucket: str) -> set[str]:
+    """The data objects of the bucket (not the collections' coverage maps, under _previews/)."""
     listing = s3_client.list_objects_v2(Bucket=bucket)
-    return {entry["Key"] for entry in listing.get("Contents", [])}
+    return {e["Key"] for e in listing.get("Contents", []) if "/_previews/" not in e["Key"]}
 
 
 def published_keys(dataset_id: str, *names: str) -> set[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -15,7 +14,7 @@ import pystac
 from bq_pipelines.lib import names
 from bq_pipelines.lib.catalog.base import Publisher, PublishOutcome, foreign_links, to_json_dict
 from bq_pipelines.lib.errors import CatalogError
-from bq_pipelines.lib.files import write_text_atomically
+from bq_pipelines.lib.files import exclusive_lock, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +82,8 @@ class StaticCatalogPublisher(Publisher):
         one moment (a backup) holds it too."""
         return self._locked()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".catalog.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive_lock(self.root / ".catalog.lock")
 
     # catalog and collections ---------------------------------------------------------
 
