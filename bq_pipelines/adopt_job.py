@@ -16,8 +16,15 @@ import dagster as dg
 from bq_pipelines.adoption import ADOPTED, ADOPTED_OBJECTS, MAX_REASONS, Assessment
 from bq_pipelines.adoption import assess_partition as assess
 from bq_pipelines.declarations import Declaration
-from bq_pipelines.keys import DATASET_TAG, DatasetKeys, keys_by_dimension, op_name
-from bq_pipelines.lib.pipeline import Services
+from bq_pipelines.keys import (
+    CODE_VERSION_TAG,
+    DATASET_TAG,
+    SETTINGS_DIGEST,
+    DatasetKeys,
+    keys_by_dimension,
+    op_name,
+)
+from bq_pipelines.lib.pipeline import Services, settings_digest
 from bq_pipelines.resources import (
     CatalogResource,
     ObjectStoreResource,
@@ -25,9 +32,6 @@ from bq_pipelines.resources import (
     services_for,
 )
 
-# The tag Dagster reads a materialization's code version from: an adopted partition is as
-# current as the code that planned it.
-CODE_VERSION_TAG = "dagster/code_version"
 MAX_LISTED = 25
 
 
@@ -118,6 +122,7 @@ def _materializations(
                 services.publisher.item_url(first.collection_id, first.item_id)
             ),
             "fingerprint": found.fingerprint,
+            SETTINGS_DIGEST: settings_digest(plans),
             "items": len(plans),
             "item_ids": [p.item_id for p in plans[:MAX_LISTED]],
             ADOPTED_OBJECTS: dg.MetadataValue.json(objects),
@@ -128,6 +133,7 @@ def _materializations(
             asset_key=keys.step(name),
             partition=found.partition_key,
             metadata={**shared, **metadata},
+            # As current as the code that planned it (the UI reads the version from this tag).
             tags={CODE_VERSION_TAG: code_version},
         )
 

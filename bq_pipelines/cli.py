@@ -13,13 +13,14 @@ UI can re-execute such runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
 import signal
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from bq_pipelines.factory import (
     build_dataset,
     discover_files,
     op_name,
+    partition_code_version,
 )
 from bq_pipelines.keys import keys_by_dimension, partitions_definition
 from bq_pipelines.launch import (
@@ -51,11 +53,13 @@ from bq_pipelines.launch import (
 from bq_pipelines.lib.catalog import open_catalog
 from bq_pipelines.lib.errors import ConfigError, PipelineError
 from bq_pipelines.lib.files import exclusive_lock, write_text_atomically
+from bq_pipelines.lib.pipeline import ItemPlan, Services, fingerprint, probe_sources
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.words import plural
 from bq_pipelines.plans import SourceLocations
 from bq_pipelines.resources import quick_catalog, resources_for, services_for
 from bq_pipelines.settings import Settings
+from bq_pipelines.status import SourcesCheck, dataset_status
 
 Command = Callable[[argparse.Namespace, Settings], int]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -273,6 +277,48 @@ def partitions_command(args: argparse.Namespace, settings: Settings) -> int:
     definitions = dataset_definitions(declaration, settings)
     for key in partition_keys(declaration, definitions, _instance(settings), settings):
         print(key)
+    return 0
+
+
+@contextlib.contextmanager
+def built_services_for(definitions: dg.Definitions) -> Iterator[Services]:
+    """The core library's services, its resources built as Dagster would for a run (EnvVar
+    secrets, the STAC API token or the DSN, resolved here)."""
+    resources = _resources(definitions)
+    names = ("object_store", "catalog", "sources")
+    with dg.build_resources({name: resources[name] for name in names}) as built:
+        yield services_for(built.object_store, built.catalog, built.sources)
+
+
+def sources_check(services: Services) -> SourcesCheck:
+    """A partition's fingerprint with its sources as they are now (a HEAD each)."""
+
+    def current(plans: Sequence[ItemPlan]) -> str:
+        urls = list(dict.fromkeys(s.url for p in plans for s in p.sources))
+        return fingerprint(plans, [f.token() for f in probe_sources(urls, services)])
+
+    return current
+
+
+def status_command(args: argparse.Namespace, settings: Settings) -> int:
+    declaration = _declaration(args.dataset)
+    definitions = dataset_definitions(declaration, settings)
+    instance = _instance(settings)
+    partition_keys(declaration, definitions, instance, settings)  # file partitions found
+    job = definitions.resolve_job_def(op_name(declaration.id, "job"))
+    assert job.partitions_def is not None
+    locations = SourceLocations(dict(settings.source_base_urls), settings.local_data_root)
+    with built_services_for(definitions) as services:
+        check = sources_check(services) if args.check_sources else None
+        found = dataset_status(
+            declaration,
+            job.partitions_def,
+            instance,
+            locations,
+            partition_code_version(declaration),
+            check,
+        )
+    print("\n".join(found.lines()))
     return 0
 
 
@@ -494,6 +540,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     plan.add_argument("dataset")
     plan.add_argument("--partition", action="append", help="a partition key (default: all)")
     plan.add_argument("--json", action="store_true", help="one STAC item (as planned) per line")
+    state = commands.add_parser(
+        "status",
+        help="partitions published, missing, failed, stale and adopted (from the run history)",
+    )
+    state.add_argument("dataset")
+    state.add_argument(
+        "--check-sources",
+        action="store_true",
+        help="also HEAD every source: a partition whose sources changed is stale",
+    )
     against = commands.add_parser(
         "compare",
         help="compare what a dataset plans with what a catalog publishes (exit 1 if different)",
@@ -523,6 +579,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "datasets": datasets_command,
         "partitions": partitions_command,
         "plan": plan_command,
+        "status": status_command,
         "compare": compare_command,
         "adopt": adopt_command,
         "materialize": materialize_command,

@@ -31,6 +31,7 @@ from bq_pipelines.keys import (
     DATASET_TAG,
     ITEM_VALID_CHECK,
     PARTITION_STEPS,
+    SETTINGS_DIGEST,
     DatasetKeys,
     collection_pool,
     keys_by_dimension,
@@ -53,6 +54,7 @@ from bq_pipelines.lib.pipeline import (
     fingerprint,
     probe_sources,
     run_items,
+    settings_digest,
 )
 from bq_pipelines.lib.staging import run_staging
 from bq_pipelines.lib.words import plural
@@ -79,6 +81,7 @@ from bq_pipelines.sensors import (
     upstream_sensor,
 )
 from bq_pipelines.settings import Settings
+from bq_pipelines.status import dataset_status
 
 logger = logging.getLogger(__name__)
 MAX_LISTED_ITEMS = 25
@@ -253,6 +256,7 @@ def _result_outcome(
     outcome.metadata[keys.step("stac_item")] = {
         "item_url": dg.MetadataValue.url(item_url),
         "fingerprint": token,
+        SETTINGS_DIGEST: settings_digest([r.plan for r in result.items]),
         "items": len(result.items),
         "item_ids": [r.item["id"] for r in result.items[:MAX_LISTED_ITEMS]],
         "created": sum(1 for r in result.items if r.outcome == "created"),
@@ -516,6 +520,24 @@ def _extent_metadata(collection: dict[str, Any]) -> dict[str, Any]:
         "spatial_extent": str(extent.get("spatial", {}).get("bbox")),
         "temporal_extent": str(extent.get("temporal", {}).get("interval")),
     }
+
+
+def _status_metadata(
+    context: dg.AssetExecutionContext,
+    declaration: Declaration,
+    partitions_def: dg.PartitionsDefinition,
+    sources: SourcesResource,
+    code_version: str,
+) -> dict[str, Any]:
+    """The partitions' status counts (status.py), shown at a glance on the collection."""
+    try:
+        found = dataset_status(
+            declaration, partitions_def, context.instance, sources.locations(), code_version
+        )
+    except PipelineError as error:  # a source the plan reads is gone: say so, publish anyway
+        context.log.warning(f"collection {declaration.id}: no partition status: {error}")
+        return {}
+    return found.metadata()
 
 
 def discover_files(declaration: Declaration, local_root: Path) -> list[str]:
@@ -870,6 +892,7 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
                 **_collection_previews(
                     declaration.id, publisher, content.items, object_store, catalog, sources
                 ),
+                **_status_metadata(context, declaration, partitions_def, sources, code_version),
             }
         )
 

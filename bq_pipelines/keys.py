@@ -16,6 +16,11 @@ ITEM_VALID_CHECK = "stac_item_valid"
 AUDIT_CHECK = "catalog_matches_store"
 # On every run of a dataset's job: the run queue's per-dataset limit (deploy/dagster.yaml).
 DATASET_TAG = "bq/dataset"
+# stac_item metadata: the partition's settings without its sources (`settings_digest`), which
+# `bq-pipelines status` compares with the current declaration's.
+SETTINGS_DIGEST = "settings_digest"
+# Where Dagster records a materialization's code version (among its tags).
+CODE_VERSION_TAG = "dagster/code_version"
 
 
 def collection_pool(dataset_id: str) -> str:

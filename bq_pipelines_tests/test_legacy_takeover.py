@@ -174,6 +174,11 @@ def test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_processed(
         assert status == 0 and f": {count} of {count} partition" in out, out
     assert listing(s3_client, settings.s3_bucket) == objects_before
     assert {r.method for r in http_host.requests} == {"HEAD"}  # fingerprints, no download
+    status, out = run_cli(capsys, "status", "soilgrids")
+    assert (
+        status == 0
+        and "79 partitions: 2 published, 77 missing, 0 failed, 0 stale, 2 adopted" in out
+    )
     instance = dg.DagsterInstance.get()
     for taken in SLICE:
         metadata = latest_metadata(

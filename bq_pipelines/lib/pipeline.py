@@ -162,6 +162,13 @@ def fingerprint(plans: Sequence[ItemPlan], source_tokens: Sequence[str]) -> str:
     return sha256_json(payload)
 
 
+def settings_digest(plans: Sequence[ItemPlan]) -> str:
+    """What the fingerprint holds but the sources: the items planned, their settings and the
+    code. Recorded beside it, it tells a partition whose settings changed without asking any
+    source host."""
+    return fingerprint(plans, [])
+
+
 def probe_sources(urls: Sequence[str], services: Services) -> list[sources.SourceFingerprint]:
     return [
         sources.probe(

@@ -239,7 +239,7 @@ def test_a_dry_run_restores_verifies_and_drops_its_copy(
     code, out, err = cli(["restore", "--date", key.day.isoformat(), "--dry-run"], capsys)
 
     assert code == 0, err
-    assert "restores (1 collections, 3 items, ids match)" in out
+    assert "restores (1 collection, 3 items, ids match)" in out
     assert PgstacCatalog(dsn).state(database_of(dsn)) == live
     assert pgstac_databases.leftovers(database_of(dsn)) == []
 
@@ -312,7 +312,7 @@ def test_restore_asks_before_replacing_and_no_means_no(
     code, out, err = cli(["restore", "--date", key.day.isoformat()], capsys)
 
     assert code == 1
-    assert f"(2 collections, 5 items) with the backup of {key.day} (1 collections, 3 items)" in out
+    assert f"(2 collections, 5 items) with the backup of {key.day} (1 collection, 3 items)" in out
     assert "restore cancelled" in err
     assert PgstacCatalog(dsn).state(database) == live
     assert pgstac_databases.leftovers(database) == []
