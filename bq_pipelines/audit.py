@@ -6,7 +6,9 @@ reports:
   to another item, or that point elsewhere than their partition's key (`drifted`);
 - objects under the dataset's folders that no item references: orphans of a crash between
   upload and publication (`orphans`);
-- items the dataset's partitions do not plan (`outside_partitions`);
+- items the dataset's partitions do not plan (`outside_partitions`), but those the ingestion
+  API published (their objects record it as their writer: `api_items`), reported apart and
+  never counted as drift;
 - items listed more than once, and objects referenced by several items (`duplicates`);
 - apart from drift, gaps: declared partitions with an item not in the catalog (never
   published, or a backfill cut short: `missing_partitions`). A dataset with gaps is never
@@ -29,12 +31,27 @@ from bq_pipelines.declarations import Declaration
 from bq_pipelines.lib.integrity import Drift, ObjectDrift, item_drift, plan_key
 from bq_pipelines.lib.locks import Locks, partition_lock_name
 from bq_pipelines.lib.pipeline import ItemPlan, Services
-from bq_pipelines.lib.storage import OWNER_SUFFIX, SHA256_SUFFIX, object_key
+from bq_pipelines.lib.storage import API_WRITER, OWNER_SUFFIX, SHA256_SUFFIX, object_key
+from bq_pipelines.lib.words import plural
 from bq_pipelines.plans import SourceLocations, plan_partition
 
 logger = logging.getLogger(__name__)
 
 MAX_LISTED = 100
+# How the summary names each count (singular, plural).
+COUNT_WORDS = {
+    "items": ("item", "items"),
+    "objects": ("object", "objects"),
+    "missing_objects": ("missing object", "missing objects"),
+    "changed_objects": ("changed object", "changed objects"),
+    "orphans": ("orphan", "orphans"),
+    "outside_partitions": ("item outside the partitions", "items outside the partitions"),
+    "api_items": ("item of the ingestion API", "items of the ingestion API"),
+    "duplicates": ("duplicate", "duplicates"),
+    "partitions": ("partition", "partitions"),
+    "missing_partitions": ("missing partition", "missing partitions"),
+    "missing_items": ("missing item", "missing items"),
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,7 @@ class AuditReport:
     drifted: list[ObjectDrift] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     outside_partitions: list[str] = field(default_factory=list)
+    api_items: list[str] = field(default_factory=list)
     duplicate_items: list[str] = field(default_factory=list)
     shared_objects: list[str] = field(default_factory=list)
     affected_partitions: list[str] = field(default_factory=list)
@@ -84,6 +102,7 @@ class AuditReport:
             "changed_objects": len(self.drifted) - len(self.missing),
             "orphans": len(self.orphans),
             "outside_partitions": len(self.outside_partitions),
+            "api_items": len(self.api_items),
             "duplicates": self.duplicates,
             "partitions": self.partitions,
             "missing_partitions": len(self.missing_partitions),
@@ -96,6 +115,7 @@ class AuditReport:
             "drifted_items": [str(d) for d in self.drifted[:limit]],
             "orphan_keys": self.orphans[:limit],
             "outside_partition_ids": self.outside_partitions[:limit],
+            "api_item_ids": self.api_items[:limit],
             "duplicate_item_ids": self.duplicate_items[:limit],
             "shared_object_keys": self.shared_objects[:limit],
             "affected_partitions": self.affected_partitions[:limit],
@@ -113,7 +133,9 @@ class AuditReport:
         return "no drift"
 
     def summary(self) -> str:
-        counts = ", ".join(f"{value} {name}" for name, value in self.counts().items())
+        counts = ", ".join(
+            plural(value, *COUNT_WORDS[name]) for name, value in self.counts().items()
+        )
         return f"{self.dataset_id}: {self.verdict}: {counts}"
 
 
@@ -173,7 +195,8 @@ def audit(
         references.update(_referenced_keys(item, key_of_href))
         found = planned.get(item_id)
         if found is None:
-            report.outside_partitions.append(item_id)
+            api = _written_by_api(item, key_of_href, store)
+            (report.api_items if api else report.outside_partitions).append(item_id)
             continue
         drift = item_drift(item, found.plan, services)
         if drift is not None:
@@ -184,12 +207,22 @@ def audit(
     report.shared_objects = sorted(k for k, n in references.items() if n > 1)
     report.orphans = sorted(k for k in listed if k not in references)
     report.outside_partitions.sort()
+    report.api_items.sort()
     report.affected_partitions = sorted(affected)
     unpublished = [p for item_id, p in planned.items() if item_id not in seen]
     report.missing_items = len(unpublished)
     report.missing_partitions = sorted({p.partition_key for p in unpublished})
     logger.info("%s", report.summary())
     return report
+
+
+def _written_by_api(item: Mapping[str, Any], key_of_href: Mapping[str, str], store: Any) -> bool:
+    """Whether the object of `item` records the ingestion API as its writer."""
+    asset = (item.get("assets") or {}).get(str(item.get("id")))
+    href = asset.get("href") if isinstance(asset, Mapping) else None
+    key = key_of_href.get(href) if isinstance(href, str) else None
+    stored = store.stat(key) if key is not None else None
+    return stored is not None and stored.owner is not None and stored.owner.writer == API_WRITER
 
 
 def _referenced_keys(item: Mapping[str, Any], key_of_href: Mapping[str, str]) -> set[str]:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -24,6 +25,9 @@ from bq_pipelines.demo import DEMO_LAYERS
 from bq_pipelines.factory import AUDIT_CHECK, FORCE_TAG, DatasetKeys
 from bq_pipelines.lib.integrity import checksum_sha256
 from bq_pipelines.lib.locks import FileLocks, Locks, PostgresLocks, partition_lock_name
+from bq_pipelines.lib.pipeline import run_items
+from bq_pipelines.lib.storage import API_WRITER
+from bq_pipelines.plans import SourceLocations, plan_partition
 from bq_pipelines.resources import LOCKS_FOLDER, S3ObjectStoreResource, resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
@@ -559,8 +563,8 @@ def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
     assert status == 1, output
     assert (
         # 2 COGs and 3 thumbnails of the 3 planned items, and the leftover.
-        "demo: DRIFT: 4 items, 6 objects, 1 missing_objects, 0 changed_objects, 1 orphans, "
-        "1 outside_partitions, 0 duplicates" in output
+        "demo: DRIFT: 4 items, 6 objects, 1 missing object, 0 changed objects, 1 orphan, "
+        "1 item outside the partitions, 0 items of the ingestion API, 0 duplicates" in output
     )
     assert "io/demo/crash-leftover.tif" in output and "demo_retired" in output
 
@@ -589,13 +593,45 @@ def test_audit_command_reports_a_half_done_backfill_apart_from_drift(tmp_path: P
     assert status == 0, output
     assert "no drift" not in output
     assert (
-        "demo: GAPS (2 of 3 partitions not published): 1 items, 2 objects, 0 missing_objects, "
-        "0 changed_objects, 0 orphans, 0 outside_partitions, 0 duplicates, 3 partitions, "
-        "2 missing_partitions, 2 missing_items" in output
+        "demo: GAPS (2 of 3 partitions not published): 1 item, 2 objects, 0 missing objects, "
+        "0 changed objects, 0 orphans, 0 items outside the partitions, 0 items of the ingestion "
+        "API, 0 duplicates, 3 partitions, 2 missing partitions, 2 missing items" in output
     )
     assert "  missing_partition_keys:\n    landcover\n    temperature" in output
 
     # Drift on top of the gaps: exit 1.
     (home / "objects" / "io" / "demo" / "demo_elevation.tif").unlink()
     status, output = finished(cli("audit", "demo", env=env))
-    assert status == 1 and "demo: DRIFT: 1 items, 1 objects, 1 missing_objects" in output
+    assert status == 1 and "demo: DRIFT: 1 item, 1 object, 1 missing object" in output
+
+
+# ----------------------------------------------------------------- the ingestion API's items
+
+
+def test_items_the_ingestion_api_published_are_the_apis_not_drift(
+    local_settings: Settings, demo_sources: Path, unique_id: str
+) -> None:
+    """An item the API published into a dataset's collection (its object records the API as
+    its writer) is listed apart and never fails the audit; any other unplanned item does."""
+    declaration = demo_declaration(f"demo-{unique_id}")
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_dataset(declaration, local_settings, instance).ok
+    with built_services(local_settings) as services:
+        [plan] = plan_partition(
+            declaration, {"layer": "elevation"}, SourceLocations({}, demo_sources)
+        )
+        api_plan = replace(plan, item_id="sent_by_a_user", file_name="sent_by_a_user.tif")
+        run_items([replace(api_plan, writer=API_WRITER, thumbnail=False)], services, "api")
+
+    report = audit_dataset(declaration, local_settings, instance)
+    assert report.clean and report.api_items == ["sent_by_a_user"], report.listing()
+    assert report.outside_partitions == []
+    assert "1 item of the ingestion API" in report.summary()
+
+    # The same item written by anyone else lies outside the partitions: that is drift.
+    with built_services(local_settings) as services:
+        stray = replace(api_plan, item_id="stray", file_name="stray.tif", thumbnail=False)
+        run_items([stray], services, "stray")
+    report = audit_dataset(declaration, local_settings, instance)
+    assert not report.clean and report.outside_partitions == ["stray"]
+    assert report.api_items == ["sent_by_a_user"]

@@ -43,7 +43,7 @@ class ObjectDrift:
 
 
 def owner_of(plan: ItemPlan) -> ObjectOwner:
-    return ObjectOwner(plan.collection_id, plan.item_id)
+    return ObjectOwner(plan.collection_id, plan.item_id, plan.writer)
 
 
 def plan_key(plan: ItemPlan, services: Services) -> str:

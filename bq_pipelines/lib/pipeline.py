@@ -83,6 +83,9 @@ class ItemPlan:
     # A PNG thumbnail stored beside the COG (`preview.thumbnail_file_name`) and added to the
     # item as its `thumbnail` asset.
     thumbnail: bool = False
+    # Who writes the item when not a dataset's partition (`storage.API_WRITER`): recorded with
+    # the object's owner, so that the audit knows whose item it is.
+    writer: str = ""
 
     def fingerprint_payload(self) -> dict[str, Any]:
         payload = {
@@ -381,7 +384,7 @@ def _store(
     on_step(Step.STORE, key)
     # The owner makes the store refuse to overwrite another item's object with this one; the
     # thumbnail belongs to the same item.
-    owner = ObjectOwner(plan.collection_id, plan.item_id)
+    owner = ObjectOwner(plan.collection_id, plan.item_id, plan.writer)
     rewrite = services.rewrite_objects
     stored = services.store.put_file(
         info.path, key, sha256=info.sha256, owner=owner, rewrite=rewrite

@@ -158,24 +158,31 @@ class ByteStream(Protocol):
 
 @dataclass(frozen=True)
 class ObjectOwner:
-    """The STAC item an object belongs to: only that item may replace it."""
+    """The STAC item an object belongs to: only that item may replace it. `writer` says who
+    writes it when not a dataset's partition (the ingestion API: `API_WRITER`)."""
 
     collection: str
     item: str
+    writer: str = ""
 
     def __str__(self) -> str:
-        return f"{self.collection}/{self.item}"
+        where = f"{self.collection}/{self.item}"
+        return f"{where} (written by the {self.writer})" if self.writer else where
 
     def encode(self) -> str:
         """ASCII for S3 metadata and sidecars (ids may hold any character but `/`)."""
-        return f"{quote(self.collection, safe='')}/{quote(self.item, safe='')}"
+        parts = [self.collection, self.item, *([self.writer] if self.writer else [])]
+        return "/".join(quote(part, safe="") for part in parts)
 
     @classmethod
     def decode(cls, text: str) -> ObjectOwner | None:
-        collection, sep, item = text.strip().partition("/")
-        if not sep or not collection or not item or "/" in item:
+        parts = text.strip().split("/")
+        if len(parts) not in (2, 3) or not all(parts):
             return None
-        return cls(unquote(collection), unquote(item))
+        return cls(*(unquote(part) for part in parts))
+
+
+API_WRITER = "ingestion-api"
 
 
 @dataclass(frozen=True)
