@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import TextIO
 
 from bq_pipelines.backup.backend import CatalogBackend
-from bq_pipelines.backup.manifest import CatalogState
 from bq_pipelines.backup.restore import resolve_backup, restore_backup
 from bq_pipelines.backup.retention import StoredBackup, list_backups
 from bq_pipelines.lib.errors import BackupError, StorageError
 from bq_pipelines.lib.storage import ObjectStore
-from bq_pipelines.lib.words import plural
 
 COMMANDS = ("backups", "restore")
 # Runs the backup asset through Dagster: handled by bq_pipelines.cli, not by `run` below.
@@ -164,22 +162,18 @@ def _restore(
     state = outcome.state
     if not outcome.swapped:
         print(
-            f"dry run: {outcome.key} restores ({_catalog_counts(state)}, ids match) in "
+            f"dry run: {outcome.key} restores ({state.counts()}, ids match) in "
             f"{outcome.seconds:.1f} s; {outcome.target} not touched",
             file=out,
         )
         return 0
     print(
-        f"restored {outcome.key} into {outcome.target}: {_catalog_counts(state)} in "
+        f"restored {outcome.key} into {outcome.target}: {state.counts()} in "
         f"{outcome.seconds:.1f} s"
         + (f"; the previous catalog is kept as {outcome.before}" if outcome.before else ""),
         file=out,
     )
     return 0
-
-
-def _catalog_counts(state: CatalogState) -> str:
-    return f"{plural(state.collections, 'collection')}, {plural(state.items, 'item')}"
 
 
 def _day(text: str) -> date:

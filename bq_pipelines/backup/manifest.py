@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from bq_pipelines.lib.errors import BackupError
 from bq_pipelines.lib.hashing import sha256_stream
+from bq_pipelines.lib.words import plural
 
 BACKUP_PREFIX = "backups"
 BackupKind = Literal["pgstac", "static"]
@@ -83,6 +84,10 @@ class CatalogState:
     collections: int
     items: int
     item_ids_sha256: str  # sha256 of the sorted `collection/item` ids, one per line
+
+    def counts(self) -> str:
+        """"1 collection, 3 items"."""
+        return f"{plural(self.collections, 'collection')}, {plural(self.items, 'item')}"
 
     def differences(self, found: CatalogState) -> list[str]:
         """How `found` differs from this expected state, in words (empty when equal)."""

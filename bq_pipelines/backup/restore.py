@@ -94,8 +94,7 @@ def restore_backup(
             + backend.manual_swap(target, new, before)
         )
     progress(
-        f"restored copy {new} verified: {found.collections} collections, {found.items} items, "
-        "item ids match"
+        f"restored copy {new} verified: {found.counts()}, item ids match"
     )
     if dry_run:
         backend.remove_copy(new)
@@ -103,8 +102,8 @@ def restore_backup(
         return RestoreOutcome(key.key, target, found, False, None, _since(started))
     question = (
         f"Replace {backend.describe(target)} "
-        + (f"({current.collections} collections, {current.items} items) " if current else "")
-        + f"with the backup of {key.day} ({found.collections} collections, {found.items} items)"
+        + (f"({current.counts()}) " if current else "")
+        + f"with the backup of {key.day} ({found.counts()})"
         + (f", keeping the current one as {before}?" if current else "?")
     )
     if not confirm(question):
