@@ -101,6 +101,18 @@ class StoredRequest:
         }
 
 
+class IdempotencyKeyReused(Exception):
+    """An Idempotency-Key already names another request body."""
+
+    def __init__(self, key: str, first_id: str) -> None:
+        self.key = key
+        self.first_id = first_id
+        super().__init__(
+            f"already used for request {first_id} with another body; repeat that body exactly "
+            "to get its id, or send a new key"
+        )
+
+
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -230,7 +242,8 @@ class RequestStore:
         idempotency_key: str | None = None,
     ) -> tuple[str, bool]:
         """Store an accepted request (committed on return); returns its id and whether it is
-        new. A known `idempotency_key` returns the first request's id instead."""
+        new. A known `idempotency_key` returns the first request's id instead, if the first
+        request's body was the same (IdempotencyKeyReused otherwise)."""
         now = datetime.now(UTC)
         request_id = str(uuid.uuid4())
         values = {
@@ -250,15 +263,21 @@ class RequestStore:
             with self._write() as connection:
                 connection.execute(requests_table.insert().values(**values))
         except IntegrityError:
-            first = self.by_idempotency_key(idempotency_key) if idempotency_key else None
+            first = self.repeated(idempotency_key, request) if idempotency_key else None
             if first is None:
                 raise
-            return first.id, False
+            return first, False
         return request_id, True
 
-    def by_idempotency_key(self, key: str) -> StoredRequest | None:
+    def repeated(self, key: str, request: Mapping[str, Any]) -> str | None:
+        """The id of the request stored under `key`, None if there is none; raises
+        IdempotencyKeyReused when that request's body differs from `request`."""
         found = self._read(sa.select(requests_table).where(requests_table.c.idempotency_key == key))
-        return found[0] if found else None
+        if not found:
+            return None
+        if found[0].request != dict(request):
+            raise IdempotencyKeyReused(key, found[0].id)
+        return found[0].id
 
     def get(self, request_id: str) -> StoredRequest | None:
         found = self._read(sa.select(requests_table).where(requests_table.c.id == request_id))
