@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -147,10 +148,21 @@ def engine_url(database_url: str) -> str:
     return database_url
 
 
+def _private_files(database: Path) -> None:
+    """The database holds request bodies: 0600, created so before SQLite opens it (SQLite
+    gives its -wal and -shm files the database's mode); an older, wider one is narrowed."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
+    for path in (database, *(database.with_name(database.name + s) for s in ("-wal", "-shm"))):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+
+
 def _sqlite_engine(url: str) -> Engine:
     path = sa.make_url(url).database
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if path and path != ":memory:" and not path.startswith("file:"):
+        _private_files(Path(path))
     engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")

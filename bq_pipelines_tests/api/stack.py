@@ -148,8 +148,10 @@ class ApiStack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start_api(self, *args: str) -> None:
-        self.api = self.deployment.start("python", "-m", "bq_pipelines.api", *args, log_name="api")
+    def start_api(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.api = self.deployment.start(
+            "python", "-m", "bq_pipelines.api", *args, log_name="api", env=env
+        )
         self.wait_until_serving()
 
     def wait_until_serving(self) -> None:

@@ -10,6 +10,7 @@ host, so internal targets are refused by their address, not merely for being unl
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -432,6 +433,29 @@ def test_the_server_keeps_serving_after_the_bad_requests(context: Context):
     request_id = context.stack.accepted(context.body())
     assert context.stack.status(request_id)["_operation"] == "RECEIVED"
     assert httpx.get(f"{context.stack.base_url}/health", timeout=30).status_code in (200, 503)
+
+
+def test_the_apis_files_are_private(tmp_path: Path):
+    """The request store (request bodies, SQLite's -wal and -shm included) and the token file
+    `make api` generates are 0600, whatever the umask."""
+    home, token_file = tmp_path / "bq", tmp_path / "dev" / "token"
+    umask = os.umask(0o022)  # what the processes started below inherit
+    try:
+        with api_stack(tmp_path, {"BQ_HOME": str(home)}) as stack:
+            stack.start_api("--token-file", str(token_file), env={"BQ_API_TOKEN": ""})
+            token = token_file.read_text().strip()
+            answer = httpx.post(
+                f"{stack.base_url}/newitem", json={}, headers={"Authorization": f"Bearer {token}"}
+            )
+            assert answer.status_code == 422, answer.text  # the token was taken: past the 401
+            database = home / "api" / "requests.sqlite"
+            files = [database, *(database.with_name(database.name + s) for s in ("-wal", "-shm"))]
+            assert {path.name: oct(path.stat().st_mode & 0o777) for path in files} == {
+                path.name: "0o600" for path in files
+            }
+            assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    finally:
+        os.umask(umask)
 
 
 def test_public_status_when_configured(tmp_path: Path):
