@@ -189,6 +189,14 @@ class Accepted(BaseModel):
     msg: Literal["received"] = "received"
 
 
+class Retry(BaseModel):
+    """An attempt whose run ended without an outcome (it never started, or its worker died)."""
+
+    attempt: int
+    run_id: str
+    reason: str
+
+
 class Status(BaseModel):
     """GET /status: the legacy fields, then additions (run, links, times)."""
 
@@ -204,5 +212,11 @@ class Status(BaseModel):
     run_id: str | None = Field(default=None, alias="_run_id")
     run_url: str | None = Field(default=None, alias="_run_url")
     item_url: str | None = Field(default=None, alias="_item_url")
+    attempt: int = Field(
+        default=1, alias="_attempt", description="1, then 2, 3 when runs ended without an outcome"
+    )
+    retries: list[Retry] = Field(
+        default_factory=list, alias="_retries", description="each earlier attempt and its end"
+    )
     created: datetime = Field(alias="_created")
     updated: datetime = Field(alias="_updated")
