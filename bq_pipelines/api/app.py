@@ -12,6 +12,7 @@ Run it with `python -m bq_pipelines.api` (or `make api`), or under any ASGI serv
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -263,6 +264,11 @@ def create_app(env: Mapping[str, str] | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The process holds ~260,000 objects from its imports (Dagster, pydantic, SQLAlchemy):
+        # each full collection walked them all, ~160 ms with every request waiting, the p99 of
+        # POST /newitem (bench/RESULTS.md). Frozen, collections see only what requests create.
+        gc.collect()
+        gc.freeze()
         yield
         service.close()
 
