@@ -3,19 +3,20 @@
 Run from the project root, with the checkout's service ports exported like for the tests:
 `.venv/bin/python bench/bench_api.py [--requests 1000] [--clients 20] [--store postgresql]`.
 
-`python -m bq_pipelines.api` (uvicorn, one process) and a `dagster-daemon` on the project's
-workspace run as subprocesses on the real services (`scripts/services.py up`): the request store
-in PostgreSQL (or SQLite), stac-fastapi-pgstac, a moto S3 bucket. `--requests` POST /newitem
-(the legacy README's example, a distinct item name each, one 64x48 float32 GeoTIFF on a local
-HTTP mirror) are sent by `--clients` concurrent clients (asyncio + httpx, keep-alive) while the
-daemon processes them. Acceptance latency is the time from sending a POST to its answer,
-the source's HEAD included: each request names a source file of its own (`--sources`
-distinct files, hard links of one raster), so no answer comes from a cache. Baselines measured
-in the same run at the same concurrency: the same POSTs to a plain FastAPI endpoint
-(`bench/plain_fastapi.py`, uvicorn with the API's settings: the framework's floor), and GET
-/status of one request (token check and one read of the store). Then it waits until every
-accepted request is finished or failed and counts requests and Dagster runs: accepted must equal
-processed, with one successful run per request.
+`python -m bq_pipelines.api` (uvicorn, `--workers` processes) and a `dagster-daemon` on the
+project's workspace run as subprocesses on the real services (`scripts/services.py up`): the
+request store in PostgreSQL (or SQLite), stac-fastapi-pgstac, a moto S3 bucket. `--requests`
+POST /newitem (the legacy README's example, a distinct item name each, a 64x48 float32 GeoTIFF
+on a local HTTP mirror in a process of its own) are sent by `--clients` concurrent clients
+(asyncio, keep-alive) while the daemon processes them.
+
+Acceptance latency is the time from sending a POST to its answer, the source's HEAD included:
+each request names a source file of its own (`--sources` distinct files, hard links of one
+raster), so no answer comes from a cache. Baselines measured in the same run at the same
+concurrency: the same POSTs to a plain FastAPI endpoint (`bench/plain_fastapi.py`, uvicorn with
+the API's settings: the framework's floor), and GET /status of one request (token check and one
+read of the store). Then it waits until every accepted request is finished or failed and counts
+requests and Dagster runs: accepted must equal processed, with one successful run per request.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,11 +54,52 @@ from bq_pipelines_tests.api.stack import (  # noqa: E402
     temporary_collection,
 )
 from bq_pipelines_tests.dagster_processes import free_port  # noqa: E402
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving  # noqa: E402
 from bq_pipelines_tests.fixtures.services import SERVICES_ENV, parse_env_file  # noqa: E402
 from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
 
 PROCESS_TIMEOUT_SECONDS = 4 * 3600
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """The source host: a LocalHttpHost in a process of its own, as a remote host would be
+    (in the benchmark's process, its threads competed with the clients for the interpreter lock
+    and delayed the clock readings of every request)."""
+
+    root: Path
+    base_url: str
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+
+MIRROR_SCRIPT = """
+import sys
+from pathlib import Path
+from bq_pipelines_tests.fixtures.http_server import serving
+with serving(Path(sys.argv[1])) as host:
+    print(host.base_url, flush=True)
+    sys.stdin.read()  # until the benchmark closes it
+"""
+
+
+@contextlib.contextmanager
+def mirror_process(root: Path) -> Iterator[Mirror]:
+    root.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", MIRROR_SCRIPT, str(root)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield Mirror(root, process.stdout.readline().strip())
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(timeout=30)
 
 
 def source_name(index: int) -> str:
@@ -64,7 +107,7 @@ def source_name(index: int) -> str:
 
 
 @contextlib.contextmanager
-def plain_fastapi(stack: ApiStack) -> Iterator[int]:
+def plain_fastapi(stack: ApiStack, workers: int) -> Iterator[int]:
     """bench/plain_fastapi.py under uvicorn (the API's settings) on a free port."""
     port = free_port()
     process = stack.deployment.start(
@@ -78,6 +121,8 @@ def plain_fastapi(stack: ApiStack) -> Iterator[int]:
         str(port),
         "--log-level",
         "info",
+        "--workers",
+        str(workers),
         log_name="plain_fastapi",
     )
     try:
@@ -201,7 +246,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-api-") as folder:
         work = Path(folder)
         with (
-            serving(work / "mirror") as mirror,
+            mirror_process(work / "mirror") as mirror,
             temporary_collection(services["BQ_STAC_API_URL"], collection_id),
             on_services(services, work / "bq", f"{mirror.base_url}/data/", args.store) as bq,
             api_stack(work, {**bq, "BQ_API_WORKERS": str(args.workers)}) as stack,
@@ -220,7 +265,7 @@ def run(
     stack: ApiStack,
     args: argparse.Namespace,
     collection_id: str,
-    mirror: LocalHttpHost,
+    mirror: Mirror,
     services: dict[str, str],
     database_url: str,
 ) -> int:
@@ -245,7 +290,7 @@ def run(
 
     host = f"127.0.0.1:{stack.port}"
     encoded = [encode(method, path, body, host) for method, path, body in posts]
-    with plain_fastapi(stack) as plain_port:
+    with plain_fastapi(stack, args.workers) as plain_port:
         plain_host = f"127.0.0.1:{plain_port}"
         plain_posts = [encode(method, path, body, plain_host) for method, path, body in posts]
         asyncio.run(load("127.0.0.1", plain_port, plain_posts[:50], args.clients))  # warm-up
