@@ -80,3 +80,16 @@ def test_an_older_table_gets_the_attempt_columns(database_url: str):
     with RequestStore(database_url) as again:  # opened again: nothing left to add
         started = again.get(new_id)
         assert started is not None and started.state == "running" and started.attempt == 1
+
+
+def test_a_sqlite_store_left_readable_by_others_is_narrowed(tmp_path: Path):
+    database = tmp_path / "requests.sqlite"
+    with RequestStore(f"sqlite:///{database}") as store:
+        store.add({"name": "i"}, collection_id="c", item_id="i")
+    for path in tmp_path.glob("requests.sqlite*"):
+        path.chmod(0o644)  # as an older release left them
+
+    with RequestStore(f"sqlite:///{database}") as store:
+        assert store.count() == 1
+        modes = {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.glob("req*")}
+    assert modes and set(modes.values()) == {"0o600"}, modes
