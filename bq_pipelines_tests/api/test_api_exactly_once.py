@@ -391,8 +391,11 @@ def test_status_says_how_many_attempts_a_request_took(crash: Crash):
     crash.api.start_api()
     crash.api.start_daemon()
     crash.wait_until_healthy()
+    before = crash.workers()
     request_id = crash.accept()
     crash.wait_for_run(request_id, {dg.DagsterRunStatus.STARTING})
+    os.kill(crash.new_worker(before), signal.SIGSTOP)
+    assert crash.run_of(request_id).status == dg.DagsterRunStatus.STARTING
     crash.restart_daemon()  # the run stays STARTING: run monitoring fails it, then a retry
     crash.api.wait_done([request_id])
     status = httpx.get(
