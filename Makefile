@@ -108,13 +108,7 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 ## (README: "Ingestion API"). Without BQ_API_TOKEN, a token is generated once in .bq/api/token.
 API_TOKEN_FILE := .bq/api/token
 api: install $(DAGSTER_HOME)/dagster.yaml
-	@if [ -z "$$BQ_API_TOKEN" ] && [ ! -s $(API_TOKEN_FILE) ]; then \
-	  mkdir -p $(dir $(API_TOKEN_FILE)); \
-	  (umask 077; $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > $(API_TOKEN_FILE)); \
-	fi
-	@if [ -z "$$BQ_API_TOKEN" ]; then echo "BQ_API_TOKEN is not set: using the token in $(API_TOKEN_FILE)"; fi
-	@BQ_API_TOKEN="$${BQ_API_TOKEN:-$$(cat $(API_TOKEN_FILE))}" \
-	  $(BIN)/python -m bq_pipelines.api --with-daemon --workspace workspace.yaml
+	$(BIN)/python -m bq_pipelines.api --with-daemon --workspace workspace.yaml --token-file $(API_TOKEN_FILE)
 
 ## ruff (lint + format), mypy (pyproject: strict on lib/) and the dataset files;
 ## .ci/run runs it before the tests.

@@ -58,6 +58,7 @@ from bq_pipelines.lib.pipeline import (
 )
 from bq_pipelines.lib.staging import run_staging
 from bq_pipelines.lib.words import plural
+from bq_pipelines.monitoring import die_with_run_worker
 from bq_pipelines.plans import SourceLocations, collection_for, plan_partition
 from bq_pipelines.previews import (
     PREVIEW_MAX_ITEMS,
@@ -844,6 +845,7 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
         sources: SourcesResource,
         locks: LocksResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        die_with_run_worker(context)  # never publish for a run already marked failed
         services = services_for(object_store, catalog, sources)
         yield from materialize_partitions(
             context, declaration, partitions_def, services, sources.locations(), locks.locks()
@@ -869,6 +871,7 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
         sources: SourcesResource,
         object_store: ObjectStoreResource,
     ) -> Iterator[dg.MaterializeResult]:
+        die_with_run_worker(context)
         publisher = catalog.publisher()
         content = publisher.collection_content(declaration.id, declaration.summarize)
         if not content.items:

@@ -3,11 +3,13 @@
 - `ingestion_api/stac_item`: an asset whose run processes one stored request (its id in the
   run config) through the dataset pipeline's library steps; re-execute a run from the UI to
   process its request again.
-- `ingestion_api_sensor`: one run per accepted request, the request id as the run key, so a
-  request is run once however often the API, the daemon or the machine restart (Dagster skips a
-  run key it already has a run for; the store keeps the requests).
-- `ingestion_api_failure_sensor`: a run that died without recording its outcome (killed,
-  failed to start) fails its request, so no status stays "running" forever.
+- `ingestion_api_sensor`: one run per accepted request and attempt (run key: the request id,
+  then `<id>/attempt-<n>`), so a request is run once however often the API, the daemon or the
+  machine restart (Dagster skips a run key it already has a run for; the store keeps the
+  requests). On each tick it also settles the attempts whose run ended without recording an
+  outcome (it never started, its worker was killed, monitoring failed it): the request gets a
+  new attempt, or fails once MAX_ATTEMPTS are spent. A run still holding the request's lock is
+  never given up, and a run of an attempt that is no longer the request's does nothing.
 """
 
 # No `from __future__ import annotations`: Dagster reads the asset's and sensors' parameter
@@ -15,15 +17,14 @@
 import contextlib
 import dataclasses
 import traceback
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator
 
 import dagster as dg
 from pydantic import Field
 
 from bq_pipelines.api.models import NewItem
 from bq_pipelines.api.processing import geotiff_check, process_request
-from bq_pipelines.api.store import RequestStore
+from bq_pipelines.api.store import RequestStore, StoredRequest
 from bq_pipelines.api.url_policy import SourcePolicy
 from bq_pipelines.declarations import Declaration
 from bq_pipelines.keys import COG_VALID_CHECK, ITEM_VALID_CHECK
@@ -42,7 +43,12 @@ OP_NAME = "ingestion_api__stac_item"
 JOB_NAME = "ingestion_api_job"
 SENSOR_NAME = "ingestion_api_sensor"
 REQUEST_TAG = "bq/ingestion_request"
+ATTEMPT_TAG = "bq/ingestion_attempt"
 COLLECTION_TAG = "bq/collection"
+# Retries are ours (a new attempt, under the request's lock), never Dagster's run retries, which
+# would start a second run of the same attempt.
+NO_RUN_RETRIES = {"dagster/max_retries": "0"}
+MAX_REASON_LENGTH = 1000
 # Dagster checks each requested run key against its runs, one query per key: a bounded window
 # of the oldest waiting requests per tick keeps a tick short however long the queue.
 MAX_RUNS_PER_TICK = 100
@@ -87,10 +93,92 @@ def ingestion_resource(settings: ApiSettings) -> IngestionApiResource:
 
 class IngestionRequest(dg.Config):
     request_id: str = Field(description="the id POST /newitem answered")
+    attempt: int | None = Field(
+        default=None,
+        description="the attempt this run is for (the sensor's runs); a run without one, or a "
+        "re-execution, processes the request again whatever its state",
+    )
 
 
-def run_config(request_id: str) -> dg.RunConfig:
-    return dg.RunConfig(ops={OP_NAME: IngestionRequest(request_id=request_id)})
+def run_config(request_id: str, attempt: int | None = None) -> dg.RunConfig:
+    return dg.RunConfig(ops={OP_NAME: IngestionRequest(request_id=request_id, attempt=attempt)})
+
+
+def run_key(request_id: str, attempt: int) -> str:
+    """The first attempt's run key is the request id, as before attempts existed."""
+    return request_id if attempt == 1 else f"{request_id}/attempt-{attempt}"
+
+
+def run_request(request: StoredRequest) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=run_key(request.id, request.attempt),
+        run_config=run_config(request.id, request.attempt),
+        tags={
+            REQUEST_TAG: request.id,
+            ATTEMPT_TAG: str(request.attempt),
+            COLLECTION_TAG: request.collection_id,
+            **NO_RUN_RETRIES,
+        },
+    )
+
+
+def attempt_of(run: dg.DagsterRun) -> int | None:
+    """The attempt a run of the sensor is for (runs from before attempts: the first); None for
+    a re-execution or a run launched by hand."""
+    if run.parent_run_id is not None or REQUEST_TAG not in run.tags:
+        return None
+    return int(run.tags.get(ATTEMPT_TAG, "1"))
+
+
+def _run_end(instance: dg.DagsterInstance, run: dg.DagsterRun | None, run_id: str) -> str:
+    """Why a run ended without an outcome, in its own words when it left some."""
+    if run is None:
+        return f"run {run_id} is no longer in Dagster"
+    records = instance.get_records_for_run(
+        run_id=run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE
+    ).records
+    event = records[-1].event_log_entry.dagster_event if records else None
+    message = (event.message if event else None) or f"ended {run.status.value}"
+    return f"run {run.run_id}: {message}"[:MAX_REASON_LENGTH]
+
+
+def _ended_attempts(
+    instance: dg.DagsterInstance, waiting: list[StoredRequest], started: list[StoredRequest]
+) -> list[tuple[StoredRequest, dg.DagsterRun | None, str]]:
+    """Requests whose current run is over although they are not: (request, run, run id)."""
+    ended: list[tuple[StoredRequest, dg.DagsterRun | None, str]] = []
+    current = _runs_by_id(instance, [str(r.run_id) for r in started])
+    for request in started:
+        run = current.get(str(request.run_id))
+        if run is None or run.is_finished:
+            ended.append((request, run, str(request.run_id)))
+    launched = _attempt_runs(instance, waiting)
+    for request in waiting:
+        run = launched.get(request.id)
+        if run is not None and run.is_finished:
+            ended.append((request, run, run.run_id))
+    return ended
+
+
+def _runs_by_id(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, dg.DagsterRun]:
+    if not run_ids:
+        return {}
+    return {run.run_id: run for run in instance.get_runs(filters=dg.RunsFilter(run_ids=run_ids))}
+
+
+def _attempt_runs(
+    instance: dg.DagsterInstance, waiting: list[StoredRequest]
+) -> dict[str, dg.DagsterRun]:
+    """The sensor's run of each waiting request's current attempt, by request id."""
+    if not waiting:
+        return {}
+    attempts = {r.id: r.attempt for r in waiting}
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={REQUEST_TAG: list(attempts)}))
+    return {
+        run.tags[REQUEST_TAG]: run
+        for run in runs
+        if attempt_of(run) is not None and attempt_of(run) == attempts[run.tags[REQUEST_TAG]]
+    }
 
 
 def _reason(error: BaseException, frames: bool = False) -> str:
@@ -140,10 +228,22 @@ def ingestion_definitions(declarations: list[Declaration], settings: ApiSettings
         sources: SourcesResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         request_id, run_id = config.request_id, context.run_id
-        with ingestion_api.store() as store:
-            stored = store.start(request_id, run_id)
-            if stored is None:
-                raise dg.Failure(f"request {request_id}: not in the ingestion API's store")
+        # A re-execution processes the request again, whatever its state (the UI's way).
+        attempt = None if context.run.parent_run_id else config.attempt
+
+        def waiting(name: str) -> None:
+            context.log.info(f"request {request_id}: waiting for another run processing it")
+
+        # An interrupt (the run canceled, or the machine shutting down) records nothing: the
+        # sensor then fails the request of a canceled run and retries the others.
+        with (
+            ingestion_api.store() as store,
+            store.processing(request_id, waiting),
+        ):
+            if not store.start(request_id, run_id, attempt):
+                raise dg.Failure(_not_started(store.get(request_id), request_id, attempt))
+            stored = store.get(request_id)
+            assert stored is not None  # started just now
             body = NewItem.model_validate(stored.request)
             services = dataclasses.replace(
                 services_for(object_store, catalog, sources),
@@ -158,11 +258,8 @@ def ingestion_definitions(declarations: list[Declaration], settings: ApiSettings
                 outcome = process_request(
                     request_id, body, services, declared, report, store.exclusive
                 )
-            except BaseException as error:  # interrupts too: the status must not stay running
-                reason = _reason(error)
-                store.fail(request_id, run_id, reason)
-                if not isinstance(error, Exception):
-                    raise
+            except Exception as error:
+                store.fail(request_id, run_id, _reason(error))
                 failure: Exception | None = error
             else:
                 failure = None
@@ -211,50 +308,55 @@ def ingestion_definitions(declarations: list[Declaration], settings: ApiSettings
     def pick_up_requests(
         context: dg.SensorEvaluationContext, ingestion_api: IngestionApiResource
     ) -> dg.SensorResult | dg.SkipReason:
+        instance = context.instance
         with ingestion_api.store() as store:
+            ended = _ended_attempts(
+                instance, store.pending(MAX_RUNS_PER_TICK), store.running(MAX_RUNS_PER_TICK)
+            )
+            for request, run, run_id in ended:
+                outcome = settle(store, request, run, run_id, _run_end(instance, run, run_id))
+                if outcome:
+                    context.log.info(f"request {request.id}: {outcome}")
             waiting = store.pending(MAX_RUNS_PER_TICK)
-        if not waiting:
-            return dg.SkipReason("no accepted request waits for a run")
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=request.id,
-                    run_config=run_config(request.id),
-                    tags={REQUEST_TAG: request.id, COLLECTION_TAG: request.collection_id},
-                )
-                for request in waiting
-            ]
-        )
-
-    @dg.run_failure_sensor(
-        name="ingestion_api_failure_sensor",
-        monitored_jobs=[job],
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
-        description="Fails the request of a run that ended without recording its outcome.",
-    )
-    def record_failed_runs(
-        context: dg.RunFailureSensorContext, ingestion_api: IngestionApiResource
-    ) -> None:
-        run = context.dagster_run
-        request_id = run.tags.get(REQUEST_TAG) or _config_request_id(run.run_config)
-        if not request_id:
-            return
-        message = context.failure_event.message or "the run failed"
-        with ingestion_api.store() as store:
-            if store.fail_unfinished(request_id, run.run_id, f"run {run.run_id}: {message}"):
-                context.log.info(f"request {request_id}: failed with its run {run.run_id}")
+        launched = _attempt_runs(instance, waiting)
+        new = [run_request(request) for request in waiting if request.id not in launched]
+        if not new:
+            return dg.SkipReason(f"no request waits for a run ({len(waiting)} runs requested)")
+        return dg.SensorResult(run_requests=new)
 
     return dg.Definitions(
         assets=[ingestion_item],
         jobs=[job],
-        sensors=[pick_up_requests, record_failed_runs],
+        sensors=[pick_up_requests],
         resources={"ingestion_api": ingestion_resource(settings)},
     )
 
 
-def _config_request_id(config: Mapping[str, Any]) -> str | None:
-    """The request id of a run launched by hand (no tag): from its run config."""
-    op = (config.get("ops") or {}).get(OP_NAME) or {}
-    value = (op.get("config") or {}).get("request_id")
-    return value if isinstance(value, str) else None
+def settle(
+    store: RequestStore,
+    request: StoredRequest,
+    run: dg.DagsterRun | None,
+    run_id: str,
+    reason: str,
+) -> str | None:
+    """A request's current run ended without an outcome: a new attempt, or the request fails
+    (a canceled run, or the last attempt). Nothing while a process still holds the request
+    (its run is not over, whatever Dagster says). What was done, if anything."""
+    with store.try_processing(request.id) as free:
+        if not free:
+            return None
+        if run is not None and run.status == dg.DagsterRunStatus.CANCELED:
+            changed = store.give_up(request, run_id, f"{reason} (canceled: not retried)")
+            return f"failed: its run {run_id} was canceled" if changed else None
+        if not store.retry(request, run_id, reason):
+            return None
+    return f"attempt {request.attempt} ended without an outcome ({reason})"
+
+
+def _not_started(stored: StoredRequest | None, request_id: str, attempt: int | None) -> str:
+    if stored is None:
+        return f"request {request_id}: not in the ingestion API's store"
+    return (
+        f"request {request_id}: not processed by this run of attempt {attempt}: the request is "
+        f"{stored.state} at attempt {stored.attempt} (run {stored.run_id}); nothing was done"
+    )

@@ -13,6 +13,10 @@ while it waits for its runs.
 
 Only with `DefaultRunLauncher`: its run workers run on the machine (the container) of the code
 server that evaluates the sensor, so a pid that does not exist there is a dead worker.
+
+The other way round, a step process of the multiprocess executor (a child of its run worker)
+would outlive a killed worker and go on publishing after its run was marked failed:
+`die_with_run_worker` has the kernel kill it with its worker (`lib/processes.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import os
 
 import dagster as dg
+
+from bq_pipelines.lib.processes import die_with_parent
 
 SENSOR_NAME = "dead_run_workers"
 STARTED_MESSAGE = "Started process for run"
@@ -38,6 +44,15 @@ def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
         if pid is not None and str(pid.value).isdigit():
             return int(str(pid.value))
     return None
+
+
+def die_with_run_worker(context: dg.AssetExecutionContext) -> None:
+    """In a step process of the multiprocess executor (a child of its run worker), be killed
+    when the worker ends; nothing when the step runs in the worker itself (in-process
+    executor), on a Celery worker, or in a run without a worker process (`execute_in_process`)."""
+    worker = run_worker_pid(context.instance, context.run_id)
+    if worker is not None and worker != os.getpid() and worker == os.getppid():
+        die_with_parent(worker)
 
 
 def process_exists(pid: int) -> bool:

@@ -142,6 +142,32 @@ class Deployment:
         raise AssertionError(f"webserver not ready in {STARTUP_TIMEOUT} s\n{self.log_tail()}")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live children of `pid`, started by any of its threads (from /proc: Linux)."""
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children.update(int(child) for child in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return sorted(children)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` exists and has not ended (a zombie, not yet reaped, has ended)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)

@@ -153,3 +153,56 @@ def test_runs_whose_worker_and_code_server_were_killed_are_failed_and_the_queue_
             assert "run worker" in message and "is gone" in message, message
     finally:
         instance.dispose()
+
+
+def test_a_killed_run_workers_step_process_dies_with_it_and_publishes_nothing(
+    http_host: LocalHttpHost, deployment: Deployment
+) -> None:
+    """kill -9 of a run worker alone (not its process group): the step process it started
+    (multiprocess executor) must not go on to publish for a run that is marked failed."""
+    urls = serve_sources(http_host, 1, ("tas",))
+    key = location.partition_key(0, "tas")
+    source_path = urls[key].removeprefix(http_host.base_url)
+    http_host.delay(source_path, 45, times=None)  # the step waits on its download meanwhile
+    run_id = queue_run(deployment, key)
+    deployment.start_daemon()
+    instance = dg.DagsterInstance.from_config(deployment.env["DAGSTER_HOME"])
+    try:
+        wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED}, deployment)
+        deadline = time.monotonic() + TIMEOUT
+        while (worker := run_worker_pid(instance, run_id)) is None or not asked(
+            http_host, source_path
+        ):
+            assert time.monotonic() < deadline, deployment.log_tail()
+            time.sleep(0.5)
+        steps = descendants(worker)
+        assert steps, "the multiprocess executor started no step process"
+
+        os.kill(worker, signal.SIGKILL)
+
+        wait_for_status(instance, run_id, {dg.DagsterRunStatus.FAILURE}, deployment)
+        deadline = time.monotonic() + 20  # well before the source answers (45 s)
+        while alive := [pid for pid in steps if Path(f"/proc/{pid}").exists() and not zombie(pid)]:
+            assert time.monotonic() < deadline, f"step processes {alive} outlived their worker"
+            time.sleep(0.2)
+    finally:
+        instance.dispose()
+        http_host.reset()  # the source answers at once now: nothing is left to fetch it
+    home = Path(deployment.env["BQ_HOME"])
+    item_id = location.item_id(0, "tas")
+    assert not (home / "objects" / "io" / location.DEFAULT_ID / f"{item_id}.tif").exists()
+    assert not list((home / "catalog").rglob(f"{item_id}.json"))
+
+
+def asked(http_host: LocalHttpHost, path: str) -> bool:
+    """Whether the source was requested yet (a HEAD, to probe it, or its download)."""
+    return http_host.count("HEAD", path) + http_host.count("GET", path) > 0
+
+
+def zombie(pid: int) -> bool:
+    """Ended, not yet reaped by its parent (State Z in /proc/<pid>/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status

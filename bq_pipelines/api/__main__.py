@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import dagster as dg
 import uvicorn
 
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.settings import ApiSettings, Settings, api_token
+from bq_pipelines.settings import API_TOKEN_ENV, ApiSettings, Settings, api_token
 
 DAEMON_STOP_SECONDS = 15
 DAEMON_NICENESS = 10
@@ -63,6 +64,25 @@ def dagster_daemon(workspace: Path) -> Iterator[subprocess.Popen]:
             process.wait()
 
 
+def token_from_file(path: Path) -> str:
+    """The token kept in `path`, generated there (mode 600) the first time. For a developer's
+    `make api`; a deployment sets BQ_API_TOKEN from its secret store."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(
+                f"{path}: the API token file is readable by others (mode {mode:o}): chmod 600 it"
+            ) from None
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     # uvicorn re-raises the SIGTERM it handled once it has shut down: exiting through Python
     # (not the default handler) lets the daemon be stopped on the way out.
@@ -75,8 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--with-daemon", action="store_true", help="also run dagster-daemon (processing)"
     )
     parser.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"without {API_TOKEN_ENV}: the token kept in this file (generated, mode 600)",
+    )
     args = parser.parse_args(argv)
     try:
+        if args.token_file and not os.environ.get(API_TOKEN_ENV):
+            os.environ[API_TOKEN_ENV] = token_from_file(args.token_file)
+            print(f"{API_TOKEN_ENV} is not set: using the token in {args.token_file}")
         # Fail here, naming the variable, rather than in the server's first request.
         Settings.from_env(os.environ)
         settings = ApiSettings.from_env(os.environ)

@@ -7,7 +7,8 @@ as the legacy server did.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, time
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -18,6 +19,9 @@ from bq_pipelines.api.url_policy import parse_url
 from bq_pipelines.lib import names
 
 MAX_URL_LENGTH = 2048
+# What the stores and the catalog can hold: pgstac's jsonb and stac-fastapi's JSON encoder take
+# integers of 64 bits at most, finite numbers only, and strings without NUL.
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 
 # Legacy step names (`_operation`), in the order a request goes through them.
 RECEIVED = "RECEIVED"
@@ -40,11 +44,17 @@ def parse_date(text: str) -> datetime:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"{text!r} is not an ISO date (YYYY-MM-DD) or date-time") from None
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is in year 0 in UTC
+        raise ValueError(f"{text!r} falls outside years 1-9999 once converted to UTC") from None
 
 
 def stac_datetime(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 in UTC (isoformat pads years before 1000, strftime's %Y does not)."""
+    return moment.astimezone(UTC).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def echo_param(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,6 +62,53 @@ def echo_param(body: Mapping[str, Any]) -> dict[str, Any]:
     properties = {**(body.get("properties") or {})}
     properties["datetime"] = stac_datetime(parse_date(body["date"]))
     return {**body, "properties": properties}
+
+
+def _value_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
+        return "integer outside the signed 64-bit range the catalog can hold"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a JSON number"
+    if isinstance(value, str):
+        return _text_problem(value)
+    return None
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "NUL characters cannot be stored"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "not valid Unicode (a lone surrogate)"
+    return None
+
+
+def _walk(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+    """Every key and value of a JSON document with its path; iterative, so any depth the
+    parser accepted is walked without recursion."""
+    stack = [(path, value)]
+    while stack:
+        where, current = stack.pop()
+        yield where, current
+        if isinstance(current, dict):
+            for key, inner in current.items():
+                yield (*where, key), key
+                stack.append(((*where, key), inner))
+        elif isinstance(current, list):
+            stack.extend(((*where, i), inner) for i, inner in enumerate(current))
+
+
+def json_problem(document: Mapping[str, Any]) -> tuple[tuple[str | int, ...], str] | None:
+    """The first value of `document` the request store or the catalog could not hold (an
+    integer over 64 bits, NaN or infinity, a NUL, a lone surrogate), as (path, reason)."""
+    for path, value in _walk(dict(document), ()):
+        problem = _value_problem(value)
+        if problem is not None:
+            return path, problem
+    return None
 
 
 def _accepted(value: str, problem: str | None) -> str:
@@ -122,13 +179,22 @@ class NewItem(BaseModel):
         return f"{self.file_source_host.rstrip('/')}/{quote(self.filename)}"
 
     def stored(self) -> dict[str, Any]:
-        """What the store keeps: the validated body, unknown fields included."""
-        return self.model_dump(exclude_none=True)
+        """What the store keeps: the fields sent, validated, unknown ones included (a null
+        one too: `_param` echoes the request as it came)."""
+        return self.model_dump(exclude_unset=True)
 
 
 class Accepted(BaseModel):
     id: str
     msg: Literal["received"] = "received"
+
+
+class Retry(BaseModel):
+    """An attempt whose run ended without an outcome (it never started, or its worker died)."""
+
+    attempt: int
+    run_id: str
+    reason: str
 
 
 class Status(BaseModel):
@@ -146,5 +212,11 @@ class Status(BaseModel):
     run_id: str | None = Field(default=None, alias="_run_id")
     run_url: str | None = Field(default=None, alias="_run_url")
     item_url: str | None = Field(default=None, alias="_item_url")
+    attempt: int = Field(
+        default=1, alias="_attempt", description="1, then 2, 3 when runs ended without an outcome"
+    )
+    retries: list[Retry] = Field(
+        default_factory=list, alias="_retries", description="each earlier attempt and its end"
+    )
     created: datetime = Field(alias="_created")
     updated: datetime = Field(alias="_updated")

@@ -34,6 +34,7 @@ from bq_pipelines.lib import stac, tiff
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import CatalogError, SourceRefused
 from bq_pipelines.lib.pipeline import ItemPlan, ItemResult, Services, SourceRef, Step, run_items
+from bq_pipelines.lib.storage import API_WRITER
 
 # Undeclared collections: the `raw` profile (CRS and resolution kept, DEFLATE with a predictor
 # fitting the dtype, 512 px tiles, internal overviews, nodata kept), not categorical.
@@ -84,6 +85,8 @@ def plan_request(body: NewItem, declarations: Mapping[str, Declaration]) -> Item
         cog=declaration.cog.settings() if declaration else DEFAULT_COG,
         datetime=body.moment,
         properties={k: v for k, v in body.properties.items() if k != "datetime"},
+        # Recorded with the object's owner: the dataset's audit knows the item is the API's.
+        writer=API_WRITER,
     )
 
 

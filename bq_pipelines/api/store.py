@@ -6,14 +6,18 @@ processes a request moves it to `running`, then `finished` or `failed`, recordin
 name as it goes. A run updates a request only while it is the request's current run, so a late
 or re-executed run never overwrites a newer one's status.
 
-SQLite runs in WAL mode with synchronous=FULL (a committed request survives a power cut) and
-every write transaction takes the write lock at BEGIN (no lock upgrade deadlocks).
+Attempts: a request's run that ended without recording an outcome (it never started, or its
+worker died) is retried under a new attempt number, at most MAX_ATTEMPTS times, each attempt
+and its reason recorded (`_attempt`, `_retries`). A run processes a request only while holding
+the request's lock (`processing`), and an attempt is given up only by whoever holds it
+(`try_processing`): a run still alive is never retried beside itself.
+
+The connection (SQLite's settings, PostgreSQL's pool) is `database.py`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -23,16 +27,24 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from bq_pipelines.api.database import create_engine, lock_key
 from bq_pipelines.api.models import (
     GETCOLLECTION,
     PROCESS_FINISHED,
     RECEIVED,
     State,
     echo_param,
+)
+from bq_pipelines.lib.locks import (
+    DEFAULT_WAIT_SECONDS,
+    FileLocks,
+    LockError,
+    Locks,
+    PostgresLocks,
+    WaitCallback,
 )
 
 metadata = sa.MetaData()
@@ -53,6 +65,10 @@ requests_table = sa.Table(
     sa.Column("status", sa.String(8), nullable=False),
     sa.Column("description", sa.Text, nullable=False),
     sa.Column("run_id", sa.String(64)),
+    # Columns added after the first release: nullable or with a server default, so that
+    # `_add_missing_columns` can add them to an existing table.
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("retries", sa.JSON),
     sa.Column("item_url", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -60,6 +76,9 @@ requests_table = sa.Table(
 )
 WAITING_DESCRIPTION = "received: waiting for a Dagster run"
 UNFINISHED: tuple[State, ...] = ("accepted", "running")
+# A request whose runs keep ending without an outcome (never started, worker killed) is given
+# up after this many; a failure its run records (a missing source...) is never retried.
+MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,8 @@ class StoredRequest:
     item_url: str | None
     created_at: datetime
     updated_at: datetime
+    attempt: int = 1
+    retries: tuple[dict[str, Any], ...] = ()
 
     def legacy_status(self, dagster_ui_url: str | None = None) -> dict[str, Any]:
         """The `/status` answer: legacy fields first, then additions."""
@@ -96,9 +117,23 @@ class StoredRequest:
             "_run_id": self.run_id,
             "_run_url": run_url,
             "_item_url": self.item_url,
+            "_attempt": self.attempt,
+            "_retries": list(self.retries),
             "_created": _iso(self.created_at),
             "_updated": _iso(self.updated_at),
         }
+
+
+class IdempotencyKeyReused(Exception):
+    """An Idempotency-Key already names another request body."""
+
+    def __init__(self, key: str, first_id: str) -> None:
+        self.key = key
+        self.first_id = first_id
+        super().__init__(
+            f"already used for request {first_id} with another body; repeat that body exactly "
+            "to get its id, or send a new key"
+        )
 
 
 def _iso(moment: datetime) -> str:
@@ -125,57 +160,26 @@ def _row(row: Mapping[str, Any]) -> StoredRequest:
         item_url=row["item_url"],
         created_at=_aware(row["created_at"]),
         updated_at=_aware(row["updated_at"]),
+        attempt=int(row["attempt"]),
+        retries=tuple(row["retries"] or ()),
     )
 
 
-def engine_url(database_url: str) -> str:
-    """SQLAlchemy's URL for a `postgresql://` (psycopg 3) or `sqlite:///` database URL."""
-    if database_url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + database_url.split("://", 1)[1]
-    return database_url
+def _request_lock(request_id: str) -> str:
+    return f"ingestion-request:{request_id}"
 
 
-def _sqlite_engine(url: str) -> Engine:
-    path = sa.make_url(url).database
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection: Any, _record: Any) -> None:
-        # The driver's own transaction handling is off: BEGIN is emitted below.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Connection) -> None:
-        write = connection.get_execution_options().get("bq_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
-
-
-def _lock_key(name: str) -> int:
-    """A signed 64-bit key for pg_advisory_xact_lock."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), signed=True)
+def _held_elsewhere(name: str) -> None:
+    """`try_processing` does not wait: nothing to say."""
 
 
 class RequestStore:
     """The requests table over one engine; `close()` (or `with`) releases its connections."""
 
     def __init__(self, database_url: str) -> None:
-        url = engine_url(database_url)
-        if url.startswith("sqlite"):
-            self.engine = _sqlite_engine(url)
-        else:
-            self.engine = sa.create_engine(
-                url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_recycle=1800
-            )
+        self.engine = create_engine(database_url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._locks_dsn = database_url  # psycopg takes the postgresql:// URL as it is
         # SQLite has one writer at a time and makes the others sleep and poll (up to 100 ms a
         # try): the threads of one process queue on a lock instead (the p99 of 20 concurrent
         # POSTs went from 882 ms to ~205 ms here, bench/RESULTS.md).
@@ -188,6 +192,7 @@ class RequestStore:
         # Checked first with a read: creating takes the write lock, which another process may
         # hold for a while (see `exclusive`).
         if sa.inspect(self.engine).has_table(requests_table.name):
+            self._add_missing_columns()
             return
         try:
             with self._write() as connection:
@@ -196,6 +201,29 @@ class RequestStore:
             # Another process created it at the same moment; anything else fails below.
             if not sa.inspect(self.engine).has_table(requests_table.name):
                 raise
+
+    def _missing_columns(self) -> list[sa.Column[Any]]:
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns(requests_table.name)}
+        return [column for column in requests_table.columns if column.name not in present]
+
+    def _add_missing_columns(self) -> None:
+        """A table created by an older release gets the columns added since (each nullable or
+        with a server default)."""
+        for column in self._missing_columns():
+            kind = column.type.compile(dialect=self.engine.dialect)
+            default = f" DEFAULT {column.server_default.arg}" if column.server_default else ""  # type: ignore[attr-defined]
+            not_null = " NOT NULL" if not column.nullable else ""
+            statement = (
+                f"ALTER TABLE {requests_table.name} ADD COLUMN {column.name} {kind}"
+                f"{not_null}{default}"
+            )
+            try:
+                with self._write() as connection:
+                    connection.exec_driver_sql(statement)
+            except (OperationalError, ProgrammingError):
+                # Another process added it at the same moment; anything else fails below.
+                if column in self._missing_columns():
+                    raise
 
     def close(self) -> None:
         self.engine.dispose()
@@ -230,7 +258,8 @@ class RequestStore:
         idempotency_key: str | None = None,
     ) -> tuple[str, bool]:
         """Store an accepted request (committed on return); returns its id and whether it is
-        new. A known `idempotency_key` returns the first request's id instead."""
+        new. A known `idempotency_key` returns the first request's id instead, if the first
+        request's body was the same (IdempotencyKeyReused otherwise)."""
         now = datetime.now(UTC)
         request_id = str(uuid.uuid4())
         values = {
@@ -250,15 +279,21 @@ class RequestStore:
             with self._write() as connection:
                 connection.execute(requests_table.insert().values(**values))
         except IntegrityError:
-            first = self.by_idempotency_key(idempotency_key) if idempotency_key else None
+            first = self.repeated(idempotency_key, request) if idempotency_key else None
             if first is None:
                 raise
-            return first.id, False
+            return first, False
         return request_id, True
 
-    def by_idempotency_key(self, key: str) -> StoredRequest | None:
+    def repeated(self, key: str, request: Mapping[str, Any]) -> str | None:
+        """The id of the request stored under `key`, None if there is none; raises
+        IdempotencyKeyReused when that request's body differs from `request`."""
         found = self._read(sa.select(requests_table).where(requests_table.c.idempotency_key == key))
-        return found[0] if found else None
+        if not found:
+            return None
+        if found[0].request != dict(request):
+            raise IdempotencyKeyReused(key, found[0].id)
+        return found[0].id
 
     def get(self, request_id: str) -> StoredRequest | None:
         found = self._read(sa.select(requests_table).where(requests_table.c.id == request_id))
@@ -294,9 +329,16 @@ class RequestStore:
 
     def pending(self, limit: int) -> list[StoredRequest]:
         """Accepted requests no run has started yet, oldest first."""
+        return self._in_state("accepted", limit)
+
+    def running(self, limit: int) -> list[StoredRequest]:
+        """Requests a run has started and not finished, oldest first."""
+        return self._in_state("running", limit)
+
+    def _in_state(self, state: State, limit: int) -> list[StoredRequest]:
         return self._read(
             sa.select(requests_table)
-            .where(requests_table.c.state == "accepted")
+            .where(requests_table.c.state == state)
             .order_by(requests_table.c.seq)
             .limit(limit)
         )
@@ -311,12 +353,20 @@ class RequestStore:
             )
         return result.rowcount > 0
 
-    def start(self, request_id: str, run_id: str) -> StoredRequest | None:
-        """Make `run_id` the request's current run (a re-execution takes over); None if the
-        request is unknown."""
-        self._update(
+    def start(self, request_id: str, run_id: str, attempt: int | None) -> bool:
+        """Make `run_id` the request's current run, if it is the run of the request's current
+        attempt and the request still waits for it; a run of no attempt (a re-execution, a run
+        launched by hand) takes over in any state. Whether the run may go on. Call it holding
+        `processing(request_id)`."""
+        table = requests_table.c
+        condition = (
+            sa.true()
+            if attempt is None
+            else sa.and_(table.state == "accepted", table.attempt == attempt)
+        )
+        return self._update(
             request_id,
-            sa.true(),
+            condition,
             state="running",
             operation=GETCOLLECTION,
             step=None,
@@ -325,7 +375,6 @@ class RequestStore:
             run_id=run_id,
             item_url=None,
         )
-        return self.get(request_id)
 
     def progress(
         self, request_id: str, run_id: str, operation: str, step: str, description: str
@@ -360,21 +409,74 @@ class RequestStore:
             description=reason,
         )
 
-    def fail_unfinished(self, request_id: str, run_id: str, reason: str) -> bool:
-        """A run that ended without recording its outcome (killed, or failed before its
-        step started): fail the request if that run is, or would have been, its current one."""
-        run = requests_table.c.run_id
+    def _unchanged(self, seen: StoredRequest) -> Any:
+        """The request is still as `seen` (its state, attempt and run)."""
+        table = requests_table.c
+        run = table.run_id.is_(None) if seen.run_id is None else table.run_id == seen.run_id
+        return sa.and_(table.state == seen.state, table.attempt == seen.attempt, run)
+
+    def retry(self, seen: StoredRequest, run_id: str, reason: str) -> bool:
+        """The request's run `run_id` ended without an outcome: wait for a run of the next
+        attempt, or fail after MAX_ATTEMPTS. Only if the request is still as `seen`; call it
+        holding `try_processing`. Whether the request changed."""
+        retries = [*seen.retries, {"attempt": seen.attempt, "run_id": run_id, "reason": reason}]
+        if seen.attempt >= MAX_ATTEMPTS:
+            return self.give_up(
+                seen, run_id, f"{reason} (attempt {seen.attempt} of {MAX_ATTEMPTS}: given up)"
+            )
+        attempt = seen.attempt + 1
         return self._update(
-            request_id,
-            sa.and_(
-                requests_table.c.state.in_(UNFINISHED),
-                sa.or_(run == run_id, run.is_(None)),
-            ),
+            seen.id,
+            self._unchanged(seen),
+            state="accepted",
+            attempt=attempt,
+            retries=retries,
+            operation=RECEIVED,
+            step=None,
+            status="ok",
+            description=f"retrying (attempt {attempt} of {MAX_ATTEMPTS}): {reason}",
+            run_id=None,
+            item_url=None,
+        )
+
+    def give_up(self, seen: StoredRequest, run_id: str, reason: str) -> bool:
+        """Fail the request, still as `seen`, with the reason of its run `run_id`'s end."""
+        retries = [*seen.retries, {"attempt": seen.attempt, "run_id": run_id, "reason": reason}]
+        return self._update(
+            seen.id,
+            self._unchanged(seen),
             state="failed",
             status="error",
             description=reason,
             run_id=run_id,
+            retries=retries,
         )
+
+    def _request_locks(self, wait_seconds: float) -> Locks:
+        if self.is_sqlite:
+            database = Path(str(self.engine.url.database))
+            return FileLocks(database.with_name(database.name + ".locks"), wait_seconds)
+        return PostgresLocks(self._locks_dsn, wait_seconds)
+
+    @contextlib.contextmanager
+    def processing(self, request_id: str, on_wait: WaitCallback) -> Iterator[None]:
+        """Hold the request's lock while processing it (waiting for another holder): a
+        PostgreSQL session lock, or a file lock beside a SQLite store; a killed holder's lock
+        ends with its process."""
+        with self._request_locks(DEFAULT_WAIT_SECONDS).hold(_request_lock(request_id), on_wait):
+            yield
+
+    @contextlib.contextmanager
+    def try_processing(self, request_id: str) -> Iterator[bool]:
+        """The request's lock if nobody holds it: whether it was taken."""
+        with contextlib.ExitStack() as stack:
+            try:
+                lock = self._request_locks(0).hold(_request_lock(request_id), _held_elsewhere)
+                stack.enter_context(lock)
+            except LockError:
+                yield False
+                return
+            yield True
 
     @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
@@ -383,5 +485,5 @@ class RequestStore:
         the holder must not write to this store until it releases it)."""
         with self._write() as connection:
             if not self.is_sqlite:
-                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(name))))
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key(name))))
             yield

@@ -86,7 +86,7 @@ class CatalogState:
     item_ids_sha256: str  # sha256 of the sorted `collection/item` ids, one per line
 
     def counts(self) -> str:
-        """"1 collection, 3 items"."""
+        """ "1 collection, 3 items"."""
         return f"{plural(self.collections, 'collection')}, {plural(self.items, 'item')}"
 
     def differences(self, found: CatalogState) -> list[str]:

@@ -93,9 +93,7 @@ def restore_backup(
             f"{'; '.join(problems)}. {target} was not touched.\n"
             + backend.manual_swap(target, new, before)
         )
-    progress(
-        f"restored copy {new} verified: {found.counts()}, item ids match"
-    )
+    progress(f"restored copy {new} verified: {found.counts()}, item ids match")
     if dry_run:
         backend.remove_copy(new)
         progress(f"dry run: {new} removed, {target} not touched")

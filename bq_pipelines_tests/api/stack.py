@@ -21,6 +21,7 @@ import dagster as dg
 import httpx
 import psycopg
 
+from bq_pipelines.ingestion import REQUEST_TAG
 from bq_pipelines.lib.catalog import Publisher, StacApiPublisher
 from bq_pipelines.lib.stac import build_collection
 from bq_pipelines_tests.dagster_processes import PROJECT_ROOT, Deployment, free_port
@@ -148,8 +149,10 @@ class ApiStack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start_api(self, *args: str) -> None:
-        self.api = self.deployment.start("python", "-m", "bq_pipelines.api", *args, log_name="api")
+    def start_api(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.api = self.deployment.start(
+            "python", "-m", "bq_pipelines.api", *args, log_name="api", env=env
+        )
         self.wait_until_serving()
 
     def wait_until_serving(self) -> None:
@@ -213,13 +216,13 @@ class ApiStack:
             instance.dispose()
 
     def runs_of(self, request_id: str) -> list[dg.DagsterRun]:
-        """Every Dagster run of a request (the sensor's run key is the request id), once none
-        is still in progress (a request's status is recorded before its run ends)."""
+        """Every Dagster run of a request (each attempt's, re-executions), oldest first, once
+        none is still in progress (a request's status is recorded before its run ends)."""
         deadline = time.monotonic() + PROCESS_TIMEOUT
         with self.instance() as instance:
             while True:
                 runs = instance.get_runs(
-                    filters=dg.RunsFilter(tags={"dagster/run_key": request_id})
+                    filters=dg.RunsFilter(tags={REQUEST_TAG: request_id}), ascending=True
                 )
                 if all(run.is_finished for run in runs):
                     return list(runs)

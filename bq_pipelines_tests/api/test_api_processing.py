@@ -179,6 +179,9 @@ def test_failing_sources_end_in_error_with_the_reason(services: Services):
     stack, mirror = services.stack, services.mirror
     mirror.put("data/failing/corrupt.tif", b"II*\x00" + bytes(range(256)) * 8)
     mirror.put("data/failing/picture.tif", b"\x89PNG\r\n\x1a\n" + bytes(100))
+    # There when the request is accepted (the API's HEAD), gone when its run downloads it.
+    mirror.put("data/failing/vanished.tif", b"II*\x00" + bytes(100))
+    mirror.fail("data/failing/vanished.tif", status=404, times=None, method="GET")
 
     def request(filename: str) -> str:
         return stack.accepted(
@@ -193,7 +196,7 @@ def test_failing_sources_end_in_error_with_the_reason(services: Services):
         )
 
     reasons = {
-        "missing.tif": "HTTP 404",
+        "vanished.tif": "HTTP 404",
         "corrupt.tif": "not a readable GeoTIFF",
         "picture.tif": "not a GeoTIFF",
     }
@@ -229,11 +232,13 @@ def test_a_failed_request_is_processed_when_its_run_is_re_executed_from_the_ui(
     stack, mirror = services.stack, services.mirror
     name = f"retried-{uuid.uuid4().hex[:8]}"
     body = legacy_example(services.collection_id, name, mirror.url("data/retry"), None)
+    write_raster(mirror.root / "data/retry/filename.tif", RasterSpec())
+    # The API's HEAD finds it; the run's download does not (a host failing for a while).
+    mirror.fail("data/retry/filename.tif", status=404, times=1, method="GET")
     request_id = stack.accepted(body)
-    assert stack.wait_done([request_id])[request_id]["_status"] == "error"  # not there yet
+    assert stack.wait_done([request_id])[request_id]["_status"] == "error"
     [failed_run] = stack.runs_of(request_id)
 
-    write_raster(mirror.root / "data/retry/filename.tif", RasterSpec())
     # What the UI's "Re-execute" button sends to the webserver.
     stack.deployment.start_webserver()
     stack.deployment.wait_until_loaded()

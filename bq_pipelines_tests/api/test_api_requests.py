@@ -9,14 +9,20 @@ host, so internal targets are refused by their address, not merely for being unl
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines_tests.api.stack import AUTH, TOKEN, ApiStack, api_stack, ensure_collection
@@ -57,6 +63,8 @@ class Context:
 
 
 DROP = object()
+# Sources that exist on the mirror but answer these statuses (a missing one answers 404).
+CLOSED_SOURCES = {"gone.tif": 410, "needs-login.tif": 401, "forbidden.tif": 403}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +76,9 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
         mirror.put("allowed/x.tif", b"II*\x00" + bytes(1000))
         mirror.put("allowed/big.tif", bytes(MAX_DOWNLOAD + 1))
         mirror.put("secret/x.tif", b"secret")
+        for name, status in CLOSED_SOURCES.items():
+            mirror.put(f"allowed/{name}", b"II*\x00" + bytes(1000))
+            mirror.fail(f"allowed/{name}", status=status, times=None)
         other.put("x.tif", b"secret")
         port = mirror.base_url.rsplit(":", 1)[1]
         redirects = {
@@ -113,11 +124,43 @@ def test_a_legacy_request_is_received_and_its_status_echoes_it(context: Context)
 
 def test_the_idempotency_key_returns_the_first_requests_id(context: Context):
     key = f"client-retry-{uuid.uuid4()}"
-    first = context.stack.accepted(context.body(), {"Idempotency-Key": key})
-    again = context.stack.accepted(context.body(name="another"), {"Idempotency-Key": key})
-    other = context.stack.accepted(context.body(), {"Idempotency-Key": key + "-2"})
+    body = context.body()
+    first = context.stack.accepted(body, {"Idempotency-Key": key})
+    # The same body, its keys in another order: the same request.
+    again = context.stack.accepted(dict(reversed(body.items())), {"Idempotency-Key": key})
+    other = context.stack.accepted(body, {"Idempotency-Key": key + "-2"})
     assert again == first and other != first
-    assert context.stack.status(first)["_param"]["name"] != "another"
+
+
+def test_an_idempotency_key_reused_with_another_body_is_refused(context: Context):
+    key = f"client-retry-{uuid.uuid4()}"
+    body = context.body()
+    first = context.stack.accepted(body, {"Idempotency-Key": key})
+
+    refused = context.stack.post({**body, "name": "another"}, {"Idempotency-Key": key})
+
+    assert refused.status_code == 422, refused.text
+    [detail] = refused.json()["detail"]
+    assert detail["loc"] == ["header", "idempotency-key"]
+    assert first in detail["msg"] and "another body" in detail["msg"]
+    assert context.stack.status(first)["_param"]["name"] == body["name"]
+    assert context.stack.accepted(body, {"Idempotency-Key": key}) == first
+
+
+def test_status_all_takes_the_largest_offset_a_store_holds(context: Context):
+    answer = httpx.get(
+        f"{context.stack.base_url}/status/all", params={"offset": 2**63 - 1}, headers=AUTH
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == []
+
+
+def test_a_refused_source_is_named_with_its_status(context: Context):
+    response = context.stack.post(context.body(filename="forbidden.tif"))
+    assert response.status_code == 422, response.text
+    [detail] = response.json()["detail"]
+    assert detail["loc"] == ["body", "file_source_host"]
+    assert "HTTP 403" in detail["msg"] and "forbidden.tif" in detail["msg"]
 
 
 def test_status_all_is_a_list_newest_first_paginated(context: Context):
@@ -186,6 +229,20 @@ def field_of(name: str, value: Any) -> Callable[[Context], Any]:
     return lambda ctx: ctx.body(**{name: value})
 
 
+def raw_property(literal: str) -> Callable[[Context], bytes]:
+    """A body whose `properties.value` is `literal` as written (NaN, 1e999: not JSON, but
+    Python's parser reads them)."""
+
+    def build(ctx: Context) -> bytes:
+        text = json.dumps(ctx.body(properties={"value": "@@"}), ensure_ascii=True)
+        return text.replace('"@@"', literal).encode()
+
+    return build
+
+
+JSON = {**AUTH, "Content-Type": "application/json"}
+
+
 def chunks(ctx: Context) -> Iterator[bytes]:
     yield b'{"collection_id": "' + b"a" * MAX_BODY
     yield b'"}'
@@ -217,6 +274,33 @@ BAD_REQUESTS = {
     "date not ISO": Bad(422, "date", field_of("date", "01/02/2018")),
     "date out of range": Bad(422, "date", field_of("date", "2018-13-01")),
     "date a number": Bad(422, "date", field_of("date", 20180101)),
+    "date at the calendar's start, east of UTC": Bad(
+        422, "date", field_of("date", "0001-01-01T00:00:00+14:00")
+    ),
+    "date at the calendar's end, west of UTC": Bad(
+        422, "date", field_of("date", "9999-12-31T23:59:59-14:00")
+    ),
+    # values the request store or the catalog could not hold
+    "integer over 64 bits in properties": Bad(
+        422, "properties.n", field_of("properties", {"n": 2**63})
+    ),
+    "integer under 64 bits in an unknown field": Bad(422, "extra", field_of("extra", -(2**63) - 1)),
+    "integer over 64 bits deep in a list": Bad(
+        422, "properties.a.0.b.1", field_of("properties", {"a": [{"b": [1, 10**40]}]})
+    ),
+    "NaN in properties": Bad(422, "properties.value", content=raw_property("NaN"), headers=JSON),
+    "Infinity in properties": Bad(
+        422, "properties.value", content=raw_property("Infinity"), headers=JSON
+    ),
+    "a float overflowing to infinity": Bad(
+        422, "properties.value", content=raw_property("-1e999"), headers=JSON
+    ),
+    "NUL in a property": Bad(
+        422, "properties.value", content=raw_property('"a\\u0000b"'), headers=JSON
+    ),
+    "lone surrogate in a property": Bad(
+        422, "properties.value", content=raw_property('"\\ud800"'), headers=JSON
+    ),
     "name empty": Bad(422, "name", field_of("name", "")),
     "name with spaces": Bad(422, "name", field_of("name", "my item")),
     "properties a list": Bad(422, "properties", field_of("properties", ["a"])),
@@ -276,6 +360,11 @@ BAD_REQUESTS = {
         422, "BQ_API_ALLOWED_SOURCES", field_of("filename", "to-outside.tif")
     ),
     "redirect to a file URL": Bad(422, "file", field_of("filename", "to-file.tif")),
+    # sources that say they are not there, or not ours to read
+    "source missing (404)": Bad(422, "HTTP 404", field_of("filename", "missing.tif")),
+    "source gone (410)": Bad(422, "HTTP 410", field_of("filename", "gone.tif")),
+    "source needs credentials (401)": Bad(422, "HTTP 401", field_of("filename", "needs-login.tif")),
+    "source forbidden (403)": Bad(422, "HTTP 403", field_of("filename", "forbidden.tif")),
     # sizes
     "source over the download limit": Bad(
         422, "BQ_API_MAX_DOWNLOAD_BYTES", field_of("filename", "big.tif")
@@ -299,6 +388,12 @@ BAD_REQUESTS = {
     ),
     "status/all negative offset": Bad(
         422, "offset", method="GET", path="/status/all", params={"offset": -1}
+    ),
+    "status/all offset over 64 bits": Bad(
+        422, "offset", method="GET", path="/status/all", params={"offset": 2**63}
+    ),
+    "status/all limit over 64 bits": Bad(
+        422, "limit", method="GET", path="/status/all", params={"limit": 2**64}
     ),
     "GET /newitem": Bad(405, "Method Not Allowed", method="GET"),
 }
@@ -340,6 +435,29 @@ def test_the_server_keeps_serving_after_the_bad_requests(context: Context):
     assert httpx.get(f"{context.stack.base_url}/health", timeout=30).status_code in (200, 503)
 
 
+def test_the_apis_files_are_private(tmp_path: Path):
+    """The request store (request bodies, SQLite's -wal and -shm included) and the token file
+    `make api` generates are 0600, whatever the umask."""
+    home, token_file = tmp_path / "bq", tmp_path / "dev" / "token"
+    umask = os.umask(0o022)  # what the processes started below inherit
+    try:
+        with api_stack(tmp_path, {"BQ_HOME": str(home)}) as stack:
+            stack.start_api("--token-file", str(token_file), env={"BQ_API_TOKEN": ""})
+            token = token_file.read_text().strip()
+            answer = httpx.post(
+                f"{stack.base_url}/newitem", json={}, headers={"Authorization": f"Bearer {token}"}
+            )
+            assert answer.status_code == 422, answer.text  # the token was taken: past the 401
+            database = home / "api" / "requests.sqlite"
+            files = [database, *(database.with_name(database.name + s) for s in ("-wal", "-shm"))]
+            assert {path.name: oct(path.stat().st_mode & 0o777) for path in files} == {
+                path.name: "0o600" for path in files
+            }
+            assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    finally:
+        os.umask(umask)
+
+
 def test_public_status_when_configured(tmp_path: Path):
     home = tmp_path / "bq"
     bq = {"BQ_HOME": str(home), "BQ_API_PUBLIC_STATUS": "true"}
@@ -349,3 +467,104 @@ def test_public_status_when_configured(tmp_path: Path):
         assert answer.status_code == 200 and answer.json() == []
         # POST stays closed.
         assert httpx.post(f"{stack.base_url}/newitem", json={}).status_code == 401
+
+
+# ------------------------------------------------------------------ any value (hypothesis)
+
+PROPERTIES = settings(max_examples=60, deadline=None, database=None)
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def post_json(ctx: Context, body: dict[str, Any]) -> httpx.Response:
+    """POST as strict ASCII JSON (httpx's own encoder refuses lone surrogates)."""
+    content = json.dumps(body, ensure_ascii=True, allow_nan=True).encode()
+    return httpx.post(f"{ctx.stack.base_url}/newitem", content=content, headers=JSON, timeout=30)
+
+
+def assert_refused_naming(response: httpx.Response, *prefixes: list[Any]) -> None:
+    assert response.status_code == 422, response.text
+    for detail in response.json()["detail"]:
+        assert any(detail["loc"][: len(p)] == p for p in prefixes), detail
+
+
+utc_offsets = st.timedeltas(
+    min_value=-timedelta(hours=23, minutes=59), max_value=timedelta(hours=23, minutes=59)
+)
+date_texts = st.one_of(
+    st.datetimes(timezones=st.builds(timezone, utc_offsets)).map(datetime.isoformat),
+    st.datetimes().map(datetime.isoformat),
+    st.dates().map(date.isoformat),
+    st.text(max_size=40),
+)
+
+
+@given(text=date_texts)
+@example(text="0001-01-01T00:00:00+14:00")
+@example(text="9999-12-31T23:59:59-14:00")
+@example(text="0001-01-01T00:00:00-14:00")
+@example(text="0999-06-30")
+@PROPERTIES
+def test_any_date_is_taken_as_utc_or_refused_naming_the_field(context: Context, text: str):
+    response = post_json(context, context.body(date=text))
+    if response.status_code != 200:
+        assert_refused_naming(response, ["body", "date"])
+        return
+    echoed = context.stack.status(response.json()["id"])["_param"]["properties"]["datetime"]
+    assert RFC3339_UTC.match(echoed), echoed
+    sent = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    sent = sent if sent.tzinfo else sent.replace(tzinfo=UTC)
+    assert abs(datetime.fromisoformat(echoed.replace("Z", "+00:00")) - sent) < timedelta(seconds=1)
+
+
+@given(limit=st.integers(), offset=st.integers())
+@example(limit=1, offset=2**63 - 1)
+@example(limit=1, offset=2**63)
+@example(limit=2**64, offset=-(2**64))
+@PROPERTIES
+def test_any_page_is_answered_or_refused_naming_the_parameter(
+    context: Context, limit: int, offset: int
+):
+    response = httpx.get(
+        f"{context.stack.base_url}/status/all",
+        params={"limit": limit, "offset": offset},
+        headers=AUTH,
+        timeout=30,
+    )
+    bad = [
+        ["query", name]
+        for name, value, low, high in (("limit", limit, 1, 1000), ("offset", offset, 0, 2**63 - 1))
+        if not low <= value <= high
+    ]
+    if not bad:
+        assert response.status_code == 200 and isinstance(response.json(), list), response.text
+        return
+    assert_refused_naming(response, *bad)
+    assert {tuple(d["loc"]) for d in response.json()["detail"]} == {tuple(b) for b in bad}
+
+
+any_text = st.text(alphabet=st.characters(exclude_categories=()), max_size=12)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | any_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(properties=st.dictionaries(any_text, json_values, max_size=4), extra=json_values)
+@example(properties={"n": 2**63 - 1, "m": -(2**63)}, extra=None)
+@example(properties={"n": float("nan")}, extra=None)
+@example(properties={}, extra=2**63)
+@PROPERTIES
+def test_any_json_value_is_stored_as_sent_or_refused_naming_where(
+    context: Context, properties: dict[str, Any], extra: Any
+):
+    body = context.body(properties=properties, extra=extra)
+    response = post_json(context, body)
+    if response.status_code != 200:
+        assert_refused_naming(response, ["body", "properties"], ["body", "extra"])
+        return
+    echoed = context.stack.status(response.json()["id"])["_param"]
+    assert echoed["extra"] == extra
+    assert {k: v for k, v in echoed["properties"].items() if k != "datetime"} == {
+        k: v for k, v in properties.items() if k != "datetime"
+    }

@@ -75,14 +75,15 @@ def test_kill_9_of_the_api_after_acceptance_loses_nothing_and_runs_once(
     stac_api = services_env["BQ_STAC_API_URL"]
     api.start_api()  # no daemon yet: nothing can be processed before the crash
     key = {"Idempotency-Key": f"retry-{uuid.uuid4()}"}
-    first = api.accepted(body(collection_id, mirror, stac_api), key)
+    repeated = body(collection_id, mirror, stac_api)
+    first = api.accepted(repeated, key)
     second = api.accepted(body(collection_id, mirror, stac_api))
 
     api.deployment.kill(api.api)
     api.start_api()
 
     assert api.status(first)["_operation"] == "RECEIVED"  # the status survived
-    assert api.accepted(body(collection_id, mirror, stac_api), key) == first  # the key too
+    assert api.accepted(repeated, key) == first  # the key too
     api.start_daemon()
     assert_processed_exactly_once(api, [first, second])
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from bq_pipelines.api.__main__ import token_from_file
 from bq_pipelines.api.models import NewItem
 from bq_pipelines.api.processing import DEFAULT_COG, plan_request
 from bq_pipelines.declarations import load_declarations
@@ -122,3 +123,13 @@ def test_unknown_fields_are_kept_and_dates_may_carry_a_time():
     request = item(date="2018-01-01T12:30:00-05:00")
     assert request.stored()["legacy_extra"] == "kept"
     assert request.moment.isoformat() == "2018-01-01T17:30:00+00:00"
+
+
+def test_a_token_file_readable_by_others_is_refused(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("a-token-that-others-can-read\n")
+    token_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        token_from_file(token_file)
+    token_file.chmod(0o600)
+    assert token_from_file(token_file) == "a-token-that-others-can-read"

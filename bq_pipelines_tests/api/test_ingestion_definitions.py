@@ -1,5 +1,7 @@
-"""The ingestion API's Dagster definitions in the code location, and its two sensors evaluated
-against a real request store (SQLite) and Dagster instance."""
+"""The ingestion API's Dagster definitions in the code location, and its sensor evaluated against
+a real request store (SQLite) and Dagster instance: one run per request and attempt, attempts
+whose run ended without an outcome retried, then given up, never while the request is held.
+(The same with real processes killed: test_api_exactly_once.py.)"""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bq_pipelines.api.store import RequestStore
+from bq_pipelines.api.store import MAX_ATTEMPTS, RequestStore
 from bq_pipelines.definitions import defs
 from bq_pipelines.ingestion import (
     ASSET_KEY,
+    ATTEMPT_TAG,
     COLLECTION_TAG,
     JOB_NAME,
     OP_NAME,
@@ -20,8 +23,6 @@ from bq_pipelines.ingestion import (
     IngestionApiResource,
     run_config,
 )
-
-FAILURE_SENSOR = "ingestion_api_failure_sensor"
 
 
 @pytest.fixture(scope="module")
@@ -51,70 +52,130 @@ def test_the_code_location_has_the_asset_job_and_running_sensors(definitions: dg
     assert [node.name for node in job.graph.nodes] == [OP_NAME]
     sensors = {sensor.name: sensor.default_status for sensor in definitions.sensors}
     assert sensors[SENSOR_NAME] == dg.DefaultSensorStatus.RUNNING
-    assert sensors[FAILURE_SENSOR] == dg.DefaultSensorStatus.RUNNING
     assert "ingestion_api" in definitions.resources
+
+
+def sensor_run(instance: dg.DagsterInstance, job: dg.JobDefinition, request: dg.RunRequest):
+    """The run the daemon would create for the sensor's run request."""
+    return instance.create_run_for_job(
+        job_def=job,
+        run_config=request.run_config,
+        tags={**request.tags, "dagster/run_key": str(request.run_key)},
+    )
+
+
+def evaluate(
+    definitions: dg.Definitions, instance: dg.DagsterInstance, resource: IngestionApiResource
+) -> list[dg.RunRequest]:
+    sensor = definitions.resolve_sensor_def(SENSOR_NAME)
+    context = dg.build_sensor_context(instance=instance, resources={"ingestion_api": resource})
+    result = sensor(context)
+    return [] if isinstance(result, dg.SkipReason) else list(result.run_requests)
 
 
 def test_the_sensor_requests_one_run_per_accepted_request_keyed_by_its_id(
     definitions: dg.Definitions, resource: IngestionApiResource
 ):
+    instance = dg.DagsterInstance.ephemeral()
+    job = definitions.resolve_job_def(JOB_NAME)
     with resource.store() as store:
         first, second = add_request(store, "a"), add_request(store, "b")
         started = add_request(store, "c")
-        store.start(started, "some-run")
-    sensor = definitions.resolve_sensor_def(SENSOR_NAME)
+        [started_request] = [
+            r for r in evaluate(definitions, instance, resource) if r.run_key == started
+        ]
+        run = sensor_run(instance, job, started_request)
+        assert store.start(started, run.run_id, 1)
 
-    result = sensor(dg.build_sensor_context(resources={"ingestion_api": resource}))
+    requests = evaluate(definitions, instance, resource)
 
-    assert [r.run_key for r in result.run_requests] == [first, second]  # oldest first
-    [request] = [r for r in result.run_requests if r.run_key == first]
-    assert request.tags == {REQUEST_TAG: first, COLLECTION_TAG: "c"}
-    assert request.run_config == run_config(first).to_config_dict()
+    assert [r.run_key for r in requests] == [first, second]  # oldest first
+    [request] = [r for r in requests if r.run_key == first]
+    assert request.tags == {
+        REQUEST_TAG: first,
+        ATTEMPT_TAG: "1",
+        COLLECTION_TAG: "c",
+        "dagster/max_retries": "0",
+    }
+    assert request.run_config == run_config(first, 1).to_config_dict()
+    # Once their runs exist, nothing more is requested for them.
+    for request in requests:
+        sensor_run(instance, job, request)
+    assert evaluate(definitions, instance, resource) == []
 
 
 def test_the_sensor_skips_when_nothing_waits(definitions, resource):
     sensor = definitions.resolve_sensor_def(SENSOR_NAME)
-    result = sensor(dg.build_sensor_context(resources={"ingestion_api": resource}))
-    assert isinstance(result, dg.SkipReason)
+    context = dg.build_sensor_context(
+        instance=dg.DagsterInstance.ephemeral(), resources={"ingestion_api": resource}
+    )
+    assert isinstance(sensor(context), dg.SkipReason)
 
 
-def test_a_run_that_died_without_recording_fails_its_request(
+def test_a_run_that_ended_without_an_outcome_is_retried_then_given_up(
     definitions: dg.Definitions, resource: IngestionApiResource
 ):
+    instance = dg.DagsterInstance.ephemeral()
+    job = definitions.resolve_job_def(JOB_NAME)
+    with resource.store() as store:
+        request_id = add_request(store, "a")
+    keys, runs = [], []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        [request] = evaluate(definitions, instance, resource)
+        keys.append(request.run_key)
+        run = sensor_run(instance, job, request)
+        runs.append(run.run_id)
+        if attempt == 2:  # this one started processing before its worker died
+            with resource.store() as store:
+                assert store.start(request_id, run.run_id, attempt)
+        instance.report_run_failed(run, f"worker {attempt} disappeared")
+        # The run's process still holds the request: nothing is decided meanwhile.
+        with resource.store() as store, store.processing(request_id, lambda name: None):
+            assert evaluate(definitions, instance, resource) == []
+            waiting = store.get(request_id)
+            assert waiting is not None and waiting.attempt == attempt
+
+    assert keys == [request_id, f"{request_id}/attempt-2", f"{request_id}/attempt-3"]
+    assert evaluate(definitions, instance, resource) == []
+    with resource.store() as store:
+        failed = store.get(request_id)
+    assert failed is not None and failed.state == "failed" and failed.status == "error"
+    assert failed.attempt == MAX_ATTEMPTS and failed.run_id == runs[-1]
+    assert "worker 3 disappeared" in failed.description and "given up" in failed.description
+    assert [(r["attempt"], r["run_id"]) for r in failed.retries] == list(
+        zip([1, 2, 3], runs, strict=True)
+    )
+    assert "worker 1 disappeared" in failed.retries[0]["reason"]
+    status = failed.legacy_status()
+    assert status["_attempt"] == 3 and len(status["_retries"]) == 3
+
+
+def test_a_run_of_an_attempt_given_up_does_nothing_and_a_canceled_run_is_not_retried(
+    definitions: dg.Definitions, resource: IngestionApiResource
+):
+    instance = dg.DagsterInstance.ephemeral()
+    job = definitions.resolve_job_def(JOB_NAME)
     with resource.store() as store:
         request_id = add_request(store, "a")
         finished_id = add_request(store, "b")
-    instance = dg.DagsterInstance.ephemeral()
-    job = definitions.resolve_job_def(JOB_NAME)
-    sensor = definitions.resolve_sensor_def(FAILURE_SENSOR)
-
-    def fail_run(for_request: str) -> dg.DagsterRun:
-        run = instance.create_run_for_job(
-            job_def=job,
-            run_config=run_config(for_request).to_config_dict(),
-            tags={REQUEST_TAG: for_request},
-        )
-        event = instance.report_run_failed(run, "the run worker disappeared")
-        context = dg.build_run_status_sensor_context(
-            sensor_name=FAILURE_SENSOR,
-            dagster_event=event,
-            dagster_instance=instance,
-            dagster_run=instance.get_run_by_id(run.run_id),
-            resources={"ingestion_api": resource},
-        ).for_run_failure()
-        sensor(context)
-        return run
-
-    run = fail_run(request_id)
+    first, finished_first = evaluate(definitions, instance, resource)
+    run = sensor_run(instance, job, first)
+    finished_run = sensor_run(instance, job, finished_first)
     with resource.store() as store:
-        store.start(finished_id, "the-real-run")
-        store.finish(finished_id, "the-real-run", "file:///item.json", "done")
-    fail_run(finished_id)  # a late failure of another run must not undo a finished request
+        assert store.start(finished_id, finished_run.run_id, 1)
+        store.finish(finished_id, finished_run.run_id, "file:///item.json", "done")
+    instance.report_run_failed(finished_run, "late failure")  # of a finished request
+
+    instance.report_run_canceled(run, "canceled by a person")
+    assert evaluate(definitions, instance, resource) == []
 
     with resource.store() as store:
-        failed = store.get(request_id)
-        assert failed is not None and failed.state == "failed" and failed.status == "error"
-        assert failed.run_id == run.run_id
-        assert "the run worker disappeared" in failed.description
+        canceled = store.get(request_id)
+        assert canceled is not None and canceled.state == "failed"
+        assert "canceled" in canceled.description and canceled.attempt == 1
+        # A run of an attempt that is no longer the request's may not start.
+        assert not store.start(request_id, "a-late-run", 1)
         finished = store.get(finished_id)
         assert finished is not None and finished.state == "finished"
+        # A re-execution (no attempt) takes over whatever the state.
+        assert store.start(request_id, "a-re-execution", None)
