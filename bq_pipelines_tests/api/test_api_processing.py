@@ -23,6 +23,7 @@ from bq_pipelines.declarations import load_declarations
 from bq_pipelines.ingestion import ASSET_KEY, JOB_NAME, REQUEST_TAG
 from bq_pipelines.lib.stac import multihash_sha256
 from bq_pipelines.plans import collection_for
+from bq_pipelines.settings import Settings
 from bq_pipelines_tests.api.stack import (
     ApiStack,
     api_stack,
@@ -32,6 +33,7 @@ from bq_pipelines_tests.api.stack import (
 )
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
 from bq_pipelines_tests.rasters import RasterSpec, write_raster
+from bq_pipelines_tests.runs import audit_dataset
 
 DECLARED_CATEGORICAL = "gfw-lossyear"  # declared with `cog: {categorical: true}`
 
@@ -43,6 +45,7 @@ class Services:
     stac_api_url: str
     bucket: str
     collection_id: str  # an undeclared collection, created for the module
+    bq: dict[str, str]  # the stack's BQ_* settings
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def services(
         publisher.ensure_collection(collection_for(declared, []))
         stack.start_api()
         stack.start_daemon()
-        yield Services(stack, mirror, stac_api_url, bq["BQ_S3_BUCKET"], collection_id)
+        yield Services(stack, mirror, stac_api_url, bq["BQ_S3_BUCKET"], collection_id, bq)
 
 
 def the_only_run(stack: ApiStack, request_id: str) -> dg.DagsterRun:
@@ -134,7 +137,9 @@ def test_the_legacy_example_is_published_as_a_valid_item_and_cog(
     assert len(mine) == 1 and mine[0].metadata["item_url"].value == item_url
 
 
-def test_the_cog_profile_follows_the_collections_declaration(services: Services):
+def test_the_cog_profile_follows_the_collections_declaration(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+):
     # uint8: a continuous integer raster gets horizontal differencing (predictor 2), a
     # categorical one none; gfw-lossyear is declared categorical, the test collection is not.
     stack, mirror = services.stack, services.mirror
@@ -173,6 +178,14 @@ def test_the_cog_profile_follows_the_collections_declaration(services: Services)
     declared_key = f"/io/{declared.folder}/{names[DECLARED_CATEGORICAL]}.tif"
     assert declared_key in hrefs[DECLARED_CATEGORICAL]
     assert f"/io/{services.collection_id}/" in hrefs[services.collection_id]
+    # The dataset's audit knows the item is the API's (its object records the API as writer):
+    # listed apart, never as an item outside the dataset's partitions.
+    settings = Settings.from_env(services.bq)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # read at run time (EnvVar)
+        monkeypatch.setenv(name, services.bq[name])
+    report = audit_dataset(declared, settings, dg.DagsterInstance.ephemeral())
+    assert names[DECLARED_CATEGORICAL] in report.api_items
+    assert names[DECLARED_CATEGORICAL] not in report.outside_partitions
 
 
 def test_failing_sources_end_in_error_with_the_reason(services: Services):
