@@ -93,7 +93,7 @@ demo dev ui api: export BQ_BROWSE_URL ?= http://127.0.0.1:$(BQ_BROWSE_PORT)
 ## The static catalog (/catalog/) and local objects (/objects/) over http on
 ## 127.0.0.1:$$BQ_BROWSE_PORT, so the links in the UI open (README: "Previews")
 browse: install
-	$(BIN)/python -m bq_pipelines.browse
+	$(BIN)/python -m bq_pipelines.runtime.browse
 
 ## The Dagster UI and daemon on http://127.0.0.1:$$BQ_UI_PORT (`dg dev`; the daily catalog
 ## backup's schedule off unless BQ_BACKUP_SCHEDULE_ENABLED=true)
@@ -108,7 +108,7 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 ## (README: "Ingestion API"). Without BQ_API_TOKEN, a token is generated once in .bq/api/token.
 API_TOKEN_FILE := .bq/api/token
 api: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m bq_pipelines.api --with-daemon --workspace workspace.yaml --token-file $(API_TOKEN_FILE)
+	$(BIN)/python -m bq_pipelines.ingestion --with-daemon --workspace workspace.yaml --token-file $(API_TOKEN_FILE)
 
 ## ruff (lint + format), mypy (pyproject: strict on lib/) and the dataset files;
 ## .ci/run runs it before the tests.

@@ -3,7 +3,7 @@
 Run from the project root, with the checkout's service ports exported like for the tests:
 `.venv/bin/python bench/bench_api.py [--requests 1000] [--clients 20] [--store postgresql]`.
 
-`python -m bq_pipelines.api` (uvicorn, `--workers` processes) and a `dagster-daemon` on the
+`python -m bq_pipelines.ingestion` (uvicorn, `--workers` processes) and a `dagster-daemon` on the
 project's workspace run as subprocesses on the real services (`scripts/services.py up`): the
 request store in PostgreSQL (or SQLite), stac-fastapi-pgstac, a moto S3 bucket. `--requests`
 POST /newitem (the legacy README's example, a distinct item name each, a 64x48 float32 GeoTIFF
@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 import dagster as dg  # noqa: E402
 
-from bq_pipelines.api.store import RequestStore  # noqa: E402
-from bq_pipelines.ingestion import JOB_NAME, REQUEST_TAG  # noqa: E402
+from bq_pipelines.ingestion.definitions import JOB_NAME, REQUEST_TAG  # noqa: E402
+from bq_pipelines.ingestion.store import RequestStore  # noqa: E402
 from bq_pipelines_tests.api.stack import (  # noqa: E402
     TOKEN,
     ApiStack,

@@ -11,7 +11,7 @@ Dagster instance and a fresh static catalog / local object store per batch size,
 skipped. The instance's storage (`--storage`): `sqlite` (`DagsterInstance.local_temp`, the local
 `make dev` instance), `postgres` (dagster-postgres as it comes, on `--postgres-url`, a database
 `--postgres-db` dropped and created again for each run) or `pooled` (the same database through
-`bq_pipelines.instance_storage.PooledPostgresStorage`: the production configuration,
+`bq_pipelines.runtime.instance_storage.PooledPostgresStorage`: the production configuration,
 deploy/dagster.yaml). The baseline: a plain Python loop over the same library calls for each
 partition (plan, probe the sources, fingerprint, `run_items`: fetch, COG, item, upload,
 publish) and the collection once at the end, on its own fresh catalog and store, without
@@ -43,11 +43,11 @@ import dagster as dg  # noqa: E402
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from bq_pipelines.factory import EVENT_BATCH_SIZE_ENV  # noqa: E402
-from bq_pipelines.launch import materialize  # noqa: E402
+from bq_pipelines.datasets.plans import collection_for, plan_partition  # noqa: E402
 from bq_pipelines.lib.pipeline import fingerprint, probe_sources, run_items  # noqa: E402
-from bq_pipelines.plans import collection_for, plan_partition  # noqa: E402
-from bq_pipelines.resources import resources_for, services_for  # noqa: E402
+from bq_pipelines.orchestration.factory import EVENT_BATCH_SIZE_ENV  # noqa: E402
+from bq_pipelines.orchestration.resources import resources_for, services_for  # noqa: E402
+from bq_pipelines.runtime.launch import materialize  # noqa: E402
 from bq_pipelines.settings import Settings  # noqa: E402
 from bq_pipelines_tests import backfill_location as location  # noqa: E402
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost  # noqa: E402
@@ -110,7 +110,7 @@ def instance_overrides(storage: str, args: argparse.Namespace) -> dict[str, Any]
         url = fresh_postgres_database(args.postgres_url, args.postgres_db)
         overrides["storage"] = {
             "custom": {
-                "module": "bq_pipelines.instance_storage",
+                "module": "bq_pipelines.runtime.instance_storage",
                 "class": "PooledPostgresStorage",
                 "config": {"postgres_url": url},
             }
@@ -171,7 +171,7 @@ def main() -> None:
         "--storage",
         default=",".join(STORAGES),
         help="instance storage(s): sqlite, postgres (dagster-postgres as it comes: a connection "
-        "per write), pooled (production: bq_pipelines.instance_storage)",
+        "per write), pooled (production: bq_pipelines.runtime.instance_storage)",
     )
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--postgres-db", default="dagster_overhead_bench")

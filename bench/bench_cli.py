@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 import dagster as dg  # noqa: E402
 
 from bq_pipelines.cli import main  # noqa: E402
-from bq_pipelines.declarations import builtin_declaration_path, load_declaration_file  # noqa: E402
+from bq_pipelines.datasets.declarations import builtin_declaration_path, load_declaration_file  # noqa: E402
 from bq_pipelines.definitions import defs  # noqa: E402
-from bq_pipelines.launch import InProcessLauncher, code_location_tags, materialize  # noqa: E402
+from bq_pipelines.runtime.launch import InProcessLauncher, code_location_tags, materialize  # noqa: E402
 
 CLI = Path(sys.executable).parent / "bq-pipelines"
 GOAL_SECONDS = 10.0

@@ -27,13 +27,20 @@ from typing import Any
 
 import dagster as dg
 
-from bq_pipelines.audit import AuditReport, audit, delete_orphans
 from bq_pipelines.backup import cli as backup_cli
-from bq_pipelines.backup_assets import BackupRun, backup_now, run_backup_command
-from bq_pipelines.comparison import PlannedItem, compare, planned_items, report_lines
-from bq_pipelines.declarations import Declaration, load_declarations
-from bq_pipelines.demo import write_demo_rasters
-from bq_pipelines.factory import (
+from bq_pipelines.backup.assets import BackupRun, backup_now, run_backup_command
+from bq_pipelines.datasets.audit import AuditReport, audit, delete_orphans
+from bq_pipelines.datasets.comparison import PlannedItem, compare, planned_items, report_lines
+from bq_pipelines.datasets.declarations import Declaration, load_declarations
+from bq_pipelines.datasets.demo import write_demo_rasters
+from bq_pipelines.datasets.plans import SourceLocations
+from bq_pipelines.lib.catalog import open_catalog
+from bq_pipelines.lib.errors import ConfigError, PipelineError
+from bq_pipelines.lib.files import exclusive_lock, write_text_atomically
+from bq_pipelines.lib.pipeline import ItemPlan, Services, fingerprint, probe_sources
+from bq_pipelines.lib.redaction import redact_url
+from bq_pipelines.lib.words import plural
+from bq_pipelines.orchestration.factory import (
     FORCE_TAG,
     all_partition_dimensions,
     build_dataset,
@@ -41,8 +48,10 @@ from bq_pipelines.factory import (
     op_name,
     partition_code_version,
 )
-from bq_pipelines.keys import keys_by_dimension, partitions_definition
-from bq_pipelines.launch import (
+from bq_pipelines.orchestration.keys import keys_by_dimension, partitions_definition
+from bq_pipelines.orchestration.resources import quick_catalog, resources_for, services_for
+from bq_pipelines.orchestration.status import SourcesCheck, dataset_status
+from bq_pipelines.runtime.launch import (
     InProcessLauncher,
     Materialization,
     RunReport,
@@ -50,16 +59,7 @@ from bq_pipelines.launch import (
     code_location_tags,
     materialize,
 )
-from bq_pipelines.lib.catalog import open_catalog
-from bq_pipelines.lib.errors import ConfigError, PipelineError
-from bq_pipelines.lib.files import exclusive_lock, write_text_atomically
-from bq_pipelines.lib.pipeline import ItemPlan, Services, fingerprint, probe_sources
-from bq_pipelines.lib.redaction import redact_url
-from bq_pipelines.lib.words import plural
-from bq_pipelines.plans import SourceLocations
-from bq_pipelines.resources import quick_catalog, resources_for, services_for
 from bq_pipelines.settings import Settings
-from bq_pipelines.status import SourcesCheck, dataset_status
 
 Command = Callable[[argparse.Namespace, Settings], int]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

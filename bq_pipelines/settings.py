@@ -8,6 +8,8 @@ time so they never appear in configuration, logs or errors.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,8 +17,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from bq_pipelines.api.url_policy import parse_prefix
 from bq_pipelines.backup.postgres import parse_dsn
+from bq_pipelines.ingestion.url_policy import parse_prefix
 from bq_pipelines.lib.errors import ConfigError, SourceRefused
 from bq_pipelines.lib.redaction import has_userinfo, redact_url
 from bq_pipelines.lib.sources import confined_local_path
@@ -349,3 +351,28 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
     if not low <= value <= high:
         raise ConfigError(f"{name}: {raw!r} is outside {low:g}..{high:g}")
     return value
+
+
+def current_settings() -> Settings:
+    """The settings of this process's environment, read once (every dataset, the backup and
+    the resources of a code location share them), again only when a BQ_* variable changes."""
+    return _settings_of(_environment())
+
+
+def current_api_settings() -> ApiSettings:
+    """The ingestion API's settings of this process's environment, read once."""
+    return _api_settings_of(_environment())
+
+
+def _environment() -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(os.environ.items()))
+
+
+@functools.lru_cache(maxsize=4)
+def _settings_of(environment: tuple[tuple[str, str], ...]) -> Settings:
+    return Settings.from_env(dict(environment))
+
+
+@functools.lru_cache(maxsize=4)
+def _api_settings_of(environment: tuple[tuple[str, str], ...]) -> ApiSettings:
+    return ApiSettings.from_env(dict(environment))

@@ -17,11 +17,15 @@ from datetime import date
 
 import dagster as dg
 
-from bq_pipelines.declarations import Declaration, builtin_declaration_data, parse_declaration
-from bq_pipelines.executors import executor_for
-from bq_pipelines.factory import build_dataset
-from bq_pipelines.monitoring import dead_run_workers_sensor
-from bq_pipelines.resources import resources_for
+from bq_pipelines.datasets.declarations import (
+    Declaration,
+    builtin_declaration_data,
+    parse_declaration,
+)
+from bq_pipelines.orchestration.factory import build_dataset
+from bq_pipelines.orchestration.resources import resources_for
+from bq_pipelines.runtime.executors import executor_for
+from bq_pipelines.runtime.monitoring import dead_run_workers_sensor
 from bq_pipelines.settings import Settings
 
 CHELSA_HOST = "chelsa"  # the source host name in chelsa-monthly.yaml

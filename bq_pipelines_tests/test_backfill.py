@@ -25,9 +25,9 @@ import dagster as dg
 import pystac
 import pytest
 
-from bq_pipelines.factory import DatasetKeys
-from bq_pipelines.launch import RANGE_START_TAG
-from bq_pipelines.resources import resources_for
+from bq_pipelines.orchestration.factory import DatasetKeys
+from bq_pipelines.orchestration.resources import resources_for
+from bq_pipelines.runtime.launch import RANGE_START_TAG
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests import backfill_location as location
 from bq_pipelines_tests.dagster_processes import (

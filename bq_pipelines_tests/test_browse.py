@@ -15,9 +15,9 @@ import dagster as dg
 import httpx
 import pytest
 
-from bq_pipelines.browse import browse_roots, make_server
-from bq_pipelines.factory import DatasetKeys
 from bq_pipelines.lib import preview
+from bq_pipelines.orchestration.factory import DatasetKeys
+from bq_pipelines.runtime.browse import browse_roots, make_server
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.demo import demo_declaration
 from bq_pipelines_tests.runs import latest_metadata, run_dataset

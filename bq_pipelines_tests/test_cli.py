@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from bq_pipelines.cli import closest_keys, main
-from bq_pipelines.demo import DEMO_LAYERS
-from bq_pipelines.launch import (
+from bq_pipelines.datasets.demo import DEMO_LAYERS
+from bq_pipelines.runtime.launch import (
     CODE_LOCATION,
     DEFINITIONS_MODULE,
     REPOSITORY,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bq_pipelines.components.check import check_file
-from bq_pipelines.declarations import (
+from bq_pipelines.datasets.declarations import (
     builtin_declaration_data,
     builtin_declaration_path,
     load_declaration_file,
@@ -21,9 +21,9 @@ from bq_pipelines.declarations import (
     shared_grids,
     shared_hosts,
 )
-from bq_pipelines.factory import build_dataset, partition_code_version
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.resources import resources_for
+from bq_pipelines.orchestration.factory import build_dataset, partition_code_version
+from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
 
 

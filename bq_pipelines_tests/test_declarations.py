@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bq_pipelines.declarations import (
+from bq_pipelines.datasets.declarations import (
     builtin_declaration_files,
     load_declaration_file,
     load_declarations,
     parse_declaration,
     templates_may_overlap,
 )
-from bq_pipelines.factory import partition_code_version
+from bq_pipelines.datasets.plans import SourceLocations, plan_partition
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.plans import SourceLocations, plan_partition
+from bq_pipelines.orchestration.factory import partition_code_version
 
 VALID = {
     "id": "example",

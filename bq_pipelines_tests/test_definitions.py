@@ -11,18 +11,23 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bq_pipelines.backup_assets import (
+from bq_pipelines.backup.assets import (
     BACKUP_ASSET,
     BACKUP_GROUP,
     BACKUP_JOB,
     BACKUP_SCHEDULE,
     RESTORABLE_CHECK,
 )
-from bq_pipelines.declarations import load_declarations
+from bq_pipelines.datasets.declarations import load_declarations
 from bq_pipelines.definitions import defs
-from bq_pipelines.factory import COG_VALID_CHECK, ITEM_VALID_CHECK, PARTITION_STEPS, op_name
-from bq_pipelines.keys import DATASET_TAG
 from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.orchestration.factory import (
+    COG_VALID_CHECK,
+    ITEM_VALID_CHECK,
+    PARTITION_STEPS,
+    op_name,
+)
+from bq_pipelines.orchestration.keys import DATASET_TAG
 
 
 @pytest.fixture(scope="module")

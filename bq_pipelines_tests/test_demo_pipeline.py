@@ -13,17 +13,17 @@ import pystac_client
 import pytest
 import rasterio
 
-from bq_pipelines.demo import (
+from bq_pipelines.datasets.demo import (
     DEMO_LAYERS,
     ELEVATION_UNIT,
     LANDCOVER_CLASSES,
     TEMPERATURE_UNIT,
     write_demo_rasters,
 )
-from bq_pipelines.factory import DatasetKeys, op_name
-from bq_pipelines.launch import RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.lib import cog, stac
-from bq_pipelines.resources import resources_for
+from bq_pipelines.orchestration.factory import DatasetKeys, op_name
+from bq_pipelines.orchestration.resources import resources_for
+from bq_pipelines.runtime.launch import RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines_tests.fixtures.demo import demo_declaration
 from bq_pipelines_tests.fixtures.services import rasterio_s3_env
 from bq_pipelines_tests.runs import (

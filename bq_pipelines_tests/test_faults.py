@@ -12,10 +12,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from bq_pipelines.declarations import parse_declaration
-from bq_pipelines.demo import DEMO_LAYERS
-from bq_pipelines.factory import DatasetKeys
-from bq_pipelines.resources import SourcesResource
+from bq_pipelines.datasets.declarations import parse_declaration
+from bq_pipelines.datasets.demo import DEMO_LAYERS
+from bq_pipelines.orchestration.factory import DatasetKeys
+from bq_pipelines.orchestration.resources import SourcesResource
 from bq_pipelines_tests.fixtures.demo import demo_declaration
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.fixtures.services import services_settings

@@ -25,9 +25,9 @@ import rasterio
 import rasterio.warp
 
 from bq_pipelines.cli import main
-from bq_pipelines.declarations import load_declarations
-from bq_pipelines.keys import DatasetKeys
+from bq_pipelines.datasets.declarations import load_declarations
 from bq_pipelines.lib import cog
+from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.legacy_catalog import (
     legacy_collection,

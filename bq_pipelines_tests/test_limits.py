@@ -14,10 +14,10 @@ import pystac_client
 import pytest
 import rasterio
 
-from bq_pipelines.declarations import Declaration, parse_declaration
-from bq_pipelines.factory import ITEM_VALID_CHECK, DatasetKeys, build_dataset
+from bq_pipelines.datasets.declarations import Declaration, parse_declaration
+from bq_pipelines.datasets.plans import SourceLocations, plan_partition
 from bq_pipelines.lib.errors import ConfigError, SourceRefused
-from bq_pipelines.plans import SourceLocations, plan_partition
+from bq_pipelines.orchestration.factory import ITEM_VALID_CHECK, DatasetKeys, build_dataset
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.services import services_settings
 from bq_pipelines_tests.rasters import (

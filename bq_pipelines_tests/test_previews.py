@@ -11,12 +11,12 @@ import dagster as dg
 import httpx
 import pystac_client
 
-from bq_pipelines.declarations import Declaration, parse_declaration
-from bq_pipelines.demo import DEMO_LAYERS, LANDCOVER_CLASSES
-from bq_pipelines.factory import DatasetKeys
+from bq_pipelines.datasets.declarations import Declaration, parse_declaration
+from bq_pipelines.datasets.demo import DEMO_LAYERS, LANDCOVER_CLASSES
 from bq_pipelines.lib import preview, stac, tiles
 from bq_pipelines.lib.hashing import sha256_file
 from bq_pipelines.lib.storage import ObjectOwner
+from bq_pipelines.orchestration.factory import DatasetKeys
 from bq_pipelines_tests.fixtures.demo import demo_data
 from bq_pipelines_tests.runs import (
     audit_dataset,

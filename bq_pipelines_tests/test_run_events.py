@@ -16,9 +16,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bq_pipelines.factory import EVENT_BATCH_SIZE, EVENT_BATCH_SIZE_ENV, build_dataset
-from bq_pipelines.keys import AUDIT_CHECK, DatasetKeys, op_name
-from bq_pipelines.launch import RANGE_START_TAG
+from bq_pipelines.orchestration.factory import EVENT_BATCH_SIZE, EVENT_BATCH_SIZE_ENV, build_dataset
+from bq_pipelines.orchestration.keys import AUDIT_CHECK, DatasetKeys, op_name
+from bq_pipelines.runtime.launch import RANGE_START_TAG
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests import backfill_location as location
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost

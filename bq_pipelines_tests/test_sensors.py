@@ -10,18 +10,23 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bq_pipelines.declarations import Declaration, parse_declaration
-from bq_pipelines.demo import write_demo_rasters
-from bq_pipelines.factory import DatasetKeys, build_dataset, op_name, partitions_definition
-from bq_pipelines.launch import QUIET_LOGS, RANGE_END_TAG, RANGE_START_TAG
-from bq_pipelines.resources import SourcesResource, resources_for
-from bq_pipelines.sensors import (
+from bq_pipelines.datasets.declarations import Declaration, parse_declaration
+from bq_pipelines.datasets.demo import write_demo_rasters
+from bq_pipelines.orchestration.factory import (
+    DatasetKeys,
+    build_dataset,
+    op_name,
+    partitions_definition,
+)
+from bq_pipelines.orchestration.resources import SourcesResource, resources_for
+from bq_pipelines.orchestration.sensors import (
     AUTOMATION_SENSOR_NAME,
     automation_sensor,
     collection_automation_condition,
     reads_remote_sources,
     upstream_sensor,
 )
+from bq_pipelines.runtime.launch import QUIET_LOGS, RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.rasters import RasterSpec, write_raster

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.resources import resources_for
+from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.services import SERVICES_ENV
 

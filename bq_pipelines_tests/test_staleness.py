@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
-from bq_pipelines.keys import DatasetKeys
+from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests import stale_location
 from bq_pipelines_tests.runs import materialize_dataset

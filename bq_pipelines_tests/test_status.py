@@ -10,11 +10,11 @@ import dagster as dg
 import pytest
 
 from bq_pipelines.cli import main
-from bq_pipelines.declarations import parse_declaration
-from bq_pipelines.factory import partition_code_version, partitions_definition
-from bq_pipelines.keys import DatasetKeys
-from bq_pipelines.plans import SourceLocations
-from bq_pipelines.status import dataset_status
+from bq_pipelines.datasets.declarations import parse_declaration
+from bq_pipelines.datasets.plans import SourceLocations
+from bq_pipelines.orchestration.factory import partition_code_version, partitions_definition
+from bq_pipelines.orchestration.keys import DatasetKeys
+from bq_pipelines.orchestration.status import dataset_status
 from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
 from bq_pipelines_tests.runs import materialize_dataset
 

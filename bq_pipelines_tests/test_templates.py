@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bq_pipelines.declarations import builtin_declaration_data, parse_declaration
+from bq_pipelines.datasets.declarations import builtin_declaration_data, parse_declaration
+from bq_pipelines.datasets.plans import SourceLocations, entity_names, plan_partition
+from bq_pipelines.datasets.templates import TypedTemplate, as_typed, parse_datetime, render_property
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.plans import SourceLocations, entity_names, plan_partition
-from bq_pipelines.templates import TypedTemplate, as_typed, parse_datetime, render_property
 from bq_pipelines_tests.fixtures.local_sources import species_names, write_ebv_cube
 
 VARIABLES = {"time": "2015", "year": 1985, "month": 7, "date_cell": "2021-01-01", "name": "x"}

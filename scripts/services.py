@@ -190,7 +190,7 @@ def tiler_service(port: int) -> Service:
         argv=[
             venv_executable("uvicorn"),
             # titiler-pgstac's app, its mosaics reading our id-keyed COG assets.
-            "bq_pipelines.tiler:app",
+            "bq_pipelines.runtime.tiler:app",
             "--host",
             HOST,
             "--port",

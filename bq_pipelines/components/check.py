@@ -19,7 +19,7 @@ import yaml
 from dagster_shared.yaml_utils import parse_yamls_with_source_position
 from pydantic import ValidationError
 
-from bq_pipelines.declarations import (
+from bq_pipelines.datasets.declarations import (
     Declaration,
     builtin_declaration_files,
     declaration_origin,

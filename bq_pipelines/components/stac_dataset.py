@@ -12,16 +12,15 @@ declaration runs when the component loads. The assets are built by `factory.buil
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dagster as dg
 from pydantic import BaseModel
 
-from bq_pipelines.declarations import Declaration
-from bq_pipelines.factory import build_dataset
+from bq_pipelines.datasets.declarations import Declaration
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.settings import Settings
+from bq_pipelines.orchestration.factory import build_dataset
+from bq_pipelines.settings import current_settings
 
 
 class StacDataset(dg.Component):
@@ -56,7 +55,7 @@ class StacDataset(dg.Component):
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         # Kinds say where objects and items go: read from the same settings as the resources.
-        return build_dataset(self.declaration, Settings.from_env(os.environ))
+        return build_dataset(self.declaration, current_settings())
 
     def __repr__(self) -> str:
         return f"StacDataset({self.declaration.id!r})"

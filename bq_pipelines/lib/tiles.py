@@ -21,7 +21,8 @@ from urllib.parse import quote, urlencode
 from bq_pipelines.lib import stac
 
 TILE_MATRIX_SET = "WebMercatorQuad"
-# The name under which the tile server (bq_pipelines.tiler) offers every item's COG to mosaics.
+# The name under which the tile server (bq_pipelines.runtime.tiler) offers every item's COG to
+# mosaics.
 MOSAIC_ASSET = "data"
 CONTINUOUS_COLORMAP = "viridis"
 

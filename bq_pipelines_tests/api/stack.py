@@ -1,4 +1,4 @@
-"""The ingestion API as it is run, for tests: `python -m bq_pipelines.api` (uvicorn) and
+"""The ingestion API as it is run, for tests: `python -m bq_pipelines.ingestion` (uvicorn) and
 `dagster-daemon` on the project's workspace.yaml, as subprocesses with one environment, plus
 helpers to call the API, wait for a request, read the Dagster instance, and create a request
 database in the machine's PostgreSQL."""
@@ -21,7 +21,7 @@ import dagster as dg
 import httpx
 import psycopg
 
-from bq_pipelines.ingestion import REQUEST_TAG
+from bq_pipelines.ingestion.definitions import REQUEST_TAG
 from bq_pipelines.lib.catalog import Publisher, StacApiPublisher
 from bq_pipelines.lib.stac import build_collection
 from bq_pipelines_tests.dagster_processes import PROJECT_ROOT, Deployment, free_port
@@ -151,7 +151,7 @@ class ApiStack:
 
     def start_api(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.api = self.deployment.start(
-            "python", "-m", "bq_pipelines.api", *args, log_name="api", env=env
+            "python", "-m", "bq_pipelines.ingestion", *args, log_name="api", env=env
         )
         self.wait_until_serving()
 

@@ -39,9 +39,9 @@ import httpx
 import pytest
 import yaml
 
-from bq_pipelines.api.store import RequestStore
-from bq_pipelines.ingestion import ATTEMPT_TAG, REQUEST_TAG
-from bq_pipelines.monitoring import run_worker_pid
+from bq_pipelines.ingestion.definitions import ATTEMPT_TAG, REQUEST_TAG
+from bq_pipelines.ingestion.store import RequestStore
+from bq_pipelines.runtime.monitoring import run_worker_pid
 from bq_pipelines_tests.api.stack import (
     AUTH,
     ApiStack,

@@ -19,10 +19,10 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from bq_pipelines.declarations import load_declarations
-from bq_pipelines.ingestion import ASSET_KEY, JOB_NAME, REQUEST_TAG
+from bq_pipelines.datasets.declarations import load_declarations
+from bq_pipelines.datasets.plans import collection_for
+from bq_pipelines.ingestion.definitions import ASSET_KEY, JOB_NAME, REQUEST_TAG
 from bq_pipelines.lib.stac import multihash_sha256
-from bq_pipelines.plans import collection_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.api.stack import (
     ApiStack,

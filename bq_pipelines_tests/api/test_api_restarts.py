@@ -117,7 +117,7 @@ def test_kill_9_of_the_daemon_between_acceptance_and_processing_runs_each_reques
 
 
 def test_make_api_on_the_embedded_defaults(tmp_path: Path, mirror: LocalHttpHost):
-    """`python -m bq_pipelines.api --with-daemon`, what `make api` runs: static catalog, local
+    """`python -m bq_pipelines.ingestion --with-daemon`, what `make api` runs: static catalog, local
     object store, SQLite request store. SIGTERM stops the API and its daemon."""
     home = tmp_path / "bq"
     ensure_collection(StaticCatalogPublisher(home / "catalog"), "local-collection")

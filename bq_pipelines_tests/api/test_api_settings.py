@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from bq_pipelines.api.__main__ import token_from_file
-from bq_pipelines.api.models import NewItem
-from bq_pipelines.api.processing import DEFAULT_COG, plan_request
-from bq_pipelines.declarations import load_declarations
+from bq_pipelines.datasets.declarations import load_declarations
+from bq_pipelines.ingestion.__main__ import token_from_file
+from bq_pipelines.ingestion.models import NewItem
+from bq_pipelines.ingestion.processing import DEFAULT_COG, plan_request
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.settings import ApiSettings, api_token
 from bq_pipelines_tests.dagster_processes import PROJECT_ROOT
@@ -75,7 +75,7 @@ def test_the_token_comes_from_the_environment_and_is_never_echoed():
 
 def test_the_server_refuses_to_start_without_a_token():
     result = subprocess.run(
-        [sys.executable, "-m", "bq_pipelines.api"],
+        [sys.executable, "-m", "bq_pipelines.ingestion"],
         env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
         cwd=PROJECT_ROOT,
         capture_output=True,

@@ -10,9 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bq_pipelines.api.store import MAX_ATTEMPTS, RequestStore
 from bq_pipelines.definitions import defs
-from bq_pipelines.ingestion import (
+from bq_pipelines.ingestion.definitions import (
     ASSET_KEY,
     ATTEMPT_TAG,
     COLLECTION_TAG,
@@ -23,6 +22,7 @@ from bq_pipelines.ingestion import (
     IngestionApiResource,
     run_config,
 )
+from bq_pipelines.ingestion.store import MAX_ATTEMPTS, RequestStore
 
 
 @pytest.fixture(scope="module")

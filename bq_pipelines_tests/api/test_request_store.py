@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bq_pipelines.api.database import create_engine
-from bq_pipelines.api.store import RequestStore
+from bq_pipelines.ingestion.database import create_engine
+from bq_pipelines.ingestion.store import RequestStore
 from bq_pipelines_tests.api.stack import request_database
 
 # The table of the first release, as it was created.

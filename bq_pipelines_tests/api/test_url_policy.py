@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from bq_pipelines.api.url_policy import SourcePolicy, address_problem, parse_prefix
+from bq_pipelines.ingestion.url_policy import SourcePolicy, address_problem, parse_prefix
 from bq_pipelines.lib.errors import SourceRefused
 
 MIRROR = "http://127.0.0.1:8190/mirror/"

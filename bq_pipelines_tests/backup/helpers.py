@@ -12,9 +12,9 @@ import dagster as dg
 import httpx
 import psycopg
 
-from bq_pipelines.backup_assets import BACKUP_JOB, backup_definitions
+from bq_pipelines.backup.assets import BACKUP_JOB, backup_definitions
 from bq_pipelines.lib.storage import S3ObjectStore, s3_client
-from bq_pipelines.resources import resources_for
+from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
 
 # --------------------------------------------------------------------------------- content

@@ -13,9 +13,7 @@ import dagster as dg
 import pystac
 import pytest
 
-from bq_pipelines.backup.dump import read_manifest
-from bq_pipelines.backup.manifest import BackupKey
-from bq_pipelines.backup_assets import (
+from bq_pipelines.backup.assets import (
     BACKUP_ASSET,
     BACKUP_JOB,
     BACKUP_PARTITIONS,
@@ -23,9 +21,11 @@ from bq_pipelines.backup_assets import (
     RESTORABLE_CHECK,
     backup_definitions,
 )
+from bq_pipelines.backup.dump import read_manifest
+from bq_pipelines.backup.manifest import BackupKey
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines.lib.storage import LocalObjectStore
-from bq_pipelines.resources import resources_for
+from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.backup.conftest import PgstacDatabases
 from bq_pipelines_tests.backup.helpers import (

@@ -11,9 +11,9 @@ import dagster as dg
 import pystac
 import pytest
 
+from bq_pipelines.backup.assets import BACKUP_ASSET
 from bq_pipelines.backup.dump import read_manifest
 from bq_pipelines.backup.manifest import BackupKey
-from bq_pipelines.backup_assets import BACKUP_ASSET
 from bq_pipelines.cli import main
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines.lib.storage import LocalObjectStore

@@ -24,9 +24,9 @@ import dagster as dg
 import pytest
 import redis
 
-from bq_pipelines.executors import worker_app
-from bq_pipelines.factory import DatasetKeys
-from bq_pipelines.resources import resources_for
+from bq_pipelines.orchestration.factory import DatasetKeys
+from bq_pipelines.orchestration.resources import resources_for
+from bq_pipelines.runtime.executors import worker_app
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests import backfill_location as location
 from bq_pipelines_tests.dagster_processes import (
@@ -161,7 +161,7 @@ def celery_stack(
         workers = {
             name: deployment.start(
                 "celery",
-                *("-A", "bq_pipelines.celery_worker", "worker", "-Q", "dagster"),
+                *("-A", "bq_pipelines.runtime.celery_worker", "worker", "-Q", "dagster"),
                 *("--concurrency", "1", "--hostname", f"{name}@%h", "--loglevel", "INFO"),
                 log_name=name,
                 # Its own staging folder: the workers share no disk.

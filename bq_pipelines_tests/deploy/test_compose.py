@@ -197,7 +197,7 @@ def test_the_tile_server_runs_in_the_stack_behind_nginx_only(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     tiler = services["tiler"]
-    assert tiler["command"][:2] == ["uvicorn", "bq_pipelines.tiler:app"]
+    assert tiler["command"][:2] == ["uvicorn", "bq_pipelines.runtime.tiler:app"]
     environment = tiler["environment"]
     assert environment["TITILER_PGSTAC_API_ROOT_PATH"] == "/tiler"
     assert environment["TITILER_PGSTAC_API_ENABLE_ASSETS_ENDPOINTS"] == "TRUE"

@@ -35,7 +35,7 @@ from bq_pipelines.lib.storage import (
     object_key,
     s3_client,
 )
-from bq_pipelines.resources import S3ObjectStoreResource
+from bq_pipelines.orchestration.resources import S3ObjectStoreResource
 from bq_pipelines_tests.fixtures.services import rasterio_s3_env
 from bq_pipelines_tests.rasters import RasterSpec, raster_values, write_raster
 

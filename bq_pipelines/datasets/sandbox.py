@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from bq_pipelines.declarations import Declaration, RenderedSource, Source
+from bq_pipelines.datasets.declarations import Declaration, RenderedSource, Source
+from bq_pipelines.datasets.plans import SourceLocations
 from bq_pipelines.lib import sources
 from bq_pipelines.lib.errors import ConfigError, SourceRefused
-from bq_pipelines.plans import SourceLocations
 
 ROOT_SETTING = "BQ_LOCAL_DATA_ROOT"
 

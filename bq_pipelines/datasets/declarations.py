@@ -22,19 +22,19 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bq_pipelines.lib import names
-from bq_pipelines.lib.cog import CogSettings
-from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.lib.preview import thumbnail_file_name
-from bq_pipelines.lib.stac import THUMBNAIL_ASSET
-from bq_pipelines.templates import (
+from bq_pipelines.datasets.templates import (
     TypedTemplate,
     as_typed,
     parse_datetime,
     render,
     render_property,
 )
-from bq_pipelines.templates import template_fields as _template_fields
+from bq_pipelines.datasets.templates import template_fields as _template_fields
+from bq_pipelines.lib import names
+from bq_pipelines.lib.cog import CogSettings
+from bq_pipelines.lib.errors import ConfigError
+from bq_pipelines.lib.preview import thumbnail_file_name
+from bq_pipelines.lib.stac import THUMBNAIL_ASSET
 
 STATIC_KEY_SEPARATOR = "__"
 FILES_DIMENSION = "file"

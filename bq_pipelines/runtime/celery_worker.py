@@ -1,4 +1,5 @@
-"""Entry point of the Celery workers: `celery -A bq_pipelines.celery_worker worker -Q dagster`.
+"""Entry point of the Celery workers:
+`celery -A bq_pipelines.runtime.celery_worker worker -Q dagster`.
 
 The app is built on first access (`app`), from the same settings as the code location's executor
 (`BQ_CELERY_BROKER_URL`, `BQ_CELERY_BACKEND_URL`, `BQ_CELERY_VISIBILITY_TIMEOUT`), so importing
@@ -13,7 +14,7 @@ from functools import cache
 
 from celery import Celery
 
-from bq_pipelines.executors import worker_app
+from bq_pipelines.runtime.executors import worker_app
 
 
 @cache

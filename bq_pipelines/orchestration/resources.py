@@ -18,6 +18,7 @@ from bq_pipelines.backup.pgstac import PgstacCatalog
 from bq_pipelines.backup.postgres import PgTools
 from bq_pipelines.backup.retention import RetentionPolicy
 from bq_pipelines.backup.static import StaticCatalog
+from bq_pipelines.datasets.plans import SourceLocations
 from bq_pipelines.lib.catalog import (
     API_RETRY,
     PgstacPublisher,
@@ -41,7 +42,6 @@ from bq_pipelines.lib.storage import (
     S3ObjectStore,
     s3_client,
 )
-from bq_pipelines.plans import SourceLocations
 from bq_pipelines.settings import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_PIXELS, Settings
 
 

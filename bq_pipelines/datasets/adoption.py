@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bq_pipelines.comparison import item_differences, planned_document
-from bq_pipelines.declarations import Declaration
+from bq_pipelines.datasets.comparison import item_differences, planned_document
+from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.plans import SourceLocations, plan_partition
 from bq_pipelines.lib.errors import PipelineError
 from bq_pipelines.lib.pipeline import ItemPlan, Services, fingerprint, probe_sources
 from bq_pipelines.lib.storage import object_key
-from bq_pipelines.plans import SourceLocations, plan_partition
 
 # The metadata an adopted partition's materializations carry (see the module docstring).
 ADOPTED = "adopted"

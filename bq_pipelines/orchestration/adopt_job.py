@@ -13,10 +13,11 @@ from typing import Any
 
 import dagster as dg
 
-from bq_pipelines.adoption import ADOPTED, ADOPTED_OBJECTS, MAX_REASONS, Assessment
-from bq_pipelines.adoption import assess_partition as assess
-from bq_pipelines.declarations import Declaration
-from bq_pipelines.keys import (
+from bq_pipelines.datasets.adoption import ADOPTED, ADOPTED_OBJECTS, MAX_REASONS, Assessment
+from bq_pipelines.datasets.adoption import assess_partition as assess
+from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.lib.pipeline import Services, settings_digest
+from bq_pipelines.orchestration.keys import (
     CODE_VERSION_TAG,
     DATASET_TAG,
     SETTINGS_DIGEST,
@@ -24,8 +25,7 @@ from bq_pipelines.keys import (
     keys_by_dimension,
     op_name,
 )
-from bq_pipelines.lib.pipeline import Services, settings_digest
-from bq_pipelines.resources import (
+from bq_pipelines.orchestration.resources import (
     CatalogResource,
     ObjectStoreResource,
     SourcesResource,

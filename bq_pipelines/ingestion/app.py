@@ -3,10 +3,10 @@
 `POST /newitem` checks the token, the body (422 naming the field), `stac_api_server` (400), the
 collection (404), the source URL against the operator's allowlist (a HEAD request follows every
 redirect hop under the same policy: 422), then stores the request and answers its id. Nothing is
-processed here: a Dagster sensor picks stored requests up (bq_pipelines/ingestion.py).
+processed here: a Dagster sensor picks stored requests up (bq_pipelines/ingestion/definitions.py).
 
-Run it with `python -m bq_pipelines.api` (or `make api`), or under any ASGI server:
-`uvicorn bq_pipelines.api.app:create_app --factory`.
+Run it with `python -m bq_pipelines.ingestion` (or `make api`), or under any ASGI server:
+`uvicorn bq_pipelines.ingestion.app:create_app --factory`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bq_pipelines.api.models import MAX_INT, Accepted, NewItem, Status, json_problem
-from bq_pipelines.api.store import IdempotencyKeyReused, RequestStore
-from bq_pipelines.api.url_policy import DEFAULT_PORTS, SourcePolicy
+from bq_pipelines.ingestion.models import MAX_INT, Accepted, NewItem, Status, json_problem
+from bq_pipelines.ingestion.store import IdempotencyKeyReused, RequestStore
+from bq_pipelines.ingestion.url_policy import DEFAULT_PORTS, SourcePolicy
 from bq_pipelines.lib import sources
 from bq_pipelines.lib.catalog import Publisher
 from bq_pipelines.lib.errors import PipelineError, SourceError, SourceRefused
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import RetryPolicy
-from bq_pipelines.resources import resources_for
+from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import ApiSettings, Settings, api_token
 
 logger = logging.getLogger(__name__)

@@ -13,13 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bq_pipelines.declarations import Declaration, LegacyDifference
+from bq_pipelines.datasets.declarations import Declaration, LegacyDifference
+from bq_pipelines.datasets.plans import SourceLocations, collection_for, plan_partition
+from bq_pipelines.datasets.templates import parse_datetime
 from bq_pipelines.lib import stac
 from bq_pipelines.lib.pipeline import ItemPlan
 from bq_pipelines.lib.preview import thumbnail_file_name
 from bq_pipelines.lib.storage import ObjectStore, object_key
-from bq_pipelines.plans import SourceLocations, collection_for, plan_partition
-from bq_pipelines.templates import parse_datetime
 
 # Fields computed from the data: a plan cannot know them, so they are never compared.
 COMPUTED_PREFIXES = ("proj:", "raster:", "file:", "eo:", "classification:")

@@ -1,4 +1,4 @@
-"""The ingestion API's requests as Dagster runs (the API itself is `bq_pipelines/api/`).
+"""The ingestion API's requests as Dagster runs (the API itself is `bq_pipelines/ingestion/`).
 
 - `ingestion_api/stac_item`: an asset whose run processes one stored request (its id in the
   run config) through the dataset pipeline's library steps; re-execute a run from the UI to
@@ -22,15 +22,15 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
-from bq_pipelines.api.models import NewItem
-from bq_pipelines.api.processing import geotiff_check, process_request
-from bq_pipelines.api.store import RequestStore, StoredRequest
-from bq_pipelines.api.url_policy import SourcePolicy
-from bq_pipelines.declarations import Declaration
-from bq_pipelines.keys import COG_VALID_CHECK, ITEM_VALID_CHECK
+from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.ingestion.models import NewItem
+from bq_pipelines.ingestion.processing import geotiff_check, process_request
+from bq_pipelines.ingestion.store import RequestStore, StoredRequest
+from bq_pipelines.ingestion.url_policy import SourcePolicy
 from bq_pipelines.lib.errors import CogError, PipelineError, StacValidationError
 from bq_pipelines.lib.sources import FetchLimits
-from bq_pipelines.resources import (
+from bq_pipelines.orchestration.keys import COG_VALID_CHECK, ITEM_VALID_CHECK
+from bq_pipelines.orchestration.resources import (
     CatalogResource,
     ObjectStoreResource,
     SourcesResource,

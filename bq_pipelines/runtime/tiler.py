@@ -1,5 +1,5 @@
 """The tile server of the catalog: titiler-pgstac's application as it ships, with one addition
-for mosaics. Served by `make services` and the stack (`uvicorn bq_pipelines.tiler:app`).
+for mosaics. Served by `make services` and the stack (`uvicorn bq_pipelines.runtime.tiler:app`).
 
 Our items key their COG asset by the item id (as the legacy catalog did), so no asset name is
 common to a collection's items, and titiler's mosaics select assets by name. Here every item

@@ -1,4 +1,4 @@
-"""`python -m bq_pipelines.api [--with-daemon]`: the ingestion API on BQ_API_HOST:BQ_API_PORT.
+"""`python -m bq_pipelines.ingestion [--with-daemon]`: the ingestion API on BQ_API_HOST:BQ_API_PORT.
 
 `--with-daemon` also runs `dagster-daemon` on the workspace, which processes the requests (its
 sensor starts one run per request): what `make api` runs. In production the daemon is a service
@@ -90,7 +90,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bq_pipelines.api", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bq_pipelines.ingestion", description=__doc__)
     parser.add_argument(
         "--with-daemon", action="store_true", help="also run dagster-daemon (processing)"
     )
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.with_daemon:
                 stack.enter_context(dagster_daemon(args.workspace))
             uvicorn.run(
-                "bq_pipelines.api.app:create_app",
+                "bq_pipelines.ingestion.app:create_app",
                 factory=True,
                 host=settings.host,
                 port=settings.port,

@@ -21,7 +21,7 @@ from bq_pipelines.backup.manifest import Manifest
 from bq_pipelines.backup.retention import RetentionPlan, RetentionPolicy, apply_retention
 from bq_pipelines.backup.verify import Verification, verify_backup
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.resources import CatalogBackupResource, ObjectStoreResource
+from bq_pipelines.orchestration.resources import CatalogBackupResource, ObjectStoreResource
 from bq_pipelines.settings import Settings
 
 BACKUP_ASSET = dg.AssetKey("catalog_backup")

@@ -30,8 +30,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from bq_pipelines.api.database import create_engine, lock_key
-from bq_pipelines.api.models import (
+from bq_pipelines.ingestion.database import create_engine, lock_key
+from bq_pipelines.ingestion.models import (
     GETCOLLECTION,
     PROCESS_FINISHED,
     RECEIVED,

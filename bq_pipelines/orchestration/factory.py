@@ -21,23 +21,11 @@ from typing import Any
 
 import dagster as dg
 
-from bq_pipelines.adopt_job import adopt_job
-from bq_pipelines.adoption import ADOPTED, ADOPTED_OBJECTS, adopted_drift
-from bq_pipelines.audit import audit
-from bq_pipelines.declarations import Declaration
-from bq_pipelines.keys import (
-    AUDIT_CHECK,
-    COG_VALID_CHECK,
-    DATASET_TAG,
-    ITEM_VALID_CHECK,
-    PARTITION_STEPS,
-    SETTINGS_DIGEST,
-    DatasetKeys,
-    collection_pool,
-    keys_by_dimension,
-    op_name,
-    partitions_definition,
-)
+from bq_pipelines.datasets.adoption import ADOPTED, ADOPTED_OBJECTS, adopted_drift
+from bq_pipelines.datasets.audit import audit
+from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.plans import SourceLocations, collection_for, plan_partition
+from bq_pipelines.datasets.sandbox import check_local_sources
 from bq_pipelines.lib import cog as cog_lib
 from bq_pipelines.lib import stac
 from bq_pipelines.lib.catalog import Publisher
@@ -58,16 +46,28 @@ from bq_pipelines.lib.pipeline import (
 )
 from bq_pipelines.lib.staging import run_staging
 from bq_pipelines.lib.words import plural
-from bq_pipelines.monitoring import die_with_run_worker
-from bq_pipelines.plans import SourceLocations, collection_for, plan_partition
-from bq_pipelines.previews import (
+from bq_pipelines.orchestration.adopt_job import adopt_job
+from bq_pipelines.orchestration.keys import (
+    AUDIT_CHECK,
+    COG_VALID_CHECK,
+    DATASET_TAG,
+    ITEM_VALID_CHECK,
+    PARTITION_STEPS,
+    SETTINGS_DIGEST,
+    DatasetKeys,
+    collection_pool,
+    keys_by_dimension,
+    op_name,
+    partitions_definition,
+)
+from bq_pipelines.orchestration.previews import (
     PREVIEW_MAX_ITEMS,
     collection_previews,
     coverage_map_key,
     partition_previews,
     store_coverage_map,
 )
-from bq_pipelines.resources import (
+from bq_pipelines.orchestration.resources import (
     CatalogResource,
     LocksResource,
     ObjectStoreResource,
@@ -75,14 +75,14 @@ from bq_pipelines.resources import (
     links_for,
     services_for,
 )
-from bq_pipelines.sandbox import check_local_sources
-from bq_pipelines.sensors import (
+from bq_pipelines.orchestration.sensors import (
     collection_automation_condition,
     reads_remote_sources,
     upstream_sensor,
 )
+from bq_pipelines.orchestration.status import dataset_status
+from bq_pipelines.runtime.monitoring import die_with_run_worker
 from bq_pipelines.settings import Settings
-from bq_pipelines.status import dataset_status
 
 logger = logging.getLogger(__name__)
 MAX_LISTED_ITEMS = 25

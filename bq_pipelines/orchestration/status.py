@@ -19,11 +19,16 @@ from typing import Any
 
 import dagster as dg
 
-from bq_pipelines.declarations import Declaration
-from bq_pipelines.keys import CODE_VERSION_TAG, SETTINGS_DIGEST, DatasetKeys, keys_by_dimension
+from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.plans import SourceLocations, plan_partition
 from bq_pipelines.lib.pipeline import ItemPlan, settings_digest
 from bq_pipelines.lib.words import plural
-from bq_pipelines.plans import SourceLocations, plan_partition
+from bq_pipelines.orchestration.keys import (
+    CODE_VERSION_TAG,
+    SETTINGS_DIGEST,
+    DatasetKeys,
+    keys_by_dimension,
+)
 
 SHOWN = 5
 KINDS = ("published", "missing", "failed", "stale", "adopted")

@@ -21,7 +21,8 @@ import pystac
 import rasterio
 from rasterio.errors import RasterioError
 
-from bq_pipelines.api.models import (
+from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.ingestion.models import (
     CREATEPYSTACITEM,
     GETCOLLECTION,
     GETITEMFILE,
@@ -29,7 +30,6 @@ from bq_pipelines.api.models import (
     UPLOAD_COG_TO_SERVER,
     NewItem,
 )
-from bq_pipelines.declarations import Declaration
 from bq_pipelines.lib import stac, tiff
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import CatalogError, SourceRefused

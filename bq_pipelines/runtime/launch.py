@@ -31,10 +31,10 @@ from typing import Any, Protocol
 import dagster as dg
 import yaml
 
-from bq_pipelines.declarations import Declaration
-from bq_pipelines.keys import DatasetKeys, op_name
+from bq_pipelines.datasets.declarations import Declaration
 from bq_pipelines.lib.errors import PipelineError
-from bq_pipelines.monitoring import fail_if_worker_gone
+from bq_pipelines.orchestration.keys import DatasetKeys, op_name
+from bq_pipelines.runtime.monitoring import fail_if_worker_gone
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pystac
 
-from bq_pipelines.declarations import (
+from bq_pipelines.datasets.declarations import (
     FILES_DIMENSION,
     STATIC_KEY_SEPARATOR,
     CogOptions,
@@ -25,13 +25,13 @@ from bq_pipelines.declarations import (
     RenderedSource,
     Variant,
 )
+from bq_pipelines.datasets.templates import render
 from bq_pipelines.lib import sources, stac
 from bq_pipelines.lib.catalog import CollectionContent
 from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.cube import CubeError, cube_entity_names
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.lib.pipeline import ItemPlan, SourceRef
-from bq_pipelines.templates import render
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ from collections.abc import Callable, Sequence
 
 import dagster as dg
 
-from bq_pipelines.declarations import Declaration
-from bq_pipelines.keys import DATASET_TAG, DatasetKeys, keys_by_dimension, op_name
+from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.plans import plan_partition
 from bq_pipelines.lib import sources as source_files
 from bq_pipelines.lib.errors import PipelineError, SourceError
 from bq_pipelines.lib.pipeline import ItemPlan, fingerprint
 from bq_pipelines.lib.retry import RetryPolicy
-from bq_pipelines.plans import plan_partition
-from bq_pipelines.resources import SourcesResource
+from bq_pipelines.orchestration.keys import DATASET_TAG, DatasetKeys, keys_by_dimension, op_name
+from bq_pipelines.orchestration.resources import SourcesResource
 
 UPSTREAM_SENSOR_INTERVAL_SECONDS = 3600
 MAX_PARTITIONS_PER_TICK = 20

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from bq_pipelines.api.url_policy import parse_url
+from bq_pipelines.ingestion.url_policy import parse_url
 from bq_pipelines.lib import names
 
 MAX_URL_LENGTH = 2048
