@@ -302,7 +302,7 @@ def bench_small(repeat: int) -> None:
     log.info("| input | file | gdal COG | ours | ours/gdal | validate | describe |")
     log.info("|---|---|---|---|---|---|---|")
     ratios: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp, rasterio.Env(**cog._GDAL_CONFIG):
+    with tempfile.TemporaryDirectory() as tmp, rasterio.Env(**cog.GDAL_CONFIG):
         work = Path(tmp)
         for name, (spec, categorical) in SMALL_CASES.items():
             source = write_raster(work / "in.tif", spec)
