@@ -15,11 +15,11 @@ import dagster as dg
 import httpx
 import pytest
 
-from bq_pipelines.lib import preview
 from bq_pipelines.orchestration.factory import DatasetKeys
 from bq_pipelines.runtime.browse import browse_roots, make_server
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.demo import demo_declaration
+from bq_pipelines_tests.pngs import png_pixels
 from bq_pipelines_tests.runs import latest_metadata, run_dataset
 
 
@@ -70,7 +70,7 @@ def test_links_open_from_the_ui_with_a_browse_url(home: dict[str, str], browse_u
     thumbnail = metadata["thumbnail_href"]
     assert thumbnail == f"{browse_url}/objects/io/demo-browse/demo_landcover.tif.thumbnail.png"
     assert metadata["thumbnail"] == f"[![thumbnail of demo_landcover]({thumbnail})]({thumbnail})"
-    assert preview.decode_png(httpx.get(thumbnail).content).shape[2] == 4
+    assert png_pixels(httpx.get(thumbnail).content).shape[2] == 4
     href = latest_metadata(instance, keys.step("object"), "landcover")["href"]
     assert href == f"{browse_url}/objects/io/demo-browse/demo_landcover.tif"
     assert httpx.get(href).content[:4] == b"II*\x00"  # the COG itself
@@ -95,4 +95,4 @@ def test_without_a_browse_url_links_stay_files_and_pictures_are_embedded(
     assert metadata["item_url"].startswith("file://")
     embedded = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", metadata["thumbnail"])
     assert embedded is not None
-    assert preview.decode_png(base64.b64decode(embedded.group(1))).shape[2] == 4
+    assert png_pixels(base64.b64decode(embedded.group(1))).shape[2] == 4

@@ -15,9 +15,11 @@ from bq_pipelines.datasets.declarations import Declaration, parse_declaration
 from bq_pipelines.datasets.demo import DEMO_LAYERS, LANDCOVER_CLASSES
 from bq_pipelines.lib import preview, stac, tiles
 from bq_pipelines.lib.hashing import sha256_file
+from bq_pipelines.lib.preview.thumbnails import colour_ramp
 from bq_pipelines.lib.storage import ObjectOwner
 from bq_pipelines.orchestration.factory import DatasetKeys
 from bq_pipelines_tests.fixtures.demo import demo_data
+from bq_pipelines_tests.pngs import png_pixels
 from bq_pipelines_tests.runs import (
     audit_dataset,
     built_services,
@@ -60,7 +62,7 @@ def test_thumbnails_in_store_items_and_metadata_on_services(
         assert body["ContentType"] == "image/png"
         assert body["Metadata"]["bq-owner"] == f"{dataset.id}/demo_{layer}"
         assert asset.extra_fields["file:size"] == len(png)
-        pixels = preview.decode_png(png)
+        pixels = png_pixels(png)
         assert pixels.shape == (171, 256, 4)  # 600 x 400 px rasters
         thumbnails[layer] = pixels
 
@@ -87,7 +89,7 @@ def test_thumbnails_in_store_items_and_metadata_on_services(
     assert (landcover[:15, :23, 3] == 0).all()  # 40 x 60 source pixels of nodata
     temperature = thumbnails["temperature"]
     assert (temperature[-10:, -20:, 3] == 0).all()  # 30 x 50 NaN
-    ramp = set(preview._ramp())
+    ramp = set(colour_ramp())
     assert {tuple(int(c) for c in p) for p in temperature[temperature[..., 3] == 255]} <= ramp
 
     [record] = instance.fetch_materializations(keys.collection, limit=1).records
@@ -97,7 +99,7 @@ def test_thumbnails_in_store_items_and_metadata_on_services(
     coverage_href = f"{service_settings.public_base_url}/{coverage_key}"
     assert collection["coverage_map"].startswith(f"[![coverage map]({coverage_href})]")
     assert len(collection["coverage_map"]) < 1000 and "3 items" in collection["coverage_map"]
-    coverage = preview.decode_png(httpx.get(coverage_href).content)  # public, like the COGs
+    coverage = png_pixels(httpx.get(coverage_href).content)  # public, like the COGs
     colours = {tuple(int(c) for c in p) for p in coverage[..., :3].reshape(-1, 3)}
     assert {preview.LAND_COLOUR, preview.SEA_COLOUR} <= colours  # southern Québec, the sea
     assert len(colours - {preview.LAND_COLOUR, preview.SEA_COLOUR}) > 3  # footprints

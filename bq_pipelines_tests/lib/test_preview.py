@@ -11,6 +11,8 @@ import pytest
 import rasterio
 
 from bq_pipelines.lib import cog, preview
+from bq_pipelines.lib.preview import png, thumbnails
+from bq_pipelines_tests.pngs import png_image, png_pixels
 from bq_pipelines_tests.rasters import BandMetadata, RasterSpec, raster_valid, write_raster
 
 TABLE = {v: (v * 20, 255 - v * 20, (v * 50) % 256, 255) for v in range(12)}
@@ -46,10 +48,11 @@ def test_categorical_with_colour_table_uses_its_colours_and_nodata_is_transparen
         metadata=BandMetadata(colormap=TABLE),
     )
     thumbnail = preview.render_thumbnail(make_cog(tmp_path, spec, categorical=True))
-    pixels = preview.decode_png(thumbnail.png)
+    pixels = png_pixels(thumbnail.png)
     assert (thumbnail.width, thumbnail.height) == (256, 171)
     assert pixels.shape == (171, 256, 4)
     assert thumbnail.style == "colour table"
+    assert png_image(thumbnail.png).mode == "P"  # a palette PNG, its nodata entry transparent
     # Every class of the raster (1..11) in its table colour, nothing else.
     assert colours(pixels) == {TABLE[v] for v in range(1, 12)}
     assert_corner_transparent(pixels, spec)
@@ -58,9 +61,9 @@ def test_categorical_with_colour_table_uses_its_colours_and_nodata_is_transparen
 def test_categorical_without_colour_table_gets_the_fixed_palette_by_value(tmp_path):
     spec = RasterSpec(dtype="int16", categorical=True, nodata=-1, width=400, height=300)
     thumbnail = preview.render_thumbnail(make_cog(tmp_path, spec, True), categorical=True)
-    pixels = preview.decode_png(thumbnail.png)
+    pixels = png_pixels(thumbnail.png)
     assert thumbnail.style == "palette"
-    palette = preview._CATEGORY_PALETTE
+    palette = thumbnails.CATEGORY_PALETTE
     assert colours(pixels) == {(*palette[v % len(palette)], 255) for v in range(1, 12)}
     assert_corner_transparent(pixels, spec)
 
@@ -76,7 +79,7 @@ def test_categorical_classes_with_colour_hints_use_them(tmp_path):
     )
     thumbnail = preview.render_thumbnail(make_cog(tmp_path, spec, True), categorical=True)
     assert thumbnail.style == "class colours"
-    assert colours(preview.decode_png(thumbnail.png)) == {(*rgb[v], 255) for v in range(1, 12)}
+    assert colours(png_pixels(thumbnail.png)) == {(*rgb[v], 255) for v in range(1, 12)}
 
 
 @pytest.mark.parametrize(
@@ -91,15 +94,15 @@ def test_categorical_classes_with_colour_hints_use_them(tmp_path):
 )
 def test_continuous_is_stretched_over_the_ramp_with_nodata_transparent(tmp_path, spec):
     thumbnail = preview.render_thumbnail(make_cog(tmp_path, spec))
-    pixels = preview.decode_png(thumbnail.png)
-    assert thumbnail.style == "stretch"
+    pixels = png_pixels(thumbnail.png)
+    assert thumbnail.style == "stretch" and png_image(thumbnail.png).mode == "P"
     assert max(thumbnail.width, thumbnail.height) == min(256, max(spec.width, spec.height))
     assert pixels.shape == (thumbnail.height, thumbnail.width, 4)
-    ramp = set(preview._ramp())
+    ramp = set(thumbnails.colour_ramp())
     found = colours(pixels)
     assert found <= ramp
     # The 2-98 % stretch reaches both ends of the ramp and many levels between.
-    assert {preview._ramp()[0], preview._ramp()[-1]} <= found and len(found) > 50
+    assert {thumbnails.colour_ramp()[0], thumbnails.colour_ramp()[-1]} <= found and len(found) > 50
     assert_corner_transparent(pixels, spec)
 
 
@@ -107,8 +110,9 @@ def test_three_uint8_bands_are_rgb(tmp_path):
     spec = RasterSpec(dtype="uint8", count=3, nodata=0, width=256, height=128)
     path = make_cog(tmp_path, spec)
     thumbnail = preview.render_thumbnail(path)
-    pixels = preview.decode_png(thumbnail.png)
+    pixels = png_pixels(thumbnail.png)
     assert thumbnail.style == "rgb" and pixels.shape == (128, 256, 4)
+    assert png_image(thumbnail.png).mode == "RGBA"
     with rasterio.open(path) as src:
         expected = np.moveaxis(src.read(), 0, -1)
     valid = raster_valid(spec)
@@ -135,7 +139,24 @@ def test_an_all_nodata_cog_gives_a_transparent_thumbnail(tmp_path):
         dst.write(np.zeros((1, 32, 64), "uint8"))
     thumbnail = preview.render_thumbnail(path)
     assert thumbnail.style == "empty"
-    assert (preview.decode_png(thumbnail.png)[..., 3] == 0).all()
+    assert (png_pixels(thumbnail.png)[..., 3] == 0).all()
+
+
+def test_a_palette_png_holds_its_palette_and_transparency():
+    palette = [(0, 0, 0, 0), (255, 0, 0, 255), (0, 128, 255, 100), *thumbnails.colour_ramp()[:253]]
+    indexes = np.arange(7 * 40).reshape(7, 40) % len(palette)
+    data = png.palette_png(indexes.astype(np.uint8), palette)
+    image = png_image(data)
+    assert image.mode == "P" and image.size == (40, 7)
+    np.testing.assert_array_equal(png_pixels(data), np.array(palette, np.uint8)[indexes])
+
+
+def test_an_rgba_png_holds_its_pixels_and_the_same_pixels_give_the_same_bytes():
+    rgba = np.random.default_rng(7).integers(0, 256, (33, 65, 4), dtype=np.uint8)
+    data = png.rgba_png(rgba)
+    assert png_image(data).mode == "RGBA"
+    np.testing.assert_array_equal(png_pixels(data), rgba)
+    assert png.rgba_png(rgba.copy()) == data  # a re-run stores nothing new
 
 
 def test_thumbnail_file_name_is_beside_its_cog():
@@ -162,8 +183,9 @@ def test_coverage_map_draws_footprints_weighted_by_overlap():
     west, south, east, north = coverage.bounds
     assert west <= -75 and east >= -55 and south <= 40 and north >= 50
     assert max(coverage.width, coverage.height) == preview.COVERAGE_MAX_SIDE
-    pixels = preview.decode_png(coverage.png)
+    pixels = png_pixels(coverage.png)
     assert pixels.shape == (coverage.height, coverage.width, 4)
+    assert (pixels[..., 3] == 255).all()  # an opaque map
 
     def at(lon, lat):
         column = int((lon - west) / (east - west) * coverage.width)
@@ -183,7 +205,7 @@ def test_coverage_map_shows_land_and_sea_under_a_footprint():
     coverage = preview.coverage_map([item((-80, 40, -50, 55))])
     assert coverage is not None
     west, south, east, north = coverage.bounds
-    pixels = preview.decode_png(coverage.png)
+    pixels = png_pixels(coverage.png)
 
     def at(lon, lat):
         column = int((lon - west) / (east - west) * coverage.width)
