@@ -25,8 +25,10 @@ from bq_pipelines.lib.errors import StacValidationError
 
 logger = logging.getLogger(__name__)
 
-# Schemas shipped inside the package (see stac_schemas/README.md), laid out like the override
-# folder: `<name>/<version>/schema.json`, and PROJ's `proj/<version>/projjson.schema.json`.
+# Schemas shipped inside the package, in `bq_pipelines.lib` (package data, see the folder's
+# README), laid out like the override folder: `<name>/<version>/schema.json`, and PROJ's
+# `proj/<version>/projjson.schema.json`.
+SHIPPED_SCHEMAS_PACKAGE = "bq_pipelines.lib"
 SHIPPED_SCHEMAS = "stac_schemas"
 _PROJJSON_FILE = "projjson.schema.json"
 _PROJJSON_SHIPPED_VERSION = "v0.7"
@@ -91,7 +93,7 @@ def _offline_only(uri: str) -> Any:
 @functools.cache
 def _schema_set(override: Path | None) -> _SchemaSet:
     """Core schemas (pystac's), the shipped ones, then the override folder's on top."""
-    shipped = _folder_schemas(importlib.resources.files("bq_pipelines.lib") / SHIPPED_SCHEMAS)
+    shipped = _folder_schemas(importlib.resources.files(SHIPPED_SCHEMAS_PACKAGE) / SHIPPED_SCHEMAS)
     schemas = {**get_local_schema_cache(), **_projjson_aliases(shipped), **shipped}
     origin = "the schemas shipped in bq_pipelines/lib/stac_schemas"
     if override is not None:
