@@ -37,6 +37,7 @@ from rio_cogeo.profiles import cog_profiles  # noqa: E402
 from bq_pipelines.lib import stac  # noqa: E402
 from bq_pipelines.lib.errors import StacValidationError  # noqa: E402
 from bq_pipelines.lib.hashing import sha256_bytes  # noqa: E402
+from bq_pipelines.lib.stac import validation  # noqa: E402
 from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
 
 
@@ -71,7 +72,7 @@ class PythonJsonschema:
 
     def __init__(self) -> None:
         # The very schemas ours compiles (core + shipped), so only the validator differs.
-        schemas = stac._schema_set(None).schemas
+        schemas = validation._schema_set(None).schemas
         registry = Registry().with_resources(  # type: ignore[call-arg]
             (uri, Resource.from_contents(schema)) for uri, schema in schemas.items()
         )
@@ -88,7 +89,9 @@ class PythonJsonschema:
 
     def validate(self, item: dict[str, Any]) -> None:
         stac_dict = json.loads(json.dumps(item))
-        self.check(stac_dict, [stac._core_schema_uri(stac_dict), *stac_dict["stac_extensions"]])
+        self.check(
+            stac_dict, [validation._core_schema_uri(stac_dict), *stac_dict["stac_extensions"]]
+        )
 
 
 def ms_per_call(function: Callable[[], object], count: int) -> float:
@@ -106,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         item = mammals_item(Path(tmp))
-    uris = [stac._core_schema_uri(item), *item["stac_extensions"]]
+    uris = [validation._core_schema_uri(item), *item["stac_extensions"]]
     baseline = PythonJsonschema()
 
     broken = json.loads(json.dumps(item))
@@ -121,15 +124,15 @@ def main() -> None:
             raise SystemExit(f"{name} accepted an item with a numeric proj:code")
 
     start = time.perf_counter()
-    stac._validator.cache_clear()
-    stac._schema_set.cache_clear()
+    validation._validator.cache_clear()
+    validation._schema_set.cache_clear()
     stac.validate(item)
     first_ms = (time.perf_counter() - start) * 1000
 
     ours = ms_per_call(lambda: stac.validate(item), args.items)
     theirs = ms_per_call(lambda: baseline.validate(item), args.baseline_items)
     ours_checks = ms_per_call(
-        lambda: [stac._check_against(item, uri, None) for uri in uris], args.items
+        lambda: [validation._check_against(item, uri, None) for uri in uris], args.items
     )
     theirs_checks = ms_per_call(lambda: baseline.check(item, uris), args.baseline_items)
 

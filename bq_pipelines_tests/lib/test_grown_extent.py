@@ -1,4 +1,4 @@
-"""lib/stac.py grown_extent: a collection's extent grown item by item (the ingestion API)."""
+"""lib/stac/collection.py grown_extent: an extent grown item by item (the ingestion API)."""
 
 from __future__ import annotations
 
