@@ -39,8 +39,8 @@ from bq_pipelines.lib.storage import (
     STORE_RETRY,
     LocalObjectStore,
     ObjectStore,
+    S3Clients,
     S3ObjectStore,
-    s3_client,
 )
 from bq_pipelines.settings import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_PIXELS, Settings
 
@@ -82,7 +82,7 @@ class S3ObjectStoreResource(ObjectStoreResource):
     retry_budget_seconds: float = STORE_RETRY.budget_seconds or 150.0
 
     def store(self) -> ObjectStore:
-        client = s3_client(
+        client = S3Clients(
             self.endpoint_url,
             self.region_name,
             self.aws_access_key_id,

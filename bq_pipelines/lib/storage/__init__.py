@@ -55,6 +55,7 @@ from bq_pipelines.lib.storage.s3_client import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_READ_TIMEOUT_S,
+    S3Clients,
     is_transient_s3_error,
     s3_client,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "LocalObjectStore",
     "ObjectOwner",
     "ObjectStore",
+    "S3Clients",
     "S3ObjectStore",
     "StoredObject",
     "check_owner",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
@@ -38,7 +38,12 @@ from bq_pipelines.lib.storage.checksums import (
     file_checksums,
 )
 from bq_pipelines.lib.storage.keys import url_join, validate_key, validate_sha256
-from bq_pipelines.lib.storage.s3_client import is_not_found, is_transient_s3_error, s3_reason
+from bq_pipelines.lib.storage.s3_client import (
+    S3Clients,
+    is_not_found,
+    is_transient_s3_error,
+    s3_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +74,7 @@ class S3ObjectStore(ObjectStore):
 
     def __init__(
         self,
-        client: BaseClient,
+        client: S3Clients | BaseClient,
         bucket: str,
         base_url: str | None = None,
         *,
@@ -84,13 +89,19 @@ class S3ObjectStore(ObjectStore):
                 f"multipart_chunk_bytes={multipart_chunk_bytes}: S3 parts must be at least "
                 f"{S3_MIN_PART_BYTES} bytes"
             )
-        self.client = client
+        # A client built elsewhere is used as it is (its own attempts and timeouts); `S3Clients`
+        # are fitted to what remains of each operation's budget.
+        self.clients = client if isinstance(client, S3Clients) else None
+        self.client = client.client if isinstance(client, S3Clients) else client
         self.bucket = bucket
         self.base_url = base_url
         self.public_read = public_read
         self.transfer_config = TransferConfig(
             multipart_threshold=multipart_threshold_bytes,
             multipart_chunksize=multipart_chunk_bytes,
+            # A stalled download is redone by our retry, within the budget: s3transfer's own 5
+            # attempts would multiply it.
+            num_download_attempts=1,
         )
         self.single_put_max_bytes = min(single_put_max_bytes, SINGLE_PUT_MAX_BYTES)
         self.retry = retry
@@ -99,15 +110,19 @@ class S3ObjectStore(ObjectStore):
     def _error(self, action: str, key: str, exc: Exception) -> StorageError:
         return StorageError(f"S3 {action} s3://{self.bucket}/{key} failed: {s3_reason(exc)}")
 
-    def _retrying(self, action: str, key: str, operation: Callable[[], T]) -> T:
-        """`operation` retried on transient errors within the budget; errors propagate as is."""
+    def _retrying(self, action: str, key: str, operation: Callable[[BaseClient], T]) -> T:
+        """`operation(client)` retried on transient errors within the budget, each attempt with
+        a client whose calls end within what remains of it; errors propagate as is."""
         return with_retries(
-            operation,
+            lambda deadline: operation(self._client_within(deadline.remaining())),
             policy=self.retry,
             is_transient=is_transient_s3_error,
             describe=f"S3 {action} s3://{self.bucket}/{key}",
             outage=self.outage,
         )
+
+    def _client_within(self, seconds: float | None) -> BaseClient:
+        return self.client if self.clients is None else self.clients.within(seconds)
 
     def _metadata(
         self, sha256: str, owner: ObjectOwner | None, expected: ExpectedChecksums
@@ -202,7 +217,7 @@ class S3ObjectStore(ObjectStore):
             self._retrying(
                 "upload",
                 key,
-                lambda: self.client.upload_file(
+                lambda client: client.upload_file(
                     str(path), self.bucket, key, ExtraArgs=extra_args, Config=config
                 ),
             )
@@ -243,7 +258,7 @@ class S3ObjectStore(ObjectStore):
             self._retrying(
                 "copy",
                 key,
-                lambda: self.client.copy_object(
+                lambda client: client.copy_object(
                     CopySource=source, Bucket=self.bucket, Key=key, **extra_args
                 ),
             )
@@ -295,7 +310,7 @@ class S3ObjectStore(ObjectStore):
             head: dict[str, Any] = self._retrying(
                 "head",
                 key,
-                lambda: self.client.head_object(
+                lambda client: client.head_object(
                     Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
                 ),
             )
@@ -327,7 +342,8 @@ class S3ObjectStore(ObjectStore):
             # Multipart above the threshold; s3transfer reads a non-seekable stream chunk by
             # chunk, so memory holds a few parts, never the whole object. A reader that raises
             # aborts the upload: S3 then keeps no object (or the previous one) under `key`.
-            self.client.upload_fileobj(
+            # One attempt (a stream is read once), its botocore retries within the budget.
+            self._client_within(self.retry.budget_seconds).upload_fileobj(
                 reader,
                 self.bucket,
                 key,
@@ -337,7 +353,7 @@ class S3ObjectStore(ObjectStore):
             self._retrying(
                 "upload",
                 sidecar,
-                lambda: self.client.put_object(
+                lambda client: client.put_object(
                     Bucket=self.bucket,
                     Key=sidecar,
                     Body=sha256_line(reader.sha256, key).encode("ascii"),
@@ -358,11 +374,16 @@ class S3ObjectStore(ObjectStore):
     def download(self, key: str, path: Path) -> Path:
         validate_key(key)
 
-        def fetch(handle: BinaryIO) -> None:
-            self.client.download_fileobj(self.bucket, key, handle, Config=self.transfer_config)
+        def fetch(client: BaseClient) -> None:
+            write_atomically(
+                path,
+                lambda handle: client.download_fileobj(
+                    self.bucket, key, handle, Config=self.transfer_config
+                ),
+            )
 
         try:
-            self._retrying("download", key, lambda: write_atomically(path, fetch))
+            self._retrying("download", key, fetch)
         except ClientError as exc:
             if is_not_found(exc):
                 raise StorageError(
@@ -379,7 +400,7 @@ class S3ObjectStore(ObjectStore):
             body: bytes = self._retrying(
                 "get",
                 key,
-                lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(),
+                lambda client: client.get_object(Bucket=self.bucket, Key=key)["Body"].read(),
             )
             return body
         except ClientError as exc:
@@ -392,7 +413,7 @@ class S3ObjectStore(ObjectStore):
     def _bucket_exists(self) -> bool:
         """Tells "no such key" from "no such bucket" after a body-less 404 on HEAD."""
         try:
-            self._retrying("head bucket", "", lambda: self.client.head_bucket(Bucket=self.bucket))
+            self._retrying("head bucket", "", lambda client: client.head_bucket(Bucket=self.bucket))
         except ClientError as exc:
             if is_not_found(exc):
                 return False
@@ -402,8 +423,8 @@ class S3ObjectStore(ObjectStore):
         return True
 
     def list_keys(self, prefix: str) -> list[str]:
-        def listing() -> list[str]:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
+        def listing(client: BaseClient) -> list[str]:
+            pages = client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix
             )
             return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
@@ -420,7 +441,7 @@ class S3ObjectStore(ObjectStore):
             response = self._retrying(
                 "delete",
                 key,
-                lambda: self.client.delete_objects(
+                lambda client: client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
                 ),
             )
