@@ -65,9 +65,9 @@ class LocalObjectStoreResource(ObjectStoreResource):
 class S3ObjectStoreResource(ObjectStoreResource):
     """An S3 (or S3-compatible) bucket; credentials via EnvVar.
 
-    The client is the project's one configuration (`lib.storage.s3_client`: botocore's
+    The client is the project's one configuration (`lib.storage.S3Clients`: botocore's
     standard retries, short timeouts), the one the tests use too; each operation is retried
-    within `retry_budget_seconds`.
+    within `retry_budget_seconds`, botocore's attempts and timeouts fitted inside it.
     """
 
     bucket: str

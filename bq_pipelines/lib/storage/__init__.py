@@ -15,9 +15,10 @@ never metadata a client could copy onto other bytes: S3's own SHA-256 checksum o
 (uploads ask for one; `checksums.py`), or, on the local store, a sidecar written after
 its file's last change (a file whose size, mtime or ctime changed since is hashed again).
 
-S3 operations are retried within a total time budget (`STORE_RETRY`) on top of botocore's
-standard retry mode, with short connect/read timeouts: an outage of a minute or two is ridden
-out, a dead endpoint fails in one budget.
+S3 operations are retried within a total time budget (`STORE_RETRY`), a deadline for each
+attempt: botocore's standard retry mode and its connect/read timeouts are fitted inside what
+remains (`S3Clients`). An outage of a minute or two is ridden out, a dead endpoint fails in one
+budget.
 
 Hrefs (what STAC items point at):
 - with a `base_url`, both stores give `<base_url>/<url-quoted key>`;

@@ -64,12 +64,13 @@ class S3ObjectStore(ObjectStore):
 
     Every upload asks S3 for its SHA-256 checksum; `stat` (one HEAD, `ChecksumMode` on) gives
     the sha256 S3 vouches for, never the metadata's alone (`checksums.py`). The owner
-    and the sha256 are metadata (`x-amz-meta-bq-owner`, `x-amz-meta-sha256`). Every request is
-    retried by the client (see `s3_client`), and each operation again within `retry`'s time
-    budget; after one operation spent its whole budget, the next ones try once until one
-    succeeds (`Outage`). A file is one PUT up to `single_put_max_bytes` (S3's 5 GiB: its
-    checksum is then the whole file's), multipart above; a stream is multipart above
-    `multipart_threshold_bytes`.
+    and the sha256 are metadata (`x-amz-meta-bq-owner`, `x-amz-meta-sha256`). Each operation
+    is retried within `retry`'s time budget; given `S3Clients`, each attempt's client has
+    botocore's attempts and timeouts fitted to what remains of it (botocore's retries inside
+    the budget, not on top of it); a client built elsewhere is used as it is. After one
+    operation spent its whole budget, the next ones try once until one succeeds (`Outage`).
+    A file is one PUT up to `single_put_max_bytes` (S3's 5 GiB: its checksum is then the whole
+    file's), multipart above; a stream is multipart above `multipart_threshold_bytes`.
     """
 
     def __init__(
