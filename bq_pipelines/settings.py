@@ -390,7 +390,6 @@ MIN_TOKEN_LENGTH = 16
 # `make dev` and `make ui` listen on BQ_UI_PORT; the API links its runs there by default.
 UI_PORT_ENV = "BQ_UI_PORT"
 DEFAULT_UI_PORT = 3000
-Port = Annotated[Count, _number(0, 1, 65535)]
 
 
 def _database_url(url: str | None) -> str | None:
@@ -430,7 +429,9 @@ class ApiSettings(_EnvSettings):
     max_download_bytes: Annotated[Count, _number(4 * 1024**3, 1, MAX_COUNT)] = 4 * 1024**3
     download_timeout_seconds: Annotated[float, _number(1800.0, 1, 7 * 86400)] = 1800.0
     max_pixels: Annotated[Count, _number(4_000_000_000, 1, MAX_COUNT)] = 4_000_000_000
-    ui_port: Annotated[Port, Field(validation_alias=UI_PORT_ENV, repr=False)] = DEFAULT_UI_PORT
+    ui_port: Annotated[Count, _number(DEFAULT_UI_PORT, 1, 65535)] = Field(
+        default=DEFAULT_UI_PORT, validation_alias=UI_PORT_ENV, repr=False
+    )
     dagster_ui_url: Annotated[str, AfterValidator(_checked_url)] = Field(
         default=f"http://127.0.0.1:{DEFAULT_UI_PORT}", validation_alias="BQ_DAGSTER_UI_URL"
     )
@@ -455,16 +456,9 @@ class ApiSettings(_EnvSettings):
         return data
 
 
-def local_ui_url(env: Mapping[str, str]) -> str:
-    """The Dagster UI that `make dev`/`make ui` serve on this machine (port BQ_UI_PORT)."""
-    try:
-        return _local_ui_url(env.get(UI_PORT_ENV, ""))
-    except ValueError as error:
-        raise ConfigError(f"{UI_PORT_ENV}: {error}") from None
-
-
 def _local_ui_url(port: object) -> str:
-    """ValueError for a bad port; the field `ui_port` reports it with its variable."""
+    """The Dagster UI `make dev`/`make ui` serve on this machine (port BQ_UI_PORT); ValueError
+    for a bad port (the field `ui_port` reports it with its variable)."""
     number = port if isinstance(port, int) else _in_range(str(port), DEFAULT_UI_PORT, 1, 65535)
     return f"http://127.0.0.1:{int(number)}"
 
