@@ -10,6 +10,9 @@ XDIST := -n $(TEST_WORKERS) --dist loadfile
 # `dg` runs in the project's virtual environment (it warns when another one is active).
 DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg
 export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
+# Batched event writes in every Dagster process make starts (UI, daemon, their runs and steps):
+# Dagster reads it from the environment only (bq_pipelines/runtime/event_batching.py).
+export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
 .PHONY: install install-dev deploy-tools bench-tools deploy-check demo test pytest services services-down dev ui api browse lint check-defs format bench clean
 

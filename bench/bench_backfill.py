@@ -45,8 +45,11 @@ from psycopg import sql  # noqa: E402
 
 from bq_pipelines.datasets.plans import collection_for, plan_partition  # noqa: E402
 from bq_pipelines.lib.pipeline import fingerprint, probe_sources, run_items  # noqa: E402
-from bq_pipelines.orchestration.factory import EVENT_BATCH_SIZE_ENV  # noqa: E402
 from bq_pipelines.orchestration.resources import resources_for, services_for  # noqa: E402
+from bq_pipelines.runtime.event_batching import (  # noqa: E402
+    EVENT_BATCH_SIZE,
+    EVENT_BATCH_SIZE_ENV,
+)
 from bq_pipelines.runtime.launch import materialize  # noqa: E402
 from bq_pipelines.settings import Settings  # noqa: E402
 from bq_pipelines_tests import backfill_location as location  # noqa: E402
@@ -190,7 +193,7 @@ def main() -> None:
             print(
                 f"{args.partitions} partitions of {args.size}x{args.size} float32, in-process "
                 f"runs; {os.cpu_count()} cores, {load()} at the start; "
-                f"{EVENT_BATCH_SIZE_ENV}={os.environ.get(EVENT_BATCH_SIZE_ENV, 'unset')}"
+                f"{EVENT_BATCH_SIZE_ENV}={os.environ.get(EVENT_BATCH_SIZE_ENV, EVENT_BATCH_SIZE)}"
             )
             print(
                 "| round | storage | batch size | runs | events / partition | plain loop (s) "

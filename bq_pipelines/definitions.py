@@ -20,11 +20,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 @dg.definitions
 def defs() -> dg.Definitions:
     settings = current_settings()
+    components = dg.load_defs(defs_root=bq_pipelines.defs, project_root=PROJECT_ROOT)
     # What no single component can check (ids and object keys unique across datasets) fails
-    # the load here.
+    # the load here (on the declarations the components have just read).
     load_declarations()
     return dg.Definitions.merge(
-        dg.load_defs(defs_root=bq_pipelines.defs, project_root=PROJECT_ROOT),
+        components,
         # Every job, the implicit asset job of backfills included.
         dg.Definitions(resources=resources_for(settings), executor=executor_for(settings)),
     )

@@ -4,6 +4,11 @@ Defaults are the embedded ones: objects in a local folder, a static catalog on d
 under `.bq/`. `. .bq/services.env` (written by `make services`) points them at real services.
 Secrets (AWS keys, the STAC API token) are never read here: Dagster's EnvVar reads them at run
 time so they never appear in configuration, logs or errors.
+
+pydantic-settings reads the variables (`BQ_` + the field's name unless a field names its
+variable); the validators here parse each value the way the README documents it, and the rules
+across fields are ours. `Settings()` are the embedded defaults, `Settings.from_env(env)` reads a
+mapping, `current_settings()` this process's environment (read once).
 """
 
 from __future__ import annotations
@@ -11,11 +16,20 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlparse
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from bq_pipelines.backup.postgres import parse_dsn
 from bq_pipelines.ingestion.url_policy import parse_prefix
@@ -31,217 +45,341 @@ ExecutorKind = Literal["multiprocess", "celery"]
 CELERY_BROKER_ENV = "BQ_CELERY_BROKER_URL"
 CELERY_BACKEND_ENV = "BQ_CELERY_BACKEND_URL"
 SOURCE_SCHEMES = ("http", "https", "ftp", "file", "s3")
+WEB_SCHEMES = ("http", "https")
 # Above the largest declared source (ESA CCI land cover, 129,600 x 64,800 = 8.4 G pixels), below
 # a crafted 100,000 x 100,000 header.
 DEFAULT_MAX_PIXELS = 9_000_000_000
 DEFAULT_MAX_DOWNLOAD_BYTES = 16 * 1024**3
+MAX_COUNT = 2**50
+
+# --------------------------------------------------------------------------- value parsers
+# Each turns the variable's text into the field's value, or raises ValueError with the reason
+# (the variable's name is added from the field: see `_config_error`). A value that is not text
+# (a keyword argument of `Settings(...)`) is left to the field's type. An empty variable means
+# "unset" unless said otherwise.
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path = Path(".bq")
-    object_store: ObjectStoreKind = "local"
-    objects_dir: Path = Path(".bq/objects")
-    object_prefix: str = "io"
-    public_base_url: str | None = None
-    s3_bucket: str | None = None
-    s3_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"
-    s3_public_read: bool = False
-    catalog: CatalogKind = "static"
-    catalog_dir: Path = Path(".bq/catalog")
-    stac_api_url: str | None = None
-    work_dir: Path = Path(".bq/work")
-    local_data_root: Path = Path(".bq/sources")
-    source_base_urls: Mapping[str, str] = field(default_factory=dict)
-    max_pixels: int = DEFAULT_MAX_PIXELS  # of one converted raster: width x height x bands
-    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES  # of one downloaded source
-    # Processes producing the items of one many-band source; 0: one per CPU this process may use.
-    item_workers: int = 0
-    stac_schemas_dir: Path | None = None
-    pgstac_dsn: str | None = field(default=None, repr=False)  # may hold a password
-    pg_bin_dir: Path | None = None
-    backup_time: tuple[int, int] = (4, 0)  # (hour, minute), UTC
-    # Off unless asked for (the production stack does): a laptop's daemon takes no 04:00 backups.
-    backup_schedule_enabled: bool = False
-    backup_retention_days: int = 30
-    backup_keep_last: int = 7
-    backup_retention_dry_run: bool = False
-    executor: ExecutorKind = "multiprocess"
-    # Longer than any step (one batch of partitions): an unacknowledged step is handed to another
-    # worker after this long (a worker that died mid-step).
-    celery_visibility_timeout_s: int = 6 * 3600
-    # titiler-pgstac serving the catalog's COGs: items link to their map viewer, collections
-    # to a mosaic (none without it).
-    tiler_url: str | None = None
-    # An http server of the static catalog and local objects (`make browse`): the links
-    # recorded in metadata then open from the UI instead of being file:// paths.
-    browse_url: str | None = None
+def _parser(parse: Callable[[str], Any]) -> BeforeValidator:
+    return BeforeValidator(lambda value: parse(value) if isinstance(value, str) else value)
+
+
+def _choice(allowed: tuple[str, ...], default: str) -> BeforeValidator:
+    def parse(text: str) -> str:
+        value = text or default
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return _parser(parse)
+
+
+def _boolean(default: bool) -> BeforeValidator:
+    def parse(text: str) -> bool:
+        if text == "":
+            return default
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+    return _parser(parse)
+
+
+def _integer(default: int, *, minimum: int) -> BeforeValidator:
+    def parse(text: str) -> int:
+        if text.strip() == "":
+            return default
+        try:
+            number = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a whole number") from None
+        if number < minimum:
+            raise ValueError(f"{number} is below the minimum {minimum}")
+        return number
+
+    return _parser(parse)
+
+
+def _number(default: float, low: float, high: float) -> BeforeValidator:
+    return _parser(lambda text: _in_range(text, default, low, high))
+
+
+def _in_range(text: str, default: float, low: float, high: float) -> float:
+    if text.strip() == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not low <= value <= high:
+        raise ValueError(f"{text!r} is outside {low:g}..{high:g}")
+    return value
+
+
+def _checked_url(text: str, schemes: tuple[str, ...] = WEB_SCHEMES) -> str:
+    parsed = urlparse(text)
+    if parsed.scheme not in schemes or not (parsed.netloc or parsed.scheme == "file"):
+        shown = redact_url(text)  # a URL may carry a password: never echoed
+        raise ValueError(f"{shown!r} is not a URL of scheme {'/'.join(schemes)}")
+    return text.rstrip("/")
+
+
+def _time_of_day(text: str) -> tuple[int, int] | str:
+    value = text.strip()
+    if not value:
+        return "04:00"  # the default, parsed below
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", value)
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        raise ValueError(f"{value!r} is not a time of day HH:MM (UTC, 00:00 to 23:59)")
+    return int(match[1]), int(match[2])
+
+
+def _host_map(text: str) -> dict[str, str]:
+    """`host=url,host=url` -> mapping (each URL then checked as a URL of SOURCE_SCHEMES)."""
+    mapping: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        host, sep, url = entry.partition("=")
+        if not sep or not host:
+            raise ValueError(f"{redact_url(entry)!r} is not host=url")
+        mapping[host.strip()] = url.strip()
+    return mapping
+
+
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (part.strip() for part in text.split(","))))
+
+
+def _existing_dir(path: Path | None) -> Path | None:
+    if path is not None and not path.is_dir():
+        raise ValueError(f"{str(path)!r} is not a directory")
+    return path
+
+
+def _dsn(dsn: str | None) -> str | None:
+    if dsn is not None:
+        try:
+            parse_dsn(dsn, "")  # the error never echoes the value: it may hold a password
+        except ConfigError as error:
+            raise ValueError(str(error).removeprefix(": ")) from None
+    return dsn
+
+
+def _allowed_source(prefix: str) -> str:
+    parse_prefix(prefix)  # ValueError saying what is wrong
+    return prefix
+
+
+_Unset = BeforeValidator(lambda value: None if value == "" else value)
+Url = Annotated[str | None, AfterValidator(lambda v: v and _checked_url(v)), _Unset]
+SourceUrl = Annotated[str, AfterValidator(lambda v: _checked_url(v, SOURCE_SCHEMES))]
+OptionalDir = Annotated[Path | None, AfterValidator(_existing_dir), _Unset]
+# A count parsed as a number (`1e9` is accepted), kept whole.
+Count = int
+
+
+# --------------------------------------------------------------------------- reading a mapping
+
+
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of `os.environ`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._env, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+class _EnvSettings(BaseSettings):
+    """Settings read from a mapping by `from_env`; constructed directly, only from keywords
+    (never from `os.environ` behind the caller's back)."""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Read BQ_* variables; ConfigError names the variable and the reason."""
-        home = Path(env.get("BQ_HOME", ".bq"))
-        settings = cls(
-            home=home,
-            object_store=_choice(env, "BQ_OBJECT_STORE", ("local", "s3"), "local"),
-            objects_dir=Path(env.get("BQ_OBJECTS_DIR", home / "objects")),
-            object_prefix=env.get("BQ_S3_PREFIX", "io").strip("/"),
-            public_base_url=_url(env, "BQ_PUBLIC_BASE_URL"),
-            s3_bucket=env.get("BQ_S3_BUCKET") or None,
-            s3_endpoint_url=_url(env, "BQ_S3_ENDPOINT_URL"),
-            s3_region=env.get("BQ_S3_REGION", "us-east-1"),
-            s3_public_read=_boolean(env, "BQ_S3_PUBLIC_READ", False),
-            catalog=_choice(env, "BQ_CATALOG", ("static", "stac-api"), "static"),
-            catalog_dir=Path(env.get("BQ_CATALOG_DIR", home / "catalog")),
-            stac_api_url=_url(env, "BQ_STAC_API_URL"),
-            work_dir=Path(env.get("BQ_WORK_DIR", home / "work")),
-            local_data_root=Path(env.get("BQ_LOCAL_DATA_ROOT", home / "sources")),
-            source_base_urls=_host_map(env, "BQ_SOURCE_BASE_URLS"),
-            max_pixels=int(_number(env, "BQ_MAX_PIXELS", DEFAULT_MAX_PIXELS, 1, 2**50)),
-            max_download_bytes=int(
-                _number(env, "BQ_MAX_DOWNLOAD_BYTES", DEFAULT_MAX_DOWNLOAD_BYTES, 1, 2**50)
-            ),
-            item_workers=_integer(env, "BQ_ITEM_WORKERS", 0, minimum=0),
-            stac_schemas_dir=_existing_dir(env, "BQ_STAC_SCHEMAS_DIR"),
-            pgstac_dsn=_dsn(env, "BQ_PGSTAC_DSN"),
-            pg_bin_dir=_existing_dir(env, "BQ_PG_BIN_DIR"),
-            backup_time=_time_of_day(env, "BQ_BACKUP_TIME", (4, 0)),
-            backup_schedule_enabled=_boolean(env, "BQ_BACKUP_SCHEDULE_ENABLED", False),
-            backup_retention_days=_integer(env, "BQ_BACKUP_RETENTION_DAYS", 30, minimum=1),
-            backup_keep_last=_integer(env, "BQ_BACKUP_KEEP_LAST", 7, minimum=1),
-            backup_retention_dry_run=_boolean(env, "BQ_BACKUP_RETENTION_DRY_RUN", False),
-            executor=_choice(env, "BQ_EXECUTOR", ("multiprocess", "celery"), "multiprocess"),
-            celery_visibility_timeout_s=_integer(
-                env, "BQ_CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=1
-            ),
-            tiler_url=_url(env, "BQ_TILER_URL"),
-            browse_url=_url(env, "BQ_BROWSE_URL"),
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Self:
+        """Read the variables of `env`; ConfigError names each bad variable and the reason."""
+        names = {
+            field.validation_alias: name
+            for name, field in cls.model_fields.items()
+            if isinstance(field.validation_alias, str)
+        }
+        values = {names.get(key, key): value for key, value in _MappingSource(cls, env)().items()}
+        try:
+            settings = cls(**values)
+        except ValidationError as error:
+            raise ConfigError(_config_error(cls, error)) from None
+        settings._check_rules(env)
+        return settings
+
+    def _check_rules(self, env: Mapping[str, str]) -> None:
+        """The rules across variables (ours: ConfigError naming them), checked on what the
+        environment says (settings built in code, e.g. for a test, skip them)."""
+
+    @classmethod
+    def variable(cls, field_name: str) -> str:
+        """The environment variable of a field."""
+        alias = cls.model_fields[field_name].validation_alias
+        if isinstance(alias, str):
+            return alias
+        return f"{cls.model_config.get('env_prefix', '')}{field_name.upper()}"
+
+
+def _config_error(settings_cls: type[_EnvSettings], error: ValidationError) -> str:
+    """`VARIABLE: reason` for each error (`VARIABLE[key]` for an entry of a list or mapping);
+    the value itself is never quoted from pydantic (it may be a secret)."""
+    lines = []
+    for detail in error.errors(include_input=False, include_url=False):
+        cause = (detail.get("ctx") or {}).get("error")
+        reason = str(cause) if isinstance(cause, Exception) else detail["msg"]
+        location = detail["loc"]
+        if not location:  # a rule across fields names its variables itself
+            lines.append(reason)
+            continue
+        field_name = str(location[0])
+        variable = (
+            settings_cls.variable(field_name)
+            if field_name in settings_cls.model_fields
+            else field_name
         )
-        if settings.public_base_url and has_userinfo(settings.public_base_url):
+        variable += "".join(f"[{part}]" for part in location[1:])
+        lines.append(f"{variable}: {reason}")
+    return "; ".join(lines)
+
+
+def _derived(data: Any, defaults: Mapping[str, Callable[[Path], Any]]) -> Any:
+    """Fill the defaults that depend on BQ_HOME (a field left out, not one set empty)."""
+    if not isinstance(data, dict):
+        return data
+    home = Path(data.get("home", ".bq"))
+    return {**{name: make(home) for name, make in defaults.items()}, **data}
+
+
+# --------------------------------------------------------------------------- the pipelines
+
+
+class Settings(_EnvSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BQ_", frozen=True, validate_by_name=True, extra="forbid"
+    )
+
+    home: Path = Path(".bq")
+    object_store: Annotated[ObjectStoreKind, _choice(("local", "s3"), "local")] = "local"
+    objects_dir: Path = Path(".bq/objects")
+    object_prefix: Annotated[str, _parser(lambda text: text.strip("/"))] = Field(
+        default="io", validation_alias="BQ_S3_PREFIX"
+    )
+    public_base_url: Url = None
+    s3_bucket: Annotated[str | None, _Unset] = None
+    s3_endpoint_url: Url = None
+    s3_region: str = "us-east-1"
+    s3_public_read: Annotated[bool, _boolean(False)] = False
+    catalog: Annotated[CatalogKind, _choice(("static", "stac-api"), "static")] = "static"
+    catalog_dir: Path = Path(".bq/catalog")
+    stac_api_url: Url = None
+    work_dir: Path = Path(".bq/work")
+    local_data_root: Path = Path(".bq/sources")
+    source_base_urls: Annotated[dict[str, SourceUrl], NoDecode, _parser(_host_map)] = Field(
+        default_factory=dict
+    )
+    # Of one converted raster: width x height x bands.
+    max_pixels: Annotated[Count, _number(DEFAULT_MAX_PIXELS, 1, MAX_COUNT)] = DEFAULT_MAX_PIXELS
+    # Of one downloaded source.
+    max_download_bytes: Annotated[Count, _number(DEFAULT_MAX_DOWNLOAD_BYTES, 1, MAX_COUNT)] = (
+        DEFAULT_MAX_DOWNLOAD_BYTES
+    )
+    # Processes producing the items of one many-band source; 0: one per CPU this process may use.
+    item_workers: Annotated[int, _integer(0, minimum=0)] = 0
+    stac_schemas_dir: OptionalDir = None
+    # May hold a password: not in the repr.
+    pgstac_dsn: Annotated[str | None, AfterValidator(_dsn), _Unset] = Field(
+        default=None, repr=False
+    )
+    pg_bin_dir: OptionalDir = None
+    # (hour, minute), UTC
+    backup_time: Annotated[tuple[int, int], NoDecode, _parser(_time_of_day)] = (4, 0)
+    # Off unless asked for (the production stack does): a laptop's daemon takes no 04:00 backups.
+    backup_schedule_enabled: Annotated[bool, _boolean(False)] = False
+    backup_retention_days: Annotated[int, _integer(30, minimum=1)] = 30
+    backup_keep_last: Annotated[int, _integer(7, minimum=1)] = 7
+    backup_retention_dry_run: Annotated[bool, _boolean(False)] = False
+    executor: Annotated[ExecutorKind, _choice(("multiprocess", "celery"), "multiprocess")] = (
+        "multiprocess"
+    )
+    # Longer than any step (one batch of partitions): an unacknowledged step is handed to another
+    # worker after this long (a worker that died mid-step).
+    celery_visibility_timeout_s: Annotated[int, _integer(6 * 3600, minimum=1)] = Field(
+        default=6 * 3600, validation_alias="BQ_CELERY_VISIBILITY_TIMEOUT"
+    )
+    # titiler-pgstac serving the catalog's COGs: items link to their map viewer, collections
+    # to a mosaic (none without it).
+    tiler_url: Url = None
+    # An http server of the static catalog and local objects (`make browse`): the links
+    # recorded in metadata then open from the UI instead of being file:// paths.
+    browse_url: Url = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _under_home(cls, data: Any) -> Any:
+        return _derived(
+            data,
+            {
+                "objects_dir": lambda home: home / "objects",
+                "catalog_dir": lambda home: home / "catalog",
+                "work_dir": lambda home: home / "work",
+                "local_data_root": lambda home: home / "sources",
+            },
+        )
+
+    def _check_rules(self, env: Mapping[str, str]) -> None:
+        if self.public_base_url and has_userinfo(self.public_base_url):
             # Every item's href starts with it: credentials would be published with them.
             raise ConfigError("BQ_PUBLIC_BASE_URL: must not carry credentials (user:password@)")
-        if settings.s3_endpoint_url and has_userinfo(settings.s3_endpoint_url):
+        if self.s3_endpoint_url and has_userinfo(self.s3_endpoint_url):
             # S3 ignores them, and botocore's errors quote the endpoint.
             raise ConfigError(
                 "BQ_S3_ENDPOINT_URL: must not carry credentials (use AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY)"
             )
-        for name, url in (
-            ("BQ_TILER_URL", settings.tiler_url),
-            ("BQ_BROWSE_URL", settings.browse_url),
-        ):
+        for name, url in (("BQ_TILER_URL", self.tiler_url), ("BQ_BROWSE_URL", self.browse_url)):
             if url and has_userinfo(url):
                 # Written into every partition's metadata: nothing secret may ride along.
                 raise ConfigError(f"{name}: must not carry credentials (user:password@)")
-        _check_local_mirrors(settings)
-        if settings.object_store == "s3" and not settings.s3_bucket:
+        self._check_local_mirrors()
+        if self.object_store == "s3" and not self.s3_bucket:
             raise ConfigError("BQ_S3_BUCKET: required when BQ_OBJECT_STORE=s3")
-        if settings.catalog == "stac-api" and not settings.stac_api_url:
+        if self.catalog == "stac-api" and not self.stac_api_url:
             raise ConfigError("BQ_STAC_API_URL: required when BQ_CATALOG=stac-api")
-        if settings.executor == "celery":
+        if self.executor == "celery":
             for name in (CELERY_BROKER_ENV, CELERY_BACKEND_ENV):
                 if not env.get(name):
                     raise ConfigError(f"{name}: required when BQ_EXECUTOR=celery")
-        return settings
 
-
-def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str):
-    value = env.get(name, default) or default
-    if value not in allowed:
-        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
-def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
-    value = env.get(name)
-    if value is None or value == "":
-        return default
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}: {value!r} is not a boolean (true/false)")
-
-
-def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{name}: {value!r} is not a whole number") from None
-    if number < minimum:
-        raise ConfigError(f"{name}: {number} is below the minimum {minimum}")
-    return number
-
-
-def _time_of_day(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[int, int]:
-    value = (env.get(name) or "").strip()
-    if not value:
-        return default
-    match = re.fullmatch(r"(\d{1,2}):(\d{2})", value)
-    if not match or int(match[1]) > 23 or int(match[2]) > 59:
-        raise ConfigError(f"{name}: {value!r} is not a time of day HH:MM (UTC, 00:00 to 23:59)")
-    return int(match[1]), int(match[2])
-
-
-def _dsn(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name) or None
-    if value is not None:
-        parse_dsn(value, name)  # the error never echoes the value: it may hold a password
-    return value
-
-
-def _url(
-    env: Mapping[str, str], name: str, schemes: tuple[str, ...] = ("http", "https")
-) -> str | None:
-    value = env.get(name) or None
-    if value is None:
-        return None
-    parsed = urlparse(value)
-    if parsed.scheme not in schemes or not (parsed.netloc or parsed.scheme == "file"):
-        shown = redact_url(value)  # a URL may carry a password: never echoed
-        raise ConfigError(f"{name}: {shown!r} is not a URL of scheme {'/'.join(schemes)}")
-    return value.rstrip("/")
-
-
-def _host_map(env: Mapping[str, str], name: str) -> dict[str, str]:
-    """`host=url,host=url` -> mapping; each URL checked like any other URL setting."""
-    raw = env.get(name, "").strip()
-    mapping: dict[str, str] = {}
-    for entry in filter(None, (part.strip() for part in raw.split(","))):
-        host, sep, url = entry.partition("=")
-        if not sep or not host:
-            raise ConfigError(f"{name}: {redact_url(entry)!r} is not host=url")
-        label = f"{name}[{host.strip()}]"
-        mapping[host.strip()] = _url({label: url.strip()}, label, SOURCE_SCHEMES) or ""
-    return mapping
-
-
-def _check_local_mirrors(settings: Settings) -> None:
-    """A mirror that is a folder (file://) must lie under BQ_LOCAL_DATA_ROOT, symlinks
-    resolved: nothing outside the data root is ever read."""
-    for host, url in settings.source_base_urls.items():
-        if urlparse(url).scheme != "file":
-            continue
-        try:
-            confined_local_path(url, settings.local_data_root, "BQ_LOCAL_DATA_ROOT")
-        except SourceRefused as error:
-            raise ConfigError(
-                f"BQ_SOURCE_BASE_URLS[{host}]: {error.url!r} {error.reason}"
-            ) from None
-
-
-def _existing_dir(env: Mapping[str, str], name: str) -> Path | None:
-    value = env.get(name) or None
-    if value is None:
-        return None
-    path = Path(value)
-    if not path.is_dir():
-        raise ConfigError(f"{name}: {value!r} is not a directory")
-    return path
+    def _check_local_mirrors(self) -> None:
+        """A mirror that is a folder (file://) must lie under BQ_LOCAL_DATA_ROOT, symlinks
+        resolved: nothing outside the data root is ever read."""
+        for host, url in self.source_base_urls.items():
+            if urlparse(url).scheme != "file":
+                continue
+            try:
+                confined_local_path(url, self.local_data_root, "BQ_LOCAL_DATA_ROOT")
+            except SourceRefused as error:
+                raise ConfigError(
+                    f"BQ_SOURCE_BASE_URLS[{host}]: {error.url!r} {error.reason}"
+                ) from None
 
 
 # --------------------------------------------------------------------------- ingestion API
@@ -254,70 +392,75 @@ UI_PORT_ENV = "BQ_UI_PORT"
 DEFAULT_UI_PORT = 3000
 
 
-@dataclass(frozen=True)
-class ApiSettings:
+def _database_url(url: str | None) -> str | None:
+    if url is not None and not url.startswith(("postgresql", "sqlite")):
+        raise ValueError(
+            "not a postgresql:// or sqlite:/// URL (e.g. postgresql://user@host:5432/db)"
+        )
+    return url
+
+
+class ApiSettings(_EnvSettings):
     """The ingestion API's settings (BQ_API_*; see the README). Its token is a secret and is not
     kept here: `api_token(env)` reads it where it is needed. The database URL may carry a
     password, so it is left out of the repr."""
 
-    host: str = "127.0.0.1"
-    port: int = 8083
-    workers: int = 1
-    database_url: str = field(default="sqlite:///.bq/api/requests.sqlite", repr=False)
+    model_config = SettingsConfigDict(
+        env_prefix="BQ_API_", frozen=True, validate_by_name=True, extra="forbid"
+    )
+
+    home: Path = Field(default=Path(".bq"), validation_alias="BQ_HOME", repr=False)
+    host: Annotated[str, _parser(lambda text: text or "127.0.0.1")] = "127.0.0.1"
+    port: Annotated[Count, _number(8083, 1, 65535)] = 8083
+    workers: Annotated[Count, _number(1, 1, 64)] = 1
+    database_url: Annotated[str, AfterValidator(_database_url)] = Field(
+        default="sqlite:///.bq/api/requests.sqlite", repr=False
+    )
+    # Whether BQ_API_DATABASE_URL chose the database (not the default under BQ_HOME).
     database_from_env: bool = False
-    public_status: bool = False
-    allowed_sources: tuple[str, ...] = ()
-    stac_api_aliases: tuple[str, ...] = ()
-    max_body_bytes: int = 64 * 1024
-    max_download_bytes: int = 4 * 1024**3
-    download_timeout_seconds: float = 1800.0
-    max_pixels: int = 4_000_000_000
-    dagster_ui_url: str = f"http://127.0.0.1:{DEFAULT_UI_PORT}"
+    public_status: Annotated[bool, _boolean(False)] = False
+    allowed_sources: Annotated[
+        tuple[Annotated[str, AfterValidator(_allowed_source)], ...], NoDecode, _parser(_items)
+    ] = ()
+    stac_api_aliases: Annotated[
+        tuple[Annotated[str, AfterValidator(_checked_url)], ...], NoDecode, _parser(_items)
+    ] = ()
+    max_body_bytes: Annotated[Count, _number(64 * 1024, 1024, 2**24)] = 64 * 1024
+    max_download_bytes: Annotated[Count, _number(4 * 1024**3, 1, MAX_COUNT)] = 4 * 1024**3
+    download_timeout_seconds: Annotated[float, _number(1800.0, 1, 7 * 86400)] = 1800.0
+    max_pixels: Annotated[Count, _number(4_000_000_000, 1, MAX_COUNT)] = 4_000_000_000
+    ui_port: Annotated[Count, _number(DEFAULT_UI_PORT, 1, 65535)] = Field(
+        default=DEFAULT_UI_PORT, validation_alias=UI_PORT_ENV, repr=False
+    )
+    dagster_ui_url: Annotated[str, AfterValidator(_checked_url)] = Field(
+        default=f"http://127.0.0.1:{DEFAULT_UI_PORT}", validation_alias="BQ_DAGSTER_UI_URL"
+    )
 
+    @model_validator(mode="before")
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ApiSettings:
-        home = Path(env.get("BQ_HOME", ".bq"))
-        database_url = env.get(API_DATABASE_ENV) or None
-        if database_url is not None and not database_url.startswith(("postgresql", "sqlite")):
-            raise ConfigError(
-                f"{API_DATABASE_ENV}: not a postgresql:// or sqlite:/// URL "
-                "(e.g. postgresql://user@host:5432/db)"
-            )
-        allowed = _list(env, "BQ_API_ALLOWED_SOURCES")
-        for index, prefix in enumerate(allowed):
+    def _defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("database_url"):
+            data["database_from_env"] = True
+        else:
+            home = Path(data.get("home") or ".bq")
+            data["database_url"] = f"sqlite:///{home / 'api' / 'requests.sqlite'}"
+            data["database_from_env"] = False
+        if not data.get("dagster_ui_url"):
             try:
-                parse_prefix(prefix)
-            except ValueError as error:
-                raise ConfigError(f"BQ_API_ALLOWED_SOURCES[{index}]: {error}") from None
-        aliases = tuple(
-            _url({f"BQ_API_STAC_API_ALIASES[{i}]": a}, f"BQ_API_STAC_API_ALIASES[{i}]") or ""
-            for i, a in enumerate(_list(env, "BQ_API_STAC_API_ALIASES"))
-        )
-        return cls(
-            host=env.get("BQ_API_HOST") or "127.0.0.1",
-            port=int(_number(env, "BQ_API_PORT", 8083, 1, 65535)),
-            workers=int(_number(env, "BQ_API_WORKERS", 1, 1, 64)),
-            database_url=database_url or f"sqlite:///{(home / 'api' / 'requests.sqlite')}",
-            database_from_env=database_url is not None,
-            public_status=_boolean(env, "BQ_API_PUBLIC_STATUS", False),
-            allowed_sources=allowed,
-            stac_api_aliases=aliases,
-            max_body_bytes=int(_number(env, "BQ_API_MAX_BODY_BYTES", 64 * 1024, 1024, 2**24)),
-            max_download_bytes=int(
-                _number(env, "BQ_API_MAX_DOWNLOAD_BYTES", 4 * 1024**3, 1, 2**50)
-            ),
-            download_timeout_seconds=_number(
-                env, "BQ_API_DOWNLOAD_TIMEOUT_SECONDS", 1800.0, 1, 7 * 86400
-            ),
-            max_pixels=int(_number(env, "BQ_API_MAX_PIXELS", 4_000_000_000, 1, 2**50)),
-            dagster_ui_url=_url(env, "BQ_DAGSTER_UI_URL") or local_ui_url(env),
-        )
+                data["dagster_ui_url"] = _local_ui_url(data.get("ui_port", ""))
+            except ValueError:
+                data["dagster_ui_url"] = _local_ui_url(DEFAULT_UI_PORT)  # ui_port says why
+        return data
 
 
-def local_ui_url(env: Mapping[str, str]) -> str:
-    """The Dagster UI that `make dev`/`make ui` serve on this machine (port BQ_UI_PORT)."""
-    port = int(_number(env, UI_PORT_ENV, DEFAULT_UI_PORT, 1, 65535))
-    return f"http://127.0.0.1:{port}"
+def _local_ui_url(port: object) -> str:
+    """The Dagster UI `make dev`/`make ui` serve on this machine (port BQ_UI_PORT); ValueError
+    for a bad port (the field `ui_port` reports it with its variable)."""
+    number = port if isinstance(port, int) else _in_range(str(port), DEFAULT_UI_PORT, 1, 65535)
+    return f"http://127.0.0.1:{int(number)}"
 
 
 def api_token(env: Mapping[str, str]) -> str:
@@ -336,36 +479,24 @@ def api_token(env: Mapping[str, str]) -> str:
     return token
 
 
-def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    return tuple(filter(None, (part.strip() for part in env.get(name, "").split(","))))
-
-
-def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: {raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}: {raw!r} is outside {low:g}..{high:g}")
-    return value
+# --------------------------------------------------------------------------- this process
 
 
 def current_settings() -> Settings:
     """The settings of this process's environment, read once (every dataset, the backup and
     the resources of a code location share them), again only when a BQ_* variable changes."""
-    return _settings_of(_environment())
+    return _settings_of(_bq_environment())
 
 
 def current_api_settings() -> ApiSettings:
     """The ingestion API's settings of this process's environment, read once."""
-    return _api_settings_of(_environment())
+    return _api_settings_of(_bq_environment())
 
 
-def _environment() -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(os.environ.items()))
+def _bq_environment() -> tuple[tuple[str, str], ...]:
+    # Only what the settings read: a variable set by Dagster or a library is no reason to
+    # read them again.
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("BQ_")))
 
 
 @functools.lru_cache(maxsize=4)

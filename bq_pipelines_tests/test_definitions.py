@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from bq_pipelines import settings
 from bq_pipelines.backup.assets import (
     BACKUP_ASSET,
     BACKUP_GROUP,
@@ -18,6 +19,7 @@ from bq_pipelines.backup.assets import (
     BACKUP_SCHEDULE,
     RESTORABLE_CHECK,
 )
+from bq_pipelines.datasets import declarations
 from bq_pipelines.datasets.declarations import load_declarations
 from bq_pipelines.definitions import defs
 from bq_pipelines.lib.errors import ConfigError
@@ -123,6 +125,31 @@ def test_a_bad_setting_fails_the_load_naming_the_variable(monkeypatch):
     monkeypatch.setenv("BQ_CATALOG", "ftp")
     with pytest.raises(ConfigError, match="BQ_CATALOG: 'ftp' is not one of static, stac-api"):
         defs()
+
+
+def test_the_load_reads_each_declaration_once_and_the_settings_once(monkeypatch):
+    # A fresh load: nothing remembered from an earlier one.
+    monkeypatch.setattr(declarations, "_LOADED", {})
+    settings._settings_of.cache_clear()
+    read_files: list[Path] = []
+    read_settings: list[object] = []
+    read_file, from_env = declarations._read_declaration_file, settings.Settings.from_env
+
+    def counted_file(path: Path) -> declarations.Declaration:
+        read_files.append(path)
+        return read_file(path)
+
+    def counted_settings(env):
+        read_settings.append(env)
+        return from_env(env)
+
+    monkeypatch.setattr(declarations, "_read_declaration_file", counted_file)
+    monkeypatch.setattr(settings.Settings, "from_env", counted_settings)
+    defs()
+    # Each defs.yaml was parsed by its component only; the checks across datasets reused them.
+    assert read_files == []
+    # One reading of the environment for every dataset, the backup and the resources.
+    assert len(read_settings) == 1
 
 
 def test_workspace_yaml_loads_the_code_location(tmp_path):

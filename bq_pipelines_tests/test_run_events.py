@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import collections
 import os
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
-from bq_pipelines.orchestration.factory import EVENT_BATCH_SIZE, EVENT_BATCH_SIZE_ENV, build_dataset
+from bq_pipelines.orchestration.factory import build_dataset
 from bq_pipelines.orchestration.keys import AUDIT_CHECK, DatasetKeys, op_name
+from bq_pipelines.runtime.event_batching import (
+    EVENT_BATCH_SIZE,
+    EVENT_BATCH_SIZE_ENV,
+    batched_event_writes,
+    with_event_batching,
+)
 from bq_pipelines.runtime.launch import RANGE_START_TAG
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests import backfill_location as location
+from bq_pipelines_tests.dagster_processes import PROJECT_ROOT
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.runs import materialize_dataset
 from bq_pipelines_tests.test_backfill import bq_env, serve_sources
@@ -87,10 +97,12 @@ def test_a_batched_run_records_each_asset_partition_once_and_logs_no_row_per_par
 
     (tmp_path / "dagster").mkdir()
     with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        batches = observe_event_batches(instance, monkeypatch)
         done = materialize_dataset(declaration, settings, instance, wanted)
         assert done.ok and done.published == months and done.collection_published
-        # The definitions turned Dagster's batched event writes on for this process.
-        assert int(os.environ[EVENT_BATCH_SIZE_ENV]) == EVENT_BATCH_SIZE
+        # The in-process runs wrote their events in batches, and left the environment as it was.
+        assert batches and max(batches) > 1
+        assert EVENT_BATCH_SIZE_ENV not in os.environ
         assert check_run_events(instance, keys, batch_size, set()) == set(wanted)
 
         # Unchanged: every partition skipped, recorded the same way.
@@ -100,7 +112,61 @@ def test_a_batched_run_records_each_asset_partition_once_and_logs_no_row_per_par
         assert check_run_events(instance, keys, batch_size, first) == set(wanted)
 
 
+def observe_event_batches(
+    instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> list[int]:
+    """The sizes of the batches of events `instance` stores (observed, then stored as usual)."""
+    storage = instance.event_log_storage
+    store_batch = storage.store_event_batch
+    sizes: list[int] = []
+
+    def observed(events: Sequence[dg.EventLogEntry]) -> None:
+        sizes.append(len(events))
+        store_batch(events)
+
+    monkeypatch.setattr(storage, "store_event_batch", observed)
+    return sizes
+
+
+def test_building_a_dataset_leaves_the_environment_alone(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(EVENT_BATCH_SIZE_ENV, raising=False)
+    build_dataset(location.chelsa_like("chelsa-monthly-events", 2, 2))
+    assert EVENT_BATCH_SIZE_ENV not in os.environ
+
+
 def test_an_explicit_event_batch_size_wins(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(EVENT_BATCH_SIZE_ENV, "0")
-    build_dataset(location.chelsa_like("chelsa-monthly-events", 2, 2))
-    assert os.environ[EVENT_BATCH_SIZE_ENV] == "0"
+    with batched_event_writes():
+        assert os.environ[EVENT_BATCH_SIZE_ENV] == "0"
+    assert with_event_batching({EVENT_BATCH_SIZE_ENV: "0"})[EVENT_BATCH_SIZE_ENV] == "0"
+    monkeypatch.delenv(EVENT_BATCH_SIZE_ENV)
+    with batched_event_writes():
+        assert os.environ[EVENT_BATCH_SIZE_ENV] == str(EVENT_BATCH_SIZE)
+    assert EVENT_BATCH_SIZE_ENV not in os.environ
+    assert with_event_batching({})[EVENT_BATCH_SIZE_ENV] == str(EVENT_BATCH_SIZE)
+
+
+def test_the_processes_that_run_steps_batch_their_event_writes():
+    """Dagster reads the batch size from the environment only: where each stack starts its
+    processes sets it (the Makefile's `make dev`/`ui`/`api`, compose, the Helm chart's runs)."""
+    compose = yaml.safe_load((PROJECT_ROOT / "deploy" / "compose.yaml").read_text())
+    assert compose["x-project-env"][EVENT_BATCH_SIZE_ENV] == str(EVENT_BATCH_SIZE)
+    values = yaml.safe_load((PROJECT_ROOT / "deploy" / "helm" / "values.yaml").read_text())
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    assert {"name": EVENT_BATCH_SIZE_ENV, "value": str(EVENT_BATCH_SIZE)} in deployment["env"]
+    env = {k: v for k, v in os.environ.items() if k != EVENT_BATCH_SIZE_ENV}
+    printed = subprocess.run(
+        [
+            "make",
+            "-s",
+            "--eval",
+            f"show-batch-size: ; @echo $${EVENT_BATCH_SIZE_ENV}",
+            "show-batch-size",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert printed.strip() == str(EVENT_BATCH_SIZE)

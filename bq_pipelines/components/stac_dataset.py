@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 from pydantic import BaseModel
 
-from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.declarations import DEFS_FILE, Declaration, remember_declaration
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.orchestration.factory import build_dataset
 from bq_pipelines.settings import current_settings
@@ -51,6 +51,8 @@ class StacDataset(dg.Component):
             raise ConfigError(
                 f"{context.path.name}/defs.yaml: id: {attributes.id!r} must match the folder name"
             )
+        # Parsed and validated once: the code location's own checks reuse it.
+        remember_declaration(context.path / DEFS_FILE, attributes)
         return cls(attributes)
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:

@@ -1119,7 +1119,30 @@ def declaration_origin(path: Path) -> str:
 
 def load_declaration_file(path: Path) -> Declaration:
     """A dataset file: `defs/<id>/defs.yaml` (the StacDataset component: the declaration is
-    its `attributes`) or a bare `<id>.yaml` declaration. The id must match the folder (file)."""
+    its `attributes`) or a bare `<id>.yaml` declaration. The id must match the folder (file).
+    Parsed once per version of the file (a code location's load asks for each several times)."""
+    version = _file_version(path)
+    if version not in _LOADED:
+        _LOADED[version] = _read_declaration_file(path)
+    return _LOADED[version]
+
+
+def remember_declaration(path: Path, declaration: Declaration) -> None:
+    """`declaration`, validated from `path` elsewhere (by Dagster, for the StacDataset
+    component), is what `load_declaration_file(path)` returns while the file is unchanged."""
+    _LOADED[_file_version(path)] = declaration
+
+
+# Declarations by (file, modification time, size): a file edited since is read again.
+_LOADED: dict[tuple[Path, int, int], Declaration] = {}
+
+
+def _file_version(path: Path) -> tuple[Path, int, int]:
+    stat = path.stat()
+    return path.resolve(), stat.st_mtime_ns, stat.st_size
+
+
+def _read_declaration_file(path: Path) -> Declaration:
     origin = declaration_origin(path)
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)

@@ -3,7 +3,7 @@ the drift audit.
 
 A published item's asset names its object (href), its size (`file:size`) and its sha256
 (`file:checksum`, a multihash); the store says the object's size, the sha256 it vouches for
-itself (S3's own checksum, never metadata a client could copy; see lib/storage.py) and its
+itself (S3's own checksum, never metadata a client could copy; see lib/storage/) and its
 owner (collection + item id). One HEAD (or stat) per object compares them.
 """
 

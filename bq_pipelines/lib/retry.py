@@ -1,4 +1,10 @@
-"""Retry with exponential backoff and a total time budget, shared by every network step."""
+"""Retry with exponential backoff within a total time budget (tenacity), shared by every network
+step.
+
+The budget is a deadline for every attempt, not only a limit checked between them: no attempt
+starts past it, and each attempt is given what remains (`Deadline.cap`) as the timeout of the
+call it makes, so a hung endpoint cannot hold an attempt beyond the budget.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import tenacity
+
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
@@ -18,8 +26,9 @@ class RetryPolicy:
     """How often and how patiently a transient failure is retried.
 
     `budget_seconds` bounds the whole operation (attempts and waits): no new attempt starts
-    once the next wait would end past it. `attempts` still caps the count, so a policy with a
-    budget usually sets many attempts and lets the budget decide.
+    once the next wait would end past it, and each attempt is given the time that remains.
+    `attempts` still caps the count, so a policy with a budget usually sets many attempts and
+    lets the budget decide.
     """
 
     attempts: int = 4
@@ -31,6 +40,30 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number `attempt` (1-based), with jitter."""
         base = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
         return float(base * (0.5 + random.random() / 2))
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When an operation's time budget ends (`at` on the monotonic clock; None: no budget)."""
+
+    at: float | None = None
+
+    @classmethod
+    def after(cls, seconds: float | None) -> Deadline:
+        return cls(None if seconds is None else time.monotonic() + seconds)
+
+    def remaining(self) -> float | None:
+        """Seconds left (never below 0), or None without a budget."""
+        return None if self.at is None else max(0.0, self.at - time.monotonic())
+
+    def cap(self, seconds: float) -> float:
+        """`seconds`, or less when the budget ends sooner: the timeout of one call of an
+        attempt (a call given no time fails at once rather than outlive the budget)."""
+        remaining = self.remaining()
+        return seconds if remaining is None else max(min(seconds, remaining), 0.001)
+
+
+NO_DEADLINE = Deadline()
 
 
 class Outage:
@@ -58,46 +91,60 @@ class Outage:
 
 
 def with_retries(
-    operation: Callable[[], T],
+    operation: Callable[[Deadline], T],
     *,
     policy: RetryPolicy,
     is_transient: Callable[[BaseException], bool],
     describe: str,
     outage: Outage | None = None,
 ) -> T:
-    """Run `operation`, retrying transient failures within the policy's attempts and budget;
-    the last error propagates unchanged."""
+    """Run `operation(deadline)`, retrying transient failures within the policy's attempts and
+    budget; the last error propagates unchanged. `operation` passes `deadline.cap(timeout)` to
+    the calls that accept a timeout."""
     attempts = 1 if outage is not None and outage.ongoing else policy.attempts
-    started = time.monotonic()
-    for attempt in range(1, attempts + 1):
-        try:
-            result = operation()
-        except Exception as error:
-            if not is_transient(error):
-                if outage is not None:
-                    outage.end()  # the endpoint answered, if only to refuse
-                raise
-            wait = policy.delay(attempt)
-            elapsed = time.monotonic() - started
-            over_budget = (
-                policy.budget_seconds is not None and elapsed + wait > policy.budget_seconds
-            )
-            if attempt == attempts or over_budget:
-                if outage is not None:
-                    outage.begin()
-                raise
-            logger.warning(
-                "%s failed (attempt %d/%d, %.0fs spent): %s; retrying in %.1fs",
-                describe,
-                attempt,
-                attempts,
-                elapsed,
-                error,
-                wait,
-            )
-            time.sleep(wait)
-        else:
-            if outage is not None:
-                outage.end()
-            return result
-    raise AssertionError("unreachable")
+    deadline = Deadline.after(policy.budget_seconds)
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        wait=lambda state: policy.delay(state.attempt_number),
+        stop=tenacity.stop_after_attempt(attempts) | _PastDeadline(deadline),
+        before_sleep=_log_retry(describe, attempts),
+        reraise=True,
+    )
+    try:
+        result = retrying(operation, deadline)
+    except Exception as error:
+        if outage is not None:
+            # A transient error that escapes spent the attempts or the budget; any other one
+            # means the endpoint answered, if only to refuse.
+            outage.begin() if is_transient(error) else outage.end()
+        raise
+    if outage is not None:
+        outage.end()
+    return result
+
+
+class _PastDeadline(tenacity.stop.stop_base):
+    """Stop when the wait before the next attempt would end at or past the deadline."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        remaining = self.deadline.remaining()
+        return remaining is not None and retry_state.upcoming_sleep >= remaining
+
+
+def _log_retry(describe: str, attempts: int) -> Callable[[tenacity.RetryCallState], None]:
+    def log(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        logger.warning(
+            "%s failed (attempt %d/%d, %.0fs spent): %s; retrying in %.1fs",
+            describe,
+            state.attempt_number,
+            attempts,
+            state.seconds_since_start or 0.0,
+            error,
+            state.upcoming_sleep,
+        )
+
+    return log

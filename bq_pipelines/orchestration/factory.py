@@ -9,7 +9,6 @@ never needs a shared file system between steps. A run processes a batch of parti
 
 import itertools
 import logging
-import os
 import re
 import tempfile
 import traceback
@@ -90,18 +89,6 @@ MAX_LISTED_ITEMS = 25
 # every partition, unchanged or not.
 FORCE_TAG = "bq/force"
 TRUE_VALUES = ("1", "true", "yes", "on")
-# Dagster writes the events of one output's partitions (our 4 assets x the run's partitions) in
-# one batch when this is set; dagster-postgres (production) inserts a batch of materializations in
-# one statement instead of a connection and a commit each. SQLite writes them one by one either way.
-EVENT_BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
-EVENT_BATCH_SIZE = 1000
-
-
-def batch_event_writes() -> None:
-    """Turn on Dagster's batched event writes in this process (read by Dagster at every event;
-    the step processes and run workers build the Definitions before running anything). An
-    explicit value in the environment wins (`0` turns batching off)."""
-    os.environ.setdefault(EVENT_BATCH_SIZE_ENV, str(EVENT_BATCH_SIZE))
 
 
 def all_partition_dimensions(
@@ -783,7 +770,6 @@ def build_dataset(declaration: Declaration, settings: Settings | None = None) ->
     check_local_sources(
         declaration, SourceLocations(settings.source_base_urls, settings.local_data_root)
     )
-    batch_event_writes()
     keys = DatasetKeys(declaration.id)
     partitions_def = partitions_definition(declaration.id, declaration.partitions)
     # Dagster group names allow no `-`: the dataset id with `_` (op_name), as in job names.

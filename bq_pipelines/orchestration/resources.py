@@ -39,8 +39,8 @@ from bq_pipelines.lib.storage import (
     STORE_RETRY,
     LocalObjectStore,
     ObjectStore,
+    S3Clients,
     S3ObjectStore,
-    s3_client,
 )
 from bq_pipelines.settings import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_PIXELS, Settings
 
@@ -65,9 +65,9 @@ class LocalObjectStoreResource(ObjectStoreResource):
 class S3ObjectStoreResource(ObjectStoreResource):
     """An S3 (or S3-compatible) bucket; credentials via EnvVar.
 
-    The client is the project's one configuration (`lib.storage.s3_client`: botocore's
+    The client is the project's one configuration (`lib.storage.S3Clients`: botocore's
     standard retries, short timeouts), the one the tests use too; each operation is retried
-    within `retry_budget_seconds`.
+    within `retry_budget_seconds`, botocore's attempts and timeouts fitted inside it.
     """
 
     bucket: str
@@ -82,7 +82,7 @@ class S3ObjectStoreResource(ObjectStoreResource):
     retry_budget_seconds: float = STORE_RETRY.budget_seconds or 150.0
 
     def store(self) -> ObjectStore:
-        client = s3_client(
+        client = S3Clients(
             self.endpoint_url,
             self.region_name,
             self.aws_access_key_id,

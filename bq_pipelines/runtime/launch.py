@@ -34,6 +34,7 @@ import yaml
 from bq_pipelines.datasets.declarations import Declaration
 from bq_pipelines.lib.errors import PipelineError
 from bq_pipelines.orchestration.keys import DatasetKeys, op_name
+from bq_pipelines.runtime.event_batching import batched_event_writes, with_event_batching
 from bq_pipelines.runtime.monitoring import fail_if_worker_gone
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -130,12 +131,13 @@ class InProcessLauncher:
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def run(self, job_name: str, assets: Sequence[dg.AssetKey], tags: Mapping[str, str]) -> str:
-        result = job_subset(self.defs.resolve_job_def(job_name), assets).execute_in_process(
-            instance=self.instance,
-            raise_on_error=False,
-            run_config=QUIET_LOGS,
-            tags={**self.tags, **tags},
-        )
+        with batched_event_writes():
+            result = job_subset(self.defs.resolve_job_def(job_name), assets).execute_in_process(
+                instance=self.instance,
+                raise_on_error=False,
+                run_config=QUIET_LOGS,
+                tags={**self.tags, **tags},
+            )
         return result.run_id
 
 
@@ -257,7 +259,7 @@ class CodeLocationLauncher:
             "--tags",
             json.dumps(dict(tags)),
         ]
-        env = {**os.environ, "DAGSTER_HOME": str(self.launch_home)}
+        env = with_event_batching({**os.environ, "DAGSTER_HOME": str(self.launch_home)})
         try:
             launched = subprocess.run(
                 command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_SECONDS

@@ -33,7 +33,7 @@ from bq_pipelines.lib.catalog.base import CollectionContent, PublishOutcome, to_
 from bq_pipelines.lib.catalog.stac_api import API_RETRY, API_TIMEOUT, StacApiPublisher
 from bq_pipelines.lib.errors import CatalogError
 from bq_pipelines.lib.locks import DEFAULT_WAIT_SECONDS, LockError, PostgresLocks
-from bq_pipelines.lib.retry import RetryPolicy, with_retries
+from bq_pipelines.lib.retry import Deadline, RetryPolicy, with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class PgstacPublisher(StacApiPublisher):
 
         first_seen: list[list[PublishOutcome]] = []
 
-        def attempt() -> list[PublishOutcome]:
+        def attempt(_deadline: Deadline) -> list[PublishOutcome]:
             started = time.perf_counter()
             loader = _Loader(self._pgstac_db())
             # The collection's base item is cached per Loader: a fresh one per chunk never

@@ -12,7 +12,7 @@ import pystac
 from bq_pipelines.lib.catalog.base import Publisher, PublishOutcome, same_content, to_json_dict
 from bq_pipelines.lib.errors import CatalogError
 from bq_pipelines.lib.redaction import redact_url
-from bq_pipelines.lib.retry import Outage, RetryPolicy, with_retries
+from bq_pipelines.lib.retry import Deadline, Outage, RetryPolicy, with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,21 @@ class _ServerError(Exception):
 
 def _is_transient(error: BaseException) -> bool:
     return isinstance(error, (httpx.TransportError, _ServerError))
+
+
+def _capped(timeout: httpx.Timeout, deadline: Deadline) -> httpx.Timeout:
+    """Each of the client's timeouts, cut to what remains of the retry budget (httpx has no
+    timeout for a whole request: each one bounds a wait)."""
+
+    def cap(seconds: float | None) -> float | None:
+        return deadline.remaining() if seconds is None else deadline.cap(seconds)
+
+    return httpx.Timeout(
+        connect=cap(timeout.connect),
+        read=cap(timeout.read),
+        write=cap(timeout.write),
+        pool=cap(timeout.pool),
+    )
 
 
 def _body_excerpt(response: httpx.Response, limit: int = 500) -> str:
@@ -87,8 +102,9 @@ class StacApiPublisher(Publisher):
     def _send(self, method: str, url: str, *, what: str, **kwargs: Any) -> httpx.Response:
         """One request with retries; returns any non-5xx answer for the caller to judge."""
 
-        def attempt() -> httpx.Response:
-            response = self._client.request(method, url, **kwargs)
+        def attempt(deadline: Deadline) -> httpx.Response:
+            timeout = _capped(self._client.timeout, deadline)
+            response = self._client.request(method, url, timeout=timeout, **kwargs)
             if response.status_code >= 500 or response.status_code == 429:
                 raise _ServerError(response)
             return response

@@ -183,7 +183,9 @@ def _is_transient(error: BaseException) -> bool:
 
 
 def _retrying(operation: Callable[[], T], policy: RetryPolicy, describe: str) -> T:
-    return with_retries(operation, policy=policy, is_transient=_is_transient, describe=describe)
+    return with_retries(
+        lambda _deadline: operation(), policy=policy, is_transient=_is_transient, describe=describe
+    )
 
 
 def _within(operation: Callable[[], T], budget: _Budget | None) -> Callable[[], T]:
