@@ -31,9 +31,10 @@ from bq_pipelines.backup import cli as backup_cli
 from bq_pipelines.backup.assets import BackupRun, backup_now, run_backup_command
 from bq_pipelines.datasets.audit import AuditReport, audit, delete_orphans
 from bq_pipelines.datasets.comparison import PlannedItem, compare, planned_items, report_lines
-from bq_pipelines.datasets.declarations import Declaration, load_declarations
 from bq_pipelines.datasets.demo import write_demo_rasters
+from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.datasets.plans import SourceLocations
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.catalog import open_catalog
 from bq_pipelines.lib.errors import ConfigError, PipelineError
 from bq_pipelines.lib.files import exclusive_lock, write_text_atomically

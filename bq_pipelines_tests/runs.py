@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from bq_pipelines.datasets.audit import AuditReport, audit
-from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.pipeline import Services
 from bq_pipelines.orchestration.factory import all_partition_dimensions, build_dataset, op_name
 from bq_pipelines.orchestration.resources import resources_for, services_for

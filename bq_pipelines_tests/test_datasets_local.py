@@ -16,14 +16,14 @@ import pystac_client
 import pytest
 import rasterio
 
-from bq_pipelines.datasets.declarations import (
-    Declaration,
+from bq_pipelines.datasets.loading import (
     builtin_declaration_data,
     builtin_declaration_path,
     load_declaration_file,
     parse_declaration,
 )
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition, split_partition_key
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib import cog, stac
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.orchestration.factory import discover_files, op_name, partitions_definition

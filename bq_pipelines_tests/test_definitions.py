@@ -18,7 +18,7 @@ from bq_pipelines.backup.assets import (
     BACKUP_SCHEDULE,
     RESTORABLE_CHECK,
 )
-from bq_pipelines.datasets.declarations import load_declarations
+from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.definitions import defs
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.orchestration.factory import (

@@ -20,9 +20,9 @@ import pystac
 import pytest
 import yaml
 
-from bq_pipelines.datasets.declarations import Declaration
 from bq_pipelines.datasets.demo import DEMO_LAYERS
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.integrity import checksum_sha256
 from bq_pipelines.lib.locks import FileLocks, Locks, PostgresLocks, partition_lock_name
 from bq_pipelines.lib.pipeline import run_items

@@ -14,8 +14,9 @@ import pystac_client
 import pytest
 import rasterio
 
-from bq_pipelines.datasets.declarations import Declaration, parse_declaration
+from bq_pipelines.datasets.loading import parse_declaration
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.errors import ConfigError, SourceRefused
 from bq_pipelines.orchestration.factory import ITEM_VALID_CHECK, DatasetKeys, build_dataset
 from bq_pipelines.settings import Settings

@@ -10,8 +10,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bq_pipelines.datasets.declarations import Declaration, parse_declaration
 from bq_pipelines.datasets.demo import write_demo_rasters
+from bq_pipelines.datasets.loading import parse_declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.orchestration.factory import (
     DatasetKeys,
     build_dataset,

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from bq_pipelines.cli import main
-from bq_pipelines.datasets.declarations import parse_declaration
+from bq_pipelines.datasets.loading import parse_declaration
 from bq_pipelines.datasets.plans import SourceLocations
 from bq_pipelines.orchestration.factory import partition_code_version, partitions_definition
 from bq_pipelines.orchestration.keys import DatasetKeys

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
-from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.ingestion.models import NewItem
 from bq_pipelines.ingestion.processing import geotiff_check, process_request
 from bq_pipelines.ingestion.store import RequestStore, StoredRequest

@@ -23,9 +23,9 @@ import dagster as dg
 
 from bq_pipelines.datasets.adoption import ADOPTED, ADOPTED_OBJECTS, adopted_drift
 from bq_pipelines.datasets.audit import audit
-from bq_pipelines.datasets.declarations import Declaration
 from bq_pipelines.datasets.plans import SourceLocations, collection_for, plan_partition
 from bq_pipelines.datasets.sandbox import check_local_sources
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib import cog as cog_lib
 from bq_pipelines.lib import stac
 from bq_pipelines.lib.catalog import Publisher
