@@ -41,15 +41,12 @@ from bq_pipelines.lib.files import exclusive_lock, write_text_atomically
 from bq_pipelines.lib.pipeline import ItemPlan, Services, fingerprint, probe_sources
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.words import plural
-from bq_pipelines.orchestration.factory import (
-    FORCE_TAG,
-    all_partition_dimensions,
-    build_dataset,
-    discover_files,
-    op_name,
-    partition_code_version,
-)
-from bq_pipelines.orchestration.keys import keys_by_dimension, partitions_definition
+from bq_pipelines.orchestration.assets import partition_code_version
+from bq_pipelines.orchestration.checks import all_partition_dimensions
+from bq_pipelines.orchestration.factory import build_dataset
+from bq_pipelines.orchestration.jobs import discover_files
+from bq_pipelines.orchestration.keys import keys_by_dimension, op_name, partitions_definition
+from bq_pipelines.orchestration.materialize import FORCE_TAG
 from bq_pipelines.orchestration.resources import quick_catalog, resources_for, services_for
 from bq_pipelines.orchestration.status import SourcesCheck, dataset_status
 from bq_pipelines.runtime.launch import (

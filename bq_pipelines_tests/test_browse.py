@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from bq_pipelines.lib import preview
-from bq_pipelines.orchestration.factory import DatasetKeys
+from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.runtime.browse import browse_roots, make_server
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.demo import demo_declaration

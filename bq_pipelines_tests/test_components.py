@@ -21,7 +21,8 @@ from bq_pipelines.datasets.loading import (
 )
 from bq_pipelines.datasets.schema import shared_grids, shared_hosts
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.orchestration.factory import build_dataset, partition_code_version
+from bq_pipelines.orchestration.assets import partition_code_version
+from bq_pipelines.orchestration.factory import build_dataset
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
 

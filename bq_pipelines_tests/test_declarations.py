@@ -16,7 +16,7 @@ from bq_pipelines.datasets.loading import (
 from bq_pipelines.datasets.overlap import every_file_name, templates_may_overlap
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.orchestration.factory import partition_code_version
+from bq_pipelines.orchestration.assets import partition_code_version
 
 VALID = {
     "id": "example",

@@ -21,13 +21,13 @@ from bq_pipelines.backup.assets import (
 from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.definitions import defs
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.orchestration.factory import (
+from bq_pipelines.orchestration.keys import (
     COG_VALID_CHECK,
+    DATASET_TAG,
     ITEM_VALID_CHECK,
     PARTITION_STEPS,
     op_name,
 )
-from bq_pipelines.orchestration.keys import DATASET_TAG
 
 
 @pytest.fixture(scope="module")

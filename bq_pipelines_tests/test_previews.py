@@ -17,7 +17,7 @@ from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib import preview, stac, tiles
 from bq_pipelines.lib.hashing import sha256_file
 from bq_pipelines.lib.storage import ObjectOwner
-from bq_pipelines.orchestration.factory import DatasetKeys
+from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines_tests.fixtures.demo import demo_data
 from bq_pipelines_tests.runs import (
     audit_dataset,
