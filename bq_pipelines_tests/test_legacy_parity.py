@@ -12,7 +12,8 @@ from pathlib import Path
 import pystac
 import pytest
 
-from bq_pipelines.cli import main, planned_for
+from bq_pipelines.cli import main
+from bq_pipelines.cli.plans import planned_for
 from bq_pipelines.datasets.comparison import compare
 from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.settings import Settings
