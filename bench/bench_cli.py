@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import dagster as dg  # noqa: E402
 
 from bq_pipelines.cli import main  # noqa: E402
-from bq_pipelines.datasets.declarations import builtin_declaration_path, load_declaration_file  # noqa: E402
+from bq_pipelines.datasets.loading import builtin_declaration_path, load_declaration_file  # noqa: E402
 from bq_pipelines.definitions import defs  # noqa: E402
 from bq_pipelines.runtime.launch import InProcessLauncher, code_location_tags, materialize  # noqa: E402
 

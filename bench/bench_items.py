@@ -43,7 +43,7 @@ from rasterio.crs import CRS
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bq_pipelines.datasets.declarations import load_declarations  # noqa: E402
+from bq_pipelines.datasets.loading import load_declarations  # noqa: E402
 from bq_pipelines.lib import cog, stac  # noqa: E402
 from bq_pipelines.lib.catalog import StaticCatalogPublisher  # noqa: E402
 from bq_pipelines.lib.cog import CogSettings  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 import bq_pipelines.defs
-from bq_pipelines.datasets.declarations import load_declarations
+from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.executors import executor_for
 from bq_pipelines.settings import current_settings

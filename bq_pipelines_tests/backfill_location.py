@@ -17,11 +17,8 @@ from datetime import date
 
 import dagster as dg
 
-from bq_pipelines.datasets.declarations import (
-    Declaration,
-    builtin_declaration_data,
-    parse_declaration,
-)
+from bq_pipelines.datasets.loading import builtin_declaration_data, parse_declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.orchestration.factory import build_dataset
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.executors import executor_for

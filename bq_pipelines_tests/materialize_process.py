@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from bq_pipelines.datasets.declarations import parse_declaration
+from bq_pipelines.datasets.loading import parse_declaration
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.runs import materialize_dataset
 

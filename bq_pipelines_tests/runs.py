@@ -9,9 +9,11 @@ from typing import Any
 import dagster as dg
 
 from bq_pipelines.datasets.audit import AuditReport, audit
-from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.pipeline import Services
-from bq_pipelines.orchestration.factory import all_partition_dimensions, build_dataset, op_name
+from bq_pipelines.orchestration.checks import all_partition_dimensions
+from bq_pipelines.orchestration.factory import build_dataset
+from bq_pipelines.orchestration.keys import op_name
 from bq_pipelines.orchestration.resources import resources_for, services_for
 from bq_pipelines.runtime.launch import Materialization, materialize
 from bq_pipelines.settings import Settings

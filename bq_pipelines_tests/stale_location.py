@@ -7,7 +7,7 @@ import os
 
 import dagster as dg
 
-from bq_pipelines.datasets.declarations import builtin_declaration_data, parse_declaration
+from bq_pipelines.datasets.loading import builtin_declaration_data, parse_declaration
 from bq_pipelines.orchestration.factory import build_dataset
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings

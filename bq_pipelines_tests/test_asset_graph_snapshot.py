@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from bq_pipelines.datasets.declarations import load_declarations
+from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.definitions import defs
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"

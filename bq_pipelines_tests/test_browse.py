@@ -15,7 +15,7 @@ import dagster as dg
 import httpx
 import pytest
 
-from bq_pipelines.orchestration.factory import DatasetKeys
+from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.runtime.browse import browse_roots, make_server
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.demo import demo_declaration

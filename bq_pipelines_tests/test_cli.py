@@ -15,7 +15,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from bq_pipelines.cli import closest_keys, main
+from bq_pipelines.cli import main
+from bq_pipelines.cli.common import closest_keys
 from bq_pipelines.datasets.demo import DEMO_LAYERS
 from bq_pipelines.runtime.launch import (
     CODE_LOCATION,

@@ -12,17 +12,17 @@ import pytest
 import yaml
 
 from bq_pipelines.components.check import check_file
-from bq_pipelines.datasets.declarations import (
+from bq_pipelines.datasets.loading import (
     builtin_declaration_data,
     builtin_declaration_path,
     load_declaration_file,
     load_declarations,
     parse_declaration,
-    shared_grids,
-    shared_hosts,
 )
+from bq_pipelines.datasets.schema import shared_grids, shared_hosts
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.orchestration.factory import build_dataset, partition_code_version
+from bq_pipelines.orchestration.assets import partition_code_version
+from bq_pipelines.orchestration.factory import build_dataset
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
 

@@ -16,17 +16,18 @@ import pystac_client
 import pytest
 import rasterio
 
-from bq_pipelines.datasets.declarations import (
-    Declaration,
+from bq_pipelines.datasets.loading import (
     builtin_declaration_data,
     builtin_declaration_path,
     load_declaration_file,
     parse_declaration,
 )
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition, split_partition_key
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib import cog, stac
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.orchestration.factory import discover_files, op_name, partitions_definition
+from bq_pipelines.orchestration.jobs import discover_files
+from bq_pipelines.orchestration.keys import op_name, partitions_definition
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.local_sources import species_names, write_ebv_cube

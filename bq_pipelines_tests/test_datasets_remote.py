@@ -18,7 +18,7 @@ import pytest
 import rasterio
 
 from bq_pipelines.lib import cog, stac
-from bq_pipelines.orchestration.factory import partitions_definition
+from bq_pipelines.orchestration.keys import partitions_definition
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.legacy_mirror import (
     C3S_GRID_CRS,

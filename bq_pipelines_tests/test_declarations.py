@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bq_pipelines.datasets.declarations import (
+from bq_pipelines.datasets.loading import (
     builtin_declaration_files,
     load_declaration_file,
     load_declarations,
     parse_declaration,
-    templates_may_overlap,
 )
+from bq_pipelines.datasets.overlap import every_file_name, templates_may_overlap
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.orchestration.factory import partition_code_version
+from bq_pipelines.orchestration.assets import partition_code_version
 
 VALID = {
     "id": "example",
@@ -175,8 +175,8 @@ def test_all_shipped_declarations_load_together():
     shared = {f: sorted(d.id for d in ds) for f, ds in by_folder.items() if len(ds) > 1}
     assert shared == {"CHELSA/climatologies": ["chelsa-clim", "chelsa-clim-proj"]}
     clim, proj = by_folder["CHELSA/climatologies"]
-    assert clim.every_file_name and proj.every_file_name
-    assert clim.every_file_name.isdisjoint(proj.every_file_name)
+    assert every_file_name(clim) and every_file_name(proj)
+    assert every_file_name(clim).isdisjoint(every_file_name(proj))
 
 
 def _static(*dimensions: tuple[str, list]) -> dict:

@@ -19,17 +19,17 @@ from bq_pipelines.backup.assets import (
     BACKUP_SCHEDULE,
     RESTORABLE_CHECK,
 )
-from bq_pipelines.datasets import declarations
-from bq_pipelines.datasets.declarations import load_declarations
+from bq_pipelines.datasets import loading
+from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.definitions import defs
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.orchestration.factory import (
+from bq_pipelines.orchestration.keys import (
     COG_VALID_CHECK,
+    DATASET_TAG,
     ITEM_VALID_CHECK,
     PARTITION_STEPS,
     op_name,
 )
-from bq_pipelines.orchestration.keys import DATASET_TAG
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +129,13 @@ def test_a_bad_setting_fails_the_load_naming_the_variable(monkeypatch):
 
 def test_the_load_reads_each_declaration_once_and_the_settings_once(monkeypatch):
     # A fresh load: nothing remembered from an earlier one.
-    monkeypatch.setattr(declarations, "_LOADED", {})
+    monkeypatch.setattr(loading, "_LOADED", {})
     settings._settings_of.cache_clear()
     read_files: list[Path] = []
     read_settings: list[object] = []
-    read_file, from_env = declarations._read_declaration_file, settings.Settings.from_env
+    read_file, from_env = loading._read_declaration_file, settings.Settings.from_env
 
-    def counted_file(path: Path) -> declarations.Declaration:
+    def counted_file(path: Path) -> loading.Declaration:
         read_files.append(path)
         return read_file(path)
 
@@ -143,7 +143,7 @@ def test_the_load_reads_each_declaration_once_and_the_settings_once(monkeypatch)
         read_settings.append(env)
         return from_env(env)
 
-    monkeypatch.setattr(declarations, "_read_declaration_file", counted_file)
+    monkeypatch.setattr(loading, "_read_declaration_file", counted_file)
     monkeypatch.setattr(settings.Settings, "from_env", counted_settings)
     defs()
     # Each defs.yaml was parsed by its component only; the checks across datasets reused them.

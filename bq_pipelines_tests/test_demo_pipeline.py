@@ -21,7 +21,7 @@ from bq_pipelines.datasets.demo import (
     write_demo_rasters,
 )
 from bq_pipelines.lib import cog, stac
-from bq_pipelines.orchestration.factory import DatasetKeys, op_name
+from bq_pipelines.orchestration.keys import DatasetKeys, op_name
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.launch import RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines_tests.fixtures.demo import demo_declaration

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from bq_pipelines.datasets.declarations import parse_declaration
 from bq_pipelines.datasets.demo import DEMO_LAYERS
-from bq_pipelines.orchestration.factory import DatasetKeys
+from bq_pipelines.datasets.loading import parse_declaration
+from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.orchestration.resources import SourcesResource
 from bq_pipelines_tests.fixtures.demo import demo_declaration
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost

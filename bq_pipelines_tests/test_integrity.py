@@ -20,14 +20,15 @@ import pystac
 import pytest
 import yaml
 
-from bq_pipelines.datasets.declarations import Declaration
 from bq_pipelines.datasets.demo import DEMO_LAYERS
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.integrity import checksum_sha256
 from bq_pipelines.lib.locks import FileLocks, Locks, PostgresLocks, partition_lock_name
 from bq_pipelines.lib.pipeline import run_items
 from bq_pipelines.lib.storage import API_WRITER
-from bq_pipelines.orchestration.factory import AUDIT_CHECK, FORCE_TAG, DatasetKeys
+from bq_pipelines.orchestration.keys import AUDIT_CHECK, DatasetKeys
+from bq_pipelines.orchestration.materialize import FORCE_TAG
 from bq_pipelines.orchestration.resources import LOCKS_FOLDER, S3ObjectStoreResource, resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration

@@ -12,9 +12,10 @@ from pathlib import Path
 import pystac
 import pytest
 
-from bq_pipelines.cli import main, planned_for
+from bq_pipelines.cli import main
+from bq_pipelines.cli.plans import planned_for
 from bq_pipelines.datasets.comparison import compare
-from bq_pipelines.datasets.declarations import load_declarations
+from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.legacy_catalog import (
     LEGACY_RECORDS,

@@ -25,7 +25,7 @@ import rasterio
 import rasterio.warp
 
 from bq_pipelines.cli import main
-from bq_pipelines.datasets.declarations import load_declarations
+from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.lib import cog
 from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.settings import Settings

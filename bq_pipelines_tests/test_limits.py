@@ -14,10 +14,12 @@ import pystac_client
 import pytest
 import rasterio
 
-from bq_pipelines.datasets.declarations import Declaration, parse_declaration
+from bq_pipelines.datasets.loading import parse_declaration
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.errors import ConfigError, SourceRefused
-from bq_pipelines.orchestration.factory import ITEM_VALID_CHECK, DatasetKeys, build_dataset
+from bq_pipelines.orchestration.factory import build_dataset
+from bq_pipelines.orchestration.keys import ITEM_VALID_CHECK, DatasetKeys
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests.fixtures.services import services_settings
 from bq_pipelines_tests.rasters import (

@@ -11,13 +11,14 @@ import dagster as dg
 import httpx
 import pystac_client
 
-from bq_pipelines.datasets.declarations import Declaration, parse_declaration
 from bq_pipelines.datasets.demo import DEMO_LAYERS, LANDCOVER_CLASSES
+from bq_pipelines.datasets.loading import parse_declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib import preview, stac, tiles
 from bq_pipelines.lib.hashing import sha256_file
 from bq_pipelines.lib.preview.thumbnails import colour_ramp
 from bq_pipelines.lib.storage import ObjectOwner
-from bq_pipelines.orchestration.factory import DatasetKeys
+from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines_tests.fixtures.demo import demo_data
 from bq_pipelines_tests.pngs import png_pixels
 from bq_pipelines_tests.runs import (

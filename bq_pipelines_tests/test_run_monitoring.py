@@ -23,7 +23,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from bq_pipelines.orchestration.factory import op_name
+from bq_pipelines.orchestration.keys import op_name
 from bq_pipelines.runtime.launch import RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.runtime.monitoring import run_worker_pid
 from bq_pipelines_tests import backfill_location as location

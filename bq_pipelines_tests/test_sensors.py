@@ -10,14 +10,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bq_pipelines.datasets.declarations import Declaration, parse_declaration
 from bq_pipelines.datasets.demo import write_demo_rasters
-from bq_pipelines.orchestration.factory import (
-    DatasetKeys,
-    build_dataset,
-    op_name,
-    partitions_definition,
-)
+from bq_pipelines.datasets.loading import parse_declaration
+from bq_pipelines.datasets.schema import Declaration
+from bq_pipelines.orchestration.factory import build_dataset
+from bq_pipelines.orchestration.keys import DatasetKeys, op_name, partitions_definition
 from bq_pipelines.orchestration.resources import SourcesResource, resources_for
 from bq_pipelines.orchestration.sensors import (
     AUTOMATION_SENSOR_NAME,

@@ -10,10 +10,10 @@ import dagster as dg
 import pytest
 
 from bq_pipelines.cli import main
-from bq_pipelines.datasets.declarations import parse_declaration
+from bq_pipelines.datasets.loading import parse_declaration
 from bq_pipelines.datasets.plans import SourceLocations
-from bq_pipelines.orchestration.factory import partition_code_version, partitions_definition
-from bq_pipelines.orchestration.keys import DatasetKeys
+from bq_pipelines.orchestration.assets import partition_code_version
+from bq_pipelines.orchestration.keys import DatasetKeys, partitions_definition
 from bq_pipelines.orchestration.status import dataset_status
 from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
 from bq_pipelines_tests.runs import materialize_dataset

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bq_pipelines.datasets.declarations import builtin_declaration_data, parse_declaration
+from bq_pipelines.datasets.loading import builtin_declaration_data, parse_declaration
 from bq_pipelines.datasets.plans import SourceLocations, entity_names, plan_partition
 from bq_pipelines.datasets.templates import TypedTemplate, as_typed, parse_datetime, render_property
 from bq_pipelines.lib.errors import ConfigError

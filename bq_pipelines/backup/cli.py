@@ -1,6 +1,6 @@
 """`bq-pipelines backups` and `bq-pipelines restore`: the backup commands of the CLI.
 
-Registered by bq_pipelines.cli; the object store and catalog backend come from the code
+Registered by bq_pipelines.cli.main; the object store and catalog backend come from the code
 location's resources, so the commands see exactly what the scheduled backups write.
 """
 
@@ -20,7 +20,7 @@ from bq_pipelines.lib.errors import BackupError, StorageError
 from bq_pipelines.lib.storage import ObjectStore
 
 COMMANDS = ("backups", "restore")
-# Runs the backup asset through Dagster: handled by bq_pipelines.cli, not by `run` below.
+# Runs the backup asset through Dagster: handled by bq_pipelines.cli.backups, not by `run` below.
 BACKUP_NOW = "backup"
 
 

@@ -19,12 +19,12 @@ import yaml
 from dagster_shared.yaml_utils import parse_yamls_with_source_position
 from pydantic import ValidationError
 
-from bq_pipelines.datasets.declarations import (
-    Declaration,
+from bq_pipelines.datasets.loading import (
     builtin_declaration_files,
     declaration_origin,
     load_declarations,
 )
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.errors import ConfigError
 
 COMPONENT_TYPE = "bq_pipelines.components.StacDataset"

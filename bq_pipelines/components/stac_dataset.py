@@ -5,7 +5,7 @@ Each dataset is `bq_pipelines/defs/<id>/defs.yaml`:
     type: bq_pipelines.components.StacDataset
     attributes: {id: <id>, title: ..., source: ..., partitions: ..., item: ...}
 
-The attributes are a `Declaration` (declarations.py): its pydantic model is the component's
+The attributes are a `Declaration` (datasets/schema/): its pydantic model is the component's
 schema, so `dg check yaml` reports a bad field with its line, and every refusal of the
 declaration runs when the component loads. The assets are built by `factory.build_dataset`.
 """
@@ -17,7 +17,8 @@ from typing import Any
 import dagster as dg
 from pydantic import BaseModel
 
-from bq_pipelines.datasets.declarations import DEFS_FILE, Declaration, remember_declaration
+from bq_pipelines.datasets.loading import DEFS_FILE, remember_declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.orchestration.factory import build_dataset
 from bq_pipelines.settings import current_settings
@@ -41,7 +42,7 @@ class StacDataset(dg.Component):
 
     @classmethod
     def get_description(cls) -> str | None:
-        return "A raster dataset of the STAC catalog, declared in YAML (declarations.py)."
+        return "A raster dataset of the STAC catalog, declared in YAML (datasets/schema/)."
 
     @classmethod
     def load(cls, attributes: BaseModel | None, context: dg.ComponentLoadContext) -> StacDataset:

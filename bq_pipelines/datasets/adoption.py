@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bq_pipelines.datasets.comparison import item_differences, planned_document
-from bq_pipelines.datasets.declarations import Declaration
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.errors import PipelineError
 from bq_pipelines.lib.pipeline import ItemPlan, Services, fingerprint, probe_sources
 from bq_pipelines.lib.storage import object_key

@@ -27,8 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bq_pipelines.datasets.declarations import Declaration
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.integrity import Drift, ObjectDrift, item_drift, plan_key
 from bq_pipelines.lib.locks import Locks, partition_lock_name
 from bq_pipelines.lib.pipeline import ItemPlan, Services

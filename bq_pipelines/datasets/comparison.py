@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bq_pipelines.datasets.declarations import Declaration, LegacyDifference
 from bq_pipelines.datasets.plans import SourceLocations, collection_for, plan_partition
+from bq_pipelines.datasets.schema import Declaration, LegacyDifference
 from bq_pipelines.datasets.templates import parse_datetime
 from bq_pipelines.lib import stac
 from bq_pipelines.lib.pipeline import ItemPlan

@@ -16,13 +16,14 @@ from typing import Any
 
 import pystac
 
-from bq_pipelines.datasets.declarations import (
+from bq_pipelines.datasets import rendering, validation
+from bq_pipelines.datasets.rendering import RenderedSource
+from bq_pipelines.datasets.schema import (
     FILES_DIMENSION,
     STATIC_KEY_SEPARATOR,
     CogOptions,
     Declaration,
     DimensionValue,
-    RenderedSource,
     Variant,
 )
 from bq_pipelines.datasets.templates import render
@@ -66,7 +67,9 @@ def split_partition_key(declaration: Declaration, keys_by_dimension: Mapping[str
     if partitions.time is not None:
         key = keys_by_dimension[partitions.time.name]
         period = datetime.strptime(key, partitions.time.key_format).date()
-    return declaration.partition_variables(_chosen_values(declaration, keys_by_dimension), period)
+    return rendering.partition_variables(
+        declaration, _chosen_values(declaration, keys_by_dimension), period
+    )
 
 
 def file_metadata(declaration: Declaration, file_name: str, local_root: Path) -> dict[str, str]:
@@ -98,7 +101,7 @@ def _check_unique_columns(
     declaration: Declaration, path: Path, rows: Sequence[Mapping[str, str]], row: Mapping[str, str]
 ) -> None:
     key = declaration.partitions.files.metadata.key  # type: ignore[union-attr]
-    for field, columns in declaration.unique_metadata_columns():
+    for field, columns in validation.unique_metadata_columns(declaration):
         mine = [row[c] for c in columns]
         others = [r[key] for r in rows if r[key] != row[key] and [r[c] for c in columns] == mine]
         if others:
@@ -152,7 +155,7 @@ def _source_refs(
             subdataset=rendered.subdataset,
             bands=tuple(rendered.source.bands) if rendered.source.bands else None,
         )
-        for rendered in declaration.rendered_sources(variables)
+        for rendered in rendering.rendered_sources(declaration, variables)
     ]
 
 
@@ -162,9 +165,9 @@ def _expansions(declaration: Declaration, variables: Mapping[str, Any], refs: Se
     if expand is None:
         yield dict(variables), None
         return
-    first = declaration.first_band(variables)
+    first = rendering.first_band(declaration, variables)
     names = entity_names(declaration, refs[0].url) if expand.names is not None else None
-    for item_variables in declaration.item_variables(variables, names):
+    for item_variables in rendering.item_variables(declaration, variables, names):
         index = item_variables[expand.variable]
         yield item_variables, first + (index - expand.start) * expand.stride
 
@@ -210,16 +213,16 @@ def plan_partition(
     variables = split_partition_key(declaration, keys_by_dimension)
     if declaration.partitions.files is not None:
         variables |= file_metadata(declaration, variables["file_name"], locations.local_root)
-    variant = declaration.variant_for(variables)
+    variant = rendering.variant_for(declaration, variables)
     refs = _source_refs(declaration, variables, locations)
     settings = _cog_settings(declaration, _chosen_values(declaration, keys_by_dimension), variant)
     item = declaration.item
     plans = []
     for item_variables, band in _expansions(declaration, variables, refs):
         item_refs = refs if band is None else [replace(refs[0], bands=(band,)), *refs[1:]]
-        item_id, file_name = declaration.item_names(item_variables)
-        when = declaration.item_datetimes(item_variables)
-        declaration.check_in_extent(when)  # files partitions: only known now
+        item_id, file_name = rendering.item_names(declaration, item_variables)
+        when = rendering.item_datetimes(declaration, item_variables)
+        rendering.check_in_extent(declaration, when)  # files partitions: only known now
         plans.append(
             ItemPlan(
                 collection_id=declaration.id,
@@ -231,7 +234,7 @@ def plan_partition(
                 datetime=when[0],
                 start_datetime=when[1],
                 end_datetime=when[2],
-                properties=declaration.item_properties(item_variables),
+                properties=rendering.item_properties(declaration, item_variables),
                 title=render(item.title, item_variables, "item.title") if item.title else None,
                 thumbnail=declaration.thumbnails,
             )

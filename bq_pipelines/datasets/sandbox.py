@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from bq_pipelines.datasets.declarations import Declaration, RenderedSource, Source
+from bq_pipelines.datasets import validation
 from bq_pipelines.datasets.plans import SourceLocations
+from bq_pipelines.datasets.rendering import RenderedSource
+from bq_pipelines.datasets.schema import Declaration, Source
 from bq_pipelines.lib import sources
 from bq_pipelines.lib.errors import ConfigError, SourceRefused
 
@@ -27,7 +29,7 @@ def check_local_sources(declaration: Declaration, locations: SourceLocations) ->
     declared += [v.source for v in declaration.variants if v.source is not None]
     if not any(_may_be_local(source, locations.base_urls) for source in declared):
         return  # remote only: nothing to resolve (most partitions of the big datasets)
-    for label, rendered in declaration.sampled_sources():
+    for label, rendered in validation.sampled_sources(declaration):
         if not _may_be_local(rendered.source, locations.base_urls):
             continue
         try:

@@ -3,7 +3,7 @@ sensor, and the `ingestion_api` resource."""
 
 import dagster as dg
 
-from bq_pipelines.datasets.declarations import load_declarations
+from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.ingestion.definitions import ingestion_definitions
 from bq_pipelines.settings import current_api_settings
 

@@ -17,17 +17,18 @@
 import contextlib
 import dataclasses
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import dagster as dg
 from pydantic import Field
 
-from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.ingestion.models import NewItem
-from bq_pipelines.ingestion.processing import geotiff_check, process_request
+from bq_pipelines.ingestion.processing import ProcessedRequest, geotiff_check, process_request
 from bq_pipelines.ingestion.store import RequestStore, StoredRequest
 from bq_pipelines.ingestion.url_policy import SourcePolicy
 from bq_pipelines.lib.errors import CogError, PipelineError, StacValidationError
+from bq_pipelines.lib.pipeline import Services
 from bq_pipelines.lib.sources import FetchLimits
 from bq_pipelines.orchestration.keys import COG_VALID_CHECK, ITEM_VALID_CHECK
 from bq_pipelines.orchestration.resources import (
@@ -203,7 +204,17 @@ def _checks(error: BaseException | None) -> Iterator[dg.AssetCheckResult]:
 
 def ingestion_definitions(declarations: list[Declaration], settings: ApiSettings) -> dg.Definitions:
     """The asset, its job and sensors, and the `ingestion_api` resource."""
-    declared = {declaration.id: declaration for declaration in declarations}
+    job = ingestion_job()
+    return dg.Definitions(
+        assets=[ingestion_asset({declaration.id: declaration for declaration in declarations})],
+        jobs=[job],
+        sensors=[requests_sensor(job)],
+        resources={"ingestion_api": ingestion_resource(settings)},
+    )
+
+
+def ingestion_asset(declared: Mapping[str, Declaration]) -> dg.AssetsDefinition:
+    """`ingestion_api/stac_item`: a run processes the request named in its config."""
 
     @dg.asset(
         key=ASSET_KEY,
@@ -227,43 +238,18 @@ def ingestion_definitions(declarations: list[Declaration], settings: ApiSettings
         catalog: CatalogResource,
         sources: SourcesResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        request_id, run_id = config.request_id, context.run_id
-        # A re-execution processes the request again, whatever its state (the UI's way).
-        attempt = None if context.run.parent_run_id else config.attempt
-
-        def waiting(name: str) -> None:
-            context.log.info(f"request {request_id}: waiting for another run processing it")
-
-        # An interrupt (the run canceled, or the machine shutting down) records nothing: the
-        # sensor then fails the request of a canceled run and retries the others.
-        with (
-            ingestion_api.store() as store,
-            store.processing(request_id, waiting),
-        ):
-            if not store.start(request_id, run_id, attempt):
-                raise dg.Failure(_not_started(store.get(request_id), request_id, attempt))
-            stored = store.get(request_id)
-            assert stored is not None  # started just now
-            body = NewItem.model_validate(stored.request)
-            services = dataclasses.replace(
+        def services() -> Services:
+            return dataclasses.replace(
                 services_for(object_store, catalog, sources),
                 fetch_limits=ingestion_api.fetch_limits(),
             )
 
-            def report(operation: str, step: str, detail: str) -> None:
-                store.progress(request_id, run_id, operation, step, detail)
-                context.log.info(f"{operation}: {detail}")
-
-            try:
-                outcome = process_request(
-                    request_id, body, services, declared, report, store.exclusive
-                )
-            except Exception as error:
-                store.fail(request_id, run_id, _reason(error))
-                failure: Exception | None = error
-            else:
-                failure = None
-                store.finish(request_id, run_id, outcome.item_url, outcome.history)
+        request_id = config.request_id
+        # A re-execution processes the request again, whatever its state (the UI's way).
+        attempt = None if context.run.parent_run_id else config.attempt
+        body, processed, failure = _process(
+            context, request_id, attempt, ingestion_api, services, declared
+        )
         yield from _checks(failure)
         if failure is not None:
             raise dg.Failure(
@@ -271,25 +257,74 @@ def ingestion_definitions(declarations: list[Declaration], settings: ApiSettings
                 f"{_reason(failure, frames=True)}",
                 metadata={"request_id": request_id, "source": body.source_url},
             ) from failure
-        result = outcome.item
-        yield dg.MaterializeResult(
-            metadata={
-                "request_id": request_id,
-                "collection_id": body.collection_id,
-                "item_id": body.name,
-                "item_url": dg.MetadataValue.url(outcome.item_url),
-                "href": dg.MetadataValue.url(result.stored.href),
-                "source": body.source_url,
-                "bytes": result.cog.size,
-                "crs": result.cog.crs,
-                "profile": result.cog.profile,
-                "outcome": result.outcome,
-                "extent_updated": outcome.extent_updated,
-                "item": dg.MetadataValue.json(result.item),
-            }
-        )
+        assert processed is not None  # no failure
+        yield _materialization(request_id, body, processed)
 
-    job = dg.define_asset_job(
+    return ingestion_item
+
+
+def _process(
+    context: dg.AssetExecutionContext,
+    request_id: str,
+    attempt: int | None,
+    ingestion_api: IngestionApiResource,
+    services: Callable[[], Services],
+    declared: Mapping[str, Declaration],
+) -> tuple[NewItem, ProcessedRequest | None, Exception | None]:
+    """Start the request's attempt in the store, process it, record its outcome: (the request,
+    what was published, or the error that failed it)."""
+    run_id = context.run_id
+
+    def waiting(name: str) -> None:
+        context.log.info(f"request {request_id}: waiting for another run processing it")
+
+    # An interrupt (the run canceled, or the machine shutting down) records nothing: the
+    # sensor then fails the request of a canceled run and retries the others.
+    with ingestion_api.store() as store, store.processing(request_id, waiting):
+        if not store.start(request_id, run_id, attempt):
+            raise dg.Failure(_not_started(store.get(request_id), request_id, attempt))
+        stored = store.get(request_id)
+        assert stored is not None  # started just now
+        body = NewItem.model_validate(stored.request)
+        built = services()
+
+        def report(operation: str, step: str, detail: str) -> None:
+            store.progress(request_id, run_id, operation, step, detail)
+            context.log.info(f"{operation}: {detail}")
+
+        try:
+            processed = process_request(request_id, body, built, declared, report, store.exclusive)
+        except Exception as error:
+            store.fail(request_id, run_id, _reason(error))
+            return body, None, error
+        store.finish(request_id, run_id, processed.item_url, processed.history)
+        return body, processed, None
+
+
+def _materialization(
+    request_id: str, body: NewItem, processed: ProcessedRequest
+) -> dg.MaterializeResult:
+    result = processed.item
+    return dg.MaterializeResult(
+        metadata={
+            "request_id": request_id,
+            "collection_id": body.collection_id,
+            "item_id": body.name,
+            "item_url": dg.MetadataValue.url(processed.item_url),
+            "href": dg.MetadataValue.url(result.stored.href),
+            "source": body.source_url,
+            "bytes": result.cog.size,
+            "crs": result.cog.crs,
+            "profile": result.cog.profile,
+            "outcome": result.outcome,
+            "extent_updated": processed.extent_updated,
+            "item": dg.MetadataValue.json(result.item),
+        }
+    )
+
+
+def ingestion_job() -> "dg.UnresolvedAssetJobDefinition":  # quoted: for type checkers only
+    return dg.define_asset_job(
         JOB_NAME,
         selection=dg.AssetSelection.assets(ASSET_KEY),
         description="Process one ingestion API request (its id in the run config).",
@@ -297,6 +332,10 @@ def ingestion_definitions(declarations: list[Declaration], settings: ApiSettings
         # of CPU per request).
         executor_def=dg.in_process_executor,
     )
+
+
+def requests_sensor(job: "dg.UnresolvedAssetJobDefinition") -> dg.SensorDefinition:
+    """One run per request waiting for one; settles the attempts whose run ended silently."""
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -310,13 +349,7 @@ def ingestion_definitions(declarations: list[Declaration], settings: ApiSettings
     ) -> dg.SensorResult | dg.SkipReason:
         instance = context.instance
         with ingestion_api.store() as store:
-            ended = _ended_attempts(
-                instance, store.pending(MAX_RUNS_PER_TICK), store.running(MAX_RUNS_PER_TICK)
-            )
-            for request, run, run_id in ended:
-                outcome = settle(store, request, run, run_id, _run_end(instance, run, run_id))
-                if outcome:
-                    context.log.info(f"request {request.id}: {outcome}")
+            _settle_ended_attempts(context, store)
             waiting = store.pending(MAX_RUNS_PER_TICK)
         launched = _attempt_runs(instance, waiting)
         new = [run_request(request) for request in waiting if request.id not in launched]
@@ -324,12 +357,18 @@ def ingestion_definitions(declarations: list[Declaration], settings: ApiSettings
             return dg.SkipReason(f"no request waits for a run ({len(waiting)} runs requested)")
         return dg.SensorResult(run_requests=new)
 
-    return dg.Definitions(
-        assets=[ingestion_item],
-        jobs=[job],
-        sensors=[pick_up_requests],
-        resources={"ingestion_api": ingestion_resource(settings)},
+    return pick_up_requests
+
+
+def _settle_ended_attempts(context: dg.SensorEvaluationContext, store: RequestStore) -> None:
+    instance = context.instance
+    ended = _ended_attempts(
+        instance, store.pending(MAX_RUNS_PER_TICK), store.running(MAX_RUNS_PER_TICK)
     )
+    for request, run, run_id in ended:
+        outcome = settle(store, request, run, run_id, _run_end(instance, run, run_id))
+        if outcome:
+            context.log.info(f"request {request.id}: {outcome}")
 
 
 def settle(

@@ -21,7 +21,7 @@ import pystac
 import rasterio
 from rasterio.errors import RasterioError
 
-from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.ingestion.models import (
     CREATEPYSTACITEM,
     GETCOLLECTION,

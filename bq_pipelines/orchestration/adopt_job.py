@@ -15,7 +15,7 @@ import dagster as dg
 
 from bq_pipelines.datasets.adoption import ADOPTED, ADOPTED_OBJECTS, MAX_REASONS, Assessment
 from bq_pipelines.datasets.adoption import assess_partition as assess
-from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.pipeline import Services, settings_digest
 from bq_pipelines.orchestration.keys import (
     CODE_VERSION_TAG,

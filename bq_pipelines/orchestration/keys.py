@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from bq_pipelines.datasets.declarations import FILES_DIMENSION, Declaration, Partitions, next_period
+from bq_pipelines.datasets.schema import FILES_DIMENSION, Declaration, Partitions, next_period
 
 PARTITION_STEPS = ("raw", "cog", "object", "stac_item")
 COG_VALID_CHECK = "cog_valid"

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 import dagster as dg
 
-from bq_pipelines.datasets.declarations import Declaration
 from bq_pipelines.datasets.plans import plan_partition
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib import sources as source_files
 from bq_pipelines.lib.errors import PipelineError, SourceError
 from bq_pipelines.lib.pipeline import ItemPlan, fingerprint

@@ -19,8 +19,8 @@ from typing import Any
 
 import dagster as dg
 
-from bq_pipelines.datasets.declarations import Declaration
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.pipeline import ItemPlan, settings_digest
 from bq_pipelines.lib.words import plural
 from bq_pipelines.orchestration.keys import (

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import dagster as dg
 import yaml
 
-from bq_pipelines.datasets.declarations import Declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.errors import PipelineError
 from bq_pipelines.orchestration.keys import DatasetKeys, op_name
 from bq_pipelines.runtime.event_batching import batched_event_writes, with_event_batching

@@ -19,7 +19,7 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from bq_pipelines.datasets.declarations import load_declarations
+from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.datasets.plans import collection_for
 from bq_pipelines.ingestion.definitions import ASSET_KEY, JOB_NAME, REQUEST_TAG
 from bq_pipelines.lib.stac import multihash_sha256

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bq_pipelines.datasets.declarations import load_declarations
+from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.ingestion.__main__ import token_from_file
 from bq_pipelines.ingestion.models import NewItem
 from bq_pipelines.ingestion.processing import DEFAULT_COG, plan_request

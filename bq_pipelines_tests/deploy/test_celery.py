@@ -24,7 +24,7 @@ import dagster as dg
 import pytest
 import redis
 
-from bq_pipelines.orchestration.factory import DatasetKeys
+from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.executors import worker_app
 from bq_pipelines.settings import Settings

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bq_pipelines.orchestration.factory import DatasetKeys
+from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines_tests import backfill_location as location
 from bq_pipelines_tests.deploy.conftest import count_rows, sessions_of
