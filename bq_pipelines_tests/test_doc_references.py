@@ -95,3 +95,15 @@ def test_bench_results_are_assembled_from_the_runs() -> None:
         text=True,
     )
     assert done.returncode == 0, done.stderr
+
+
+def github_anchor(title: str) -> str:
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def test_the_readme_contents_list_every_section() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    contents, _, body = text.partition("## Contents\n")[2].partition("\n## ")
+    listed = re.findall(r"\]\(#([\w-]+)\)", contents)
+    headings = re.findall(r"^##{1,2} (.+)$", "## " + body, re.MULTILINE)
+    assert listed == [github_anchor(title) for title in headings]
