@@ -251,7 +251,7 @@ def main() -> None:
                 "bench_backfill",
                 title=f"Dagster overhead against a plain loop, {args.partitions} partitions",
                 goal=f"a batched run <= 1.3x the plain loop (judged: {judged[0]}, batch size "
-                f"{judged[1]}, median of {args.rounds} rounds).",
+                f"{judged[1]}, median of {args.rounds} round(s)).",
                 baseline="the same fetch, COG, item and publication in a plain Python loop",
                 columns=[
                     "round",
