@@ -131,16 +131,21 @@ format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## Benchmarks (ratios against a baseline measured in the same run); see bench/RESULTS.md
+## Benchmarks (ratios against a baseline measured in the same run): each writes its results
+## under bench/results/, then bench/RESULTS.md is assembled from them (bench/assemble.py)
 bench: install-dev bench-tools
 	$(BIN)/python bench/bench_cog.py
+	$(BIN)/python bench/bench_cog.py --small
 	$(BIN)/python bench/bench_cog.py --rss-gb 2.1
 	$(BIN)/python bench/bench_items.py
 	$(BIN)/python bench/bench_backfill.py
+	$(BIN)/python bench/bench_cli.py
 	$(BIN)/python bench/bench_validation.py
 	$(BIN)/python bench/bench_previews.py
 	$(BIN)/python bench/bench_publish.py
-	$(BIN)/python bench/bench_api.py
+	$(BIN)/python bench/bench_api.py --process none
+	$(BIN)/python bench/bench_api.py --requests 200
+	$(BIN)/python bench/assemble.py
 
 clean: services-down
 	rm -rf .bq

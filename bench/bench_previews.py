@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.transform import from_origin
+from results import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -103,6 +104,7 @@ def main() -> None:
     print(f"bench_previews: {os.cpu_count()} cores, --size {args.size} --repeat {args.repeat}")
     with tempfile.TemporaryDirectory(prefix="bench-previews-") as tmp:
         cases = make_cogs(Path(tmp), args.size)
+        rows: list[list[str | float]] = []
         print("| COG | overviews | ours (ms) | overview read (ms) | ratio | full read (ms) | PNG |")
         print("|---|---|---|---|---|---|---|")
         for name, path, categorical in cases:
@@ -124,6 +126,35 @@ def main() -> None:
                 f"| {name} | {overviews or 'none'} | {ours_ms:.1f} | {base_ms:.1f} | "
                 f"{ours_ms / base_ms:.2f} | {full:.0f} | {len(png) / 1024:.1f} KiB |"
             )
+            rows.append(
+                [
+                    name,
+                    str(overviews or "none"),
+                    ours_ms,
+                    base_ms,
+                    ours_ms / base_ms,
+                    full,
+                    f"{len(png) / 1024:.1f} KiB",
+                ]
+            )
+    write_result(
+        "bench_previews",
+        title="Thumbnails from COG overviews",
+        goal="a thumbnail costs about one read of the COG's smallest overview, never a full read.",
+        baseline="the overview read alone (rasterio, `out_shape` of the thumbnail)",
+        columns=[
+            "COG",
+            "overviews",
+            "ours (ms)",
+            "overview read (ms)",
+            "ratio",
+            "full read (ms)",
+            "PNG",
+        ],
+        rows=rows,
+        ratio=statistics.median(row[4] for row in rows),
+        met=None,
+    )
 
 
 if __name__ == "__main__":

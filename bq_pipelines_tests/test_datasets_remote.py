@@ -1,7 +1,7 @@
 """The remote legacy datasets (CHELSA, ESA CCI LC, GFW, SoilGrids, EarthEnv): their declarations
-load with the partition counts of DATASETS.md, and one partition of each, served from a local
-mirror of the legacy host, is materialized on the real services and found with its legacy item
-id and properties."""
+load with the partition counts of the README's "Datasets" table, and one partition of each,
+served from a local mirror of the legacy host, is materialized on the real services and found
+with its legacy item id and properties."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ SOILGRIDS = "https://files.isric.org/soilgrids/latest/data_aggregated/1000m"
 EARTHENV = "https://data.earthenv.org"
 ESA_CCI = "ftp://geo10.elie.ucl.ac.be/CCI/LandCover/byYear"
 
-# Partition counts of DATASETS.md (chelsa-clim's "≈175" is checked in its own test).
+# Partition counts of the README's "Datasets" table (chelsa-clim's variables: their own test).
 PARTITION_COUNTS = {
     "chelsa-clim-proj": 855,
     "chelsa-monthly": 10 * 492,
@@ -338,7 +338,7 @@ def test_chelsa_clim_lists_the_documented_bioclim_plus_variables():
     declaration = builtin_declaration("chelsa-clim")
     [variables] = declaration.partitions.static
     names = {v.value for v in variables.values}
-    # DATASETS.md counts about 175 legacy files; every CHELSA-BIOCLIM+ family is here.
+    # The legacy documentation counted about 175 files; every CHELSA-BIOCLIM+ family is here.
     assert {f"bio{i}" for i in range(1, 20)} <= names
     for family in ("clt", "cmi", "hurs", "pet_penman", "rsds", "sfcWind", "vpd"):
         assert {f"{family}_{s}" for s in ("max", "mean", "min", "range")} <= names

@@ -1,8 +1,8 @@
 """The legacy `/newitem` request body and `/status` answer, with field-level validation.
 
-The shapes are the legacy API's (its INGESTION-API.md); fields after `_param` in a
-status are additions. Unknown top-level fields of a request are kept and echoed in `_param`,
-as the legacy server did.
+The shapes are the legacy API's (README, "Ingestion API": its endpoints, body and status);
+fields after `_param` in a status are additions. Unknown top-level fields of a request are kept
+and echoed in `_param`, as the legacy server did.
 """
 
 from __future__ import annotations

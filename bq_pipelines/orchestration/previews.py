@@ -4,7 +4,7 @@ Per partition: a link to its published item, the thumbnail of its (first) item a
 server, its map (`map_url`); per collection: a coverage map of the item footprints (stored in the
 object store beside the datasets, `_previews/<collection>/coverage-map.png`), the item count over
 time and, with a tile server, a mosaic (`map_url`). Built from plain values (items as dicts, PNG
-bytes) by `lib/preview.py`; the assets add these dicts to their metadata.
+bytes) by `lib/preview/`; the assets add these dicts to their metadata.
 
 Dagster's UI shows a markdown value in place when it is shorter than 1,000 characters, and
 behind "[Show Markdown]" otherwise: an image given by its http URL (the store's public URL, or

@@ -10,7 +10,7 @@ from bq_pipelines.lib.cog import CogSettings
 
 
 class CogOptions(Strict):
-    """The COG settings a declaration may set; see lib/cog.py CogSettings."""
+    """The COG settings a declaration may set; see lib/cog/settings.py CogSettings."""
 
     profile: Literal["raw", "display"] = "raw"
     categorical: bool = False

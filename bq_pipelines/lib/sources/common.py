@@ -87,7 +87,7 @@ class FetchLimits:
     # place; raises SourceRefused.
     check_file: Callable[[str, Path], None] | None = None
     # Width x height x bands read of one converted raster, checked from its header before any
-    # conversion (lib/pipeline.py, lib/cog.py); SourceRefused beyond.
+    # conversion (lib/pipeline/, lib/cog/); SourceRefused beyond.
     max_pixels: int | None = None
     # Local files (file:// URLs, plain paths) must lie under it once symlinks are resolved;
     # None: not confined (a guard, the ingestion API's, refuses them anyway).
