@@ -31,11 +31,11 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from bq_pipelines.backup.postgres import parse_dsn
-from bq_pipelines.ingestion.url_policy import parse_prefix
 from bq_pipelines.lib.errors import ConfigError, SourceRefused
+from bq_pipelines.lib.postgres_dsn import parse_dsn
 from bq_pipelines.lib.redaction import has_userinfo, redact_url
 from bq_pipelines.lib.sources import confined_local_path
+from bq_pipelines.lib.url_policy import parse_prefix
 
 ObjectStoreKind = Literal["local", "s3"]
 CatalogKind = Literal["static", "stac-api"]

@@ -100,14 +100,16 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def imports(path: Path) -> Iterator[str]:
-    """Every module a file imports, at its top or inside a function, with the packages that
-    importing it runs (`a.b.c` imports `a` and `a.b` first)."""
+def imports(path: Path, at_import_time: bool = False) -> Iterator[str]:
+    """Every module a file imports, at its top or inside a function (only at its top when
+    `at_import_time`), with the packages that importing it runs (`a.b.c` imports `a` and `a.b`
+    first)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    nodes = tree.body if at_import_time else list(ast.walk(tree))
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     if path.name != "__init__.py":
         package = package.rpartition(".")[0]
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -158,3 +160,72 @@ def test_the_import_walk_finds_dagster_through_the_project() -> None:
     # The walk itself: the code location's module reaches Dagster, directly or not.
     assert dagster_chain(PACKAGE / "definitions.py")
     assert dagster_chain(PACKAGE / "defs" / "catalog_backup.py")
+
+
+def project_imports(path: Path) -> set[Path]:
+    """The project modules a file imports, anywhere in it."""
+    found = (module_file(name) for name in imports(path))
+    return {f for f in found if f is not None and f != path}
+
+
+def reachable(start: Path) -> set[Path]:
+    """Every project module importing `start` may run, transitively."""
+    seen: set[Path] = set()
+    stack = [start]
+    while stack:
+        path = stack.pop()
+        if path not in seen:
+            seen.add(path)
+            stack.extend(project_imports(path) - seen)
+    return seen
+
+
+def test_lib_and_the_settings_import_only_the_core_library() -> None:
+    # The settings configure every other package; were they to import one (the URL policy once
+    # lived in ingestion/, the DSN parser in backup/), that package importing the settings back
+    # would close a cycle.
+    lib = PACKAGE / "lib"
+    starts = [PACKAGE / "settings.py", *sorted(lib.rglob("*.py"))]
+    outside = {
+        str(start.relative_to(ROOT)): sorted(
+            str(m.relative_to(ROOT))
+            for m in reachable(start)
+            if m != start and not m.is_relative_to(lib) and m != PACKAGE / "__init__.py"
+        )
+        for start in starts
+    }
+    assert not {k: v for k, v in outside.items() if v}, outside
+
+
+def top_level_imports(path: Path) -> set[Path]:
+    """The project modules a file imports when it is imported, its own enclosing packages left
+    out (Python is importing them already when it reaches the file)."""
+    found = (module_file(name) for name in imports(path, at_import_time=True))
+    return {
+        f
+        for f in found
+        if f is not None
+        and f != path
+        and not (f.name == "__init__.py" and path.is_relative_to(f.parent))
+    }
+
+
+def test_no_module_imports_itself_back_at_import_time() -> None:
+    graph = {p: top_level_imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+    cycles: list[list[str]] = []
+    state: dict[Path, int] = {}
+
+    def visit(node: Path, trail: list[Path]) -> None:
+        state[node] = 1
+        for nxt in graph.get(node, set()):
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt) :] if nxt in trail else [nxt]
+                cycles.append([str(p.relative_to(ROOT)) for p in [*cycle, nxt]])
+            elif nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for start in graph:
+        if start not in state:
+            visit(start, [start])
+    assert not cycles, f"import cycles: {cycles[:3]}"

@@ -21,8 +21,9 @@ import psycopg
 from bq_pipelines.backup import postgres
 from bq_pipelines.backup.backend import CatalogBackend, Dump, Progress, log_progress
 from bq_pipelines.backup.manifest import CatalogState, catalog_state
-from bq_pipelines.backup.postgres import PgTools, Server, Version, parse_dsn
+from bq_pipelines.backup.postgres import PgTools, Server, Version
 from bq_pipelines.lib.errors import BackupError
+from bq_pipelines.lib.postgres_dsn import parse_dsn
 
 SEARCH_PATH_LINE = b"SELECT pg_catalog.set_config('search_path', '', false);\n"
 FIXED_SEARCH_PATH_LINE = b"SELECT pg_catalog.set_config('search_path', 'pgstac, public', false);\n"

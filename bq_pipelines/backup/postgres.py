@@ -18,9 +18,10 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
-from bq_pipelines.lib.errors import BackupError, ConfigError
+from bq_pipelines.lib.errors import BackupError
+from bq_pipelines.lib.postgres_dsn import parse_dsn
 
 MAINTENANCE_DATABASE = "postgres"
 MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: longer names are silently truncated by PostgreSQL
@@ -95,22 +96,6 @@ class PgTools:
 
 
 # ------------------------------------------------------------------------------------ server
-
-
-def parse_dsn(dsn: str, variable: str = "BQ_PGSTAC_DSN") -> dict[str, Any]:
-    """The parameters of a libpq connection string (URL or key=value); ConfigError naming the
-    variable, never echoing the value (it may hold a password)."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        # libpq's reason quotes pieces of the value, and a piece may be the password.
-        raise ConfigError(
-            f"{variable}: not a PostgreSQL connection string "
-            "(postgresql://user@host:port/database, or key=value pairs)"
-        ) from None
-    if not params.get("dbname"):
-        raise ConfigError(f"{variable}: names no database (add /<database> or dbname=...)")
-    return params
 
 
 @dataclass(frozen=True)

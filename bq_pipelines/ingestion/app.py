@@ -33,12 +33,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bq_pipelines.ingestion.models import MAX_INT, Accepted, NewItem, Status, json_problem
 from bq_pipelines.ingestion.store import IdempotencyKeyReused, RequestStore
-from bq_pipelines.ingestion.url_policy import DEFAULT_PORTS, SourcePolicy
 from bq_pipelines.lib import sources
 from bq_pipelines.lib.catalog import Publisher
 from bq_pipelines.lib.errors import PipelineError, SourceError, SourceRefused
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import RetryPolicy
+from bq_pipelines.lib.url_policy import DEFAULT_PORTS, SourcePolicy
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import ApiSettings, Settings, api_token
 

@@ -26,10 +26,10 @@ from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.ingestion.models import NewItem
 from bq_pipelines.ingestion.processing import ProcessedRequest, geotiff_check, process_request
 from bq_pipelines.ingestion.store import RequestStore, StoredRequest
-from bq_pipelines.ingestion.url_policy import SourcePolicy
 from bq_pipelines.lib.errors import CogError, PipelineError, StacValidationError
 from bq_pipelines.lib.pipeline import Services
 from bq_pipelines.lib.sources import FetchLimits
+from bq_pipelines.lib.url_policy import SourcePolicy
 from bq_pipelines.orchestration.keys import COG_VALID_CHECK, ITEM_VALID_CHECK
 from bq_pipelines.orchestration.resources import (
     CatalogResource,

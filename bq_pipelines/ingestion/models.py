@@ -15,8 +15,8 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from bq_pipelines.ingestion.url_policy import parse_url
 from bq_pipelines.lib import names
+from bq_pipelines.lib.url_policy import parse_url
 
 MAX_URL_LENGTH = 2048
 # What the stores and the catalog can hold: pgstac's jsonb and stac-fastapi's JSON encoder take

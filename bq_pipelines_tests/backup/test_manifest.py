@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from bq_pipelines.backup.manifest import BackupKey, CatalogState, Manifest, catalog_state
-from bq_pipelines.backup.postgres import PgTools, Version, parse_dsn
+from bq_pipelines.backup.postgres import PgTools, Version
 from bq_pipelines.lib.errors import BackupError, ConfigError
+from bq_pipelines.lib.postgres_dsn import parse_dsn
 
 
 @pytest.mark.parametrize(

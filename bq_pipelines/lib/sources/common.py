@@ -65,7 +65,7 @@ class FetchedFile:
 
 
 class UrlGuard(Protocol):
-    """Where a fetch may go: the caller's policy (see api/url_policy.py)."""
+    """Where a fetch may go: the caller's policy (see lib/url_policy.py)."""
 
     def check_url(self, url: str) -> None:
         """Raise SourceRefused unless `url` (the first URL or a redirect's target) is allowed."""

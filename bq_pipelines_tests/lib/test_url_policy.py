@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from bq_pipelines.ingestion.url_policy import SourcePolicy, address_problem, parse_prefix
 from bq_pipelines.lib.errors import SourceRefused
+from bq_pipelines.lib.url_policy import SourcePolicy, address_problem, parse_prefix
 
 MIRROR = "http://127.0.0.1:8190/mirror/"
 POLICY = SourcePolicy([MIRROR, "https://", "http://", "ftp://ftp.example.org/pub/"])
