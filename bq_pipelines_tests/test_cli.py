@@ -62,6 +62,7 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else f"after {value} lines",
 )
+@pytest.mark.slow
 def test_a_listing_whose_reader_goes_away_ends_quietly(
     cli_env: Path, command: list[str], after_lines: int
 ) -> None:
@@ -215,6 +216,7 @@ def test_the_code_location_the_cli_launches_is_the_workspace_one() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_cli_runs_are_the_jobs_runs_counted_then_skipped(tmp_path: Path) -> None:
     # No DAGSTER_HOME: the CLI keeps its runs in $BQ_HOME/dagster, as `make` does, so that a
     # second run from any shell skips what the first published.
@@ -281,6 +283,7 @@ def test_cli_runs_are_the_jobs_runs_counted_then_skipped(tmp_path: Path) -> None
     assert all(r.job_name == "demo_job" for r in runs)
 
 
+@pytest.mark.slow
 def test_after_a_failed_run_the_cli_says_what_the_catalog_still_holds(
     cli_env: Path, capsys
 ) -> None:

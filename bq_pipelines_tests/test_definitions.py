@@ -125,6 +125,7 @@ def test_a_bad_setting_fails_the_load_naming_the_variable(monkeypatch):
         defs()
 
 
+@pytest.mark.slow
 def test_workspace_yaml_loads_the_code_location(tmp_path):
     # What `make dev` and a deployment load: the workspace file, through Dagster's own CLI.
     root = Path(__file__).resolve().parents[1]
@@ -163,6 +164,7 @@ def test_the_catalog_backup_asset_check_job_and_schedule(monkeypatch):
     assert type(definitions.resources["backup"]).__name__ == "PgstacBackupResource"
 
 
+@pytest.mark.slow
 def test_dagsters_cli_lists_the_backup_asset_and_schedule(tmp_path):
     # What the UI and the daemon see: `make dev` turns the schedule off, production leaves it on.
     root = Path(__file__).resolve().parents[1]

@@ -52,7 +52,7 @@ def declaration_file(declaration_id: str, path: Path) -> Path:
     return path
 
 
-@pytest.fixture(params=["local", "service"])
+@pytest.fixture(params=["local", pytest.param("service", marks=pytest.mark.services)])
 def any_settings(request) -> Settings:
     return request.getfixturevalue(f"{request.param}_settings")
 
@@ -165,6 +165,7 @@ def forge_behind_the_back(settings: Settings, store, key: str) -> bytes:
     return garbage
 
 
+@pytest.mark.slow
 def test_garbage_under_copied_metadata_is_found_by_the_audit_and_repaired(
     any_settings: Settings, unique_id: str
 ) -> None:
@@ -453,6 +454,7 @@ def published_catalog(home: Path) -> dict[str, tuple[dict, bytes]]:
     return catalog
 
 
+@pytest.mark.slow
 def test_two_concurrent_cli_runs_of_the_same_partitions_both_succeed(tmp_path: Path) -> None:
     # Two `bq-pipelines materialize demo` at once on a new BQ_HOME (so on a new instance,
     # `$BQ_HOME/dagster`, which both create), then one alone elsewhere as the reference. Each
@@ -537,6 +539,7 @@ def test_kill_9_mid_publish_then_rerun_leaves_no_drift(
     instance.dispose()
 
 
+@pytest.mark.slow
 def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
     home = tmp_path / "bq"
     env = cli_env(home)
@@ -580,6 +583,7 @@ def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
     assert status == 0 and "demo: no drift: 3 items, 6 objects" in output, output
 
 
+@pytest.mark.slow
 def test_audit_command_reports_a_half_done_backfill_apart_from_drift(tmp_path: Path) -> None:
     home = tmp_path / "bq"
     env = cli_env(home)

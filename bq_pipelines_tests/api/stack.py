@@ -25,6 +25,7 @@ from bq_pipelines.ingestion.definitions import REQUEST_TAG
 from bq_pipelines.lib.catalog import Publisher, StacApiPublisher
 from bq_pipelines.lib.stac import build_collection
 from bq_pipelines_tests.dagster_processes import PROJECT_ROOT, Deployment, free_port
+from bq_pipelines_tests.fixtures.services import stack_database_prefix
 
 TOKEN = "test-token-for-the-ingestion-api"
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
@@ -110,9 +111,9 @@ def on_services(
 
 @contextlib.contextmanager
 def request_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for the request store (named after this checkout's catalog
-    database, so checkouts sharing the server stay apart); dropped afterwards."""
-    name = f"{os.environ.get('BQ_CATALOG_DB') or 'bq_catalog'}_requests_{uuid.uuid4().hex[:8]}"
+    """A fresh PostgreSQL database for the request store (named after this checkout's test
+    stack, so checkouts sharing the server stay apart); dropped afterwards."""
+    name = f"{stack_database_prefix()}requests_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     try:
