@@ -27,6 +27,7 @@ from bq_pipelines.lib.integrity import checksum_sha256
 from bq_pipelines.lib.locks import FileLocks, Locks, PostgresLocks, partition_lock_name
 from bq_pipelines.lib.pipeline import run_items
 from bq_pipelines.lib.storage import API_WRITER
+from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.orchestration.factory import AUDIT_CHECK, FORCE_TAG, DatasetKeys
 from bq_pipelines.orchestration.resources import LOCKS_FOLDER, S3ObjectStoreResource, resources_for
 from bq_pipelines.settings import Settings
@@ -380,10 +381,7 @@ def run_in_thread(target, *args, **kwargs) -> tuple[threading.Thread, list]:
 
 
 def wait_for(condition, what: str, timeout: float = RUN_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    wait_until(condition, timeout=timeout, what=what, poll=0.05)
 
 
 def logged(instance: dg.DagsterInstance, text: str) -> bool:
