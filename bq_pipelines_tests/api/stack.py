@@ -24,6 +24,7 @@ import psycopg
 from bq_pipelines.ingestion.definitions import REQUEST_TAG
 from bq_pipelines.lib.catalog import Publisher, StacApiPublisher
 from bq_pipelines.lib.stac import build_collection
+from bq_pipelines.lib.waiting import WaitTimeout, wait_until
 from bq_pipelines_tests.dagster_processes import PROJECT_ROOT, Deployment, free_port
 from bq_pipelines_tests.fixtures.services import stack_database_prefix
 
@@ -157,14 +158,18 @@ class ApiStack:
         self.wait_until_serving()
 
     def wait_until_serving(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.api.poll() is None, f"the API exited\n{self.deployment.log_tail()}"
+        def serving() -> bool:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/openapi.json", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise AssertionError(f"API not serving in {READY_TIMEOUT} s\n{self.deployment.log_tail()}")
+                return httpx.get(f"{self.base_url}/openapi.json", timeout=2).status_code == 200
+            return False
+
+        def exited() -> str | None:
+            return None if self.api.poll() is None else f"exited with {self.api.returncode}"
+
+        try:
+            wait_until(serving, timeout=READY_TIMEOUT, what="the API serving", failed=exited)
+        except WaitTimeout as exc:
+            raise AssertionError(f"{exc}\n{self.deployment.log_tail()}") from None
 
     def start_daemon(self) -> None:
         self.daemon = self.deployment.start(
