@@ -136,6 +136,7 @@ def test_partitions_discovers_file_partitions_first(cli_env: Path, capsys) -> No
 # ------------------------------------------------------------------------ runs and counts
 
 
+@pytest.mark.slow
 def test_no_successful_partition_publishes_no_collection(cli_env: Path, capsys) -> None:
     # No `demo-data`: every source is missing.
     assert main(["materialize", "demo"]) == 1

@@ -93,6 +93,7 @@ def test_resources_follow_the_settings(monkeypatch):
     assert type(resources["catalog"]).__name__ == "StacApiCatalogResource"
 
 
+@pytest.mark.slow
 def test_partition_locks_follow_the_settings(monkeypatch):
     # Embedded defaults: file locks under the work dir; with the catalog's database (what
     # production sets), advisory locks every machine shares, the DSN read through EnvVar.
