@@ -14,7 +14,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
 # Dagster reads it from the environment only (bq_pipelines/runtime/event_batching.py).
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install install-dev deploy-tools bench-tools deploy-check demo test pytest services services-down dev ui api browse lint check-defs format bench clean
+.PHONY: install install-dev deploy-tools bench-tools deploy-check demo test test-unit pytest services services-down test-stack-down dev ui api browse lint check-defs format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,23 +61,37 @@ bench-tools:
 	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
 	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends gdal-bin; }
 
+# The tests' own stack (scripts/services.py --stack test): a database and ports of this
+# checkout's tests, never those of `make services`; made by the run and dropped at its end
+# (the EXIT trap: also when a test run fails or is interrupted).
+TEST_STACK := $(BIN)/python scripts/services.py --stack test
+
 ## The deploy/ checks alone: compose file, production instance on PostgreSQL, Celery workers.
 deploy-check: install-dev deploy-tools
-	$(BIN)/python scripts/services.py up
-	status=0; $(BIN)/pytest bq_pipelines_tests/deploy $(PYTEST_ARGS) || status=$$?; \
-	  $(BIN)/python scripts/services.py down; exit $$status
+	trap '$(TEST_STACK) down' EXIT; $(TEST_STACK) up || exit; \
+	  $(BIN)/pytest bq_pipelines_tests/deploy $(PYTEST_ARGS)
 
-## Install test dependencies, start the services, run the tests, stop the services. Tests
+## Install test dependencies, start the tests' own stack, run the tests, drop the stack. Tests
 ## marked `serial` (they replace the catalog database every other test writes into) run after the
 ## others, alone; pytest's exit code 5 is "none selected" (a PYTEST_ARGS without any).
 test: install-dev deploy-tools
-	$(BIN)/python scripts/services.py up
-	status=0; $(BIN)/pytest $(XDIST) -m "not serial" $(PYTEST_ARGS) || status=$$?; \
+	trap '$(TEST_STACK) down' EXIT; $(TEST_STACK) up || exit; \
+	  status=0; $(BIN)/pytest $(XDIST) -m "not serial" $(PYTEST_ARGS) || status=$$?; \
 	  $(BIN)/pytest -m serial $(PYTEST_ARGS) || [ $$? = 5 ] || status=1; \
-	  $(BIN)/python scripts/services.py down; exit $$status
+	  exit $$status
 
+## The quick pass: the tests that need no service and are not `slow` (nor `serial`); nothing is
+## started. `make test` runs them too.
+test-unit: install-dev
+	$(BIN)/pytest $(XDIST) -m "not services and not serial and not slow" $(PYTEST_ARGS)
+
+## pytest as it is; tests needing services start the tests' own stack and leave it running for
+## the next run (`make test-stack-down` stops it and drops its database).
 pytest: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-stack-down:
+	@if [ -x $(BIN)/python ]; then $(TEST_STACK) down; fi
 
 ## PostGIS + pgstac + stac-fastapi-pgstac and a moto S3 server on 127.0.0.1; writes .bq/services.env
 services: install-dev
@@ -147,5 +161,5 @@ bench: install-dev bench-tools
 	$(BIN)/python bench/bench_api.py --requests 200
 	$(BIN)/python bench/assemble.py
 
-clean: services-down
+clean: services-down test-stack-down
 	rm -rf .bq

@@ -115,6 +115,7 @@ def deployment(tmp_path: Path, http_host: LocalHttpHost) -> Iterator[Deployment]
         yield started
 
 
+@pytest.mark.slow
 def test_daemon_backfill_of_120_months_runs_in_batches_and_fails_only_the_corrupt_partition(
     tmp_path: Path, http_host: LocalHttpHost, deployment: Deployment
 ):
@@ -212,6 +213,7 @@ def test_daemon_backfill_of_120_months_runs_in_batches_and_fails_only_the_corrup
 # --- in-process: batched runs, retry of the failed partition, skip of unchanged ones ----------
 
 
+@pytest.mark.slow
 def test_in_process_batches_fail_only_the_corrupt_partition_then_retry_and_skip(
     tmp_path: Path, http_host: LocalHttpHost
 ):

@@ -63,6 +63,7 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else f"after {value} lines",
 )
+@pytest.mark.slow
 def test_a_listing_whose_reader_goes_away_ends_quietly(
     cli_env: Path, command: list[str], after_lines: int
 ) -> None:
@@ -136,6 +137,7 @@ def test_partitions_discovers_file_partitions_first(cli_env: Path, capsys) -> No
 # ------------------------------------------------------------------------ runs and counts
 
 
+@pytest.mark.slow
 def test_no_successful_partition_publishes_no_collection(cli_env: Path, capsys) -> None:
     # No `demo-data`: every source is missing.
     assert main(["materialize", "demo"]) == 1
@@ -216,6 +218,7 @@ def test_the_code_location_the_cli_launches_is_the_workspace_one() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_cli_runs_are_the_jobs_runs_counted_then_skipped(tmp_path: Path) -> None:
     # No DAGSTER_HOME: the CLI keeps its runs in $BQ_HOME/dagster, as `make` does, so that a
     # second run from any shell skips what the first published.
@@ -282,6 +285,7 @@ def test_cli_runs_are_the_jobs_runs_counted_then_skipped(tmp_path: Path) -> None
     assert all(r.job_name == "demo_job" for r in runs)
 
 
+@pytest.mark.slow
 def test_after_a_failed_run_the_cli_says_what_the_catalog_still_holds(
     cli_env: Path, capsys
 ) -> None:

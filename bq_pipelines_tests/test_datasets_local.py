@@ -189,6 +189,7 @@ def test_global_mammals_plans_5090_species_per_scenario_year_on_the_right_bands(
     assert last.sources[0].bands == (5090 * 9,)  # the last band of the cube
 
 
+@pytest.mark.slow
 def test_global_mammals_last_species_of_a_full_size_cube_is_readable(tmp_path: Path):
     declaration = load_declaration_file(builtin_path("global-mammals"))
     # Full band count (45,810 per scenario) on a tiny grid: the band count is what matters.

@@ -95,6 +95,7 @@ def test_resources_follow_the_settings(monkeypatch):
     assert type(resources["catalog"]).__name__ == "StacApiCatalogResource"
 
 
+@pytest.mark.slow
 def test_partition_locks_follow_the_settings(monkeypatch):
     # Embedded defaults: file locks under the work dir; with the catalog's database (what
     # production sets), advisory locks every machine shares, the DSN read through EnvVar.
@@ -152,6 +153,7 @@ def test_the_load_reads_each_declaration_once_and_the_settings_once(monkeypatch)
     assert len(read_settings) == 1
 
 
+@pytest.mark.slow
 def test_workspace_yaml_loads_the_code_location(tmp_path):
     # What `make dev` and a deployment load: the workspace file, through Dagster's own CLI.
     root = Path(__file__).resolve().parents[1]
@@ -190,6 +192,7 @@ def test_the_catalog_backup_asset_check_job_and_schedule(monkeypatch):
     assert type(definitions.resources["backup"]).__name__ == "PgstacBackupResource"
 
 
+@pytest.mark.slow
 def test_dagsters_cli_lists_the_backup_asset_and_schedule(tmp_path):
     # What the UI and the daemon see: `make dev` turns the schedule off, production leaves it on.
     root = Path(__file__).resolve().parents[1]

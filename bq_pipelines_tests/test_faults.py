@@ -14,6 +14,7 @@ import dagster as dg
 
 from bq_pipelines.datasets.demo import DEMO_LAYERS
 from bq_pipelines.datasets.loading import parse_declaration
+from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.orchestration.resources import SourcesResource
 from bq_pipelines_tests.fixtures.demo import demo_declaration
@@ -38,10 +39,7 @@ def moto_port(services_env: dict[str, str]) -> int:
 
 
 def wait_for(condition, what: str, timeout: float = RUN_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    wait_until(condition, timeout=timeout, what=what, poll=0.05)
 
 
 def run_in_thread(target, *args) -> tuple[threading.Thread, list]:

@@ -27,6 +27,7 @@ from bq_pipelines.lib.integrity import checksum_sha256
 from bq_pipelines.lib.locks import FileLocks, Locks, PostgresLocks, partition_lock_name
 from bq_pipelines.lib.pipeline import run_items
 from bq_pipelines.lib.storage import API_WRITER
+from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.orchestration.keys import AUDIT_CHECK, DatasetKeys
 from bq_pipelines.orchestration.materialize import FORCE_TAG
 from bq_pipelines.orchestration.resources import LOCKS_FOLDER, S3ObjectStoreResource, resources_for
@@ -53,7 +54,7 @@ def declaration_file(declaration_id: str, path: Path) -> Path:
     return path
 
 
-@pytest.fixture(params=["local", "service"])
+@pytest.fixture(params=["local", pytest.param("service", marks=pytest.mark.services)])
 def any_settings(request) -> Settings:
     return request.getfixturevalue(f"{request.param}_settings")
 
@@ -166,6 +167,7 @@ def forge_behind_the_back(settings: Settings, store, key: str) -> bytes:
     return garbage
 
 
+@pytest.mark.slow
 def test_garbage_under_copied_metadata_is_found_by_the_audit_and_repaired(
     any_settings: Settings, unique_id: str
 ) -> None:
@@ -380,10 +382,7 @@ def run_in_thread(target, *args, **kwargs) -> tuple[threading.Thread, list]:
 
 
 def wait_for(condition, what: str, timeout: float = RUN_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    wait_until(condition, timeout=timeout, what=what, poll=0.05)
 
 
 def logged(instance: dg.DagsterInstance, text: str) -> bool:
@@ -454,6 +453,7 @@ def published_catalog(home: Path) -> dict[str, tuple[dict, bytes]]:
     return catalog
 
 
+@pytest.mark.slow
 def test_two_concurrent_cli_runs_of_the_same_partitions_both_succeed(tmp_path: Path) -> None:
     # Two `bq-pipelines materialize demo` at once on a new BQ_HOME (so on a new instance,
     # `$BQ_HOME/dagster`, which both create), then one alone elsewhere as the reference. Each
@@ -538,6 +538,7 @@ def test_kill_9_mid_publish_then_rerun_leaves_no_drift(
     instance.dispose()
 
 
+@pytest.mark.slow
 def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
     home = tmp_path / "bq"
     env = cli_env(home)
@@ -581,6 +582,7 @@ def test_audit_command_reports_and_repairs(tmp_path: Path) -> None:
     assert status == 0 and "demo: no drift: 3 items, 6 objects" in output, output
 
 
+@pytest.mark.slow
 def test_audit_command_reports_a_half_done_backfill_apart_from_drift(tmp_path: Path) -> None:
     home = tmp_path / "bq"
     env = cli_env(home)

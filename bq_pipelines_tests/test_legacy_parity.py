@@ -57,6 +57,7 @@ def legacy_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings.from_env({**LEGACY_STORE_ENV, "BQ_LOCAL_DATA_ROOT": str(root)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("collection_id", sorted(legacy_records()))
 def test_the_plan_reproduces_the_legacy_collection(
     collection_id: str, legacy_settings: Settings

@@ -84,6 +84,7 @@ def check_run_events(
     return ran
 
 
+@pytest.mark.slow
 def test_a_batched_run_records_each_asset_partition_once_and_logs_no_row_per_partition(
     tmp_path: Path, http_host: LocalHttpHost, monkeypatch: pytest.MonkeyPatch
 ):

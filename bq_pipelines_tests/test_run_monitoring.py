@@ -100,6 +100,7 @@ def wait_for_status(instance, run_id: str, statuses: set[dg.DagsterRunStatus], d
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_runs_whose_worker_and_code_server_were_killed_are_failed_and_the_queue_frees(
     http_host: LocalHttpHost, deployment: Deployment
 ) -> None:
@@ -155,6 +156,7 @@ def test_runs_whose_worker_and_code_server_were_killed_are_failed_and_the_queue_
         instance.dispose()
 
 
+@pytest.mark.slow
 def test_a_killed_run_workers_step_process_dies_with_it_and_publishes_nothing(
     http_host: LocalHttpHost, deployment: Deployment
 ) -> None:

@@ -158,6 +158,7 @@ def test_cursor_walks_through_every_candidate_a_few_per_tick(http_host, instance
     assert seen[6:] == [f"/{source_path(month)}" for month in MONTHS[:2]]
 
 
+@pytest.mark.slow
 def test_materialized_partitions_are_skipped_and_late_uploads_are_picked_up(
     http_host, instance, sources, settings
 ):

@@ -13,7 +13,7 @@ import pytest
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.fixtures.services import SERVICES_ENV
+from bq_pipelines_tests.fixtures.services import TEST_STACK_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,7 +190,7 @@ def test_tiler_and_browse_urls_are_optional():
 
 
 def test_the_services_env_file_is_its_owners_only(services_env: dict[str, str]) -> None:
-    # `make services` writes the S3 keys and the catalog's DSN into it (rewritten on every
-    # `up`, which the fixture ran).
+    # `scripts/services.py up` writes the S3 keys and the catalog's DSN into it (rewritten on
+    # every `up`, which the fixture ran; `make services`' file is written by the same code).
     assert "AWS_SECRET_ACCESS_KEY" in services_env and "BQ_PGSTAC_DSN" in services_env
-    assert stat.S_IMODE(SERVICES_ENV.stat().st_mode) == 0o600
+    assert stat.S_IMODE(TEST_STACK_ENV.stat().st_mode) == 0o600

@@ -45,6 +45,7 @@ def location_env(monkeypatch, tmp_path: Path, demo_sources: Path) -> Settings:
     return Settings.from_env(env)
 
 
+@pytest.mark.slow
 def test_a_code_version_change_marks_the_partition_stale(location_env, tmp_path, monkeypatch):
     keys = DatasetKeys(stale_location.DATASET_ID)
     with dg.instance_for_test() as instance:

@@ -36,6 +36,7 @@ def status_lines(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
     return capsys.readouterr().out.splitlines()
 
 
+@pytest.mark.slow
 def test_status_counts_missing_published_and_failed_partitions(cli_home: Path, capsys) -> None:
     assert main(["demo-data"]) == 0
     assert status_lines(capsys, "demo") == [
@@ -53,6 +54,7 @@ def test_status_counts_missing_published_and_failed_partitions(cli_home: Path, c
     ]
 
 
+@pytest.mark.slow
 def test_a_changed_source_is_stale_when_the_sources_are_checked(cli_home: Path, capsys) -> None:
     assert main(["demo-data"]) == 0
     assert main(["materialize", "demo", "--partition", "elevation"]) == 0

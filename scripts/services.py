@@ -1,19 +1,27 @@
-"""Start, stop and inspect the real local stack for dev and tests: moto S3, stac-fastapi-pgstac
-and titiler-pgstac.
+"""Start, stop and inspect a real local stack for dev and tests: moto S3, stac-fastapi-pgstac and
+titiler-pgstac on a pgstac database of the machine's PostgreSQL.
 
-Usage: `python scripts/services.py up|down|status` (with the project venv's python). `up` is
-idempotent: it installs PostGIS if missing, prepares the `bq_catalog` database (extensions +
-pgstac migrations), starts or reuses the three servers and writes `.bq/services.env`;
-`. .bq/services.env` then points the project at them. `down` stops only the processes whose PID
-files `up` wrote.
-PostgreSQL itself is the machine's (127.0.0.1:5432, trust auth) and is never started or stopped.
+Usage: `python scripts/services.py up|down|status [--stack user|test]` (the project venv's python).
+
+- `user` (the default; `make services`): database `bq_catalog` (BQ_CATALOG_DB) and ports
+  9010/8082/8084 (BQ_S3_PORT, BQ_STAC_API_PORT, BQ_TILER_PORT); writes `.bq/services.env`, which
+  `. .bq/services.env` points the project at. `down` stops the servers and keeps the database.
+- `test` (`make test`): this checkout's tests' own stack, never a user's: database
+  `bq_test_<8 hex>` and three ports in 20000-29999, both derived from the checkout's path (the
+  ports move on while taken); writes `.bq/test-stack.env`, keeps its PID files and logs under
+  `.bq/test-stack/`. `up` begins on a new database when none of its servers runs; `down` drops
+  it, with every database named after it (the copies tests make beside it).
+
+`up` is idempotent: it installs PostGIS if missing, prepares the database (extensions + pgstac
+migrations), starts or reuses the three servers and writes the stack's env file. `down` stops only
+the processes whose PID files `up` wrote. PostgreSQL itself is the machine's (127.0.0.1:5432,
+trust auth) and is never started or stopped.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -22,31 +30,25 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bq_pipelines.lib.files import PRIVATE_FILE_MODE, write_text_atomically
+import psutil
+
+from bq_pipelines.lib.files import PRIVATE_FILE_MODE, exclusive_lock, write_text_atomically
+from bq_pipelines.lib.waiting import WaitTimeout, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = PROJECT_ROOT / ".bq"
-LOG_DIR = STATE_DIR / "logs"
-RUN_DIR = STATE_DIR / "run"
-ENV_FILE = STATE_DIR / "services.env"
-LOCK_FILE = RUN_DIR / "services.lock"
 # Not the venv's resolved interpreter: console scripts live next to the venv's python symlink.
 VENV_BIN = Path(sys.executable).parent
 
 HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
-# One database per checkout when several share this PostgreSQL (BQ_CATALOG_DB): each checkout's
-# services and tests then never see another's catalog.
-CATALOG_DB = os.environ.get("BQ_CATALOG_DB") or "bq_catalog"
 ADMIN_DSN = f"postgresql://{PG_USER}@{HOST}:{PG_PORT}/postgres"
-CATALOG_DSN = f"postgresql://{PG_USER}@{HOST}:{PG_PORT}/{CATALOG_DB}"
 PG_EXTENSIONS = ("postgis", "btree_gist", "unaccent")
 POSTGIS_PACKAGE = "postgresql-15-postgis-3"
 
@@ -64,8 +66,60 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 APT_LOCK_TIMEOUT_S = 300
 LOG_TAIL_LINES = 30
-# The environment variable choosing each server's port (several checkouts on one machine).
+# The environment variable choosing each server's port of the user's stack.
 PORT_VARIABLES = {"moto": "BQ_S3_PORT", "stac-api": "BQ_STAC_API_PORT", "tiler": "BQ_TILER_PORT"}
+USER_PORTS = {"moto": 9010, "stac-api": 8082, "tiler": 8084}
+# The test stack's three consecutive ports: a slot of 20000-29999 picked from the checkout's
+# hash, the next slots while one of its ports is taken. Below Linux's ephemeral range (32768+).
+TEST_PORTS_FIRST = 20000
+TEST_PORT_SLOTS = 3333
+TEST_PORT_TRIES = 50
+
+Ports = tuple[int, int, int]  # moto, stac-api, tiler
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One stack: its database, where it keeps its PID files, logs and env file."""
+
+    name: str
+    database: str
+    state_dir: Path
+    env_file: Path
+    # A disposable stack's database is made anew and dropped with it, and its ports are its own:
+    # it never uses a server it did not start.
+    disposable: bool
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{PG_USER}@{HOST}:{PG_PORT}/{self.database}"
+
+
+def user_stack() -> Stack:
+    # Several checkouts sharing this PostgreSQL each name their own catalog (BQ_CATALOG_DB).
+    database = os.environ.get("BQ_CATALOG_DB") or "bq_catalog"
+    return Stack("user", database, STATE_DIR, STATE_DIR / "services.env", disposable=False)
+
+
+def test_stack() -> Stack:
+    database = f"bq_test_{checkout_hash()}"
+    return Stack("test", database, STATE_DIR / "test-stack", STATE_DIR / "test-stack.env", True)
+
+
+def checkout_hash() -> str:
+    """8 hex digits naming this checkout (its absolute path): its test stack's name and ports."""
+    return hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:8]
+
+
+STACKS: dict[str, Callable[[], Stack]] = {"user": user_stack, "test": test_stack}
 
 
 @dataclass(frozen=True)
@@ -77,14 +131,15 @@ class Service:
     argv: list[str]
     env: dict[str, str]
     answers: Callable[[int], bool]
+    stack: Stack
 
     @property
     def pid_file(self) -> Path:
-        return RUN_DIR / f"{self.name}.pid"
+        return self.stack.run_dir / f"{self.name}.pid"
 
     @property
     def log_file(self) -> Path:
-        return LOG_DIR / f"{self.name}.log"
+        return self.stack.log_dir / f"{self.name}.log"
 
 
 class ServicesError(RuntimeError):
@@ -117,11 +172,7 @@ def venv_executable(name: str) -> str:
     return str(path)
 
 
-def s3_endpoint(port: int) -> str:
-    return f"http://{HOST}:{port}"
-
-
-def stac_api_url(port: int) -> str:
+def local_url(port: int) -> str:
     return f"http://{HOST}:{port}"
 
 
@@ -131,82 +182,60 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def moto_service(port: int) -> Service:
-    return Service(
-        name="moto",
-        port=port,
-        argv=[venv_executable("moto_server"), "-H", HOST, "-p", str(port)],
-        env=child_env({}),
-        answers=moto_answers,
-    )
-
-
-def stac_service(port: int) -> Service:
-    # Names read by stac-fastapi-pgstac 7.2 (pydantic-settings, case-insensitive):
-    # PostgresSettings needs all five PG* (no defaults), Settings reads the extension flag.
-    env = {
+def pg_env(stack: Stack) -> dict[str, str]:
+    # stac-fastapi-pgstac 7.2 and titiler-pgstac 3.2 read their database from these PG*
+    # variables (PostgresSettings, pydantic-settings, case-insensitive), all five required.
+    return {
         "PGHOST": HOST,
         "PGPORT": str(PG_PORT),
         "PGUSER": PG_USER,
         "PGPASSWORD": PG_PASSWORD_PLACEHOLDER,
-        "PGDATABASE": CATALOG_DB,
-        "ENABLE_TRANSACTIONS_EXTENSIONS": "true",
+        "PGDATABASE": stack.database,
     }
-    return Service(
-        name="stac-api",
-        port=port,
-        argv=[
-            venv_executable("uvicorn"),
-            "stac_fastapi.pgstac.app:create_app",
-            "--factory",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-        ],
-        env=child_env(env),
-        answers=stac_api_answers,
-    )
 
 
-def tiler_service(port: int) -> Service:
-    # titiler-pgstac 3.2 reads the catalog database from the same PG* variables (its
-    # PostgresSettings) and the COGs at their item hrefs (http(s) here: the public base URL).
+def moto_service(stack: Stack, port: int) -> Service:
+    argv = [venv_executable("moto_server"), "-H", HOST, "-p", str(port)]
+    return Service("moto", port, argv, child_env({}), moto_answers, stack)
+
+
+def uvicorn_argv(app: str, port: int, *options: str) -> list[str]:
+    return [venv_executable("uvicorn"), app, *options, "--host", HOST, "--port", str(port)]
+
+
+def stac_service(stack: Stack, port: int) -> Service:
+    env = {**pg_env(stack), "ENABLE_TRANSACTIONS_EXTENSIONS": "true"}
+    argv = uvicorn_argv("stac_fastapi.pgstac.app:create_app", port, "--factory")
+    return Service("stac-api", port, argv, child_env(env), stac_api_answers, stack)
+
+
+def tiler_service(stack: Stack, port: int) -> Service:
+    # titiler-pgstac reads the COGs at their item hrefs (http(s) here: the public base URL).
     env = {
-        "PGHOST": HOST,
-        "PGPORT": str(PG_PORT),
-        "PGUSER": PG_USER,
-        "PGPASSWORD": PG_PASSWORD_PLACEHOLDER,
-        "PGDATABASE": CATALOG_DB,
+        **pg_env(stack),
         # A re-published item shows at once (its 5-minute cache is for production traffic).
         "TITILER_PGSTAC_CACHE_DISABLE": "TRUE",
         # Maps of one COG as a COG (its colour table included): the links of lib/tiles.
         "TITILER_PGSTAC_API_ENABLE_ASSETS_ENDPOINTS": "TRUE",
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     }
-    return Service(
-        name="tiler",
-        port=port,
-        argv=[
-            venv_executable("uvicorn"),
-            # titiler-pgstac's app, its mosaics reading our id-keyed COG assets.
-            "bq_pipelines.runtime.tiler:app",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-        ],
-        env=child_env(env),
-        answers=tiler_answers,
+    # titiler-pgstac's app, its mosaics reading our id-keyed COG assets.
+    argv = uvicorn_argv("bq_pipelines.runtime.tiler:app", port)
+    return Service("tiler", port, argv, child_env(env), tiler_answers, stack)
+
+
+def services_on(stack: Stack, ports: Ports) -> tuple[Service, Service, Service]:
+    s3_port, stac_port, tiler_port = ports
+    return (
+        moto_service(stack, s3_port),
+        stac_service(stack, stac_port),
+        tiler_service(stack, tiler_port),
     )
 
 
-def tiler_url(port: int) -> str:
-    return f"http://{HOST}:{port}"
-
-
-def services_env_lines(s3_port: int, stac_port: int, tiler_port: int) -> list[tuple[str, str]]:
-    endpoint = s3_endpoint(s3_port)
+def services_env_lines(stack: Stack, ports: Ports) -> list[tuple[str, str]]:
+    s3_port, stac_port, tiler_port = ports
+    endpoint = local_url(s3_port)
     return [
         ("BQ_OBJECT_STORE", "s3"),
         ("BQ_S3_BUCKET", S3_BUCKET),
@@ -223,10 +252,63 @@ def services_env_lines(s3_port: int, stac_port: int, tiler_port: int) -> list[tu
         ("AWS_HTTPS", "NO"),
         ("AWS_VIRTUAL_HOSTING", "FALSE"),
         ("BQ_CATALOG", "stac-api"),
-        ("BQ_STAC_API_URL", stac_api_url(stac_port)),
-        ("BQ_PGSTAC_DSN", CATALOG_DSN),
-        ("BQ_TILER_URL", tiler_url(tiler_port)),
+        ("BQ_STAC_API_URL", local_url(stac_port)),
+        ("BQ_PGSTAC_DSN", stack.dsn),
+        ("BQ_TILER_URL", local_url(tiler_port)),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ports
+
+
+def stack_ports(stack: Stack) -> Ports:
+    if stack.disposable:
+        return test_stack_ports(stack)
+    return (
+        port_from_env(PORT_VARIABLES["moto"], USER_PORTS["moto"]),
+        port_from_env(PORT_VARIABLES["stac-api"], USER_PORTS["stac-api"]),
+        port_from_env(PORT_VARIABLES["tiler"], USER_PORTS["tiler"]),
+    )
+
+
+def test_port_candidates() -> list[Ports]:
+    first_slot = int(checkout_hash(), 16)
+    slots = ((first_slot + n) % TEST_PORT_SLOTS for n in range(TEST_PORT_TRIES))
+    return [
+        (
+            TEST_PORTS_FIRST + 3 * slot,
+            TEST_PORTS_FIRST + 3 * slot + 1,
+            TEST_PORTS_FIRST + 3 * slot + 2,
+        )
+        for slot in slots
+    ]
+
+
+def test_stack_ports(stack: Stack) -> Ports:
+    """The ports this stack's servers run on, else the first candidates all free."""
+    candidates = test_port_candidates()
+    for ports in candidates:
+        if any(owned_pid(service) for service in services_on(stack, ports)):
+            return ports
+    for ports in candidates:
+        if all(port_is_free(port) for port in ports):
+            return ports
+    raise ServicesError(
+        f"no three free ports among {len(candidates)} candidates in "
+        f"{TEST_PORTS_FIRST}-{TEST_PORTS_FIRST + 3 * TEST_PORT_SLOTS - 1}"
+    )
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on HOST:`port` (binding as the servers do, SO_REUSEADDR included)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +321,7 @@ def s3_client(port: int):  # -> botocore S3 client; boto3 is imported lazily (sl
 
     return boto3.client(
         "s3",
-        endpoint_url=s3_endpoint(port),
+        endpoint_url=local_url(port),
         region_name=S3_REGION,
         aws_access_key_id=S3_ACCESS_KEY_ID,
         aws_secret_access_key=S3_SECRET_ACCESS_KEY,
@@ -258,39 +340,32 @@ def moto_answers(port: int) -> bool:
     return True
 
 
-def stac_api_answers(port: int) -> bool:
-    """True when GET / is a 200 STAC landing page (not merely something on the port)."""
+def json_answer(url: str) -> object:
+    """The JSON body of a 200 answer to GET `url`, or None."""
     try:
-        with urllib.request.urlopen(f"{stac_api_url(port)}/", timeout=2) as response:
-            if response.status != 200:
-                return False
-            body = json.loads(response.read())
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return json.loads(response.read()) if response.status == 200 else None
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def stac_api_answers(port: int) -> bool:
+    """True when GET / is a STAC landing page (not merely something on the port)."""
+    body = json_answer(f"{local_url(port)}/")
     return isinstance(body, dict) and "stac_version" in body and "links" in body
 
 
 def tiler_answers(port: int) -> bool:
     """True when titiler-pgstac's /healthz says its database is online."""
-    try:
-        with urllib.request.urlopen(f"{tiler_url(port)}/healthz", timeout=2) as response:
-            body = json.loads(response.read()) if response.status == 200 else None
-    except (OSError, ValueError):
-        return False
+    body = json_answer(f"{local_url(port)}/healthz")
     return isinstance(body, dict) and body.get("database_online") is True
 
 
-def port_accepts_connections(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
-
-
-def pgstac_version() -> str | None:
+def pgstac_version(stack: Stack) -> str | None:
     import psycopg
 
     try:
-        with psycopg.connect(CATALOG_DSN, connect_timeout=3) as conn:
+        with psycopg.connect(stack.dsn, connect_timeout=3) as conn:
             row = conn.execute("SELECT pgstac.get_version()").fetchone()
     except psycopg.Error:
         return None
@@ -308,42 +383,29 @@ def read_pid(pid_file: Path) -> int | None:
         return None
 
 
-def process_state(pid: int) -> str | None:
-    """The one-letter state from /proc (R, S, Z...), or None when there is no such process."""
+def process_cmdline(pid: int) -> list[str] | None:
+    """The argv of a live process, or None: a zombie no longer serves anything (containers
+    whose PID 1 does not reap keep them around)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.cmdline()
+    except psutil.Error:
         return None
-    # The command name in parentheses may contain spaces: the state follows the last ')'.
-    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def is_alive(pid: int) -> bool:
-    # A zombie no longer serves anything; containers whose PID 1 does not reap keep them around.
-    state = process_state(pid)
-    return state is not None and state != "Z"
+    return process_cmdline(pid) is not None
 
 
 def is_ours(pid: int, service: Service) -> bool:
     """The PID is alive and still runs exactly this service's command line.
 
-    PIDs get recycled, and other checkouts may run the same server on another port, so the
-    whole argv (script path, host, port) must match. The kernel shows the interpreter first
+    PIDs get recycled, and other checkouts and stacks run the same server on other ports, so
+    the whole argv (script path, host, port) must match. The kernel shows the interpreter first
     (`python3 .venv/bin/uvicorn ...`): our argv is a suffix of the process's.
     """
     cmdline = process_cmdline(pid)
     return cmdline is not None and cmdline[-len(service.argv) :] == service.argv
-
-
-def process_cmdline(pid: int) -> list[str] | None:
-    """The argv of a live (non-zombie) process, or None."""
-    if not is_alive(pid):
-        return None
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return raw.decode(errors="replace").rstrip("\0").split("\0")
 
 
 def runs_other_config(pid: int, service: Service) -> bool:
@@ -368,30 +430,16 @@ def owned_pid(service: Service) -> int | None:
     return pid if pid is not None and is_ours(pid, service) else None
 
 
-def listening_socket_inodes(port: int) -> set[str]:
-    """Inodes of sockets listening on HOST:`port`, from /proc/net/tcp (IPv4, hex fields)."""
-    wanted = f"{socket.inet_aton(HOST)[::-1].hex().upper()}:{port:04X}"
-    inodes: set[str] = set()
-    with contextlib.suppress(OSError), open("/proc/net/tcp") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == wanted and fields[3] == "0A":  # 0A = LISTEN
-                inodes.add(fields[9])
-    return inodes
-
-
 def listener_pids(port: int) -> set[int]:
-    inodes = {f"socket:[{inode}]" for inode in listening_socket_inodes(port)}
-    pids: set[int] = set()
-    if not inodes:
-        return pids
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                pids.add(int(proc.name))
-    return pids
+    """Processes listening on HOST:`port` (another user's show no PID: never ours anyway)."""
+    return {
+        connection.pid
+        for connection in psutil.net_connections(kind="tcp4")
+        if connection.status == psutil.CONN_LISTEN
+        and connection.laddr
+        and (connection.laddr.ip, connection.laddr.port) == (HOST, port)
+        and connection.pid is not None
+    }
 
 
 def adopt_orphan(service: Service) -> int | None:
@@ -414,18 +462,6 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-@contextlib.contextmanager
-def exclusive_lock() -> Iterator[None]:
-    """Serialise concurrent `up`/`down` (parallel pytest sessions share one checkout)."""
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    with LOCK_FILE.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def restore_default_signals() -> None:
     """Ignored SIGINT/SIGTERM survive exec: reset them so `down`'s SIGTERM is not ignored.
 
@@ -442,25 +478,27 @@ def restore_default_signals() -> None:
 
 
 def wait_until_answers(service: Service, process: subprocess.Popen | None, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.answers(service.port):
-            return
-        if process is not None and process.poll() is not None:
-            raise ServicesError(
-                f"{service.name} exited with code {process.returncode} while starting; "
-                f"last lines of {service.log_file}:\n{log_tail(service.log_file)}"
-            )
-        time.sleep(0.2)
-    raise ServicesError(
-        f"{service.name} did not answer on {HOST}:{service.port} within {timeout:.1f} s; "
-        f"last lines of {service.log_file}:\n{log_tail(service.log_file)}"
-    )
+    def exited() -> str | None:
+        if process is None or process.poll() is None:
+            return None
+        return f"exited with code {process.returncode} while starting"
+
+    try:
+        wait_until(
+            lambda: service.answers(service.port),
+            timeout=timeout,
+            what=f"{service.name} answering on {HOST}:{service.port}",
+            failed=exited,
+        )
+    except WaitTimeout as exc:
+        raise ServicesError(
+            f"{exc}; last lines of {service.log_file}:\n{log_tail(service.log_file)}"
+        ) from None
 
 
 def spawn(service: Service) -> subprocess.Popen:
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    service.log_file.parent.mkdir(parents=True, exist_ok=True)
+    service.pid_file.parent.mkdir(parents=True, exist_ok=True)
     # Append, so a crash log from a previous start is still there to read.
     with service.log_file.open("a") as log:
         log.write(
@@ -471,7 +509,7 @@ def spawn(service: Service) -> subprocess.Popen:
             service.argv,
             env=service.env,
             # Not the project root: both pydantic-settings classes read a `.env` in the cwd.
-            cwd=RUN_DIR,
+            cwd=service.stack.run_dir,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -487,23 +525,15 @@ def ensure_running(service: Service, timeout: float) -> str:
     pid = owned_pid(service) or adopt_orphan(service)
     if pid is not None:
         # Ours and alive: give a still-starting server a moment before declaring it hung.
-        with contextlib.suppress(ServicesError):
+        try:
             wait_until_answers(service, None, timeout=min(timeout, 5.0))
             return f"{service.name}: reusing pid {pid} on port {service.port}"
-        stop(service)
+        except ServicesError:
+            stop(service)
     else:
         service.pid_file.unlink(missing_ok=True)
-        if service.answers(service.port):
-            return (
-                f"{service.name}: port {service.port} already answers, started outside this "
-                f"script; using it (`down` will not stop it)"
-            )
-        if port_accepts_connections(service.port):
-            env_name = PORT_VARIABLES[service.name]
-            raise ServicesError(
-                f"{service.name}: port {service.port} is taken by another program that is not "
-                f"{service.name}; free it or choose another port with {env_name}"
-            )
+        if not port_is_free(service.port):
+            return use_foreign_server(service)
     started = time.monotonic()
     process = spawn(service)
     try:
@@ -513,6 +543,22 @@ def ensure_running(service: Service, timeout: float) -> str:
         raise
     elapsed = time.monotonic() - started
     return f"{service.name}: started pid {process.pid} on port {service.port} ({elapsed:.1f} s)"
+
+
+def use_foreign_server(service: Service) -> str:
+    """The user's stack uses a server it did not start if it answers as ours would; a test
+    stack never does (it could serve a user's database)."""
+    if not service.stack.disposable and service.answers(service.port):
+        return (
+            f"{service.name}: port {service.port} already answers, started outside this "
+            f"script; using it (`down` will not stop it)"
+        )
+    how = f"choose another port with {PORT_VARIABLES[service.name]}"
+    if service.stack.disposable:
+        how = "run `up --stack test` again: it picks free ports"
+    raise ServicesError(
+        f"{service.name}: port {service.port} is taken by another program; free it or {how}"
+    )
 
 
 def signal_group(pid: int, signum: int) -> None:
@@ -528,12 +574,11 @@ def signal_group(pid: int, signum: int) -> None:
 
 
 def wait_for_exit(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not is_alive(pid):
-            return True
-        time.sleep(0.1)
-    return not is_alive(pid)
+    try:
+        wait_until(lambda: not is_alive(pid), timeout=timeout, what=f"pid {pid} exiting", poll=0.1)
+    except WaitTimeout:
+        return False
+    return True
 
 
 def stop(service: Service) -> str:
@@ -585,9 +630,11 @@ def ensure_postgis_package() -> str:
     return f"{POSTGIS_PACKAGE}: installed now"
 
 
-def run_checked(argv: list[str], **options: object) -> None:
+def run_checked(
+    argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> None:
     """Run a command; ServicesError with the tail of its output when it fails."""
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, **options)
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ServicesError(
             f"{shlex.join(argv)} failed ({result.returncode}):\n"
@@ -595,7 +642,7 @@ def run_checked(argv: list[str], **options: object) -> None:
         )
 
 
-def ensure_catalog_database() -> str:
+def ensure_catalog_database(stack: Stack) -> str:
     import psycopg
     from psycopg import sql
 
@@ -603,28 +650,55 @@ def ensure_catalog_database() -> str:
         # CREATE DATABASE cannot run inside a transaction block.
         with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5) as conn:
             exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (CATALOG_DB,)
+                "SELECT 1 FROM pg_database WHERE datname = %s", (stack.database,)
             ).fetchone()
             if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(CATALOG_DB)))
-        with psycopg.connect(CATALOG_DSN, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(stack.database)))
+        with psycopg.connect(stack.dsn, autocommit=True, connect_timeout=5) as conn:
             for extension in PG_EXTENSIONS:
                 conn.execute(
                     sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension))
                 )
     except psycopg.Error as exc:
         raise ServicesError(
-            f"preparing database {CATALOG_DB} on {HOST}:{PG_PORT} failed: {exc}. "
+            f"preparing database {stack.database} on {HOST}:{PG_PORT} failed: {exc}. "
             f"Is PostgreSQL 15 running with trust auth for {PG_USER}?"
         ) from exc
-    return (
-        f"{CATALOG_DB}: {'exists' if exists else 'created'}, extensions {', '.join(PG_EXTENSIONS)}"
-    )
+    state = "exists" if exists else "created"
+    return f"{stack.database}: {state}, extensions {', '.join(PG_EXTENSIONS)}"
 
 
-def migrate_pgstac() -> str:
-    run_checked([venv_executable("pypgstac"), "migrate", "--dsn", CATALOG_DSN], cwd=RUN_DIR)
-    return f"pgstac: migrated ({pgstac_version() or 'version unknown'})"
+def drop_stack_databases(stack: Stack) -> str:
+    """A disposable stack's database and every one named `<it>_...` (the copies tests make
+    beside it: restores, templates, test databases), whoever is connected to them."""
+    import psycopg
+    from psycopg import sql
+
+    if not stack.disposable:
+        raise ServicesError(f"the {stack.name} stack's database {stack.database} is never dropped")
+    try:
+        with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5) as conn:
+            names = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname = %s "
+                    "OR starts_with(datname, %s)",
+                    (stack.database, f"{stack.database}_"),
+                )
+            ]
+            for name in names:
+                drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                conn.execute(drop.format(sql.Identifier(name)))
+    except psycopg.Error as exc:
+        raise ServicesError(f"dropping database {stack.database} failed: {exc}") from exc
+    others = f" and {len(names) - 1} named after it" if len(names) > 1 else ""
+    return f"{stack.database}: dropped{others}" if names else f"{stack.database}: none to drop"
+
+
+def migrate_pgstac(stack: Stack) -> str:
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    run_checked([venv_executable("pypgstac"), "migrate", "--dsn", stack.dsn], cwd=stack.run_dir)
+    return f"pgstac: migrated ({pgstac_version(stack) or 'version unknown'})"
 
 
 def ensure_bucket(port: int) -> str:
@@ -643,78 +717,85 @@ def ensure_bucket(port: int) -> str:
     return f"bucket {S3_BUCKET}: created"
 
 
-def write_services_env(s3_port: int, stac_port: int, tiler_port: int) -> None:
+def write_env_file(stack: Stack, ports: Ports) -> None:
+    relative = stack.env_file.relative_to(PROJECT_ROOT)
     header = [
-        "# Generated by scripts/services.py up: do not edit, it is rewritten on every `up`.",
-        "# `. .bq/services.env` points the project at the local services (S3, STAC API, tiler).",
+        f"# Generated by scripts/services.py up --stack {stack.name}: do not edit, it is "
+        "rewritten on every `up`.",
+        f"# `. {relative}` points the project at this stack's services (S3, STAC API, tiler).",
     ]
-    body = [
-        f"export {key}={shlex.quote(value)}"
-        for key, value in services_env_lines(s3_port, stac_port, tiler_port)
-    ]
+    body = [f"export {key}={shlex.quote(value)}" for key, value in services_env_lines(stack, ports)]
     # It holds the S3 keys and the catalog's connection string: its owner's only.
-    write_text_atomically(ENV_FILE, "\n".join(header + body) + "\n", mode=PRIVATE_FILE_MODE)
+    write_text_atomically(stack.env_file, "\n".join(header + body) + "\n", mode=PRIVATE_FILE_MODE)
 
 
 # ---------------------------------------------------------------------------------------------
 # Commands
 
 
-def configured_services() -> tuple[Service, Service, Service]:
-    s3_port = port_from_env(PORT_VARIABLES["moto"], 9010)
-    stac_port = port_from_env(PORT_VARIABLES["stac-api"], 8082)
-    tiler_port = port_from_env(PORT_VARIABLES["tiler"], 8084)
-    return moto_service(s3_port), stac_service(stac_port), tiler_service(tiler_port)
+def lock_file(stack: Stack) -> Path:
+    """Serialises `up`/`down` of one stack (parallel pytest sessions share one checkout)."""
+    return stack.run_dir / "services.lock"
 
 
-def cmd_up(timeout: float) -> int:
+def cmd_up(stack: Stack, timeout: float) -> int:
     started = time.monotonic()
     restore_default_signals()
-    moto, stac, tiler = configured_services()
-    with exclusive_lock():
+    with exclusive_lock(lock_file(stack)):
+        ports = stack_ports(stack)
+        moto, stac, tiler = services_on(stack, ports)
         print(ensure_postgis_package())
-        print(ensure_catalog_database())
-        print(migrate_pgstac())
+        if stack.disposable and not any(owned_pid(s) for s in (moto, stac, tiler)):
+            print(drop_stack_databases(stack))  # a new run begins on a new database
+        print(ensure_catalog_database(stack))
+        print(migrate_pgstac(stack))
         print(ensure_running(moto, timeout))
         print(ensure_bucket(moto.port))
         print(ensure_running(stac, timeout))
         print(ensure_running(tiler, timeout))
-        write_services_env(moto.port, stac.port, tiler.port)
-    print(
-        f"wrote {ENV_FILE.relative_to(PROJECT_ROOT)} "
-        f"(. {ENV_FILE.relative_to(PROJECT_ROOT)}); up in {time.monotonic() - started:.1f} s"
-    )
+        write_env_file(stack, ports)
+    relative = stack.env_file.relative_to(PROJECT_ROOT)
+    print(f"wrote {relative} (. {relative}); up in {time.monotonic() - started:.1f} s")
     return 0
 
 
-def cmd_down() -> int:
-    moto, stac, tiler = configured_services()
-    with exclusive_lock():
+def cmd_down(stack: Stack) -> int:
+    with exclusive_lock(lock_file(stack)):
+        moto, stac, tiler = services_on(stack, stack_ports(stack))
         for service in (tiler, stac, moto):
             print(stop(service))
+        if stack.disposable:
+            print(drop_stack_databases(stack))
+            stack.env_file.unlink(missing_ok=True)
     return 0
 
 
-def cmd_status() -> int:
+def cmd_status(stack: Stack) -> int:
     """Exit status 0 when every service answers, 1 otherwise."""
     all_answer = True
-    for service in configured_services():
+    for service in services_on(stack, stack_ports(stack)):
         pid = owned_pid(service)
         answers = service.answers(service.port)
         all_answer &= answers
         owner = f"pid {pid}" if pid is not None else "no pid file of ours"
         state = "answers" if answers else "does not answer"
         print(f"{service.name:9} {HOST}:{service.port}  {state}  ({owner})")
-    version = pgstac_version()
+    version = pgstac_version(stack)
     all_answer &= version is not None
     pg_state = f"answers, pgstac {version}" if version else "does not answer or no pgstac"
-    print(f"{'postgres':9} {HOST}:{PG_PORT}  {pg_state}  (system service, not managed here)")
+    print(f"{'postgres':9} {HOST}:{PG_PORT}  {pg_state} in {stack.database}  (system service)")
     return 0 if all_answer else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument(
+        "--stack",
+        choices=sorted(STACKS),
+        default="user",
+        help="the user's stack (`make services`) or this checkout's tests' own (`make test`)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -722,12 +803,13 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to wait for each server to answer (default %(default)s)",
     )
     args = parser.parse_args(argv)
+    stack = STACKS[args.stack]()
     try:
         if args.command == "up":
-            return cmd_up(args.timeout)
+            return cmd_up(stack, args.timeout)
         if args.command == "down":
-            return cmd_down()
-        return cmd_status()
+            return cmd_down(stack)
+        return cmd_status(stack)
     except ServicesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -24,7 +24,9 @@ import psycopg
 from bq_pipelines.ingestion.definitions import REQUEST_TAG
 from bq_pipelines.lib.catalog import Publisher, StacApiPublisher
 from bq_pipelines.lib.stac import build_collection
+from bq_pipelines.lib.waiting import WaitTimeout, wait_until
 from bq_pipelines_tests.dagster_processes import PROJECT_ROOT, Deployment, free_port
+from bq_pipelines_tests.fixtures.services import stack_database_prefix
 
 TOKEN = "test-token-for-the-ingestion-api"
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
@@ -110,9 +112,9 @@ def on_services(
 
 @contextlib.contextmanager
 def request_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for the request store (named after this checkout's catalog
-    database, so checkouts sharing the server stay apart); dropped afterwards."""
-    name = f"{os.environ.get('BQ_CATALOG_DB') or 'bq_catalog'}_requests_{uuid.uuid4().hex[:8]}"
+    """A fresh PostgreSQL database for the request store (named after this checkout's test
+    stack, so checkouts sharing the server stay apart); dropped afterwards."""
+    name = f"{stack_database_prefix()}requests_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -156,14 +158,18 @@ class ApiStack:
         self.wait_until_serving()
 
     def wait_until_serving(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.api.poll() is None, f"the API exited\n{self.deployment.log_tail()}"
+        def serving() -> bool:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/openapi.json", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise AssertionError(f"API not serving in {READY_TIMEOUT} s\n{self.deployment.log_tail()}")
+                return httpx.get(f"{self.base_url}/openapi.json", timeout=2).status_code == 200
+            return False
+
+        def exited() -> str | None:
+            return None if self.api.poll() is None else f"exited with {self.api.returncode}"
+
+        try:
+            wait_until(serving, timeout=READY_TIMEOUT, what="the API serving", failed=exited)
+        except WaitTimeout as exc:
+            raise AssertionError(f"{exc}\n{self.deployment.log_tail()}") from None
 
     def start_daemon(self) -> None:
         self.daemon = self.deployment.start(

@@ -498,6 +498,7 @@ date_texts = st.one_of(
 )
 
 
+@pytest.mark.slow
 @given(text=date_texts)
 @example(text="0001-01-01T00:00:00+14:00")
 @example(text="9999-12-31T23:59:59-14:00")
@@ -516,6 +517,7 @@ def test_any_date_is_taken_as_utc_or_refused_naming_the_field(context: Context, 
     assert abs(datetime.fromisoformat(echoed.replace("Z", "+00:00")) - sent) < timedelta(seconds=1)
 
 
+@pytest.mark.slow
 @given(limit=st.integers(), offset=st.integers())
 @example(limit=1, offset=2**63 - 1)
 @example(limit=1, offset=2**63)
@@ -550,6 +552,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @given(properties=st.dictionaries(any_text, json_values, max_size=4), extra=json_values)
 @example(properties={"n": 2**63 - 1, "m": -(2**63)}, extra=None)
 @example(properties={"n": float("nan")}, extra=None)

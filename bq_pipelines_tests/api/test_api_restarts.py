@@ -116,6 +116,7 @@ def test_kill_9_of_the_daemon_between_acceptance_and_processing_runs_each_reques
     assert_processed_exactly_once(api, [*ids, late])
 
 
+@pytest.mark.slow
 def test_make_api_on_the_embedded_defaults(tmp_path: Path, mirror: LocalHttpHost):
     """`python -m bq_pipelines.ingestion --with-daemon`, what `make api` runs: static catalog, local
     object store, SQLite request store. SIGTERM stops the API and its daemon."""

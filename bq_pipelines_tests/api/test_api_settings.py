@@ -73,6 +73,7 @@ def test_the_token_comes_from_the_environment_and_is_never_echoed():
         assert "s3cr3t" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_the_server_refuses_to_start_without_a_token():
     result = subprocess.run(
         [sys.executable, "-m", "bq_pipelines.ingestion"],

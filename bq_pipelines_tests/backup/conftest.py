@@ -1,8 +1,9 @@
 """Fixtures for backups: fresh pgstac databases of our own on the real PostgreSQL.
 
-Every database is named `<BQ_CATALOG_DB>_t_<hex>` (the checkout's catalog name as a prefix, so
-checkouts sharing the server never touch each other's), cloned from one template migrated once
-per session (`pypgstac migrate` takes ~2 s, a clone a fraction of it).
+Every database is named `<test stack's database>_t_<hex>` (the checkout's test catalog as a
+prefix, so checkouts sharing the server never touch each other's, and the stack's `down` drops
+any left), cloned from one template migrated once per session (`pypgstac migrate` takes ~2 s, a
+clone a fraction of it).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def pgstac_dsn(pgstac_databases: PgstacDatabases) -> Iterator[str]:
     pgstac_databases.drop_all(name)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.services)])
 def backup_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     """The project's object store, as a local folder and as a bucket of the moto server."""
     if request.param == "local":

@@ -4,7 +4,6 @@ fresh database of the local PostgreSQL, with its settings from the environment a
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -14,20 +13,17 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from bq_pipelines_tests.fixtures.services import stack_database_prefix
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = PROJECT_ROOT / "deploy"
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def database_prefix() -> str:
-    """Databases of this checkout start with its catalog database's name (shared PostgreSQL)."""
-    return os.environ.get("BQ_CATALOG_DB") or "bq_catalog"
-
-
 @pytest.fixture
 def dagster_database() -> Iterator[str]:
     """A new, empty database for Dagster's storage, dropped afterwards."""
-    name = f"{database_prefix()}_dagster_{uuid.uuid4().hex[:12]}"
+    name = f"{stack_database_prefix()}dagster_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield name

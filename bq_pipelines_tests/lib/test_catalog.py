@@ -157,6 +157,7 @@ def _publish_batch(root: str, documents: list[dict[str, Any]]) -> None:
         publisher.upsert_item(pystac.Item.from_dict(document))
 
 
+@pytest.mark.slow
 def test_static_catalog_concurrent_writers(tmp_path: Path, item_template: dict[str, Any]) -> None:
     batches = [
         [

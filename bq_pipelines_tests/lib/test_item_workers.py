@@ -73,6 +73,7 @@ def cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_two_processes_produce_the_items_and_objects_of_one(cube: Path, tmp_path: Path):
     produced = {}
     for workers in (1, 2):
@@ -96,6 +97,7 @@ def test_two_processes_produce_the_items_and_objects_of_one(cube: Path, tmp_path
     assert not list((tmp_path / "w2" / "work").rglob("*.tif"))  # staging removed
 
 
+@pytest.mark.slow
 def test_a_failing_item_in_a_worker_fails_the_partition_naming_it(cube: Path, tmp_path: Path):
     plans = species_plans(cube)
     missing = SPECIES * YEARS + 1
@@ -147,6 +149,7 @@ def test_items_described_from_memory_equal_items_read_back_from_their_cogs(
         assert json.dumps(item, sort_keys=True) == json.dumps(expected, sort_keys=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_partition_with_the_band_facts_cache_produces_the_same_items(
     cube: Path, tmp_path: Path, workers: int

@@ -29,7 +29,7 @@ with locks.hold(name):
 """
 
 
-@pytest.fixture(params=["file", "postgres"])
+@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.services)])
 def lock_kind(request, tmp_path: Path) -> tuple[str, str]:
     if request.param == "file":
         return "file", str(tmp_path / "locks")

@@ -120,6 +120,7 @@ def test_three_uint8_bands_are_rgb(tmp_path):
     assert (pixels[~valid][:, 3] == 0).all()
 
 
+@pytest.mark.slow
 def test_large_cog_is_read_from_an_overview_and_rendering_is_deterministic(tmp_path):
     spec = RasterSpec(dtype="float32", nodata=-1, width=4000, height=3000, resolution=0.001)
     path = make_cog(tmp_path, spec)

@@ -533,7 +533,7 @@ def piped(path: Path) -> subprocess.Popen:
     return subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.services)])
 def any_store(request, tmp_path: Path) -> ObjectStore:
     if request.param == "local":
         return LocalObjectStore(tmp_path / "store")
