@@ -24,7 +24,7 @@ COMMANDS = ("backups", "restore")
 BACKUP_NOW = "backup"
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     now = commands.add_parser(
         BACKUP_NOW,
         help="back up the catalog now, verified as the daily backup is",

@@ -17,7 +17,7 @@ from bq_pipelines.orchestration.keys import op_name
 from bq_pipelines.settings import Settings
 
 
-def add_adopt_parser(commands: argparse._SubParsersAction) -> None:
+def add_adopt_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     adopt = commands.add_parser(
         "adopt",
         help="record the partitions the catalog already publishes as planned as materialized",

@@ -24,7 +24,7 @@ from bq_pipelines.orchestration.resources import services_for
 from bq_pipelines.settings import Settings
 
 
-def add_audit_parser(commands: argparse._SubParsersAction) -> None:
+def add_audit_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = commands.add_parser(
         "audit", help="compare a dataset's catalog items with the objects in the store"
     )

@@ -11,7 +11,7 @@ from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.settings import Settings
 
 
-def add_dataset_parsers(commands: argparse._SubParsersAction) -> None:
+def add_dataset_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = commands.add_parser("demo-data", help="write the demo dataset's rasters if missing")
     demo.add_argument("--root", type=Path, help="local data root (default BQ_LOCAL_DATA_ROOT)")
     commands.add_parser("datasets", help="list the declared datasets")

@@ -37,7 +37,7 @@ from bq_pipelines.settings import Settings
 LISTING_TIMEOUT_SECONDS = 3.0
 
 
-def add_materialize_parser(commands: argparse._SubParsersAction) -> None:
+def add_materialize_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser("materialize", help="materialize a dataset's partitions")
     run.add_argument("dataset")
     run.add_argument("--partition", action="append", help="a partition key (default: all)")

@@ -20,7 +20,7 @@ from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
 
 
-def add_plan_parser(commands: argparse._SubParsersAction) -> None:
+def add_plan_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plan = commands.add_parser(
         "plan", help="the items a dataset's partitions would publish (nothing fetched)"
     )
@@ -29,7 +29,7 @@ def add_plan_parser(commands: argparse._SubParsersAction) -> None:
     plan.add_argument("--json", action="store_true", help="one STAC item (as planned) per line")
 
 
-def add_compare_parser(commands: argparse._SubParsersAction) -> None:
+def add_compare_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     against = commands.add_parser(
         "compare",
         help="compare what a dataset plans with what a catalog publishes (exit 1 if different)",

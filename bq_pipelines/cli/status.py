@@ -21,7 +21,7 @@ from bq_pipelines.orchestration.status import SourcesCheck, dataset_status
 from bq_pipelines.settings import Settings
 
 
-def add_status_parser(commands: argparse._SubParsersAction) -> None:
+def add_status_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     state = commands.add_parser(
         "status",
         help="partitions published, missing, failed, stale and adopted (from the run history)",

@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 from dagster_shared.yaml_utils import parse_yamls_with_source_position
@@ -30,7 +31,7 @@ from bq_pipelines.lib.errors import ConfigError
 COMPONENT_TYPE = "bq_pipelines.components.StacDataset"
 
 
-def _line(tree, location: Sequence[str | int]) -> int:
+def _line(tree: Any, location: Sequence[str | int]) -> int:
     """The line of the deepest key of `location` found in the file (1-based)."""
     node = tree
     for part in location:
@@ -38,7 +39,7 @@ def _line(tree, location: Sequence[str | int]) -> int:
         if child is None:
             break
         node = child
-    return node.position.start.line
+    return int(node.position.start.line)
 
 
 def check_file(path: Path) -> list[str]:
@@ -56,32 +57,34 @@ def check_file(path: Path) -> list[str]:
         return [f"{path}:1: type: must be {COMPONENT_TYPE}"]
     if not isinstance(data.get("attributes"), dict):
         return [f"{path}:1: attributes: the dataset declaration (a mapping) is missing"]
-    problems = []
     try:
         declaration = Declaration.model_validate(data["attributes"])
     except ValidationError as error:
-        for problem in error.errors():
-            location = [str(p) if not isinstance(p, int) else p for p in problem["loc"]]
-            field = ".".join(str(p) for p in location)
-            reason = problem["msg"].removeprefix("Value error, ")
-            if problem["type"] == "extra_forbidden":
-                reason = "unknown key"
-            if not location:
-                # A whole-declaration check names its field first: `item.id: ...`.
-                named = re.match(r"^([A-Za-z_][\w.\[\]]*): ", reason)
-                if named:
-                    location = [
-                        int(part) if part.isdigit() else part
-                        for part in re.split(r"[.\[\]]+", named.group(1))
-                        if part
-                    ]
-            line = _line(tree, ["attributes", *location])
-            problems.append(f"{path}:{line}: {field + ': ' if field else ''}{reason}")
-        return problems
+        return [_problem_line(path, tree, problem) for problem in error.errors()]
     if declaration.id != path.parent.name:
         line = _line(tree, ["attributes", "id"])
-        problems.append(f"{path}:{line}: id: {declaration.id!r} must match the folder name")
-    return problems
+        return [f"{path}:{line}: id: {declaration.id!r} must match the folder name"]
+    return []
+
+
+def _problem_line(path: Path, tree: Any, problem: Any) -> str:
+    """`<file>:<line>: <field>: <reason>` of one pydantic error."""
+    location = [str(p) if not isinstance(p, int) else p for p in problem["loc"]]
+    field = ".".join(str(p) for p in location)
+    reason = problem["msg"].removeprefix("Value error, ")
+    if problem["type"] == "extra_forbidden":
+        reason = "unknown key"
+    if not location:
+        # A whole-declaration check names its field first: `item.id: ...`.
+        named = re.match(r"^([A-Za-z_][\w.\[\]]*): ", reason)
+        if named:
+            location = [
+                int(part) if part.isdigit() else part
+                for part in re.split(r"[.\[\]]+", named.group(1))
+                if part
+            ]
+    line = _line(tree, ["attributes", *location])
+    return f"{path}:{line}: {field + ': ' if field else ''}{reason}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

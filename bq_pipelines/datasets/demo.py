@@ -34,7 +34,8 @@ def _smooth_field(shape: tuple[int, int], seed: int) -> np.ndarray:
     for _ in range(6):
         fx, fy, phase = rng.uniform(1, 8), rng.uniform(1, 8), rng.uniform(0, 2 * np.pi)
         surface += np.sin(2 * np.pi * (fx * xx + fy * yy) + phase)
-    return (surface - surface.min()) / np.ptp(surface)
+    normalized: np.ndarray = (surface - surface.min()) / np.ptp(surface)
+    return normalized
 
 
 def _write(

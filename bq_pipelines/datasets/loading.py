@@ -113,7 +113,8 @@ def builtin_declaration_data(dataset_id: str) -> dict[str, Any]:
     """The attributes of a built-in dataset's component file, as plain data (for a variant
     of it, e.g. under another id)."""
     data = yaml.safe_load(builtin_declaration_path(dataset_id).read_text(encoding="utf-8"))
-    return data["attributes"]
+    attributes: dict[str, Any] = data["attributes"]
+    return attributes
 
 
 def load_declarations(paths: Iterable[Path] | None = None) -> list[Declaration]:

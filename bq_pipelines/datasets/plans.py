@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -57,7 +57,9 @@ class SourceLocations:
         return sources.path_under_root(self.local_root, relative, "BQ_LOCAL_DATA_ROOT")
 
 
-def split_partition_key(declaration: Declaration, keys_by_dimension: Mapping[str, str]) -> dict:
+def split_partition_key(
+    declaration: Declaration, keys_by_dimension: Mapping[str, str]
+) -> dict[str, Any]:
     """Template variables of one partition: dimension values, their extra vars, time parts."""
     partitions = declaration.partitions
     if partitions.files is not None:
@@ -159,7 +161,9 @@ def _source_refs(
     ]
 
 
-def _expansions(declaration: Declaration, variables: Mapping[str, Any], refs: Sequence[SourceRef]):
+def _expansions(
+    declaration: Declaration, variables: Mapping[str, Any], refs: Sequence[SourceRef]
+) -> Iterator[tuple[dict[str, Any], int | None]]:
     """(variables, band) of each item of the partition; band None when not expanded."""
     expand = declaration.item.expand
     if expand is None:

@@ -37,7 +37,7 @@ def _prepare_daemon() -> None:
 
 
 @contextlib.contextmanager
-def dagster_daemon(workspace: Path) -> Iterator[subprocess.Popen]:
+def dagster_daemon(workspace: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`dagster-daemon run` in its own process group, stopped (with its children) on exit."""
     if not os.environ.get("DAGSTER_HOME"):
         raise ConfigError("DAGSTER_HOME: required with --with-daemon (the Dagster instance)")

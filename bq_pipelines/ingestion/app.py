@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -258,10 +259,7 @@ class IngestionService:
 bearer = HTTPBearer(auto_error=False, description="BQ_API_TOKEN")
 
 
-def create_app(env: Mapping[str, str] | None = None) -> FastAPI:
-    """The application; settings from `env` (default: the process environment)."""
-    service = IngestionService(os.environ if env is None else env)
-
+def _lifespan(service: IngestionService) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The process holds ~260,000 objects from its imports (Dagster, pydantic, SQLAlchemy):
@@ -272,32 +270,70 @@ def create_app(env: Mapping[str, str] | None = None) -> FastAPI:
         yield
         service.close()
 
-    app = FastAPI(
-        title="bq-pipelines ingestion API",
-        version="2",
-        description=(
-            "The legacy stacItem pipeline API: POST /newitem stores a request; a Dagster run "
-            "fetches the raster, converts it to a validated COG, stores it and publishes the "
-            "STAC item; GET /status reports the legacy step names. POST needs "
-            "`Authorization: Bearer <token>`."
-        ),
-        lifespan=lifespan,
-    )
-    app.state.service = service
-    app.add_middleware(BodySizeLimit, max_bytes=service.api.max_body_bytes)
+    return lifespan
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()
-        ]
-        for detail in details:
-            if detail["loc"] == ["body"]:
-                detail["msg"] += " (send a JSON object, Content-Type: application/json)"
-        summary = "; ".join(
-            f"{'.'.join(str(p) for p in d['loc'][1:]) or d['loc'][0]}: {d['msg']}" for d in details
+
+async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    """422 with each field's path and reason, and one line naming them all."""
+    details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+    for detail in details:
+        if detail["loc"] == ["body"]:
+            detail["msg"] += " (send a JSON object, Content-Type: application/json)"
+    summary = "; ".join(
+        f"{'.'.join(str(p) for p in d['loc'][1:]) or d['loc'][0]}: {d['msg']}" for d in details
+    )
+    return JSONResponse({"detail": details, "msg": summary}, status_code=422)
+
+
+def accept(service: IngestionService, body: NewItem, idempotency_key: str | None) -> Accepted:
+    """Store a request (or find the one an Idempotency-Key already stored) and answer its id."""
+    stored = body.stored()
+    problem = json_problem(stored)
+    if problem is not None:
+        raise field_error(*problem)
+    try:
+        if idempotency_key is not None:
+            first = service.store.repeated(idempotency_key, stored)
+            if first is not None:
+                return Accepted(id=first)
+        service.check_stac_api_server(body.stac_api_server)
+        service.check_collection(body.collection_id)
+        service.check_source(body.source_url)
+        request_id, new = service.store.add(
+            stored,
+            collection_id=body.collection_id,
+            item_id=body.name,
+            idempotency_key=idempotency_key,
         )
-        return JSONResponse({"detail": details, "msg": summary}, status_code=422)
+    except IdempotencyKeyReused as error:
+        raise field_error(
+            "idempotency-key", str(error), "idempotency_key_reused", "header"
+        ) from None
+    if new:
+        logger.info(
+            "accepted %s: %s/%s from %s",
+            request_id,
+            body.collection_id,
+            body.name,
+            redact_url(body.source_url),
+        )
+    return Accepted(id=request_id)
+
+
+def status_page(service: IngestionService, limit: int, offset: int) -> JSONResponse:
+    """Requests newest first, with X-Total-Count and a Link to the next page if any."""
+    page = service.store.page(limit, offset)
+    total = service.store.count()
+    headers = {"X-Total-Count": str(total)}
+    if offset + len(page) < total:
+        headers["Link"] = f'</status/all?limit={limit}&offset={offset + limit}>; rel="next"'
+    return JSONResponse(
+        [r.legacy_status(service.api.dagster_ui_url) for r in page], headers=headers
+    )
+
+
+def _access(service: IngestionService) -> tuple[Callable[..., None], Callable[..., None]]:
+    """The token check of POST, and of GET unless the status is public."""
 
     def require_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -315,6 +351,28 @@ def create_app(env: Mapping[str, str] | None = None) -> FastAPI:
         if not service.api.public_status:
             require_token(credentials)
 
+    return require_token, read_access
+
+
+def create_app(env: Mapping[str, str] | None = None) -> FastAPI:
+    """The application; settings from `env` (default: the process environment)."""
+    service = IngestionService(os.environ if env is None else env)
+    app = FastAPI(
+        title="bq-pipelines ingestion API",
+        version="2",
+        description=(
+            "The legacy stacItem pipeline API: POST /newitem stores a request; a Dagster run "
+            "fetches the raster, converts it to a validated COG, stores it and publishes the "
+            "STAC item; GET /status reports the legacy step names. POST needs "
+            "`Authorization: Bearer <token>`."
+        ),
+        lifespan=_lifespan(service),
+    )
+    app.state.service = service
+    app.add_middleware(BodySizeLimit, max_bytes=service.api.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    require_token, read_access = _access(service)
+
     @app.post(
         "/newitem",
         response_model=Accepted,
@@ -328,37 +386,7 @@ def create_app(env: Mapping[str, str] | None = None) -> FastAPI:
         ] = None,
     ) -> Accepted:
         """Store a request to publish one raster as a STAC item; answers its id at once."""
-        stored = body.stored()
-        problem = json_problem(stored)
-        if problem is not None:
-            raise field_error(*problem)
-        try:
-            if idempotency_key is not None:
-                first = service.store.repeated(idempotency_key, stored)
-                if first is not None:
-                    return Accepted(id=first)
-            service.check_stac_api_server(body.stac_api_server)
-            service.check_collection(body.collection_id)
-            service.check_source(body.source_url)
-            request_id, new = service.store.add(
-                stored,
-                collection_id=body.collection_id,
-                item_id=body.name,
-                idempotency_key=idempotency_key,
-            )
-        except IdempotencyKeyReused as error:
-            raise field_error(
-                "idempotency-key", str(error), "idempotency_key_reused", "header"
-            ) from None
-        if new:
-            logger.info(
-                "accepted %s: %s/%s from %s",
-                request_id,
-                body.collection_id,
-                body.name,
-                redact_url(body.source_url),
-            )
-        return Accepted(id=request_id)
+        return accept(service, body, idempotency_key)
 
     @app.get(
         "/status",
@@ -385,14 +413,7 @@ def create_app(env: Mapping[str, str] | None = None) -> FastAPI:
         offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     ) -> Any:
         """Every request, newest first, `limit` at a time (X-Total-Count says how many)."""
-        page = service.store.page(limit, offset)
-        total = service.store.count()
-        headers = {"X-Total-Count": str(total)}
-        if offset + len(page) < total:
-            headers["Link"] = f'</status/all?limit={limit}&offset={offset + limit}>; rel="next"'
-        return JSONResponse(
-            [r.legacy_status(service.api.dagster_ui_url) for r in page], headers=headers
-        )
+        return status_page(service, limit, offset)
 
     @app.get("/health")
     def health() -> JSONResponse:

@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pystac
 import rasterio
@@ -140,7 +141,7 @@ def process_request(
     return ProcessedRequest(result, item_url, extent_updated, "\n".join(history))
 
 
-def grow_collection_extent(services: Services, collection_id: str, item: dict) -> bool:
+def grow_collection_extent(services: Services, collection_id: str, item: dict[str, Any]) -> bool:
     """Extend the collection's extent to the item (a read-modify-write: hold the collection's
     lock across it). Returns whether the collection changed."""
     collection = services.publisher.get_collection(collection_id)

@@ -69,7 +69,9 @@ def files_discovery_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Finds the files of {declaration.id} under the local data root.",
     )
-    def discover(context: dg.SensorEvaluationContext, sources: SourcesResource):
+    def discover(
+        context: dg.SensorEvaluationContext, sources: SourcesResource
+    ) -> dg.SkipReason | dg.SensorResult:
         found = discover_files(declaration, Path(sources.local_data_root))
         known = set(context.instance.get_dynamic_partitions(partitions_def.name or ""))
         new = [name for name in found if name not in known]
@@ -119,7 +121,7 @@ def newest_partition_schedule(
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description=f"Materializes the newest period of {declaration.title}.",
     )
-    def newest(context: dg.ScheduleEvaluationContext):
+    def newest(context: dg.ScheduleEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
         now = context.scheduled_execution_time or datetime.now(UTC)
         keys = newest_partition_keys(partitions_def, now)
         if not keys:

@@ -126,7 +126,8 @@ def _read_cursor(cursor: str | None) -> str | None:
     if not cursor:
         return None
     try:
-        return json.loads(cursor).get("last_checked")
+        last_checked = json.loads(cursor).get("last_checked")
+        return None if last_checked is None else str(last_checked)
     except (ValueError, AttributeError):
         return None  # an unreadable cursor restarts the walk from the newest partition
 

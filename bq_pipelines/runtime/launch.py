@@ -341,8 +341,8 @@ def _failure_text(record: Any) -> str:
     if data is None:
         return "step failed"
     if data.user_failure_data is not None and data.user_failure_data.description:
-        return data.user_failure_data.description.strip()  # our dg.Failure: per partition
-    return data.error.message.strip() if data.error else "step failed"
+        return str(data.user_failure_data.description).strip()  # our dg.Failure: per partition
+    return str(data.error.message).strip() if data.error else "step failed"
 
 
 def run_report(
