@@ -21,9 +21,9 @@ from bq_pipelines.orchestration.keys import AUDIT_CHECK, DatasetKeys, op_name
 from bq_pipelines.runtime.launch import RANGE_START_TAG
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests import backfill_location as location
+from bq_pipelines_tests.backfill_stack import bq_env, serve_sources
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.runs import materialize_dataset
-from bq_pipelines_tests.test_backfill import bq_env, serve_sources
 
 AssetPartition = tuple[dg.AssetKey, str]
 

@@ -27,9 +27,9 @@ from bq_pipelines.orchestration.factory import op_name
 from bq_pipelines.runtime.launch import RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.runtime.monitoring import run_worker_pid
 from bq_pipelines_tests import backfill_location as location
+from bq_pipelines_tests.backfill_stack import serve_sources, sqlite_deployment
 from bq_pipelines_tests.dagster_processes import BIN, Deployment
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
-from bq_pipelines_tests.test_backfill import serve_sources, sqlite_deployment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300.0

@@ -29,6 +29,7 @@ from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.executors import worker_app
 from bq_pipelines.settings import Settings
 from bq_pipelines_tests import backfill_location as location
+from bq_pipelines_tests.backfill_stack import MIRROR_PREFIX, serve_sources
 from bq_pipelines_tests.dagster_processes import (
     BACKFILL_STATUS,
     FINISHED,
@@ -38,7 +39,6 @@ from bq_pipelines_tests.dagster_processes import (
 )
 from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.runs import run_dataset
-from bq_pipelines_tests.test_backfill import MIRROR_PREFIX, serve_sources
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/5"  # this checkout's Redis database
