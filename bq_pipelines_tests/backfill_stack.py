@@ -1,5 +1,6 @@
-"""The backfill code location (`backfill_location.py`) as the tests run it: its sources served
-by a local HTTP host, its settings, and its Dagster processes on a SQLite instance."""
+"""The backfill code location (`bq_pipelines_testkit/backfill_location.py`) as the tests run
+it: its sources served by a local HTTP host, its settings, and its Dagster processes on a SQLite
+instance."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bq_pipelines_tests import backfill_location as location
-from bq_pipelines_tests.dagster_processes import Deployment, write_workspace
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
-from bq_pipelines_tests.rasters import RasterSpec, write_raster
+from bq_pipelines_testkit import backfill_location as location
+from bq_pipelines_testkit.dagster_processes import Deployment, write_workspace
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.rasters import RasterSpec, write_raster
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MIRROR_PREFIX = "chelsa"  # the local host serves the CHELSA tree under /chelsa/
@@ -56,7 +57,7 @@ def sqlite_deployment(
     dagster_home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     workspace = write_workspace(
-        tmp_path / "workspace.yaml", "bq_pipelines_tests.backfill_location", "chelsa_backfill"
+        tmp_path / "workspace.yaml", "bq_pipelines_testkit.backfill_location", "chelsa_backfill"
     )
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -1,4 +1,4 @@
-"""Backfills of a chelsa-monthly-like dataset (`backfill_location.py`).
+"""Backfills of a chelsa-monthly-like dataset (`bq_pipelines_testkit/backfill_location.py`).
 
 Done when: "a backfill of 120 partitions of one variable of chelsa-monthly runs in at most
 ceil(120 / batch size) runs; a corrupt file fails only its partition, with its URL in the error".
@@ -25,16 +25,16 @@ from bq_pipelines.orchestration.factory import DatasetKeys
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.launch import RANGE_START_TAG
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests import backfill_location as location
-from bq_pipelines_tests.backfill_stack import bq_env, serve_sources, sqlite_deployment
-from bq_pipelines_tests.dagster_processes import (
+from bq_pipelines_testkit import backfill_location as location
+from bq_pipelines_testkit.dagster_processes import (
     BACKFILL_STATUS,
     FINISHED,
     LAUNCH_BACKFILL,
     Deployment,
 )
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
-from bq_pipelines_tests.runs import failure_messages, latest_metadata, run_dataset
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.runs import failure_messages, latest_metadata, run_dataset
+from bq_pipelines_tests.backfill_stack import bq_env, serve_sources, sqlite_deployment
 
 CORRUPT = b"II*\x00" + bytes(range(256)) * 8  # a TIFF signature, then garbage
 BACKFILL_TIMEOUT = 300.0  # generous: the daemon cycles every 30 s and CI machines are shared

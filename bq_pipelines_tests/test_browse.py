@@ -19,8 +19,8 @@ from bq_pipelines.lib import preview
 from bq_pipelines.orchestration.factory import DatasetKeys
 from bq_pipelines.runtime.browse import browse_roots, make_server
 from bq_pipelines.settings import Settings
+from bq_pipelines_testkit.runs import latest_metadata, run_dataset
 from bq_pipelines_tests.fixtures.demo import demo_declaration
-from bq_pipelines_tests.runs import latest_metadata, run_dataset
 
 
 @pytest.fixture

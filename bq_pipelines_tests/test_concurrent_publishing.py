@@ -20,12 +20,12 @@ import pytest
 
 from bq_pipelines.lib.catalog import PgstacPublisher
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests import backfill_location as location
+from bq_pipelines_testkit import backfill_location as location
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.runs import materialize_dataset
 from bq_pipelines_tests.backfill_stack import MIRROR_PREFIX, serve_sources
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.fixtures.services import services_settings
 from bq_pipelines_tests.fixtures.stac_items import clone
-from bq_pipelines_tests.runs import materialize_dataset
 
 MONTHS, BATCH = 4, 4
 EXTRA = 600  # items of each outside writer; the second one overlaps the first by half

@@ -30,9 +30,7 @@ from bq_pipelines.lib.storage import API_WRITER
 from bq_pipelines.orchestration.factory import AUDIT_CHECK, FORCE_TAG, DatasetKeys
 from bq_pipelines.orchestration.resources import LOCKS_FOLDER, S3ObjectStoreResource, resources_for
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
-from bq_pipelines_tests.fixtures.services import services_settings
-from bq_pipelines_tests.runs import (
+from bq_pipelines_testkit.runs import (
     audit_dataset,
     built_services,
     dataset_definitions,
@@ -40,6 +38,8 @@ from bq_pipelines_tests.runs import (
     latest_metadata,
     materialize_dataset,
 )
+from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
+from bq_pipelines_tests.fixtures.services import services_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

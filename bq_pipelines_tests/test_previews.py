@@ -17,14 +17,14 @@ from bq_pipelines.lib import preview, stac, tiles
 from bq_pipelines.lib.hashing import sha256_file
 from bq_pipelines.lib.storage import ObjectOwner
 from bq_pipelines.orchestration.factory import DatasetKeys
-from bq_pipelines_tests.fixtures.demo import demo_data
-from bq_pipelines_tests.runs import (
+from bq_pipelines_testkit.runs import (
     audit_dataset,
     built_services,
     failure_messages,
     latest_metadata,
     materialize_dataset,
 )
+from bq_pipelines_tests.fixtures.demo import demo_data
 
 
 def declaration(dataset_id: str, **fields) -> Declaration:

@@ -20,10 +20,10 @@ from bq_pipelines.orchestration.factory import EVENT_BATCH_SIZE, EVENT_BATCH_SIZ
 from bq_pipelines.orchestration.keys import AUDIT_CHECK, DatasetKeys, op_name
 from bq_pipelines.runtime.launch import RANGE_START_TAG
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests import backfill_location as location
+from bq_pipelines_testkit import backfill_location as location
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.runs import materialize_dataset
 from bq_pipelines_tests.backfill_stack import bq_env, serve_sources
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
-from bq_pipelines_tests.runs import materialize_dataset
 
 AssetPartition = tuple[dg.AssetKey, str]
 

@@ -14,7 +14,7 @@ from bq_pipelines.lib.cog import (
     band_extractor,
     to_cog,
 )
-from bq_pipelines_tests.rasters import BandMetadata, RasterSpec, write_raster
+from bq_pipelines_testkit.rasters import BandMetadata, RasterSpec, write_raster
 
 NAN = float("nan")
 

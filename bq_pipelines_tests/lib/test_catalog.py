@@ -20,8 +20,8 @@ from bq_pipelines.lib.catalog import StacApiPublisher, StaticCatalogPublisher
 from bq_pipelines.lib.errors import CatalogError
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.stac import build_collection, validate
+from bq_pipelines_testkit.rasters import RasterSpec
 from bq_pipelines_tests.fixtures.stac_items import FAST_RETRY, SPECS, clone, item_for, make_cog
-from bq_pipelines_tests.rasters import RasterSpec
 
 
 def collection_for(collection_id: str, items: list[pystac.Item], description: str = "Test"):

@@ -35,15 +35,7 @@ from bq_pipelines.lib.cog import (
 )
 from bq_pipelines.lib.errors import CogError, RasterTooLarge, SourceRefused
 from bq_pipelines.lib.hashing import sha256_bytes
-from bq_pipelines_tests.fixtures.local_sources import write_ebv_cube
-from bq_pipelines_tests.lib.band_metadata import (
-    CATEGORY_NAMES,
-    CONTINUOUS,
-    METADATA_CASES,
-    METADATA_PATHS,
-    convert_by_path,
-)
-from bq_pipelines_tests.rasters import (
+from bq_pipelines_testkit.rasters import (
     CUSTOM_LCC_WKT,
     CUSTOM_UTM25S_WKT,
     ENGINEERING_WKT,
@@ -54,6 +46,14 @@ from bq_pipelines_tests.rasters import (
     raster_values,
     write_huge_header,
     write_raster,
+)
+from bq_pipelines_tests.fixtures.local_sources import write_ebv_cube
+from bq_pipelines_tests.lib.band_metadata import (
+    CATEGORY_NAMES,
+    CONTINUOUS,
+    METADATA_CASES,
+    METADATA_PATHS,
+    convert_by_path,
 )
 
 NAN = float("nan")

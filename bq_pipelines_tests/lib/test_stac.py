@@ -33,6 +33,13 @@ from bq_pipelines.lib.stac import (
     multihash_sha256,
     validate,
 )
+from bq_pipelines_testkit.rasters import (
+    CUSTOM_LCC_WKT,
+    CUSTOM_UTM25S_WKT,
+    RasterSpec,
+    raster_transform,
+    write_raster,
+)
 from bq_pipelines_tests.fixtures.stac_items import (
     LEGACY_PROPERTIES,
     SPECS,
@@ -41,13 +48,6 @@ from bq_pipelines_tests.fixtures.stac_items import (
     make_cog,
 )
 from bq_pipelines_tests.lib.band_metadata import METADATA_CASES, METADATA_PATHS, convert_by_path
-from bq_pipelines_tests.rasters import (
-    CUSTOM_LCC_WKT,
-    CUSTOM_UTM25S_WKT,
-    RasterSpec,
-    raster_transform,
-    write_raster,
-)
 
 
 @pytest.fixture(params=list(SPECS), scope="module")
