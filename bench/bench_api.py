@@ -46,7 +46,7 @@ from results import write_result  # noqa: E402
 
 from bq_pipelines.ingestion.definitions import JOB_NAME, REQUEST_TAG  # noqa: E402
 from bq_pipelines.ingestion.store import RequestStore  # noqa: E402
-from bq_pipelines_tests.api.stack import (  # noqa: E402
+from bq_pipelines_testkit.api_stack import (  # noqa: E402
     TOKEN,
     ApiStack,
     api_stack,
@@ -54,9 +54,9 @@ from bq_pipelines_tests.api.stack import (  # noqa: E402
     on_services,
     temporary_collection,
 )
-from bq_pipelines_tests.dagster_processes import free_port  # noqa: E402
-from bq_pipelines_tests.fixtures.services import SERVICES_ENV, parse_env_file  # noqa: E402
-from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
+from bq_pipelines_testkit.dagster_processes import free_port  # noqa: E402
+from bq_pipelines_testkit.rasters import RasterSpec, write_raster  # noqa: E402
+from bq_pipelines_testkit.services import SERVICES_ENV, parse_env_file  # noqa: E402
 
 PROCESS_TIMEOUT_SECONDS = 4 * 3600
 
@@ -77,7 +77,7 @@ class Mirror:
 MIRROR_SCRIPT = """
 import sys
 from pathlib import Path
-from bq_pipelines_tests.fixtures.http_server import serving
+from bq_pipelines_testkit.http_host import serving
 with serving(Path(sys.argv[1])) as host:
     print(host.base_url, flush=True)
     sys.stdin.read()  # until the benchmark closes it

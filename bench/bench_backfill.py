@@ -3,7 +3,7 @@
 Run from the project root: `.venv/bin/python bench/bench_backfill.py [--partitions 120]
 [--batch-sizes 1,24] [--size 16] [--storage sqlite,postgres,pooled] [--rounds 1]`.
 
-A chelsa-monthly-like dataset (`bq_pipelines_tests/backfill_location.py`: monthly x variable,
+A chelsa-monthly-like dataset (`bq_pipelines_testkit/backfill_location.py`: monthly x variable,
 one variable here) reads `--partitions` generated float32 EPSG:4326 rasters from a local HTTP
 server standing in for the CHELSA host, and is materialized through our CLI's `materialize` path
 (one `execute_in_process` run per batch of partitions, the collection in the last) on a fresh
@@ -53,10 +53,10 @@ from bq_pipelines.runtime.event_batching import (  # noqa: E402
 )
 from bq_pipelines.runtime.launch import materialize  # noqa: E402
 from bq_pipelines.settings import Settings  # noqa: E402
-from bq_pipelines_tests import backfill_location as location  # noqa: E402
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost  # noqa: E402
-from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
-from bq_pipelines_tests.runs import dataset_definitions  # noqa: E402
+from bq_pipelines_testkit import backfill_location as location  # noqa: E402
+from bq_pipelines_testkit.http_host import LocalHttpHost  # noqa: E402
+from bq_pipelines_testkit.rasters import RasterSpec, write_raster  # noqa: E402
+from bq_pipelines_testkit.runs import dataset_definitions  # noqa: E402
 
 VARIABLE = "tas"
 PRODUCTION = "pooled"  # deploy/dagster.yaml

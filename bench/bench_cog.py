@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bq_pipelines.lib import cog  # noqa: E402
-from bq_pipelines_tests.rasters import CUSTOM_LCC_WKT, RasterSpec, write_raster  # noqa: E402
+from bq_pipelines_testkit.rasters import CUSTOM_LCC_WKT, RasterSpec, write_raster  # noqa: E402
 
 log = logging.getLogger("bench_cog")
 

@@ -56,7 +56,7 @@ from results import write_result  # noqa: E402
 
 from bq_pipelines.lib import stac  # noqa: E402
 from bq_pipelines.lib.catalog import PgstacPublisher, Publisher, StacApiPublisher  # noqa: E402
-from bq_pipelines_tests.fixtures.services import SERVICES_ENV, parse_env_file  # noqa: E402
+from bq_pipelines_testkit.services import SERVICES_ENV, parse_env_file  # noqa: E402
 
 SCENARIOS, YEARS, SPECIES = 5, 9, 5090
 SUMMARIZE = ["scenario", "year"]

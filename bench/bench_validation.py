@@ -39,7 +39,7 @@ from bq_pipelines.lib import stac  # noqa: E402
 from bq_pipelines.lib.errors import StacValidationError  # noqa: E402
 from bq_pipelines.lib.hashing import sha256_bytes  # noqa: E402
 from bq_pipelines.lib.stac import validation  # noqa: E402
-from bq_pipelines_tests.rasters import RasterSpec, write_raster  # noqa: E402
+from bq_pipelines_testkit.rasters import RasterSpec, write_raster  # noqa: E402
 
 
 def mammals_item(folder: Path) -> dict[str, Any]:

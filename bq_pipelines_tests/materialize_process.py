@@ -16,7 +16,7 @@ import yaml
 
 from bq_pipelines.datasets.loading import parse_declaration
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.runs import materialize_dataset
+from bq_pipelines_testkit.runs import materialize_dataset
 
 
 def main(declaration_path: str, dagster_dir: str) -> int:

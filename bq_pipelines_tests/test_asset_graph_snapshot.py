@@ -1,31 +1,31 @@
-"""The asset graph against snapshots stored beside the tests: an unintended change fails.
+"""The asset graph against syrupy snapshots stored beside the tests (JSON files under
+`__snapshots__/test_asset_graph_snapshot/`): an unintended change fails.
 
-- `dataset_identity.json`: every dataset's asset keys, group names, partition count and job
+- `dataset_identity`: every dataset's asset keys, group names, partition count and job
   names. These are what runs, backfills and the UI's history are attached to: they must never
   change by accident (a renamed key orphans every past materialization).
-- `asset_graph.json`: everything a person sees of each asset (partitions definition, backfill
+- `asset_graph`: everything a person sees of each asset (partitions definition, backfill
   policy, kinds, owners, tags, automation condition, code version), checks, jobs, schedules and
   sensors.
 
-After an intended change, regenerate both with `BQ_UPDATE_SNAPSHOTS=1 pytest <this file>` and
+After an intended change, regenerate both with `pytest --snapshot-update <this file>` and
 review the diff.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
+from syrupy.assertion import SnapshotAssertion
+from syrupy.extensions.json import JSONSnapshotExtension
 
 from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.definitions import defs
 
-SNAPSHOTS = Path(__file__).parent / "snapshots"
 # Partitions of a series without an end grow with today: count them as of a fixed day.
 AS_OF = datetime(2026, 11, 27, tzinfo=UTC)
 KIND_TAG = "dagster/kind/"  # kinds are listed on their own
@@ -123,22 +123,15 @@ def asset_graph(definitions: dg.Definitions) -> dict[str, Any]:
     }
 
 
-def _compare(name: str, actual: dict[str, Any]) -> None:
-    path = SNAPSHOTS / name
-    text = json.dumps(actual, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    if os.environ.get("BQ_UPDATE_SNAPSHOTS") == "1":
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"{path} is missing: run with BQ_UPDATE_SNAPSHOTS=1"
-    expected = json.loads(path.read_text(encoding="utf-8"))
-    assert actual == expected, (
-        f"the asset graph differs from {path.name}; if intended, regenerate it with "
-        "BQ_UPDATE_SNAPSHOTS=1 and review the diff"
-    )
+@pytest.fixture
+def snapshot_json(snapshot: SnapshotAssertion) -> SnapshotAssertion:
+    """Snapshots as JSON files, keys sorted: a change reads as a plain diff in review."""
+    return snapshot.use_extension(JSONSnapshotExtension)
 
 
-def test_dataset_keys_groups_partitions_and_jobs_are_unchanged(definitions):
-    _compare("dataset_identity.json", dataset_identity(definitions))
+def test_dataset_keys_groups_partitions_and_jobs_are_unchanged(definitions, snapshot_json):
+    assert dataset_identity(definitions) == snapshot_json
 
 
-def test_asset_graph_is_as_recorded(definitions):
-    _compare("asset_graph.json", asset_graph(definitions))
+def test_asset_graph_is_as_recorded(definitions, snapshot_json):
+    assert asset_graph(definitions) == snapshot_json

@@ -1,4 +1,4 @@
-"""Backfills of a chelsa-monthly-like dataset (`backfill_location.py`).
+"""Backfills of a chelsa-monthly-like dataset (`bq_pipelines_testkit/backfill_location.py`).
 
 Done when: "a backfill of 120 partitions of one variable of chelsa-monthly runs in at most
 ceil(120 / batch size) runs; a corrupt file fails only its partition, with its URL in the error".
@@ -13,12 +13,8 @@ ceil(120 / batch size) runs; a corrupt file fails only its partition, with its U
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -29,84 +25,19 @@ from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.launch import RANGE_START_TAG
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests import backfill_location as location
-from bq_pipelines_tests.dagster_processes import (
+from bq_pipelines_testkit import backfill_location as location
+from bq_pipelines_testkit.dagster_processes import (
     BACKFILL_STATUS,
     FINISHED,
     LAUNCH_BACKFILL,
     Deployment,
-    write_workspace,
 )
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
-from bq_pipelines_tests.rasters import RasterSpec, write_raster
-from bq_pipelines_tests.runs import failure_messages, latest_metadata, run_dataset
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.runs import failure_messages, latest_metadata, run_dataset
+from bq_pipelines_tests.backfill_stack import bq_env, serve_sources, sqlite_deployment
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MIRROR_PREFIX = "chelsa"  # the local host serves the CHELSA tree under /chelsa/
-TINY = RasterSpec(width=16, height=16, resolution=0.5)
 CORRUPT = b"II*\x00" + bytes(range(256)) * 8  # a TIFF signature, then garbage
 BACKFILL_TIMEOUT = 300.0  # generous: the daemon cycles every 30 s and CI machines are shared
-
-
-def serve_sources(
-    http_host: LocalHttpHost, months: int, variables: tuple[str, ...]
-) -> dict[str, str]:
-    """Tiny float32 EPSG:4326 rasters for every partition; returns partition key -> URL."""
-    urls = {}
-    for variable in variables:
-        for index in range(months):
-            path = f"{MIRROR_PREFIX}/{location.source_path(index, variable)}"
-            spec = RasterSpec(**{**TINY.__dict__, "seed": index})
-            write_raster(http_host.root / path, spec)
-            urls[location.partition_key(index, variable)] = http_host.url(path)
-    return urls
-
-
-def bq_env(tmp_path: Path, http_host: LocalHttpHost) -> dict[str, str]:
-    """The BQ_* settings of the tests: embedded defaults under tmp, CHELSA host mirrored."""
-    return {
-        "BQ_HOME": str(tmp_path / "bq"),
-        "BQ_LOCAL_DATA_ROOT": str(tmp_path / "bq" / "sources"),
-        "BQ_SOURCE_BASE_URLS": f"{location.CHELSA_HOST}={http_host.url(MIRROR_PREFIX)}",
-    }
-
-
-@contextmanager
-def sqlite_deployment(
-    tmp_path: Path,
-    http_host: LocalHttpHost,
-    months: int = location.DEFAULT_MONTHS,
-    batch_size: int = location.DEFAULT_BATCH_SIZE,
-) -> Iterator[Deployment]:
-    """The test code location on a SQLite instance with the project's dagster.yaml, CHELSA
-    mirrored by `http_host`; processes are started by the test and stopped on exit."""
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
-    workspace = write_workspace(
-        tmp_path / "workspace.yaml", "bq_pipelines_tests.backfill_location", "chelsa_backfill"
-    )
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    # Code servers listen on sockets under TMPDIR: keep the path short (108-byte limit).
-    short_tmp = Path(tempfile.mkdtemp(prefix="bqbf-"))
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("BQ_", "DAGSTER_"))}
-    env = {
-        **inherited,
-        **bq_env(tmp_path, http_host),
-        "BQ_TEST_DATASET_ID": location.DEFAULT_ID,
-        "BQ_TEST_MONTHS": str(months),
-        "BQ_TEST_BATCH_SIZE": str(batch_size),
-        "DAGSTER_HOME": str(dagster_home),
-        "TMPDIR": str(short_tmp),
-        "PYTHONPATH": str(PROJECT_ROOT),
-    }
-    deployment = Deployment(env=env, workspace=workspace, logs=logs)
-    try:
-        yield deployment
-    finally:
-        deployment.stop()
-        shutil.rmtree(short_tmp, ignore_errors=True)
 
 
 @pytest.fixture

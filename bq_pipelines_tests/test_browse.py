@@ -18,9 +18,9 @@ import pytest
 from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.runtime.browse import browse_roots, make_server
 from bq_pipelines.settings import Settings
+from bq_pipelines_testkit.runs import latest_metadata, run_dataset
 from bq_pipelines_tests.fixtures.demo import demo_declaration
 from bq_pipelines_tests.pngs import png_pixels
-from bq_pipelines_tests.runs import latest_metadata, run_dataset
 
 
 @pytest.fixture

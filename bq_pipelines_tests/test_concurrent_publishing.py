@@ -20,12 +20,12 @@ import pytest
 
 from bq_pipelines.lib.catalog import PgstacPublisher
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests import backfill_location as location
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
+from bq_pipelines_testkit import backfill_location as location
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.runs import materialize_dataset
+from bq_pipelines_tests.backfill_stack import MIRROR_PREFIX, serve_sources
 from bq_pipelines_tests.fixtures.services import services_settings
-from bq_pipelines_tests.lib.test_catalog import clone, item_template  # noqa: F401
-from bq_pipelines_tests.runs import materialize_dataset
-from bq_pipelines_tests.test_backfill import MIRROR_PREFIX, serve_sources
+from bq_pipelines_tests.fixtures.stac_items import clone
 
 MONTHS, BATCH = 4, 4
 EXTRA = 600  # items of each outside writer; the second one overlaps the first by half
@@ -57,7 +57,7 @@ def test_two_backfills_and_two_outside_writers_at_once(
     s3_bucket: str,
     monkeypatch: pytest.MonkeyPatch,
     unique_id: str,
-    item_template: dict[str, Any],  # noqa: F811
+    item_template: dict[str, Any],
 ) -> None:
     ids = [f"conc-{name}-{unique_id}" for name in ("a", "b")]
     serve_sources(http_host, MONTHS, location.VARIABLES)

@@ -30,10 +30,10 @@ from bq_pipelines.orchestration.jobs import discover_files
 from bq_pipelines.orchestration.keys import op_name, partitions_definition
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
+from bq_pipelines_testkit.rasters import RasterSpec, write_raster
+from bq_pipelines_testkit.runs import dataset_definitions, failure_messages, run_dataset
 from bq_pipelines_tests.fixtures.local_sources import species_names, write_ebv_cube
 from bq_pipelines_tests.fixtures.services import rasterio_s3_env, services_settings
-from bq_pipelines_tests.rasters import RasterSpec, write_raster
-from bq_pipelines_tests.runs import dataset_definitions, failure_messages, run_dataset
 
 MAMMAL_YEARS = [str(year) for year in range(2015, 2056, 5)]
 SMALL = {"width": 64, "height": 48}

@@ -20,6 +20,8 @@ import rasterio
 from bq_pipelines.lib import cog, stac
 from bq_pipelines.orchestration.keys import partitions_definition
 from bq_pipelines.settings import Settings
+from bq_pipelines_testkit.rasters import RasterSpec
+from bq_pipelines_testkit.runs import failure_messages, run_dataset
 from bq_pipelines_tests.fixtures.legacy_mirror import (
     C3S_GRID_CRS,
     C3S_GRID_TRANSFORM,
@@ -29,8 +31,6 @@ from bq_pipelines_tests.fixtures.legacy_mirror import (
     write_c3s_land_cover_nc,
 )
 from bq_pipelines_tests.fixtures.services import services_settings
-from bq_pipelines_tests.rasters import RasterSpec
-from bq_pipelines_tests.runs import failure_messages, run_dataset
 
 CHELSA = "https://os.zhdk.cloud.switch.ch/envicloud/chelsa/chelsa_V2/GLOBAL"
 GFW = "https://storage.googleapis.com/earthenginepartners-hansen/GFC-2020-v1.8"

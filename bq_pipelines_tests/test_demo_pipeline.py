@@ -24,15 +24,15 @@ from bq_pipelines.lib import cog, stac
 from bq_pipelines.orchestration.keys import DatasetKeys, op_name
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.launch import RANGE_END_TAG, RANGE_START_TAG
-from bq_pipelines_tests.fixtures.demo import demo_declaration
-from bq_pipelines_tests.fixtures.services import rasterio_s3_env
-from bq_pipelines_tests.runs import (
+from bq_pipelines_testkit.runs import (
     dataset_definitions,
     failure_messages,
     latest_metadata,
     materialize_dataset,
     run_dataset,
 )
+from bq_pipelines_tests.fixtures.demo import demo_declaration
+from bq_pipelines_tests.fixtures.services import rasterio_s3_env
 
 
 def read_pixels(path: str, env: dict[str, str] | None = None) -> tuple[np.ndarray, dict]:

@@ -17,12 +17,12 @@ from bq_pipelines.datasets.loading import parse_declaration
 from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.orchestration.resources import SourcesResource
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.rasters import RasterSpec, write_raster
+from bq_pipelines_testkit.runs import audit_dataset, materialize_dataset
 from bq_pipelines_tests.fixtures.demo import demo_declaration
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
 from bq_pipelines_tests.fixtures.services import services_settings
 from bq_pipelines_tests.fixtures.tcp_proxy import HttpFaults
-from bq_pipelines_tests.rasters import RasterSpec, write_raster
-from bq_pipelines_tests.runs import audit_dataset, materialize_dataset
 
 RUN_TIMEOUT = 600.0
 # README "Failure modes": each S3 operation is retried until 150 s have passed; a source's

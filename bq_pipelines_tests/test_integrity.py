@@ -32,9 +32,7 @@ from bq_pipelines.orchestration.keys import AUDIT_CHECK, DatasetKeys
 from bq_pipelines.orchestration.materialize import FORCE_TAG
 from bq_pipelines.orchestration.resources import LOCKS_FOLDER, S3ObjectStoreResource, resources_for
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
-from bq_pipelines_tests.fixtures.services import services_settings
-from bq_pipelines_tests.runs import (
+from bq_pipelines_testkit.runs import (
     audit_dataset,
     built_services,
     dataset_definitions,
@@ -42,6 +40,8 @@ from bq_pipelines_tests.runs import (
     latest_metadata,
     materialize_dataset,
 )
+from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
+from bq_pipelines_tests.fixtures.services import services_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -29,6 +29,8 @@ from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.lib import cog
 from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.settings import Settings
+from bq_pipelines_testkit.rasters import RasterSpec
+from bq_pipelines_testkit.runs import failure_messages, latest_metadata, run_dataset
 from bq_pipelines_tests.fixtures.legacy_catalog import (
     legacy_collection,
     legacy_item,
@@ -36,8 +38,6 @@ from bq_pipelines_tests.fixtures.legacy_catalog import (
 )
 from bq_pipelines_tests.fixtures.legacy_mirror import mirror_base_urls, put_legacy_raster
 from bq_pipelines_tests.fixtures.services import services_settings
-from bq_pipelines_tests.rasters import RasterSpec
-from bq_pipelines_tests.runs import failure_messages, latest_metadata, run_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHELSA = "https://os.zhdk.cloud.switch.ch/envicloud/chelsa/chelsa_V2/GLOBAL"

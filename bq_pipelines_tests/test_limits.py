@@ -21,20 +21,20 @@ from bq_pipelines.lib.errors import ConfigError, SourceRefused
 from bq_pipelines.orchestration.factory import build_dataset
 from bq_pipelines.orchestration.keys import ITEM_VALID_CHECK, DatasetKeys
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.fixtures.services import services_settings
-from bq_pipelines_tests.rasters import (
+from bq_pipelines_testkit.rasters import (
     RasterSpec,
     raster_transform,
     write_huge_header,
     write_raster,
 )
-from bq_pipelines_tests.runs import (
+from bq_pipelines_testkit.runs import (
     check_evaluations,
     dataset_definitions,
     failure_messages,
     latest_metadata,
     materialize_dataset,
 )
+from bq_pipelines_tests.fixtures.services import services_settings
 
 SMALL = RasterSpec(dtype="int16", nodata=-9999, width=40, height=30)
 

@@ -19,15 +19,15 @@ from bq_pipelines.lib.hashing import sha256_file
 from bq_pipelines.lib.preview.thumbnails import colour_ramp
 from bq_pipelines.lib.storage import ObjectOwner
 from bq_pipelines.orchestration.keys import DatasetKeys
-from bq_pipelines_tests.fixtures.demo import demo_data
-from bq_pipelines_tests.pngs import png_pixels
-from bq_pipelines_tests.runs import (
+from bq_pipelines_testkit.runs import (
     audit_dataset,
     built_services,
     failure_messages,
     latest_metadata,
     materialize_dataset,
 )
+from bq_pipelines_tests.fixtures.demo import demo_data
+from bq_pipelines_tests.pngs import png_pixels
 
 
 def declaration(dataset_id: str, **fields) -> Declaration:

@@ -29,11 +29,11 @@ from bq_pipelines.runtime.event_batching import (
 )
 from bq_pipelines.runtime.launch import RANGE_START_TAG
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests import backfill_location as location
-from bq_pipelines_tests.dagster_processes import PROJECT_ROOT
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
-from bq_pipelines_tests.runs import materialize_dataset
-from bq_pipelines_tests.test_backfill import bq_env, serve_sources
+from bq_pipelines_testkit import backfill_location as location
+from bq_pipelines_testkit.dagster_processes import PROJECT_ROOT
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.runs import materialize_dataset
+from bq_pipelines_tests.backfill_stack import bq_env, serve_sources
 
 AssetPartition = tuple[dg.AssetKey, str]
 

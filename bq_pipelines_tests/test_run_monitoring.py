@@ -1,11 +1,11 @@
 """Stuck runs: runs whose worker and code server are killed (`kill -9`) are failed by the daemon,
 and the run queue (2 at once in the local dagster.yaml) frees for the next run.
 
-A real `dagster-daemon` on the project's dagster.yaml (run queue, run monitoring) and the test
-code location of `backfill_location.py`. Two runs hang on a slow source host; their run workers
-and the code server that launched them are killed, as a crash or a restarted `dagster dev` would.
-Nobody is left to fail them but the `dead_run_workers` sensor; a third run, queued behind them,
-must then start and succeed.
+A real `dagster-daemon` on the project's dagster.yaml (run queue, run monitoring) and the test code
+location of `bq_pipelines_testkit/backfill_location.py`. Two runs hang on a slow source host; their
+run workers and the code server that launched them are killed, as a crash or a restarted `dagster
+dev` would. Nobody is left to fail them but the `dead_run_workers` sensor; a third run, queued
+behind them, must then start and succeed.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import yaml
 from bq_pipelines.orchestration.keys import op_name
 from bq_pipelines.runtime.launch import RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.runtime.monitoring import run_worker_pid
-from bq_pipelines_tests import backfill_location as location
-from bq_pipelines_tests.dagster_processes import BIN, Deployment
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
-from bq_pipelines_tests.test_backfill import serve_sources, sqlite_deployment
+from bq_pipelines_testkit import backfill_location as location
+from bq_pipelines_testkit.dagster_processes import BIN, Deployment
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_tests.backfill_stack import serve_sources, sqlite_deployment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300.0

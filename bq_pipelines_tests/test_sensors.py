@@ -25,9 +25,9 @@ from bq_pipelines.orchestration.sensors import (
 )
 from bq_pipelines.runtime.launch import QUIET_LOGS, RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
-from bq_pipelines_tests.rasters import RasterSpec, write_raster
-from bq_pipelines_tests.test_demo_pipeline import demo_declaration
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.rasters import RasterSpec, write_raster
+from bq_pipelines_tests.fixtures.demo import demo_declaration
 
 HOST = "upstream-host"
 MONTHLY = {

@@ -13,7 +13,7 @@ import pytest
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.fixtures.services import TEST_STACK_ENV
+from bq_pipelines_testkit.services import TEST_STACK_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

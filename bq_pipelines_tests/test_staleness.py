@@ -12,8 +12,8 @@ from dagster_graphql.test.utils import define_out_of_process_context, execute_da
 
 from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.settings import Settings
+from bq_pipelines_testkit.runs import materialize_dataset
 from bq_pipelines_tests import stale_location
-from bq_pipelines_tests.runs import materialize_dataset
 
 STALE_QUERY = """
 query Stale($path: [String!]!, $partition: String!) {

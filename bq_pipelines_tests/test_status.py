@@ -15,8 +15,8 @@ from bq_pipelines.datasets.plans import SourceLocations
 from bq_pipelines.orchestration.assets import partition_code_version
 from bq_pipelines.orchestration.keys import DatasetKeys, partitions_definition
 from bq_pipelines.orchestration.status import dataset_status
+from bq_pipelines_testkit.runs import materialize_dataset
 from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
-from bq_pipelines_tests.runs import materialize_dataset
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from bq_pipelines_tests.fixtures.services import services_script, stack_database_prefix
+from bq_pipelines_testkit.services import services_script, stack_database_prefix
 
 USER_PORTS = {9010, 8082, 8084}
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-_USERINFO = re.compile(r"(?<=//)[^/?#@]*@")
+# Up to the last "@" of the authority: a password may hold "@" too.
+_USERINFO = re.compile(r"(?<=//)[^/?#]*@")
 
 
 def redact_url(url: object) -> str:

@@ -78,33 +78,33 @@ def partition_batches(
             for d in partitions_def.partitions_defs
             if isinstance(d.partitions_def, dg.TimeWindowPartitionsDefinition)
         )
+        # Adjacent along the time dimension, not in the list of every key (the other
+        # dimensions' values sit between two time keys of one line there).
+        time_index = {key: i for i, key in enumerate(time_dim.partitions_def.get_partition_keys())}
+        line_index: dict[str, int] = {}
         for key in all_keys:
             if key in wanted:
                 parts = partitions_def.get_partition_key_from_str(key).keys_by_dimension
                 other = {k: v for k, v in parts.items() if k != time_dim.name}
                 lines.setdefault(json.dumps(other, sort_keys=True), []).append(key)
+                line_index[key] = time_index[parts[time_dim.name]]
         return [
             batch
             for line in lines.values()
-            for batch in _contiguous_chunks(line, all_keys, batch_size, time_dim)
+            for batch in _contiguous_chunks(line, line_index, batch_size)
         ]
-    return _contiguous_chunks([k for k in all_keys if k in wanted], all_keys, batch_size, None)
+    position = {key: index for index, key in enumerate(all_keys)}
+    return _contiguous_chunks([k for k in all_keys if k in wanted], position, batch_size)
 
 
 def _contiguous_chunks(
-    keys: list[str],
-    all_keys: list[str],
-    batch_size: int,
-    time_dim: dg.PartitionDimensionDefinition | None,
+    keys: list[str], index: Mapping[str, int], batch_size: int
 ) -> list[list[str]]:
-    position = {key: index for index, key in enumerate(all_keys)}
-    stride = 1
-    if time_dim is not None and len(keys) > 1:
-        stride = position[keys[1]] - position[keys[0]]  # keys of one line are evenly spaced
+    """`keys` in chunks of at most `batch_size`, each a run of consecutive `index` values."""
     chunks: list[list[str]] = []
     chunk: list[str] = []
     for key in keys:
-        if chunk and (len(chunk) == batch_size or position[key] - position[chunk[-1]] != stride):
+        if chunk and (len(chunk) == batch_size or index[key] - index[chunk[-1]] != 1):
             chunks.append(chunk)
             chunk = []
         chunk.append(key)

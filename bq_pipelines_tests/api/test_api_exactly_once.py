@@ -42,7 +42,7 @@ import yaml
 from bq_pipelines.ingestion.definitions import ATTEMPT_TAG, REQUEST_TAG
 from bq_pipelines.ingestion.store import RequestStore
 from bq_pipelines.runtime.monitoring import run_worker_pid
-from bq_pipelines_tests.api.stack import (
+from bq_pipelines_testkit.api_stack import (
     AUTH,
     ApiStack,
     api_stack,
@@ -50,9 +50,9 @@ from bq_pipelines_tests.api.stack import (
     on_services,
     temporary_collection,
 )
-from bq_pipelines_tests.dagster_processes import child_pids, command_line, running
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
-from bq_pipelines_tests.rasters import RasterSpec, write_raster
+from bq_pipelines_testkit.dagster_processes import child_pids, command_line, running
+from bq_pipelines_testkit.http_host import LocalHttpHost, serving
+from bq_pipelines_testkit.rasters import RasterSpec, write_raster
 
 STAGE_TIMEOUT = 240.0  # a run starts in seconds, a minute on a loaded machine
 START_TIMEOUT_SECONDS = 60

@@ -24,16 +24,16 @@ from bq_pipelines.datasets.plans import collection_for
 from bq_pipelines.ingestion.definitions import ASSET_KEY, JOB_NAME, REQUEST_TAG
 from bq_pipelines.lib.stac import multihash_sha256
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests.api.stack import (
+from bq_pipelines_testkit.api_stack import (
     ApiStack,
     api_stack,
     legacy_example,
     on_services,
     temporary_collection,
 )
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
-from bq_pipelines_tests.rasters import RasterSpec, write_raster
-from bq_pipelines_tests.runs import audit_dataset
+from bq_pipelines_testkit.http_host import LocalHttpHost, serving
+from bq_pipelines_testkit.rasters import RasterSpec, write_raster
+from bq_pipelines_testkit.runs import audit_dataset
 
 DECLARED_CATEGORICAL = "gfw-lossyear"  # declared with `cog: {categorical: true}`
 

@@ -25,8 +25,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
-from bq_pipelines_tests.api.stack import AUTH, TOKEN, ApiStack, api_stack, ensure_collection
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
+from bq_pipelines_testkit.api_stack import AUTH, TOKEN, ApiStack, api_stack, ensure_collection
+from bq_pipelines_testkit.http_host import LocalHttpHost, serving
 
 COLLECTION = "api-known-collection"
 MAX_BODY = 8192

@@ -19,7 +19,7 @@ import pytest
 from rio_cogeo.cogeo import cog_validate
 
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
-from bq_pipelines_tests.api.stack import (
+from bq_pipelines_testkit.api_stack import (
     ApiStack,
     api_stack,
     ensure_collection,
@@ -27,8 +27,8 @@ from bq_pipelines_tests.api.stack import (
     on_services,
     temporary_collection,
 )
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
-from bq_pipelines_tests.rasters import RasterSpec, write_raster
+from bq_pipelines_testkit.http_host import LocalHttpHost, serving
+from bq_pipelines_testkit.rasters import RasterSpec, write_raster
 
 
 @pytest.fixture

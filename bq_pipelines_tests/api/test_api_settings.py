@@ -14,7 +14,7 @@ from bq_pipelines.ingestion.models import NewItem
 from bq_pipelines.ingestion.processing import DEFAULT_COG, plan_request
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.settings import ApiSettings, api_token
-from bq_pipelines_tests.dagster_processes import PROJECT_ROOT
+from bq_pipelines_testkit.dagster_processes import PROJECT_ROOT
 
 
 def test_defaults_are_closed_and_local():

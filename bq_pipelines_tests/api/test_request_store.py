@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from bq_pipelines.ingestion.database import create_engine
 from bq_pipelines.ingestion.store import RequestStore
-from bq_pipelines_tests.api.stack import request_database
+from bq_pipelines_testkit.api_stack import request_database
 
 # The table of the first release, as it was created.
 OLD_TABLE = """

@@ -3,8 +3,11 @@ the publishers, the backup job run in-process, a catalog read whole through the 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,10 @@ import httpx
 import psycopg
 
 from bq_pipelines.backup.assets import BACKUP_JOB, backup_definitions
-from bq_pipelines.lib.storage import S3ObjectStore, s3_client
+from bq_pipelines.backup.dump import write_manifest
+from bq_pipelines.backup.manifest import BackupKey, BackupKind, Manifest, catalog_state
+from bq_pipelines.lib.hashing import sha256_bytes
+from bq_pipelines.lib.storage import ObjectStore, S3ObjectStore, s3_client
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
 
@@ -145,3 +151,39 @@ def s3_store(services_env: dict[str, str], bucket: str) -> S3ObjectStore:
         services_env["AWS_SECRET_ACCESS_KEY"],
     )
     return S3ObjectStore(client, bucket)
+
+
+# --------------------------------------------------------------------------- stored backups
+
+BACKUP_NAME = "bq_catalog"
+DUMP = b"dump"
+
+
+def manifest_for(key: BackupKey, *, verified: bool | None = True) -> Manifest:
+    return Manifest(
+        key=key.key,
+        kind=key.kind,
+        catalog=f"127.0.0.1:5432/{key.name}",
+        size=len(DUMP),
+        sha256=sha256_bytes(DUMP),
+        state=catalog_state(1, [("c", "i")]),
+        started_at=f"{key.day.isoformat()}T04:00:00+00:00",
+        duration_seconds=0.1,
+        verified=verified,
+    )
+
+
+def store_backup(
+    store: ObjectStore,
+    day: date,
+    *,
+    name: str = BACKUP_NAME,
+    verified: bool | None = True,
+    kind: BackupKind = "pgstac",
+) -> BackupKey:
+    """A backup as the asset leaves it: the dump, its checksum, its manifest."""
+    key = BackupKey.of(name, day, kind)
+    stored = store.put_stream(io.BytesIO(DUMP), key.key, content_type="application/octet-stream")
+    manifest = manifest_for(key, verified=verified)
+    write_manifest(store, replace(manifest, store_checksum=stored.checksum))
+    return key

@@ -35,8 +35,8 @@ from bq_pipelines_tests.backup.helpers import (
     item_document,
     run_backup_job,
     s3_store,
+    store_backup,
 )
-from bq_pipelines_tests.backup.test_retention import store_backup
 from bq_pipelines_tests.fixtures.services import services_settings
 
 TODAY = datetime.now(UTC).date()

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import io
 import os
-from dataclasses import replace
 from datetime import date, timedelta
 
 import pytest
 
 from bq_pipelines.backup.cli import run as run_backup_cli
-from bq_pipelines.backup.dump import write_manifest
-from bq_pipelines.backup.manifest import BackupKey, BackupKind, Manifest, catalog_state
+from bq_pipelines.backup.manifest import BackupKey
 from bq_pipelines.backup.retention import (
     RetentionPolicy,
     StoredBackup,
@@ -22,51 +20,19 @@ from bq_pipelines.backup.retention import (
 )
 from bq_pipelines.backup.static import StaticCatalog
 from bq_pipelines.backup.verify import StoredCheck
-from bq_pipelines.lib.hashing import sha256_bytes
 from bq_pipelines.lib.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+from bq_pipelines_tests.backup.helpers import BACKUP_NAME, manifest_for, store_backup
 
 TODAY = date(2026, 11, 27)
-NAME = "bq_catalog"
-DUMP = b"dump"
-
-
-def manifest_for(key: BackupKey, *, verified: bool | None = True) -> Manifest:
-    return Manifest(
-        key=key.key,
-        kind=key.kind,
-        catalog=f"127.0.0.1:5432/{key.name}",
-        size=len(DUMP),
-        sha256=sha256_bytes(DUMP),
-        state=catalog_state(1, [("c", "i")]),
-        started_at=f"{key.day.isoformat()}T04:00:00+00:00",
-        duration_seconds=0.1,
-        verified=verified,
-    )
-
-
-def store_backup(
-    store: ObjectStore,
-    day: date,
-    *,
-    name: str = NAME,
-    verified: bool | None = True,
-    kind: BackupKind = "pgstac",
-) -> BackupKey:
-    """A backup as the asset leaves it: the dump, its checksum, its manifest."""
-    key = BackupKey.of(name, day, kind)
-    stored = store.put_stream(io.BytesIO(DUMP), key.key, content_type="application/octet-stream")
-    manifest = manifest_for(key, verified=verified)
-    write_manifest(store, replace(manifest, store_checksum=stored.checksum))
-    return key
 
 
 def store_foreign_objects(store: ObjectStore) -> list[str]:
-    """Objects that are not backups of NAME, some of them shaped very much like one."""
+    """Objects that are not backups of BACKUP_NAME, some of them shaped very much like one."""
     keys = [
-        f"backups/{NAME}/notes.txt",
-        f"backups/{NAME}/2025-01-01.dump.bak",
-        f"backups/{NAME}/manual.dump",
-        f"backups/{NAME}/2025-01-02.dump",  # backup-shaped, no manifest: not provably ours
+        f"backups/{BACKUP_NAME}/notes.txt",
+        f"backups/{BACKUP_NAME}/2025-01-01.dump.bak",
+        f"backups/{BACKUP_NAME}/manual.dump",
+        f"backups/{BACKUP_NAME}/2025-01-02.dump",  # backup-shaped, no manifest: not provably ours
         "io/demo/2025-01-01.dump",
     ]
     for key in keys:
@@ -90,20 +56,20 @@ def test_forty_daily_backups_keep_the_last_thirty_days(backup_store: ObjectStore
     foreign = store_foreign_objects(backup_store)
     before = backup_store.list_keys("")
 
-    plan = apply_retention(backup_store, NAME, TODAY, RetentionPolicy(days=30, keep_last=7))
+    plan = apply_retention(backup_store, BACKUP_NAME, TODAY, RetentionPolicy(days=30, keep_last=7))
 
     deleted_days = days_back(31, 9)  # 31 to 39 days old
     expected_deleted = [
         k
         for day in sorted(deleted_days)
         for k in (
-            BackupKey.of(NAME, day, "pgstac").key,
-            BackupKey.of(NAME, day, "pgstac").manifest_key,
+            BackupKey.of(BACKUP_NAME, day, "pgstac").key,
+            BackupKey.of(BACKUP_NAME, day, "pgstac").manifest_key,
         )
     ]
     assert plan.deleted_keys == expected_deleted
     assert backup_store.list_keys("") == without(before, expected_deleted)
-    remaining = [b.key.day for b in list_backups(backup_store, NAME)]
+    remaining = [b.key.day for b in list_backups(backup_store, BACKUP_NAME)]
     assert remaining == sorted([*days_back(0, 31), date(2025, 1, 2)])
     for key in foreign:
         assert backup_store.get_bytes(key) == b"not ours"
@@ -119,7 +85,7 @@ def test_the_newest_verified_backups_survive_whatever_their_age(
         store_backup(backup_store, day, verified=day not in unverified)
     before = backup_store.list_keys("")
 
-    plan = apply_retention(backup_store, NAME, TODAY, RetentionPolicy(days=30, keep_last=7))
+    plan = apply_retention(backup_store, BACKUP_NAME, TODAY, RetentionPolicy(days=30, keep_last=7))
 
     assert sorted(b.key.day for b in plan.keep) == sorted(old_days[3:10])
     assert {b.key.day for b in plan.delete} == set(old_days) - set(old_days[3:10])
@@ -131,14 +97,14 @@ def test_dry_run_deletes_nothing_and_says_what_it_would(backup_store: ObjectStor
         store_backup(backup_store, day)
     before = backup_store.list_keys("")
 
-    plan = apply_retention(backup_store, NAME, TODAY, RetentionPolicy(30, 7, dry_run=True))
+    plan = apply_retention(backup_store, BACKUP_NAME, TODAY, RetentionPolicy(30, 7, dry_run=True))
 
     assert len(plan.delete) == 9
     assert backup_store.list_keys("") == before
 
 
 def stored(day: date, verified: bool | None = True) -> StoredBackup:
-    key = BackupKey.of(NAME, day, "pgstac")
+    key = BackupKey.of(BACKUP_NAME, day, "pgstac")
     return StoredBackup(key, manifest_for(key, verified=verified), StoredCheck(True))
 
 
@@ -186,18 +152,18 @@ def test_corrupt_backups_never_count_among_the_newest_kept(backup_store: ObjectS
     corrupt(backup_store, keys[0], "same size")
     corrupt(backup_store, keys[1], "truncated")
 
-    listed = {b.key.day: b for b in list_backups(backup_store, NAME)}
+    listed = {b.key.day: b for b in list_backups(backup_store, BACKUP_NAME)}
     assert [listed[day].corrupt for day in days] == [True, True, False, False, False]
     assert not listed[days[0]].verified and listed[days[2]].verified
     assert f"{keys[1].key} is 3 bytes, 4 when it was taken" == listed[days[1]].stored.detail  # type: ignore[union-attr]
     assert "has sha256" in listed[days[0]].stored.detail  # type: ignore[union-attr]
 
-    plan = apply_retention(backup_store, NAME, TODAY, RetentionPolicy(days=30, keep_last=3))
+    plan = apply_retention(backup_store, BACKUP_NAME, TODAY, RetentionPolicy(days=30, keep_last=3))
 
     # The three good ones are kept; the corrupt ones, past the window, go.
     assert sorted(b.key.day for b in plan.keep) == sorted(days[2:])
     assert sorted(b.key.day for b in plan.delete) == sorted(days[:2])
-    assert [b.key.day for b in list_backups(backup_store, NAME)] == sorted(days[2:])
+    assert [b.key.day for b in list_backups(backup_store, BACKUP_NAME)] == sorted(days[2:])
 
 
 def test_the_backups_command_lists_a_corrupt_backup_as_corrupt(
@@ -210,7 +176,7 @@ def test_the_backups_command_lists_a_corrupt_backup_as_corrupt(
     status = run_backup_cli(
         argparse.Namespace(command="backups", all=False),
         backup_store,
-        StaticCatalog(tmp_path / NAME, tmp_path / "work"),  # the catalog named NAME
+        StaticCatalog(tmp_path / BACKUP_NAME, tmp_path / "work"),  # the catalog named BACKUP_NAME
         tmp_path,
         out=out,
     )

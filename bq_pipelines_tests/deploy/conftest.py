@@ -13,11 +13,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from bq_pipelines_tests.fixtures.services import stack_database_prefix
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEPLOY_DIR = PROJECT_ROOT / "deploy"
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+from bq_pipelines_testkit.services import stack_database_prefix
+from bq_pipelines_tests.deploy.stack import DEPLOY_DIR, PG_ADMIN_DSN
 
 
 @pytest.fixture
@@ -56,18 +53,3 @@ def production_instance_env(
         "AWS_ACCESS_KEY_ID": services_env["AWS_ACCESS_KEY_ID"],
         "AWS_SECRET_ACCESS_KEY": services_env["AWS_SECRET_ACCESS_KEY"],
     }
-
-
-def count_rows(database: str, table: str) -> int:
-    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{database}") as conn:
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
-        return int(row.fetchone()[0])  # type: ignore[index]
-
-
-def sessions_of(database: str) -> set[int]:
-    """Backend pids connected to `database` right now (pg_stat_activity)."""
-    with psycopg.connect(PG_ADMIN_DSN) as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)
-        ).fetchall()
-    return {int(pid) for (pid,) in rows}

@@ -28,17 +28,17 @@ from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.executors import worker_app
 from bq_pipelines.settings import Settings
-from bq_pipelines_tests import backfill_location as location
-from bq_pipelines_tests.dagster_processes import (
+from bq_pipelines_testkit import backfill_location as location
+from bq_pipelines_testkit.dagster_processes import (
     BACKFILL_STATUS,
     FINISHED,
     LAUNCH_BACKFILL,
     Deployment,
     write_workspace,
 )
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
-from bq_pipelines_tests.runs import run_dataset
-from bq_pipelines_tests.test_backfill import MIRROR_PREFIX, serve_sources
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.runs import run_dataset
+from bq_pipelines_tests.backfill_stack import MIRROR_PREFIX, serve_sources
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/5"  # this checkout's Redis database
@@ -143,7 +143,7 @@ def celery_stack(
         "BQ_TEST_BATCH_SIZE": str(BATCH_SIZE),
     }
     workspace = write_workspace(
-        tmp_path / "workspace.yaml", "bq_pipelines_tests.backfill_location", "chelsa_celery"
+        tmp_path / "workspace.yaml", "bq_pipelines_testkit.backfill_location", "chelsa_celery"
     )
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -8,19 +8,21 @@ variable, while a secret is empty. No container engine runs here: nothing is sta
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from bq_pipelines.settings import ApiSettings, Settings, api_token
-from bq_pipelines_tests.deploy.conftest import DEPLOY_DIR
+from bq_pipelines_tests.deploy.stack import (
+    COMPOSE,
+    DEPLOY_DIR,
+    URL_VALUES,
+    docker_compose,
+    env_example,
+    filled_env,
+)
 
-COMPOSE = DEPLOY_DIR / "compose.yaml"
-ENV_EXAMPLE = DEPLOY_DIR / ".env.example"
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")
 # Services that answer on a port (one-shot jobs do not).
@@ -29,17 +31,6 @@ ONE_SHOT = {"pgstac-migrate", "ui-auth"}
 
 def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
-
-
-def env_example() -> dict[str, str]:
-    """KEY=value lines of .env.example (comments and blank lines skipped)."""
-    values = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, sep, value = line.partition("=")
-            assert sep, f".env.example: {line!r} is not KEY=value"
-            values[key.strip()] = value.strip()
-    return values
 
 
 def test_every_service_has_an_image_a_restart_policy_and_a_healthcheck_where_it_serves():
@@ -98,32 +89,6 @@ def test_no_secret_literal_in_the_deploy_files():
     assert not list(DEPLOY_DIR.rglob("htpasswd*")), "an htpasswd file is generated, never committed"
 
 
-def filled_env(tmp_path: Path, **overrides: str) -> Path:
-    """.env.example with placeholder secrets, as an operator fills it."""
-    values = env_example()
-    for key, value in values.items():
-        if not value:
-            values[key] = f"test-{key.lower().replace('_', '-')}"
-    values["BQ_S3_ENDPOINT_URL"] = "https://s3.example.org"
-    values.update(overrides)
-    path = tmp_path / ".env"
-    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    return path
-
-
-def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
-    executable = shutil.which("docker-compose")
-    if executable is None:
-        pytest.fail("docker-compose is not installed: run `make deploy-tools`")
-    return subprocess.run(
-        [executable, "-f", str(COMPOSE), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_docker_compose_validates_the_file_with_a_filled_env(tmp_path: Path):
     env = filled_env(tmp_path)
     result = docker_compose("--env-file", str(env), "config")
@@ -139,17 +104,6 @@ def test_docker_compose_refuses_an_empty_secret_and_names_it(tmp_path: Path):
     result = docker_compose("--env-file", str(env), "config")
     assert result.returncode != 0
     assert "set REDIS_PASSWORD in deploy/.env" in result.stderr
-
-
-# What an operator writes for the values whose shape the code checks (URLs, lists of URLs).
-URL_VALUES = {
-    "BQ_PUBLIC_BASE_URL": "https://data.example.org/bq-io",
-    "BQ_SOURCE_BASE_URLS": "",
-    "BQ_API_ALLOWED_SOURCES": "https://data.example.org/rasters/",
-    "BQ_API_STAC_API_ALIASES": "https://stac.example.org/",
-    "BQ_DAGSTER_UI_URL": "https://stac.example.org/dagster",
-    "BQ_TILER_URL": "https://stac.example.org/tiler",
-}
 
 
 def test_the_ingestion_api_is_a_service_behind_nginx_with_its_token_only_in_its_own_env(

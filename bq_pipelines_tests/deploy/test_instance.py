@@ -12,12 +12,12 @@ import pytest
 
 from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.orchestration.resources import resources_for
-from bq_pipelines_tests import backfill_location as location
-from bq_pipelines_tests.deploy.conftest import count_rows, sessions_of
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
+from bq_pipelines_testkit import backfill_location as location
+from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.runs import latest_metadata, run_dataset
+from bq_pipelines_tests.backfill_stack import MIRROR_PREFIX, serve_sources
+from bq_pipelines_tests.deploy.stack import count_rows, sessions_of
 from bq_pipelines_tests.fixtures.services import services_settings
-from bq_pipelines_tests.runs import latest_metadata, run_dataset
-from bq_pipelines_tests.test_backfill import MIRROR_PREFIX, serve_sources
 
 MONTHS, BATCH_SIZE = 6, 3
 

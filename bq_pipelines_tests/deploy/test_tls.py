@@ -18,8 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from bq_pipelines_tests.deploy.conftest import DEPLOY_DIR
-from bq_pipelines_tests.deploy.test_compose import URL_VALUES, docker_compose, filled_env
+from bq_pipelines_tests.deploy.stack import DEPLOY_DIR, URL_VALUES, docker_compose, filled_env
 
 NGINX_CONF = DEPLOY_DIR / "nginx" / "default.conf"
 CERTIFICATE = "/etc/nginx/tls/certificate.pem"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import multiprocessing
 import socket
@@ -21,27 +20,8 @@ from bq_pipelines.lib.catalog import StacApiPublisher, StaticCatalogPublisher
 from bq_pipelines.lib.errors import CatalogError
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.stac import build_collection, validate
-from bq_pipelines_tests.lib.test_stac import SPECS, item_for, make_cog
-from bq_pipelines_tests.rasters import RasterSpec
-
-FAST_RETRY = RetryPolicy(attempts=2, backoff_seconds=0.01, max_backoff_seconds=0.01)
-
-
-@pytest.fixture(scope="module")
-def item_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A real item (custom CRS, NaN nodata), as a dict to clone under other ids."""
-    cog = make_cog(tmp_path_factory.mktemp("template"), SPECS["float32-nan-custom-lcc"])
-    return item_for(cog).to_dict(include_self_link=False, transform_hrefs=False)
-
-
-def clone(template: dict[str, Any], collection_id: str, item_id: str, **props: Any) -> pystac.Item:
-    document = copy.deepcopy(template)
-    document["assets"] = {item_id: document["assets"].pop(document["id"])}
-    document["id"] = item_id
-    document["collection"] = collection_id
-    document["properties"].update(props)
-    document["assets"][item_id]["href"] = f"https://object-store.example/bq-io/io/{item_id}.tif"
-    return pystac.Item.from_dict(document)
+from bq_pipelines_testkit.rasters import RasterSpec
+from bq_pipelines_tests.fixtures.stac_items import FAST_RETRY, SPECS, clone, item_for, make_cog
 
 
 def collection_for(collection_id: str, items: list[pystac.Item], description: str = "Test"):

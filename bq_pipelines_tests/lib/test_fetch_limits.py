@@ -20,9 +20,9 @@ from bq_pipelines.lib.pipeline import ItemPlan, Services, SourceRef, run_items
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.sources import FetchLimits, fetch, probe
 from bq_pipelines.lib.storage import LocalObjectStore
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost, serving
+from bq_pipelines_testkit.http_host import LocalHttpHost, serving
+from bq_pipelines_testkit.rasters import RasterSpec, write_raster
 from bq_pipelines_tests.fixtures.tls import https_server, self_signed_certificate
-from bq_pipelines_tests.rasters import RasterSpec, write_raster
 
 FAST = RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05)
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes

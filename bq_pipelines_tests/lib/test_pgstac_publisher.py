@@ -24,7 +24,7 @@ from bq_pipelines.lib.catalog.pgstac import collection_lock_name
 from bq_pipelines.lib.errors import CatalogError
 from bq_pipelines.lib.locks import advisory_key
 from bq_pipelines.lib.stac import build_collection
-from bq_pipelines_tests.lib.test_catalog import FAST_RETRY, clone, item_template  # noqa: F401
+from bq_pipelines_tests.fixtures.stac_items import FAST_RETRY, clone
 
 ITEM_ASSETS = {"data": {"type": pystac.MediaType.COG, "roles": ["data"]}}
 
@@ -89,7 +89,7 @@ def comparable(item: dict[str, Any]) -> dict[str, Any]:
 def test_loader_and_bulk_items_store_the_same_items(
     publishers: tuple[StacApiPublisher, PgstacPublisher],
     collection_ids: list[str],
-    item_template: dict[str, Any],  # noqa: F811
+    item_template: dict[str, Any],
 ) -> None:
     api, loader = publishers
     via_api, via_loader = collection_ids[:2]
@@ -122,7 +122,7 @@ def test_loader_and_bulk_items_store_the_same_items(
 def test_collection_content_in_sql_is_what_the_items_say(
     publishers: tuple[StacApiPublisher, PgstacPublisher],
     collection_ids: list[str],
-    item_template: dict[str, Any],  # noqa: F811
+    item_template: dict[str, Any],
 ) -> None:
     api, loader = publishers
     collection_id = collection_ids[0]
@@ -158,7 +158,7 @@ def _write(
 def test_concurrent_writers_lose_and_duplicate_nothing(
     publishers: tuple[StacApiPublisher, PgstacPublisher],
     collection_ids: list[str],
-    item_template: dict[str, Any],  # noqa: F811
+    item_template: dict[str, Any],
     stac_api_url: str,
     dsn: str,
 ) -> None:
@@ -199,7 +199,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(
 def test_a_writer_waits_for_the_collection_lock(
     publishers: tuple[StacApiPublisher, PgstacPublisher],
     collection_ids: list[str],
-    item_template: dict[str, Any],  # noqa: F811
+    item_template: dict[str, Any],
     stac_api_url: str,
     dsn: str,
 ) -> None:

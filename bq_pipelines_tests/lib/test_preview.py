@@ -12,8 +12,8 @@ import rasterio
 
 from bq_pipelines.lib import cog, preview
 from bq_pipelines.lib.preview import png, thumbnails
+from bq_pipelines_testkit.rasters import BandMetadata, RasterSpec, raster_valid, write_raster
 from bq_pipelines_tests.pngs import png_image, png_pixels
-from bq_pipelines_tests.rasters import BandMetadata, RasterSpec, raster_valid, write_raster
 
 TABLE = {v: (v * 20, 255 - v * 20, (v * 50) % 256, 255) for v in range(12)}
 

@@ -21,7 +21,7 @@ from pyftpdlib.servers import FTPServer
 from bq_pipelines.lib.errors import SourceError, SourceRefused, TransientSourceError
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.sources import FetchLimits, HttpSession, describe_local, fetch, probe
-from bq_pipelines_tests.fixtures.http_server import LocalHttpHost
+from bq_pipelines_testkit.http_host import LocalHttpHost
 from bq_pipelines_tests.fixtures.tls import https_server, self_signed_certificate
 
 FAST = RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05)

@@ -9,20 +9,16 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pystac
 import pytest
 import rasterio
 import rasterio.warp
 from rasterio.crs import CRS
 from rasterio.warp import transform_geom
-from rio_cogeo.cogeo import cog_translate
-from rio_cogeo.profiles import cog_profiles
 
 from bq_pipelines.lib.cog import CogInfo, CogSettings, RasterInput, to_cog
 from bq_pipelines.lib.errors import StacValidationError
@@ -33,66 +29,25 @@ from bq_pipelines.lib.stac import (
     ITEM_ASSETS_SCHEMA,
     PROJECTION_SCHEMA,
     RASTER_SCHEMA,
-    ItemAssetSpec,
     build_collection,
-    build_item,
     multihash_sha256,
     validate,
 )
-from bq_pipelines_tests.lib.test_cog import METADATA_CASES, METADATA_PATHS, convert_by_path
-from bq_pipelines_tests.rasters import (
+from bq_pipelines_testkit.rasters import (
     CUSTOM_LCC_WKT,
     CUSTOM_UTM25S_WKT,
     RasterSpec,
     raster_transform,
     write_raster,
 )
-
-LEGACY_PROPERTIES = {"variable": "tas", "year": 2001, "month": 3, "version": "2.1"}
-
-
-@dataclass(frozen=True)
-class Cog:
-    path: Path
-    spec: RasterSpec
-    size: int
-    sha256: str
-
-
-def make_cog(folder: Path, spec: RasterSpec, name: str = "layer") -> Cog:
-    """A deflate COG made by rio-cogeo from a generated raster."""
-    source = write_raster(folder / f"{name}-source.tif", spec)
-    cog_path = folder / f"{name}.tif"
-    cog_translate(str(source), str(cog_path), cog_profiles.get("deflate"), quiet=True)
-    data = cog_path.read_bytes()
-    return Cog(cog_path, spec, len(data), hashlib.sha256(data).hexdigest())
-
-
-def item_for(cog: Cog, item_id: str = "tas_2001_03", **overrides: Any) -> pystac.Item:
-    arguments: dict[str, Any] = {
-        "item_id": item_id,
-        "collection_id": "chelsa-monthly",
-        "datetime_": datetime(2001, 3, 1, tzinfo=UTC),
-        "asset": ItemAssetSpec(
-            href=f"https://object-store.example/bq-io/io/chelsa/{item_id}.tif",
-            key=item_id,
-            title="tas",
-        ),
-        "properties": LEGACY_PROPERTIES,
-        "file_size": cog.size,
-        "file_sha256": cog.sha256,
-    }
-    arguments.update(overrides)
-    return build_item(cog.path, **arguments)
-
-
-SPECS = {
-    "uint8-nodata-4326": RasterSpec(dtype="uint8", nodata=255, categorical=True),
-    "int16-32198": RasterSpec(dtype="int16", crs="EPSG:32198", nodata=-9999),
-    "float32-nan-custom-lcc": RasterSpec(dtype="float32", crs=CUSTOM_LCC_WKT, nodata=float("nan")),
-    "float32-3-bands-32198": RasterSpec(dtype="float32", crs="EPSG:32198", count=3),
-    "int16-no-nodata-4326": RasterSpec(dtype="int16"),
-}
+from bq_pipelines_tests.fixtures.stac_items import (
+    LEGACY_PROPERTIES,
+    SPECS,
+    Cog,
+    item_for,
+    make_cog,
+)
+from bq_pipelines_tests.lib.band_metadata import METADATA_CASES, METADATA_PATHS, convert_by_path
 
 
 @pytest.fixture(params=list(SPECS), scope="module")

@@ -36,8 +36,8 @@ from bq_pipelines.lib.storage import (
     s3_client,
 )
 from bq_pipelines.orchestration.resources import S3ObjectStoreResource
+from bq_pipelines_testkit.rasters import RasterSpec, raster_values, write_raster
 from bq_pipelines_tests.fixtures.services import rasterio_s3_env
-from bq_pipelines_tests.rasters import RasterSpec, raster_values, write_raster
 
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 

@@ -25,8 +25,8 @@ from bq_pipelines.lib import stac, tiles
 from bq_pipelines.lib.catalog import StacApiPublisher
 from bq_pipelines.lib.cog import CogSettings, RasterInput, to_cog
 from bq_pipelines.lib.hashing import sha256_file
+from bq_pipelines_testkit.rasters import CUSTOM_LCC_WKT, BandMetadata, RasterSpec, write_raster
 from bq_pipelines_tests.backup.helpers import collection_document
-from bq_pipelines_tests.rasters import CUSTOM_LCC_WKT, BandMetadata, RasterSpec, write_raster
 
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
 # Tiles come back as PNGs, which rasterio opens without georeferencing, and says so.

@@ -1,7 +1,7 @@
-"""The ingestion API as it is run, for tests: `python -m bq_pipelines.ingestion` (uvicorn) and
-`dagster-daemon` on the project's workspace.yaml, as subprocesses with one environment, plus
-helpers to call the API, wait for a request, read the Dagster instance, and create a request
-database in the machine's PostgreSQL."""
+"""The ingestion API as it is run, for the tests and bench/bench_api.py: `python -m
+bq_pipelines.ingestion` (uvicorn) and `dagster-daemon` on the project's workspace.yaml, as
+subprocesses with one environment, plus helpers to call the API, wait for a request, read the
+Dagster instance, and create a request database in the machine's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from bq_pipelines.ingestion.definitions import REQUEST_TAG
 from bq_pipelines.lib.catalog import Publisher, StacApiPublisher
 from bq_pipelines.lib.stac import build_collection
 from bq_pipelines.lib.waiting import WaitTimeout, wait_until
-from bq_pipelines_tests.dagster_processes import PROJECT_ROOT, Deployment, free_port
-from bq_pipelines_tests.fixtures.services import stack_database_prefix
+from bq_pipelines_testkit.dagster_processes import PROJECT_ROOT, Deployment, free_port
+from bq_pipelines_testkit.services import stack_database_prefix
 
 TOKEN = "test-token-for-the-ingestion-api"
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
