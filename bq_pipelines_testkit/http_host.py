@@ -206,95 +206,98 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 def _make_handler(host: LocalHttpHost) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        # HTTP/1.1 keeps connections alive like real hosts; every answer sets Content-Length.
-        protocol_version = "HTTP/1.1"
+    """The request handler class of one host (the server builds one handler per request)."""
+    return type("Handler", (_Handler,), {"host": host})
 
-        def log_message(self, format: str, *args: object) -> None:
-            logger.debug("local http host: " + format, *args)
 
-        def do_HEAD(self) -> None:
-            self._serve(send_body=False)
+class _Handler(BaseHTTPRequestHandler):
+    host: LocalHttpHost
+    # HTTP/1.1 keeps connections alive like real hosts; every answer sets Content-Length.
+    protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:
-            self._serve(send_body=True)
+    def log_message(self, format: str, *args: object) -> None:
+        logger.debug("local http host: " + format, *args)
 
-        def _serve(self, send_body: bool) -> None:
-            path = host._record(self.command, self.path, dict(self.headers.items()))
-            delay = host._take_fault(path, self.command, "delay")
-            if delay:
-                time.sleep(delay.seconds)
-            failure = host._take_fault(path, self.command, "fail")
-            if failure:
-                self._send_status(failure.status, failure.headers, send_body)
+    def do_HEAD(self) -> None:
+        self._serve(send_body=False)
+
+    def do_GET(self) -> None:
+        self._serve(send_body=True)
+
+    def _serve(self, send_body: bool) -> None:
+        path = self.host._record(self.command, self.path, dict(self.headers.items()))
+        delay = self.host._take_fault(path, self.command, "delay")
+        if delay:
+            time.sleep(delay.seconds)
+        failure = self.host._take_fault(path, self.command, "fail")
+        if failure:
+            self._send_status(failure.status, failure.headers, send_body)
+            return
+        target = (self.host.root / path.lstrip("/")).resolve()
+        if not target.is_relative_to(self.host.root.resolve()) or not target.is_file():
+            self._send_status(HTTPStatus.NOT_FOUND, {}, send_body)
+            return
+        self._send_file(path, target, send_body)
+
+    def _send_status(self, status: int, headers: dict[str, str], send_body: bool) -> None:
+        body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def _send_file(self, path: str, target: Path, send_body: bool) -> None:
+        stat = target.stat()
+        size, etag = stat.st_size, _etag(stat.st_size, stat.st_mtime_ns)
+        last_modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
+        first, last = 0, size - 1
+        status = HTTPStatus.OK
+        if "Range" in self.headers and self._if_range_holds(etag, last_modified):
+            wanted = _parse_range(self.headers["Range"], size)
+            if wanted is None:
+                self._send_status(
+                    HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                    {"Content-Range": f"bytes */{size}"},
+                    send_body,
+                )
                 return
-            target = (host.root / path.lstrip("/")).resolve()
-            if not target.is_relative_to(host.root.resolve()) or not target.is_file():
-                self._send_status(HTTPStatus.NOT_FOUND, {}, send_body)
-                return
-            self._send_file(path, target, send_body)
+            first, last = wanted
+            status = HTTPStatus.PARTIAL_CONTENT
+        length = max(0, last - first + 1)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", last_modified)
+        self.send_header("Accept-Ranges", "bytes")
+        if status == HTTPStatus.PARTIAL_CONTENT:
+            self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.end_headers()
+        if not send_body:
+            return
+        truncated = self.host._take_fault(path, self.command, "truncate")
+        with target.open("rb") as source:
+            source.seek(first)
+            self._copy(source, length // 2 if truncated else length)
+        if truncated:
+            # Closing after half the announced bytes is what a dropped connection looks like.
+            self.close_connection = True
 
-        def _send_status(self, status: int, headers: dict[str, str], send_body: bool) -> None:
-            body = f"{status} {HTTPStatus(status).phrase}\n".encode()
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if send_body:
-                self.wfile.write(body)
+    def _if_range_holds(self, etag: str, last_modified: str) -> bool:
+        validator = self.headers.get("If-Range")
+        return validator is None or validator in (etag, last_modified)
 
-        def _send_file(self, path: str, target: Path, send_body: bool) -> None:
-            stat = target.stat()
-            size, etag = stat.st_size, _etag(stat.st_size, stat.st_mtime_ns)
-            last_modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
-            first, last = 0, size - 1
-            status = HTTPStatus.OK
-            if "Range" in self.headers and self._if_range_holds(etag, last_modified):
-                wanted = _parse_range(self.headers["Range"], size)
-                if wanted is None:
-                    self._send_status(
-                        HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
-                        {"Content-Range": f"bytes */{size}"},
-                        send_body,
-                    )
-                    return
-                first, last = wanted
-                status = HTTPStatus.PARTIAL_CONTENT
-            length = max(0, last - first + 1)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(length))
-            self.send_header("ETag", etag)
-            self.send_header("Last-Modified", last_modified)
-            self.send_header("Accept-Ranges", "bytes")
-            if status == HTTPStatus.PARTIAL_CONTENT:
-                self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
-            self.end_headers()
-            if not send_body:
-                return
-            truncated = host._take_fault(path, self.command, "truncate")
-            with target.open("rb") as source:
-                source.seek(first)
-                self._copy(source, length // 2 if truncated else length)
-            if truncated:
-                # Closing after half the announced bytes is what a dropped connection looks like.
-                self.close_connection = True
-
-        def _if_range_holds(self, etag: str, last_modified: str) -> bool:
-            validator = self.headers.get("If-Range")
-            return validator is None or validator in (etag, last_modified)
-
-        def _copy(self, source: BinaryIO, remaining: int) -> None:
-            while remaining > 0:
-                chunk = source.read(min(CHUNK_SIZE, remaining))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                remaining -= len(chunk)
-
-    return Handler
+    def _copy(self, source: BinaryIO, remaining: int) -> None:
+        while remaining > 0:
+            chunk = source.read(min(CHUNK_SIZE, remaining))
+            if not chunk:
+                break
+            self.wfile.write(chunk)
+            remaining -= len(chunk)
 
 
 @contextlib.contextmanager
