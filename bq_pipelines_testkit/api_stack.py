@@ -36,7 +36,9 @@ ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def legacy_example(collection_id: str, name: str, file_source_host: str, stac_api: str) -> dict:
+def legacy_example(
+    collection_id: str, name: str, file_source_host: str, stac_api: str
+) -> dict[str, Any]:
     """The request of the legacy README ("EXPERIMENTAL stacItem Pipeline API"), its
     placeholders filled in."""
     return {
@@ -186,14 +188,15 @@ class ApiStack:
         assert response.status_code == 200, response.text
         answer = response.json()
         assert answer["msg"] == "received" and set(answer) == {"id", "msg"}, answer
-        return answer["id"]
+        return str(answer["id"])
 
     def status(self, request_id: str) -> dict[str, Any]:
         response = httpx.get(
             f"{self.base_url}/status", params={"id": request_id}, headers=AUTH, timeout=30
         )
         assert response.status_code == 200, response.text
-        return response.json()
+        status: dict[str, Any] = response.json()
+        return status
 
     def wait_done(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Each request's status once finished or failed (the daemon processes them)."""

@@ -42,7 +42,8 @@ def write_workspace(path: Path, module_name: str, location_name: str) -> Path:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _default_sigint() -> None:
@@ -58,7 +59,7 @@ class Deployment:
     workspace: Path
     logs: Path
     port: int = field(default_factory=free_port)
-    processes: list[subprocess.Popen] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def graphql_url(self) -> str:
@@ -66,7 +67,7 @@ class Deployment:
 
     def start(
         self, name: str, *args: str, log_name: str | None = None, env: dict[str, str] | None = None
-    ) -> subprocess.Popen:
+    ) -> subprocess.Popen[bytes]:
         """Start `BIN/name args` with this deployment's environment (plus `env`), logging to
         `<logs>/<log_name or name>.log` (appended: a restarted process keeps its history)."""
         log = (self.logs / f"{log_name or name}.log").open("ab")
@@ -91,7 +92,7 @@ class Deployment:
     def start_daemon(self) -> None:
         self.start("dagster-daemon", "run", "-w", str(self.workspace))
 
-    def kill(self, process: subprocess.Popen) -> None:
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
         """kill -9 of that process only: what it started lives on (stop() ends them)."""
         process.kill()
         process.wait(timeout=10)
@@ -114,7 +115,8 @@ class Deployment:
         response.raise_for_status()
         body = response.json()
         assert "errors" not in body, body["errors"]
-        return body["data"]
+        data: dict[str, Any] = body["data"]
+        return data
 
     def log_tail(self) -> str:
         return "\n".join(
@@ -126,7 +128,7 @@ class Deployment:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             for process in self.processes:
-                assert process.poll() is None, f"{process.args[0]} exited\n{self.log_tail()}"
+                assert process.poll() is None, f"{process.args!r} exited\n{self.log_tail()}"
             try:
                 data = self.graphql(WORKSPACE_QUERY)
             except (httpx.HTTPError, ValueError):
@@ -168,7 +170,7 @@ def command_line(pid: int) -> str:
         return ""
 
 
-def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
 

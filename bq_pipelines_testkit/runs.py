@@ -22,7 +22,7 @@ SERVICE_RESOURCES = ("object_store", "catalog", "sources", "locks")
 
 
 def dataset_definitions(
-    declaration: Declaration, settings: Settings, **overrides: dg.ConfigurableResource
+    declaration: Declaration, settings: Settings, **overrides: dg.ConfigurableResource[Any]
 ) -> dg.Definitions:
     """One dataset's assets with the resources `settings` choose (like the code location),
     some replaced by `overrides`."""
@@ -43,6 +43,7 @@ def materialize_dataset(
     """Materialize `partitions` (default: all) in batched in-process runs, the collection last."""
     defs = defs or dataset_definitions(declaration, settings)
     job = defs.resolve_job_def(op_name(declaration.id, "job"))
+    assert job.partitions_def is not None, f"{declaration.id}'s job is not partitioned"
     keys = partitions or list(
         job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
     )
@@ -86,12 +87,16 @@ def audit_dataset(
         return audit(declaration, partitions, services, built.sources.locations())
 
 
-def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict:
+def latest_metadata(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str
+) -> dict[str, Any]:
     """Metadata values of the latest materialization of `key` for `partition`."""
     [record] = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
     ).records
-    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    materialization = record.asset_materialization
+    assert materialization is not None, f"{key.to_user_string()} [{partition}]: not materialized"
+    return {k: v.value for k, v in materialization.metadata.items()}
 
 
 def _events(instance: dg.DagsterInstance, kind: dg.DagsterEventType) -> Iterator[Any]:
