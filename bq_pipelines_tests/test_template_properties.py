@@ -8,7 +8,7 @@ import itertools
 import string
 from datetime import date, datetime, timedelta, timezone
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bq_pipelines.datasets.overlap import templates_may_overlap
@@ -88,6 +88,8 @@ def test_the_overlap_check_is_symmetric_and_exact_for_fixed_names(
     other_head=st.text(NAME_CHARACTERS, min_size=1, max_size=8),
     tail=st.text(NAME_CHARACTERS, max_size=8),
 )
+# Found by this property: an escaped brace split the fixed beginning, only `{` was compared.
+@example(head="{0", other_head="{1", tail="")
 def test_templates_whose_fixed_beginnings_differ_never_overlap(
     head: str, other_head: str, tail: str
 ):

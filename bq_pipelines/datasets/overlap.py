@@ -84,8 +84,11 @@ def _literal_ends(template: str) -> tuple[str, str, bool]:
     if all(name is None for _, name, _, _ in parsed):
         text = "".join(literal for literal, _, _, _ in parsed)
         return text, text, True
-    head = parsed[0][0]
-    tail = parsed[-1][0] if parsed[-1][1] is None else ""
+    # An escaped brace (`{{`) splits a literal into several parsed pieces: join them all up to
+    # the first field, and all after the last one.
+    fields = [i for i, (_, name, _, _) in enumerate(parsed) if name is not None]
+    head = "".join(literal for literal, _, _, _ in parsed[: fields[0] + 1])
+    tail = "".join(literal for literal, _, _, _ in parsed[fields[-1] + 1 :])
     return head, tail, False
 
 
