@@ -16,7 +16,7 @@ from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.catalog import open_catalog
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.words import plural
-from bq_pipelines.orchestration.resources import resources_for
+from bq_pipelines.orchestration.resources import object_store_for
 from bq_pipelines.settings import Settings
 
 
@@ -45,7 +45,7 @@ def planned_for(
 ) -> list[PlannedItem]:
     """The items of the partitions, with the hrefs the settings in effect give them."""
     partitions = selected_partitions(declaration, settings, wanted)
-    resource = resources_for(settings)["object_store"]
+    resource = object_store_for(settings)
     with dg.build_resources({"object_store": resource}) as built:
         store = built.object_store.store()
         locations = SourceLocations(

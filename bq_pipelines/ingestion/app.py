@@ -40,7 +40,7 @@ from bq_pipelines.lib.errors import PipelineError, SourceError, SourceRefused
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.url_policy import DEFAULT_PORTS, SourcePolicy
-from bq_pipelines.orchestration.resources import resources_for
+from bq_pipelines.orchestration.resources import catalog_for
 from bq_pipelines.settings import ApiSettings, Settings, api_token
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class IngestionService:
         self.api = ApiSettings.from_env(env)
         self._token = api_token(env).encode()
         self.store = RequestStore(self.api.database_url)
-        catalog = resources_for(self.settings)["catalog"]
+        catalog = catalog_for(self.settings)
         # Resolves EnvVar fields (the STAC API token) as a Dagster run would.
         self.publisher: Publisher = catalog.process_config_and_initialize().publisher()
         self.policy = SourcePolicy(self.api.allowed_sources)

@@ -306,9 +306,18 @@ def quick_catalog(settings: Settings, seconds: float) -> CatalogResource:
 
 def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """The implementations chosen by the settings (see settings.py for every variable)."""
-    object_store: ObjectStoreResource
+    return {
+        "object_store": object_store_for(settings),
+        "catalog": catalog_for(settings),
+        "sources": sources_for(settings),
+        "backup": backup_for(settings),
+        "locks": locks_for(settings),
+    }
+
+
+def object_store_for(settings: Settings) -> ObjectStoreResource:
     if settings.object_store == "s3":
-        object_store = S3ObjectStoreResource(
+        return S3ObjectStoreResource(
             endpoint_url=settings.s3_endpoint_url,
             region_name=settings.s3_region,
             aws_access_key_id=_env_or_none("AWS_ACCESS_KEY_ID"),
@@ -318,28 +327,31 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             public_base_url=settings.public_base_url,
             public_read=settings.s3_public_read,
         )
-    else:
-        object_store = LocalObjectStoreResource(
-            root=str(settings.objects_dir.absolute()),
-            prefix=settings.object_prefix,
-            public_base_url=settings.public_base_url,
-        )
-    catalog: CatalogResource
+    return LocalObjectStoreResource(
+        root=str(settings.objects_dir.absolute()),
+        prefix=settings.object_prefix,
+        public_base_url=settings.public_base_url,
+    )
+
+
+def catalog_for(settings: Settings) -> CatalogResource:
     if settings.catalog == "stac-api":
-        catalog = StacApiCatalogResource(
+        return StacApiCatalogResource(
             url=settings.stac_api_url or "",
             token=_env_or_none("BQ_STAC_API_TOKEN"),
             pgstac_dsn=_env_or_none("BQ_PGSTAC_DSN") if settings.pgstac_dsn else None,
             tiler_url=settings.tiler_url,
             browse_url=settings.browse_url,
         )
-    else:
-        catalog = StaticCatalogResource(
-            root=str(settings.catalog_dir.absolute()),
-            tiler_url=settings.tiler_url,
-            browse_url=settings.browse_url,
-        )
-    sources = SourcesResource(
+    return StaticCatalogResource(
+        root=str(settings.catalog_dir.absolute()),
+        tiler_url=settings.tiler_url,
+        browse_url=settings.browse_url,
+    )
+
+
+def sources_for(settings: Settings) -> SourcesResource:
+    return SourcesResource(
         work_dir=str(settings.work_dir.absolute()),
         local_data_root=str(settings.local_data_root.absolute()),
         base_urls=dict(settings.source_base_urls),
@@ -349,32 +361,27 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         max_download_bytes=settings.max_download_bytes,
         item_workers=settings.item_workers,
     )
+
+
+def backup_for(settings: Settings) -> CatalogBackupResource:
     policy: dict[str, Any] = {
         "work_dir": str(settings.work_dir.absolute()),
         "retention_days": settings.backup_retention_days,
         "keep_last": settings.backup_keep_last,
         "retention_dry_run": settings.backup_retention_dry_run,
     }
-    backup: CatalogBackupResource
     if settings.pgstac_dsn or settings.catalog == "stac-api":
-        backup = PgstacBackupResource(
+        return PgstacBackupResource(
             dsn=_env_or_none("BQ_PGSTAC_DSN"),
             pg_bin_dir=str(settings.pg_bin_dir) if settings.pg_bin_dir else None,
             **policy,
         )
-    else:
-        backup = StaticCatalogBackupResource(root=str(settings.catalog_dir.absolute()), **policy)
-    locks: LocksResource
+    return StaticCatalogBackupResource(root=str(settings.catalog_dir.absolute()), **policy)
+
+
+def locks_for(settings: Settings) -> LocksResource:
     pgstac_dsn = _env_or_none("BQ_PGSTAC_DSN")
     if settings.pgstac_dsn and pgstac_dsn is not None:
         # The database every writer of the catalog shares, on whatever machine it runs.
-        locks = PostgresLocksResource(dsn=pgstac_dsn)
-    else:
-        locks = FileLocksResource(root=str((settings.work_dir / LOCKS_FOLDER).absolute()))
-    return {
-        "object_store": object_store,
-        "catalog": catalog,
-        "sources": sources,
-        "backup": backup,
-        "locks": locks,
-    }
+        return PostgresLocksResource(dsn=pgstac_dsn)
+    return FileLocksResource(root=str((settings.work_dir / LOCKS_FOLDER).absolute()))

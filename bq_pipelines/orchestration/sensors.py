@@ -179,29 +179,14 @@ def upstream_sensor(
         if not candidates:
             return dg.SensorResult(skip_reason=f"all {len(order)} partitions are materialized")
         walk = walk_from(candidates, order, _read_cursor(context.cursor))
-        deadline = time.monotonic() + tick_budget_seconds
-        checked: list[str] = []
-        requests: list[dg.RunRequest] = []
-        for partition_key in walk[:max_partitions_per_tick]:
-            if checked and time.monotonic() > deadline:
-                context.log.info(f"{declaration.id}: tick budget spent, next tick resumes here")
-                break
-            checked.append(partition_key)
-            token = _check_partition(
-                context,
-                f"{declaration.id} [{partition_key}]",
-                functools.partial(_plan, declaration, partitions_def, partition_key, sources),
-                sources.s3_endpoint_url,
-            )
-            if token is not None:
-                requests.append(
-                    dg.RunRequest(
-                        run_key=f"{partition_key}@{token[:16]}",
-                        partition_key=partition_key,
-                        asset_selection=keys.partitioned,
-                        tags={DATASET_TAG: declaration.id},
-                    )
-                )
+        checked, requests = _check_walk(
+            context,
+            declaration,
+            walk[:max_partitions_per_tick],
+            functools.partial(_plan, declaration, partitions_def, sources=sources),
+            sources.s3_endpoint_url,
+            tick_budget_seconds,
+        )
         cursor = json.dumps({"last_checked": checked[-1]}) if checked else context.cursor
         summary = (
             f"{declaration.id}: {len(requests)} of {len(checked)} partitions checked are "
@@ -213,6 +198,43 @@ def upstream_sensor(
         return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return upstream
+
+
+def _check_walk(
+    context: dg.SensorEvaluationContext,
+    declaration: Declaration,
+    walk: Sequence[str],
+    plan_of: Callable[[str], list[ItemPlan]],
+    s3_endpoint_url: str | None,
+    budget_seconds: float,
+) -> tuple[list[str], list[dg.RunRequest]]:
+    """The partitions of `walk` checked within the tick's budget (at least one), and a run
+    request for each one its host now publishes."""
+    keys = DatasetKeys(declaration.id)
+    deadline = time.monotonic() + budget_seconds
+    checked: list[str] = []
+    requests: list[dg.RunRequest] = []
+    for partition_key in walk:
+        if checked and time.monotonic() > deadline:
+            context.log.info(f"{declaration.id}: tick budget spent, next tick resumes here")
+            break
+        checked.append(partition_key)
+        token = _check_partition(
+            context,
+            f"{declaration.id} [{partition_key}]",
+            functools.partial(plan_of, partition_key),
+            s3_endpoint_url,
+        )
+        if token is not None:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{partition_key}@{token[:16]}",
+                    partition_key=partition_key,
+                    asset_selection=keys.partitioned,
+                    tags={DATASET_TAG: declaration.id},
+                )
+            )
+    return checked, requests
 
 
 def _check_partition(
