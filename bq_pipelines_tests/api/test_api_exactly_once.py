@@ -37,10 +37,12 @@ import boto3
 import dagster as dg
 import httpx
 import pytest
+import sqlalchemy.exc
 import yaml
 
 from bq_pipelines.ingestion.definitions import ATTEMPT_TAG, REQUEST_TAG
 from bq_pipelines.ingestion.store import RequestStore
+from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.runtime.monitoring import run_worker_pid
 from bq_pipelines_testkit.api_stack import (
     AUTH,
@@ -121,6 +123,21 @@ class Crash:
     @property
     def daemon(self) -> int:
         return self.api.daemon.pid
+
+    def freeze_daemon(self) -> None:
+        """SIGSTOP the daemon between two writes: frozen inside one, it would hold SQLite's lock
+        and lock every reader of the instance out until it is resumed."""
+
+        def frozen_outside_a_write() -> bool:
+            os.kill(self.daemon, signal.SIGSTOP)
+            try:
+                self.instance.get_runs(limit=1)
+            except sqlalchemy.exc.OperationalError:  # "database is locked"
+                os.kill(self.daemon, signal.SIGCONT)
+                return False
+            return True
+
+        wait_until(frozen_outside_a_write, timeout=STAGE_TIMEOUT, what="the daemon frozen unlocked")
 
     def code_servers(self) -> list[int]:
         """The daemon's code servers: one, or two while it replaces one (it reloads its
@@ -264,7 +281,7 @@ def test_accepted_and_queued_requests_survive_every_process_killed(crash: Crash)
 
     with crash.collection_held():
         # accepted: the daemon frozen, its sensor cannot pick the request up meanwhile.
-        os.kill(crash.daemon, signal.SIGSTOP)
+        crash.freeze_daemon()
         accepted = crash.accept()
         crash.kill_code_servers()
         crash.restart_api()
