@@ -9,12 +9,14 @@ the store.
 """
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 
 from bq_pipelines.datasets.adoption import ADOPTED, ADOPTED_OBJECTS, MAX_REASONS, Assessment
 from bq_pipelines.datasets.adoption import assess_partition as assess
+from bq_pipelines.datasets.plans import SourceLocations
 from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.pipeline import Services, settings_digest
 from bq_pipelines.orchestration.keys import (
@@ -41,11 +43,31 @@ class AdoptConfig(dg.Config):
     partitions: list[str] = []
 
 
+@dataclass
+class _Tally:
+    """The partitions adopted so far, and those refused with their reasons."""
+
+    adopted: list[str] = field(default_factory=list)
+    refused: dict[str, list[str]] = field(default_factory=dict)
+
+
 def adopt_job(
     declaration: Declaration, partitions_def: dg.PartitionsDefinition, code_version: str
 ) -> dg.JobDefinition:
-    keys = DatasetKeys(declaration.id)
+    return dg.GraphDefinition(
+        name=op_name(declaration.id, "adopt_job"),
+        node_defs=[_adopt_op(declaration, partitions_def, code_version)],
+        description=(
+            f"Adopt what the catalog already publishes of {declaration.title}: partitions whose "
+            "items and objects match the plan are recorded as materialized (nothing is written "
+            "to the catalog or the store), so a backfill only fills the gaps."
+        ),
+    ).to_job(tags={DATASET_TAG: declaration.id})
 
+
+def _adopt_op(
+    declaration: Declaration, partitions_def: dg.PartitionsDefinition, code_version: str
+) -> dg.OpDefinition:
     @dg.op(
         name=op_name(declaration.id, "adopt"),
         description=f"Record the partitions of {declaration.id} the catalog already publishes.",
@@ -62,42 +84,50 @@ def adopt_job(
             partitions_def.get_partition_keys(dynamic_partitions_store=context.instance)
         )
         services = services_for(object_store, catalog, sources)
-        adopted, refused = [], {}
-        for partition_key in wanted:
-            found = assess(
-                declaration,
-                partition_key,
-                keys_by_dimension(declaration, partitions_def, partition_key),
-                services,
-                sources.locations(),
-            )
-            if not found.adoptable:
-                refused[partition_key] = found.reasons[:MAX_REASONS]
-                continue
-            adopted.append(partition_key)
-            yield from _materializations(keys, found, services, code_version)
+        tally = _Tally()
+        yield from _adopt_partitions(
+            declaration, partitions_def, wanted, services, sources.locations(), code_version, tally
+        )
         context.log.info(
-            f"{declaration.id}: {len(adopted)} of {len(wanted)} partitions adopted; "
-            f"{len(refused)} left to the next backfill"
+            f"{declaration.id}: {len(tally.adopted)} of {len(wanted)} partitions adopted; "
+            f"{len(tally.refused)} left to the next backfill"
         )
-        yield dg.Output(
-            {"adopted": adopted, "refused": refused},
-            metadata={
-                "adopted": len(adopted),
-                "not_adopted": len(refused),
-                "reasons": dg.MetadataValue.json(dict(list(refused.items())[:MAX_LISTED])),
-            },
-        )
+        yield _summary(tally)
 
-    return dg.GraphDefinition(
-        name=op_name(declaration.id, "adopt_job"),
-        node_defs=[adopt],
-        description=(
-            f"Adopt what the catalog already publishes of {declaration.title}: partitions whose "
-            "items and objects match the plan are recorded as materialized (nothing is written "
-            "to the catalog or the store), so a backfill only fills the gaps."
-        ),
-    ).to_job(tags={DATASET_TAG: declaration.id})
+    return adopt
+
+
+def _adopt_partitions(
+    declaration: Declaration,
+    partitions_def: dg.PartitionsDefinition,
+    wanted: Sequence[str],
+    services: Services,
+    locations: SourceLocations,
+    code_version: str,
+    tally: _Tally,
+) -> Iterator[dg.AssetMaterialization]:
+    """Each wanted partition assessed in turn: the adoptable ones materialized as they are
+    found (a later failure keeps them), the others tallied with their reasons."""
+    keys = DatasetKeys(declaration.id)
+    for partition_key in wanted:
+        dimension_keys = keys_by_dimension(declaration, partitions_def, partition_key)
+        found = assess(declaration, partition_key, dimension_keys, services, locations)
+        if not found.adoptable:
+            tally.refused[partition_key] = found.reasons[:MAX_REASONS]
+            continue
+        tally.adopted.append(partition_key)
+        yield from _materializations(keys, found, services, code_version)
+
+
+def _summary(tally: _Tally) -> dg.Output:
+    return dg.Output(
+        {"adopted": tally.adopted, "refused": tally.refused},
+        metadata={
+            "adopted": len(tally.adopted),
+            "not_adopted": len(tally.refused),
+            "reasons": dg.MetadataValue.json(dict(list(tally.refused.items())[:MAX_LISTED])),
+        },
+    )
 
 
 def _materializations(
