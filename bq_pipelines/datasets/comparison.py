@@ -17,7 +17,7 @@ from bq_pipelines.datasets.plans import SourceLocations, collection_for, plan_pa
 from bq_pipelines.datasets.schema import Declaration, LegacyDifference
 from bq_pipelines.datasets.templates import parse_datetime
 from bq_pipelines.lib import stac
-from bq_pipelines.lib.pipeline import ItemPlan
+from bq_pipelines.lib.pipeline import ItemPlan, item_fields
 from bq_pipelines.lib.preview import thumbnail_file_name
 from bq_pipelines.lib.storage import ObjectStore, object_key
 
@@ -43,18 +43,7 @@ def planned_document(plan: ItemPlan, store: ObjectStore, object_prefix: str) -> 
     if plan.thumbnail:
         thumbnail_key = object_key(object_prefix, plan.folder, thumbnail_file_name(plan.file_name))
         thumbnail = store.href(thumbnail_key)
-    return stac.planned_item(
-        item_id=plan.item_id,
-        collection_id=plan.collection_id,
-        datetime_=plan.datetime,
-        start_datetime=plan.start_datetime,
-        end_datetime=plan.end_datetime,
-        properties=plan.properties,
-        asset=stac.ItemAssetSpec(
-            href=store.href(key), key=plan.item_id, title=plan.title or plan.file_name
-        ),
-        thumbnail_href=thumbnail,
-    )
+    return stac.planned_item(**item_fields(plan, store.href(key)), thumbnail_href=thumbnail)
 
 
 def planned_items(

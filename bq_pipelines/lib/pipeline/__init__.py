@@ -13,6 +13,7 @@ from bq_pipelines.lib.pipeline.plan import (
     ItemPlan,
     SourceRef,
     fingerprint,
+    item_fields,
     settings_digest,
 )
 from bq_pipelines.lib.pipeline.services import Services
@@ -29,6 +30,7 @@ __all__ = [
     "Step",
     "StepCallback",
     "fingerprint",
+    "item_fields",
     "item_workers",
     "probe_sources",
     "run_items",

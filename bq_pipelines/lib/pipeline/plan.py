@@ -1,14 +1,15 @@
-"""What an item is made from (`ItemPlan`: its sources and settings), and the fingerprint that
-tells when what a partition produces would change."""
+"""What an item is made from (`ItemPlan`: its sources and settings), the STAC fields it states
+before any data is read, and the fingerprint that tells when what a partition produces would
+change."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime as DateTime  # the type, where a field is named `datetime`
-from typing import Any
+from typing import Any, TypedDict
 
-from bq_pipelines.lib import cog, preview
+from bq_pipelines.lib import cog, preview, stac
 from bq_pipelines.lib.hashing import sha256_json
 
 # Bump when the pipeline changes what a partition produces: it invalidates skip-unchanged.
@@ -62,6 +63,32 @@ class ItemPlan:
         if self.thumbnail:  # only then: items without thumbnails keep their fingerprints
             payload["thumbnail"] = preview.PREVIEW_VERSION
         return payload
+
+
+class ItemFields(TypedDict):
+    """The keyword arguments `stac.build_item` and `stac.planned_item` share."""
+
+    item_id: str
+    collection_id: str
+    datetime_: DateTime | None
+    start_datetime: DateTime | None
+    end_datetime: DateTime | None
+    properties: Mapping[str, Any]
+    asset: stac.ItemAssetSpec
+
+
+def item_fields(plan: ItemPlan, href: str) -> ItemFields:
+    """What the plan says of its item, its COG asset at `href`: the same whether the item is
+    built from the COG or planned before it exists, so that what is compared is what is built."""
+    return ItemFields(
+        item_id=plan.item_id,
+        collection_id=plan.collection_id,
+        datetime_=plan.datetime,
+        start_datetime=plan.start_datetime,
+        end_datetime=plan.end_datetime,
+        properties=plan.properties,
+        asset=stac.ItemAssetSpec(href=href, key=plan.item_id, title=plan.title or plan.file_name),
+    )
 
 
 def fingerprint(plans: Sequence[ItemPlan], source_tokens: Sequence[str]) -> str:

@@ -22,7 +22,7 @@ from bq_pipelines.lib.errors import (
     StacValidationError,
 )
 from bq_pipelines.lib.hashing import sha256_bytes
-from bq_pipelines.lib.pipeline.plan import ItemPlan, SourceRef
+from bq_pipelines.lib.pipeline.plan import ItemPlan, SourceRef, item_fields
 from bq_pipelines.lib.pipeline.services import Services
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.storage import ObjectOwner, StoredObject, object_key
@@ -203,13 +203,7 @@ def checked_item(
     `values`: the COG's bands already in memory, for its statistics (`stac.build_item`)."""
     item = stac.build_item(
         info.path,
-        item_id=plan.item_id,
-        collection_id=plan.collection_id,
-        datetime_=plan.datetime,
-        start_datetime=plan.start_datetime,
-        end_datetime=plan.end_datetime,
-        properties=plan.properties,
-        asset=stac.ItemAssetSpec(href=href, key=plan.item_id, title=plan.title or plan.file_name),
+        **item_fields(plan, href),
         file_size=info.size,
         file_sha256=info.sha256,
         values=values,
