@@ -22,10 +22,12 @@ def wait_until(
     what: str,
     poll: float = DEFAULT_POLL_SECONDS,
     failed: Callable[[], str | None] | None = None,
+    detail: Callable[[], str] | None = None,
 ) -> T:
     """The first truthy value of `condition()`, polled every `poll` seconds; WaitTimeout naming
     `what` after `timeout` seconds. `failed`, checked between polls, ends the wait early with
-    its message (a process that exited, say)."""
+    its message (a process that exited, say). `detail`, called only when the wait fails, adds
+    what was seen last to the message (a status, a log's tail)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -33,8 +35,12 @@ def wait_until(
             return value
         problem = failed() if failed is not None else None
         if problem:
-            raise WaitTimeout(f"{what}: {problem}")
+            raise WaitTimeout(_message(f"{what}: {problem}", detail))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise WaitTimeout(f"{what}: not within {timeout:.0f} s")
+            raise WaitTimeout(_message(f"{what}: not within {timeout:.0f} s", detail))
         time.sleep(min(poll, remaining))
+
+
+def _message(reason: str, detail: Callable[[], str] | None) -> str:
+    return reason if detail is None else f"{reason}\n{detail()}"

@@ -25,3 +25,21 @@ def test_a_failure_ends_the_wait_with_its_reason() -> None:
         wait_until(
             lambda: False, timeout=60, what="the server", failed=lambda: "it exited with code 3"
         )
+
+
+def test_a_failed_wait_says_what_was_seen_last() -> None:
+    statuses = iter(["QUEUED", "STARTED"])
+    last: list[str] = []
+
+    def succeeded() -> bool:
+        last.append(next(statuses, "STARTED"))
+        return False
+
+    with pytest.raises(WaitTimeout, match=r"run 1 succeeding: not within 0 s\nlast: STARTED"):
+        wait_until(
+            succeeded,
+            timeout=0.05,
+            what="run 1 succeeding",
+            poll=0.01,
+            detail=lambda: f"last: {last[-1]}",
+        )
