@@ -46,6 +46,7 @@ from results import write_result  # noqa: E402
 
 from bq_pipelines.ingestion.definitions import JOB_NAME, REQUEST_TAG  # noqa: E402
 from bq_pipelines.ingestion.store import RequestStore  # noqa: E402
+from bq_pipelines.lib.waiting import wait_until  # noqa: E402
 from bq_pipelines_testkit.api_stack import (  # noqa: E402
     TOKEN,
     ApiStack,
@@ -126,14 +127,18 @@ def plain_fastapi(stack: ApiStack, workers: int) -> Iterator[int]:
         str(workers),
         log_name="plain_fastapi",
     )
+
+    def listening() -> bool:
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        return False
+
+    def exited() -> str | None:
+        return None if process.poll() is None else f"exited with {process.returncode}"
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            assert process.poll() is None and time.monotonic() < deadline, "plain API not up"
-            time.sleep(0.1)
+        wait_until(listening, timeout=60, what="the plain API up", poll=0.1, failed=exited)
         yield port
     finally:
         process.terminate()

@@ -9,7 +9,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -200,20 +199,22 @@ class ApiStack:
 
     def wait_done(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Each request's status once finished or failed (the daemon processes them)."""
-        deadline = time.monotonic() + PROCESS_TIMEOUT
         done: dict[str, dict[str, Any]] = {}
-        while len(done) < len(request_ids):
+
+        def all_done() -> bool:
             for request_id in request_ids:
                 if request_id not in done:
                     status = self.status(request_id)
                     if status["_state"] in ("finished", "failed"):
                         done[request_id] = status
-            if len(done) < len(request_ids):
-                pending = [self.status(i) for i in request_ids if i not in done]
-                assert time.monotonic() < deadline, (
-                    f"still waiting: {pending}\n{self.deployment.log_tail()}"
-                )
-                time.sleep(1)
+            return len(done) == len(request_ids)
+
+        def pending() -> str:
+            still = [self.status(i) for i in request_ids if i not in done]
+            return f"still waiting: {still}\n{self.deployment.log_tail()}"
+
+        what = f"requests {request_ids} finished or failed"
+        wait_until(all_done, timeout=PROCESS_TIMEOUT, what=what, poll=1, detail=pending)
         return done
 
     @contextlib.contextmanager
@@ -227,16 +228,23 @@ class ApiStack:
     def runs_of(self, request_id: str) -> list[dg.DagsterRun]:
         """Every Dagster run of a request (each attempt's, re-executions), oldest first, once
         none is still in progress (a request's status is recorded before its run ends)."""
-        deadline = time.monotonic() + PROCESS_TIMEOUT
+        runs: list[dg.DagsterRun] = []
         with self.instance() as instance:
-            while True:
-                runs = instance.get_runs(
+
+            def none_in_progress() -> bool:
+                runs[:] = instance.get_runs(
                     filters=dg.RunsFilter(tags={REQUEST_TAG: request_id}), ascending=True
                 )
-                if all(run.is_finished for run in runs):
-                    return list(runs)
-                assert time.monotonic() < deadline, f"runs still in progress: {runs}"
-                time.sleep(0.5)
+                return all(run.is_finished for run in runs)
+
+            wait_until(
+                none_in_progress,
+                timeout=PROCESS_TIMEOUT,
+                what=f"the runs of request {request_id} ending",
+                poll=0.5,
+                detail=lambda: f"runs still in progress: {runs}",
+            )
+        return runs
 
 
 @contextlib.contextmanager

@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from bq_pipelines.lib.waiting import wait_until
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Generous: the code location loads the dataset components, and a loaded CI machine (2 cores
@@ -124,24 +126,33 @@ class Deployment:
             for path in sorted(self.logs.glob("*.log"))
         )
 
+    def exited(self) -> str | None:
+        """The first of its processes that exited, or None: a wait on them is over."""
+        gone = [process.args for process in self.processes if process.poll() is not None]
+        return f"{gone[0]!r} exited" if gone else None
+
     def wait_until_loaded(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            for process in self.processes:
-                assert process.poll() is None, f"{process.args!r} exited\n{self.log_tail()}"
-            try:
-                data = self.graphql(WORKSPACE_QUERY)
-            except (httpx.HTTPError, ValueError):
-                time.sleep(0.3)
-                continue
-            entries = data["workspaceOrError"].get("locationEntries") or []
-            for entry in entries:
-                loaded = entry["locationOrLoadError"] or {}
-                assert loaded.get("__typename") != "PythonError", loaded.get("message")
-                if entry["loadStatus"] == "LOADED" and loaded["__typename"] == "RepositoryLocation":
-                    return
-            time.sleep(0.3)
-        raise AssertionError(f"webserver not ready in {STARTUP_TIMEOUT} s\n{self.log_tail()}")
+        wait_until(
+            self._location_loaded,
+            timeout=STARTUP_TIMEOUT,
+            what="the webserver loading the code location",
+            poll=0.3,
+            failed=self.exited,
+            detail=self.log_tail,
+        )
+
+    def _location_loaded(self) -> bool:
+        try:
+            data = self.graphql(WORKSPACE_QUERY)
+        except (httpx.HTTPError, ValueError):
+            return False
+        entries = data["workspaceOrError"].get("locationEntries") or []
+        for entry in entries:
+            loaded = entry["locationOrLoadError"] or {}
+            assert loaded.get("__typename") != "PythonError", loaded.get("message")
+            if entry["loadStatus"] == "LOADED" and loaded["__typename"] == "RepositoryLocation":
+                return True
+        return False
 
 
 def child_pids(pid: int) -> list[int]:

@@ -10,7 +10,6 @@ them, and every item is in the catalog exactly once.
 from __future__ import annotations
 
 import multiprocessing
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import psycopg
 import pytest
 
 from bq_pipelines.lib.catalog import PgstacPublisher
+from bq_pipelines.lib.waiting import WaitTimeout, wait_until
 from bq_pipelines.settings import Settings
 from bq_pipelines_testkit import backfill_location as location
 from bq_pipelines_testkit.http_host import LocalHttpHost
@@ -127,13 +127,16 @@ def test_two_backfills_and_two_outside_writers_at_once(
 def _wait_then_write(
     env: dict[str, str], collection_id: str, template: dict[str, Any], first: int, results: Any
 ) -> None:
-    deadline = time.monotonic() + TIMEOUT_S / 2
     with psycopg.connect(env["BQ_PGSTAC_DSN"]) as conn:
-        while not conn.execute(
-            "SELECT 1 FROM pgstac.collections WHERE id = %s", (collection_id,)
-        ).fetchone():
-            if time.monotonic() > deadline:
-                results.put((f"outside-{first}", False, 0))
-                return
-            time.sleep(0.1)
+        query = "SELECT 1 FROM pgstac.collections WHERE id = %s"
+        try:
+            wait_until(
+                lambda: conn.execute(query, (collection_id,)).fetchone(),
+                timeout=TIMEOUT_S / 2,
+                what=f"collection {collection_id} created",
+                poll=0.1,
+            )
+        except WaitTimeout:
+            results.put((f"outside-{first}", False, 0))  # the test reports the writer that failed
+            return
     _outside_writer(env, collection_id, template, first, results)

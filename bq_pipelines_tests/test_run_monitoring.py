@@ -10,6 +10,7 @@ behind them, must then start and succeed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.orchestration.keys import op_name
 from bq_pipelines.runtime.launch import RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines.runtime.monitoring import run_worker_pid
@@ -90,14 +92,16 @@ def descendants(pid: int) -> list[int]:
 
 
 def wait_for_status(instance, run_id: str, statuses: set[dg.DagsterRunStatus], deployment) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while True:
+    def reached() -> bool:
         run = instance.get_run_by_id(run_id)
-        if run is not None and run.status in statuses:
-            return
-        status = run.status if run else None
-        assert time.monotonic() < deadline, f"run {run_id}: {status}\n{deployment.log_tail()}"
-        time.sleep(0.5)
+        return run is not None and run.status in statuses
+
+    def last_status() -> str:
+        run = instance.get_run_by_id(run_id)
+        return f"run {run_id}: {run.status if run else None}\n{deployment.log_tail()}"
+
+    what = f"run {run_id} in {statuses}"
+    wait_until(reached, timeout=TIMEOUT, what=what, poll=0.5, detail=last_status)
 
 
 @pytest.mark.slow
@@ -127,10 +131,13 @@ def test_runs_whose_worker_and_code_server_were_killed_are_failed_and_the_queue_
 
         workers = []
         for run_id in stuck:
-            deadline = time.monotonic() + TIMEOUT
-            while (pid := run_worker_pid(instance, run_id)) is None:
-                assert time.monotonic() < deadline, deployment.log_tail()
-                time.sleep(0.5)
+            pid = wait_until(
+                functools.partial(run_worker_pid, instance, run_id),
+                timeout=TIMEOUT,
+                what=f"run {run_id}'s worker",
+                poll=0.5,
+                detail=deployment.log_tail,
+            )
             workers.append(pid)
         code_servers = {parent_pid(pid) for pid in workers}
         victims = {*code_servers, *workers, *(d for pid in workers for d in descendants(pid))}
@@ -171,22 +178,35 @@ def test_a_killed_run_workers_step_process_dies_with_it_and_publishes_nothing(
     instance = dg.DagsterInstance.from_config(deployment.env["DAGSTER_HOME"])
     try:
         wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED}, deployment)
-        deadline = time.monotonic() + TIMEOUT
-        while (worker := run_worker_pid(instance, run_id)) is None or not asked(
-            http_host, source_path
-        ):
-            assert time.monotonic() < deadline, deployment.log_tail()
-            time.sleep(0.5)
+
+        def fetching_worker() -> int | None:
+            worker = run_worker_pid(instance, run_id)
+            return worker if worker is not None and asked(http_host, source_path) else None
+
+        worker = wait_until(
+            fetching_worker,
+            timeout=TIMEOUT,
+            what=f"run {run_id}'s worker asking for its source",
+            poll=0.5,
+            detail=deployment.log_tail,
+        )
         steps = descendants(worker)
         assert steps, "the multiprocess executor started no step process"
 
         os.kill(worker, signal.SIGKILL)
 
         wait_for_status(instance, run_id, {dg.DagsterRunStatus.FAILURE}, deployment)
-        deadline = time.monotonic() + 20  # well before the source answers (45 s)
-        while alive := [pid for pid in steps if Path(f"/proc/{pid}").exists() and not zombie(pid)]:
-            assert time.monotonic() < deadline, f"step processes {alive} outlived their worker"
-            time.sleep(0.2)
+
+        def alive() -> list[int]:
+            return [pid for pid in steps if Path(f"/proc/{pid}").exists() and not zombie(pid)]
+
+        wait_until(
+            lambda: not alive(),
+            timeout=20,  # well before the source answers (45 s)
+            what="the step processes ending with their worker",
+            poll=0.2,
+            detail=lambda: f"step processes {alive()} outlived their worker",
+        )
     finally:
         instance.dispose()
         http_host.reset()  # the source answers at once now: nothing is left to fetch it

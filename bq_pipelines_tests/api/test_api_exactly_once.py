@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -95,11 +94,9 @@ class Crash:
         return runs[0] if runs else None
 
     def wait_for(self, what: str, ready: Callable[[], Any]) -> Any:
-        deadline = time.monotonic() + STAGE_TIMEOUT
-        while not (value := ready()):
-            assert time.monotonic() < deadline, f"{what}\n{self.api.deployment.log_tail()}"
-            time.sleep(0.05)
-        return value
+        return wait_until(
+            ready, timeout=STAGE_TIMEOUT, what=what, poll=0.05, detail=self.api.deployment.log_tail
+        )
 
     def wait_for_run(self, request_id: str, statuses: set[dg.DagsterRunStatus]) -> dg.DagsterRun:
         def found() -> dg.DagsterRun | None:

@@ -6,11 +6,11 @@ sources (explicitly allowlisted)."""
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import httpx
@@ -23,6 +23,7 @@ from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.datasets.plans import collection_for
 from bq_pipelines.ingestion.definitions import ASSET_KEY, JOB_NAME, REQUEST_TAG
 from bq_pipelines.lib.stac import multihash_sha256
+from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.settings import Settings
 from bq_pipelines_testkit.api_stack import (
     ApiStack,
@@ -261,12 +262,17 @@ def test_a_failed_request_is_processed_when_its_run_is_re_executed_from_the_ui(
     assert launched["__typename"] == "LaunchRunSuccess", launched
     new_run_id = launched["run"]["runId"]
 
-    deadline = time.monotonic() + 180
-    while (status := stack.status(request_id))["_run_id"] != new_run_id or status["_state"] not in (
-        "finished",
-        "failed",
-    ):
-        assert time.monotonic() < deadline, f"{status}\n{stack.deployment.log_tail()}"
-        time.sleep(1)
+    def reexecution_done() -> dict[str, Any] | None:
+        status = stack.status(request_id)
+        ended = status["_state"] in ("finished", "failed")
+        return status if status["_run_id"] == new_run_id and ended else None
+
+    status = wait_until(
+        reexecution_done,
+        timeout=180,
+        what=f"request {request_id} done by run {new_run_id}",
+        poll=1,
+        detail=lambda: f"{stack.status(request_id)}\n{stack.deployment.log_tail()}",
+    )
     assert status["_operation"] == "PROCESS FINISHED", status
     assert httpx.get(status["_item_url"]).json()["id"] == name

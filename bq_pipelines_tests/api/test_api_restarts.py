@@ -19,6 +19,7 @@ import pytest
 from rio_cogeo.cogeo import cog_validate
 
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
+from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines_testkit.api_stack import (
     ApiStack,
     api_stack,
@@ -97,11 +98,16 @@ def test_kill_9_of_the_daemon_between_acceptance_and_processing_runs_each_reques
     api.start_daemon()
     # Once the daemon answers (health: a fresh heartbeat), requests arrive and it is killed
     # before or after its sensor picked them up, with runs queued or not.
-    deadline = time.monotonic() + 60
     # A generous read timeout: on a loaded machine /health (it reads the instance) takes seconds.
-    while httpx.get(f"{api.base_url}/health", timeout=30).json()["dagster"]["ok"] is False:
-        assert time.monotonic() < deadline, api.deployment.log_tail()
-        time.sleep(0.5)
+    wait_until(
+        lambda: (
+            httpx.get(f"{api.base_url}/health", timeout=30).json()["dagster"]["ok"] is not False
+        ),
+        timeout=60,
+        what="the daemon's heartbeat in /health",
+        poll=0.5,
+        detail=api.deployment.log_tail,
+    )
     ids = [api.accepted(body(collection_id, mirror, stac_api)) for _ in range(3)]
     api.deployment.kill(api.daemon)
     time.sleep(6)  # past a sensor interval: a live daemon would have ticked

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import dagster as dg
 import pytest
 import redis
 
+from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.executors import worker_app
@@ -86,27 +86,41 @@ class CeleryStack:
         return backfill["partitionBackfillOrError"]
 
     def wait_for_backfill(self, backfill_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + BACKFILL_TIMEOUT_S
-        while True:
+        seen: list[dict[str, Any]] = []
+
+        def finished() -> dict[str, Any] | None:
             backfill = self.backfill_status(backfill_id)
             assert backfill["__typename"] == "PartitionBackfill", backfill
-            if backfill["status"] in FINISHED:
-                return backfill
-            assert time.monotonic() < deadline, f"{backfill}\n{self.deployment.log_tail()}"
-            time.sleep(1)
+            seen.append(backfill)
+            return backfill if backfill["status"] in FINISHED else None
+
+        return wait_until(
+            finished,
+            timeout=BACKFILL_TIMEOUT_S,
+            what=f"backfill {backfill_id} finishing",
+            poll=1,
+            detail=lambda: f"{seen[-1]}\n{self.deployment.log_tail()}",
+        )
 
 
 def ping_workers(env: dict[str, str], names: tuple[str, ...], timeout: float = 90.0) -> None:
     """Wait until every named worker answers a broadcast ping through the broker."""
     app = worker_app(env)
-    deadline = time.monotonic() + timeout
     answered: set[str] = set()
-    while time.monotonic() < deadline:
-        replies = app.control.ping(timeout=1.0) or []
-        answered = {name.split("@")[0] for reply in replies for name in reply}
-        if set(names) <= answered:
-            return
-    raise AssertionError(f"workers {set(names) - answered} did not answer in {timeout} s")
+
+    def all_answer() -> bool:
+        replies = app.control.ping(timeout=1.0) or []  # a second's wait for the replies
+        answered.clear()
+        answered.update(name.split("@")[0] for reply in replies for name in reply)
+        return set(names) <= answered
+
+    wait_until(
+        all_answer,
+        timeout=timeout,
+        what=f"workers {names} answering a ping",
+        poll=0,
+        detail=lambda: f"workers {set(names) - answered} did not answer",
+    )
 
 
 @pytest.fixture
@@ -307,19 +321,24 @@ def test_a_worker_killed_mid_batch_leaves_the_backfill_finished_by_the_other_wit
     victim = WORKERS[0]
     instance = dg.DagsterInstance.from_config(stack.instance_home)
     try:
-        deadline = time.monotonic() + BACKFILL_TIMEOUT_S
-        killed_run = None
-        while killed_run is None:
-            assert time.monotonic() < deadline, stack.deployment.log_tail()
+
+        def victims_batch() -> str | None:
             for run in backfill_runs(instance, backfill_id):
                 finished = instance.get_records_for_run(
                     run_id=run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS
                 ).records
                 if step_workers(instance, run.run_id) == [victim] and not finished:
-                    kill_process_group(stack.workers[victim])
-                    killed_run = run.run_id
-                    break
-            time.sleep(0.2)
+                    return run.run_id
+            return None
+
+        killed_run = wait_until(
+            victims_batch,
+            timeout=BACKFILL_TIMEOUT_S,
+            what=f"a batch of {victim} in progress",
+            poll=0.2,
+            detail=stack.deployment.log_tail,
+        )
+        kill_process_group(stack.workers[victim])
 
         backfill = stack.wait_for_backfill(backfill_id)
         assert backfill["status"] == "COMPLETED_SUCCESS", (backfill, stack.deployment.log_tail())

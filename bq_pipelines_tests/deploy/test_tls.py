@@ -10,7 +10,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines_tests.deploy.stack import DEPLOY_DIR, URL_VALUES, docker_compose, filled_env
 
 NGINX_CONF = DEPLOY_DIR / "nginx" / "default.conf"
@@ -175,12 +175,16 @@ def front_door(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+    def exited() -> str | None:
+        if process.poll() is None:
+            return None
+        stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        return f"exited with {process.returncode}: {stderr}"
+
     try:
-        deadline = time.monotonic() + 10
-        while not _answers(https_port):
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "nginx did not listen within 10 s"
-            time.sleep(0.05)
+        what = f"nginx listening on port {https_port}"
+        wait_until(lambda: _answers(https_port), timeout=10, what=what, poll=0.05, failed=exited)
         yield http_port, https_port, tmp_path / "certificate.pem"
     finally:
         process.terminate()
