@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -165,7 +166,7 @@ def summary(label: str, latencies: list[float], wall: float) -> dict[str, float]
     return row
 
 
-def encode(method: str, path: str, body: dict | None, host: str) -> bytes:
+def encode(method: str, path: str, body: dict[str, Any] | None, host: str) -> bytes:
     """One HTTP/1.1 request, keep-alive, with the token."""
     payload = json.dumps(body).encode() if body is not None else b""
     head = (

@@ -46,7 +46,12 @@ from results import write_result  # noqa: E402
 
 from bq_pipelines.datasets.plans import collection_for, plan_partition  # noqa: E402
 from bq_pipelines.lib.pipeline import fingerprint, probe_sources, run_items  # noqa: E402
-from bq_pipelines.orchestration.resources import resources_for, services_for  # noqa: E402
+from bq_pipelines.orchestration.resources import (  # noqa: E402
+    catalog_for,
+    object_store_for,
+    services_for,
+    sources_for,
+)
 from bq_pipelines.runtime.event_batching import (  # noqa: E402
     EVENT_BATCH_SIZE,
     EVENT_BATCH_SIZE_ENV,
@@ -78,13 +83,14 @@ def plain_loop(host: LocalHttpHost, months: int, work: Path) -> float:
     settings = Settings.from_env(env)
     declaration = location.chelsa_like("bench-plain", months, 1)
     defs = dataset_definitions(declaration, settings)
-    resources = resources_for(settings)
-    services = services_for(resources["object_store"], resources["catalog"], resources["sources"])
-    locations = resources["sources"].locations()
+    sources = sources_for(settings)
+    services = services_for(object_store_for(settings), catalog_for(settings), sources)
+    locations = sources.locations()
     partitions_def = defs.resolve_job_def(f"{declaration.id.replace('-', '_')}_job").partitions_def
+    assert isinstance(partitions_def, dg.MultiPartitionsDefinition)
     keys = [location.partition_key(i, VARIABLE) for i in range(months)]
     started = time.perf_counter()
-    items = []
+    items: list[dict[str, Any]] = []
     for key in keys:
         dimensions = partitions_def.get_partition_key_from_str(key).keys_by_dimension
         plans = plan_partition(declaration, dimensions, locations)

@@ -19,6 +19,7 @@ Three modes, run from the project root:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -288,13 +289,13 @@ def bench_rss(gigabytes: float) -> None:
 
 SMALL_CASES = {
     f"{name} {size}x{size}{suffix}": (
-        RasterSpec(**{**spec, "width": size, "height": size, "crs": crs}),
-        spec.get("categorical", False),
+        dataclasses.replace(spec, width=size, height=size, crs=crs),
+        spec.categorical,
     )
     for name, spec in {
-        "uint8 categorical": {"dtype": "uint8", "nodata": 0, "categorical": True},
-        "int16": {"dtype": "int16", "nodata": -9999},
-        "float32": {"dtype": "float32", "nodata": float("nan")},
+        "uint8 categorical": RasterSpec(dtype="uint8", nodata=0, categorical=True),
+        "int16": RasterSpec(dtype="int16", nodata=-9999),
+        "float32": RasterSpec(dtype="float32", nodata=float("nan")),
     }.items()
     for size in (64, 256, 500)
     for suffix, crs in (

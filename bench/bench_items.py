@@ -114,7 +114,8 @@ def plans(
 
 def collection() -> pystac.Collection:
     extent = pystac.Extent(
-        pystac.SpatialExtent([[-180, -90, 180, 90]]), pystac.TemporalExtent([[None, None]])
+        pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]),
+        pystac.TemporalExtent.from_dict({"interval": [[None, None]]}),
     )
     return pystac.Collection("bench-mammals", "EBV cube species", extent)
 

@@ -17,6 +17,7 @@ Prints ms per thumbnail, the ratio ours/baseline and the PNG size.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -36,7 +37,12 @@ sys.path.insert(0, str(ROOT))
 from bq_pipelines.lib import cog, preview  # noqa: E402
 
 
-def write_source(path: Path, data: np.ndarray, nodata: float, colormap: dict | None) -> Path:
+def write_source(
+    path: Path,
+    data: np.ndarray,
+    nodata: float,
+    colormap: dict[int, tuple[int, int, int, int]] | None,
+) -> Path:
     height, width = data.shape
     with rasterio.open(
         path, "w", driver="GTiff", width=width, height=height, count=1, dtype=data.dtype,
@@ -55,7 +61,8 @@ def field(shape: tuple[int, int], seed: int) -> np.ndarray:
     surface = sum(
         np.sin(2 * np.pi * (rng.uniform(1, 6) * xx + rng.uniform(1, 6) * yy)) for _ in range(4)
     )
-    return surface + rng.normal(0, 0.05, shape)
+    noisy: np.ndarray = surface + rng.normal(0, 0.05, shape)
+    return noisy
 
 
 def make_cogs(folder: Path, size: int) -> list[tuple[str, Path, bool]]:
@@ -116,8 +123,8 @@ def main() -> None:
             mine, baseline = [], []
             for _ in range(args.repeat):
                 mine.append(timed(ours))
-                baseline.append(timed(lambda path=path: overview_read(path)))
-            full = timed(lambda path=path: full_read(path))
+                baseline.append(timed(functools.partial(overview_read, path)))
+            full = timed(functools.partial(full_read, path))
             with rasterio.open(path) as src:
                 overviews = src.overviews(1)
             png = preview.render_thumbnail(path, categorical=categorical).png
@@ -152,7 +159,7 @@ def main() -> None:
             "PNG",
         ],
         rows=rows,
-        ratio=statistics.median(row[4] for row in rows),
+        ratio=statistics.median(float(row[4]) for row in rows),
         met=None,
     )
 

@@ -48,7 +48,9 @@ def mammals_item(folder: Path) -> dict[str, Any]:
     )
     source = write_raster(folder / "source.tif", spec)
     cog = folder / "scenario1_2015_0001.tif"
-    cog_translate(str(source), str(cog), cog_profiles.get("deflate"), quiet=True)
+    # rio-cogeo leaves its profiles' get (a copy of the profile) unannotated.
+    profile = cog_profiles.get("deflate")  # type: ignore[no-untyped-call]
+    cog_translate(str(source), str(cog), profile, quiet=True)
     data = cog.read_bytes()
     item = stac.build_item(
         cog,
@@ -65,7 +67,10 @@ def mammals_item(folder: Path) -> dict[str, Any]:
         file_sha256=sha256_bytes(data),
     )
     # As a reader of the item's JSON sees it (tuples become arrays).
-    return json.loads(json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False)))
+    read: dict[str, Any] = json.loads(
+        json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False))
+    )
+    return read
 
 
 class PythonJsonschema:
@@ -74,7 +79,7 @@ class PythonJsonschema:
     def __init__(self) -> None:
         # The very schemas ours compiles (core + shipped), so only the validator differs.
         schemas = validation._schema_set(None).schemas
-        registry = Registry().with_resources(  # type: ignore[call-arg]
+        registry = Registry().with_resources(
             (uri, Resource.from_contents(schema)) for uri, schema in schemas.items()
         )
         self.validators = {}
@@ -132,9 +137,12 @@ def main() -> None:
 
     ours = ms_per_call(lambda: stac.validate(item), args.items)
     theirs = ms_per_call(lambda: baseline.validate(item), args.baseline_items)
-    ours_checks = ms_per_call(
-        lambda: [validation._check_against(item, uri, None) for uri in uris], args.items
-    )
+
+    def check_ours() -> None:
+        for uri in uris:
+            validation._check_against(item, uri, None)
+
+    ours_checks = ms_per_call(check_ours, args.items)
     theirs_checks = ms_per_call(lambda: baseline.check(item, uris), args.baseline_items)
 
     print(f"item {item['id']}: schemas {', '.join(u.split('/')[-3] for u in uris)}")

@@ -36,7 +36,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def legacy_example(
-    collection_id: str, name: str, file_source_host: str, stac_api: str
+    collection_id: str, name: str, file_source_host: str, stac_api: str | None
 ) -> dict[str, Any]:
     """The request of the legacy README ("EXPERIMENTAL stacItem Pipeline API"), its
     placeholders filled in."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import rasterio
@@ -61,6 +62,13 @@ class BandMetadata:
         if self.description is None or count == 1:
             return (self.description,) * count
         return tuple(f"{self.description} {band}" for band in range(1, count + 1))
+
+
+class RasterSize(TypedDict):
+    """A raster's size, to spread into `RasterSpec(**size)` beside other fields."""
+
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)

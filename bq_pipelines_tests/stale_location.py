@@ -8,6 +8,7 @@ import os
 import dagster as dg
 
 from bq_pipelines.datasets.loading import builtin_declaration_data, parse_declaration
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.orchestration.factory import build_dataset
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
@@ -15,7 +16,7 @@ from bq_pipelines.settings import Settings
 DATASET_ID = "demo-stale"
 
 
-def declaration():
+def declaration() -> Declaration:
     data = {**builtin_declaration_data("demo"), "id": DATASET_ID, "folder": DATASET_ID}
     if os.environ.get("BQ_TEST_NODATA"):
         data["cog"] = {"nodata": float(os.environ["BQ_TEST_NODATA"])}

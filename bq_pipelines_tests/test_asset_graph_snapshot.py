@@ -87,6 +87,14 @@ def _partitions_text(partitions_def: dg.PartitionsDefinition | None) -> str | No
     return f"static, {count}"
 
 
+def _schedules(definitions: dg.Definitions) -> list[dg.ScheduleDefinition]:
+    """The code location's schedules: built resolved (an unresolved one has no cron yet)."""
+    schedules = list(definitions.schedules or [])
+    resolved = [s for s in schedules if isinstance(s, dg.ScheduleDefinition)]
+    assert len(resolved) == len(schedules), schedules
+    return resolved
+
+
 def asset_graph(definitions: dg.Definitions) -> dict[str, Any]:
     graph = definitions.resolve_asset_graph()
     assets = {}
@@ -114,7 +122,7 @@ def asset_graph(definitions: dg.Definitions) -> dict[str, Any]:
         "jobs": sorted(job.name for job in definitions.resolve_all_job_defs()),
         "schedules": {
             s.name: {"cron": str(s.cron_schedule), "default_status": s.default_status.value}
-            for s in sorted(definitions.schedules or [], key=lambda s: s.name)
+            for s in sorted(_schedules(definitions), key=lambda s: s.name)
         },
         "sensors": {
             s.name: s.default_status.value

@@ -24,7 +24,7 @@ import pytest
 
 from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.orchestration.keys import DatasetKeys
-from bq_pipelines.orchestration.resources import resources_for
+from bq_pipelines.orchestration.resources import catalog_for
 from bq_pipelines.runtime.launch import RANGE_START_TAG
 from bq_pipelines.settings import Settings
 from bq_pipelines_testkit import backfill_location as location
@@ -36,6 +36,7 @@ from bq_pipelines_testkit.dagster_processes import (
 )
 from bq_pipelines_testkit.http_host import LocalHttpHost
 from bq_pipelines_testkit.runs import failure_messages, latest_metadata, run_dataset
+from bq_pipelines_testkit.values import step_failure_message
 from bq_pipelines_tests.backfill_stack import bq_env, serve_sources, sqlite_deployment
 
 CORRUPT = b"II*\x00" + bytes(range(256)) * 8  # a TIFF signature, then garbage
@@ -134,9 +135,7 @@ def test_daemon_backfill_of_120_months_runs_in_batches_and_fails_only_the_corrup
         failures = instance.get_records_for_run(
             run_id=failed_run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE
         ).records
-        [message] = [
-            r.event_log_entry.dagster_event.step_failure_data.error.message for r in failures
-        ]
+        [message] = [step_failure_message(r) for r in failures]
         assert f"1 of {batch_size} partitions failed" in message
         assert corrupt_key in message and urls[corrupt_key] in message, message
     finally:
@@ -170,7 +169,7 @@ def test_in_process_batches_fail_only_the_corrupt_partition_then_retry_and_skip(
     good_bytes = (http_host.root / broken_path).read_bytes()
     (http_host.root / broken_path).write_bytes(CORRUPT)
     settings = Settings.from_env(bq_env(tmp_path, http_host))
-    publisher = resources_for(settings)["catalog"].publisher()
+    publisher = catalog_for(settings).publisher()
     stac_item = DatasetKeys(declaration.id).step("stac_item")
     instance = dg.DagsterInstance.ephemeral()
 

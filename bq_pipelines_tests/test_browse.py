@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import httpx
@@ -75,7 +76,10 @@ def test_links_open_from_the_ui_with_a_browse_url(home: dict[str, str], browse_u
     assert href == f"{browse_url}/objects/io/demo-browse/demo_landcover.tif"
     assert httpx.get(href).content[:4] == b"II*\x00"  # the COG itself
     [record] = instance.fetch_materializations(keys.collection, limit=1).records
-    collection = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    assert record.asset_materialization is not None
+    collection: dict[str, Any] = {
+        k: v.value for k, v in record.asset_materialization.metadata.items()
+    }
     coverage = f"{browse_url}/objects/io/_previews/demo-browse/coverage-map.png"
     assert collection["coverage_map"].startswith(f"[![coverage map]({coverage})]({coverage})")
     assert len(collection["coverage_map"]) < 1000  # shown in place by the UI

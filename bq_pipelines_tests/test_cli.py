@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -162,7 +163,9 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
-def graphql(query: str, variables: dict, env: dict[str, str], output: Path) -> dict:
+def graphql(
+    query: str, variables: dict[str, Any], env: dict[str, str], output: Path
+) -> dict[str, Any]:
     """A query answered as the UI's webserver would, on the project's workspace."""
     command = [str(BIN / "dagster-graphql"), "-w", "workspace.yaml", "-t", query]
     result = subprocess.run(
@@ -174,7 +177,8 @@ def graphql(query: str, variables: dict, env: dict[str, str], output: Path) -> d
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(output.read_text())["data"]
+    data: dict[str, Any] = json.loads(output.read_text())["data"]
+    return data
 
 
 JOB_RUNS = """query JobRuns($params: PipelineSelector!) {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -25,13 +26,14 @@ from bq_pipelines.orchestration.assets import partition_code_version
 from bq_pipelines.orchestration.factory import build_dataset
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
+from bq_pipelines_testkit.values import run_requests
 
 
 def _with_resources(definitions: dg.Definitions) -> dg.Definitions:
     return dg.Definitions.merge(definitions, dg.Definitions(resources=resources_for(Settings())))
 
 
-def _component_file(folder: Path, attributes: dict) -> Path:
+def _component_file(folder: Path, attributes: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "defs.yaml"
     document = {"type": "bq_pipelines.components.StacDataset", "attributes": attributes}
@@ -137,6 +139,7 @@ def test_a_growing_series_gets_a_stopped_schedule_of_its_newest_partition():
     del data["partitions"]["time"]["end"]
     del data["temporal_extent"]  # a growing series takes its extent from its items
     definitions = _with_resources(build_dataset(parse_declaration(data, "chelsa-growing")))
+    assert definitions.schedules is not None
     [schedule] = definitions.schedules
     resolved = definitions.resolve_schedule_def(schedule.name)
     assert resolved.name == "chelsa_growing_schedule"
@@ -147,12 +150,13 @@ def test_a_growing_series_gets_a_stopped_schedule_of_its_newest_partition():
         scheduled_execution_time=datetime(2026, 11, 2, 6, tzinfo=UTC),
         repository_def=definitions.get_repository_def(),
     )
-    requests = resolved.evaluate_tick(context).run_requests
+    requests = run_requests(resolved.evaluate_tick(context))
     assert len(requests) == 10
-    assert {r.partition_key.split("|")[0] for r in requests} == {"2026-10"}
+    assert {str(r.partition_key).split("|")[0] for r in requests} == {"2026-10"}
 
     data["schedule"] = "0 6 3 * *"
     definitions = _with_resources(build_dataset(parse_declaration(data, "chelsa-growing")))
+    assert definitions.schedules is not None
     [schedule] = definitions.schedules
     assert definitions.resolve_schedule_def(schedule.name).cron_schedule == "0 6 3 * *"
 

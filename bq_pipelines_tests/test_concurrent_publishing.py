@@ -106,10 +106,12 @@ def test_two_backfills_and_two_outside_writers_at_once(
         expected = {ids[0]: partitions + EXTRA + EXTRA // 2, ids[1]: partitions}
         with psycopg.connect(env["BQ_PGSTAC_DSN"]) as conn:
             for collection_id, count in expected.items():
-                total, distinct = conn.execute(
+                counted = conn.execute(
                     "SELECT count(*), count(DISTINCT id) FROM pgstac.items WHERE collection = %s",
                     (collection_id,),
                 ).fetchone()
+                assert counted is not None
+                total, distinct = counted
                 assert (total, distinct) == (count, count), collection_id
                 collection = conn.execute(
                     "SELECT content FROM pgstac.collections WHERE id = %s", (collection_id,)

@@ -30,13 +30,14 @@ from bq_pipelines.orchestration.jobs import discover_files
 from bq_pipelines.orchestration.keys import op_name, partitions_definition
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
-from bq_pipelines_testkit.rasters import RasterSpec, write_raster
+from bq_pipelines_testkit.rasters import RasterSize, RasterSpec, write_raster
 from bq_pipelines_testkit.runs import dataset_definitions, failure_messages, run_dataset
+from bq_pipelines_testkit.values import sensor_result
 from bq_pipelines_tests.fixtures.local_sources import species_names, write_ebv_cube
 from bq_pipelines_tests.fixtures.services import rasterio_s3_env, services_settings
 
 MAMMAL_YEARS = [str(year) for year in range(2015, 2056, 5)]
-SMALL = {"width": 64, "height": 48}
+SMALL: RasterSize = {"width": 64, "height": 48}
 
 PARTITION_COUNTS = {
     "ghmts": 1,
@@ -137,6 +138,7 @@ def test_files_datasets_find_the_tifs_of_their_folder(
     [plan] = plan_partition(
         declaration, {"file": "layer_03.tif"}, SourceLocations({}, sources_root)
     )
+    assert declaration.partitions.files is not None
     with_csv = declaration.partitions.files.metadata is not None
     assert plan.item_id == ("couche_03" if with_csv else "layer_03")
     if with_csv:
@@ -162,6 +164,7 @@ def test_gbif_heatmaps_read_the_legacy_bucket_unless_overridden():
 
 def test_global_mammals_plans_5090_species_per_scenario_year_on_the_right_bands(tmp_path: Path):
     declaration = load_declaration_file(builtin_path("global-mammals"))
+    assert declaration.source.local is not None
     # The species names come from the cube: one scenario on a 1x1 grid is enough to plan.
     write_ebv_cube(tmp_path / declaration.source.local, [1], 5090, 9, height=1, width=1)
     names = species_names(5090)
@@ -192,6 +195,7 @@ def test_global_mammals_plans_5090_species_per_scenario_year_on_the_right_bands(
 @pytest.mark.slow
 def test_global_mammals_last_species_of_a_full_size_cube_is_readable(tmp_path: Path):
     declaration = load_declaration_file(builtin_path("global-mammals"))
+    assert declaration.source.local is not None
     # Full band count (45,810 per scenario) on a tiny grid: the band count is what matters.
     cubes = write_ebv_cube(
         tmp_path / declaration.source.local, [2], 5090, len(MAMMAL_YEARS), height=4, width=6
@@ -229,8 +233,8 @@ class Case:
     extra_files: dict[str, str] = field(default_factory=dict)  # path under the root -> text
 
 
-def _utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
+def _utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, sec, tzinfo=UTC)
 
 
 CASES = [
@@ -319,7 +323,7 @@ CASES = [
 ]
 
 
-def read_pixels(path: str, env: dict[str, str] | None = None) -> tuple[np.ndarray, dict]:
+def read_pixels(path: str, env: dict[str, str] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     with rasterio_s3_env(env) if env else rasterio.Env(), rasterio.open(path) as src:
         profile = {"crs": src.crs, "transform": src.transform, "nodata": src.nodata}
         return src.read(), profile | {"dtype": src.dtypes[0]}
@@ -357,6 +361,8 @@ def test_one_partition_end_to_end(
     instance = dg.DagsterInstance.ephemeral()
     if case.files:
         partitions_def = partitions_definition(declaration.id, declaration.partitions)
+        assert isinstance(partitions_def, dg.DynamicPartitionsDefinition)
+        assert partitions_def.name is not None
         instance.add_dynamic_partitions(partitions_def.name, [case.partition])
 
     assert run_dataset(declaration, service_settings, instance, [case.partition]), failure_messages(
@@ -408,9 +414,12 @@ def test_stressors_sensor_adds_new_files_and_a_file_materializes(
 
     def evaluate() -> list[str] | str:
         """Run the sensor once and apply what it asks, as the daemon would."""
-        result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        result = sensor_result(
+            sensor, dg.build_sensor_context(instance=instance, resources=resources)
+        )
         if isinstance(result, dg.SkipReason):
             return result.skip_message or ""
+        assert result.dynamic_partitions_requests is not None
         added = [key for r in result.dynamic_partitions_requests for key in r.partition_keys]
         instance.add_dynamic_partitions(partitions_name, added)
         return added
@@ -475,11 +484,13 @@ def test_global_mammals_partition_publishes_one_item_per_species_band(
         assert profile["crs"] == "EPSG:4326"
 
     collection = pystac_client.Client.open(stac_api_url).get_collection(declaration.id)
+    assert collection is not None
     west, south, east, north = collection.extent.spatial.bboxes[0]
     for item in items.values():
         assert west <= item.bbox[0] and south <= item.bbox[1]
         assert east >= item.bbox[2] and north >= item.bbox[3]
     [[start, end]] = collection.extent.temporal.intervals
+    assert start is not None and end is not None
     assert start <= _utc(int(year), 1, 1) <= end
     variables = split_partition_key(declaration, {"scenario__time": f"{scenario}__{year}"})
     assert variables["year_band"] == year_index + 1

@@ -20,7 +20,7 @@ import rasterio
 from bq_pipelines.lib import cog, stac
 from bq_pipelines.orchestration.keys import partitions_definition
 from bq_pipelines.settings import Settings
-from bq_pipelines_testkit.rasters import RasterSpec
+from bq_pipelines_testkit.rasters import RasterSize, RasterSpec
 from bq_pipelines_testkit.runs import failure_messages, run_dataset
 from bq_pipelines_tests.fixtures.legacy_mirror import (
     C3S_GRID_CRS,
@@ -53,7 +53,7 @@ PARTITION_COUNTS = {
 }
 REMOTE_DATASETS = ["chelsa-clim", *PARTITION_COUNTS]
 
-SMALL = {"width": 64, "height": 48}
+SMALL: RasterSize = {"width": 64, "height": 48}
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def mirror_settings(
     )
 
 
-def _read(path: Path) -> tuple[np.ndarray, dict]:
+def _read(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     with rasterio.open(path) as src:
         profile = {"crs": src.crs, "transform": src.transform, "nodata": src.nodata}
         return src.read(), profile | {"dtype": src.dtypes[0]}
@@ -255,7 +255,9 @@ def _published_cog(
     """Check the collection, the item the API returns for `case` and its object; return a copy
     of its COG."""
     client = pystac_client.Client.open(stac_api_url)
-    stac.validate(client.get_collection(collection_id))
+    collection = client.get_collection(collection_id)
+    assert collection is not None
+    stac.validate(collection)
     search = client.search(collections=[collection_id], ids=[case.item_id])
     [item] = list(search.items())
     stac.validate(item)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from bq_pipelines.datasets.loading import (
 )
 from bq_pipelines.datasets.overlap import every_file_name, templates_may_overlap
 from bq_pipelines.datasets.plans import SourceLocations, plan_partition
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.orchestration.assets import partition_code_version
 
@@ -40,9 +42,9 @@ VALID = {
 }
 
 
-def _with(path: str, value) -> dict:
-    data = yaml.safe_load(yaml.safe_dump(VALID))
-    node = data
+def _with(path: str, value) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(yaml.safe_dump(VALID))
+    node: Any = data
     parts = path.split(".")
     for part in parts[:-1]:
         node = node[int(part)] if isinstance(node, list) else node[part]
@@ -65,6 +67,7 @@ def test_valid_declaration_plans_a_partition():
     assert plan.item_id == "pr_1979_03"
     assert plan.sources[0].url == "http://127.0.0.1:9/mirror/monthly/pr/CHELSA_pr_03_1979_V.2.1.tif"
     assert plan.properties == {"variable": "pr", "year": 1979, "version": "2.1"}
+    assert plan.datetime is not None and plan.end_datetime is not None
     assert plan.datetime.isoformat() == "1979-03-01T00:00:00+00:00"
     assert plan.end_datetime.isoformat() == "1979-03-31T23:59:59+00:00"
 
@@ -169,21 +172,24 @@ def test_all_shipped_declarations_load_together():
     assert len(declarations) == 24
     # Each writes under a folder of its own, but CHELSA's climatologies and projections, which
     # share the legacy folder and never a file name: nothing overwrites another's objects.
-    by_folder: dict[str, list] = {}
+    by_folder: dict[str, list[Declaration]] = {}
     for declaration in declarations:
         by_folder.setdefault(declaration.folder, []).append(declaration)
     shared = {f: sorted(d.id for d in ds) for f, ds in by_folder.items() if len(ds) > 1}
     assert shared == {"CHELSA/climatologies": ["chelsa-clim", "chelsa-clim-proj"]}
     clim, proj = by_folder["CHELSA/climatologies"]
-    assert every_file_name(clim) and every_file_name(proj)
-    assert every_file_name(clim).isdisjoint(every_file_name(proj))
+    clim_names, proj_names = every_file_name(clim), every_file_name(proj)
+    assert clim_names and proj_names
+    assert clim_names.isdisjoint(proj_names)
 
 
-def _static(*dimensions: tuple[str, list]) -> dict:
+def _static(*dimensions: tuple[str, list[Any]]) -> dict[str, Any]:
     return {"static": [{"name": name, "values": values} for name, values in dimensions]}
 
 
-def _local(partitions: dict, item: dict, local: str = "x/{layer}.tif", **more) -> dict:
+def _local(
+    partitions: dict[str, Any], item: dict[str, Any], local: str = "x/{layer}.tif", **more
+) -> dict[str, Any]:
     """A declaration reading local files, with `partitions` and `item` given."""
     data = {k: v for k, v in VALID.items() if k not in ("source", "partitions", "item")}
     return {
@@ -477,7 +483,7 @@ def test_too_many_static_partitions_are_refused():
 # --- files partitions: checked at plan time, when the files are known --------------------------
 
 
-def _files_declaration(**item) -> dict:
+def _files_declaration(**item) -> dict[str, Any]:
     return _local(
         {"files": {"glob": "f/*.tif", "metadata": {"csv": "f/list.csv", "columns": ["id"]}}},
         {"id": "{id}", **item},
@@ -525,7 +531,7 @@ def test_files_partitions_check_their_templates_at_load():
 # --- two datasets, one folder --------------------------------------------------------------------
 
 
-def _write(tmp_path: Path, name: str, data: dict) -> Path:
+def _write(tmp_path: Path, name: str, data: dict[str, Any]) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**data, "id": name}))
     return path
@@ -604,7 +610,7 @@ def test_file_name_templates_overlap_unless_provably_distinct(first, second, ove
 
 
 def test_expanded_items_are_dated_with_their_index():
-    item = {"id": "{layer}_{k}", "expand": {"variable": "k", "count": 28}}
+    item: dict[str, Any] = {"id": "{layer}_{k}", "expand": {"variable": "k", "count": 28}}
     item["datetime"] = "2020-02-{k:02d}T00:00:00Z"
     parse_declaration(_local(LAYERS, item), "example.yaml")  # 1..28 February
     item["expand"]["count"] = 30

@@ -21,6 +21,7 @@ from bq_pipelines.backup.assets import (
 )
 from bq_pipelines.datasets import loading
 from bq_pipelines.datasets.loading import load_declarations
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.definitions import defs
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.orchestration.keys import (
@@ -30,6 +31,7 @@ from bq_pipelines.orchestration.keys import (
     PARTITION_STEPS,
     op_name,
 )
+from bq_pipelines_testkit.values import resources_of
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,7 @@ def test_resources_follow_the_settings(monkeypatch):
     monkeypatch.setenv("BQ_S3_BUCKET", "bq-io")
     monkeypatch.setenv("BQ_CATALOG", "stac-api")
     monkeypatch.setenv("BQ_STAC_API_URL", "http://127.0.0.1:8082")
-    resources = defs().resources
+    resources = resources_of(defs())
     assert type(resources["object_store"]).__name__ == "S3ObjectStoreResource"
     assert type(resources["catalog"]).__name__ == "StacApiCatalogResource"
 
@@ -101,11 +103,11 @@ def test_partition_locks_follow_the_settings(monkeypatch):
     # production sets), advisory locks every machine shares, the DSN read through EnvVar.
     monkeypatch.delenv("BQ_PGSTAC_DSN", raising=False)
     monkeypatch.setenv("BQ_WORK_DIR", "/srv/bq/work")
-    locks = defs().resources["locks"]
+    locks = resources_of(defs())["locks"]
     assert type(locks).__name__ == "FileLocksResource"
     assert locks.root == "/srv/bq/work/.locks"
     monkeypatch.setenv("BQ_PGSTAC_DSN", "postgresql://postgres@127.0.0.1:5432/bq_catalog")
-    locks = defs().resources["locks"]
+    locks = resources_of(defs())["locks"]
     assert type(locks).__name__ == "PostgresLocksResource"
     assert isinstance(locks.dsn, dg.EnvVar) and locks.dsn.env_var_name == "BQ_PGSTAC_DSN"
 
@@ -136,7 +138,7 @@ def test_the_load_reads_each_declaration_once_and_the_settings_once(monkeypatch)
     read_settings: list[object] = []
     read_file, from_env = loading._read_declaration_file, settings.Settings.from_env
 
-    def counted_file(path: Path) -> loading.Declaration:
+    def counted_file(path: Path) -> Declaration:
         read_files.append(path)
         return read_file(path)
 
@@ -189,7 +191,7 @@ def test_the_catalog_backup_asset_check_job_and_schedule(monkeypatch):
     assert definitions.resolve_job_def(BACKUP_JOB).partitions_def == assets_def.partitions_def
     schedule = definitions.resolve_schedule_def(BACKUP_SCHEDULE)
     assert (schedule.job_name, schedule.cron_schedule) == (BACKUP_JOB, "0 4 * * *")
-    assert type(definitions.resources["backup"]).__name__ == "PgstacBackupResource"
+    assert type(resources_of(definitions)["backup"]).__name__ == "PgstacBackupResource"
 
 
 @pytest.mark.slow

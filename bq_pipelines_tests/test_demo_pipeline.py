@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -22,7 +23,7 @@ from bq_pipelines.datasets.demo import (
 )
 from bq_pipelines.lib import cog, stac
 from bq_pipelines.orchestration.keys import DatasetKeys, op_name
-from bq_pipelines.orchestration.resources import resources_for
+from bq_pipelines.orchestration.resources import catalog_for
 from bq_pipelines.runtime.launch import RANGE_END_TAG, RANGE_START_TAG
 from bq_pipelines_testkit.runs import (
     dataset_definitions,
@@ -35,7 +36,7 @@ from bq_pipelines_tests.fixtures.demo import demo_declaration
 from bq_pipelines_tests.fixtures.services import rasterio_s3_env
 
 
-def read_pixels(path: str, env: dict[str, str] | None = None) -> tuple[np.ndarray, dict]:
+def read_pixels(path: str, env: dict[str, str] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     with rasterio_s3_env(env) if env else rasterio.Env(), rasterio.open(path) as src:
         return src.read(), {
             "crs": src.crs,
@@ -59,6 +60,7 @@ def test_demo_on_embedded_defaults_writes_a_valid_static_catalog(local_settings,
 
     catalog = pystac.Catalog.from_file(str(local_settings.catalog_dir / "catalog.json"))
     collection = catalog.get_child("demo-local")
+    assert isinstance(collection, pystac.Collection)
     items = {item.id: item for item in collection.get_items()}
     # Each partition's materializations hold that partition's facts, no batch totals.
     keys = DatasetKeys("demo-local")
@@ -102,6 +104,7 @@ def test_demo_on_embedded_defaults_writes_a_valid_static_catalog(local_settings,
     # The collection extent covers every item.
     bbox = collection.extent.spatial.bboxes[0]
     for item in items.values():
+        assert item.bbox is not None
         assert bbox[0] <= item.bbox[0] and bbox[1] <= item.bbox[1]
         assert bbox[2] >= item.bbox[2] and bbox[3] >= item.bbox[3]
 
@@ -128,7 +131,9 @@ def test_demo_on_services_is_searchable_and_readable_from_s3(
         assert item.assets[item.id].extra_fields["file:size"] == head["ContentLength"]
 
     collection = pystac_client.Client.open(stac_api_url).get_collection(declaration.id)
-    assert collection.extent.temporal.intervals[0][0].year == 2020
+    assert collection is not None
+    start = collection.extent.temporal.intervals[0][0]
+    assert start is not None and start.year == 2020
 
     # Materializing again: same items, no new objects, and the partitions say they were skipped.
     before = s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]
@@ -209,7 +214,7 @@ def test_bad_input_fails_only_its_partition_and_publishes_nothing(
     message = failure_messages(instance)
     assert "1 of 3 partitions failed" in message
     assert "elevation" in message and expected in message
-    publisher = resources_for(local_settings)["catalog"].publisher()
+    publisher = catalog_for(local_settings).publisher()
     assert publisher.get_item("demo-broken", "demo_elevation") is None
     assert not (local_settings.objects_dir / "io" / "demo-broken" / "demo_elevation.tif").exists()
     collection = publisher.get_collection("demo-broken")
@@ -250,7 +255,7 @@ def test_a_job_run_where_every_partition_fails_publishes_no_collection(
     )
     assert not result.success
     assert "3 of 3 partitions failed." in failure_messages(instance)
-    publisher = resources_for(local_settings)["catalog"].publisher()
+    publisher = catalog_for(local_settings).publisher()
     assert publisher.get_collection(declaration.id) is None
     assert instance.fetch_materializations(keys.collection, limit=1).records == []
 

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -42,8 +43,8 @@ def wait_for(condition, what: str, timeout: float = RUN_TIMEOUT) -> None:
     wait_until(condition, timeout=timeout, what=what, poll=0.05)
 
 
-def run_in_thread(target, *args) -> tuple[threading.Thread, list]:
-    outcome: list = []
+def run_in_thread(target, *args) -> tuple[threading.Thread, list[Any]]:
+    outcome: list[Any] = []
     thread = threading.Thread(target=lambda: outcome.append(target(*args)))
     thread.start()
     return thread, outcome

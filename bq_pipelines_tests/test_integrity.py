@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pystac
@@ -40,6 +41,7 @@ from bq_pipelines_testkit.runs import (
     latest_metadata,
     materialize_dataset,
 )
+from bq_pipelines_testkit.values import metadata_value, published_item
 from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
 from bq_pipelines_tests.fixtures.services import services_settings
 
@@ -55,8 +57,10 @@ def declaration_file(declaration_id: str, path: Path) -> Path:
 
 
 @pytest.fixture(params=["local", pytest.param("service", marks=pytest.mark.services)])
-def any_settings(request) -> Settings:
-    return request.getfixturevalue(f"{request.param}_settings")
+def any_settings(request: pytest.FixtureRequest) -> Settings:
+    settings = request.getfixturevalue(f"{request.param}_settings")
+    assert isinstance(settings, Settings)
+    return settings
 
 
 def moto_port(services_env: dict[str, str]) -> int:
@@ -88,9 +92,9 @@ def test_a_deleted_and_an_overwritten_object_are_put_back_on_the_next_run(
         store, publisher = services.store, services.publisher
         checksums = {
             layer: checksum_sha256(
-                publisher.get_item(declaration.id, f"demo_{layer}")["assets"][f"demo_{layer}"][
-                    "file:checksum"
-                ]
+                published_item(publisher, declaration.id, f"demo_{layer}")["assets"][
+                    f"demo_{layer}"
+                ]["file:checksum"]
             )
             for layer in DEMO_LAYERS
         }
@@ -309,7 +313,7 @@ def test_the_audit_check_reports_drift_with_counts_and_ids(local_settings: Setti
     assert (metadata["missing_objects"], metadata["orphans"], metadata["items"]) == (1, 1, 3)
     assert metadata["orphan_keys"] == [f"io/{declaration.id}/left-by-a-crash.tif"]
     assert metadata["affected_partitions"] == ["temperature"]
-    [missing] = metadata["drifted_items"]
+    [missing] = metadata_value(drift.metadata, "drifted_items", list)
     assert missing.startswith("demo_temperature") and "missing_object" in missing
 
 
@@ -374,8 +378,8 @@ def locked(request, monkeypatch, services_env) -> tuple[Settings, Locks]:
     return settings, locks
 
 
-def run_in_thread(target, *args, **kwargs) -> tuple[threading.Thread, list]:
-    outcome: list = []
+def run_in_thread(target, *args, **kwargs) -> tuple[threading.Thread, list[Any]]:
+    outcome: list[Any] = []
     thread = threading.Thread(target=lambda: outcome.append(target(*args, **kwargs)))
     thread.start()
     return thread, outcome
@@ -437,7 +441,7 @@ def finished(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, out + err
 
 
-def published_catalog(home: Path) -> dict[str, tuple[dict, bytes]]:
+def published_catalog(home: Path) -> dict[str, tuple[dict[str, Any], bytes]]:
     """Each demo item (object hrefs relative to the objects folder) with its objects' bytes
     (the COG's, then the thumbnail's)."""
     objects = str((home / "objects").absolute())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pystac
 import pytest
@@ -89,7 +90,7 @@ def test_every_declared_difference_is_in_the_readme_table() -> None:
             assert row in table, f"README lacks the row {row} ({difference.reason})"
 
 
-def write_static_catalog(root: Path, collection_id: str, records: list[dict]) -> Path:
+def write_static_catalog(root: Path, collection_id: str, records: list[dict[str, Any]]) -> Path:
     """A static catalog holding `records` as the legacy published them; its catalog.json."""
     catalog = pystac.Catalog("stac-bq-io", "Biodiversite Quebec - IO catalog")
     collection = pystac.Collection.from_dict(legacy_collection(collection_id))

@@ -134,6 +134,7 @@ def publish_legacy_partition(
 ) -> None:
     """What the legacy loader left: its source on its host, a COG at the legacy key, and the
     legacy item (hrefs on this bucket's public URL) in the catalog."""
+    assert settings.s3_bucket is not None and settings.public_base_url is not None
     source = put_legacy_raster(http_host, taken.legacy_url, SMALL)
     record = record_of(taken)
     converted = cog.to_cog(
@@ -150,6 +151,7 @@ def test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_processed(
     takeover: Settings, capsys, s3_client, http_host, stac_api_url
 ):
     settings = takeover
+    assert settings.s3_bucket is not None
     # 1. The plan publishes exactly what the legacy catalog holds for these partitions.
     for dataset in DATASETS:
         selected = [f"--partition={p}" for p in partitions_of(dataset)]
@@ -247,6 +249,7 @@ def test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_processed(
 
 def test_compare_names_what_differs_and_exits_1(takeover: Settings, capsys, stac_api_url):
     taken = SLICE[2]  # chelsa-monthly: `version` is the number 2.1
+    assert takeover.public_base_url is not None
     item = legacy_item(taken.dataset, record_of(taken), href_base=takeover.public_base_url)
     item["properties"]["version"] = "2.1"  # a string, as the first rewrite published it
     httpx.put(
@@ -267,7 +270,7 @@ def listing(s3_client, bucket: str) -> list[tuple[str, str]]:
 
 
 def published_items(stac_api_url: str) -> dict[str, Any]:
-    found = {}
+    found: dict[str, Any] = {}
     for dataset in DATASETS:
         page = httpx.get(f"{stac_api_url}/collections/{dataset}/items", params={"limit": 100})
         found |= {f"{dataset}/{i['id']}": i for i in page.json()["features"]}

@@ -173,7 +173,7 @@ OUTSIDE = "resolves to {}, outside the local data root {} (BQ_LOCAL_DATA_ROOT)"
     ],
 )
 def test_every_form_of_local_source_outside_the_data_root_is_refused_at_load(
-    sources_root: Path, tmp_path: Path, source: dict, field: str, target: str
+    sources_root: Path, tmp_path: Path, source: dict[str, Any], field: str, target: str
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()

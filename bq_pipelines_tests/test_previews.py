@@ -6,6 +6,7 @@ out; the thumbnail obeys the COG's owner and integrity rules."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import httpx
@@ -94,7 +95,10 @@ def test_thumbnails_in_store_items_and_metadata_on_services(
     assert {tuple(int(c) for c in p) for p in temperature[temperature[..., 3] == 255]} <= ramp
 
     [record] = instance.fetch_materializations(keys.collection, limit=1).records
-    collection = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    assert record.asset_materialization is not None
+    collection: dict[str, Any] = {
+        k: v.value for k, v in record.asset_materialization.metadata.items()
+    }
     # The coverage map, stored beside the datasets' objects, shown in place by its URL.
     coverage_key = f"io/_previews/{dataset.id}/coverage-map.png"
     coverage_href = f"{service_settings.public_base_url}/{coverage_key}"
@@ -129,6 +133,7 @@ def test_opt_out_publishes_no_thumbnail(local_settings):
     with built_services(local_settings) as services:
         for layer in DEMO_LAYERS:
             item = services.publisher.get_item(dataset.id, f"demo_{layer}")
+            assert item is not None
             assert set(item["assets"]) == {f"demo_{layer}"}
             metadata = latest_metadata(instance, keys.step("stac_item"), layer)
             assert "thumbnail" not in metadata

@@ -35,7 +35,7 @@ from bq_pipelines_testkit.http_host import LocalHttpHost
 from bq_pipelines_testkit.runs import materialize_dataset
 from bq_pipelines_tests.backfill_stack import bq_env, serve_sources
 
-AssetPartition = tuple[dg.AssetKey, str]
+AssetPartition = tuple[dg.AssetKey | None, str]  # as Dagster types an event's asset key
 
 
 def asset_events(

@@ -127,7 +127,8 @@ def test_runs_whose_worker_and_code_server_were_killed_are_failed_and_the_queue_
         for run_id in stuck:
             wait_for_status(instance, run_id, {dg.DagsterRunStatus.STARTED}, deployment)
         # The queue is full: the third run waits.
-        assert instance.get_run_by_id(queued).status == dg.DagsterRunStatus.QUEUED
+        queued_run = instance.get_run_by_id(queued)
+        assert queued_run is not None and queued_run.status == dg.DagsterRunStatus.QUEUED
 
         workers = []
         for run_id in stuck:
@@ -157,7 +158,9 @@ def test_runs_whose_worker_and_code_server_were_killed_are_failed_and_the_queue_
             failures = instance.get_records_for_run(
                 run_id=run_id, of_type=dg.DagsterEventType.RUN_FAILURE
             ).records
-            message = failures[-1].event_log_entry.dagster_event.message or ""
+            event = failures[-1].event_log_entry.dagster_event
+            assert event is not None
+            message = event.message or ""
             assert "run worker" in message and "is gone" in message, message
     finally:
         instance.dispose()

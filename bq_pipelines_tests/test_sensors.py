@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -27,10 +28,11 @@ from bq_pipelines.runtime.launch import QUIET_LOGS, RANGE_END_TAG, RANGE_START_T
 from bq_pipelines.settings import Settings
 from bq_pipelines_testkit.http_host import LocalHttpHost
 from bq_pipelines_testkit.rasters import RasterSpec, write_raster
+from bq_pipelines_testkit.values import run_requests
 from bq_pipelines_tests.fixtures.demo import demo_declaration
 
 HOST = "upstream-host"
-MONTHLY = {
+MONTHLY: dict[str, Any] = {
     "id": "tas-monthly",
     "title": "Monthly mean temperature (test)",
     "description": "A small monthly series served by a local HTTP host.",
@@ -51,7 +53,7 @@ DEFAULT_AUTOMATION_SENSOR = "default_automation_condition_sensor"
 MONTHS = ["2024-06", "2024-05", "2024-04", "2024-03", "2024-02", "2024-01"]  # newest first
 
 
-def declaration_of(data: dict) -> Declaration:
+def declaration_of(data: dict[str, Any]) -> Declaration:
     return parse_declaration(data, f"{data['id']}.yaml")
 
 
@@ -109,7 +111,7 @@ def tick(
     return result
 
 
-def requested(result: dg.SensorResult) -> list[str]:
+def requested(result: dg.SensorResult) -> list[str | None]:
     return [request.partition_key for request in result.run_requests or []]
 
 
@@ -130,12 +132,14 @@ def test_requests_published_partitions_newest_first_with_head_requests_only(
 
     assert requested(result) == ["2024-06", "2024-04", "2024-03", "2024-02", "2024-01"]
     keys = DatasetKeys(declaration.id)
-    for request in result.run_requests:
+    for request in run_requests(result):
         assert request.asset_selection == keys.partitioned
+        assert request.run_key is not None
         assert request.run_key.startswith(f"{request.partition_key}@")
     assert http_host.count("HEAD") == 6  # one per partition, the missing one included
     assert http_host.count("GET") == 0  # nothing downloaded
     assert http_host.count("HEAD", source_path("2024-05")) == 1
+    assert result.cursor is not None
     assert json.loads(result.cursor) == {"last_checked": "2024-01"}
 
 
@@ -170,7 +174,7 @@ def test_materialized_partitions_are_skipped_and_late_uploads_are_picked_up(
     )
     job = defs.resolve_job_def(op_name(declaration.id, "job"))
 
-    [request] = tick(sensor, instance, sources).run_requests
+    [request] = run_requests(tick(sensor, instance, sources))
     assert request.partition_key == "2024-06"
     # Run what the sensor asked for: the partition is downloaded, converted and published.
     run = job.execute_in_process(
@@ -212,12 +216,12 @@ def test_a_slow_host_spreads_the_checks_over_ticks(http_host, instance, sources)
 def test_run_key_is_stable_until_the_upstream_file_changes(http_host, instance, sources):
     publish(http_host, "2024-02")
     sensor = sensor_for(declaration_of(MONTHLY))
-    [first] = tick(sensor, instance, sources).run_requests
-    [again] = tick(sensor, instance, sources).run_requests
+    [first] = run_requests(tick(sensor, instance, sources))
+    [again] = run_requests(tick(sensor, instance, sources))
     assert again.run_key == first.run_key  # Dagster drops a request whose run key already ran
 
     publish(http_host, "2024-02", seed=7)  # the host replaces the file: new ETag and size
-    [replaced] = tick(sensor, instance, sources).run_requests
+    [replaced] = run_requests(tick(sensor, instance, sources))
     assert replaced.partition_key == "2024-02" and replaced.run_key != first.run_key
 
 

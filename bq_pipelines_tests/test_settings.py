@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bq_pipelines.lib.errors import ConfigError
-from bq_pipelines.orchestration.resources import resources_for
+from bq_pipelines.orchestration.resources import SourcesResource, resources_for
 from bq_pipelines.settings import Settings
 from bq_pipelines_testkit.services import TEST_STACK_ENV
 
@@ -137,7 +137,8 @@ def test_item_workers_default_to_the_machine_and_are_validated():
     assert Settings.from_env({}).item_workers == 0  # one per usable CPU
     chosen = Settings.from_env({"BQ_ITEM_WORKERS": "3"})
     assert chosen.item_workers == 3
-    assert resources_for(chosen)["sources"].item_workers == 3
+    sources = resources_for(chosen)["sources"]
+    assert isinstance(sources, SourcesResource) and sources.item_workers == 3
     for value, message in (("two", "is not a whole number"), ("-1", "is below the minimum 0")):
         with pytest.raises(ConfigError, match=f"BQ_ITEM_WORKERS: .*{message}"):
             Settings.from_env({"BQ_ITEM_WORKERS": value})

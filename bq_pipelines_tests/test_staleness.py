@@ -5,6 +5,7 @@ partition records the partition's fingerprint as its data version."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -13,6 +14,7 @@ from dagster_graphql.test.utils import define_out_of_process_context, execute_da
 from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.settings import Settings
 from bq_pipelines_testkit.runs import materialize_dataset
+from bq_pipelines_testkit.values import metadata_value
 from bq_pipelines_tests import stale_location
 
 STALE_QUERY = """
@@ -25,13 +27,14 @@ query Stale($path: [String!]!, $partition: String!) {
 """
 
 
-def _stale(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict:
+def _stale(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict[str, Any]:
     with define_out_of_process_context(stale_location.__file__, "defs", instance) as context:
         result = execute_dagster_graphql(
             context, STALE_QUERY, {"path": list(key.path), "partition": partition}
         )
     assert not result.errors, result.errors
     [node] = result.data["assetNodes"]
+    assert isinstance(node, dict)
     return node
 
 
@@ -63,10 +66,12 @@ def test_a_code_version_change_marks_the_partition_stale(location_env, tmp_path,
             dg.AssetRecordsFilter(asset_key=keys.step("stac_item"), asset_partitions=["elevation"]),
             limit=1,
         ).records[0]
+        assert record.asset_materialization and item.asset_materialization
+        assert record.asset_materialization.tags is not None
         fingerprint = item.asset_materialization.metadata["fingerprint"].value
         assert record.asset_materialization.tags["dagster/data_version"] == fingerprint
         # and the partition links to its published item
-        item_url = item.asset_materialization.metadata["item_url"].value
+        item_url = metadata_value(item.asset_materialization.metadata, "item_url", str)
         assert item_url.startswith("file://") and item_url.endswith("demo_elevation.json")
 
         fresh = _stale(instance, keys.step("cog"), "elevation")

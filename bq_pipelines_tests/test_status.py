@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -12,9 +13,10 @@ import pytest
 from bq_pipelines.cli import main
 from bq_pipelines.datasets.loading import parse_declaration
 from bq_pipelines.datasets.plans import SourceLocations
+from bq_pipelines.datasets.schema import Declaration
 from bq_pipelines.orchestration.assets import partition_code_version
 from bq_pipelines.orchestration.keys import DatasetKeys, partitions_definition
-from bq_pipelines.orchestration.status import dataset_status
+from bq_pipelines.orchestration.status import DatasetStatus, dataset_status
 from bq_pipelines_testkit.runs import materialize_dataset
 from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
 
@@ -75,7 +77,7 @@ def test_changed_settings_and_code_versions_are_stale(local_settings, unique_id)
     partitions_def = partitions_definition(declaration.id, declaration.partitions)
     locations = SourceLocations({}, local_settings.local_data_root)
 
-    def status_of(changed):
+    def status_of(changed: Declaration) -> DatasetStatus:
         return dataset_status(
             changed, partitions_def, instance, locations, partition_code_version(changed)
         )
@@ -106,7 +108,7 @@ def test_changed_settings_and_code_versions_are_stale(local_settings, unique_id)
     assert metadata["partition_status"].startswith(f"{declaration.id}: 3 partitions: 3 published")
 
 
-def latest_metadata_of_collection(instance: dg.DagsterInstance, dataset_id: str) -> dict:
+def latest_metadata_of_collection(instance: dg.DagsterInstance, dataset_id: str) -> dict[str, Any]:
     event = instance.get_latest_materialization_event(DatasetKeys(dataset_id).collection)
     assert event is not None and event.asset_materialization is not None
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}

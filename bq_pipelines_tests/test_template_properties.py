@@ -36,7 +36,7 @@ def templates_of(draw: st.DrawFn, name: str) -> tuple[str, dict[str, str]]:
     """A template whose rendering with the returned values is `name`: some spans of `name`
     become variables (values of any length, empty included), the rest stays literal text."""
     cuts = sorted(draw(st.sets(st.integers(0, len(name)), max_size=6)) | {0, len(name)})
-    template, values = "", {}
+    template, values = "", dict[str, str]()
     for start, end in itertools.pairwise(cuts):
         if draw(st.booleans()):
             variable = f"v{len(values)}"

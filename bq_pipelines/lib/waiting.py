@@ -16,7 +16,7 @@ class WaitTimeout(TimeoutError):
 
 
 def wait_until(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     *,
     timeout: float,
     what: str,

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import boto3
 import dagster as dg
@@ -57,6 +57,7 @@ from bq_pipelines_testkit.rasters import RasterSpec, write_raster
 
 STAGE_TIMEOUT = 240.0  # a run starts in seconds, a minute on a loaded machine
 START_TIMEOUT_SECONDS = 60
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -93,7 +94,13 @@ class Crash:
         runs = self.instance.get_runs(filters=dg.RunsFilter(tags={REQUEST_TAG: request_id}))
         return runs[0] if runs else None
 
-    def wait_for(self, what: str, ready: Callable[[], Any]) -> Any:
+    def existing_run(self, request_id: str) -> dg.DagsterRun:
+        """The request's newest run, which the test expects there."""
+        run = self.run_of(request_id)
+        assert run is not None, f"request {request_id}: no run"
+        return run
+
+    def wait_for(self, what: str, ready: Callable[[], T | None]) -> T:
         return wait_until(
             ready, timeout=STAGE_TIMEOUT, what=what, poll=0.05, detail=self.api.deployment.log_tail
         )
@@ -119,7 +126,7 @@ class Crash:
 
     @property
     def daemon(self) -> int:
-        return self.api.daemon.pid
+        return int(self.api.daemon.pid)  # ApiStack.daemon is a Popen typed Any
 
     def freeze_daemon(self) -> None:
         """SIGSTOP the daemon between two writes: frozen inside one, it would hold SQLite's lock
@@ -167,7 +174,9 @@ class Crash:
     def wait_until_healthy(self) -> None:
         def healthy() -> bool:
             with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{self.api.base_url}/health", timeout=30).json()["dagster"]["ok"]
+                return bool(
+                    httpx.get(f"{self.api.base_url}/health", timeout=30).json()["dagster"]["ok"]
+                )
             return False
 
         self.wait_for("the daemon never answered", healthy)
@@ -294,10 +303,10 @@ def test_accepted_and_queued_requests_survive_every_process_killed(crash: Crash)
         crash.restart_api()
         crash.kill_code_servers()
         crash.wait_until_healthy()  # the daemon started another code server
-        assert crash.run_of(queued).status == dg.DagsterRunStatus.QUEUED
+        assert crash.existing_run(queued).status == dg.DagsterRunStatus.QUEUED
         # The daemon's group: the two run workers at "item published" die with it.
         crash.restart_daemon()
-        assert crash.run_of(queued).status == dg.DagsterRunStatus.QUEUED
+        assert crash.existing_run(queued).status == dg.DagsterRunStatus.QUEUED
     crash.assert_exactly_once({accepted: 1, holder: 1, queued: 0})
 
 
@@ -317,7 +326,7 @@ def test_requests_whose_run_was_starting_are_processed_exactly_once(crash: Crash
         crash.wait_for_run(request_id, {dg.DagsterRunStatus.STARTING})
         worker = crash.new_worker(before)
         os.kill(worker, signal.SIGSTOP)  # frozen while loading: it cannot report STARTED
-        assert crash.run_of(request_id).status == dg.DagsterRunStatus.STARTING, victim
+        assert crash.existing_run(request_id).status == dg.DagsterRunStatus.STARTING, victim
         if victim == "run worker":
             os.kill(worker, signal.SIGKILL)
         elif victim == "daemon group":
@@ -345,13 +354,14 @@ def test_requests_whose_run_had_started_are_processed_exactly_once(crash: Crash)
         source = crash.source_path(request_id)
         crash.mirror.delay(source, 15)  # its first download hangs: the run is mid-way
         crash.wait_until_asked(source, times=2)  # the API's HEAD, then its run's request
-        run = crash.run_of(request_id)
+        run = crash.existing_run(request_id)
         assert run.status == dg.DagsterRunStatus.STARTED and api_state(crash, request_id) == (
             "running",
             "fetch",
         ), victim
         worker = run_worker_pid(crash.instance, run.run_id)
         if victim == "run worker":
+            assert worker is not None
             os.kill(worker, signal.SIGKILL)
         elif victim == "daemon group":
             crash.restart_daemon()
@@ -380,9 +390,10 @@ def test_requests_whose_item_was_published_are_processed_exactly_once(crash: Cra
             )
             assert item.status_code == 200, victim  # published; the request not finished
             assert crash.api.status(request_id)["_state"] == "running"
-            run = crash.run_of(request_id)
+            run = crash.existing_run(request_id)
             worker = run_worker_pid(crash.instance, run.run_id)
             if victim == "run worker":
+                assert worker is not None
                 os.kill(worker, signal.SIGKILL)
             elif victim == "daemon group":
                 crash.restart_daemon()
@@ -409,7 +420,7 @@ def test_status_says_how_many_attempts_a_request_took(crash: Crash):
     request_id = crash.accept()
     crash.wait_for_run(request_id, {dg.DagsterRunStatus.STARTING})
     os.kill(crash.new_worker(before), signal.SIGSTOP)
-    assert crash.run_of(request_id).status == dg.DagsterRunStatus.STARTING
+    assert crash.existing_run(request_id).status == dg.DagsterRunStatus.STARTING
     crash.restart_daemon()  # the run stays STARTING: run monitoring fails it, then a retry
     crash.api.wait_done([request_id])
     status = httpx.get(

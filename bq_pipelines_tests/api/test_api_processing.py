@@ -35,6 +35,7 @@ from bq_pipelines_testkit.api_stack import (
 from bq_pipelines_testkit.http_host import LocalHttpHost, serving
 from bq_pipelines_testkit.rasters import RasterSpec, write_raster
 from bq_pipelines_testkit.runs import audit_dataset
+from bq_pipelines_testkit.values import materialization_of
 
 DECLARED_CATEGORICAL = "gfw-lossyear"  # declared with `cog: {categorical: true}`
 
@@ -119,9 +120,12 @@ def test_the_legacy_example_is_published_as_a_valid_item_and_cog(
 
     # The collection's extent grew to cover the item.
     collection = client.get_collection(services.collection_id)
+    assert collection is not None
     [bbox] = collection.extent.spatial.bboxes
+    assert item.bbox is not None and item.datetime is not None
     assert bbox[0] <= item.bbox[0] and bbox[2] >= item.bbox[2]
     [[start, end]] = collection.extent.temporal.intervals
+    assert start is not None and end is not None
     assert start <= item.datetime <= end
 
     # One Dagster run, of the ingestion job, that materialized the asset.
@@ -131,9 +135,9 @@ def test_the_legacy_example_is_published_as_a_valid_item_and_cog(
     with stack.instance() as instance:
         records = instance.fetch_materializations(ASSET_KEY, limit=1000).records
     mine = [
-        r.asset_materialization
+        materialization_of(r)
         for r in records
-        if r.asset_materialization.metadata["request_id"].value == request_id
+        if materialization_of(r).metadata["request_id"].value == request_id
     ]
     assert len(mine) == 1 and mine[0].metadata["item_url"].value == item_url
 

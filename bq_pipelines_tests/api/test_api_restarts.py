@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import httpx
@@ -53,7 +54,7 @@ def stack(
         yield api, collection_id
 
 
-def body(collection_id: str, mirror: LocalHttpHost, stac_api: str) -> dict:
+def body(collection_id: str, mirror: LocalHttpHost, stac_api: str) -> dict[str, Any]:
     return legacy_example(
         collection_id, f"restart-{uuid.uuid4().hex[:8]}", mirror.url("data"), stac_api
     )

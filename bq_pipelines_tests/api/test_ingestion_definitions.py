@@ -23,6 +23,7 @@ from bq_pipelines.ingestion.definitions import (
     run_config,
 )
 from bq_pipelines.ingestion.store import MAX_ATTEMPTS, RequestStore
+from bq_pipelines_testkit.values import run_requests, sensor_result
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,7 @@ def test_the_code_location_has_the_asset_job_and_running_sensors(definitions: dg
     assert ASSET_KEY in definitions.resolve_all_asset_keys()
     job = definitions.resolve_job_def(JOB_NAME)
     assert [node.name for node in job.graph.nodes] == [OP_NAME]
+    assert definitions.sensors is not None and definitions.resources is not None
     sensors = {sensor.name: sensor.default_status for sensor in definitions.sensors}
     assert sensors[SENSOR_NAME] == dg.DefaultSensorStatus.RUNNING
     assert "ingestion_api" in definitions.resources
@@ -69,8 +71,8 @@ def evaluate(
 ) -> list[dg.RunRequest]:
     sensor = definitions.resolve_sensor_def(SENSOR_NAME)
     context = dg.build_sensor_context(instance=instance, resources={"ingestion_api": resource})
-    result = sensor(context)
-    return [] if isinstance(result, dg.SkipReason) else list(result.run_requests)
+    result = sensor_result(sensor, context)
+    return [] if isinstance(result, dg.SkipReason) else list(run_requests(result))
 
 
 def test_the_sensor_requests_one_run_per_accepted_request_keyed_by_its_id(
@@ -97,7 +99,9 @@ def test_the_sensor_requests_one_run_per_accepted_request_keyed_by_its_id(
         COLLECTION_TAG: "c",
         "dagster/max_retries": "0",
     }
-    assert request.run_config == run_config(first, 1).to_config_dict()
+    # Dagster leaves RunConfig.to_config_dict unannotated.
+    expected = run_config(first, 1).to_config_dict()  # type: ignore[no-untyped-call]
+    assert request.run_config == expected
     # Once their runs exist, nothing more is requested for them.
     for request in requests:
         sensor_run(instance, job, request)

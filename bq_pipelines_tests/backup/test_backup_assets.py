@@ -8,6 +8,7 @@ import os
 import shutil
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pystac
@@ -27,6 +28,7 @@ from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines.lib.storage import LocalObjectStore
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
+from bq_pipelines_testkit.values import metadata_value
 from bq_pipelines_tests.backup.conftest import PgstacDatabases
 from bq_pipelines_tests.backup.helpers import (
     collection_document,
@@ -102,7 +104,7 @@ def static_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings
     return settings
 
 
-def materialization_metadata(result: dg.ExecuteInProcessResult) -> dict:
+def materialization_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     [materialization] = result.asset_materializations_for_node(BACKUP_ASSET.path[-1])
     return {k: v.value for k, v in materialization.metadata.items()}
 
@@ -233,7 +235,7 @@ def test_a_backup_that_cannot_be_verified_fails_the_run_and_keeps_old_backups(
     assert not result.success
     [check] = result.get_asset_check_evaluations()
     assert not check.passed
-    assert "pg_restore not found" in check.metadata["problems"].value[0]
+    assert "pg_restore not found" in metadata_value(check.metadata, "problems", list)[0]
     metadata = materialization_metadata(result)
     assert metadata["retention"] == "skipped: the backup did not verify"
     assert store.stat(old.key) is not None

@@ -22,7 +22,7 @@ from bq_pipelines.lib.postgres_dsn import parse_dsn
         ("backups/catalog/2026-01-31.tar.gz", ("catalog", date(2026, 1, 31), ".tar.gz")),
     ],
 )
-def test_backup_keys_round_trip(key: str, expected: tuple) -> None:
+def test_backup_keys_round_trip(key: str, expected: tuple[str, date, str]) -> None:
     parsed = BackupKey.parse(key)
     assert parsed == BackupKey(*expected)
     assert parsed is not None and parsed.key == key

@@ -25,7 +25,7 @@ import redis
 
 from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.orchestration.keys import DatasetKeys
-from bq_pipelines.orchestration.resources import resources_for
+from bq_pipelines.orchestration.resources import catalog_for
 from bq_pipelines.runtime.executors import worker_app
 from bq_pipelines.settings import Settings
 from bq_pipelines_testkit import backfill_location as location
@@ -79,11 +79,12 @@ class CeleryStack:
             },
         )["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        return launched["backfillId"]
+        return str(launched["backfillId"])
 
     def backfill_status(self, backfill_id: str) -> dict[str, Any]:
         backfill = self.deployment.graphql(BACKFILL_STATUS, id=backfill_id)
-        return backfill["partitionBackfillOrError"]
+        status: dict[str, Any] = backfill["partitionBackfillOrError"]
+        return status
 
     def wait_for_backfill(self, backfill_id: str) -> dict[str, Any]:
         seen: list[dict[str, Any]] = []
@@ -243,12 +244,12 @@ def single_process_items(tmp_path: Path, stack: CeleryStack) -> dict[str, dict[s
     declaration = location.chelsa_like(stack.dataset_id, MONTHS, BATCH_SIZE)
     with dg.DagsterInstance.ephemeral() as instance:
         assert run_dataset(declaration, settings, instance, stack.keys())
-    publisher = resources_for(settings)["catalog"].publisher()
+    publisher = catalog_for(settings).publisher()
     return normalized_items(list(publisher.iter_items(stack.dataset_id)))
 
 
 def published_items(stack: CeleryStack) -> list[dict[str, Any]]:
-    publisher = resources_for(stack.settings)["catalog"].publisher()
+    publisher = catalog_for(stack.settings).publisher()
     return list(publisher.iter_items(stack.dataset_id))
 
 

@@ -30,7 +30,8 @@ ONE_SHOT = {"pgstac-migrate", "ui-auth"}
 
 
 def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
 
 
 def test_every_service_has_an_image_a_restart_policy_and_a_healthcheck_where_it_serves():

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from bq_pipelines.orchestration.keys import DatasetKeys
-from bq_pipelines.orchestration.resources import resources_for
+from bq_pipelines.orchestration.resources import catalog_for
 from bq_pipelines_testkit import backfill_location as location
 from bq_pipelines_testkit.http_host import LocalHttpHost
 from bq_pipelines_testkit.runs import latest_metadata, run_dataset
@@ -63,7 +63,8 @@ def test_production_instance_on_postgres_records_batched_runs_of_a_generated_dat
 
         # Pooled storage: the connections that wrote the runs are kept and serve what follows
         # (dagster-postgres as it comes opens and closes one per write: none would be left).
-        assert instance.get_ref().storage_data.class_name == "PooledPostgresStorage"
+        storage = instance.get_ref().storage_data
+        assert storage is not None and storage.class_name == "PooledPostgresStorage"
         kept = sessions_of(dagster_database)
         assert 1 <= len(kept) <= 2  # the run storage's and the event log storage's
         for n in range(20):
@@ -74,6 +75,6 @@ def test_production_instance_on_postgres_records_batched_runs_of_a_generated_dat
         instance.dispose()
 
     # The items are in the STAC API, the COGs in the bucket.
-    publisher = resources_for(settings)["catalog"].publisher()
+    publisher = catalog_for(settings).publisher()
     published = {item["id"] for item in publisher.iter_items(declaration.id)}
     assert published == {location.item_id(i, v) for i in range(MONTHS) for v in location.VARIABLES}

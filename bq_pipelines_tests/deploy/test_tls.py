@@ -12,6 +12,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -91,7 +92,7 @@ def test_compose_has_no_obsolete_version_key() -> None:
     assert "version" not in yaml.safe_load((DEPLOY_DIR / "compose.yaml").read_text())
 
 
-def _port(entry: str | dict) -> dict:
+def _port(entry: str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(entry, dict):
         return entry
     published, target = entry.rsplit(":", 1)

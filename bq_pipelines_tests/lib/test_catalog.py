@@ -21,6 +21,7 @@ from bq_pipelines.lib.errors import CatalogError
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.stac import build_collection, validate
 from bq_pipelines_testkit.rasters import RasterSpec
+from bq_pipelines_testkit.values import published_collection, published_item
 from bq_pipelines_tests.fixtures.stac_items import FAST_RETRY, SPECS, clone, item_for, make_cog
 
 
@@ -54,7 +55,8 @@ def test_static_catalog_round_trip(tmp_path: Path) -> None:
     loaded = sorted(collection.get_items(), key=lambda item: item.id)
     assert [item.id for item in loaded] == ["a", "b"]
     for item in loaded:
-        assert item.get_root().id == "bq-io"
+        root = item.get_root()
+        assert root is not None and root.id == "bq-io"
         assert (
             item.assets[item.id].href
             == f"https://object-store.example/bq-io/io/chelsa/{item.id}.tif"
@@ -63,7 +65,9 @@ def test_static_catalog_round_trip(tmp_path: Path) -> None:
     for path in (tmp_path / "catalog").rglob("*.json"):
         validate(_load(path))
     assert sorted(item["id"] for item in publisher.iter_items("chelsa-monthly")) == ["a", "b"]
-    assert publisher.get_item("chelsa-monthly", "a")["links"][0]["href"] == "../../catalog.json"
+    assert (
+        published_item(publisher, "chelsa-monthly", "a")["links"][0]["href"] == "../../catalog.json"
+    )
 
 
 def test_static_catalog_files_are_world_readable(
@@ -81,7 +85,8 @@ def test_static_catalog_files_are_world_readable(
 
 
 def _load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -101,18 +106,24 @@ def test_static_catalog_is_idempotent(tmp_path: Path, item_template: dict[str, A
     assert publisher.ensure_collection(collection) == "unchanged"
     assert [publisher.upsert_item(item) for item in items] == ["unchanged"] * 3
     assert _snapshot(tmp_path) == before
-    links = publisher.get_collection("stressors_qc")["links"]
+    links = published_collection(publisher, "stressors_qc")["links"]
     assert Counter(link["href"] for link in links if link["rel"] == "item") == {
         f"./layer-{n}/layer-{n}.json": 1 for n in range(3)
     }
 
     changed = clone(item_template, "stressors_qc", "layer-0", variable="pr")
     assert publisher.upsert_item(changed) == "updated"
-    assert publisher.get_item("stressors_qc", "layer-0")["properties"]["variable"] == "pr"
+    assert published_item(publisher, "stressors_qc", "layer-0")["properties"]["variable"] == "pr"
     # A new extent rewrites the collection and keeps its item links.
     assert publisher.upsert_collection(collection_for("stressors_qc", [], "New")) == "updated"
     assert (
-        len([ln for ln in publisher.get_collection("stressors_qc")["links"] if ln["rel"] == "item"])
+        len(
+            [
+                ln
+                for ln in published_collection(publisher, "stressors_qc")["links"]
+                if ln["rel"] == "item"
+            ]
+        )
         == 3
     )
 
@@ -165,7 +176,7 @@ def test_static_catalog_concurrent_writers(tmp_path: Path, item_template: dict[s
     expected = {document["id"] for batch in batches for document in batch}
     seen: Counter[str] = Counter()
     for collection_id in ("collection-0", "collection-1"):
-        links = StaticCatalogPublisher(tmp_path).get_collection(collection_id)["links"]
+        links = published_collection(StaticCatalogPublisher(tmp_path), collection_id)["links"]
         seen.update(link["href"].split("/")[1] for link in links if link["rel"] == "item")
     assert seen == dict.fromkeys(expected, 1)
     loaded = pystac.Catalog.from_file(str(tmp_path / "catalog.json"))
@@ -206,7 +217,7 @@ def test_api_publish_is_idempotent(
     assert api.upsert_item(item) == "created"
 
     assert search_ids(stac_api_url, api_collection_id) == ["tas_2001_03"]
-    stored = api.get_item(api_collection_id, "tas_2001_03")
+    stored = published_item(api, api_collection_id, "tas_2001_03")
     validate(stored)
     assert (
         stored["assets"]["tas_2001_03"]["file:checksum"]
@@ -221,10 +232,10 @@ def test_api_publish_is_idempotent(
 
     changed = clone(item_template, api_collection_id, "tas_2001_03", variable="pr")
     assert api.upsert_item(changed) == "updated"
-    assert api.get_item(api_collection_id, "tas_2001_03")["properties"]["variable"] == "pr"
+    assert published_item(api, api_collection_id, "tas_2001_03")["properties"]["variable"] == "pr"
     assert search_ids(stac_api_url, api_collection_id) == ["tas_2001_03"]
     assert api.upsert_collection(collection_for(api_collection_id, [item], "New")) == "updated"
-    assert api.get_collection(api_collection_id)["description"] == "New"
+    assert published_collection(api, api_collection_id)["description"] == "New"
 
     api.delete_item(api_collection_id, "tas_2001_03")
     api.delete_item(api_collection_id, "tas_2001_03")  # already gone: still fine

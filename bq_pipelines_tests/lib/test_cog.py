@@ -7,6 +7,7 @@ import json
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import netCDF4
 import numpy as np
@@ -23,6 +24,7 @@ from bq_pipelines.lib.categories import CLASSES_TAG, RAT_TAG
 from bq_pipelines.lib.cog import (
     COG_ALGORITHM_VERSION,
     BandFacts,
+    CogProfileName,
     CogSettings,
     RasterInput,
     band_converter,
@@ -198,7 +200,10 @@ def test_display_continuous_stays_in_range(tmp_path: Path) -> None:
 
 def _wgs84_bbox(src: rasterio.io.DatasetReader) -> tuple[float, float, float, float]:
     """The WGS84 bbox of an open dataset, as describe_cog computes it."""
-    return rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
+    bounds: tuple[float, float, float, float] = rasterio.warp.transform_bounds(
+        src.crs, "EPSG:4326", *src.bounds, densify_pts=21
+    )
+    return bounds
 
 
 def test_display_of_global_raster_is_clipped_to_web_mercator(tmp_path: Path) -> None:
@@ -456,7 +461,7 @@ def test_describe_cog(tmp_path: Path) -> None:
     assert info.bounds == (-300_000.0, 300_000.0, 0.0, 500_000.0)
     west, south, east, north = info.bbox_wgs84
     assert -80 < west < east < -60 and 40 < south < north < 55
-    assert info.dtype == "float32" and np.isnan(info.nodata)
+    assert info.dtype == "float32" and info.nodata is not None and np.isnan(info.nodata)
 
 
 def test_fingerprint_is_stable_and_follows_settings() -> None:
@@ -601,10 +606,14 @@ def _source_coverage(
     has_corner = spec.nodata is not None or spec.mask
 
     def on_grid(m: float) -> np.ndarray:
-        return (col >= m) & (col <= spec.width - m) & (row >= m) & (row <= spec.height - m)
+        on: np.ndarray = (
+            (col >= m) & (col <= spec.width - m) & (row >= m) & (row <= spec.height - m)
+        )
+        return on
 
     def in_corner(m: float) -> np.ndarray:
-        return has_corner & (col <= corner_w + m) & (row <= corner_h + m)
+        corner: np.ndarray = has_corner & (col <= corner_w + m) & (row <= corner_h + m)
+        return corner
 
     inside = on_grid(margin) & ~in_corner(margin)
     outside = ~on_grid(-margin) | (on_grid(margin) & in_corner(-margin))
@@ -765,7 +774,9 @@ def test_a_crs_without_exact_epsg_code_is_described_by_its_wkt(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("profile", ["raw", "display"])
-def test_a_rotated_grid_keeps_its_rotation_and_footprint(tmp_path: Path, profile: str) -> None:
+def test_a_rotated_grid_keeps_its_rotation_and_footprint(
+    tmp_path: Path, profile: CogProfileName
+) -> None:
     spec = RasterSpec(crs="EPSG:32198", rotation=30.0, nodata=-9999, dtype="int16")
     source = write_raster(tmp_path / "rotated.tif", spec)
 
@@ -793,7 +804,7 @@ def test_a_rotated_grid_keeps_its_rotation_and_footprint(tmp_path: Path, profile
 
 @pytest.mark.parametrize("profile", ["raw", "display"])
 def test_a_crs_without_a_way_to_wgs84_fails_before_anything_is_written(
-    tmp_path: Path, profile: str
+    tmp_path: Path, profile: CogProfileName
 ) -> None:
     source = write_raster(tmp_path / "site.tif", RasterSpec(crs=ENGINEERING_WKT))
     out_dir = tmp_path / "out"
@@ -841,11 +852,12 @@ def test_a_source_placed_by_ground_control_points_is_rectified(tmp_path: Path) -
 @pytest.mark.parametrize("layout", ["striped", "tiled", "bigtiff"])
 def test_a_truncated_geotiff_says_so(tmp_path: Path, layout: str, kept: float) -> None:
     whole = tmp_path / "whole.tif"
-    options = {
+    layouts: dict[str, dict[str, Any]] = {
         "striped": {},
         "tiled": {"tiled": True, "blockxsize": 256, "blockysize": 256},
         "bigtiff": {"BIGTIFF": "YES"},
-    }[layout]
+    }
+    options = layouts[layout]
     values = np.random.default_rng(1).integers(0, 1000, (2, 600, 600), dtype="uint16")
     with rasterio.open(
         whole,
@@ -1100,7 +1112,7 @@ CLASS_TABLE = {0: (0, 0, 0, 0)} | {v: (20 * v, 255 - 20 * v, 90, 255) for v in r
     "crs", ["EPSG:4326", "EPSG:32198", CUSTOM_LCC_WKT], ids=["4326", "32198", "no-epsg"]
 )
 def test_a_categorical_colour_table_is_kept_in_every_profile(
-    tmp_path: Path, profile: str, validity: dict, crs: str
+    tmp_path: Path, profile: CogProfileName, validity: dict[str, Any], crs: str
 ) -> None:
     """Tiles and thumbnails draw classes in the colour table: the display warp keeps it, whatever
     marks its invalid pixels, and the classes (nearest resampling, no invented values)."""

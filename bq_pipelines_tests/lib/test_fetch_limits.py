@@ -262,7 +262,8 @@ def test_the_pixel_limit_is_checked_by_the_pipeline_before_conversion(
         "c",
         "c",
         pystac.Extent(
-            pystac.SpatialExtent([[-75, 49, -74, 50]]), pystac.TemporalExtent([[None, None]])
+            pystac.SpatialExtent([[-75.0, 49.0, -74.0, 50.0]]),
+            pystac.TemporalExtent.from_dict({"interval": [[None, None]]}),
         ),
     )
     [result] = run_items([one_band], services, "limits", collection=collection).items

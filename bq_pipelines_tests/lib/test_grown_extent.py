@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bq_pipelines.lib import stac
 
 
-def item(bbox: list[float], when: str) -> dict:
+def item(bbox: list[float], when: str) -> dict[str, Any]:
     return {"type": "Feature", "bbox": bbox, "properties": {"datetime": when}}
 
 
-def collection(bbox: list, interval: list) -> dict:
+def collection(bbox: list[float], interval: list[str | None]) -> dict[str, Any]:
     return {"extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [interval]}}}
 
 

@@ -52,7 +52,8 @@ def species_plans(cube: Path, year: int = 2) -> list[ItemPlan]:
 
 def collection() -> pystac.Collection:
     extent = pystac.Extent(
-        pystac.SpatialExtent([[-180, -90, 180, 90]]), pystac.TemporalExtent([[None, None]])
+        pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]),
+        pystac.TemporalExtent.from_dict({"interval": [[None, None]]}),
     )
     return pystac.Collection("mammals", "EBV cube species", extent)
 

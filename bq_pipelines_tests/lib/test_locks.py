@@ -42,7 +42,7 @@ def make_locks(kind: str, where: str, wait_seconds: float = 60) -> Locks:
     return PostgresLocks(where, wait_seconds)
 
 
-def hold_in_process(kind: str, where: str, name: str) -> subprocess.Popen:
+def hold_in_process(kind: str, where: str, name: str) -> subprocess.Popen[str]:
     """Another process holding the lock `name` (released when it dies)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, kind, where, name],

@@ -24,6 +24,7 @@ from bq_pipelines.lib.catalog.pgstac import collection_lock_name
 from bq_pipelines.lib.errors import CatalogError
 from bq_pipelines.lib.locks import advisory_key
 from bq_pipelines.lib.stac import build_collection
+from bq_pipelines_testkit.values import published_item
 from bq_pipelines_tests.fixtures.stac_items import FAST_RETRY, clone
 
 ITEM_ASSETS = {"data": {"type": pystac.MediaType.COG, "roles": ["data"]}}
@@ -116,7 +117,7 @@ def test_loader_and_bulk_items_store_the_same_items(
     outcomes = loader.upsert_items(again)
     assert outcomes[3] == "updated"
     assert outcomes.count("unchanged") == count - 1
-    assert api.get_item(via_loader, again[3].id)["properties"]["species"] == -1
+    assert published_item(api, via_loader, again[3].id)["properties"]["species"] == -1
 
 
 def test_collection_content_in_sql_is_what_the_items_say(
@@ -188,10 +189,12 @@ def test_concurrent_writers_lose_and_duplicate_nothing(
     expected = {shared: 1350, other_a: 700, other_b: 700}
     with psycopg.connect(dsn) as conn:
         for collection_id, count in expected.items():
-            total, distinct = conn.execute(
+            counted = conn.execute(
                 "SELECT count(*), count(DISTINCT id) FROM pgstac.items WHERE collection = %s",
                 (collection_id,),
             ).fetchone()
+            assert counted is not None
+            total, distinct = counted
             assert (total, distinct) == (count, count), collection_id
     assert len({i["id"] for i in api.iter_items(shared)}) == 1350
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -164,7 +165,11 @@ def test_thumbnail_file_name_is_beside_its_cog():
     assert preview.thumbnail_file_name("demo_landcover.tif") == "demo_landcover.tif.thumbnail.png"
 
 
-def item(bbox, when="2020-01-01T00:00:00Z", geometry=True):
+def item(
+    bbox: tuple[float, float, float, float],
+    when: str | None = "2020-01-01T00:00:00Z",
+    geometry: bool = True,
+) -> dict[str, Any]:
     west, south, east, north = bbox
     ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
     return {
@@ -188,7 +193,7 @@ def test_coverage_map_draws_footprints_weighted_by_overlap():
     assert pixels.shape == (coverage.height, coverage.width, 4)
     assert (pixels[..., 3] == 255).all()  # an opaque map
 
-    def at(lon, lat):
+    def at(lon: float, lat: float) -> tuple[int, ...]:
         column = int((lon - west) / (east - west) * coverage.width)
         row = int((north - lat) / (north - south) * coverage.height)
         return tuple(int(c) for c in pixels[row, column, :3])
@@ -208,7 +213,7 @@ def test_coverage_map_shows_land_and_sea_under_a_footprint():
     west, south, east, north = coverage.bounds
     pixels = png_pixels(coverage.png)
 
-    def at(lon, lat):
+    def at(lon: float, lat: float) -> tuple[int, ...]:
         column = int((lon - west) / (east - west) * coverage.width)
         row = int((north - lat) / (north - south) * coverage.height)
         return tuple(int(c) for c in pixels[row, column, :3])

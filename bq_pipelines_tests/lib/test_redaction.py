@@ -56,8 +56,8 @@ def test_a_stac_api_url_with_credentials_works_and_never_shows_them(
         id=f"redaction-{unique_id}",
         description="d",
         extent=pystac.Extent(
-            pystac.SpatialExtent([[-75, 45, -74, 46]]),
-            pystac.TemporalExtent([[None, None]]),
+            pystac.SpatialExtent([[-75.0, 45.0, -74.0, 46.0]]),
+            pystac.TemporalExtent.from_dict({"interval": [[None, None]]}),
         ),
         license="CC-BY-4.0",
     )

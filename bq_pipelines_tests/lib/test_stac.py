@@ -9,11 +9,13 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pystac
 import pytest
 import rasterio
 import rasterio.warp
@@ -80,6 +82,7 @@ def footprint_wgs84(path: Path) -> list[tuple[float, float]]:
 def test_item_is_valid_and_complete(cog: Cog) -> None:
     item = item_for(cog)
 
+    assert item.bbox is not None and item.geometry is not None
     west, south, east, north = item.bbox
     tolerance = 1e-9
     for lon, lat in footprint_wgs84(cog.path):
@@ -420,7 +423,10 @@ def test_collection_extent_is_the_union_of_items(tmp_path: Path) -> None:
         end_datetime=datetime(2005, 1, 1, tzinfo=UTC),
     )
     # Items come as pystac objects or as dicts a STAC API returned.
-    items = [first, second.to_dict(include_self_link=False, transform_hrefs=False)]
+    items: list[pystac.Item | dict[str, Any]] = [
+        first,
+        second.to_dict(include_self_link=False, transform_hrefs=False),
+    ]
     collection = build_collection(
         collection_id="chelsa-monthly",
         title="CHELSA monthly timeseries",
@@ -441,6 +447,7 @@ def test_collection_extent_is_the_union_of_items(tmp_path: Path) -> None:
         },
     )
     bbox = collection.extent.spatial.bboxes[0]
+    assert first.bbox is not None and second.bbox is not None
     assert bbox == [
         min(first.bbox[0], second.bbox[0]),
         min(first.bbox[1], second.bbox[1]),
@@ -493,7 +500,7 @@ def cog_of(info: CogInfo, spec: RasterSpec | None = None) -> Cog:
     return Cog(info.path, spec or RasterSpec(), info.size, info.sha256)
 
 
-def _area(ring: list[list[float]]) -> float:
+def _area(ring: Sequence[Sequence[float]]) -> float:
     return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in itertools.pairwise(ring))) / 2
 
 
@@ -603,6 +610,7 @@ def test_a_rotated_grid_gets_its_true_footprint(tmp_path: Path) -> None:
 
     item = item_for(cog_of(info, spec))
 
+    assert item.bbox is not None and item.geometry is not None
     ring = item.geometry["coordinates"][0]
     transform = raster_transform(spec)
     corners = [transform * pixel for pixel in [(0, 0), (300, 0), (300, 100), (0, 100)]]

@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -461,7 +461,7 @@ def test_s3_missing_bucket_error_names_bucket_not_secret(
     source, sha = write_bytes(tmp_path / "a.tif", b"x")
     store = S3ObjectStore(store_client, "bq-no-such-bucket")
     secret = services_env["AWS_SECRET_ACCESS_KEY"]
-    operations = [
+    operations: list[Callable[[], object]] = [
         lambda: store.put_file(source, "io/a.tif", sha256=sha),
         lambda: store.stat("io/a.tif"),
         lambda: store.list_keys("io/"),
@@ -528,7 +528,7 @@ class FailingStream:
         return chunk
 
 
-def piped(path: Path) -> subprocess.Popen:
+def piped(path: Path) -> subprocess.Popen[bytes]:
     """A real, non-seekable pipe yielding the file's bytes (as pg_dump's stdout would)."""
     return subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE)
 
@@ -624,7 +624,8 @@ def test_delete_removes_the_streamed_checksum_too(any_store: ObjectStore) -> Non
 def anonymous_get_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status
+            status: int = response.status
+            return status
     except urllib.error.HTTPError as exc:
         return exc.code
 

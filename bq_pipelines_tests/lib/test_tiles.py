@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import morecantile
@@ -88,7 +89,7 @@ def collection_id(services_env: dict[str, str]) -> Iterator[str]:
 
 def publish(
     cog: Path, item_id: str, collection_id: str, services_env: dict[str, str], s3_client
-) -> dict:
+) -> dict[str, Any]:
     """The COG uploaded public-read under the services' bucket, its item built as the pipeline
     builds it (asset keyed by the item id, href the public URL) and published through the API."""
     key = f"io/{collection_id}/{item_id}.tif"

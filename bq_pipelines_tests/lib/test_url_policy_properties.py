@@ -32,7 +32,9 @@ HOSTS = st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9-]{0,10}){1,2}", full
 SEGMENTS = st.lists(st.text(string.ascii_letters + string.digits + "_-.", min_size=1, max_size=8))
 
 
-def addresses_in(networks: list[str]) -> st.SearchStrategy[ipaddress.IPv4Address]:
+def addresses_in(
+    networks: list[str],
+) -> st.SearchStrategy[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     return st.sampled_from(networks).flatmap(lambda network: st.ip_addresses(network=network))
 
 

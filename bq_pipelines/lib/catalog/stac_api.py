@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pystac
@@ -91,7 +91,7 @@ class StacApiPublisher(Publisher):
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> StacApiPublisher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
