@@ -112,7 +112,7 @@ def source_name(index: int) -> str:
 
 
 @contextlib.contextmanager
-def plain_fastapi(stack: ApiStack, workers: int) -> Iterator[int]:
+def plain_fastapi(stack: ApiStack, workers: int) -> Iterator[tuple[int, int]]:
     """bench/plain_fastapi.py under uvicorn (the API's settings) on a free port."""
     port = free_port()
     process = stack.deployment.start(
@@ -138,7 +138,7 @@ def plain_fastapi(stack: ApiStack, workers: int) -> Iterator[int]:
                 break
             assert process.poll() is None and time.monotonic() < deadline, "plain API not up"
             time.sleep(0.1)
-        yield port
+        yield port, process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -173,14 +173,6 @@ def cpu_seconds(pid: int) -> float:
             times = process.cpu_times()
             total += times.user + times.system
     return total
-
-
-def plain_pid(port: int) -> int:
-    for connection in psutil.net_connections("tcp"):
-        if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN":
-            assert connection.pid is not None
-            return connection.pid
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def encode(method: str, path: str, body: dict | None, host: str) -> bytes:
@@ -314,7 +306,7 @@ def run(
 
     host = f"127.0.0.1:{stack.port}"
     encoded = [encode(method, path, body, host) for method, path, body in posts]
-    with plain_fastapi(stack, args.workers) as plain_port:
+    with plain_fastapi(stack, args.workers) as (plain_port, plain_pid):
         plain_host = f"127.0.0.1:{plain_port}"
         plain_posts = [encode(method, path, body, plain_host) for method, path, body in posts]
         asyncio.run(load("127.0.0.1", plain_port, plain_posts[:50], args.clients))  # warm-up
@@ -323,11 +315,11 @@ def run(
             load("127.0.0.1", stack.port, encoded, args.clients)
         )
         api_cpu = cpu_seconds(stack.api.pid) - api_cpu
-        plain_cpu = cpu_seconds(plain_pid(plain_port))
+        plain_cpu = cpu_seconds(plain_pid)
         plain_latencies, plain_answers, plain_wall, _ = asyncio.run(
             load("127.0.0.1", plain_port, plain_posts, args.clients)
         )
-        plain_cpu = cpu_seconds(plain_pid(plain_port)) - plain_cpu
+        plain_cpu = cpu_seconds(plain_pid) - plain_cpu
     assert all(status == 200 for status, _ in plain_answers)
     accepted = [json.loads(body)["id"] for status, body in answers if status == 200]
     refused = collections.Counter(status for status, _ in answers if status != 200)
