@@ -15,8 +15,11 @@ each request names a source file of its own (`--sources` distinct files, hard li
 raster), so no answer comes from a cache. Baselines measured in the same run at the same
 concurrency: the same POSTs to a plain FastAPI endpoint (`bench/plain_fastapi.py`, uvicorn with
 the API's settings: the framework's floor), and GET /status of one request (token check and one
-read of the store). Then it waits until every accepted request is finished or failed and counts
-requests and Dagster runs: accepted must equal processed, with one successful run per request.
+read of the store). It also reports the CPU time each server spends per POST (user + system of
+its processes, psutil): the latencies at 20 clients are mostly queueing for that CPU (Little's
+law), and on a shared machine it is the figure that moves least with the load. Then it waits
+until every accepted request is finished or failed and counts requests and Dagster runs:
+accepted must equal processed, with one successful run per request.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dagster as dg  # noqa: E402
+import psutil  # noqa: E402
 from results import write_result  # noqa: E402
 
 from bq_pipelines.ingestion.definitions import JOB_NAME, REQUEST_TAG  # noqa: E402
@@ -110,7 +114,7 @@ def source_name(index: int) -> str:
 
 
 @contextlib.contextmanager
-def plain_fastapi(stack: ApiStack, workers: int) -> Iterator[int]:
+def plain_fastapi(stack: ApiStack, workers: int) -> Iterator[tuple[int, int]]:
     """bench/plain_fastapi.py under uvicorn (the API's settings) on a free port."""
     port = free_port()
     process = stack.deployment.start(
@@ -140,7 +144,7 @@ def plain_fastapi(stack: ApiStack, workers: int) -> Iterator[int]:
 
     try:
         wait_until(listening, timeout=60, what="the plain API up", poll=0.1, failed=exited)
-        yield port
+        yield port, process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -164,6 +168,17 @@ def summary(label: str, latencies: list[float], wall: float) -> dict[str, float]
         f"p99 {row['p99']:.1f} ms, max {row['max']:.1f} ms, {row['per_s']:.0f}/s"
     )
     return row
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (uvicorn's workers), so far."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def encode(method: str, path: str, body: dict[str, Any] | None, host: str) -> bytes:
@@ -297,29 +312,42 @@ def run(
 
     host = f"127.0.0.1:{stack.port}"
     encoded = [encode(method, path, body, host) for method, path, body in posts]
-    with plain_fastapi(stack, args.workers) as plain_port:
+    with plain_fastapi(stack, args.workers) as (plain_port, plain_pid):
         plain_host = f"127.0.0.1:{plain_port}"
         plain_posts = [encode(method, path, body, plain_host) for method, path, body in posts]
         asyncio.run(load("127.0.0.1", plain_port, plain_posts[:50], args.clients))  # warm-up
+        api_cpu = cpu_seconds(stack.api.pid)
         latencies, answers, wall, cpu = asyncio.run(
             load("127.0.0.1", stack.port, encoded, args.clients)
         )
+        api_cpu = cpu_seconds(stack.api.pid) - api_cpu
+        plain_cpu = cpu_seconds(plain_pid)
         plain_latencies, plain_answers, plain_wall, _ = asyncio.run(
             load("127.0.0.1", plain_port, plain_posts, args.clients)
         )
+        plain_cpu = cpu_seconds(plain_pid) - plain_cpu
     assert all(status == 200 for status, _ in plain_answers)
     accepted = [json.loads(body)["id"] for status, body in answers if status == 200]
     refused = collections.Counter(status for status, _ in answers if status != 200)
     post = summary("POST /newitem (accept)", latencies, wall)
     print(f"{'client CPU':>26}: {cpu / len(posts) * 1000:.2f} ms per request")
+    # The API's own CPU per POST: what the p99 at 20 clients is made of on a busy machine
+    # (Little's law), and a figure that does not depend on the machine's load.
+    post["api_cpu_ms"] = api_cpu / len(posts) * 1000
+    print(f"{'API CPU':>26}: {post['api_cpu_ms']:.2f} ms per accepted POST")
     plain = summary("plain FastAPI POST", plain_latencies, plain_wall)
+    plain["api_cpu_ms"] = plain_cpu / len(posts) * 1000
+    print(f"{'plain FastAPI CPU':>26}: {plain['api_cpu_ms']:.2f} ms per POST")
     print(f"ratio p99 POST / p99 plain FastAPI POST: {post['p99'] / plain['p99']:.2f}")
     gets = [encode("GET", f"/status?id={probe_id}", None, host)] * args.requests
+    get_cpu = cpu_seconds(stack.api.pid)
     base_latencies, base_answers, base_wall, _ = asyncio.run(
         load("127.0.0.1", stack.port, gets, args.clients)
     )
+    get_cpu = cpu_seconds(stack.api.pid) - get_cpu
     assert all(status == 200 for status, _ in base_answers)
     base = summary("GET /status (baseline)", base_latencies, base_wall)
+    base["api_cpu_ms"] = get_cpu / len(gets) * 1000
     print(f"ratio p99 POST / p99 GET /status: {post['p99'] / base['p99']:.2f}")
     print(f"accepted {len(accepted)} of {args.requests}; refused {dict(refused)}")
     summaries = {"POST /newitem": post, "plain FastAPI POST": plain, "GET /status": base}
@@ -379,9 +407,17 @@ def write_api_result(
         goal=f"p99 of an accepted POST (the source's HEAD included) <= {P99_GOAL_MS:.0f} ms at "
         f"{args.clients} clients. {outcome}.",
         baseline="a plain FastAPI endpoint (bench/plain_fastapi.py) and GET /status, same run",
-        columns=["endpoint", "p50 (ms)", "p90 (ms)", "p99 (ms)", "max (ms)", "requests / s"],
+        columns=[
+            "endpoint",
+            "p50 (ms)",
+            "p90 (ms)",
+            "p99 (ms)",
+            "max (ms)",
+            "requests / s",
+            "server CPU / request (ms)",
+        ],
         rows=[
-            [name, row["p50"], row["p90"], row["p99"], row["max"], row["per_s"]]
+            [name, row["p50"], row["p90"], row["p99"], row["max"], row["per_s"], row["api_cpu_ms"]]
             for name, row in summaries.items()
         ],
         ratio=post["p99"] / summaries["plain FastAPI POST"]["p99"],

@@ -22,6 +22,7 @@ from pyftpdlib.servers import FTPServer
 from bq_pipelines.lib.errors import SourceError, SourceRefused, TransientSourceError
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.sources import FetchLimits, HttpSession, describe_local, fetch, probe
+from bq_pipelines.lib.url_policy import SourcePolicy
 from bq_pipelines.lib.waiting import WaitTimeout, wait_until
 from bq_pipelines_testkit.http_host import LocalHttpHost
 from bq_pipelines_tests.fixtures.tls import https_server, self_signed_certificate
@@ -205,6 +206,36 @@ def test_one_http_client_serves_every_probe_and_fetch_of_a_session(
             assert again is client and not client.is_closed
     assert client.is_closed
     assert http_host.count("HEAD") == 2 and http_host.count("GET") == 1
+
+
+def test_a_session_made_with_a_guard_shares_one_pinned_client_and_still_checks_every_hop(
+    http_host: LocalHttpHost, served: str
+) -> None:
+    """The ingestion API's probes: one kept-alive client for its source policy, never a way
+    around it (a redirect out of the allowlist is refused through the shared client too)."""
+    policy = SourcePolicy([http_host.url("data/")])
+    limits = FetchLimits(guard=policy, max_seconds=10)
+    http_host.put("outside/secret.tif", PAYLOAD)
+    http_host.fail(
+        "data/moved.tif",
+        status=302,
+        times=None,
+        headers={"Location": http_host.url("outside/secret.tif")},
+    )
+    with HttpSession(guard=policy) as session:
+        with session.client(limits) as client:
+            pass
+        assert probe(served, retry=FAST, limits=limits, http=session).size == len(PAYLOAD)
+        with pytest.raises(SourceRefused, match=r"outside/secret\.tif"):
+            probe(http_host.url("data/moved.tif"), retry=FAST, limits=limits, http=session)
+        with session.client(limits) as again:
+            assert again is client and not client.is_closed
+        # Another guard (another request's limits) never gets the shared client.
+        other = FetchLimits(guard=SourcePolicy([http_host.url("data/")]), max_seconds=10)
+        with session.client(other) as own, session.client() as unguarded:
+            assert own is not client and unguarded is not client
+    assert client.is_closed
+    assert http_host.count("HEAD", "outside/secret.tif") == 0
 
 
 def test_http_probe_falls_back_to_ranged_get_when_head_is_refused(

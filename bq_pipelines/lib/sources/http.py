@@ -24,6 +24,7 @@ from bq_pipelines.lib.sources.common import (
     FetchedFile,
     FetchLimits,
     SourceFingerprint,
+    UrlGuard,
     _check_size,
     _error,
     _retrying,
@@ -50,26 +51,31 @@ class HttpSession:
     """One HTTP client for every probe and fetch of a run: connections are kept alive and the
     TLS context (the CA bundle, ~70 ms to load) is built once, instead of once per request.
 
-    Trusted URLs only: a fetch with a guard (`FetchLimits.guard`) gets a client of its own,
-    whose transport is pinned to the addresses the guard allowed. Credentials and timeouts
-    travel with each request, so URLs of different hosts share the client. Safe to share
-    between threads; a process forked with it builds its own client (sockets are not shared).
+    Trusted URLs only, unless the session is made with a `guard`: a fetch with another guard
+    (`FetchLimits.guard`) gets a client of its own, whose transport is pinned to the addresses
+    that guard allowed; a session made with `guard` (the ingestion API's source policy) shares
+    one such client between the requests it checks, so a source host's connection is kept
+    alive from one probe to the next. Credentials and timeouts travel with each request, so
+    URLs of different hosts share the client. Safe to share between threads; a process forked
+    with it builds its own client (sockets are not shared).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, guard: UrlGuard | None = None) -> None:
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
         self._pid = 0
+        self._guard = guard
 
     @contextlib.contextmanager
     def client(self, limits: FetchLimits | None = None) -> Iterator[httpx.Client]:
-        if limits is not None and limits.guard is not None:
+        guard = limits.guard if limits is not None else None
+        if guard is not self._guard:
             with _new_client(limits) as client:
                 yield client
             return
         with self._lock:
             if self._client is None or self._pid != os.getpid():
-                self._client, self._pid = _new_client(), os.getpid()
+                self._client, self._pid = _new_client(limits), os.getpid()
             client = self._client
         yield client
 
