@@ -8,4 +8,5 @@ pytest_plugins = [
     "bq_pipelines_tests.fixtures.tcp_proxy",
     "bq_pipelines_tests.fixtures.demo",  # after services, which it imports
     "bq_pipelines_tests.fixtures.stac_items",
+    "bq_pipelines_tests.scheduling",
 ]

@@ -5,6 +5,7 @@ directly or through any module of the project they import."""
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,7 @@ def dagster_free_modules() -> set[Path]:
     return modules
 
 
+@functools.cache  # the walks below ask for the same names over and over
 def module_file(name: str) -> Path | None:
     """The project file of a dotted module name (None outside the project)."""
     if name != "bq_pipelines" and not name.startswith("bq_pipelines."):
@@ -100,10 +102,15 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def imports(path: Path, at_import_time: bool = False) -> Iterator[str]:
+@functools.cache  # each file parsed once, not once per walk reaching it (seconds per test)
+def imports(path: Path, at_import_time: bool = False) -> tuple[str, ...]:
     """Every module a file imports, at its top or inside a function (only at its top when
     `at_import_time`), with the packages that importing it runs (`a.b.c` imports `a` and `a.b`
     first)."""
+    return tuple(_imports(path, at_import_time))
+
+
+def _imports(path: Path, at_import_time: bool) -> Iterator[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     nodes = tree.body if at_import_time else list(ast.walk(tree))
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts)

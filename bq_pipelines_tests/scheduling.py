@@ -1,0 +1,148 @@
+"""Plugin: the order in which pytest-xdist hands test files to its workers (`make test`).
+
+`--dist loadfile` keeps a file's tests in one process (its module fixtures expect it) and hands
+files out largest first by number of tests. The files of a few long tests (API stacks killed at
+every stage, Dagster daemons, Celery workers) then came last, and the run ended with one worker
+waiting on one of them while the other was idle. Here the files known to be long go first,
+longest first (`SECONDS`, measured with `--durations`; the others keep xdist's order), and the
+tests of `SPLIT_FILES`, which share nothing but session fixtures, go to workers one by one.
+
+A stale table only costs wall time: no test's outcome depends on where or when it runs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+PARAMETERS = re.compile(r"\[.*\]$")
+
+# Files whose tests set up everything they use per test (function-scoped fixtures: their own
+# API stack, daemon, deployment): each test is a work unit of its own.
+SPLIT_FILES = frozenset(
+    {
+        "bq_pipelines_tests/api/test_api_exactly_once.py",
+        "bq_pipelines_tests/api/test_api_restarts.py",
+        "bq_pipelines_tests/deploy/test_celery.py",
+        "bq_pipelines_tests/test_backfill.py",
+        "bq_pipelines_tests/test_cli.py",
+        "bq_pipelines_tests/test_faults.py",
+        "bq_pipelines_tests/test_integrity.py",
+        "bq_pipelines_tests/test_run_monitoring.py",
+    }
+)
+
+# Seconds of the longest tests (setup, call and teardown of all their parameters; by file under
+# bq_pipelines_tests/, then by the start of the test's name), from `make test
+# PYTEST_ARGS=--durations=80` at load ~10: only their order matters.
+SECONDS: dict[str, dict[str, float]] = {
+    "api/test_api_exactly_once.py": {
+        "test_accepted_and_queued_requests_survive_every_process_kill": 352,
+        "test_requests_whose_run_was_starting_are_processed_exactly_o": 306,
+        "test_requests_whose_run_had_started_are_processed_exactly_on": 250,
+        "test_requests_whose_item_was_published_are_processed_exactly": 171,
+        "test_status_says_how_many_attempts_a_request_took": 114,
+    },
+    "api/test_api_restarts.py": {
+        "test_kill_9_of_the_daemon_between_acceptance_and_processing_": 207,
+        "test_kill_9_of_the_api_after_acceptance_loses_nothing_and_ru": 68,
+        "test_make_api_on_the_embedded_defaults": 50,
+    },
+    "api/test_api_processing.py": {
+        "test_a_failed_request_is_processed_when_its_run_is_re_execut": 92,
+        "test_the_cog_profile_follows_the_collections_declaration": 75,
+        "test_the_legacy_example_is_published_as_a_valid_item_and_cog": 65,
+        "test_failing_sources_end_in_error_with_the_reason": 64,
+    },
+    "deploy/test_celery.py": {
+        "test_backfill_runs_spread_over_two_celery_workers_and_publis": 167,
+        "test_a_worker_killed_mid_batch_leaves_the_backfill_finished_": 92,
+    },
+    "test_integrity.py": {
+        "test_two_concurrent_cli_runs_of_the_same_partitions_both_suc": 69,
+        "test_audit_command_reports_and_repairs": 50,
+        "test_audit_command_reports_a_half_done_backfill_apart_from_d": 27,
+        "test_kill_9_mid_publish_then_rerun_leaves_no_drift": 25,
+    },
+    "test_cli.py": {
+        "test_cli_runs_are_the_jobs_runs_counted_then_skipped": 131,
+        "test_a_listing_whose_reader_goes_away_ends_quietly": 34,
+    },
+    "test_faults.py": {
+        "test_a_source_host_answering_30_percent_5xx_and_sometimes_ha": 74,
+        "test_s3_refusing_connections_for_40_s_mid_run": 47,
+    },
+    "test_legacy_takeover.py": {
+        "test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_": 106,
+    },
+    "test_run_monitoring.py": {
+        "test_runs_whose_worker_and_code_server_were_killed_are_faile": 89,
+    },
+    "test_backfill.py": {
+        "test_daemon_backfill_of_120_months_runs_in_batches_and_fails": 78,
+    },
+    "lib/test_pgstac_publisher.py": {
+        "test_concurrent_writers_lose_and_duplicate_nothing": 68,
+    },
+    "test_definitions.py": {
+        "test_dagsters_cli_lists_the_backup_asset_and_schedule": 53,
+    },
+    "lib/test_item_workers.py": {
+        "test_a_partition_with_the_band_facts_cache_produces_the_same": 41,
+    },
+    "test_architecture.py": {
+        "test_dagster_free_packages_import_no_dagster": 37,
+    },
+    "backup/test_restore.py": {
+        "test_restore_asks_before_replacing_and_no_means_no": 29,
+    },
+    "lib/test_catalog.py": {
+        "test_static_catalog_concurrent_writers": 23,
+    },
+    "test_datasets_local.py": {
+        "test_global_mammals_last_species_of_a_full_size_cube_is_read": 20,
+    },
+}
+
+
+ROOT = "bq_pipelines_tests/"
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def weight(scope: str) -> float:
+    """Seconds a work unit takes: a test of a split file, or a whole file."""
+    file, _, test = scope.removeprefix(ROOT).partition("::")
+    tests = SECONDS.get(file, {})
+    if not test:
+        return sum(tests.values())
+    return sum(seconds for name, seconds in tests.items() if test.startswith(name))
+
+
+def _longest_first_scheduling(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFirstScheduling(LoadFileScheduling):  # type: ignore[misc]  # xdist: untyped
+        def _split_scope(self, nodeid: str) -> str:
+            file = _file(nodeid)
+            return PARAMETERS.sub("", nodeid) if file in SPLIT_FILES else file
+
+        def _assign_work_unit(self, node: Any) -> None:
+            # xdist pops the queue's first unit: bring the longest one there (the first of
+            # equals, so units of unknown length keep xdist's order).
+            longest = max(self.workqueue, key=weight)
+            self.workqueue.move_to_end(longest, last=False)
+            super()._assign_work_unit(node)
+
+    return LongestFirstScheduling(config, log)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: runs without xdist too
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    return _longest_first_scheduling(config, log)
