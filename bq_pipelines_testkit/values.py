@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 import dagster as dg
 
 from bq_pipelines.lib.catalog.base import Publisher
+from bq_pipelines.lib.storage.base import ObjectStore, StoredObject
 
 T = TypeVar("T")
 
@@ -74,3 +75,10 @@ def resources_of(definitions: dg.Definitions) -> Mapping[str, Any]:
     """The resources `definitions` bind, which a code location always has."""
     assert definitions.resources is not None, "no resources bound"
     return definitions.resources
+
+
+def stored_object(store: ObjectStore, key: str) -> StoredObject:
+    """What the store holds under `key`, which the test expects there."""
+    found = store.stat(key)
+    assert found is not None, f"no object under {key!r}"
+    return found

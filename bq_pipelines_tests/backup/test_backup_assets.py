@@ -28,7 +28,7 @@ from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines.lib.storage import LocalObjectStore
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.settings import Settings
-from bq_pipelines_testkit.values import metadata_value
+from bq_pipelines_testkit.values import metadata_value, stored_object
 from bq_pipelines_tests.backup.conftest import PgstacDatabases
 from bq_pipelines_tests.backup.helpers import (
     collection_document,
@@ -128,8 +128,8 @@ def test_the_asset_backs_up_verifies_and_applies_retention(
     key = f"backups/catalog/{TODAY.isoformat()}.tar.gz"
     assert metadata["key"] == key
     assert (metadata["collections"], metadata["items"]) == (1, 3)
-    assert metadata["size_bytes"] == store.stat(key).size  # type: ignore[union-attr]
-    assert metadata["sha256"] == store.stat(key).sha256  # type: ignore[union-attr]
+    assert metadata["size_bytes"] == stored_object(store, key).size
+    assert metadata["sha256"] == stored_object(store, key).sha256
     assert metadata["duration_seconds"] > 0
     assert sorted(metadata["retention_deleted"]) == sorted(
         k for b in old for k in (b.key, b.manifest_key)

@@ -20,6 +20,7 @@ from bq_pipelines.backup.verify import verify_backup
 from bq_pipelines.lib.errors import BackupError
 from bq_pipelines.lib.hashing import sha256_file
 from bq_pipelines.lib.storage import ObjectStore
+from bq_pipelines_testkit.values import stored_object
 from bq_pipelines_tests.backup.conftest import PgstacDatabases
 from bq_pipelines_tests.backup.helpers import (
     connect_pgstac,
@@ -52,7 +53,7 @@ def test_a_backup_records_what_the_database_holds_and_restores(
     assert manifest.versions["pgstac"] == "0.10.0"
     copy = backup_store.download(manifest.key, tmp_path / "copy.dump")
     assert (sha256_file(copy), copy.stat().st_size) == (manifest.sha256, manifest.size)
-    assert backup_store.stat(manifest.key).sha256 == manifest.sha256  # type: ignore[union-attr]
+    assert stored_object(backup_store, manifest.key).sha256 == manifest.sha256
     assert copy.read_bytes()[:5] == b"PGDMP"  # pg_dump's custom format
 
     verification = verify_backup(backend, backup_store, manifest, tmp_path / "work")

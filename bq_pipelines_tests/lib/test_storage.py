@@ -37,6 +37,7 @@ from bq_pipelines.lib.storage import (
 )
 from bq_pipelines.orchestration.resources import S3ObjectStoreResource
 from bq_pipelines_testkit.rasters import RasterSpec, raster_values, write_raster
+from bq_pipelines_testkit.values import stored_object
 from bq_pipelines_tests.fixtures.services import rasterio_s3_env
 
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
@@ -196,7 +197,7 @@ def test_local_changed_content_is_rewritten(tmp_path: Path) -> None:
 
     assert stored.uploaded is True
     assert (tmp_path / "store" / "io" / "a.tif").read_bytes() == b"version two!"
-    assert store.stat("io/a.tif").sha256 == sha2  # type: ignore[union-attr]
+    assert stored_object(store, "io/a.tif").sha256 == sha2
 
 
 def test_local_stat_records_missing_sidecar(tmp_path: Path) -> None:
@@ -323,7 +324,7 @@ def test_s3_changed_content_is_uploaded_again(
     assert write_requests == ["PutObject", "PutObject"]
     body = store_client.get_object(Bucket=s3_bucket, Key="io/a.tif")["Body"].read()
     assert body == b"version two!"
-    assert store.stat("io/a.tif").sha256 == sha2  # type: ignore[union-attr]
+    assert stored_object(store, "io/a.tif").sha256 == sha2
 
 
 @pytest.mark.parametrize("public_read", [True, False])
@@ -392,7 +393,7 @@ def test_s3_multipart_above_threshold(
         "sha256-composite": base64.b64encode(composite).decode(),
         "etag": f"{md5s}-2",
     }
-    assert store.stat("io/big.tif").sha256 == sha  # type: ignore[union-attr]
+    assert stored_object(store, "io/big.tif").sha256 == sha
     assert head["ContentType"] == COG_MEDIA_TYPE
     body = store_client.get_object(Bucket=s3_bucket, Key="io/big.tif")["Body"].read()
     assert body == source.read_bytes()
@@ -593,7 +594,7 @@ def test_put_stream_failure_keeps_the_previous_object(
         any_store.put_stream(FailingStream(os.urandom(6 * MIB)), key, content_type="x")
 
     assert any_store.get_bytes(key) == b"good dump"
-    assert any_store.stat(key).sha256 == first.sha256  # type: ignore[union-attr]
+    assert stored_object(any_store, key).sha256 == first.sha256
 
 
 def test_put_stream_failure_stores_nothing_new(any_store: ObjectStore) -> None:
@@ -701,7 +702,7 @@ def test_the_owner_is_recorded_and_another_item_is_refused(
     second, sha2 = write_bytes(tmp_path / "b.tif", b"B" * 30)
     stored = any_store.put_file(first, "io/shared/x.tif", sha256=sha1, owner=A_OWNER)
     assert stored.owner == A_OWNER
-    assert any_store.stat("io/shared/x.tif").owner == A_OWNER  # type: ignore[union-attr]
+    assert stored_object(any_store, "io/shared/x.tif").owner == A_OWNER
 
     # Another dataset's item computing the same key: refused, naming both, nothing uploaded,
     # whether its content differs or not.
@@ -718,7 +719,7 @@ def test_the_owner_is_recorded_and_another_item_is_refused(
     # Its own item replaces it.
     replaced = any_store.put_file(second, "io/shared/x.tif", sha256=sha2, owner=A_OWNER)
     assert replaced.uploaded
-    assert any_store.stat("io/shared/x.tif").sha256 == sha2  # type: ignore[union-attr]
+    assert stored_object(any_store, "io/shared/x.tif").sha256 == sha2
 
 
 def test_an_object_without_owner_is_adopted_without_upload(
@@ -727,7 +728,7 @@ def test_an_object_without_owner_is_adopted_without_upload(
     # Uploaded before owners were recorded: the same content gets its owner, not a new upload.
     source, sha = write_bytes(tmp_path / "a.tif", b"legacy" * 100)
     any_store.put_file(source, "io/col/a.tif", sha256=sha)
-    assert any_store.stat("io/col/a.tif").owner is None  # type: ignore[union-attr]
+    assert stored_object(any_store, "io/col/a.tif").owner is None
 
     again = any_store.put_file(source, "io/col/a.tif", sha256=sha, owner=A_OWNER)
 
@@ -744,7 +745,7 @@ def test_owner_names_survive_any_characters(any_store: ObjectStore, tmp_path: Pa
     assert ObjectOwner.decode(owner.encode()) == owner
     source, sha = write_bytes(tmp_path / "a.tif", b"x")
     any_store.put_file(source, "io/col/a.tif", sha256=sha, owner=owner)
-    assert any_store.stat("io/col/a.tif").owner == owner  # type: ignore[union-attr]
+    assert stored_object(any_store, "io/col/a.tif").owner == owner
 
 
 def test_local_file_replaced_in_place_is_hashed_again(tmp_path: Path) -> None:
@@ -779,7 +780,7 @@ def test_local_file_replaced_with_its_mtime_put_back_is_hashed_again(tmp_path: P
     garbage = store.stat("io/a.tif")
 
     assert garbage is not None and garbage.sha256 == sha256_file(target) != sha
-    assert store.stat("io/a.tif").sha256 == garbage.sha256  # type: ignore[union-attr]
+    assert stored_object(store, "io/a.tif").sha256 == garbage.sha256
 
 
 def forge(client, bucket: str, key: str, body: bytes, **checksum: str) -> None:
@@ -817,7 +818,7 @@ def test_s3_bytes_under_copied_metadata_are_not_vouched_for(
         single_put_max_bytes=single_put_max or 5 * 1024**3,
     )
     store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER)
-    assert store.stat("io/a.tif").sha256 == sha  # type: ignore[union-attr]
+    assert stored_object(store, "io/a.tif").sha256 == sha
 
     forge(store_client, s3_bucket, "io/a.tif", os.urandom(len(data)), **forger_checksum)
 
@@ -830,7 +831,7 @@ def test_s3_bytes_under_copied_metadata_are_not_vouched_for(
     # The next upload of the item's file replaces the garbage, whatever the metadata says.
     assert store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER).uploaded
     assert store.get_bytes("io/a.tif") == data
-    assert store.stat("io/a.tif").sha256 == sha  # type: ignore[union-attr]
+    assert stored_object(store, "io/a.tif").sha256 == sha
 
 
 def test_s3_object_without_a_checksum_gets_one_computed_by_the_store(
@@ -845,7 +846,7 @@ def test_s3_object_without_a_checksum_gets_one_computed_by_the_store(
         Bucket=s3_bucket, Key="io/old.tif", Body=data, Metadata={"sha256": sha, **owner}
     )
     store = S3ObjectStore(store_client, s3_bucket)
-    assert store.stat("io/old.tif").sha256 == ""  # type: ignore[union-attr]
+    assert stored_object(store, "io/old.tif").sha256 == ""
 
     computed = store.checksum_in_place("io/old.tif")
 
@@ -874,7 +875,7 @@ def test_s3_store_without_checksums_vouches_by_the_etag_recorded_at_upload(
     store = S3ObjectStore(store_client, s3_bucket)
     head = plain.head_object(Bucket=s3_bucket, Key="io/a.tif", ChecksumMode="ENABLED")
     assert not [k for k in head if k.startswith("Checksum")]
-    assert store.stat("io/a.tif").sha256 == sha  # type: ignore[union-attr]
+    assert stored_object(store, "io/a.tif").sha256 == sha
 
     plain.put_object(
         Bucket=s3_bucket,
@@ -883,7 +884,7 @@ def test_s3_store_without_checksums_vouches_by_the_etag_recorded_at_upload(
         Metadata={"sha256": sha, "etag": md5},
     )
 
-    assert store.stat("io/a.tif").sha256 == ""  # type: ignore[union-attr]
+    assert stored_object(store, "io/a.tif").sha256 == ""
 
 
 def test_rewrite_uploads_the_same_bytes_again(any_store: ObjectStore, tmp_path: Path) -> None:
@@ -893,7 +894,7 @@ def test_rewrite_uploads_the_same_bytes_again(any_store: ObjectStore, tmp_path: 
 
     again = any_store.put_file(source, "io/a.tif", sha256=sha, owner=A_OWNER, rewrite=True)
 
-    assert again.uploaded and any_store.stat("io/a.tif").sha256 == sha  # type: ignore[union-attr]
+    assert again.uploaded and stored_object(any_store, "io/a.tif").sha256 == sha
     with pytest.raises(StorageError, match="col-a/item-a"):
         any_store.put_file(source, "io/a.tif", sha256=sha, owner=B_OWNER, rewrite=True)
 
