@@ -131,6 +131,34 @@ class Deployment:
         gone = [process.args for process in self.processes if process.poll() is not None]
         return f"{gone[0]!r} exited" if gone else None
 
+    def backfill_status(self, backfill_id: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.graphql(BACKFILL_STATUS, id=backfill_id)[
+            "partitionBackfillOrError"
+        ]
+        assert status["__typename"] == "PartitionBackfill", status
+        return status
+
+    def wait_for_backfill(
+        self, backfill_id: str, timeout: float, *, over_if_a_process_exits: bool = True
+    ) -> dict[str, Any]:
+        """The backfill's status once it is finished; with `over_if_a_process_exits`, the wait
+        ends at once when one of the deployment's processes exits (a test that kills one on
+        purpose says False)."""
+        seen: list[dict[str, Any]] = []
+
+        def finished() -> dict[str, Any] | None:
+            seen.append(self.backfill_status(backfill_id))
+            return seen[-1] if seen[-1]["status"] in FINISHED else None
+
+        return wait_until(
+            finished,
+            timeout=timeout,
+            what=f"backfill {backfill_id} finishing",
+            poll=1,
+            failed=self.exited if over_if_a_process_exits else None,
+            detail=lambda: f"backfill still {seen[-1] if seen else None}\n{self.log_tail()}",
+        )
+
     def wait_until_loaded(self) -> None:
         wait_until(
             self._location_loaded,

@@ -16,21 +16,17 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pystac
 import pytest
 
-from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.orchestration.resources import catalog_for
 from bq_pipelines.runtime.launch import RANGE_START_TAG
 from bq_pipelines.settings import Settings
 from bq_pipelines_testkit import backfill_location as location
 from bq_pipelines_testkit.dagster_processes import (
-    BACKFILL_STATUS,
-    FINISHED,
     LAUNCH_BACKFILL,
     Deployment,
 )
@@ -50,26 +46,6 @@ def deployment(tmp_path: Path, http_host: LocalHttpHost) -> Iterator[Deployment]
 
 
 @pytest.mark.slow
-def wait_for_backfill(deployment: Deployment, backfill_id: str) -> dict[str, Any]:
-    """The backfill once finished; over at once when a process of the deployment exits."""
-    seen: list[dict[str, Any]] = []
-
-    def finished() -> dict[str, Any] | None:
-        backfill = deployment.graphql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
-        assert backfill["__typename"] == "PartitionBackfill", backfill
-        seen.append(backfill)
-        return backfill if backfill["status"] in FINISHED else None
-
-    return wait_until(
-        finished,
-        timeout=BACKFILL_TIMEOUT,
-        what=f"backfill {backfill_id} finishing",
-        poll=1,
-        failed=deployment.exited,
-        detail=lambda: f"backfill still {seen[-1]}\n{deployment.log_tail()}",
-    )
-
-
 def test_daemon_backfill_of_120_months_runs_in_batches_and_fails_only_the_corrupt_partition(
     tmp_path: Path, http_host: LocalHttpHost, deployment: Deployment
 ):
@@ -100,7 +76,7 @@ def test_daemon_backfill_of_120_months_runs_in_batches_and_fails_only_the_corrup
     # once instead of 30 s later (its fixed interval).
     deployment.start_daemon()
 
-    backfill = wait_for_backfill(deployment, backfill_id)
+    backfill = deployment.wait_for_backfill(backfill_id, BACKFILL_TIMEOUT)
     elapsed = time.monotonic() - started
     print(f"backfill {backfill_id}: {backfill['status']} in {elapsed:.1f} s")
     assert backfill["status"] in ("COMPLETED_FAILED", "FAILED"), backfill

@@ -30,8 +30,6 @@ from bq_pipelines.runtime.executors import worker_app
 from bq_pipelines.settings import Settings
 from bq_pipelines_testkit import backfill_location as location
 from bq_pipelines_testkit.dagster_processes import (
-    BACKFILL_STATUS,
-    FINISHED,
     LAUNCH_BACKFILL,
     Deployment,
     write_workspace,
@@ -81,26 +79,10 @@ class CeleryStack:
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
         return str(launched["backfillId"])
 
-    def backfill_status(self, backfill_id: str) -> dict[str, Any]:
-        backfill = self.deployment.graphql(BACKFILL_STATUS, id=backfill_id)
-        status: dict[str, Any] = backfill["partitionBackfillOrError"]
-        return status
-
     def wait_for_backfill(self, backfill_id: str) -> dict[str, Any]:
-        seen: list[dict[str, Any]] = []
-
-        def finished() -> dict[str, Any] | None:
-            backfill = self.backfill_status(backfill_id)
-            assert backfill["__typename"] == "PartitionBackfill", backfill
-            seen.append(backfill)
-            return backfill if backfill["status"] in FINISHED else None
-
-        return wait_until(
-            finished,
-            timeout=BACKFILL_TIMEOUT_S,
-            what=f"backfill {backfill_id} finishing",
-            poll=1,
-            detail=lambda: f"{seen[-1]}\n{self.deployment.log_tail()}",
+        # A worker killed on purpose is one of the deployment's processes: not the end.
+        return self.deployment.wait_for_backfill(
+            backfill_id, BACKFILL_TIMEOUT_S, over_if_a_process_exits=False
         )
 
 
