@@ -159,7 +159,7 @@ bench: install-dev bench-tools
 	$(BIN)/python bench/bench_validation.py
 	$(BIN)/python bench/bench_previews.py
 	$(BIN)/python bench/bench_publish.py
-	$(BIN)/python bench/bench_api.py --process none
+	$(BIN)/python bench/bench_api.py --process none --requests 1500 --workers 2
 	$(BIN)/python bench/bench_api.py --requests 200
 	$(BIN)/python bench/assemble.py
 
