@@ -4,6 +4,7 @@ settings choose."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -26,7 +27,12 @@ def defs() -> dg.Definitions:
     # ours), importing dagster_aws.components to write it: ~0.8 s of CPU in each process that
     # loads the code location, every run worker and step process included.
     tree = dg.ComponentTree.from_module(defs_module=bq_pipelines.defs, project_root=PROJECT_ROOT)
-    components = tree.build_defs(DEFS_FOLDER)
+    with warnings.catch_warnings():
+        # As load_defs did: the beta APIs the components use (code references, owners) are
+        # chosen, and a warning per asset in every process's log says nothing new.
+        for category in (dg.BetaWarning, dg.PreviewWarning, dg.SupersessionWarning):
+            warnings.simplefilter("ignore", category)
+        components = tree.build_defs(DEFS_FOLDER)
     # What no single component can check (ids and object keys unique across datasets) fails
     # the load here (on the declarations the components have just read).
     load_declarations()
