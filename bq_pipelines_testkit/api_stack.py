@@ -1,6 +1,7 @@
 """The ingestion API as it is run, for the tests and bench/bench_api.py: `python -m
-bq_pipelines.ingestion` (uvicorn) and `dagster-daemon` on the project's workspace.yaml, as
-subprocesses with one environment, plus helpers to call the API, wait for a request, read the
+bq_pipelines.ingestion` (uvicorn), and `dagster-daemon` on a code server of its own (`dagster api
+grpc`, reached through a `grpc_server` workspace as in deploy/), as subprocesses with one
+environment, plus helpers to call the API, wait for a request, read the
 Dagster instance, and create a request database in the machine's PostgreSQL."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,17 @@ from bq_pipelines.ingestion.definitions import REQUEST_TAG
 from bq_pipelines.lib.catalog import Publisher, StacApiPublisher
 from bq_pipelines.lib.stac import build_collection
 from bq_pipelines.lib.waiting import WaitTimeout, wait_until
-from bq_pipelines_testkit.dagster_processes import PROJECT_ROOT, Deployment, free_port
+from bq_pipelines_testkit.dagster_processes import (
+    PROJECT_ROOT,
+    Deployment,
+    free_port,
+    write_grpc_workspace,
+)
 from bq_pipelines_testkit.services import stack_database_prefix
 
 TOKEN = "test-token-for-the-ingestion-api"
-WORKSPACE = PROJECT_ROOT / "workspace.yaml"
+CODE_LOCATION_MODULE = "bq_pipelines.definitions"
+CODE_LOCATION_NAME = "bq_pipelines"  # as in workspace.yaml
 READY_TIMEOUT = 180.0  # see dagster_processes.STARTUP_TIMEOUT
 PROCESS_TIMEOUT = 420.0  # runs of 3-7 s each, queued two at a time; minutes on a loaded machine
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -147,6 +154,11 @@ class ApiStack:
     dagster_home: Path
     api: Any = None  # subprocess.Popen of the API
     daemon: Any = None  # subprocess.Popen of dagster-daemon
+    code_server: Any = None  # subprocess.Popen of the daemon's code server
+    # Every code server started: each leads a process group holding the run workers it
+    # launched, which outlive it when it alone is killed.
+    code_servers: list[Any] = field(default_factory=list)
+    code_server_port: int = field(default_factory=free_port)
 
     @property
     def base_url(self) -> str:
@@ -172,9 +184,22 @@ class ApiStack:
         except WaitTimeout as exc:
             raise AssertionError(f"{exc}\n{self.deployment.log_tail()}") from None
 
+    def start_code_server(self) -> None:
+        self.code_server = self.deployment.start_code_server(
+            CODE_LOCATION_MODULE, self.code_server_port
+        )
+        self.code_servers.append(self.code_server)
+
     def start_daemon(self) -> None:
+        """The daemon, and its code server first unless one is running."""
+        if self.code_server is None or self.code_server.poll() is not None:
+            self.start_code_server()
+        workspace = write_grpc_workspace(
+            self.dagster_home / "workspace.yaml", self.code_server_port, CODE_LOCATION_NAME
+        )
+        self.deployment.workspace = workspace  # a webserver started later shares the server
         self.daemon = self.deployment.start(
-            "dagster-daemon", "run", "-w", str(WORKSPACE), log_name="daemon"
+            "dagster-daemon", "run", "-w", str(workspace), log_name="daemon"
         )
 
     def post(self, body: Any, headers: Mapping[str, str] | None = None) -> httpx.Response:
@@ -263,7 +288,7 @@ def api_stack(tmp_path: Path, bq: Mapping[str, str]) -> Iterator[ApiStack]:
     short_tmp = Path(tempfile.mkdtemp(prefix="bqapi-"))
     port = free_port()
     env = process_env({**bq, "BQ_API_PORT": str(port)}, dagster_home, short_tmp)
-    deployment = Deployment(env=env, workspace=WORKSPACE, logs=logs)
+    deployment = Deployment(env=env, workspace=PROJECT_ROOT / "workspace.yaml", logs=logs)
     try:
         yield ApiStack(deployment=deployment, port=port, dagster_home=dagster_home)
     finally:

@@ -41,6 +41,26 @@ def write_workspace(path: Path, module_name: str, location_name: str) -> Path:
     return path
 
 
+def write_grpc_workspace(path: Path, port: int, location_name: str) -> Path:
+    """A workspace.yaml reaching a code server on 127.0.0.1:`port`, as deploy/ does."""
+    path.write_text(
+        "load_from:\n"
+        "  - grpc_server:\n"
+        "      host: 127.0.0.1\n"
+        f"      port: {port}\n"
+        f"      location_name: {location_name}\n"
+    )
+    return path
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port` (a code server listens once
+    its definitions are loaded)."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        return True
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -93,6 +113,32 @@ class Deployment:
 
     def start_daemon(self) -> None:
         self.start("dagster-daemon", "run", "-w", str(self.workspace))
+
+    def start_code_server(
+        self, module_name: str, port: int, log_name: str = "code-server"
+    ) -> subprocess.Popen[bytes]:
+        """`dagster api grpc` serving `module_name` on 127.0.0.1:`port`, once it listens (its
+        definitions loaded). A daemon whose workspace names a Python module starts a code server
+        of its own and replaces it every minute (a full load each time); one reached through a
+        `grpc_server` workspace (write_grpc_workspace) stays, as in deploy/."""
+        process = self.start(
+            "dagster",
+            *("api", "grpc", "-m", module_name, "-h", "127.0.0.1", "-p", str(port)),
+            log_name=log_name,
+        )
+
+        def exited() -> str | None:
+            return None if process.poll() is None else f"exited with {process.returncode}"
+
+        wait_until(
+            lambda: listening(port),
+            timeout=STARTUP_TIMEOUT,
+            what=f"the code server listening on port {port}",
+            poll=0.2,
+            failed=exited,
+            detail=self.log_tail,
+        )
+        return process
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
         """kill -9 of that process only: what it started lives on (stop() ends them)."""

@@ -2,8 +2,10 @@
 stage of a request, and each accepted request still ends processed exactly once: finished, one
 successful run, one item and one object, whatever runs failed on the way.
 
-Processes: the API, `dagster-daemon` with its process group (the code server it started and the
-run workers that server started), the code server alone, a run worker alone. Stages:
+Processes: the API, `dagster-daemon` together with its code server's process group (the server
+and the run workers it started), the code server alone, a run worker alone. The code server runs
+apart from the daemon, reached through a `grpc_server` workspace, as in deploy/: a killed one is
+started again as compose or Kubernetes would. Stages:
 
 - accepted: stored, no run yet (the daemon frozen with SIGSTOP, so its sensor cannot tick);
 - run queued: both run slots (`max_concurrent_runs: 2`) taken by requests held at their last step;
@@ -144,12 +146,11 @@ class Crash:
         wait_until(frozen_outside_a_write, timeout=STAGE_TIMEOUT, what="the daemon frozen unlocked")
 
     def code_servers(self) -> list[int]:
-        """The daemon's code servers: one, or two while it replaces one (it reloads its
-        workspace now and then; the old server lingers until its heartbeat times out)."""
+        """The daemon's code server (a list: the run workers of any of them are the stack's)."""
 
         def find() -> list[int]:
-            children = child_pids(self.daemon)
-            return [p for p in children if running(p) and "api grpc" in command_line(p)]
+            server = self.api.code_server
+            return [server.pid] if server is not None and server.poll() is None else []
 
         return self.wait_for("no code server", find)
 
@@ -187,14 +188,17 @@ class Crash:
         self.api.start_api()
 
     def restart_daemon(self) -> None:
-        """kill -9 of the daemon's process group (its code server, their run workers), then a
-        new daemon."""
-        os.killpg(self.daemon, signal.SIGKILL)
-        self.api.daemon.wait(timeout=10)
+        """kill -9 of the daemon and of every code server's process group (the servers and the
+        run workers they launched): everything Dagster runs dies at once. Then both again."""
+        for process in (self.api.daemon, *self.api.code_servers):
+            with contextlib.suppress(ProcessLookupError):  # a group with nobody left
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
         self.api.start_daemon()
 
     def kill_code_servers(self) -> None:
-        """kill -9 of the daemon's code servers (not the daemon, nor their run workers)."""
+        """kill -9 of the code server (not the daemon, nor its run workers), then a new one,
+        as the deployment's supervisor would start."""
         servers = self.code_servers()
         for server in servers:
             os.kill(server, signal.SIGKILL)
@@ -203,6 +207,8 @@ class Crash:
             return not any(running(server) for server in servers)
 
         self.wait_for("a code server is still there", gone)
+        self.api.code_server.wait(timeout=10)
+        self.api.start_code_server()
 
     @contextlib.contextmanager
     def collection_held(self) -> Iterator[None]:
@@ -302,7 +308,7 @@ def test_accepted_and_queued_requests_survive_every_process_killed(crash: Crash)
         crash.wait_for_run(queued, {dg.DagsterRunStatus.QUEUED})
         crash.restart_api()
         crash.kill_code_servers()
-        crash.wait_until_healthy()  # the daemon started another code server
+        crash.wait_until_healthy()  # the daemon reaches the new code server
         assert crash.existing_run(queued).status == dg.DagsterRunStatus.QUEUED
         # The daemon's group: the two run workers at "item published" die with it.
         crash.restart_daemon()
