@@ -140,6 +140,15 @@ class Deployment:
         )
         return process
 
+    def serve_from_code_server(self, module_name: str, location_name: str) -> None:
+        """A code server for `module_name`, and the workspace of the processes started after
+        it pointed at that server: the webserver and the daemon share one loaded location."""
+        port = free_port()
+        self.start_code_server(module_name, port)
+        self.workspace = write_grpc_workspace(
+            self.workspace.with_name("workspace-grpc.yaml"), port, location_name
+        )
+
     def kill(self, process: subprocess.Popen[bytes]) -> None:
         """kill -9 of that process only: what it started lives on (stop() ends them)."""
         process.kill()

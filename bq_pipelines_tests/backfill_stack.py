@@ -19,6 +19,7 @@ from bq_pipelines_testkit.rasters import RasterSpec, write_raster
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MIRROR_PREFIX = "chelsa"  # the local host serves the CHELSA tree under /chelsa/
 TINY = RasterSpec(width=16, height=16, resolution=0.5)
+LOCATION_NAME = "chelsa_backfill"
 
 
 def serve_sources(
@@ -57,7 +58,7 @@ def sqlite_deployment(
     dagster_home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     workspace = write_workspace(
-        tmp_path / "workspace.yaml", "bq_pipelines_testkit.backfill_location", "chelsa_backfill"
+        tmp_path / "workspace.yaml", "bq_pipelines_testkit.backfill_location", LOCATION_NAME
     )
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -33,7 +33,12 @@ from bq_pipelines_testkit.dagster_processes import (
 from bq_pipelines_testkit.http_host import LocalHttpHost
 from bq_pipelines_testkit.runs import failure_messages, latest_metadata, run_dataset
 from bq_pipelines_testkit.values import step_failure_message
-from bq_pipelines_tests.backfill_stack import bq_env, serve_sources, sqlite_deployment
+from bq_pipelines_tests.backfill_stack import (
+    LOCATION_NAME,
+    bq_env,
+    serve_sources,
+    sqlite_deployment,
+)
 
 CORRUPT = b"II*\x00" + bytes(range(256)) * 8  # a TIFF signature, then garbage
 BACKFILL_TIMEOUT = 300.0  # generous: the daemon cycles every 30 s and CI machines are shared
@@ -60,6 +65,7 @@ def test_daemon_backfill_of_120_months_runs_in_batches_and_fails_only_the_corrup
     dataset = DatasetKeys(dataset_id)
     started = time.monotonic()
 
+    deployment.serve_from_code_server(location.__name__, LOCATION_NAME)
     deployment.start_webserver()
     deployment.wait_until_loaded()
     launched = deployment.graphql(

@@ -166,6 +166,7 @@ def celery_stack(
             )
             for name in WORKERS
         }
+        deployment.serve_from_code_server("bq_pipelines_testkit.backfill_location", "chelsa_celery")
         deployment.start_webserver()
         deployment.wait_until_loaded()
         ping_workers(env, WORKERS)
