@@ -22,6 +22,14 @@ import httpx
 # order to try; raises (e.g. SourceRefused) when none is allowed.
 AddressResolver = Callable[[str, int], Sequence[str]]
 
+# Connections a pinned client keeps, busy or idle: more than the ingestion API's threads (anyio's
+# pool: 40) probe at once, so a request never queues for a connection. httpcore's sync pool can
+# close a connection it has just handed to a queued request (encode/httpcore#1110): a probe then
+# failed with "[Errno 9] Bad file descriptor" under 20 concurrent clients, and its request was
+# accepted as if the source had not answered.
+MAX_CONNECTIONS = 64
+KEEPALIVE_SECONDS = 5.0  # httpx's default
+
 # httpcore and httpx name their exceptions alike; callers classify httpx's.
 _ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
     (httpcore.ConnectTimeout, httpx.ConnectTimeout),
@@ -122,6 +130,10 @@ class GuardedTransport(httpx.BaseTransport):
                 verify, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
             ),
             network_backend=_PinnedBackend(resolve),
+            # As many kept as allowed: a surplus keep-alive is closed by the pool, the same race.
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=MAX_CONNECTIONS,
+            keepalive_expiry=KEEPALIVE_SECONDS,
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

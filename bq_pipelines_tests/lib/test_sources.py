@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures as concurrent_futures
 from pathlib import Path
 
 import httpx
@@ -236,6 +237,52 @@ def test_a_session_made_with_a_guard_shares_one_pinned_client_and_still_checks_e
             assert own is not client and unguarded is not client
     assert client.is_closed
     assert http_host.count("HEAD", "outside/secret.tif") == 0
+
+
+class _AllAtOnce(http.server.BaseHTTPRequestHandler):
+    """Answers a HEAD only once `barrier.parties` of them are in flight together."""
+
+    protocol_version = "HTTP/1.1"
+    barrier: threading.Barrier
+
+    def do_HEAD(self) -> None:
+        try:
+            self.barrier.wait()
+            self.send_response(200)
+        except threading.BrokenBarrierError:
+            self.send_response(503)  # some probe waited for another's connection
+        self.send_header("Content-Length", "1")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_shared_pinned_client_never_makes_a_probe_wait_for_a_connection() -> None:
+    """The API's threads probe through one client: each gets a connection of its own at once.
+    A probe queued for a connection could be handed one the pool was closing (httpcore's sync
+    pool, encode/httpcore#1110), and fail as a source that does not answer."""
+    concurrent = 40  # anyio's thread pool, which runs the API's requests
+    handler = type("Handler", (_AllAtOnce,), {"barrier": threading.Barrier(concurrent, timeout=20)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    policy = SourcePolicy([f"{base}/"])
+    limits = FetchLimits(guard=policy, max_seconds=60)
+    try:
+        with HttpSession(guard=policy) as session:
+
+            def one(index: int) -> int | None:
+                return probe(
+                    f"{base}/{index}.tif", retry=FAST, timeout=60, limits=limits, http=session
+                ).size
+
+            with concurrent_futures.ThreadPoolExecutor(concurrent) as pool:
+                sizes = list(pool.map(one, range(concurrent)))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sizes == [1] * concurrent
 
 
 def test_http_probe_falls_back_to_ranged_get_when_head_is_refused(
