@@ -7,6 +7,10 @@ processed here: a Dagster sensor picks stored requests up (bq_pipelines/ingestio
 
 Run it with `python -m bq_pipelines.ingestion` (or `make api`), or under any ASGI server:
 `uvicorn bq_pipelines.ingestion.app:create_app --factory`.
+
+POST /newitem runs in the event loop end to end (the HEAD on httpx's async client pinned by the
+source policy, the INSERT on psycopg's async pool): no request waits for a thread, which cost
+the API more CPU than its own work (bench/NOTES.md, "Ingestion API").
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 import dagster as dg
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,13 +37,13 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bq_pipelines.ingestion.async_store import AsyncRequestStore
 from bq_pipelines.ingestion.models import MAX_INT, Accepted, NewItem, Status, json_problem
 from bq_pipelines.ingestion.store import IdempotencyKeyReused, RequestStore
 from bq_pipelines.lib import sources
 from bq_pipelines.lib.catalog import Publisher
 from bq_pipelines.lib.errors import PipelineError, SourceError, SourceRefused
 from bq_pipelines.lib.redaction import redact_url
-from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.url_policy import DEFAULT_PORTS, SourcePolicy
 from bq_pipelines.orchestration.resources import catalog_for
 from bq_pipelines.settings import ApiSettings, Settings, api_token
@@ -128,20 +133,22 @@ class IngestionService:
         self.api = ApiSettings.from_env(env)
         self._token = api_token(env).encode()
         self.store = RequestStore(self.api.database_url)
+        self.async_store = AsyncRequestStore(self.store, self.api.database_url)
         catalog = catalog_for(self.settings)
         # Resolves EnvVar fields (the STAC API token) as a Dagster run would.
         self.publisher: Publisher = catalog.process_config_and_initialize().publisher()
         self.policy = SourcePolicy(self.api.allowed_sources)
         # One client for every probe, pinned by the policy: the allowed hosts are few, and a
         # kept-alive connection saves each HEAD a TCP (and TLS) handshake.
-        self.http = sources.HttpSession(guard=self.policy)
+        self.probes = sources.AsyncHttpSession(self.policy)
         self._collections_seen: dict[str, float] = {}
         self._instance: dg.DagsterInstance | None = None
         self._instance_lock = threading.Lock()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self.async_store.close()
+        await self.probes.aclose()
         self.store.close()
-        self.http.close()
         if self._instance is not None:
             self._instance.dispose()
 
@@ -165,33 +172,29 @@ class IngestionService:
             f"to {where} only (omit the field or send that URL)",
         )
 
-    def check_collection(self, collection_id: str) -> None:
+    async def check_collection(self, collection_id: str) -> None:
         seen = self._collections_seen.get(collection_id)
         if seen is not None and time.monotonic() - seen < COLLECTION_CACHE_SECONDS:
             return
         try:
-            found = self.publisher.get_collection(collection_id) is not None
+            found = await anyio.to_thread.run_sync(self.publisher.get_collection, collection_id)
         except PipelineError as error:
             logger.error("catalog unavailable: %s", error)
             raise HTTPException(503, "the catalog cannot be read now; retry later") from None
-        if not found:
+        if found is None:
             raise HTTPException(
                 404, f"collection_id: collection {collection_id!r} does not exist in the catalog"
             )
         self._collections_seen[collection_id] = time.monotonic()
 
-    def check_source(self, url: str) -> None:
+    async def check_source(self, url: str) -> None:
         """The allowlist, then a HEAD that follows redirects hop by hop under the same policy.
         A source that answers it is missing or closed (404, 410, 401, 403) is refused; one that
         does not answer now (timeout, 5xx) is accepted: its run retries, and reports why."""
         limits = sources.FetchLimits(guard=self.policy, max_seconds=PROBE_TIMEOUT_SECONDS)
         try:
-            found = sources.probe(
-                url,
-                retry=RetryPolicy(attempts=1),
-                timeout=PROBE_TIMEOUT_SECONDS,
-                limits=limits,
-                http=self.http,
+            found = await sources.probe_async(
+                url, timeout=PROBE_TIMEOUT_SECONDS, limits=limits, http=self.probes
             )
         except SourceRefused as error:
             raise field_error("file_source_host", f"{error}", "source_refused") from None
@@ -276,7 +279,7 @@ def _lifespan(service: IngestionService) -> Callable[[FastAPI], AbstractAsyncCon
         gc.collect()
         gc.freeze()
         yield
-        service.close()
+        await service.close()
 
     return lifespan
 
@@ -293,7 +296,7 @@ async def validation_error(request: Request, error: RequestValidationError) -> J
     return JSONResponse({"detail": details, "msg": summary}, status_code=422)
 
 
-def accept(service: IngestionService, body: NewItem, idempotency_key: str | None) -> Accepted:
+async def accept(service: IngestionService, body: NewItem, idempotency_key: str | None) -> Accepted:
     """Store a request (or find the one an Idempotency-Key already stored) and answer its id."""
     stored = body.stored()
     problem = json_problem(stored)
@@ -301,13 +304,13 @@ def accept(service: IngestionService, body: NewItem, idempotency_key: str | None
         raise field_error(*problem)
     try:
         if idempotency_key is not None:
-            first = service.store.repeated(idempotency_key, stored)
+            first = await service.async_store.repeated(idempotency_key, stored)
             if first is not None:
                 return Accepted(id=first)
         service.check_stac_api_server(body.stac_api_server)
-        service.check_collection(body.collection_id)
-        service.check_source(body.source_url)
-        request_id, new = service.store.add(
+        await service.check_collection(body.collection_id)
+        await service.check_source(body.source_url)
+        request_id, new = await service.async_store.add(
             stored,
             collection_id=body.collection_id,
             item_id=body.name,
@@ -390,14 +393,14 @@ def create_app(env: Mapping[str, str] | None = None) -> FastAPI:
         dependencies=[Depends(require_token)],
         responses={400: {}, 401: {}, 404: {}, 413: {}, 422: {}},
     )
-    def new_item(
+    async def new_item(
         body: NewItem,
         idempotency_key: Annotated[
             str | None, Header(pattern=IDEMPOTENCY_KEY, description="repeat-safe retries")
         ] = None,
     ) -> Accepted:
         """Store a request to publish one raster as a STAC item; answers its id at once."""
-        return accept(service, body, idempotency_key)
+        return await accept(service, body, idempotency_key)
 
     @app.get(
         "/status",

@@ -170,6 +170,39 @@ def _row(row: Mapping[str, Any]) -> StoredRequest:
 INSERT_REQUEST = requests_table.insert()
 
 
+def new_request(
+    request: Mapping[str, Any], collection_id: str, item_id: str, idempotency_key: str | None
+) -> dict[str, Any]:
+    """The row of a request the API accepts (its id is `["id"]`)."""
+    now = datetime.now(UTC)
+    return {
+        "id": str(uuid.uuid4()),
+        "idempotency_key": idempotency_key,
+        "collection_id": collection_id,
+        "item_id": item_id,
+        "request": dict(request),
+        "state": "accepted",
+        "operation": RECEIVED,
+        "status": "ok",
+        "description": WAITING_DESCRIPTION,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def first_of_key(
+    key: str, request: Mapping[str, Any], found: list[tuple[str, Mapping[str, Any]]]
+) -> str | None:
+    """The id of the request (id, body) found under `key`, None if none was; raises
+    IdempotencyKeyReused when its body differs from `request`."""
+    if not found:
+        return None
+    first_id, body = found[0]
+    if dict(body) != dict(request):
+        raise IdempotencyKeyReused(key, first_id)
+    return first_id
+
+
 def _request_lock(request_id: str) -> str:
     return f"ingestion-request:{request_id}"
 
@@ -265,21 +298,7 @@ class RequestStore:
         """Store an accepted request (committed on return); returns its id and whether it is
         new. A known `idempotency_key` returns the first request's id instead, if the first
         request's body was the same (IdempotencyKeyReused otherwise)."""
-        now = datetime.now(UTC)
-        request_id = str(uuid.uuid4())
-        values = {
-            "id": request_id,
-            "idempotency_key": idempotency_key,
-            "collection_id": collection_id,
-            "item_id": item_id,
-            "request": dict(request),
-            "state": "accepted",
-            "operation": RECEIVED,
-            "status": "ok",
-            "description": WAITING_DESCRIPTION,
-            "created_at": now,
-            "updated_at": now,
-        }
+        values = new_request(request, collection_id, item_id, idempotency_key)
         try:
             with self._write() as connection:
                 connection.execute(INSERT_REQUEST, values)
@@ -288,17 +307,13 @@ class RequestStore:
             if first is None:
                 raise
             return first, False
-        return request_id, True
+        return values["id"], True
 
     def repeated(self, key: str, request: Mapping[str, Any]) -> str | None:
         """The id of the request stored under `key`, None if there is none; raises
         IdempotencyKeyReused when that request's body differs from `request`."""
         found = self._read(sa.select(requests_table).where(requests_table.c.idempotency_key == key))
-        if not found:
-            return None
-        if found[0].request != dict(request):
-            raise IdempotencyKeyReused(key, found[0].id)
-        return found[0].id
+        return first_of_key(key, request, [(r.id, r.request) for r in found])
 
     def get(self, request_id: str) -> StoredRequest | None:
         found = self._read(sa.select(requests_table).where(requests_table.c.id == request_id))

@@ -172,10 +172,22 @@ class SourcePolicy:
             raise SourceRefused(url, f"not an allowed source URL: {error}") from None
         if self._named(parsed):
             return
-        if any(p.host is None and p.matches(parsed) for p in self.prefixes):
+        if self._any_public_host(parsed):
             self._public_addresses(parsed.host, parsed.port)
             return
         raise SourceRefused(url, f"not under any source prefix the operator allows ({SETTING})")
+
+    def _any_public_host(self, url: ParsedUrl) -> bool:
+        return any(p.host is None and p.matches(url) for p in self.prefixes)
+
+    def resolves(self, url: str) -> bool:
+        """Whether `check_url(url)` asks DNS: only when a scheme-wide entry, not a named host,
+        is what may allow it (a caller in an event loop runs that check in a worker thread)."""
+        try:
+            parsed = parse_url(url)
+        except ValueError:
+            return False
+        return not self._named(parsed) and self._any_public_host(parsed)
 
     def addresses(self, host: str, port: int) -> list[str]:
         """Where a connection to host:port may go: a named host as it is, any other only to

@@ -5,16 +5,13 @@ their status and start at attempt 1."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from bq_pipelines.ingestion.database import create_engine
 from bq_pipelines.ingestion.store import RequestStore
-from bq_pipelines_testkit.api_stack import request_database
 
 # The table of the first release, as it was created.
 OLD_TABLE = """
@@ -36,15 +33,6 @@ CREATE TABLE ingestion_requests (
     updated_at {moment} NOT NULL
 )
 """
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'requests.sqlite'}"
-    else:
-        with request_database() as url:
-            yield url
 
 
 def test_an_older_table_gets_the_attempt_columns(database_url: str):

@@ -4,6 +4,7 @@ still verified against the host name), size and time limits, a check of the file
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import http.server
 from collections.abc import Iterator
@@ -18,7 +19,14 @@ from bq_pipelines.lib.cog import CogSettings
 from bq_pipelines.lib.errors import RasterTooLarge, SourceError, SourceRefused
 from bq_pipelines.lib.pipeline import ItemPlan, Services, SourceRef, run_items
 from bq_pipelines.lib.retry import RetryPolicy
-from bq_pipelines.lib.sources import FetchLimits, fetch, probe
+from bq_pipelines.lib.sources import (
+    AsyncHttpSession,
+    FetchLimits,
+    SourceFingerprint,
+    fetch,
+    probe,
+    probe_async,
+)
 from bq_pipelines.lib.storage import LocalObjectStore
 from bq_pipelines_testkit.http_host import LocalHttpHost, serving
 from bq_pipelines_testkit.rasters import RasterSpec, write_raster
@@ -47,6 +55,9 @@ class NamedHosts:
         if host not in self.names:
             raise SourceRefused(host, "no address allowed")
         return self.names[host]
+
+    def resolves(self, url: str) -> bool:
+        return False
 
 
 @pytest.fixture
@@ -111,6 +122,58 @@ def test_connections_go_to_the_guards_addresses_only(http_host: LocalHttpHost, t
         fetch(url, tmp_path / "again", retry=FAST, limits=FetchLimits(guard=refusing))
 
 
+def probed_async(url: str, guard: NamedHosts) -> SourceFingerprint:
+    """`probe_async` (the ingestion API's probe) under `guard`, in an event loop of its own."""
+
+    async def probe_once() -> SourceFingerprint:
+        session = AsyncHttpSession(guard)
+        try:
+            return await probe_async(url, timeout=10, limits=FetchLimits(guard), http=session)
+        finally:
+            await session.aclose()
+
+    return asyncio.run(probe_once())
+
+
+def test_the_async_probe_checks_every_hop_and_never_contacts_a_refused_one(
+    http_host: LocalHttpHost, other_host: LocalHttpHost
+):
+    other_host.put("secret.tif", PAYLOAD)
+    http_host.put("real/b.tif", PAYLOAD)
+    http_host.fail("a.tif", status=302, times=None, headers={"Location": "/b.tif"})
+    http_host.fail(
+        "b.tif", status=307, times=None, headers={"Location": other_host.url("secret.tif")}
+    )
+    http_host.fail("c.tif", status=301, times=None, headers={"Location": "/real/b.tif"})
+    guard = NamedHosts([http_host.base_url + "/"], {"127.0.0.1": ["127.0.0.1"]})
+
+    with pytest.raises(SourceRefused) as refused:
+        probed_async(http_host.url("a.tif"), guard)
+
+    assert other_host.url("secret.tif") in str(refused.value)
+    hops = [http_host.url("a.tif"), http_host.url("b.tif"), other_host.url("secret.tif")]
+    assert list(dict.fromkeys(guard.checked)) == hops
+    assert other_host.requests == []
+    assert probed_async(http_host.url("c.tif"), guard).size == len(PAYLOAD)
+    assert guard.checked[-1] == http_host.url("real/b.tif")
+
+
+def test_async_connections_go_to_the_guards_addresses_only(http_host: LocalHttpHost):
+    http_host.put("x.tif", PAYLOAD)
+    port = http_host.base_url.rsplit(":", 1)[1]
+    url = f"http://mirror.invalid:{port}/x.tif"
+
+    found = probed_async(
+        url, NamedHosts(["http://mirror.invalid:"], {"mirror.invalid": ["127.0.0.1"]})
+    )
+
+    assert found.size == len(PAYLOAD)
+    [request] = [r for r in http_host.requests if r.method == "HEAD"]
+    assert request.headers["Host"] == f"mirror.invalid:{port}"
+    with pytest.raises(SourceRefused, match="no address allowed"):
+        probed_async(url, NamedHosts(["http://mirror.invalid:"], {}))
+
+
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """An HTTPS server whose certificate names `bq-mirror.test`; yields its port and the
@@ -147,6 +210,19 @@ def test_pinned_https_still_verifies_the_certificate_against_the_host_name(
     # Same address, another name: the certificate does not name it.
     with pytest.raises(SourceError, match="TLS certificate verify failed"):
         fetch(f"https://other.test:{port}/x.tif", tmp_path, retry=FAST, limits=FetchLimits(guard))
+
+
+def test_the_async_probe_verifies_the_pinned_certificate_against_the_host_name(
+    tls_server: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+):
+    port, cert_file = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    local = ["127.0.0.1"]
+    guard = NamedHosts(["https://"], {"bq-mirror.test": local, "other.test": local})
+
+    assert probed_async(f"https://bq-mirror.test:{port}/x.tif", guard).size == len(PAYLOAD)
+    with pytest.raises(SourceError, match="TLS certificate verify failed"):
+        probed_async(f"https://other.test:{port}/x.tif", guard)
 
 
 def test_an_announced_size_over_the_limit_is_refused_before_the_body(

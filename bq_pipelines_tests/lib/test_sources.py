@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import http.server
@@ -22,7 +23,16 @@ from pyftpdlib.servers import FTPServer
 
 from bq_pipelines.lib.errors import SourceError, SourceRefused, TransientSourceError
 from bq_pipelines.lib.retry import RetryPolicy
-from bq_pipelines.lib.sources import FetchLimits, HttpSession, describe_local, fetch, probe
+from bq_pipelines.lib.sources import (
+    AsyncHttpSession,
+    FetchLimits,
+    HttpSession,
+    SourceFingerprint,
+    describe_local,
+    fetch,
+    probe,
+    probe_async,
+)
 from bq_pipelines.lib.url_policy import SourcePolicy
 from bq_pipelines.lib.waiting import WaitTimeout, wait_until
 from bq_pipelines_testkit.http_host import LocalHttpHost
@@ -259,10 +269,11 @@ class _AllAtOnce(http.server.BaseHTTPRequestHandler):
 
 
 def test_the_shared_pinned_client_never_makes_a_probe_wait_for_a_connection() -> None:
-    """The API's threads probe through one client: each gets a connection of its own at once.
-    A probe queued for a connection could be handed one the pool was closing (httpcore's sync
-    pool, encode/httpcore#1110), and fail as a source that does not answer."""
-    concurrent = 40  # anyio's thread pool, which runs the API's requests
+    """Threads probing through one shared client (HttpSession is shared between threads) each
+    get a connection of their own at once. A probe queued for a connection could be handed one
+    the pool was closing (httpcore's sync pool, encode/httpcore#1110), and fail as a source that
+    does not answer."""
+    concurrent = 40  # anyio's thread pool, which ran the API's requests before they were async
     handler = type("Handler", (_AllAtOnce,), {"barrier": threading.Barrier(concurrent, timeout=20)})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -283,6 +294,53 @@ def test_the_shared_pinned_client_never_makes_a_probe_wait_for_a_connection() ->
         server.shutdown()
         server.server_close()
     assert sizes == [1] * concurrent
+
+
+def test_an_async_session_shares_one_pinned_client_and_still_checks_every_hop(
+    http_host: LocalHttpHost, served: str
+) -> None:
+    """The ingestion API's probes in its event loop: the same policy, the same answers."""
+    policy = SourcePolicy([http_host.url("data/")])
+    limits = FetchLimits(guard=policy, max_seconds=10)
+    http_host.put("outside/secret.tif", PAYLOAD)
+    http_host.fail(
+        "data/moved.tif",
+        status=302,
+        times=None,
+        headers={"Location": http_host.url("outside/secret.tif")},
+    )
+    http_host.fail("data/head-refused.tif", status=405, times=None, method="HEAD")
+    http_host.put("data/head-refused.tif", PAYLOAD)
+
+    async def probes() -> list[SourceFingerprint]:
+        session = AsyncHttpSession(policy)
+        try:
+            found = [await probe_async(served, timeout=10, limits=limits, http=session)]
+            client = session.client()
+            with pytest.raises(SourceRefused, match=r"outside/secret\.tif"):
+                await probe_async(
+                    http_host.url("data/moved.tif"), timeout=10, limits=limits, http=session
+                )
+            with pytest.raises(SourceError, match="HTTP 404") as missing:
+                await probe_async(
+                    http_host.url("data/none.tif"), timeout=10, limits=limits, http=session
+                )
+            assert missing.value.not_found
+            with pytest.raises(SourceRefused):  # the first URL is checked before any request
+                await probe_async(
+                    http_host.url("outside/secret.tif"), timeout=10, limits=limits, http=session
+                )
+            url = http_host.url("data/head-refused.tif")
+            found.append(await probe_async(url, timeout=10, limits=limits, http=session))
+            assert session.client() is client
+            return found
+        finally:
+            await session.aclose()
+
+    served_fingerprint, ranged = asyncio.run(probes())
+    assert served_fingerprint == probe(served, retry=FAST)
+    assert ranged.size == len(PAYLOAD)
+    assert http_host.count("HEAD", "outside/secret.tif") == 0
 
 
 def test_http_probe_falls_back_to_ranged_get_when_head_is_refused(

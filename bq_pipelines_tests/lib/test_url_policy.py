@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 
 import pytest
@@ -115,6 +116,26 @@ def test_a_named_host_may_resolve_anywhere_a_wildcard_one_may_not():
     policy.check_url("https://mirror.internal.example/x.tif")
     with pytest.raises(SourceRefused, match=r"rebound\.example\.org.*10\.0\.0\.7.*private"):
         policy.check_url("https://rebound.example.org/x.tif")
+
+
+def test_only_a_check_that_may_ask_dns_says_so():
+    """An event loop runs those checks in a thread (lib/sources AsyncHttpSession); the others,
+    named hosts and URLs refused outright, never resolve, whatever DNS would answer."""
+    asked: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["93.184.216.34"]
+
+    policy = SourcePolicy(["https://mirror.internal.example/", "https://"], resolver)
+    for url in ("https://mirror.internal.example/x.tif", "http://elsewhere.example/x", "ftp:/x"):
+        assert not policy.resolves(url)
+        with contextlib.suppress(SourceRefused):
+            policy.check_url(url)
+    assert asked == []
+    assert policy.resolves("https://public.example.org/x.tif")
+    policy.check_url("https://public.example.org/x.tif")
+    assert asked == ["public.example.org"]
 
 
 @pytest.mark.parametrize(

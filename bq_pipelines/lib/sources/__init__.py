@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+import anyio.to_thread
+
 from bq_pipelines.lib.errors import SourceRefused
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import RetryPolicy
@@ -57,7 +59,13 @@ from bq_pipelines.lib.sources.common import (
     _write_sidecar,
 )
 from bq_pipelines.lib.sources.ftp import _ftp_fetch, _ftp_probe
-from bq_pipelines.lib.sources.http import HttpSession, _http_fetch, _http_probe
+from bq_pipelines.lib.sources.http import (
+    AsyncHttpSession,
+    HttpSession,
+    _http_fetch,
+    _http_probe,
+    _http_probe_async,
+)
 from bq_pipelines.lib.sources.local import (
     _describe_in_place,
     _file_fetch,
@@ -68,6 +76,7 @@ from bq_pipelines.lib.sources.local import (
 from bq_pipelines.lib.sources.s3 import _s3_fetch, _s3_probe
 
 __all__ = [
+    "AsyncHttpSession",
     "FetchLimits",
     "FetchedFile",
     "HttpSession",
@@ -79,6 +88,7 @@ __all__ = [
     "is_local",
     "path_under_root",
     "probe",
+    "probe_async",
 ]
 
 logger = logging.getLogger(__name__)
@@ -115,6 +125,21 @@ def probe(
         else:
             operation = partial(_s3_probe, url, timeout, s3_endpoint_url)
         return _retrying(operation, retry, f"probe {redact_url(url)}")
+
+
+async def probe_async(
+    url: str, *, timeout: float, limits: FetchLimits, http: AsyncHttpSession
+) -> SourceFingerprint:
+    """`probe` for an event loop, in one attempt, under `limits` whose guard is `http`'s (the
+    same checks: the URL and every redirect hop, each connection pinned). http(s) runs on the
+    session's async client; another scheme's probe runs in a worker thread."""
+    if limits.guard is not http.guard:
+        raise ValueError("probe_async: the limits' guard must be the session's")
+    if _scheme(url) not in ("http", "https"):
+        blocking = partial(probe, url, retry=RetryPolicy(attempts=1), timeout=timeout)
+        return await anyio.to_thread.run_sync(partial(blocking, limits=limits))
+    await http.check_url(url)
+    return await _http_probe_async(url, _Budget(url, limits).timeout(timeout), http)
 
 
 def fetch(

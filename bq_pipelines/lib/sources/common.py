@@ -74,6 +74,9 @@ class UrlGuard(Protocol):
         """The addresses of `host` a connection may use, resolved once (the connection is
         pinned to them); raise SourceRefused when none is allowed."""
 
+    def resolves(self, url: str) -> bool:
+        """Whether `check_url(url)` may block on DNS (an event loop then runs it in a thread)."""
+
 
 @dataclass(frozen=True)
 class FetchLimits:

@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import anyio.to_thread
 import httpx
 
-from bq_pipelines.lib.http_guard import GuardedTransport
+from bq_pipelines.lib.http_guard import AsyncGuardedTransport, GuardedTransport
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.sources.common import (
@@ -90,6 +91,43 @@ class HttpSession:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class AsyncHttpSession:
+    """`HttpSession(guard=...)` for an event loop (the ingestion API's probes): one kept-alive
+    `httpx.AsyncClient` whose every request, redirect hops included, is checked by `guard` and
+    whose every connection is pinned to the addresses it allowed. Bound to the event loop that
+    first uses it."""
+
+    def __init__(self, guard: UrlGuard) -> None:
+        self.guard = guard
+        self._client: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                follow_redirects=True,
+                headers={"Accept-Encoding": "identity"},
+                transport=AsyncGuardedTransport(self.guard.addresses),
+                event_hooks={"request": [self._check_hop]},
+            )
+        return self._client
+
+    async def check_url(self, url: str) -> None:
+        """The guard's check; in a worker thread when it asks DNS (a scheme-wide entry), else
+        here: waking a thread for every hop cost more CPU than the check (bench/NOTES.md)."""
+        if self.guard.resolves(url):
+            await anyio.to_thread.run_sync(self.guard.check_url, url)
+        else:
+            self.guard.check_url(url)
+
+    async def _check_hop(self, request: httpx.Request) -> None:
+        await self.check_url(str(request.url))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        self._client = None
 
 
 def _new_client(limits: FetchLimits | None = None) -> httpx.Client:
@@ -198,6 +236,26 @@ def _http_probe(
                 "GET", redact_url(url), headers={"Range": "bytes=0-0"}, **options
             )
             with ranged_get as ranged:
+                _raise_for_status(url, ranged, state)
+                return _http_fingerprint(url, ranged)
+        _raise_for_status(url, response, state)
+        return _http_fingerprint(url, response)
+
+
+async def _http_probe_async(
+    url: str, timeout: float, session: AsyncHttpSession
+) -> SourceFingerprint:
+    """`_http_probe` on the session's async client, one attempt."""
+    state = _HttpAttemptState()
+    options = _request_options(url, timeout)
+    client = session.client()
+    with _http_errors(url):
+        response = await client.head(redact_url(url), **options)
+        if response.status_code in HEAD_REFUSED_STATUSES:
+            ranged_get = client.stream(
+                "GET", redact_url(url), headers={"Range": "bytes=0-0"}, **options
+            )
+            async with ranged_get as ranged:
                 _raise_for_status(url, ranged, state)
                 return _http_fingerprint(url, ranged)
         _raise_for_status(url, response, state)
