@@ -219,13 +219,9 @@ def test_one_http_client_serves_every_probe_and_fetch_of_a_session(
     assert http_host.count("HEAD") == 2 and http_host.count("GET") == 1
 
 
-def test_a_session_made_with_a_guard_shares_one_pinned_client_and_still_checks_every_hop(
-    http_host: LocalHttpHost, served: str
-) -> None:
-    """The ingestion API's probes: one kept-alive client for its source policy, never a way
-    around it (a redirect out of the allowlist is refused through the shared client too)."""
+def moved_out_of_the_allowlist(http_host: LocalHttpHost) -> tuple[SourcePolicy, FetchLimits]:
+    """A policy allowing data/ only, and data/moved.tif redirecting to outside/secret.tif."""
     policy = SourcePolicy([http_host.url("data/")])
-    limits = FetchLimits(guard=policy, max_seconds=10)
     http_host.put("outside/secret.tif", PAYLOAD)
     http_host.fail(
         "data/moved.tif",
@@ -233,6 +229,15 @@ def test_a_session_made_with_a_guard_shares_one_pinned_client_and_still_checks_e
         times=None,
         headers={"Location": http_host.url("outside/secret.tif")},
     )
+    return policy, FetchLimits(guard=policy, max_seconds=10)
+
+
+def test_a_session_made_with_a_guard_shares_one_pinned_client_and_still_checks_every_hop(
+    http_host: LocalHttpHost, served: str
+) -> None:
+    """The ingestion API's probes: one kept-alive client for its source policy, never a way
+    around it (a redirect out of the allowlist is refused through the shared client too)."""
+    policy, limits = moved_out_of_the_allowlist(http_host)
     with HttpSession(guard=policy) as session:
         with session.client(limits) as client:
             pass
@@ -300,15 +305,7 @@ def test_an_async_session_shares_one_pinned_client_and_still_checks_every_hop(
     http_host: LocalHttpHost, served: str
 ) -> None:
     """The ingestion API's probes in its event loop: the same policy, the same answers."""
-    policy = SourcePolicy([http_host.url("data/")])
-    limits = FetchLimits(guard=policy, max_seconds=10)
-    http_host.put("outside/secret.tif", PAYLOAD)
-    http_host.fail(
-        "data/moved.tif",
-        status=302,
-        times=None,
-        headers={"Location": http_host.url("outside/secret.tif")},
-    )
+    policy, limits = moved_out_of_the_allowlist(http_host)
     http_host.fail("data/head-refused.tif", status=405, times=None, method="HEAD")
     http_host.put("data/head-refused.tif", PAYLOAD)
 
