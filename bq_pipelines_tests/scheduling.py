@@ -35,74 +35,72 @@ SPLIT_FILES = frozenset(
 )
 
 # Seconds of the longest tests (setup, call and teardown of all their parameters; by file under
-# bq_pipelines_tests/, then by the start of the test's name), from `make test
-# PYTEST_ARGS=--durations=80` at load ~10: only their order matters.
+# bq_pipelines_tests/, then by the start of the test's name), from a fresh clone's `make test`
+# (its --durations=30, load ~3; the last few scaled from an earlier run at load ~10): only their
+# order matters.
 SECONDS: dict[str, dict[str, float]] = {
     "api/test_api_exactly_once.py": {
-        "test_accepted_and_queued_requests_survive_every_process_kill": 352,
-        "test_requests_whose_run_was_starting_are_processed_exactly_o": 306,
-        "test_requests_whose_run_had_started_are_processed_exactly_on": 250,
-        "test_requests_whose_item_was_published_are_processed_exactly": 171,
-        "test_status_says_how_many_attempts_a_request_took": 114,
+        "test_accepted_and_queued_requests_survive_every_process_kill": 96,
+        "test_requests_whose_run_was_starting_are_processed_exactly_o": 134,
+        "test_requests_whose_run_had_started_are_processed_exactly_on": 144,
+        "test_requests_whose_item_was_published_are_processed_exactly": 74,
+        "test_status_says_how_many_attempts_a_request_took": 90,
     },
     "api/test_api_restarts.py": {
-        "test_kill_9_of_the_daemon_between_acceptance_and_processing_": 207,
-        "test_kill_9_of_the_api_after_acceptance_loses_nothing_and_ru": 68,
-        "test_make_api_on_the_embedded_defaults": 50,
+        "test_kill_9_of_the_daemon_between_acceptance_and_processing_": 60,
+        "test_kill_9_of_the_api_after_acceptance_loses_nothing_and_ru": 28,
+        "test_make_api_on_the_embedded_defaults": 16,
     },
     "api/test_api_processing.py": {
-        "test_a_failed_request_is_processed_when_its_run_is_re_execut": 92,
-        "test_the_cog_profile_follows_the_collections_declaration": 75,
-        "test_the_legacy_example_is_published_as_a_valid_item_and_cog": 65,
-        "test_failing_sources_end_in_error_with_the_reason": 64,
+        "test_a_failed_request_is_processed_when_its_run_is_re_execut": 13,
+        "test_the_cog_profile_follows_the_collections_declaration": 18,
+        "test_the_legacy_example_is_published_as_a_valid_item_and_cog": 24,
+        "test_failing_sources_end_in_error_with_the_reason": 17,
     },
     "deploy/test_celery.py": {
-        "test_backfill_runs_spread_over_two_celery_workers_and_publis": 167,
-        "test_a_worker_killed_mid_batch_leaves_the_backfill_finished_": 92,
+        "test_backfill_runs_spread_over_two_celery_workers_and_publis": 90,
+        "test_a_worker_killed_mid_batch_leaves_the_backfill_finished_": 63,
     },
     "test_integrity.py": {
-        "test_two_concurrent_cli_runs_of_the_same_partitions_both_suc": 69,
-        "test_audit_command_reports_and_repairs": 50,
-        "test_audit_command_reports_a_half_done_backfill_apart_from_d": 27,
+        "test_two_concurrent_cli_runs_of_the_same_partitions_both_suc": 37,
+        "test_audit_command_reports_and_repairs": 29,
+        "test_audit_command_reports_a_half_done_backfill_apart_from_d": 11,
         "test_kill_9_mid_publish_then_rerun_leaves_no_drift": 25,
     },
     "test_cli.py": {
-        "test_cli_runs_are_the_jobs_runs_counted_then_skipped": 131,
+        "test_cli_runs_are_the_jobs_runs_counted_then_skipped": 52,
         "test_a_listing_whose_reader_goes_away_ends_quietly": 34,
     },
     "test_faults.py": {
-        "test_a_source_host_answering_30_percent_5xx_and_sometimes_ha": 74,
-        "test_s3_refusing_connections_for_40_s_mid_run": 47,
+        "test_a_source_host_answering_30_percent_5xx_and_sometimes_ha": 75,
+        "test_s3_refusing_connections_for_40_s_mid_run": 48,
     },
     "test_legacy_takeover.py": {
-        "test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_": 106,
+        "test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_": 14,
     },
     "test_run_monitoring.py": {
-        "test_runs_whose_worker_and_code_server_were_killed_are_faile": 89,
+        "test_runs_whose_worker_and_code_server_were_killed_are_faile": 97,
     },
     "test_backfill.py": {
-        "test_daemon_backfill_of_120_months_runs_in_batches_and_fails": 78,
+        "test_daemon_backfill_of_120_months_runs_in_batches_and_fails": 98,
     },
     "lib/test_pgstac_publisher.py": {
-        "test_concurrent_writers_lose_and_duplicate_nothing": 68,
+        "test_concurrent_writers_lose_and_duplicate_nothing": 15,
     },
     "test_definitions.py": {
-        "test_dagsters_cli_lists_the_backup_asset_and_schedule": 53,
+        "test_dagsters_cli_lists_the_backup_asset_and_schedule": 14,
     },
     "lib/test_item_workers.py": {
-        "test_a_partition_with_the_band_facts_cache_produces_the_same": 41,
-    },
-    "test_architecture.py": {
-        "test_dagster_free_packages_import_no_dagster": 37,
+        "test_a_partition_with_the_band_facts_cache_produces_the_same": 14,
     },
     "backup/test_restore.py": {
-        "test_restore_asks_before_replacing_and_no_means_no": 29,
+        "test_restore_asks_before_replacing_and_no_means_no": 10,
     },
     "lib/test_catalog.py": {
-        "test_static_catalog_concurrent_writers": 23,
+        "test_static_catalog_concurrent_writers": 8,
     },
     "test_datasets_local.py": {
-        "test_global_mammals_last_species_of_a_full_size_cube_is_read": 20,
+        "test_global_mammals_last_species_of_a_full_size_cube_is_read": 17,
     },
 }
 
