@@ -14,12 +14,14 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dagster as dg
 import uvicorn
 
+from bq_pipelines.ingestion.code_servers import served_workspace, stop_process_group
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.settings import API_TOKEN_ENV, ApiSettings, Settings, api_token
 
@@ -38,7 +40,8 @@ def _prepare_daemon() -> None:
 
 @contextlib.contextmanager
 def dagster_daemon(workspace: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`dagster-daemon run` in its own process group, stopped (with its children) on exit."""
+    """`dagster-daemon run` in its own process group, on code servers of its own
+    (code_servers.py), all stopped (with their children) on exit."""
     if not os.environ.get("DAGSTER_HOME"):
         raise ConfigError("DAGSTER_HOME: required with --with-daemon (the Dagster instance)")
     # The instance's storage is created here, before the daemon and the API open it at once: two
@@ -46,22 +49,18 @@ def dagster_daemon(workspace: Path) -> Iterator[subprocess.Popen[bytes]]:
     # next process to open it refuses it ("more than one head").
     dg.DagsterInstance.get().dispose()
     executable = Path(sys.executable).parent / "dagster-daemon"
-    process = subprocess.Popen(
-        [str(executable), "run", "-w", str(workspace)],
-        start_new_session=True,
-        preexec_fn=_prepare_daemon,
-    )
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bq-api-")))
+        served = stack.enter_context(served_workspace(workspace, folder, _prepare_daemon))
+        process = subprocess.Popen(
+            [str(executable), "run", "-w", str(served)],
+            start_new_session=True,
+            preexec_fn=_prepare_daemon,
+        )
         try:
-            process.wait(timeout=DAEMON_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            yield process
+        finally:
+            stop_process_group(process, DAEMON_STOP_SECONDS)
 
 
 def token_from_file(path: Path) -> str:

@@ -29,6 +29,7 @@ from bq_pipelines_testkit.api_stack import (
     on_services,
     temporary_collection,
 )
+from bq_pipelines_testkit.dagster_processes import child_pids, command_line
 from bq_pipelines_testkit.http_host import LocalHttpHost, serving
 from bq_pipelines_testkit.rasters import RasterSpec, write_raster
 
@@ -143,8 +144,14 @@ def test_make_api_on_the_embedded_defaults(tmp_path: Path, mirror: LocalHttpHost
         assert cog_validate(str(cog))[0]
         assert (home / "api" / "requests.sqlite").is_file()
 
-        children = Path(f"/proc/{api.api.pid}/task/{api.api.pid}/children").read_text().split()
-        assert children, "no daemon started"
+        children = child_pids(api.api.pid)
+        commands = [command_line(pid) for pid in children]
+        # The daemon reaches a code server the API started (a grpc_server workspace), instead of
+        # starting one of its own that it would replace every minute.
+        assert sum("dagster-daemon run" in c for c in commands) == 1, commands
+        assert sum("api grpc -m bq_pipelines.definitions" in c for c in commands) == 1, commands
+        [daemon] = [pid for pid, c in zip(children, commands, strict=True) if "dagster-daemon" in c]
+        assert not any("api grpc" in command_line(pid) for pid in child_pids(daemon)), commands
         api.api.terminate()
         api.api.wait(timeout=30)
         for pid in children:
