@@ -49,6 +49,7 @@ import dagster as dg  # noqa: E402
 import psutil  # noqa: E402
 from results import write_result  # noqa: E402
 
+from bq_pipelines.ingestion.code_servers import free_port  # noqa: E402
 from bq_pipelines.ingestion.definitions import JOB_NAME, REQUEST_TAG  # noqa: E402
 from bq_pipelines.ingestion.store import RequestStore  # noqa: E402
 from bq_pipelines.lib.waiting import wait_until  # noqa: E402
@@ -60,7 +61,6 @@ from bq_pipelines_testkit.api_stack import (  # noqa: E402
     on_services,
     temporary_collection,
 )
-from bq_pipelines_testkit.dagster_processes import free_port  # noqa: E402
 from bq_pipelines_testkit.rasters import RasterSpec, write_raster  # noqa: E402
 from bq_pipelines_testkit.services import SERVICES_ENV, parse_env_file  # noqa: E402
 

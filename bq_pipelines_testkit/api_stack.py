@@ -21,6 +21,7 @@ import dagster as dg
 import httpx
 import psycopg
 
+from bq_pipelines.ingestion.code_servers import free_port
 from bq_pipelines.ingestion.definitions import REQUEST_TAG
 from bq_pipelines.lib.catalog import Publisher, StacApiPublisher
 from bq_pipelines.lib.stac import build_collection
@@ -28,7 +29,6 @@ from bq_pipelines.lib.waiting import WaitTimeout, wait_until
 from bq_pipelines_testkit.dagster_processes import (
     PROJECT_ROOT,
     Deployment,
-    free_port,
     write_grpc_workspace,
 )
 from bq_pipelines_testkit.services import stack_database_prefix

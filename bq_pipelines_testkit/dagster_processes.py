@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from bq_pipelines.ingestion.code_servers import free_port, listening
 from bq_pipelines.lib.waiting import wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -51,21 +51,6 @@ def write_grpc_workspace(path: Path, port: int, location_name: str) -> Path:
         f"      location_name: {location_name}\n"
     )
     return path
-
-
-def listening(port: int) -> bool:
-    """Whether something accepts connections on 127.0.0.1:`port` (a code server listens once
-    its definitions are loaded)."""
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
-        return True
-    return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _default_sigint() -> None:

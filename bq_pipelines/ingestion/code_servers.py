@@ -29,14 +29,17 @@ READY_SECONDS = 180.0  # a code location loads in seconds; a loaded 2-core machi
 STOP_SECONDS = 15
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port` (a code server listens once
+    its definitions are loaded)."""
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         return True
     return False
@@ -70,7 +73,7 @@ def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> None:
 
     try:
         wait_until(
-            lambda: _listening(port),
+            lambda: listening(port),
             timeout=READY_SECONDS,
             what=f"the code server for port {port}",
             poll=0.2,
@@ -110,7 +113,7 @@ def served_workspace(
             if module is None:
                 served.append(entry)
                 continue
-            port = _free_port()
+            port = free_port()
             process = subprocess.Popen(
                 _server_command(module, port, workspace),
                 start_new_session=True,

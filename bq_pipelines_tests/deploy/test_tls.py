@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from bq_pipelines.ingestion.code_servers import free_port
 from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines_tests.deploy.stack import DEPLOY_DIR, URL_VALUES, docker_compose, filled_env
 
@@ -100,12 +101,6 @@ def _port(entry: str | dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ nginx, running
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
