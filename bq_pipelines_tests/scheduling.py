@@ -45,7 +45,6 @@ SECONDS: dict[str, dict[str, float]] = {
         "test_requests_whose_run_was_starting_are_processed_exactly_o": 134,
         "test_requests_whose_run_had_started_are_processed_exactly_on": 144,
         "test_requests_whose_item_was_published_are_processed_exactly": 74,
-        "test_status_says_how_many_attempts_a_request_took": 90,
     },
     "api/test_api_restarts.py": {
         "test_kill_9_of_the_daemon_between_acceptance_and_processing_": 60,

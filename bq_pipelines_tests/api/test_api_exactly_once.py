@@ -132,12 +132,16 @@ class Crash:
 
     def freeze_daemon(self) -> None:
         """SIGSTOP the daemon between two writes: frozen inside one, it would hold SQLite's lock
-        and lock every reader of the instance out until it is resumed."""
+        and lock every reader of the instance out until it is resumed (a code server started
+        meanwhile fails its storage check, "database is locked"). Each storage is a database of
+        its own: runs, event logs, schedules and sensor ticks."""
 
         def frozen_outside_a_write() -> bool:
             os.kill(self.daemon, signal.SIGSTOP)
             try:
                 self.instance.get_runs(limit=1)
+                self.instance.fetch_materializations(dg.AssetKey("any"), limit=1)
+                self.instance.all_instigator_state()
             except sqlalchemy.exc.OperationalError:  # "database is locked"
                 os.kill(self.daemon, signal.SIGCONT)
                 return False
@@ -321,11 +325,13 @@ def test_requests_whose_run_was_starting_are_processed_exactly_once(crash: Crash
     run monitoring, its run key blocking any retry). Each such run fails: the code server answers
     the launch only once its worker has started, so killing the server or the worker breaks the
     launch (Dagster fails the run; a worker resumed later refuses a failed run), and a run left
-    STARTING by a killed daemon is failed by run monitoring."""
+    STARTING by a killed daemon is failed by run monitoring. The status says how many attempts a
+    request took and why each retry was needed, as a client reads it."""
     crash.api.start_api()
     crash.api.start_daemon()
     crash.wait_until_healthy()
     failed_runs = {}
+    by_victim = {}
     for victim, failures in (("run worker", 1), ("daemon group", 1), ("code server", 1)):
         before = crash.workers()
         request_id = crash.accept()
@@ -336,13 +342,24 @@ def test_requests_whose_run_was_starting_are_processed_exactly_once(crash: Crash
         if victim == "run worker":
             os.kill(worker, signal.SIGKILL)
         elif victim == "daemon group":
-            crash.restart_daemon()
+            crash.restart_daemon()  # the run stays STARTING: run monitoring fails it
         else:
             crash.kill_code_servers()
             os.kill(worker, signal.SIGCONT)
         failed_runs[request_id] = failures
+        by_victim[victim] = request_id
         crash.api.wait_done([request_id])
     crash.assert_exactly_once(failed_runs)
+
+    status = httpx.get(
+        f"{crash.api.base_url}/status",
+        params={"id": by_victim["daemon group"]},
+        headers=AUTH,
+        timeout=30,
+    ).json()
+    assert status["_operation"] == "PROCESS FINISHED" and status["_attempt"] == 2, status
+    [retry] = status["_retries"]
+    assert retry["attempt"] == 1 and "to start" in retry["reason"], retry
 
 
 def test_requests_whose_run_had_started_are_processed_exactly_once(crash: Crash):
@@ -415,23 +432,3 @@ def test_requests_whose_item_was_published_are_processed_exactly_once(crash: Cra
 def api_state(crash: Crash, request_id: str) -> tuple[str, str | None]:
     status = crash.api.status(request_id)
     return status["_state"], status["_step"]
-
-
-def test_status_says_how_many_attempts_a_request_took(crash: Crash):
-    """The status of a retried request, as a client reads it."""
-    crash.api.start_api()
-    crash.api.start_daemon()
-    crash.wait_until_healthy()
-    before = crash.workers()
-    request_id = crash.accept()
-    crash.wait_for_run(request_id, {dg.DagsterRunStatus.STARTING})
-    os.kill(crash.new_worker(before), signal.SIGSTOP)
-    assert crash.existing_run(request_id).status == dg.DagsterRunStatus.STARTING
-    crash.restart_daemon()  # the run stays STARTING: run monitoring fails it, then a retry
-    crash.api.wait_done([request_id])
-    status = httpx.get(
-        f"{crash.api.base_url}/status", params={"id": request_id}, headers=AUTH, timeout=30
-    ).json()
-    assert status["_operation"] == "PROCESS FINISHED" and status["_attempt"] == 2, status
-    [retry] = status["_retries"]
-    assert retry["attempt"] == 1 and "to start" in retry["reason"], retry
