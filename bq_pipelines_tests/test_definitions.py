@@ -155,6 +155,22 @@ def test_the_load_reads_each_declaration_once_and_the_settings_once(monkeypatch)
     assert len(read_settings) == 1
 
 
+def test_the_load_imports_no_executor_or_reader_it_does_not_use():
+    """Every code server, run worker and step process loads the code location: Celery (with
+    kombu and Dagster's CLI) only when it is the executor, netCDF4 only when a cube is read."""
+    script = (
+        "import sys, bq_pipelines.definitions as d; d.defs(); "
+        "print(sorted(m for m in ('celery', 'kombu', 'dagster_celery', 'netCDF4') "
+        "if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BQ_")}
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"
+
+
 @pytest.mark.slow
 def test_workspace_yaml_loads_the_code_location(tmp_path):
     # What `make dev` and a deployment load: the workspace file, through Dagster's own CLI.

@@ -1,18 +1,20 @@
 """What an EBV NetCDF cube says of its entities (species): their names, from the cube itself.
 
 GDAL's raster API cannot read a NetCDF character variable (the EBV standard's `entity`), so the
-names are read with netCDF4, once per file version (path, size, modification time).
+names are read with netCDF4, once per file version (path, size, modification time). netCDF4 is
+imported when a cube is read: loading the code location does not need it.
 """
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-
-import netCDF4
-import numpy as np
+from typing import TYPE_CHECKING
 
 from bq_pipelines.lib.errors import PipelineError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class CubeError(PipelineError):
@@ -31,6 +33,8 @@ def cube_entity_names(path: Path, variable: str) -> list[str]:
 
 @functools.lru_cache(maxsize=16)
 def _names(path: str, size: int, mtime_ns: int, variable: str) -> tuple[str, ...]:
+    import netCDF4
+
     try:
         with netCDF4.Dataset(path) as cube:
             if variable not in cube.variables:
@@ -43,6 +47,9 @@ def _names(path: str, size: int, mtime_ns: int, variable: str) -> tuple[str, ...
 
 
 def _strings(values: np.ndarray) -> list[object]:
+    import netCDF4
+    import numpy as np
+
     if values.dtype.kind == "S" and values.ndim == 2:  # characters [entity, nchar]
         return list(netCDF4.chartostring(np.ma.filled(values, b"")))
     return list(np.ravel(np.ma.filled(values, "")))
