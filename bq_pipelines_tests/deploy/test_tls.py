@@ -7,7 +7,6 @@ self-signed certificate made here: only the upstream addresses and ports are rew
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import yaml
 
 from bq_pipelines.ingestion.code_servers import free_port
 from bq_pipelines.lib.waiting import wait_until
+from bq_pipelines_testkit.static_host import nginx_binary
 from bq_pipelines_tests.deploy.stack import DEPLOY_DIR, URL_VALUES, docker_compose, filled_env
 
 NGINX_CONF = DEPLOY_DIR / "nginx" / "default.conf"
@@ -145,15 +145,6 @@ def loopback_conf(folder: Path, http_port: int, https_port: int) -> Path:
         f"  include {folder}/default.conf;\n}}\n"
     )
     return main
-
-
-def nginx_binary() -> str:
-    executable = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if executable is None:
-        pytest.fail("nginx is not installed: run `make deploy-tools`")
-    return executable
 
 
 @pytest.fixture

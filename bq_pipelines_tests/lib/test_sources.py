@@ -36,6 +36,7 @@ from bq_pipelines.lib.sources import (
 from bq_pipelines.lib.url_policy import SourcePolicy
 from bq_pipelines.lib.waiting import WaitTimeout, wait_until
 from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.static_host import static_host
 from bq_pipelines_tests.fixtures.tls import https_server, self_signed_certificate
 
 FAST = RetryPolicy(attempts=3, backoff_seconds=0.01, max_backoff_seconds=0.05)
@@ -75,6 +76,27 @@ def test_http_fetch_streams_hashes_and_renames(
     assert fetched.fingerprint.last_modified == head.headers["Last-Modified"]
     assert fetched.fingerprint.size == len(PAYLOAD)
     assert http_host.count("GET") == 1
+
+
+def test_a_static_web_server_is_probed_and_fetched_and_a_new_version_is_seen(
+    tmp_path: Path,
+) -> None:
+    """nginx, as most data hosts are (and the API benchmark's source host): its HEAD gives the
+    size, ETag and Last-Modified the probe records; a replaced file gives another token."""
+    root = tmp_path / "www"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "layer.tif").write_bytes(PAYLOAD)
+    with static_host(root, tmp_path / "nginx") as base_url:
+        url = f"{base_url}/data/layer.tif"
+        first = probe(url, retry=FAST)
+        assert first.size == len(PAYLOAD) and first.etag and first.last_modified
+        fetched = fetch(url, tmp_path / "staging", retry=FAST)
+        assert fetched.sha256 == SHA256 and fetched.fingerprint == first
+
+        replaced = root / "data" / "layer.tif"
+        replaced.write_bytes(PAYLOAD[::-1])
+        os.utime(replaced, (time.time() + 60, time.time() + 60))  # a later version
+        assert probe(url, retry=FAST).token() != first.token()
 
 
 def test_http_fetch_uses_file_name(served: str, tmp_path: Path) -> None:
