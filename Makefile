@@ -154,8 +154,9 @@ format: install-dev
 	$(BIN)/ruff check --fix .
 
 ## Benchmarks (ratios against a baseline measured in the same run): each writes its results
-## under bench/results/, then bench/RESULTS.md is assembled from them (bench/assemble.py)
-bench: install-dev bench-tools
+## under bench/results/, then bench/RESULTS.md is assembled from them (bench/assemble.py);
+## deploy-tools for nginx, the API benchmark's source host
+bench: install-dev bench-tools deploy-tools
 	$(BIN)/python bench/bench_cog.py
 	$(BIN)/python bench/bench_cog.py --small
 	$(BIN)/python bench/bench_cog.py --rss-gb 2.1

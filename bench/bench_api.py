@@ -7,7 +7,8 @@ Run from the project root, with the checkout's service ports exported like for t
 project's workspace run as subprocesses on the real services (`scripts/services.py up`): the
 request store in PostgreSQL (or SQLite), stac-fastapi-pgstac, a moto S3 bucket. `--requests`
 POST /newitem (the legacy README's example, a distinct item name each, a 64x48 float32 GeoTIFF
-on a local HTTP mirror in a process of its own) are sent by `--clients` concurrent clients
+on a source host: nginx serving a folder, as most data hosts do; `--source-host python` for the
+tests' LocalHttpHost in a process of its own) are sent by `--clients` concurrent clients
 (asyncio, keep-alive) while the daemon processes them.
 
 Acceptance latency is the time from sending a POST to its answer, the source's HEAD included:
@@ -63,6 +64,7 @@ from bq_pipelines_testkit.api_stack import (  # noqa: E402
 )
 from bq_pipelines_testkit.rasters import RasterSpec, write_raster  # noqa: E402
 from bq_pipelines_testkit.services import SERVICES_ENV, parse_env_file  # noqa: E402
+from bq_pipelines_testkit.static_host import static_host  # noqa: E402
 
 PROCESS_TIMEOUT_SECONDS = 4 * 3600
 
@@ -88,6 +90,19 @@ with serving(Path(sys.argv[1])) as host:
     print(host.base_url, flush=True)
     sys.stdin.read()  # until the benchmark closes it
 """
+
+
+@contextlib.contextmanager
+def source_host(kind: str, root: Path) -> Iterator[Mirror]:
+    """The requests' source host: nginx (a thread per connection in Python cost ~10 times its
+    CPU per HEAD, taken from the two cores the API is measured on), or LocalHttpHost."""
+    if kind == "python":
+        with mirror_process(root) as mirror:
+            yield mirror
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with static_host(root, root.parent / "nginx") as base_url:
+        yield Mirror(root, base_url)
 
 
 @contextlib.contextmanager
@@ -241,6 +256,12 @@ def main() -> int:
     )
     parser.add_argument("--workers", type=int, default=1, help="BQ_API_WORKERS")
     parser.add_argument(
+        "--source-host",
+        choices=("nginx", "python"),
+        default="nginx",
+        help="what serves the sources: nginx, or the tests' LocalHttpHost (Python)",
+    )
+    parser.add_argument(
         "--sources",
         type=int,
         default=0,
@@ -263,12 +284,12 @@ def main() -> int:
         f"{time.strftime('%Y-%m-%d %H:%M')}, nproc {os.cpu_count()}, load average "
         f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}, {args.requests} POSTs, "
         f"{args.clients} clients, store {args.store}, API workers {args.workers}, "
-        f"daemon: {args.process}"
+        f"daemon: {args.process}, source host: {args.source_host}"
     )
     with tempfile.TemporaryDirectory(prefix="bench-api-") as folder:
         work = Path(folder)
         with (
-            mirror_process(work / "mirror") as mirror,
+            source_host(args.source_host, work / "mirror") as mirror,
             temporary_collection(services["BQ_STAC_API_URL"], collection_id),
             on_services(services, work / "bq", f"{mirror.base_url}/data/", args.store) as bq,
             api_stack(work, {**bq, "BQ_API_WORKERS": str(args.workers)}) as stack,
@@ -403,7 +424,8 @@ def write_api_result(
     write_result(
         "bench_api" if args.process == "none" else f"bench_api-process-{args.process}",
         title=f"Ingestion API: {args.requests} POSTs from {args.clients} clients, store "
-        f"{args.store}, {args.workers} API worker(s), daemon {args.process}",
+        f"{args.store}, {args.workers} API worker(s), daemon {args.process}, source host "
+        f"{args.source_host}",
         goal=f"p99 of an accepted POST (the source's HEAD included) <= {P99_GOAL_MS:.0f} ms at "
         f"{args.clients} clients. {outcome}.",
         baseline="a plain FastAPI endpoint (bench/plain_fastapi.py) and GET /status, same run",
