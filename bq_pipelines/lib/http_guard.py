@@ -51,6 +51,10 @@ _ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
 )
 
 
+def verified_context(verify: bool) -> ssl.SSLContext:
+    return _ssl_context(verify, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
 @functools.lru_cache(maxsize=8)
 def _ssl_context(verify: bool, cafile: str | None, capath: str | None) -> ssl.SSLContext:
     # Building a context loads the CA bundle (~70 ms here): one per settings, shared by every
@@ -60,7 +64,7 @@ def _ssl_context(verify: bool, cafile: str | None, capath: str | None) -> ssl.SS
 
 
 @contextlib.contextmanager
-def _httpx_errors() -> Iterator[None]:
+def httpx_errors() -> Iterator[None]:
     try:
         yield
     except Exception as error:
@@ -72,9 +76,7 @@ def _httpx_errors() -> Iterator[None]:
 
 def _pool_options(verify: bool) -> dict[str, typing.Any]:
     return {
-        "ssl_context": _ssl_context(
-            verify, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
-        ),
+        "ssl_context": verified_context(verify),
         # As many kept as allowed: a surplus keep-alive is closed by the pool, the same race.
         "max_connections": MAX_CONNECTIONS,
         "max_keepalive_connections": MAX_CONNECTIONS,
@@ -146,7 +148,7 @@ class _ResponseStream(httpx.SyncByteStream):
         self._stream = stream
 
     def __iter__(self) -> Iterator[bytes]:
-        with _httpx_errors():
+        with httpx_errors():
             yield from self._stream
 
     def close(self) -> None:
@@ -166,7 +168,7 @@ class GuardedTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.SyncByteStream)
-        with _httpx_errors():
+        with httpx_errors():
             response = self._pool.handle_request(_core_request(request))
         assert isinstance(response.stream, typing.Iterable)
         return httpx.Response(
@@ -192,7 +194,7 @@ def _mapped(kind: type[Exception], timeout_kind: type[Exception]) -> Iterator[No
         raise kind(str(error) or type(error).__name__) from error
 
 
-class _AsyncioStream(httpcore.AsyncNetworkStream):
+class AsyncioStream(httpcore.AsyncNetworkStream):
     """A connection on asyncio's streams. httpcore's anyio stream cost the API's probe more
     CPU than the request itself: anyio builds its attribute table on every keep-alive check
     (`is_readable`, asked before each reuse) and takes a task lookup on every read and write."""
@@ -217,6 +219,9 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
     async def aclose(self) -> None:
         self._writer.close()
 
+    def close_now(self) -> None:
+        self._writer.close()
+
     async def start_tls(
         self,
         ssl_context: ssl.SSLContext,
@@ -239,7 +244,7 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
         return self._writer.get_extra_info(names.get(info, info))
 
 
-class _AsyncPinnedBackend(httpcore.AsyncNetworkBackend):
+class AsyncPinnedBackend(httpcore.AsyncNetworkBackend):
     """`_PinnedBackend` for an event loop: the same resolver, run in a worker thread (it may
     ask DNS), once per new connection; kept-alive connections do not ask again."""
 
@@ -282,7 +287,7 @@ async def _connect(
     timeout: float | None,
     local_address: str | None,
     socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None,
-) -> _AsyncioStream:
+) -> AsyncioStream:
     local = None if local_address is None else (local_address, 0)
     with _mapped(httpcore.ConnectError, httpcore.ConnectTimeout):
         async with asyncio.timeout(timeout):
@@ -290,7 +295,7 @@ async def _connect(
         sock = writer.get_extra_info("socket")
         for option in socket_options or ():
             sock.setsockopt(*option)
-    return _AsyncioStream(reader, writer)
+    return AsyncioStream(reader, writer)
 
 
 class _AsyncResponseStream(httpx.AsyncByteStream):
@@ -298,7 +303,7 @@ class _AsyncResponseStream(httpx.AsyncByteStream):
         self._stream = stream
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _httpx_errors():
+        with httpx_errors():
             async for chunk in self._stream:
                 yield chunk
 
@@ -314,12 +319,12 @@ class AsyncGuardedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, resolve: AddressResolver, *, verify: bool = True) -> None:
         self._pool = httpcore.AsyncConnectionPool(
-            network_backend=_AsyncPinnedBackend(resolve), **_pool_options(verify)
+            network_backend=AsyncPinnedBackend(resolve), **_pool_options(verify)
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.AsyncByteStream)
-        with _httpx_errors():
+        with httpx_errors():
             response = await self._pool.handle_async_request(_core_request(request))
         assert isinstance(response.stream, typing.AsyncIterable)
         return httpx.Response(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import logging
@@ -19,6 +20,7 @@ import anyio.to_thread
 import httpx
 
 from bq_pipelines.lib.http_guard import AsyncGuardedTransport, GuardedTransport
+from bq_pipelines.lib.pinned_head import AsyncPinnedHead
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import RetryPolicy
 from bq_pipelines.lib.sources.common import (
@@ -102,6 +104,14 @@ class AsyncHttpSession:
     def __init__(self, guard: UrlGuard) -> None:
         self.guard = guard
         self._client: httpx.AsyncClient | None = None
+        self._head: AsyncPinnedHead | None = None
+
+    async def head(self, url: str, *, authorization: str | None, timeout: float) -> httpx.Response:
+        """HEAD `url` on the session's lean client (lib/pinned_head.py): the same pinning and
+        hop checks as `client()`, a third of its CPU."""
+        if self._head is None:
+            self._head = AsyncPinnedHead(self.guard.addresses, self.check_url)
+        return await self._head.head(url, authorization=authorization, timeout=timeout)
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -127,7 +137,9 @@ class AsyncHttpSession:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-        self._client = None
+        if self._head is not None:
+            await self._head.aclose()
+        self._client, self._head = None, None
 
 
 def _new_client(limits: FetchLimits | None = None) -> httpx.Client:
@@ -153,6 +165,15 @@ def _request_options(url: str, timeout: float) -> dict[str, Any]:
     if parts.username is not None:
         auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
     return {"auth": auth, "timeout": httpx.Timeout(timeout)}
+
+
+def _basic_authorization(url: str) -> str | None:
+    """The Authorization header httpx.BasicAuth sends for the URL's userinfo, if it has one."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return None
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 def _tls_failure(error: BaseException) -> str | None:
@@ -245,13 +266,16 @@ def _http_probe(
 async def _http_probe_async(
     url: str, timeout: float, session: AsyncHttpSession
 ) -> SourceFingerprint:
-    """`_http_probe` on the session's async client, one attempt."""
+    """`_http_probe` on the session's lean HEAD (httpx's client for the ranged GET), one
+    attempt."""
     state = _HttpAttemptState()
     options = _request_options(url, timeout)
-    client = session.client()
     with _http_errors(url):
-        response = await client.head(redact_url(url), **options)
+        response = await session.head(
+            redact_url(url), authorization=_basic_authorization(url), timeout=timeout
+        )
         if response.status_code in HEAD_REFUSED_STATUSES:
+            client = session.client()
             ranged_get = client.stream(
                 "GET", redact_url(url), headers={"Range": "bytes=0-0"}, **options
             )
