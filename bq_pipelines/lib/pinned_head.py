@@ -21,6 +21,7 @@ import httpx
 
 from bq_pipelines.lib.http_guard import (
     KEEPALIVE_SECONDS,
+    MAX_CONNECTIONS,
     AddressResolver,
     AsyncioStream,
     AsyncPinnedBackend,
@@ -51,6 +52,11 @@ class _HeadConnection:
         # Anything buffered, or the server's close, means it cannot carry another request.
         fresh = now - self.idle_since < KEEPALIVE_SECONDS
         return fresh and not self.stream.get_extra_info("is_readable")
+
+
+def _host(url: httpx.URL) -> str:
+    """The host as sent (IDNA-encoded), as httpcore connects to it and verifies TLS for it."""
+    return url.raw_host.decode("ascii")
 
 
 def _port(url: httpx.URL) -> int:
@@ -124,7 +130,7 @@ class AsyncPinnedHead:
     async def _request(
         self, url: httpx.URL, authorization: str | None, timeout: float
     ) -> httpx.Response:
-        key = (url.scheme, url.host, _port(url))
+        key = (url.scheme, _host(url), _port(url))
         connection = self._take(key)
         if connection is not None:
             try:
@@ -144,14 +150,24 @@ class AsyncPinnedHead:
             connection.stream.close_now()
         return None
 
+    def _put(self, key: tuple[str, str, int], connection: _HeadConnection) -> None:
+        """Back to the origin's idle list, newest last (taken first); the oldest, expired or
+        beyond MAX_CONNECTIONS, are closed rather than left to the server's timeout."""
+        now = time.monotonic()
+        connection.idle_since = now
+        idle = self._idle.setdefault(key, [])
+        idle.append(connection)
+        while idle and (len(idle) > MAX_CONNECTIONS or not idle[0].reusable(now)):
+            idle.pop(0).stream.close_now()
+
     async def _connect(self, url: httpx.URL, timeout: float) -> _HeadConnection:
         with httpx_errors():
             stream: httpcore.AsyncNetworkStream = await self._backend.connect_tcp(
-                url.host, _port(url), timeout=timeout
+                _host(url), _port(url), timeout=timeout
             )
             if url.scheme == "https":
                 stream = await stream.start_tls(
-                    verified_context(self._verify), server_hostname=url.host, timeout=timeout
+                    verified_context(self._verify), server_hostname=_host(url), timeout=timeout
                 )
         assert isinstance(stream, AsyncioStream)
         return _HeadConnection(stream, h11.Connection(h11.CLIENT))
@@ -179,8 +195,7 @@ class AsyncPinnedHead:
                 answer = await _answer(connection, timeout)
             if protocol.our_state is h11.DONE and protocol.their_state is h11.DONE:
                 protocol.start_next_cycle()
-                connection.idle_since = time.monotonic()
-                self._idle.setdefault(key, []).append(connection)
+                self._put(key, connection)
                 kept = True
         finally:
             if not kept:
