@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.server
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
 
 from bq_pipelines.lib.errors import SourceRefused
 from bq_pipelines.lib.pinned_head import MAX_REDIRECTS, AsyncPinnedHead
+from bq_pipelines_tests.fixtures.tls import https_server, self_signed_certificate
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nETag: "v1"\r\n\r\n'
 
@@ -179,3 +183,43 @@ def test_redirect_loops_and_broken_answers_are_httpx_errors() -> None:
 
     server = asyncio.run(run())
     assert sum(path == "/loop.tif" for path, _ in server.requests) == MAX_REDIRECTS + 1
+
+
+class _Head(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1234")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_tls_is_verified_for_the_urls_host_while_connecting_to_the_pinned_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certificate for `localhost`, trusted through SSL_CERT_FILE: the connection goes to the
+    pinned 127.0.0.1 and TLS verifies the URL's host name; an untrusted one is refused with
+    the certificate error as its cause, as httpx's client gives it (lib/sources reads it so)."""
+    certificate = self_signed_certificate(tmp_path / "tls", "localhost", dns_name="localhost")
+
+    async def head_of(url: str) -> httpx.Response:
+        head = pinned_to_loopback()
+        try:
+            return await head.head(url, authorization=None, timeout=5)
+        finally:
+            await head.aclose()
+
+    with https_server(tmp_path / "tls", _Head) as server:
+        url = f"https://localhost:{server.server_address[1]}/a.tif"
+        with pytest.raises(httpx.ConnectError) as refused:
+            asyncio.run(head_of(url))
+        causes: list[BaseException] = [refused.value]
+        while causes[-1].__cause__ is not None:
+            causes.append(causes[-1].__cause__)
+        assert any(isinstance(cause, ssl.SSLCertVerificationError) for cause in causes), causes
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+        answer = asyncio.run(head_of(url))
+    assert answer.status_code == 200 and answer.headers["Content-Length"] == "1234"
