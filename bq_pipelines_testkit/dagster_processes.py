@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from bq_pipelines.ingestion.code_servers import free_port, listening
+from bq_pipelines.ingestion.code_servers import free_port, wait_until_listening
 from bq_pipelines.lib.waiting import wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -112,15 +112,11 @@ class Deployment:
             log_name=log_name,
         )
 
-        def exited() -> str | None:
-            return None if process.poll() is None else f"exited with {process.returncode}"
-
-        wait_until(
-            lambda: listening(port),
+        wait_until_listening(
+            process,
+            port,
             timeout=STARTUP_TIMEOUT,
             what=f"the code server listening on port {port}",
-            poll=0.2,
-            failed=exited,
             detail=self.log_tail,
         )
         return process

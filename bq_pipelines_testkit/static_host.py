@@ -15,8 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from bq_pipelines.ingestion.code_servers import free_port, listening
-from bq_pipelines.lib.waiting import wait_until
+from bq_pipelines.ingestion.code_servers import free_port, wait_until_listening
 
 START_TIMEOUT_SECONDS = 10.0
 
@@ -64,19 +63,9 @@ def static_host(root: Path, folder: Path) -> Iterator[str]:
         text=True,
     )
 
-    def exited() -> str | None:
-        if process.poll() is None:
-            return None
-        stderr = process.stderr.read() if process.stderr else ""
-        return f"exited with {process.returncode}: {stderr}"
-
     try:
-        wait_until(
-            lambda: listening(port),
-            timeout=START_TIMEOUT_SECONDS,
-            what=f"nginx listening on port {port}",
-            poll=0.05,
-            failed=exited,
+        wait_until_listening(
+            process, port, timeout=START_TIMEOUT_SECONDS, what=f"nginx on port {port}", poll=0.05
         )
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -67,17 +67,35 @@ def _server_command(module: dict[str, Any], port: int, workspace: Path) -> list[
     ]
 
 
-def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> None:
-    def exited() -> str | None:
-        return None if process.poll() is None else f"exited with {process.returncode}"
+def wait_until_listening(
+    process: subprocess.Popen[Any],
+    port: int,
+    *,
+    timeout: float,
+    what: str,
+    poll: float = 0.2,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Until the started `process` accepts connections on 127.0.0.1:`port`; WaitTimeout naming
+    `what` when the time runs out or the process exits first (with its stderr, if piped)."""
 
+    def exited() -> str | None:
+        if process.poll() is None:
+            return None
+        stderr = process.stderr.read() if process.stderr is not None else ""
+        if isinstance(stderr, bytes):
+            stderr = stderr.decode(errors="replace")
+        return f"exited with {process.returncode}" + (f": {stderr}" if stderr else "")
+
+    wait_until(
+        lambda: listening(port), timeout=timeout, what=what, poll=poll, failed=exited, detail=detail
+    )
+
+
+def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> None:
     try:
-        wait_until(
-            lambda: listening(port),
-            timeout=READY_SECONDS,
-            what=f"the code server for port {port}",
-            poll=0.2,
-            failed=exited,
+        wait_until_listening(
+            process, port, timeout=READY_SECONDS, what=f"the code server for port {port}"
         )
     except WaitTimeout as error:
         raise ConfigError(str(error)) from None
