@@ -3,6 +3,7 @@ runs attributed to the dataset's job in the UI, nothing published when nothing s
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from bq_pipelines.runtime.launch import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+PIPE_PAGE = 4096
 RUN_LINE = re.compile(
     r"^run (?P<run>[0-9a-f]{8}) \[(?P<label>[^\]]+)\]: (?P<status>ok|FAILED)"
     r"(, (?P<published>\d+) published, (?P<skipped>\d+) skipped, (?P<failed>\d+) failed)?",
@@ -55,7 +57,8 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize(
     ("command", "after_lines"),
     [
-        # 4,920 keys: more than a pipe holds, so the reader goes away while they are written.
+        # 4,920 keys (~64 kB, 16 times the test's pipe): the reader goes away while they are
+        # written.
         (["partitions", "chelsa-monthly"], 1),
         (["partitions", "chelsa-monthly"], 0),
         # Short listings meet the closed pipe when they are written (the reader went first).
@@ -68,17 +71,22 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_listing_whose_reader_goes_away_ends_quietly(
     cli_env: Path, command: list[str], after_lines: int
 ) -> None:
-    # `bq-pipelines partitions chelsa-monthly | head -1`: the reader closes the pipe early.
+    # `bq-pipelines partitions chelsa-monthly | head -1`: the reader closes the pipe early. The
+    # pipe holds one page, not Linux's default 64 kB, which a whole listing could fit in: the
+    # command would then end before it met the closed pipe.
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, PIPE_PAGE)
     process = subprocess.Popen(
         [str(BIN / "bq-pipelines"), *command],
-        stdout=subprocess.PIPE,
+        stdout=write_end,
         stderr=subprocess.PIPE,
         cwd=PROJECT_ROOT,
     )
-    assert process.stdout is not None and process.stderr is not None
-    for _ in range(after_lines):
-        assert process.stdout.readline()
-    process.stdout.close()
+    os.close(write_end)
+    assert process.stderr is not None
+    with open(read_end, "rb", buffering=0) as reader:  # unbuffered: a line, not a block
+        for _ in range(after_lines):
+            assert reader.readline()
     errors = process.stderr.read().decode()
     status = process.wait(timeout=120)
 
