@@ -224,6 +224,8 @@ async def _answer(connection: _HeadConnection, timeout: float) -> h11.Response:
             return answer
         elif isinstance(event, h11.ConnectionClosed):
             raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        elif event is h11.PAUSED:  # not before the answer's end, which returns above
+            raise httpx.RemoteProtocolError("Server sent more than one answer.")
 
 
 @contextlib.contextmanager
