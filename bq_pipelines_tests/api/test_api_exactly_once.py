@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,7 +39,6 @@ import boto3
 import dagster as dg
 import httpx
 import pytest
-import sqlalchemy.exc
 import yaml
 
 from bq_pipelines.ingestion.definitions import ATTEMPT_TAG, REQUEST_TAG
@@ -134,20 +134,24 @@ class Crash:
         """SIGSTOP the daemon between two writes: frozen inside one, it would hold SQLite's lock
         and lock every reader of the instance out until it is resumed (a code server started
         meanwhile fails its storage check, "database is locked"). Each storage is a database of
-        its own: runs, event logs, schedules and sensor ticks."""
+        its own (runs, event log index, schedules and ticks), each read without waiting: through
+        the instance a locked event log made each try wait 30 s, Dagster's busy timeout."""
 
         def frozen_outside_a_write() -> bool:
             os.kill(self.daemon, signal.SIGSTOP)
-            try:
-                self.instance.get_runs(limit=1)
-                self.instance.fetch_materializations(dg.AssetKey("any"), limit=1)
-                self.instance.all_instigator_state()
-            except sqlalchemy.exc.OperationalError:  # "database is locked"
-                os.kill(self.daemon, signal.SIGCONT)
-                return False
-            return True
+            if all(readable_now(path) for path in self.storage_databases()):
+                return True
+            os.kill(self.daemon, signal.SIGCONT)
+            return False
 
         wait_until(frozen_outside_a_write, timeout=STAGE_TIMEOUT, what="the daemon frozen unlocked")
+
+    def storage_databases(self) -> list[Path]:
+        return [
+            path
+            for path in self.api.dagster_home.rglob("*.db")
+            if path.name in ("runs.db", "index.db", "schedules.db")
+        ]
 
     def code_servers(self) -> list[int]:
         """The daemon's code server (a list: the run workers of any of them are the stack's)."""
@@ -427,6 +431,16 @@ def test_requests_whose_item_was_published_are_processed_exactly_once(crash: Cra
         failed_runs[request_id] = failures
         crash.api.wait_done([request_id])
     crash.assert_exactly_once(failed_runs)
+
+
+def readable_now(database: Path) -> bool:
+    """Whether a reader gets the SQLite `database` at once (no writer holds it locked)."""
+    try:  # opened as the code server opens it (a new connection), reading only
+        with contextlib.closing(sqlite3.connect(database, timeout=0)) as connection:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return True
 
 
 def api_state(crash: Crash, request_id: str) -> tuple[str, str | None]:
