@@ -94,8 +94,8 @@ with serving(Path(sys.argv[1])) as host:
 
 @contextlib.contextmanager
 def source_host(kind: str, root: Path) -> Iterator[Mirror]:
-    """The requests' source host: nginx (a thread per connection in Python cost ~10 times its
-    CPU per HEAD, taken from the two cores the API is measured on), or LocalHttpHost."""
+    """The requests' source host: nginx, as most data hosts are, or LocalHttpHost (Python, a
+    thread per connection, whose CPU is taken from the two cores the API is measured on)."""
     if kind == "python":
         with mirror_process(root) as mirror:
             yield mirror

@@ -1,9 +1,9 @@
 """A remote data host as most of them are: nginx serving static files (HEAD, GET, ranges, ETag,
 Last-Modified) from a folder, on a free loopback port, stopped afterwards.
 
-For the benchmarks: `http_host.LocalHttpHost` (Python's ThreadingHTTPServer) can count requests
-and inject faults, but spends ~10 times nginx's CPU per request, CPU that a real remote host
-does not take from the machine being measured. Debian's nginx: `make deploy-tools`.
+For the benchmarks: `http_host.LocalHttpHost` (Python's ThreadingHTTPServer, a thread per
+connection) can count requests and inject faults, but its CPU per request is taken from the
+machine being measured, where a remote host's is not. Debian's nginx: `make deploy-tools`.
 """
 
 from __future__ import annotations

@@ -217,9 +217,10 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
                 await self._writer.drain()
 
     async def aclose(self) -> None:
-        self._writer.close()
+        self.close_now()
 
     def close_now(self) -> None:
+        """Close without waiting (asyncio's close is not a coroutine): for callers outside one."""
         self._writer.close()
 
     async def start_tls(

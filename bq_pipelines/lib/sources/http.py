@@ -269,15 +269,16 @@ async def _http_probe_async(
     """`_http_probe` on the session's lean HEAD (httpx's client for the ranged GET), one
     attempt."""
     state = _HttpAttemptState()
-    options = _request_options(url, timeout)
     with _http_errors(url):
         response = await session.head(
             redact_url(url), authorization=_basic_authorization(url), timeout=timeout
         )
         if response.status_code in HEAD_REFUSED_STATUSES:
-            client = session.client()
-            ranged_get = client.stream(
-                "GET", redact_url(url), headers={"Range": "bytes=0-0"}, **options
+            ranged_get = session.client().stream(
+                "GET",
+                redact_url(url),
+                headers={"Range": "bytes=0-0"},
+                **_request_options(url, timeout),
             )
             async with ranged_get as ranged:
                 _raise_for_status(url, ranged, state)
