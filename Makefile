@@ -15,20 +15,31 @@ export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
 # Batched event writes in every Dagster process make starts (UI, daemon, their runs and steps):
 # Dagster reads it from the environment only (bq_pipelines/runtime/event_batching.py).
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
+# Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (as on CI machines; empty means
+# unset): the install does not compile it, and without it each of the tests' ~250 Python
+# processes (code servers, run workers, CLI runs) compiled every module it imports from source
+# (~1.2 s of CPU each), and each test process re-did pytest's assertion rewriting (~2.5 s).
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: install install-dev deploy-tools bench-tools deploy-check demo test test-unit pytest services services-down test-stack-down dev ui api browse lint check-defs format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+
+# uv installs the locked tree: on a fresh machine pip took ~65 s (52 s of CPU, most of it
+# compiling every module of every package to bytecode), uv ~7 s. Python writes the bytecode of
+# what is imported on first use (see PYTHONDONTWRITEBYTECODE above).
+$(BIN)/uv: $(BIN)/python
+	$(BIN)/pip install -q -c requirements.lock uv
+UV_INSTALL := $(BIN)/uv pip install -q --python $(BIN)/python -c requirements.lock
 
 # Reproducible installs: every package pinned in requirements.lock.
-$(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock
-	$(BIN)/pip install -q -c requirements.lock -e .
+$(VENV)/.installed: $(BIN)/uv pyproject.toml requirements.lock
+	$(UV_INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	$(UV_INSTALL) -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -73,11 +84,6 @@ deploy-check: install-dev deploy-tools
 	trap '$(TEST_STACK) down' EXIT; $(TEST_STACK) up || exit; \
 	  $(BIN)/pytest bq_pipelines_tests/deploy $(PYTEST_ARGS)
 
-# Bytecode is written during the tests even where PYTHONDONTWRITEBYTECODE is set (as on CI
-# machines; empty means unset): without it each of the suite's ~250 Python processes (code
-# servers, run workers, CLI runs) compiled every module of the project from source (~0.15 s of CPU
-# each), and each test process re-did pytest's assertion rewriting of ~220 test modules (~2.5 s).
-test test-unit deploy-check pytest: export PYTHONDONTWRITEBYTECODE :=
 
 ## Install test dependencies, start the tests' own stack, run the tests, drop the stack. Tests
 ## marked `serial` (they replace the catalog database every other test writes into) run after the
