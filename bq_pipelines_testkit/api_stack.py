@@ -21,6 +21,7 @@ import dagster as dg
 import httpx
 import psycopg
 
+import bq_pipelines_testkit.http_client as http
 from bq_pipelines.ingestion.code_servers import free_port
 from bq_pipelines.ingestion.definitions import REQUEST_TAG
 from bq_pipelines.lib.catalog import Publisher, StacApiPublisher
@@ -173,7 +174,7 @@ class ApiStack:
     def wait_until_serving(self) -> None:
         def serving() -> bool:
             with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{self.base_url}/openapi.json", timeout=2).status_code == 200
+                return http.get(f"{self.base_url}/openapi.json", timeout=2).status_code == 200
             return False
 
         def exited() -> str | None:
@@ -203,7 +204,7 @@ class ApiStack:
         )
 
     def post(self, body: Any, headers: Mapping[str, str] | None = None) -> httpx.Response:
-        return httpx.post(
+        return http.post(
             f"{self.base_url}/newitem", json=body, headers={**AUTH, **(headers or {})}, timeout=30
         )
 
@@ -215,7 +216,7 @@ class ApiStack:
         return str(answer["id"])
 
     def status(self, request_id: str) -> dict[str, Any]:
-        response = httpx.get(
+        response = http.get(
             f"{self.base_url}/status", params={"id": request_id}, headers=AUTH, timeout=30
         )
         assert response.status_code == 200, response.text

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+import bq_pipelines_testkit.http_client as http
 from bq_pipelines.ingestion.code_servers import free_port, wait_until_listening
 from bq_pipelines.lib.waiting import wait_until
 
@@ -147,7 +148,7 @@ class Deployment:
             process.wait(timeout=5)
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        response = httpx.post(
+        response = http.post(
             self.graphql_url, json={"query": query, "variables": variables}, timeout=30
         )
         response.raise_for_status()

@@ -4,6 +4,7 @@ category names, attribute tables)."""
 
 from __future__ import annotations
 
+import functools
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,9 @@ class RasterSpec:
     metadata: BandMetadata = BandMetadata()
 
 
-def _default_grid(crs: CRS) -> tuple[tuple[float, float], float]:
+@functools.cache  # identifying a CRS that has no EPSG code takes PROJ ~35 ms
+def _default_grid(crs_input: str) -> tuple[tuple[float, float], float]:
+    crs = CRS.from_user_input(crs_input)
     if crs.is_geographic or not crs.is_projected:
         return (-75.0, 50.0), 0.01
     if crs.to_epsg() == 32198:
@@ -128,8 +131,7 @@ def raster_valid(spec: RasterSpec) -> np.ndarray:
 
 
 def raster_transform(spec: RasterSpec) -> Affine:
-    crs = CRS.from_user_input(spec.crs or "EPSG:4326")
-    default_origin, default_res = _default_grid(crs)
+    default_origin, default_res = _default_grid(spec.crs or "EPSG:4326")
     x, y = spec.origin or default_origin
     resolution = spec.resolution or default_res
     return (

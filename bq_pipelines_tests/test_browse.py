@@ -16,6 +16,7 @@ import dagster as dg
 import httpx
 import pytest
 
+import bq_pipelines_testkit.http_client as http
 from bq_pipelines.orchestration.keys import DatasetKeys
 from bq_pipelines.runtime.browse import browse_roots, make_server
 from bq_pipelines.settings import Settings
@@ -67,14 +68,14 @@ def test_links_open_from_the_ui_with_a_browse_url(home: dict[str, str], browse_u
     metadata = latest_metadata(instance, keys.step("stac_item"), "landcover")
     item_url = metadata["item_url"]
     assert item_url == f"{browse_url}/catalog/demo-browse/demo_landcover/demo_landcover.json"
-    assert httpx.get(item_url).json()["id"] == "demo_landcover"
+    assert http.get(item_url).json()["id"] == "demo_landcover"
     thumbnail = metadata["thumbnail_href"]
     assert thumbnail == f"{browse_url}/objects/io/demo-browse/demo_landcover.tif.thumbnail.png"
     assert metadata["thumbnail"] == f"[![thumbnail of demo_landcover]({thumbnail})]({thumbnail})"
-    assert png_pixels(httpx.get(thumbnail).content).shape[2] == 4
+    assert png_pixels(http.get(thumbnail).content).shape[2] == 4
     href = latest_metadata(instance, keys.step("object"), "landcover")["href"]
     assert href == f"{browse_url}/objects/io/demo-browse/demo_landcover.tif"
-    assert httpx.get(href).content[:4] == b"II*\x00"  # the COG itself
+    assert http.get(href).content[:4] == b"II*\x00"  # the COG itself
     [record] = instance.fetch_materializations(keys.collection, limit=1).records
     assert record.asset_materialization is not None
     collection: dict[str, Any] = {
@@ -83,7 +84,7 @@ def test_links_open_from_the_ui_with_a_browse_url(home: dict[str, str], browse_u
     coverage = f"{browse_url}/objects/io/_previews/demo-browse/coverage-map.png"
     assert collection["coverage_map"].startswith(f"[![coverage map]({coverage})]({coverage})")
     assert len(collection["coverage_map"]) < 1000  # shown in place by the UI
-    assert httpx.get(coverage).headers["content-type"] == "image/png"
+    assert http.get(coverage).headers["content-type"] == "image/png"
     assert "map_url" not in collection and "map_url" not in metadata  # no tile server
 
 

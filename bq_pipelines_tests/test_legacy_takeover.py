@@ -24,6 +24,7 @@ import pytest
 import rasterio
 import rasterio.warp
 
+import bq_pipelines_testkit.http_client as http
 from bq_pipelines.cli import main
 from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.lib import cog
@@ -161,9 +162,7 @@ def test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_processed(
     status, out = run_cli(capsys, "plan", "soilgrids", "--partition=ocs_0-30cm", "--json")
     [planned] = [json.loads(line) for line in out.splitlines()]
     [published] = (
-        httpx.get(f"{stac_api_url}/collections/soilgrids/items/ocs_0-30cm")
-        .json()["assets"]
-        .values()
+        http.get(f"{stac_api_url}/collections/soilgrids/items/ocs_0-30cm").json()["assets"].values()
     )
     assert planned["assets"]["ocs_0-30cm"]["href"] == published["href"]
 
@@ -226,7 +225,7 @@ def test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_processed(
     assert latest_metadata(instance, step, gone.partition)["skipped"] is False
     assert latest_metadata(instance, step, SLICE[1].partition)["skipped"] is True
     head = s3_client.head_object(Bucket=settings.s3_bucket, Key=key)
-    item = httpx.get(f"{stac_api_url}/collections/soilgrids/items/{gone.item_id}").json()
+    item = http.get(f"{stac_api_url}/collections/soilgrids/items/{gone.item_id}").json()
     asset = item["assets"][gone.item_id]
     assert asset["file:size"] == head["ContentLength"]  # published again, by us now
     assert item["properties"]["description"] == record_of(gone)["properties"]["description"]
@@ -252,7 +251,7 @@ def test_compare_names_what_differs_and_exits_1(takeover: Settings, capsys, stac
     assert takeover.public_base_url is not None
     item = legacy_item(taken.dataset, record_of(taken), href_base=takeover.public_base_url)
     item["properties"]["version"] = "2.1"  # a string, as the first rewrite published it
-    httpx.put(
+    http.put(
         f"{stac_api_url}/collections/{taken.dataset}/items/{taken.item_id}", json=item
     ).raise_for_status()
 
@@ -272,7 +271,7 @@ def listing(s3_client, bucket: str) -> list[tuple[str, str]]:
 def published_items(stac_api_url: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for dataset in DATASETS:
-        page = httpx.get(f"{stac_api_url}/collections/{dataset}/items", params={"limit": 100})
+        page = http.get(f"{stac_api_url}/collections/{dataset}/items", params={"limit": 100})
         found |= {f"{dataset}/{i['id']}": i for i in page.json()["features"]}
     return found
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import httpx
 import pystac_client
 
+import bq_pipelines_testkit.http_client as http
 from bq_pipelines.datasets.demo import DEMO_LAYERS, LANDCOVER_CLASSES
 from bq_pipelines.datasets.loading import parse_declaration
 from bq_pipelines.datasets.schema import Declaration
@@ -53,7 +53,7 @@ def test_thumbnails_in_store_items_and_metadata_on_services(
     for layer in DEMO_LAYERS:
         item = items[f"demo_{layer}"]
         # As the API serves it (pystac's reader would migrate extension versions).
-        served = httpx.get(f"{stac_api_url}/collections/{dataset.id}/items/{item.id}").json()
+        served = http.get(f"{stac_api_url}/collections/{dataset.id}/items/{item.id}").json()
         stac.validate(served)
         key = f"io/{dataset.id}/demo_{layer}.tif.thumbnail.png"
         asset = item.assets["thumbnail"]
@@ -81,7 +81,7 @@ def test_thumbnails_in_store_items_and_metadata_on_services(
         tiler_url = service_settings.tiler_url
         assert tiler_url is not None
         assert metadata["map_url"] == tiles.item_map_url(tiler_url, served)
-        assert httpx.get(metadata["map_url"], timeout=30).status_code == 200
+        assert http.get(metadata["map_url"], timeout=30).status_code == 200
 
     # Categorical: its six classes in its colour table, the nodata corner transparent.
     # Continuous: the ramp, the NaN corner (temperature) transparent.
@@ -104,13 +104,13 @@ def test_thumbnails_in_store_items_and_metadata_on_services(
     coverage_href = f"{service_settings.public_base_url}/{coverage_key}"
     assert collection["coverage_map"].startswith(f"[![coverage map]({coverage_href})]")
     assert len(collection["coverage_map"]) < 1000 and "3 items" in collection["coverage_map"]
-    coverage = png_pixels(httpx.get(coverage_href).content)  # public, like the COGs
+    coverage = png_pixels(http.get(coverage_href).content)  # public, like the COGs
     colours = {tuple(int(c) for c in p) for p in coverage[..., :3].reshape(-1, 3)}
     assert {preview.LAND_COLOUR, preview.SEA_COLOUR} <= colours  # southern Québec, the sea
     assert len(colours - {preview.LAND_COLOUR, preview.SEA_COLOUR}) > 3  # footprints
     mosaic = collection["map_url"]
     assert mosaic.startswith(f"{tiler_url}/collections/{dataset.id}/WebMercatorQuad/map.html?")
-    assert httpx.get(mosaic, timeout=30).status_code == 200
+    assert http.get(mosaic, timeout=30).status_code == 200
     assert "| 2020-01 | 3 |" in collection["items_over_time"]
 
     # Re-run with a fresh history (nothing to skip by): the same objects, not re-uploaded.

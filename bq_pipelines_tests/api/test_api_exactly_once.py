@@ -41,6 +41,7 @@ import httpx
 import pytest
 import yaml
 
+import bq_pipelines_testkit.http_client as http
 from bq_pipelines.ingestion.definitions import ATTEMPT_TAG, REQUEST_TAG
 from bq_pipelines.ingestion.store import RequestStore
 from bq_pipelines.lib.waiting import wait_until
@@ -184,7 +185,7 @@ class Crash:
         def healthy() -> bool:
             with contextlib.suppress(httpx.HTTPError):
                 return bool(
-                    httpx.get(f"{self.api.base_url}/health", timeout=30).json()["dagster"]["ok"]
+                    http.get(f"{self.api.base_url}/health", timeout=30).json()["dagster"]["ok"]
                 )
             return False
 
@@ -242,7 +243,7 @@ class Crash:
         )
         listed = s3.list_objects_v2(Bucket=self.bq["BQ_S3_BUCKET"], Prefix="io/")
         objects = [o["Key"] for o in listed.get("Contents", [])]
-        items = httpx.get(
+        items = http.get(
             f"{self.bq['BQ_STAC_API_URL']}/collections/{self.collection_id}/items",
             params={"limit": 1000},
             timeout=30,
@@ -355,7 +356,7 @@ def test_requests_whose_run_was_starting_are_processed_exactly_once(crash: Crash
         crash.api.wait_done([request_id])
     crash.assert_exactly_once(failed_runs)
 
-    status = httpx.get(
+    status = http.get(
         f"{crash.api.base_url}/status",
         params={"id": by_victim["daemon group"]},
         headers=AUTH,
@@ -411,7 +412,7 @@ def test_requests_whose_item_was_published_are_processed_exactly_once(crash: Cra
             request_id = crash.accept()
             crash.wait_until_published(request_id)
             name = crash.api.status(request_id)["_param"]["name"]
-            item = httpx.get(
+            item = http.get(
                 f"{crash.bq['BQ_STAC_API_URL']}/collections/{crash.collection_id}/items/{name}",
                 timeout=30,
             )

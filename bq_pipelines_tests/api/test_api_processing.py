@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import httpx
 import pystac_client
 import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
+import bq_pipelines_testkit.http_client as http
 from bq_pipelines.datasets.loading import load_declarations
 from bq_pipelines.datasets.plans import collection_for
 from bq_pipelines.ingestion.definitions import ASSET_KEY, JOB_NAME, REQUEST_TAG
@@ -109,7 +109,7 @@ def test_the_legacy_example_is_published_as_a_valid_item_and_cog(
 
     # Its COG: the bytes the item describes, a valid Cloud-Optimized GeoTIFF.
     cog = tmp_path / "cog.tif"
-    cog.write_bytes(httpx.get(asset.href, timeout=30).raise_for_status().content)
+    cog.write_bytes(http.get(asset.href, timeout=30).raise_for_status().content)
     assert asset.extra_fields["file:checksum"] == multihash_sha256(
         hashlib.sha256(cog.read_bytes()).hexdigest()
     )
@@ -172,7 +172,7 @@ def test_the_cog_profile_follows_the_collections_declaration(
     predictors, hrefs = {}, {}
     for collection, request_id in ids.items():
         assert done[request_id]["_operation"] == "PROCESS FINISHED", done[request_id]
-        item = httpx.get(done[request_id]["_item_url"]).json()
+        item = http.get(done[request_id]["_item_url"]).json()
         [asset] = item["assets"].values()
         hrefs[collection] = asset["href"]
         with rasterio.open(asset["href"]) as dataset:
@@ -279,4 +279,4 @@ def test_a_failed_request_is_processed_when_its_run_is_re_executed_from_the_ui(
         detail=lambda: f"{stack.status(request_id)}\n{stack.deployment.log_tail()}",
     )
     assert status["_operation"] == "PROCESS FINISHED", status
-    assert httpx.get(status["_item_url"]).json()["id"] == name
+    assert http.get(status["_item_url"]).json()["id"] == name

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import bq_pipelines_testkit.http_client as http
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines_testkit.api_stack import AUTH, TOKEN, ApiStack, api_stack, ensure_collection
 from bq_pipelines_testkit.http_host import LocalHttpHost, serving
@@ -148,7 +149,7 @@ def test_an_idempotency_key_reused_with_another_body_is_refused(context: Context
 
 
 def test_status_all_takes_the_largest_offset_a_store_holds(context: Context):
-    answer = httpx.get(
+    answer = http.get(
         f"{context.stack.base_url}/status/all", params={"offset": 2**63 - 1}, headers=AUTH
     )
     assert answer.status_code == 200, answer.text
@@ -167,27 +168,27 @@ def test_status_all_is_a_list_newest_first_paginated(context: Context):
     ids = [context.stack.accepted(context.body()) for _ in range(3)]
     url = f"{context.stack.base_url}/status/all"
 
-    default = httpx.get(url, headers=AUTH)
+    default = http.get(url, headers=AUTH)
     assert default.status_code == 200
     assert isinstance(default.json(), list)
     total = int(default.headers["X-Total-Count"])
     assert total >= 3
 
-    newest = httpx.get(url, params={"limit": 2}, headers=AUTH)
+    newest = http.get(url, params={"limit": 2}, headers=AUTH)
     assert [s["_id"] for s in newest.json()] == ids[::-1][:2]
     assert newest.headers["Link"] == '</status/all?limit=2&offset=2>; rel="next"'
-    following = httpx.get(url, params={"limit": 2, "offset": 2}, headers=AUTH)
+    following = http.get(url, params={"limit": 2, "offset": 2}, headers=AUTH)
     assert following.json()[0]["_id"] == ids[0]
-    last = httpx.get(url, params={"limit": 2, "offset": total - 1}, headers=AUTH)
+    last = http.get(url, params={"limit": 2, "offset": total - 1}, headers=AUTH)
     assert len(last.json()) == 1 and "Link" not in last.headers
 
 
 def test_docs_and_health(context: Context):
-    assert httpx.get(f"{context.stack.base_url}/docs").status_code == 200
-    paths = httpx.get(f"{context.stack.base_url}/openapi.json").json()["paths"]
+    assert http.get(f"{context.stack.base_url}/docs").status_code == 200
+    paths = http.get(f"{context.stack.base_url}/openapi.json").json()["paths"]
     assert {"/newitem", "/status", "/status/all", "/health"} <= set(paths)
 
-    health = httpx.get(f"{context.stack.base_url}/health", timeout=30)
+    health = http.get(f"{context.stack.base_url}/health", timeout=30)
     report = health.json()
     # No daemon runs in this module: Dagster is reported down, the rest up.
     assert health.status_code == 503 and report["status"] == "degraded"
@@ -407,7 +408,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem(context: Context, case: Bad):
         kwargs["json"] = case.body(context)
     if case.content is not None:
         kwargs["content"] = case.content(context)
-    response = httpx.request(case.method, context.stack.base_url + case.path, **kwargs)
+    response = http.request(case.method, context.stack.base_url + case.path, **kwargs)
 
     assert response.status_code == case.status, response.text
     assert case.expect.lower() in response.text.lower(), response.text
@@ -432,7 +433,7 @@ def test_the_server_keeps_serving_after_the_bad_requests(context: Context):
     assert context.stack.api.poll() is None
     request_id = context.stack.accepted(context.body())
     assert context.stack.status(request_id)["_operation"] == "RECEIVED"
-    assert httpx.get(f"{context.stack.base_url}/health", timeout=30).status_code in (200, 503)
+    assert http.get(f"{context.stack.base_url}/health", timeout=30).status_code in (200, 503)
 
 
 def test_the_apis_files_are_private(tmp_path: Path):
@@ -444,7 +445,7 @@ def test_the_apis_files_are_private(tmp_path: Path):
         with api_stack(tmp_path, {"BQ_HOME": str(home)}) as stack:
             stack.start_api("--token-file", str(token_file), env={"BQ_API_TOKEN": ""})
             token = token_file.read_text().strip()
-            answer = httpx.post(
+            answer = http.post(
                 f"{stack.base_url}/newitem", json={}, headers={"Authorization": f"Bearer {token}"}
             )
             assert answer.status_code == 422, answer.text  # the token was taken: past the 401
@@ -463,10 +464,10 @@ def test_public_status_when_configured(tmp_path: Path):
     bq = {"BQ_HOME": str(home), "BQ_API_PUBLIC_STATUS": "true"}
     with api_stack(tmp_path, bq) as stack:
         stack.start_api()
-        answer = httpx.get(f"{stack.base_url}/status/all")
+        answer = http.get(f"{stack.base_url}/status/all")
         assert answer.status_code == 200 and answer.json() == []
         # POST stays closed.
-        assert httpx.post(f"{stack.base_url}/newitem", json={}).status_code == 401
+        assert http.post(f"{stack.base_url}/newitem", json={}).status_code == 401
 
 
 # ------------------------------------------------------------------ any value (hypothesis)
@@ -478,7 +479,7 @@ RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 def post_json(ctx: Context, body: dict[str, Any]) -> httpx.Response:
     """POST as strict ASCII JSON (httpx's own encoder refuses lone surrogates)."""
     content = json.dumps(body, ensure_ascii=True, allow_nan=True).encode()
-    return httpx.post(f"{ctx.stack.base_url}/newitem", content=content, headers=JSON, timeout=30)
+    return http.post(f"{ctx.stack.base_url}/newitem", content=content, headers=JSON, timeout=30)
 
 
 def assert_refused_naming(response: httpx.Response, *prefixes: list[Any]) -> None:
@@ -526,7 +527,7 @@ def test_any_date_is_taken_as_utc_or_refused_naming_the_field(context: Context, 
 def test_any_page_is_answered_or_refused_naming_the_parameter(
     context: Context, limit: int, offset: int
 ):
-    response = httpx.get(
+    response = http.get(
         f"{context.stack.base_url}/status/all",
         params={"limit": limit, "offset": offset},
         headers=AUTH,

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import httpx
 import pytest
 from rio_cogeo.cogeo import cog_validate
 
+import bq_pipelines_testkit.http_client as http
 from bq_pipelines.lib.catalog import StaticCatalogPublisher
 from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines_testkit.api_stack import (
@@ -68,7 +68,7 @@ def assert_processed_exactly_once(api: ApiStack, request_ids: list[str]) -> None
         runs = api.runs_of(request_id)
         assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS], runs
         assert done[request_id]["_run_id"] == runs[0].run_id
-        assert httpx.get(done[request_id]["_item_url"]).status_code == 200
+        assert http.get(done[request_id]["_item_url"]).status_code == 200
 
 
 def test_kill_9_of_the_api_after_acceptance_loses_nothing_and_runs_once(
@@ -102,9 +102,7 @@ def test_kill_9_of_the_daemon_between_acceptance_and_processing_runs_each_reques
     # before or after its sensor picked them up, with runs queued or not.
     # A generous read timeout: on a loaded machine /health (it reads the instance) takes seconds.
     wait_until(
-        lambda: (
-            httpx.get(f"{api.base_url}/health", timeout=30).json()["dagster"]["ok"] is not False
-        ),
+        lambda: http.get(f"{api.base_url}/health", timeout=30).json()["dagster"]["ok"] is not False,
         timeout=60,
         what="the daemon's heartbeat in /health",
         poll=0.5,

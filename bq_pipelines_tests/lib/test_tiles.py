@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import morecantile
 import numpy as np
 import pystac
@@ -22,6 +21,7 @@ import rasterio
 from rasterio.io import MemoryFile
 from rasterio.warp import transform as warp_points
 
+import bq_pipelines_testkit.http_client as http
 from bq_pipelines.lib import stac, tiles
 from bq_pipelines.lib.catalog import StacApiPublisher
 from bq_pipelines.lib.cog import CogSettings, RasterInput, to_cog
@@ -162,7 +162,7 @@ def test_titiler_pgstac_draws_the_cog(
     item = publish(cog, item_id, collection_id, services_env, s3_client)
     tile = covering_tile(item["bbox"])
 
-    response = httpx.get(tiles.item_tile_url(tiler_url, item, tile.z, tile.x, tile.y), timeout=60)
+    response = http.get(tiles.item_tile_url(tiler_url, item, tile.z, tile.x, tile.y), timeout=60)
 
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
@@ -196,11 +196,11 @@ def test_the_map_viewer_of_an_item_opens(
     item = publish(tmp_path / "cog.tif", "viewer", collection_id, services_env, s3_client)
 
     url = tiles.item_map_url(tiler_url, item)
-    page = httpx.get(url, timeout=30)
+    page = http.get(url, timeout=30)
 
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert url.startswith(f"{tiler_url}/collections/{collection_id}/items/viewer/assets/viewer/")
-    tilejson = httpx.get(url.replace("/map.html", "/tilejson.json"), timeout=30).json()
+    tilejson = http.get(url.replace("/map.html", "/tilejson.json"), timeout=30).json()
     assert tilejson["bounds"] == pytest.approx(item["bbox"], abs=1e-6)
     assert "/items/viewer/assets/viewer/tiles/" in tilejson["tiles"][0]
 
@@ -227,7 +227,7 @@ def test_a_collection_mosaics_its_items(
             url = tiles.collection_tile_url(
                 tiler_url, collection_id, tile.z, tile.x, tile.y, items[0]
             )
-            response = httpx.get(url, timeout=60)
+            response = http.get(url, timeout=60)
 
             assert response.status_code == 200, response.text
             with MemoryFile(response.content) as memory, memory.open() as png:
@@ -235,7 +235,7 @@ def test_a_collection_mosaics_its_items(
             for source in sources:  # the middle of each item has data, its corner none
                 assert alpha[tile_pixel(tile, *lonlat_of_pixel(source, 150, 100))] == 255
                 assert alpha[tile_pixel(tile, *lonlat_of_pixel(source, 15, 10))] == 0
-            viewer = httpx.get(tiles.collection_map_url(tiler_url, collection_id), timeout=30)
+            viewer = http.get(tiles.collection_map_url(tiler_url, collection_id), timeout=30)
             assert viewer.status_code == 200 and "text/html" in viewer.headers["content-type"]
         finally:
             publisher.delete_collection(collection_id)

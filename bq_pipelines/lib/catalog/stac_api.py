@@ -11,6 +11,7 @@ import pystac
 
 from bq_pipelines.lib.catalog.base import Publisher, PublishOutcome, same_content, to_json_dict
 from bq_pipelines.lib.errors import CatalogError
+from bq_pipelines.lib.http_guard import verified_context
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.retry import Deadline, Outage, RetryPolicy, with_retries
 
@@ -85,7 +86,11 @@ class StacApiPublisher(Publisher):
         self.outage = Outage()
         self.page_size = page_size
         self._client = httpx.Client(
-            base_url=self.base_url + "/", headers=dict(headers or {}), timeout=timeout, auth=auth
+            base_url=self.base_url + "/",
+            headers=dict(headers or {}),
+            timeout=timeout,
+            auth=auth,
+            verify=verified_context(True),  # the process's (a new one loads the CA bundle)
         )
 
     def close(self) -> None:
