@@ -86,7 +86,6 @@ deploy-check: install-dev deploy-tools
 	trap '$(TEST_STACK) down' EXIT; $(TEST_STACK) up || exit; \
 	  $(BIN)/pytest bq_pipelines_tests/deploy $(PYTEST_ARGS)
 
-
 ## Install test dependencies, start the tests' own stack, run the tests, drop the stack. Tests
 ## marked `serial` (they replace the catalog database every other test writes into) run after the
 ## others, alone; pytest's exit code 5 is "none selected" (a PYTEST_ARGS without any).

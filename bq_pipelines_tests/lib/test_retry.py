@@ -8,7 +8,9 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import botocore.loaders
 import httpx
 import pytest
 
@@ -121,6 +123,22 @@ def test_client_limits_fit_the_remaining_time() -> None:
     assert clients.limits_within(60.0) == ClientLimits(1, 5.0, 30.0)
     assert clients.limits_within(3.0).read_timeout < 3.0
     assert ClientLimits(5, 5.0, 30.0).worst_case() > 150  # why the budget must cut them
+
+
+def test_a_new_store_parses_no_service_model_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every store (a resource, a run, a test) makes its own clients: they share the process's
+    parsed service models (botocore parsed S3's again for each session, ~90 ms of CPU)."""
+    assert S3Clients("http://127.0.0.1:9", "us-east-1", "a", "b").client.meta.region_name
+    read: list[str] = []
+    load_file = botocore.loaders.JSONFileLoader.load_file
+
+    def counted(loader: botocore.loaders.JSONFileLoader, path: str) -> Any:
+        read.append(path)
+        return load_file(loader, path)
+
+    monkeypatch.setattr(botocore.loaders.JSONFileLoader, "load_file", counted)
+    other = S3Clients("http://127.0.0.1:9", "ca-central-1", "c", "d").within(3.0)
+    assert other.meta.region_name == "ca-central-1" and read == []
 
 
 # --------------------------------------------------------------------------- endpoints
