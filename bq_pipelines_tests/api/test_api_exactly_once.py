@@ -138,9 +138,11 @@ class Crash:
         its own (runs, event log index, schedules and ticks), each read without waiting: through
         the instance a locked event log made each try wait 30 s, Dagster's busy timeout."""
 
+        databases = self.storage_databases()
+
         def frozen_outside_a_write() -> bool:
             os.kill(self.daemon, signal.SIGSTOP)
-            if all(readable_now(path) for path in self.storage_databases()):
+            if all(readable_now(path) for path in databases):
                 return True
             os.kill(self.daemon, signal.SIGCONT)
             return False

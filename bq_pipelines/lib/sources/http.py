@@ -159,20 +159,25 @@ def _new_client(limits: FetchLimits | None = None) -> httpx.Client:
 def _request_options(url: str, timeout: float) -> dict[str, Any]:
     """Per request: send `redact_url(url)` with these; the credentials travel as `auth` (httpx
     logs every request URL at INFO: userinfo must not be part of it)."""
-    parts = urlsplit(url)
-    auth = None
-    if parts.username is not None:
-        auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+    credentials = _credentials(url)
+    auth = httpx.BasicAuth(*credentials) if credentials is not None else None
     return {"auth": auth, "timeout": httpx.Timeout(timeout)}
 
 
 def _basic_authorization(url: str) -> str | None:
     """The Authorization header httpx.BasicAuth sends for the URL's userinfo, if it has one."""
+    credentials = _credentials(url)
+    if credentials is None:
+        return None
+    return "Basic " + base64.b64encode(":".join(credentials).encode()).decode("ascii")
+
+
+def _credentials(url: str) -> tuple[str, str] | None:
+    """The URL's user name and password, percent-decoded, if it has userinfo."""
     parts = urlsplit(url)
     if parts.username is None:
         return None
-    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
+    return unquote(parts.username), unquote(parts.password or "")
 
 
 def _tls_failure(error: BaseException) -> str | None:
