@@ -171,6 +171,27 @@ def test_the_load_imports_no_executor_or_reader_it_does_not_use():
     assert loaded.stdout.strip() == "[]"
 
 
+def test_the_freshness_daemon_is_off_while_no_asset_declares_a_freshness_policy(
+    definitions: dg.Definitions, tmp_path: Path
+):
+    """dagster.yaml turns the freshness daemon off (it read every asset's state every 30 s for
+    nothing): the first asset with a freshness policy must turn it back on, or its policy is
+    never evaluated. deploy/test_instance.py checks the production instance the same way."""
+    graph = definitions.resolve_asset_graph()
+    with_policy = [
+        key.to_user_string()
+        for key in graph.get_all_asset_keys()
+        if graph.get(key).freshness_policy_or_from_metadata is not None
+    ]
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", tmp_path / "dagster.yaml")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))  # as `make dev` reads it
+    try:
+        freshness_daemon = "FRESHNESS_DAEMON" in instance.get_required_daemon_types()
+    finally:
+        instance.dispose()
+    assert freshness_daemon == bool(with_policy), with_policy
+
+
 @pytest.mark.slow
 def test_workspace_yaml_loads_the_code_location(tmp_path):
     # What `make dev` and a deployment load: the workspace file, through Dagster's own CLI.

@@ -48,6 +48,8 @@ def test_production_instance_on_postgres_records_batched_runs_of_a_generated_dat
     instance = dg.DagsterInstance.get()  # $DAGSTER_HOME/dagster.yaml, as the stack loads it
     try:
         assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
+        # No asset declares a freshness policy (test_definitions.py): no freshness daemon.
+        assert "FRESHNESS_DAEMON" not in instance.get_required_daemon_types()
         assert run_dataset(declaration, settings, instance)
 
         # Everything went to PostgreSQL: 2 variables x ceil(6 / 3) batches, the collection
