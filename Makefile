@@ -23,7 +23,7 @@ export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 # (~1.2 s of CPU each), and each test process re-did pytest's assertion rewriting (~2.5 s).
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: install install-dev deploy-tools bench-tools deploy-check demo test test-unit pytest services services-down test-stack-down dev ui api browse lint check-defs format bench clean
+.PHONY: install install-dev deploy-tools bench-tools deploy-check demo test test-cpu test-unit pytest services services-down test-stack-down dev ui api browse lint check-defs format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,11 @@ test: install-dev deploy-tools
 	  status=0; $(BIN)/pytest $(XDIST) -m "not serial" $(PYTEST_ARGS) || status=$$?; \
 	  $(BIN)/pytest -m serial $(PYTEST_ARGS) || [ $$? = 5 ] || status=1; \
 	  exit $$status
+
+## `make test` under scripts/suite_cpu.py: where its CPU goes, by kind of process and by test file
+## (the suite is CPU-bound on two cores); SUITE_CPU_ARGS passes options, e.g. `--json cpu.json`.
+test-cpu: install-dev
+	$(BIN)/python scripts/suite_cpu.py $(SUITE_CPU_ARGS) -- $(MAKE) test
 
 ## The quick pass: the tests that need no service and are not `slow` (nor `serial`); nothing is
 ## started. `make test` runs them too.
