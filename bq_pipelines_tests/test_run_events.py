@@ -160,6 +160,7 @@ def test_the_processes_that_run_steps_batch_their_event_writes():
         [
             "make",
             "-s",
+            "--no-print-directory",  # under a parent make (`make test-cpu`) too
             "--eval",
             f"show-batch-size: ; @echo $${EVENT_BATCH_SIZE_ENV}",
             "show-batch-size",
