@@ -37,58 +37,66 @@ SPLIT_FILES = frozenset(
 
 # Seconds of the longest tests (setup, call and teardown of all their parameters; by file under
 # bq_pipelines_tests/, then by the start of the test's name), from a fresh clone's `make test`
-# (its --durations=30, load ~3; the last few scaled from an earlier run at load ~10): only their
-# order matters.
+# (its --durations=30, 2026-12-06, ~1,000 CPU-s on 2 cores): only their order matters. A long
+# test missing here weighs nothing and goes last: the two parameters of test_integrity's
+# `test_a_run_waits...` (~125 s together) did, and the run ended with a core idle for minutes.
 SECONDS: dict[str, dict[str, float]] = {
     "api/test_api_exactly_once.py": {
-        "test_accepted_and_queued_requests_survive_every_process_kill": 96,
-        "test_requests_whose_run_was_starting_are_processed_exactly_o": 134,
-        "test_requests_whose_run_had_started_are_processed_exactly_on": 144,
-        "test_requests_whose_item_was_published_are_processed_exactly": 74,
+        "test_accepted_and_queued_requests_survive_every_process_kill": 91,
+        "test_requests_whose_run_was_starting_are_processed_exactly_o": 141,
+        "test_requests_whose_run_had_started_are_processed_exactly_on": 162,
+        "test_requests_whose_item_was_published_are_processed_exactly": 119,
     },
     "api/test_api_restarts.py": {
-        "test_kill_9_of_the_daemon_between_acceptance_and_processing_": 60,
-        "test_kill_9_of_the_api_after_acceptance_loses_nothing_and_ru": 28,
-        "test_make_api_on_the_embedded_defaults": 16,
+        "test_kill_9_of_the_daemon_between_acceptance_and_processing_": 52,
+        "test_kill_9_of_the_api_after_acceptance_loses_nothing_and_ru": 41,
+        "test_make_api_on_the_embedded_defaults": 28,
     },
     "api/test_api_processing.py": {
-        "test_a_failed_request_is_processed_when_its_run_is_re_execut": 13,
-        "test_the_cog_profile_follows_the_collections_declaration": 18,
+        "test_a_failed_request_is_processed_when_its_run_is_re_execut": 18,
+        "test_the_cog_profile_follows_the_collections_declaration": 20,
         "test_the_legacy_example_is_published_as_a_valid_item_and_cog": 24,
-        "test_failing_sources_end_in_error_with_the_reason": 17,
+        "test_failing_sources_end_in_error_with_the_reason": 26,
     },
     "deploy/test_celery.py": {
-        "test_backfill_runs_spread_over_two_celery_workers_and_publis": 90,
-        "test_a_worker_killed_mid_batch_leaves_the_backfill_finished_": 63,
+        "test_backfill_runs_spread_over_two_celery_workers_and_publis": 109,
+        "test_a_worker_killed_mid_batch_leaves_the_backfill_finished_": 93,
     },
     "test_integrity.py": {
-        "test_two_concurrent_cli_runs_of_the_same_partitions_both_suc": 37,
-        "test_audit_command_reports_and_repairs": 29,
-        "test_audit_command_reports_a_half_done_backfill_apart_from_d": 11,
-        "test_kill_9_mid_publish_then_rerun_leaves_no_drift": 25,
+        "test_a_run_waits_while_another_run_holds_its_partition": 126,
+        "test_audit_command_reports_and_repairs": 90,
+        "test_two_concurrent_cli_runs_of_the_same_partitions_both_suc": 68,
+        "test_audit_command_reports_a_half_done_backfill_apart_from_d": 35,
+        "test_kill_9_mid_publish_then_rerun_leaves_no_drift": 33,
     },
     "test_cli.py": {
-        "test_cli_runs_are_the_jobs_runs_counted_then_skipped": 52,
+        "test_cli_runs_are_the_jobs_runs_counted_then_skipped": 123,
         "test_a_listing_whose_reader_goes_away_ends_quietly": 34,
     },
     "test_faults.py": {
         "test_a_source_host_answering_30_percent_5xx_and_sometimes_ha": 75,
-        "test_s3_refusing_connections_for_40_s_mid_run": 48,
+        "test_s3_refusing_connections_for_40_s_mid_run": 51,
     },
     "test_legacy_takeover.py": {
-        "test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_": 14,
+        "test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_": 24,
     },
     "test_run_monitoring.py": {
-        "test_runs_whose_worker_and_code_server_were_killed_are_faile": 97,
+        "test_runs_whose_worker_and_code_server_were_killed_are_faile": 164,
+        "test_a_killed_run_workers_step_process_dies_with_it_and_publ": 22,
     },
     "test_backfill.py": {
-        "test_daemon_backfill_of_120_months_runs_in_batches_and_fails": 98,
+        "test_daemon_backfill_of_120_months_runs_in_batches_and_fails": 105,
+        "test_in_process_batches_fail_only_the_corrupt_partition_then": 13,
     },
     "lib/test_pgstac_publisher.py": {
-        "test_concurrent_writers_lose_and_duplicate_nothing": 15,
+        "test_concurrent_writers_lose_and_duplicate_nothing": 42,
     },
     "test_definitions.py": {
-        "test_dagsters_cli_lists_the_backup_asset_and_schedule": 14,
+        "test_dagsters_cli_lists_the_backup_asset_and_schedule": 31,
+        "test_workspace_yaml_loads_the_code_location": 16,
+    },
+    "test_concurrent_publishing.py": {
+        "test_two_backfills_and_two_outside_writers_at_once": 19,
     },
     "lib/test_item_workers.py": {
         "test_a_partition_with_the_band_facts_cache_produces_the_same": 14,
