@@ -39,7 +39,7 @@ def test_a_processs_cpu_goes_to_the_test_that_started_it(tmp_path: Path) -> None
     assert burner["test"] == TEST_FILE and burner["kind"] == "python"
     assert 0.3 <= burner["cpu_seconds"] <= 2.0, burner
     [line] = [line for line in result.stdout.splitlines() if line.endswith(f"  {TEST_FILE}")]
-    assert float(line.split()[0]) >= burner["cpu_seconds"]
+    assert float(line.split()[0]) >= round(burner["cpu_seconds"], 1)  # the table's 0.1 s
 
 
 def test_the_kinds_of_dagster_processes() -> None:
