@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,11 +177,17 @@ class Deployment:
         return status
 
     def wait_for_backfill(
-        self, backfill_id: str, timeout: float, *, over_if_a_process_exits: bool = True
+        self,
+        backfill_id: str,
+        timeout: float,
+        *,
+        over_if_a_process_exits: bool = True,
+        state: Callable[[], str] = lambda: "",
     ) -> dict[str, Any]:
         """The backfill's status once it is finished; with `over_if_a_process_exits`, the wait
         ends at once when one of the deployment's processes exits (a test that kills one on
-        purpose says False)."""
+        purpose says False). A failed wait reports `state()` (a broker's queues, say) before the
+        processes' logs."""
         seen: list[dict[str, Any]] = []
 
         def finished() -> dict[str, Any] | None:
@@ -193,7 +200,9 @@ class Deployment:
             what=f"backfill {backfill_id} finishing",
             poll=1,
             failed=self.exited if over_if_a_process_exits else None,
-            detail=lambda: f"backfill still {seen[-1] if seen else None}\n{self.log_tail()}",
+            detail=lambda: (
+                f"backfill still {seen[-1] if seen else None}\n{state()}\n{self.log_tail()}"
+            ),
         )
 
     def wait_until_loaded(self) -> None:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from celery import Celery
 
 
+RESTORE_LOCK_EXPIRY_S = 30
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings on top of dagster-celery's defaults (prefetch 1, the `dagster` queue)."""
     from dagster_celery.config import DEFAULT_CONFIG
@@ -42,6 +45,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.celery_visibility_timeout_s,
             # Look for such abandoned steps every 10 s (kombu's default: every 100 s).
             "unacked_restore_throttle": 1,
+            # A worker sweeps under a Redis lock that lives this long if the worker dies holding
+            # it (kombu's default: 300 s, so a worker killed mid-sweep stopped every other
+            # worker from handing its steps over for five minutes). A sweep takes milliseconds,
+            # and two sweeps at once restore nothing twice (kombu restores each step in a
+            # transaction).
+            "unacked_mutex_expire": RESTORE_LOCK_EXPIRY_S,
         },
         "broker_connection_retry_on_startup": True,
     }

@@ -4,16 +4,19 @@ database), publishing to the real services (moto S3, stac-fastapi-pgstac).
 
 Each worker has its own staging folder (`BQ_WORK_DIR`): nothing is shared on disk between them.
 - both workers execute batches, and the catalog equals a single-process run's;
-- a worker killed (SIGKILL, its whole process group) in the middle of a batch: the broker hands
-  the batch to the other worker once the visibility timeout has passed, the run and the backfill
-  finish, and every item is in the catalog once, none reported created twice.
+- a worker killed (SIGKILL, its whole process group) in the middle of a batch, at the worst
+  moment (while it holds the lock under which workers look for abandoned steps): the broker hands
+  the batch to the other worker once the visibility timeout and the lock's expiry have passed, the
+  run and the backfill finish, and every item is in the catalog once, none reported created twice.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,8 @@ SOURCE_DELAY_S = 1.5
 VISIBILITY_TIMEOUT_S = 20  # longer than a batch here (~6 s), short enough for a test
 WORKERS = ("worker-a", "worker-b")
 BACKFILL_TIMEOUT_S = 240.0
+RESTORE_LOCK = "unacked_mutex"  # kombu's Redis transport: its `unacked_mutex_key`
+KOMBU_RESTORE_LOCK_EXPIRY_S = 300  # kombu's `unacked_mutex_expire` when not configured
 
 
 @dataclass
@@ -82,8 +87,34 @@ class CeleryStack:
     def wait_for_backfill(self, backfill_id: str) -> dict[str, Any]:
         # A worker killed on purpose is one of the deployment's processes: not the end.
         return self.deployment.wait_for_backfill(
-            backfill_id, BACKFILL_TIMEOUT_S, over_if_a_process_exits=False
+            backfill_id, BACKFILL_TIMEOUT_S, over_if_a_process_exits=False, state=broker_state
         )
+
+
+def broker_state() -> str:
+    """What the broker holds: steps queued, steps delivered and not acknowledged (with their
+    age), and the restore lock's remaining life; printed when a backfill does not finish."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    queued = {key: client.llen(key) for key in client.keys("dagster*")}
+    now = time.time()
+    # (tag, delivery time) pairs
+    delivered: list[Any] = client.zrange("unacked_index", 0, -1, withscores=True)
+    unacked = {str(tag): f"{now - float(score):.0f} s ago" for tag, score in delivered}
+    return (
+        f"--- broker: queued {queued}, delivered and not acknowledged {unacked}, "
+        f"restore lock expires in {client.ttl(RESTORE_LOCK)} s"
+    )
+
+
+def hold_restore_lock(env: dict[str, str]) -> None:
+    """Take the lock a worker holds while it looks for abandoned steps (kombu's Redis `Mutex`),
+    for as long as a worker would keep it if it died holding it: the workers' configured expiry,
+    else kombu's default."""
+    options = worker_app(env).conf.broker_transport_options
+    expiry = options.get("unacked_mutex_expire", KOMBU_RESTORE_LOCK_EXPIRY_S)
+    lock = redis.Redis.from_url(REDIS_URL).lock(RESTORE_LOCK, timeout=expiry)
+    # A living worker may be in a sweep (milliseconds): wait for it to end.
+    assert lock.acquire(blocking=True, blocking_timeout=10), "the restore lock stayed taken"
 
 
 def ping_workers(env: dict[str, str], names: tuple[str, ...], timeout: float = 90.0) -> None:
@@ -173,6 +204,7 @@ def celery_stack(
         yield CeleryStack(deployment, dataset_id, workers, urls, Settings.from_env(bq))
     finally:
         deployment.stop()
+        shutil.rmtree(short_tmp, ignore_errors=True)
 
 
 def kill_process_group(process: Any) -> None:
@@ -334,6 +366,9 @@ def test_a_worker_killed_mid_batch_leaves_the_backfill_finished_by_the_other_wit
             poll=0.2,
             detail=stack.deployment.log_tail,
         )
+        # Killed in the middle of its sweep for abandoned steps: the lock it held stays taken
+        # until it expires, and no worker can hand a step over before.
+        hold_restore_lock(stack.deployment.env)
         kill_process_group(stack.workers[victim])
 
         backfill = stack.wait_for_backfill(backfill_id)
