@@ -101,8 +101,9 @@ test-cpu: install-dev
 	$(BIN)/python scripts/suite_cpu.py $(SUITE_CPU_ARGS) -- $(MAKE) test
 
 ## The quick pass: the tests that need no service and are not `slow` (nor `serial`); nothing is
-## started. `make test` runs them too.
-test-unit: install-dev
+## started (the compose and nginx checks need deploy-tools, installed once). `make test` runs
+## them too.
+test-unit: install-dev deploy-tools
 	$(BIN)/pytest $(XDIST) -m "not services and not serial and not slow" $(PYTEST_ARGS)
 
 ## pytest as it is; tests needing services start the tests' own stack and leave it running for
