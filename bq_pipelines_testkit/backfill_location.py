@@ -7,7 +7,8 @@ with `BQ_EXECUTOR=celery` its steps go to Celery workers, as in the real code lo
 imported by the in-process tests and `bench/bench_backfill.py`. Settings come from the environment,
 like the real code location: `BQ_HOME`, `BQ_SOURCE_BASE_URLS`, ...; the
 dataset id, the number of months and the batch size from `BQ_TEST_DATASET_ID`, `BQ_TEST_MONTHS`,
-`BQ_TEST_BATCH_SIZE`.
+`BQ_TEST_BATCH_SIZE`. `BQ_TEST_STEP_PROCESSES=1` gives every step a process of its own (Dagster's
+multiprocess executor), as a run whose steps can run at once gets with the project's executor.
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ def defs() -> dg.Definitions:
         build_dataset(declaration_from_env(os.environ)),
         dg.Definitions(
             resources=resources_for(settings),
-            executor=executor_for(settings),
+            executor=(
+                dg.multiprocess_executor
+                if os.environ.get("BQ_TEST_STEP_PROCESSES") == "1"
+                else executor_for(settings)
+            ),
             sensors=[dead_run_workers_sensor()],
         ),
     )

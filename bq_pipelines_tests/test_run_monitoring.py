@@ -171,7 +171,10 @@ def test_a_killed_run_workers_step_process_dies_with_it_and_publishes_nothing(
     http_host: LocalHttpHost, deployment: Deployment
 ) -> None:
     """kill -9 of a run worker alone (not its process group): the step process it started
-    (multiprocess executor) must not go on to publish for a run that is marked failed."""
+    (multiprocess executor) must not go on to publish for a run that is marked failed. The
+    project's executor runs a chain of steps in the run worker; a plan whose steps can run at
+    once gets step processes, which the location gives every run here."""
+    deployment.env["BQ_TEST_STEP_PROCESSES"] = "1"
     urls = serve_sources(http_host, 1, ("tas",))
     key = location.partition_key(0, "tas")
     source_path = urls[key].removeprefix(http_host.base_url)
