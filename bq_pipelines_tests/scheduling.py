@@ -37,55 +37,56 @@ SPLIT_FILES = frozenset(
 
 # Seconds of the longest tests (setup, call and teardown of all their parameters; by file under
 # bq_pipelines_tests/, then by the start of the test's name), from a fresh clone's `make test`
-# (its --durations=30, 2026-12-06, ~1,000 CPU-s on 2 cores): only their order matters. A long
-# test missing here weighs nothing and goes last: the two parameters of test_integrity's
-# `test_a_run_waits...` (~125 s together) did, and the run ended with a core idle for minutes.
+# (its --durations=30, 2026-12-06, ~1,000 CPU-s on 2 cores; 2026-12-07 after dataset runs moved
+# into their run worker, which shortened the tests of daemon runs): only their order matters. A
+# long test missing here weighs nothing and goes last: the two parameters of test_integrity's
+# `test_a_run_waits...` (~125 s together then) did, and the run ended with a core idle for minutes.
 SECONDS: dict[str, dict[str, float]] = {
     "api/test_api_exactly_once.py": {
-        "test_accepted_and_queued_requests_survive_every_process_kill": 91,
-        "test_requests_whose_run_was_starting_are_processed_exactly_o": 141,
-        "test_requests_whose_run_had_started_are_processed_exactly_on": 162,
-        "test_requests_whose_item_was_published_are_processed_exactly": 119,
+        "test_accepted_and_queued_requests_survive_every_process_kill": 72,
+        "test_requests_whose_run_was_starting_are_processed_exactly_o": 154,
+        "test_requests_whose_run_had_started_are_processed_exactly_on": 140,
+        "test_requests_whose_item_was_published_are_processed_exactly": 86,
     },
     "api/test_api_restarts.py": {
-        "test_kill_9_of_the_daemon_between_acceptance_and_processing_": 52,
-        "test_kill_9_of_the_api_after_acceptance_loses_nothing_and_ru": 41,
-        "test_make_api_on_the_embedded_defaults": 28,
+        "test_kill_9_of_the_daemon_between_acceptance_and_processing_": 62,
+        "test_kill_9_of_the_api_after_acceptance_loses_nothing_and_ru": 23,
+        "test_make_api_on_the_embedded_defaults": 20,
     },
     "api/test_api_processing.py": {
-        "test_a_failed_request_is_processed_when_its_run_is_re_execut": 18,
+        "test_a_failed_request_is_processed_when_its_run_is_re_execut": 32,
         "test_the_cog_profile_follows_the_collections_declaration": 20,
         "test_the_legacy_example_is_published_as_a_valid_item_and_cog": 24,
         "test_failing_sources_end_in_error_with_the_reason": 26,
     },
     "deploy/test_celery.py": {
         "test_backfill_runs_spread_over_two_celery_workers_and_publis": 109,
-        "test_a_worker_killed_mid_batch_leaves_the_backfill_finished_": 93,
+        "test_a_worker_killed_mid_batch_leaves_the_backfill_finished_": 110,
     },
     "test_integrity.py": {
-        "test_a_run_waits_while_another_run_holds_its_partition": 126,
-        "test_audit_command_reports_and_repairs": 90,
-        "test_two_concurrent_cli_runs_of_the_same_partitions_both_suc": 68,
+        "test_a_run_waits_while_another_run_holds_its_partition": 30,
+        "test_audit_command_reports_and_repairs": 50,
+        "test_two_concurrent_cli_runs_of_the_same_partitions_both_suc": 45,
         "test_audit_command_reports_a_half_done_backfill_apart_from_d": 35,
-        "test_kill_9_mid_publish_then_rerun_leaves_no_drift": 33,
+        "test_kill_9_mid_publish_then_rerun_leaves_no_drift": 25,
     },
     "test_cli.py": {
-        "test_cli_runs_are_the_jobs_runs_counted_then_skipped": 123,
+        "test_cli_runs_are_the_jobs_runs_counted_then_skipped": 98,
         "test_a_listing_whose_reader_goes_away_ends_quietly": 34,
     },
     "test_faults.py": {
-        "test_a_source_host_answering_30_percent_5xx_and_sometimes_ha": 75,
-        "test_s3_refusing_connections_for_40_s_mid_run": 51,
+        "test_a_source_host_answering_30_percent_5xx_and_sometimes_ha": 74,
+        "test_s3_refusing_connections_for_40_s_mid_run": 58,
     },
     "test_legacy_takeover.py": {
         "test_a_legacy_catalog_is_compared_adopted_and_only_its_gaps_": 24,
     },
     "test_run_monitoring.py": {
-        "test_runs_whose_worker_and_code_server_were_killed_are_faile": 164,
-        "test_a_killed_run_workers_step_process_dies_with_it_and_publ": 22,
+        "test_runs_whose_worker_and_code_server_were_killed_are_faile": 125,
+        "test_a_killed_run_workers_step_process_dies_with_it_and_publ": 27,
     },
     "test_backfill.py": {
-        "test_daemon_backfill_of_120_months_runs_in_batches_and_fails": 105,
+        "test_daemon_backfill_of_120_months_runs_in_batches_and_fails": 74,
         "test_in_process_batches_fail_only_the_corrupt_partition_then": 13,
     },
     "lib/test_pgstac_publisher.py": {
