@@ -59,13 +59,15 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 
 ## `docker-compose` (Debian's 1.29; PyPI's cannot live beside our pins) to validate
 ## deploy/compose.yaml: no container engine is needed for `config`; Debian's nginx to run the
-## stack's nginx configuration (TLS, redirect, HSTS) on loopback in the tests. Idempotent.
+## stack's nginx configuration (TLS, redirect, HSTS) on loopback in the tests; redis-server for
+## the Celery tests' own broker (never the machine's Redis). Idempotent.
 deploy-tools:
-	@{ command -v docker-compose && { command -v nginx || [ -x /usr/sbin/nginx ]; }; } >/dev/null || { \
-	  if [ "$$(id -u)" != 0 ]; then echo "run: sudo apt-get install -y docker-compose nginx" >&2; exit 1; fi; \
+	@{ command -v docker-compose && { command -v nginx || [ -x /usr/sbin/nginx ]; } && \
+	  command -v redis-server; } >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "run: sudo apt-get install -y docker-compose nginx redis-server" >&2; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
-	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends docker-compose nginx; }
+	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends docker-compose nginx redis-server; }
 
 ## GDAL's command-line tools (gdal_translate, gdalwarp): the baselines of bench/bench_cog.py,
 ## never used by the project itself. Idempotent.

@@ -20,13 +20,14 @@ import pytest
 PARAMETERS = re.compile(r"\[.*\]$")
 
 # Files whose tests set up everything they use per test (function-scoped fixtures: their own
-# API stack, daemon, deployment): each test is a work unit of its own. Not deploy/test_celery.py:
-# its tests share one Redis database and queue (and empty it when they start), so two of them at
-# once handed each other's steps to their workers (backfills with extra, failed runs).
+# API stack, daemon, deployment; deploy/test_celery.py its own Redis too, since two of its tests
+# on one shared Redis queue handed each other's steps to their workers): each test is a work unit
+# of its own.
 SPLIT_FILES = frozenset(
     {
         "bq_pipelines_tests/api/test_api_exactly_once.py",
         "bq_pipelines_tests/api/test_api_restarts.py",
+        "bq_pipelines_tests/deploy/test_celery.py",
         "bq_pipelines_tests/test_backfill.py",
         "bq_pipelines_tests/test_cli.py",
         "bq_pipelines_tests/test_faults.py",

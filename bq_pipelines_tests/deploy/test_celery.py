@@ -1,4 +1,5 @@
-"""Backfills spread over two real Celery workers (Redis db 5 as broker and result backend), run by
+"""Backfills spread over two real Celery workers (a Redis of the test's own as broker and result
+backend, `bq_pipelines_testkit/redis_server.py`), run by
 a real webserver + daemon on the production instance (deploy/dagster.yaml on a fresh PostgreSQL
 database), publishing to the real services (moto S3, stac-fastapi-pgstac).
 
@@ -38,11 +39,11 @@ from bq_pipelines_testkit.dagster_processes import (
     write_workspace,
 )
 from bq_pipelines_testkit.http_host import LocalHttpHost
+from bq_pipelines_testkit.redis_server import redis_server
 from bq_pipelines_testkit.runs import run_dataset
 from bq_pipelines_tests.backfill_stack import MIRROR_PREFIX, serve_sources
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = "redis://127.0.0.1:6379/5"  # this checkout's Redis database
 VARIABLE = "tas"
 MONTHS, BATCH_SIZE = 8, 2  # 4 runs of 2 partitions
 # Each source request waits this long, so a batch lasts seconds: two batches overlap on the two
@@ -84,17 +85,24 @@ class CeleryStack:
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
         return str(launched["backfillId"])
 
+    @property
+    def broker_url(self) -> str:
+        return self.deployment.env["BQ_CELERY_BROKER_URL"]
+
     def wait_for_backfill(self, backfill_id: str) -> dict[str, Any]:
         # A worker killed on purpose is one of the deployment's processes: not the end.
         return self.deployment.wait_for_backfill(
-            backfill_id, BACKFILL_TIMEOUT_S, over_if_a_process_exits=False, state=broker_state
+            backfill_id,
+            BACKFILL_TIMEOUT_S,
+            over_if_a_process_exits=False,
+            state=lambda: broker_state(self.broker_url),
         )
 
 
-def broker_state() -> str:
+def broker_state(broker_url: str) -> str:
     """What the broker holds: steps queued, steps delivered and not acknowledged (with their
     age), and the restore lock's remaining life; printed when a backfill does not finish."""
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client = redis.Redis.from_url(broker_url, decode_responses=True)
     queued = {key: client.llen(key) for key in client.keys("dagster*")}
     now = time.time()
     # (tag, delivery time) pairs
@@ -112,7 +120,7 @@ def hold_restore_lock(env: dict[str, str]) -> None:
     else kombu's default."""
     options = worker_app(env).conf.broker_transport_options
     expiry = options.get("unacked_mutex_expire", KOMBU_RESTORE_LOCK_EXPIRY_S)
-    lock = redis.Redis.from_url(REDIS_URL).lock(RESTORE_LOCK, timeout=expiry)
+    lock = redis.Redis.from_url(env["BQ_CELERY_BROKER_URL"]).lock(RESTORE_LOCK, timeout=expiry)
     # A living worker may be in a sweep (milliseconds): wait for it to end.
     assert lock.acquire(blocking=True, blocking_timeout=10), "the restore lock stayed taken"
 
@@ -138,8 +146,15 @@ def ping_workers(env: dict[str, str], names: tuple[str, ...], timeout: float = 9
 
 
 @pytest.fixture
+def broker_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
 def celery_stack(
     tmp_path: Path,
+    broker_url: str,
     http_host: LocalHttpHost,
     production_instance_env: dict[str, str],
     services_env: dict[str, str],
@@ -149,8 +164,6 @@ def celery_stack(
 ) -> Iterator[CeleryStack]:
     for name, value in production_instance_env.items():  # the test reads the instance too
         monkeypatch.setenv(name, value)
-    # Redis db 5 is this checkout's: start without queued steps or results of an earlier run.
-    redis.Redis.from_url(REDIS_URL).flushdb()
     dataset_id = f"chelsa-celery-{unique_id}"
     urls = serve_sources(http_host, MONTHS, (VARIABLE,))
     for url in urls.values():
@@ -163,8 +176,8 @@ def celery_stack(
         "BQ_LOCAL_DATA_ROOT": str(tmp_path / "sources"),
         "BQ_SOURCE_BASE_URLS": f"{location.CHELSA_HOST}={http_host.url(MIRROR_PREFIX)}",
         "BQ_EXECUTOR": "celery",
-        "BQ_CELERY_BROKER_URL": REDIS_URL,
-        "BQ_CELERY_BACKEND_URL": REDIS_URL,
+        "BQ_CELERY_BROKER_URL": broker_url,
+        "BQ_CELERY_BACKEND_URL": broker_url,
         "BQ_CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
         "BQ_TEST_DATASET_ID": dataset_id,
         "BQ_TEST_MONTHS": str(MONTHS),
