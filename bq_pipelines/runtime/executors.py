@@ -76,6 +76,10 @@ class ChainsInTheRunWorker(dg.Executor):
     def retries(self) -> Any:
         return self._several_at_once.retries
 
+    @property
+    def step_dependency_config(self) -> Any:  # both executors have the run config's
+        return self._several_at_once.step_dependency_config
+
     def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[Any]:
         levels = execution_plan.get_steps_to_execute_by_level()
         chain = all(len(level) == 1 for level in levels)
