@@ -1,7 +1,7 @@
 """A Redis of the test's own: `redis-server` on a free loopback port, in memory only, stopped
-afterwards. The Celery tests' broker and result backend: they empty it and read its keys, which
-they must not do to the machine's Redis (another checkout's tests, or anything else, may use
-it). Debian's redis-server: `make deploy-tools`.
+afterwards. The Celery tests' broker and result backend: a queue no other test or checkout reads
+from, keys and locks the tests may read and take, never the machine's Redis (anything else may
+use it). Debian's redis-server: `make deploy-tools`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Backfills spread over two real Celery workers (a Redis of the test's own as broker and result
-backend, `bq_pipelines_testkit/redis_server.py`), run by
-a real webserver + daemon on the production instance (deploy/dagster.yaml on a fresh PostgreSQL
-database), publishing to the real services (moto S3, stac-fastapi-pgstac).
+backend, `bq_pipelines_testkit/redis_server.py`), run by a real webserver + daemon on the
+production instance (deploy/dagster.yaml on a fresh PostgreSQL database), publishing to the real
+services (moto S3, stac-fastapi-pgstac).
 
 Each worker has its own staging folder (`BQ_WORK_DIR`): nothing is shared on disk between them.
 - both workers execute batches, and the catalog equals a single-process run's;
