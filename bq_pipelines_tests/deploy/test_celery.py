@@ -26,6 +26,7 @@ from typing import Any
 import dagster as dg
 import pytest
 import redis
+from kombu.transport.redis import Channel as RedisChannel  # its keys and defaults
 
 from bq_pipelines.lib.waiting import wait_until
 from bq_pipelines.orchestration.keys import DatasetKeys
@@ -52,8 +53,6 @@ SOURCE_DELAY_S = 1.5
 VISIBILITY_TIMEOUT_S = 20  # longer than a batch here (~6 s), short enough for a test
 WORKERS = ("worker-a", "worker-b")
 BACKFILL_TIMEOUT_S = 240.0
-RESTORE_LOCK = "unacked_mutex"  # kombu's Redis transport: its `unacked_mutex_key`
-KOMBU_RESTORE_LOCK_EXPIRY_S = 300  # kombu's `unacked_mutex_expire` when not configured
 
 
 @dataclass
@@ -106,11 +105,11 @@ def broker_state(broker_url: str) -> str:
     queued = {key: client.llen(key) for key in client.keys("dagster*")}
     now = time.time()
     # (tag, delivery time) pairs
-    delivered: list[Any] = client.zrange("unacked_index", 0, -1, withscores=True)
+    delivered: list[Any] = client.zrange(RedisChannel.unacked_index_key, 0, -1, withscores=True)
     unacked = {str(tag): f"{now - float(score):.0f} s ago" for tag, score in delivered}
     return (
         f"--- broker: queued {queued}, delivered and not acknowledged {unacked}, "
-        f"restore lock expires in {client.ttl(RESTORE_LOCK)} s"
+        f"restore lock expires in {client.ttl(RedisChannel.unacked_mutex_key)} s"
     )
 
 
@@ -119,8 +118,9 @@ def hold_restore_lock(env: dict[str, str]) -> None:
     for as long as a worker would keep it if it died holding it: the workers' configured expiry,
     else kombu's default."""
     options = worker_app(env).conf.broker_transport_options
-    expiry = options.get("unacked_mutex_expire", KOMBU_RESTORE_LOCK_EXPIRY_S)
-    lock = redis.Redis.from_url(env["BQ_CELERY_BROKER_URL"]).lock(RESTORE_LOCK, timeout=expiry)
+    expiry = options.get("unacked_mutex_expire", RedisChannel.unacked_mutex_expire)
+    client = redis.Redis.from_url(env["BQ_CELERY_BROKER_URL"])
+    lock = client.lock(RedisChannel.unacked_mutex_key, timeout=expiry)
     # A living worker may be in a sweep (milliseconds): wait for it to end.
     assert lock.acquire(blocking=True, blocking_timeout=10), "the restore lock stayed taken"
 
