@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from bq_pipelines.datasets import rendering
+from bq_pipelines.datasets import render_records, rendering
 from bq_pipelines.datasets.rendering import FILE_VARIABLES, TIME_VARIABLES, RenderedSource
 from bq_pipelines.datasets.templates import TypedTemplate, template_fields
 from bq_pipelines.lib.errors import ConfigError
@@ -146,14 +146,20 @@ def refuse_what_would_fail_after_an_upload(declaration: Declaration) -> None:
         if missing is not None:
             raise ValueError(f"{field}: {missing}")
     # The slow part of a load (every partition rendered): a declaration is validated twice per
-    # load (by the StacDataset component and by load_declarations' cross-dataset checks), so
-    # one that passed is not rendered again.
+    # load (by the StacDataset component and by load_declarations' cross-dataset checks), and
+    # again by every process loading the code location, so one that passed is not rendered again
+    # in this process nor, when it has many partitions, under the same code (render_records).
     rendered_key = declaration.model_dump_json()
-    if rendered_key not in _RENDERED_OK:
+    if rendered_key in _RENDERED_OK:
+        return
+    recorded = partitions_rendered(declaration) >= render_records.RECORDED_FROM_PARTITIONS
+    if not (recorded and render_records.rendered_before(rendered_key)):
         check_rendered_partitions(declaration)
-        if len(_RENDERED_OK) > 256:
-            _RENDERED_OK.clear()
-        _RENDERED_OK.add(rendered_key)
+        if recorded:
+            render_records.record_rendered(rendered_key)
+    if len(_RENDERED_OK) > 256:
+        _RENDERED_OK.clear()
+    _RENDERED_OK.add(rendered_key)
 
 
 def key_templates(declaration: Declaration) -> list[tuple[str, str]]:
@@ -350,6 +356,16 @@ def partition_samples(declaration: Declaration) -> Iterator[tuple[str, dict[str,
         if period is not None and partitions.time is not None:
             parts.insert(0, f"{partitions.time.name}={period.strftime(partitions.time.key_format)}")
         yield ", ".join(parts), rendering.partition_variables(declaration, chosen, period)
+
+
+def partitions_rendered(declaration: Declaration) -> int:
+    """How many partitions `check_rendered_partitions` renders."""
+    partitions = declaration.partitions
+    if partitions.files is not None:
+        return 1
+    combinations = math.prod(len(d.values) for d in partitions.static)
+    periods = len(list(partitions.time.period_starts())) if partitions.time else 1
+    return len(list(_sampled_pairs(combinations, periods)))
 
 
 def _sampled_pairs(combinations: int, periods: int) -> Iterable[tuple[int, int]]:
