@@ -11,6 +11,7 @@ import dagster as dg
 
 import bq_pipelines.defs
 from bq_pipelines.datasets.loading import load_declarations
+from bq_pipelines.lib.garbage_collection import freeze_long_lived_objects
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.executors import executor_for
 from bq_pipelines.settings import current_settings
@@ -21,6 +22,9 @@ DEFS_FOLDER = Path(bq_pipelines.defs.__file__).parent
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    # What is loaded now (modules) and at the end (the definitions) lives as long as the process:
+    # out of the collector's passes, which went through all of it (lib/garbage_collection.py).
+    freeze_long_lived_objects()
     settings = current_settings()
     # The defs folder, not the project's root component: the root also embeds the JSON schema of
     # every component type the installed plugins register (Dagster's and dagster-aws's, none of
@@ -36,7 +40,7 @@ def defs() -> dg.Definitions:
     # What no single component can check (ids and object keys unique across datasets) fails
     # the load here (on the declarations the components have just read).
     load_declarations()
-    return dg.Definitions.merge(
+    definitions = dg.Definitions.merge(
         components,
         # Every job, the implicit asset job of backfills included.
         dg.Definitions(
@@ -45,3 +49,5 @@ def defs() -> dg.Definitions:
             component_tree=tree,  # the UI's view of the components, as the root gives it
         ),
     )
+    freeze_long_lived_objects()
+    return definitions
