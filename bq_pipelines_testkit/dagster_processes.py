@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 import bq_pipelines_testkit.http_client as http
-from bq_pipelines.ingestion.code_servers import free_port, wait_until_listening
+from bq_pipelines.ingestion.code_servers import CODE_SERVER_MODULE, free_port, wait_until_listening
 from bq_pipelines.lib.waiting import wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,8 @@ class Deployment:
         of its own and replaces it every minute (a full load each time); one reached through a
         `grpc_server` workspace (write_grpc_workspace) stays, as in deploy/."""
         process = self.start(
-            "dagster",
+            "python",
+            *CODE_SERVER_MODULE,
             *("api", "grpc", "-m", module_name, "-h", "127.0.0.1", "-p", str(port)),
             log_name=log_name,
         )

@@ -25,6 +25,11 @@ import yaml
 from bq_pipelines.lib.errors import ConfigError
 from bq_pipelines.lib.waiting import WaitTimeout, wait_until
 
+# `python -m dagster`, not the `dagster` script: a run worker is a multiprocessing spawn of the
+# code server, which first runs the server's main module again unless it is a package's
+# `__main__` (multiprocessing/spawn.py): the script imported Dagster's whole CLI in every run
+# worker (~0.15 s of CPU each).
+CODE_SERVER_MODULE = ("-m", "dagster")
 READY_SECONDS = 180.0  # a code location loads in seconds; a loaded 2-core machine takes minutes
 STOP_SECONDS = 15
 
@@ -61,7 +66,8 @@ def _server_command(module: dict[str, Any], port: int, workspace: Path) -> list[
     if not working_directory.is_absolute():
         working_directory = workspace.parent / working_directory
     return [
-        str(Path(sys.executable).parent / "dagster"),
+        sys.executable,
+        *CODE_SERVER_MODULE,
         *("api", "grpc", "-m", module["module_name"], "-h", "127.0.0.1", "-p", str(port)),
         *("-d", str(working_directory), "--location-name", module["location_name"]),
     ]
