@@ -43,6 +43,7 @@ from bq_pipelines.cli.plans import (
 )
 from bq_pipelines.cli.status import add_status_parser, status_command
 from bq_pipelines.lib.errors import ConfigError, PipelineError
+from bq_pipelines.lib.garbage_collection import freeze_long_lived_objects
 from bq_pipelines.settings import Settings
 
 HANDLERS: dict[str, Command] = {
@@ -77,6 +78,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 def main(argv: Sequence[str] | None = None) -> int:
     # Dagster's notes on its own beta parameters (used inside Dagster) are not for our users.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    # The modules imported (Dagster's, ours) live as long as the command: out of the collector's
+    # passes (0.4-0.8 s of CPU less per command; lib/garbage_collection.py).
+    freeze_long_lived_objects()
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -8,7 +8,8 @@ run worker, step process and CLI that loads the code location (measured with
 without). `gc.freeze()` moves the objects that exist to a generation the collector skips, as
 the Python documentation suggests for what a process builds at start; reference counting still
 frees any of them once unreferenced (only a cycle among them would stay). A larger first
-generation makes collections during the load fewer.
+generation makes collections during the load fewer. Called where a process has loaded what it
+keeps: at the start and end of the code location's `defs()`, at the start of the CLI.
 """
 
 from __future__ import annotations
