@@ -89,9 +89,10 @@ def test_a_declaration_that_fails_is_refused_at_every_load(records: Path, render
 def test_a_record_is_bound_to_the_code_that_checked(
     records: Path, renders: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """Another version of the rendering code does not trust this one's records."""
+    """Another version of the rendering code, or of the facts declarations reference, does not
+    trust this one's records."""
     package = tmp_path / "package"
-    for folder in ("datasets", "lib"):
+    for folder in ("datasets", "lib", "shared"):
         shutil.copytree(Path(validation.__file__).parents[1] / folder, package / folder)
     monkeypatch.setattr(render_records, "_PACKAGE", package)
     render_records._code_fingerprint.cache_clear()
@@ -102,9 +103,14 @@ def test_a_record_is_bound_to_the_code_that_checked(
         rendering.write_text(rendering.read_text() + "\n# another version\n")
         render_records._code_fingerprint.cache_clear()
         validated_again(MANY)
+        hosts = package / "shared" / "hosts.yaml"
+        hosts.write_text(hosts.read_text() + "\n# another version\n")
+        render_records._code_fingerprint.cache_clear()
+        validated_again(MANY)
+        validated_again(MANY)
     finally:
         render_records._code_fingerprint.cache_clear()
-    assert renders == [MANY, MANY]
+    assert renders == [MANY, MANY, MANY]
 
 
 def test_an_unwritable_cache_only_means_rendering_again(

@@ -4,10 +4,11 @@ next process loading the same declaration with the same code skips rendering the
 Rendering every partition is the slow part of a code location's load (chelsa-monthly's 4,920
 partitions: 0.2-0.4 s of CPU, a sixth of the load), and every code server, run worker and CLI
 loads the code location. A record is an empty file whose name hashes the declaration (as JSON),
-the source of the code that checks it (this package and `lib/`) and the Python version: any
-change to one of them is another name, so a record never vouches for other code. Only successes
-are recorded: a declaration that fails is rendered, and refused, at every load. A record that
-cannot be written or read (a read-only disk, no home folder) only means rendering again.
+the source of the code that checks it (this package and `lib/`), the facts of `shared/` and the
+Python version: any change to one of them is another name, so a record never vouches for other
+code. Only successes are recorded: a declaration that fails is rendered, and refused, at every
+load. A record that cannot be written or read (a read-only disk, no home folder) only means
+rendering again.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ RECORDED_FROM_PARTITIONS = 500
 # Records older than this are removed when one is written (each code change leaves its own).
 RECORD_LIFETIME_S = 7 * 24 * 3600
 _PACKAGE = Path(__file__).resolve().parents[1]
-_CHECKING_CODE = ("datasets", "lib")
+# What a check depends on besides the declaration: the code that renders and checks it, and the
+# facts declarations reference (shared/: hosts, grids).
+_CHECKING_CODE = (("datasets", "*.py"), ("lib", "*.py"), ("shared", "*"))
 
 
 def records_dir() -> Path:
@@ -38,8 +41,8 @@ def records_dir() -> Path:
 @cache
 def _code_fingerprint() -> bytes:
     digest = hashlib.sha256(sys.version.encode())
-    for folder in _CHECKING_CODE:
-        for path in sorted((_PACKAGE / folder).rglob("*.py")):
+    for folder, pattern in _CHECKING_CODE:
+        for path in sorted(p for p in (_PACKAGE / folder).rglob(pattern) if p.is_file()):
             digest.update(str(path.relative_to(_PACKAGE)).encode())
             digest.update(path.read_bytes())
     return digest.digest()
