@@ -233,10 +233,14 @@ def test_botocore_retries_stay_inside_the_budget_on_503s(
     # Requests short enough that botocore may retry within the budget.
     store = _store(url, budget=6.0, connect_timeout=0.5, read_timeout=1.0)
     started = time.monotonic()
-    with pytest.raises(StorageError, match=r"S3 head s3://bq-io/io/a\.tif failed: 503"):
+    # The last attempt's reason is the 503, or on a loaded machine a read timeout of the local
+    # server (the tests' own, answering from this busy process): either way the operation named.
+    with pytest.raises(StorageError, match=r"S3 head s3://bq-io/io/a\.tif failed: "):
         store.stat("io/a.tif")
     assert time.monotonic() - started < 6.0 + SLACK_SECONDS
-    ours = 1 + sum("retrying in" in record.getMessage() for record in caplog.records)
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert any("(503)" in message for message in retries), retries
+    ours = 1 + len(retries)
     # Several attempts of ours, each holding botocore's own: all within the budget.
     assert ours > 1 and handler.requests > ours
 
