@@ -16,7 +16,6 @@ the API more CPU than its own work (bench/NOTES.md, "Ingestion API").
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import re
@@ -43,6 +42,7 @@ from bq_pipelines.ingestion.store import IdempotencyKeyReused, RequestStore
 from bq_pipelines.lib import sources
 from bq_pipelines.lib.catalog import Publisher
 from bq_pipelines.lib.errors import PipelineError, SourceError, SourceRefused
+from bq_pipelines.lib.garbage_collection import freeze_long_lived_objects
 from bq_pipelines.lib.redaction import redact_url
 from bq_pipelines.lib.url_policy import DEFAULT_PORTS, SourcePolicy
 from bq_pipelines.orchestration.resources import catalog_for
@@ -276,8 +276,7 @@ def _lifespan(service: IngestionService) -> Callable[[FastAPI], AbstractAsyncCon
         # The process holds ~260,000 objects from its imports (Dagster, pydantic, SQLAlchemy):
         # each full collection walked them all, ~160 ms with every request waiting, the p99 of
         # POST /newitem (bench/RESULTS.md). Frozen, collections see only what requests create.
-        gc.collect()
-        gc.freeze()
+        freeze_long_lived_objects(collect_first=True)
         yield
         await service.close()
 

@@ -9,7 +9,8 @@ without). `gc.freeze()` moves the objects that exist to a generation the collect
 the Python documentation suggests for what a process builds at start; reference counting still
 frees any of them once unreferenced (only a cycle among them would stay). A larger first
 generation makes collections during the load fewer. Called where a process has loaded what it
-keeps: at the start and end of the code location's `defs()`, at the start of the CLI.
+keeps: at the start and end of the code location's `defs()`, at the start of the CLI, when the
+ingestion API has started.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import gc
 YOUNG_GENERATION_THRESHOLD = 10_000
 
 
-def freeze_long_lived_objects() -> None:
+def freeze_long_lived_objects(*, collect_first: bool = False) -> None:
     """Leave every object that exists now out of the collector's passes, and collect the
-    youngest generation less often."""
+    youngest generation less often. `collect_first`: collect before, so that no garbage is
+    frozen (one full collection: worth it once in a server's start, not in a load)."""
+    if collect_first:
+        gc.collect()
     gc.freeze()
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(young, YOUNG_GENERATION_THRESHOLD), middle, old)

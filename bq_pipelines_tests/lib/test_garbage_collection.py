@@ -54,3 +54,15 @@ def test_a_larger_threshold_already_set_is_kept(collector: None):
     gc.set_threshold(50_000, 10, 10)
     freeze_long_lived_objects()
     assert gc.get_threshold() == (50_000, 10, 10)
+
+
+def test_collecting_first_freezes_no_garbage(collector: None):
+    gc.unfreeze()
+    gc.disable()
+    try:
+        garbage = cycle()
+        freeze_long_lived_objects(collect_first=True)
+    finally:
+        gc.enable()
+    assert garbage() is None, "garbage present before the freeze was collected, not frozen"
+    assert gc.get_freeze_count() > 0
