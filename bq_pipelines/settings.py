@@ -485,17 +485,17 @@ def api_token(env: Mapping[str, str]) -> str:
 def current_settings() -> Settings:
     """The settings of this process's environment, read once (every dataset, the backup and
     the resources of a code location share them), again only when a BQ_* variable changes."""
-    return _settings_of(_bq_environment())
+    return _settings_of(settings_environment())
 
 
 def current_api_settings() -> ApiSettings:
     """The ingestion API's settings of this process's environment, read once."""
-    return _api_settings_of(_bq_environment())
+    return _api_settings_of(settings_environment())
 
 
-def _bq_environment() -> tuple[tuple[str, str], ...]:
-    # Only what the settings read: a variable set by Dagster or a library is no reason to
-    # read them again.
+def settings_environment() -> tuple[tuple[str, str], ...]:
+    """The variables the settings read (BQ_*), sorted: what to key anything built from them on.
+    A variable set by Dagster or a library is no reason to read them again."""
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("BQ_")))
 
 

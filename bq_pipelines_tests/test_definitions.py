@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from bq_pipelines import definitions as definitions_module
 from bq_pipelines import settings
 from bq_pipelines.backup.assets import (
     BACKUP_ASSET,
@@ -133,6 +134,7 @@ def test_a_bad_setting_fails_the_load_naming_the_variable(monkeypatch):
 def test_the_load_reads_each_declaration_once_and_the_settings_once(monkeypatch):
     # A fresh load: nothing remembered from an earlier one.
     monkeypatch.setattr(loading, "_LOADED", {})
+    monkeypatch.setattr(definitions_module, "_BUILT", {})
     settings._settings_of.cache_clear()
     read_files: list[Path] = []
     read_settings: list[object] = []
@@ -192,21 +194,31 @@ def test_the_freshness_daemon_is_off_while_no_asset_declares_a_freshness_policy(
     assert freshness_daemon == bool(with_policy), with_policy
 
 
+# Dagster's CLI, counting the code location's builds (printed as it exits).
+DAGSTER_COUNTING_BUILDS = """
+import atexit, runpy, sys
+import bq_pipelines.definitions as definitions
+builds = []
+build = definitions._build
+definitions._build = lambda: builds.append(1) or build()
+atexit.register(lambda: print(f"code location built {len(builds)} time(s)"))
+sys.argv[0] = "dagster"
+runpy.run_module("dagster", run_name="__main__")
+"""
+
+
 @pytest.mark.slow
-def test_workspace_yaml_loads_the_code_location(tmp_path):
+def test_workspace_yaml_loads_the_code_location_built_once(tmp_path):
     # What `make dev` and a deployment load: the workspace file, through Dagster's own CLI.
+    # Dagster asks for the definitions twice as it loads a location (in a code server too):
+    # the second ask reuses the first build.
     root = Path(__file__).resolve().parents[1]
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(root / "dagster.yaml", home / "dagster.yaml")
+    validate = ["definitions", "validate", "-w", str(root / "workspace.yaml")]
     result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "definitions",
-            "validate",
-            "-w",
-            str(root / "workspace.yaml"),
-        ],
+        [sys.executable, "-c", DAGSTER_COUNTING_BUILDS, *validate],
         cwd=root,
         env={**os.environ, "DAGSTER_HOME": str(home)},
         capture_output=True,
@@ -215,6 +227,23 @@ def test_workspace_yaml_loads_the_code_location(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All code locations passed validation" in result.stdout + result.stderr
+    assert "code location built 1 time(s)" in result.stdout, result.stdout
+
+
+def test_the_definitions_are_built_again_only_when_a_setting_or_a_file_changes(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr(definitions_module, "_BUILT", {})
+    monkeypatch.setattr(definitions_module, "SHARED_FOLDER", tmp_path)
+    shared = tmp_path / "hosts.yaml"
+    shared.write_text("hosts: {}\n")
+    first = defs()
+    assert defs() is first
+    monkeypatch.setenv("BQ_OBJECT_PREFIX", "elsewhere")
+    changed_setting = defs()
+    assert changed_setting is not first and defs() is changed_setting
+    shared.write_text("hosts: {a: 1}\n")  # another size
+    assert defs() is not changed_setting
 
 
 def test_the_catalog_backup_asset_check_job_and_schedule(monkeypatch):
