@@ -17,6 +17,14 @@ export DAGSTER_HOME ?= $(CURDIR)/.bq/dagster
 # Batched event writes in every Dagster process make starts (UI, daemon, their runs and steps):
 # Dagster reads it from the environment only (bq_pipelines/runtime/event_batching.py).
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
+# One OpenBLAS thread: nothing here calls BLAS, and numpy's import started one per core in each
+# process (rasterio imports it): ~0.08 s of CPU less per code-location load, in each of the
+# tests' ~250 Python processes.
+export OPENBLAS_NUM_THREADS ?= 1
+# Every Python process started from here begins with startup/sitecustomize.py (a larger youngest
+# generation for the collector during the imports: ~12 % less CPU per code-location load); the
+# processes Dagster starts (code servers, run workers, step processes) inherit it.
+export PYTHONPATH := $(CURDIR)/startup$(if $(PYTHONPATH),:$(PYTHONPATH))
 # Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (as on CI machines; empty means
 # unset): the install does not compile it, and without it each of the tests' ~250 Python
 # processes (code servers, run workers, CLI runs) compiled every module it imports from source

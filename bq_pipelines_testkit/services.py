@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -18,6 +19,14 @@ SERVICES_SCRIPT = PROJECT_ROOT / "scripts" / "services.py"
 # The package the script runs the stack with, one module per concern.
 LOCAL_STACK = PROJECT_ROOT / "scripts" / "local_stack"
 TEST_STACK_ENV = PROJECT_ROOT / ".bq" / "test-stack.env"
+# Its sitecustomize starts every process of the project (the Makefile exports the folder).
+STARTUP = PROJECT_ROOT / "startup"
+
+
+def python_path() -> str:
+    """PYTHONPATH for a process the tests start that imports their modules: the project's root,
+    and startup/ as the Makefile gives it to every process."""
+    return os.pathsep.join([str(PROJECT_ROOT), str(STARTUP)])
 
 
 @functools.cache

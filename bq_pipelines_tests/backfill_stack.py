@@ -15,6 +15,7 @@ from bq_pipelines_testkit import backfill_location as location
 from bq_pipelines_testkit.dagster_processes import Deployment, write_workspace
 from bq_pipelines_testkit.http_host import LocalHttpHost
 from bq_pipelines_testkit.rasters import RasterSpec, write_raster
+from bq_pipelines_testkit.services import python_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MIRROR_PREFIX = "chelsa"  # the local host serves the CHELSA tree under /chelsa/
@@ -73,7 +74,7 @@ def sqlite_deployment(
         "BQ_TEST_BATCH_SIZE": str(batch_size),
         "DAGSTER_HOME": str(dagster_home),
         "TMPDIR": str(short_tmp),
-        "PYTHONPATH": str(PROJECT_ROOT),
+        "PYTHONPATH": python_path(),
     }
     deployment = Deployment(env=env, workspace=workspace, logs=logs)
     try:

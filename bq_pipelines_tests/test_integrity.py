@@ -41,6 +41,7 @@ from bq_pipelines_testkit.runs import (
     latest_metadata,
     materialize_dataset,
 )
+from bq_pipelines_testkit.services import python_path
 from bq_pipelines_testkit.values import metadata_value, published_item
 from bq_pipelines_tests.fixtures.demo import demo_data, demo_declaration
 from bq_pipelines_tests.fixtures.services import services_settings
@@ -511,7 +512,7 @@ def test_kill_9_mid_publish_then_rerun_leaves_no_drift(
         "BQ_PUBLIC_BASE_URL": settings.public_base_url or "",
         "BQ_LOCAL_DATA_ROOT": str(demo_sources),
         "BQ_PGSTAC_DSN": services_env["BQ_PGSTAC_DSN"],  # partition locks in PostgreSQL
-        "PYTHONPATH": str(PROJECT_ROOT),
+        "PYTHONPATH": python_path(),
     }
     command = [sys.executable, "-m", "bq_pipelines_tests.materialize_process", str(path)]
     dagster_dir = str(tmp_path / "dagster")

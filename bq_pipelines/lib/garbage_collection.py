@@ -10,7 +10,8 @@ the Python documentation suggests for what a process builds at start; reference 
 frees any of them once unreferenced (only a cycle among them would stay). A larger first
 generation makes collections during the load fewer. Called where a process has loaded what it
 keeps: at the start and end of the code location's `defs()`, at the start of the CLI, when the
-ingestion API has started.
+ingestion API has started. The larger first generation is also set before anything is imported,
+by startup/sitecustomize.py in every process started with the project's environment.
 """
 
 from __future__ import annotations
@@ -28,5 +29,12 @@ def freeze_long_lived_objects(*, collect_first: bool = False) -> None:
     if collect_first:
         gc.collect()
     gc.freeze()
+    collect_the_young_generation_less_often()
+
+
+def collect_the_young_generation_less_often() -> None:
+    """Collect the youngest generation every YOUNG_GENERATION_THRESHOLD allocations (a larger
+    threshold already set is kept; the older generations keep theirs). What startup/'s
+    sitecustomize does first thing in every process of the project."""
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(young, YOUNG_GENERATION_THRESHOLD), middle, old)

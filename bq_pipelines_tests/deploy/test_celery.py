@@ -42,6 +42,7 @@ from bq_pipelines_testkit.dagster_processes import (
 from bq_pipelines_testkit.http_host import LocalHttpHost
 from bq_pipelines_testkit.redis_server import redis_server
 from bq_pipelines_testkit.runs import run_dataset
+from bq_pipelines_testkit.services import python_path
 from bq_pipelines_tests.backfill_stack import MIRROR_PREFIX, serve_sources
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +196,7 @@ def celery_stack(
         **bq,
         **production_instance_env,
         "TMPDIR": str(short_tmp),
-        "PYTHONPATH": str(PROJECT_ROOT),
+        "PYTHONPATH": python_path(),
     }
     deployment = Deployment(env=env, workspace=workspace, logs=logs)
     try:

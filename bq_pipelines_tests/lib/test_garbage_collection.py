@@ -1,9 +1,13 @@
 """A process that loaded the code location leaves what it loaded out of the collector's passes,
-and still collects the garbage cycles it makes afterwards."""
+and still collects the garbage cycles it makes afterwards; every process of the project starts
+with a larger youngest generation (startup/sitecustomize.py)."""
 
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import weakref
 from collections.abc import Iterator
 
@@ -13,6 +17,7 @@ from bq_pipelines.lib.garbage_collection import (
     YOUNG_GENERATION_THRESHOLD,
     freeze_long_lived_objects,
 )
+from bq_pipelines_testkit.services import PROJECT_ROOT, STARTUP
 
 
 @pytest.fixture
@@ -66,3 +71,45 @@ def test_collecting_first_freezes_no_garbage(collector: None):
         gc.enable()
     assert garbage() is None, "garbage present before the freeze was collected, not frozen"
     assert gc.get_freeze_count() > 0
+
+
+def first_generation_threshold(python_path: str | None) -> int:
+    """The youngest generation's threshold in a new Python process, before it imports anything."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if python_path is not None:
+        env["PYTHONPATH"] = python_path
+    started = subprocess.run(
+        [sys.executable, "-c", "import gc; print(gc.get_threshold()[0])"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(started.stdout)
+
+
+def test_processes_of_the_project_start_with_the_larger_first_generation():
+    assert first_generation_threshold(str(STARTUP)) == YOUNG_GENERATION_THRESHOLD
+    assert first_generation_threshold(None) < YOUNG_GENERATION_THRESHOLD  # Python's own: 700
+
+
+def test_the_makefile_and_the_image_start_every_process_with_it():
+    makefile_variables = subprocess.run(
+        ["make", "--no-print-directory", "-p", "-n", "-f", "Makefile", "install"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    [python_path] = [
+        line.split(":=", 1)[1].strip()
+        for line in makefile_variables.splitlines()
+        if line.startswith("PYTHONPATH :=")
+    ]
+    assert python_path.split(":")[0] == str(STARTUP)
+    dockerfile = (PROJECT_ROOT / "deploy" / "Dockerfile").read_text()
+    assert "PYTHONPATH=/opt/bq/startup" in dockerfile
+    assert "COPY startup /opt/bq/startup" in dockerfile
+    ignored = (PROJECT_ROOT / "deploy" / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "!startup/" in ignored
