@@ -116,6 +116,18 @@ def test_the_sensor_skips_when_nothing_waits(definitions, resource):
     assert isinstance(sensor(context), dg.SkipReason)
 
 
+def test_an_idle_tick_opens_no_instance(definitions, resource):
+    # Under the daemon each tick's context opens an instance of its own when asked for one:
+    # with no request waiting or running, nothing asks (a context without one would raise).
+    sensor = definitions.resolve_sensor_def(SENSOR_NAME)
+    context = dg.build_sensor_context(resources={"ingestion_api": resource})
+    assert isinstance(sensor(context), dg.SkipReason)
+    with resource.store() as store:
+        add_request(store, "a")
+    with pytest.raises(dg.DagsterInvariantViolationError):
+        sensor(dg.build_sensor_context(resources={"ingestion_api": resource}))
+
+
 def test_a_run_that_ended_without_an_outcome_is_retried_then_given_up(
     definitions: dg.Definitions, resource: IngestionApiResource
 ):
