@@ -18,7 +18,7 @@ from bq_pipelines.settings import current_settings, settings_environment
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFS_FOLDER = Path(bq_pipelines.defs.__file__).parent
-SHARED_FOLDER = PROJECT_ROOT / "bq_pipelines" / "shared"
+SHARED_FOLDER = Path(__file__).resolve().parent / "shared"
 
 # What the definitions are read from (the settings' variables, the YAML files' versions) ->
 # the definitions built from it; the last build only.
@@ -40,8 +40,10 @@ def defs() -> dg.Definitions:
 
 def _source_files() -> tuple[tuple[str, int, int], ...]:
     """Every YAML file under defs/ and every file of shared/, by modification time and size."""
-    paths = sorted([*DEFS_FOLDER.rglob("*.yaml"), *SHARED_FOLDER.iterdir()])
-    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths if p.is_file())
+    paths = sorted(
+        p for p in [*DEFS_FOLDER.rglob("*.yaml"), *SHARED_FOLDER.iterdir()] if p.is_file()
+    )
+    return tuple((str(p), (stat := p.stat()).st_mtime_ns, stat.st_size) for p in paths)
 
 
 def _build() -> dg.Definitions:
