@@ -5,7 +5,8 @@ files out largest first by number of tests. The files of a few long tests (API s
 every stage, Dagster daemons, Celery workers) then came last, and the run ended with one worker
 waiting on one of them while the other was idle. Here the files known to be long go first,
 longest first (`SECONDS`, measured with `--durations`; the others keep xdist's order), and the
-tests of `SPLIT_FILES`, which share nothing but session fixtures, go to workers one by one.
+tests of `SPLIT_FILES`, which share nothing but session fixtures, go to workers one by one. One
+worker at least runs short tests meanwhile: the long ones mostly wait (`WAITING_SECONDS`).
 
 A stale table only costs wall time: no test's outcome depends on where or when it runs.
 """
@@ -13,6 +14,7 @@ A stale table only costs wall time: no test's outcome depends on where or when i
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -131,6 +133,25 @@ def weight(scope: str) -> float:
     return sum(seconds for name, seconds in tests.items() if test.startswith(name))
 
 
+# Units this long spend most of their time waiting on Dagster's processes (a sensor's interval,
+# run monitoring's timeouts, a source held back). When every worker held one, both cores idled
+# together: /proc/stat every 5 s read 25-35 % busy for ~25 s, 40 % for ~10 s more, of a run
+# otherwise ~99 % busy. So all workers but one hold such units at most; the last runs the others.
+WAITING_SECONDS = 50.0
+
+
+def next_unit(queue: Iterable[str], waiting_held: int, workers: int) -> str:
+    """The work unit to hand out next: the longest, unless all workers but one already hold a
+    waiting unit; then the longest of the others (the first of equals, so units of unknown
+    length keep xdist's order), or a waiting one when nothing else is left."""
+    units = list(queue)
+    longest = max(units, key=weight)
+    if waiting_held < workers - 1 or weight(longest) < WAITING_SECONDS:
+        return longest
+    others = [unit for unit in units if weight(unit) < WAITING_SECONDS]
+    return max(others, key=weight) if others else longest
+
+
 def _longest_first_scheduling(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadFileScheduling
 
@@ -140,10 +161,15 @@ def _longest_first_scheduling(config: pytest.Config, log: Any) -> Any:
             return PARAMETERS.sub("", nodeid) if file in SPLIT_FILES else file
 
         def _assign_work_unit(self, node: Any) -> None:
-            # xdist pops the queue's first unit: bring the longest one there (the first of
-            # equals, so units of unknown length keep xdist's order).
-            longest = max(self.workqueue, key=weight)
-            self.workqueue.move_to_end(longest, last=False)
+            # xdist pops the queue's first unit: bring the chosen one there.
+            held = sum(
+                1
+                for units in self.assigned_work.values()
+                for scope, done in units.items()
+                if weight(scope) >= WAITING_SECONDS and not all(done.values())
+            )
+            unit = next_unit(self.workqueue, held, len(self.nodes))
+            self.workqueue.move_to_end(unit, last=False)
             super()._assign_work_unit(node)
 
     return LongestFirstScheduling(config, log)
