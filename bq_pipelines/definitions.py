@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 import bq_pipelines.defs
-from bq_pipelines.datasets.loading import load_declarations
+from bq_pipelines.datasets.loading import file_version, load_declarations
 from bq_pipelines.lib.garbage_collection import freeze_long_lived_objects
 from bq_pipelines.orchestration.resources import resources_for
 from bq_pipelines.runtime.executors import executor_for
@@ -38,12 +38,12 @@ def defs() -> dg.Definitions:
     return _BUILT[inputs]
 
 
-def _source_files() -> tuple[tuple[str, int, int], ...]:
-    """Every YAML file under defs/ and every file of shared/, by modification time and size."""
+def _source_files() -> tuple[tuple[Path, int, int], ...]:
+    """The version of every YAML file under defs/ and every file of shared/."""
     paths = sorted(
         p for p in [*DEFS_FOLDER.rglob("*.yaml"), *SHARED_FOLDER.iterdir()] if p.is_file()
     )
-    return tuple((str(p), (stat := p.stat()).st_mtime_ns, stat.st_size) for p in paths)
+    return tuple(file_version(p) for p in paths)
 
 
 def _build() -> dg.Definitions:

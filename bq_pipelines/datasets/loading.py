@@ -51,7 +51,7 @@ def load_declaration_file(path: Path) -> Declaration:
     """A dataset file: `defs/<id>/defs.yaml` (the StacDataset component: the declaration is
     its `attributes`) or a bare `<id>.yaml` declaration. The id must match the folder (file).
     Parsed once per version of the file (a code location's load asks for each several times)."""
-    version = _file_version(path)
+    version = file_version(path)
     if version not in _LOADED:
         _LOADED[version] = _read_declaration_file(path)
     return _LOADED[version]
@@ -60,14 +60,15 @@ def load_declaration_file(path: Path) -> Declaration:
 def remember_declaration(path: Path, declaration: Declaration) -> None:
     """`declaration`, validated from `path` elsewhere (by Dagster, for the StacDataset
     component), is what `load_declaration_file(path)` returns while the file is unchanged."""
-    _LOADED[_file_version(path)] = declaration
+    _LOADED[file_version(path)] = declaration
 
 
 # Declarations by (file, modification time, size): a file edited since is read again.
 _LOADED: dict[tuple[Path, int, int], Declaration] = {}
 
 
-def _file_version(path: Path) -> tuple[Path, int, int]:
+def file_version(path: Path) -> tuple[Path, int, int]:
+    """(resolved path, modification time, size): a file edited since is another version."""
     stat = path.stat()
     return path.resolve(), stat.st_mtime_ns, stat.st_size
 
