@@ -283,9 +283,20 @@ def _lifespan(service: IngestionService) -> Callable[[FastAPI], AbstractAsyncCon
     return lifespan
 
 
+def _encodable(part: Any) -> Any:
+    """A path part the answer can carry: a key holding a lone surrogate (refused for that) as
+    its escape, since the answer is UTF-8 and could not be encoded (a 500 instead of the 422)."""
+    if isinstance(part, str):
+        return part.encode("utf-8", "backslashreplace").decode("utf-8")
+    return part
+
+
 async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     """422 with each field's path and reason, and one line naming them all."""
-    details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+    details = [
+        {"loc": [_encodable(part) for part in e["loc"]], "msg": e["msg"], "type": e["type"]}
+        for e in error.errors()
+    ]
     for detail in details:
         if detail["loc"] == ["body"]:
             detail["msg"] += " (send a JSON object, Content-Type: application/json)"

@@ -558,6 +558,7 @@ json_values = st.recursive(
 @example(properties={"n": 2**63 - 1, "m": -(2**63)}, extra=None)
 @example(properties={"n": float("nan")}, extra=None)
 @example(properties={}, extra=2**63)
+@example(properties={}, extra={"\ud800": None})  # a key no UTF-8 answer can carry as is
 @PROPERTIES
 def test_any_json_value_is_stored_as_sent_or_refused_naming_where(
     context: Context, properties: dict[str, Any], extra: Any
